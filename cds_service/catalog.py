@@ -1,0 +1,64 @@
+"""The CDS services offered (discovery as data, from cards/services.toml)."""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+SUPPORTED_HOOKS = ("patient-view", "order-select", "order-sign")
+
+
+class CatalogError(ValueError):
+    """cards/services.toml cannot be used; raised at start-up."""
+
+
+@dataclass(frozen=True)
+class PrefetchTemplate:
+    key: str
+    query: str            # relative FHIR read or search URL with prefetch tokens
+    required: bool        # no card can be judged without it
+
+
+@dataclass(frozen=True)
+class ServiceDefinition:
+    id: str
+    hook: str
+    title: str
+    description: str
+    prefetch: tuple[PrefetchTemplate, ...]
+
+    def discovery_entry(self) -> dict:
+        """The service as listed by GET /cds-services."""
+        return {
+            "hook": self.hook,
+            "id": self.id,
+            "title": self.title,
+            "description": self.description,
+            "prefetch": {t.key: t.query for t in self.prefetch},
+        }
+
+
+def load_services(path: Path) -> dict[str, ServiceDefinition]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise CatalogError(f"{path}: {exc}") from exc
+    templates = tuple(
+        PrefetchTemplate(key=key, query=str(spec["query"]), required=bool(spec.get("required", False)))
+        for key, spec in data.get("prefetch", {}).items()
+    )
+    services: dict[str, ServiceDefinition] = {}
+    for entry in data.get("services", []):
+        service = ServiceDefinition(
+            id=str(entry["id"]),
+            hook=str(entry["hook"]),
+            title=str(entry["title"]),
+            description=str(entry["description"]),
+            prefetch=templates,
+        )
+        if service.hook not in SUPPORTED_HOOKS:
+            raise CatalogError(f"{path}: service {service.id}: unsupported hook {service.hook}")
+        if service.id in services:
+            raise CatalogError(f"{path}: service id {service.id} is listed twice")
+        services[service.id] = service
+    return services
