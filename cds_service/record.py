@@ -23,6 +23,7 @@ class Match:
 @dataclass(frozen=True)
 class ConditionFact:
     match: Match
+    clinical_status: str | None      # active | recurrence | relapse | inactive | remission | resolved
     onset: date | None               # onsetDateTime / onsetPeriod.start / onsetAge not used
     recorded: date | None            # recordedDate
     abatement: date | None
