@@ -1,0 +1,221 @@
+"""Validate a CDS Hooks 2.0 service request for the hook its service answers.
+
+Each hook's context fields are declared once, in HOOK_CONTEXTS, from the hook definitions
+of the CDS Hooks library (patient-view 1.0, order-select 1.0, order-sign 1.0). Every
+refusal is a 400 ApiError that names the field and says what was expected; no value sent
+by the client is echoed back (it could be a patient identifier).
+"""
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from .catalog import ServiceDefinition
+from .errors import bad_request
+
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+FHIR_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
+
+
+@dataclass(frozen=True)
+class ContextField:
+    name: str
+    required: bool
+    kind: str                                 # "reference" | "id" | "references" | "bundle"
+    resource_types: tuple[str, ...] = ()      # for "reference": the types userId may name
+
+
+_USER = ("Practitioner", "PractitionerRole", "Patient", "RelatedPerson")
+_ORDERING_USER = ("Practitioner", "PractitionerRole")
+
+HOOK_CONTEXTS: dict[str, tuple[ContextField, ...]] = {
+    "patient-view": (
+        ContextField("userId", True, "reference", _USER),
+        ContextField("patientId", True, "id"),
+        ContextField("encounterId", False, "id"),
+    ),
+    "order-select": (
+        ContextField("userId", True, "reference", _ORDERING_USER),
+        ContextField("patientId", True, "id"),
+        ContextField("encounterId", False, "id"),
+        ContextField("selections", True, "references"),
+        ContextField("draftOrders", True, "bundle"),
+    ),
+    "order-sign": (
+        ContextField("userId", True, "reference", _ORDERING_USER),
+        ContextField("patientId", True, "id"),
+        ContextField("encounterId", False, "id"),
+        ContextField("draftOrders", True, "bundle"),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class HookRequest:
+    hook: str
+    hook_instance: str
+    context: dict
+    fhir_server: str | None          # base URL without trailing slash
+    access_token: str | None         # fhirAuthorization.access_token
+    prefetch: dict                   # as sent; a key absent here was not sent
+
+    @property
+    def patient_id(self) -> str:
+        return self.context["patientId"]
+
+    @property
+    def draft_orders(self) -> dict | None:
+        return self.context.get("draftOrders")
+
+    @property
+    def selections(self) -> list[str] | None:
+        """order-select: the selected orders; None (all draft orders count) otherwise."""
+        return self.context.get("selections")
+
+
+def parse_hook_request(body: Any, service: ServiceDefinition) -> HookRequest:
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object")
+    hook = body.get("hook")
+    if not isinstance(hook, str) or not hook:
+        raise bad_request("'hook' is required and must be a string")
+    if hook != service.hook:
+        raise bad_request(f"service '{service.id}' answers the '{service.hook}' hook, not '{_safe(hook)}'")
+    hook_instance = body.get("hookInstance")
+    if not isinstance(hook_instance, str) or not _is_uuid(hook_instance):
+        raise bad_request("'hookInstance' is required and must be a UUID string")
+    fhir_server = _parse_fhir_server(body)
+    access_token = _parse_fhir_authorization(body, fhir_server)
+    context = _parse_context(body.get("context"), hook)
+    prefetch = body.get("prefetch", {})
+    if prefetch is None:
+        prefetch = {}
+    if not isinstance(prefetch, dict):
+        raise bad_request("'prefetch' must be a JSON object of prefetch keys")
+    for key, value in prefetch.items():
+        if value is not None and not isinstance(value, dict):
+            raise bad_request(f"prefetch '{_safe(key)}' must be a FHIR resource, a Bundle or null")
+    extension = body.get("extension")
+    if extension is not None and not isinstance(extension, dict):
+        raise bad_request("'extension' must be a JSON object")
+    return HookRequest(
+        hook=hook,
+        hook_instance=hook_instance,
+        context=context,
+        fhir_server=fhir_server,
+        access_token=access_token,
+        prefetch=prefetch,
+    )
+
+
+def _parse_fhir_server(body: dict) -> str | None:
+    fhir_server = body.get("fhirServer")
+    if fhir_server is None:
+        return None
+    if not isinstance(fhir_server, str):
+        raise bad_request("'fhirServer' must be a URL string")
+    parts = urlsplit(fhir_server)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.username or parts.password:
+        raise bad_request("'fhirServer' must be an absolute http(s) URL without credentials")
+    if parts.query or parts.fragment:
+        raise bad_request("'fhirServer' must be a base URL without query or fragment")
+    return fhir_server.rstrip("/")
+
+
+def _parse_fhir_authorization(body: dict, fhir_server: str | None) -> str | None:
+    auth = body.get("fhirAuthorization")
+    if auth is None:
+        return None
+    if not isinstance(auth, dict):
+        raise bad_request("'fhirAuthorization' must be a JSON object")
+    if fhir_server is None:
+        raise bad_request("'fhirServer' is required when 'fhirAuthorization' is given")
+    token = auth.get("access_token")
+    if not isinstance(token, str) or not token:
+        raise bad_request("'fhirAuthorization.access_token' is required and must be a string")
+    if not isinstance(auth.get("token_type"), str) or auth["token_type"].lower() != "bearer":
+        raise bad_request("'fhirAuthorization.token_type' must be 'Bearer'")
+    expires_in = auth.get("expires_in")
+    if expires_in is not None and (not isinstance(expires_in, int) or isinstance(expires_in, bool)):
+        raise bad_request("'fhirAuthorization.expires_in' must be an integer")
+    for name in ("scope", "subject", "patient"):
+        if name in auth and not isinstance(auth[name], str):
+            raise bad_request(f"'fhirAuthorization.{name}' must be a string")
+    return token
+
+
+def _parse_context(context: Any, hook: str) -> dict:
+    if not isinstance(context, dict):
+        raise bad_request("'context' is required and must be a JSON object")
+    for spec in HOOK_CONTEXTS[hook]:
+        value = context.get(spec.name)
+        if value is None:
+            if spec.required:
+                raise bad_request(f"context.{spec.name} is required for the {hook} hook")
+            continue
+        _check_context_field(spec, value, hook)
+    if hook == "order-select":
+        _check_selections_in_draft_orders(context["selections"], context["draftOrders"])
+    return context
+
+
+def _check_context_field(spec: ContextField, value: Any, hook: str) -> None:
+    where = f"context.{spec.name}"
+    if spec.kind == "id":
+        if not isinstance(value, str) or not FHIR_ID.fullmatch(value):
+            raise bad_request(f"{where} must be a FHIR id (letters, digits, '-' and '.', at most 64)")
+    elif spec.kind == "reference":
+        if not isinstance(value, str) or _reference_parts(value) is None:
+            raise bad_request(f"{where} must be a reference of the form ResourceType/id")
+        if _reference_parts(value)[0] not in spec.resource_types:
+            allowed = ", ".join(spec.resource_types)
+            raise bad_request(f"{where} must name one of {allowed} for the {hook} hook")
+    elif spec.kind == "references":
+        if not isinstance(value, list) or not value:
+            raise bad_request(f"{where} must be a non-empty array of ResourceType/id references")
+        if any(not isinstance(v, str) or _reference_parts(v) is None for v in value):
+            raise bad_request(f"{where} must contain only ResourceType/id references")
+    elif spec.kind == "bundle":
+        if not isinstance(value, dict) or value.get("resourceType") != "Bundle":
+            raise bad_request(f"{where} must be a FHIR Bundle")
+        entries = value.get("entry", [])
+        if not isinstance(entries, list):
+            raise bad_request(f"{where}.entry must be an array")
+        for index, entry in enumerate(entries):
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+                raise bad_request(f"{where}.entry[{index}] must hold a FHIR resource")
+
+
+def _check_selections_in_draft_orders(selections: list[str], draft_orders: dict) -> None:
+    present = {
+        f"{entry['resource']['resourceType']}/{entry['resource'].get('id')}"
+        for entry in draft_orders.get("entry", [])
+    }
+    for index, selection in enumerate(selections):
+        if selection not in present:
+            raise bad_request(f"context.selections[{index}] does not name an order in context.draftOrders")
+
+
+def _reference_parts(value: str) -> tuple[str, str] | None:
+    resource_type, _, resource_id = value.partition("/")
+    if FHIR_TYPE.fullmatch(resource_type) and FHIR_ID.fullmatch(resource_id):
+        return resource_type, resource_id
+    return None
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return len(value) in (32, 36)
+
+
+def _safe(text: str) -> str:
+    """A client-sent name quoted in an error: short, printable, never a long value."""
+    cleaned = "".join(ch for ch in str(text)[:40] if ch.isprintable())
+    return cleaned
