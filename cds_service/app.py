@@ -1,0 +1,56 @@
+"""Flask application factory."""
+from __future__ import annotations
+
+import logging
+import traceback
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from .config import Settings, load_settings
+from .errors import ApiError
+from .routes import blueprint
+from .runtime import build_runtime
+
+log = logging.getLogger(__name__)
+
+_HTTP_ERROR_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def create_app(settings: Settings | None = None, **overrides) -> Flask:
+    """Build the service. `settings` wins; else defaults < CDS_CONFIG file < env < overrides."""
+    settings = settings or load_settings(overrides)
+    app = Flask(__name__, instance_path=str(settings.instance_path.resolve()))
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False
+    app.extensions["cds_service"] = build_runtime(settings)
+    app.register_blueprint(blueprint)
+    register_error_handlers(app)
+    return app
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def api_error(error: ApiError):
+        if error.status >= 500:
+            log.error("request failed: %s", error.error)
+        return jsonify(error.body()), error.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException):
+        status = error.code or 500
+        code = _HTTP_ERROR_CODES.get(status, "http_error")
+        return jsonify({"error": code, "detail": error.description or code}), status
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception):
+        # Never a stack trace to the client. The log keeps the exception type and the code
+        # path, not the message, which could quote patient data.
+        frames = "".join(traceback.format_tb(error.__traceback__))
+        log.error("unexpected %s while answering a request\n%s", type(error).__name__, frames)
+        return jsonify({"error": "internal_error", "detail": "the service could not answer this request"}), 500

@@ -1,0 +1,64 @@
+"""One hook call, top to bottom: validate -> prefetch -> record -> models -> cards.
+
+Nothing here knows about Flask: the route hands over the parsed JSON body and gets the
+list of CDS Hooks cards back (or an ApiError). AuditNotes collect what the audit trail
+keeps about the call; they never hold a token or a raw patient identifier.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from typing import TYPE_CHECKING
+
+from .hooks import parse_hook_request
+from .prefetch import resolve
+from .record import build_record
+from .evaluate import evaluate
+from .render import render
+
+if TYPE_CHECKING:
+    from .catalog import ServiceDefinition
+    from .runtime import Runtime
+
+
+@dataclass
+class AuditNotes:
+    service_id: str
+    started: float
+    hook: str | None = None
+    hook_instance: str | None = None
+    patient_hash: str | None = None
+    client_iss: str | None = None
+    status: int | None = None
+    cards: list[tuple[str, str, str]] = field(default_factory=list)   # (uuid, card id, summary)
+
+    @property
+    def duration_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000.0
+
+
+def answer(rt: Runtime, service: ServiceDefinition, body: object, notes: AuditNotes) -> list[dict]:
+    request = parse_hook_request(body, service)
+    notes.hook_instance = request.hook_instance
+    notes.patient_hash = rt.hash_patient(request.patient_id)
+
+    prefetched = resolve(service, request, rt.fhir_client_factory(request))
+
+    record = build_record(
+        prefetched.data,
+        draft_orders=request.draft_orders,
+        selections=request.selections,
+        concepts=rt.concepts,
+        today=today(),
+        unavailable=prefetched.unavailable,
+    )
+
+    results = [evaluate(card, record, request.hook, rt.site_model(card)) for card in rt.cards_for(request.hook)]
+    cards = [render(result) for result in results if result is not None]
+    notes.cards = [(c["uuid"], r.card_id, c["summary"]) for c, r in zip(cards, filter(None, results))]
+    return cards
+
+
+def today() -> date:
+    return datetime.now(timezone.utc).date()

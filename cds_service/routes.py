@@ -1,0 +1,72 @@
+"""HTTP surface of the service: discovery, hook calls and feedback (CDS Hooks 2.0).
+
+The routes are thin: read the body, authenticate, hand over to hook_call / feedback, audit,
+answer. Every refusal is JSON (see errors.py and the handlers in app.py).
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+
+from . import hook_call
+from .errors import ApiError
+from .feedback import parse_feedback
+from .runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+blueprint = Blueprint("cds_hooks", __name__)
+
+
+def runtime() -> Runtime:
+    return current_app.extensions["cds_service"]
+
+
+@blueprint.get("/cds-services")
+def discovery() -> Response:
+    rt = runtime()
+    rt.authenticate(request, audience_path="/cds-services")
+    return jsonify({"services": [s.discovery_entry() for s in rt.services.values()]})
+
+
+@blueprint.post("/cds-services/<service_id>")
+def call_service(service_id: str) -> Response:
+    rt = runtime()
+    g.audit = notes = hook_call.AuditNotes(service_id=service_id[:64], started=time.perf_counter())
+    service = rt.service(service_id)
+    notes.hook = service.hook
+    notes.client_iss = rt.authenticate(request, audience_path=f"/cds-services/{service.id}").issuer
+    cards = hook_call.answer(rt, service, read_json_body(), notes)
+    return jsonify({"cards": cards})
+
+
+@blueprint.post("/cds-services/<service_id>/feedback")
+def feedback(service_id: str) -> Response:
+    rt = runtime()
+    service = rt.service(service_id)
+    rt.authenticate(request, audience_path=f"/cds-services/{service.id}")
+    entries = parse_feedback(read_json_body())
+    stored = rt.store.record_feedback(service.id, entries)
+    log.info("feedback stored: service=%s entries=%d", service.id, stored)
+    return jsonify({"accepted": stored})
+
+
+@blueprint.after_request
+def write_audit(response: Response) -> Response:
+    notes = g.pop("audit", None)
+    if notes is not None:
+        notes.status = response.status_code
+        runtime().audit(notes)
+    return response
+
+
+def read_json_body() -> object:
+    mimetype = request.mimetype or ""
+    if mimetype != "application/json" and not mimetype.endswith("+json"):
+        raise ApiError(415, "unsupported_media_type", "send the request body as application/json")
+    body = request.get_json(silent=True, cache=False)
+    if body is None:
+        raise ApiError(400, "invalid_json", "the request body is not valid JSON")
+    return body
