@@ -1,0 +1,103 @@
+"""Benchmark: a full-prefetch patient-view call for a ~1,100-resource Synthea record.
+
+Plain harness (not a timed test): builds the request from the largest Synthea bundle in
+../shared/fhir-samples/synthea (810 Observations), adds a hemifacial spasm Condition and a
+completed MVD so that cards fire, and posts it N times through the real Flask app (JSON
+parsing, validation, prefetch resolution, record, models, rendering, audit write).
+
+    .venv/bin/python benchmarks/hook_call.py [--calls 300] [--hook patient-view]
+
+Target (issue 2): p99 <= 50 ms on one worker.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SYNTHEA = ROOT.parent / "shared" / "fhir-samples" / "synthea"
+
+PREFETCH_KEYS = {
+    "Condition": "conditions",
+    "Procedure": "procedures",
+    "Observation": "observations",
+    "MedicationRequest": "medicationRequests",
+    "MedicationStatement": "medicationStatements",
+}
+
+
+def largest_bundle() -> dict:
+    path = max(SYNTHEA.glob("*.json"), key=lambda p: p.stat().st_size)
+    return json.loads(path.read_text())
+
+
+def build_request(bundle: dict) -> tuple[int, dict]:
+    resources = [e["resource"] for e in bundle["entry"]]
+    patient = next((r for r in resources if r["resourceType"] == "Patient"), None)
+    patient_id = patient["id"] if patient else "bench-patient"
+    searchsets = {key: {"resourceType": "Bundle", "type": "searchset", "entry": []} for key in PREFETCH_KEYS.values()}
+    for resource in resources:
+        key = PREFETCH_KEYS.get(resource["resourceType"])
+        if key:
+            searchsets[key]["entry"].append({"resource": resource})
+    searchsets["conditions"]["entry"].append({"resource": {
+        "resourceType": "Condition", "id": "bench-hfs",
+        "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "resolved"}]},
+        "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed"}]},
+        "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "G51.31"}]},
+        "subject": {"reference": f"Patient/{patient_id}"}, "onsetDateTime": "2018-03-01",
+    }})
+    searchsets["procedures"]["entry"].append({"resource": {
+        "resourceType": "Procedure", "id": "bench-mvd", "status": "completed",
+        "code": {"coding": [{"system": "http://www.cms.gov/Medicare/Coding/ICD10", "code": "00NM0ZZ"}]},
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "performedPeriod": {"start": "2025-06-01T08:00:00Z", "end": "2025-06-01T10:30:00Z"},
+    }})
+    count = sum(len(s["entry"]) for s in searchsets.values()) + (1 if patient else 0)
+    return count, {
+        "hook": "patient-view",
+        "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
+        "context": {"userId": "Practitioner/example", "patientId": patient_id},
+        "prefetch": {"patient": patient, **searchsets},
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=300)
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from cds_service.app import create_app
+
+    count, request = build_request(largest_bundle())
+    body = json.dumps(request).encode()
+    with tempfile.TemporaryDirectory() as instance:
+        app = create_app(instance_path=instance, allow_unsigned=True)
+        client = app.test_client()
+        url = "/cds-services/hfs-outcomes-patient-view"
+        first = client.post(url, data=body, content_type="application/json")
+        assert first.status_code == 200, first.get_json()
+        cards = [c["summary"] for c in first.get_json()["cards"]]
+        for _ in range(20):
+            client.post(url, data=body, content_type="application/json")
+        timings = []
+        for _ in range(args.calls):
+            started = time.perf_counter()
+            response = client.post(url, data=body, content_type="application/json")
+            timings.append((time.perf_counter() - started) * 1000.0)
+            assert response.status_code == 200
+    timings.sort()
+    p = lambda q: timings[min(len(timings) - 1, int(q * len(timings)))]  # noqa: E731
+    print(f"record: {count} resources, request body {len(body) / 1e6:.2f} MB, cards: {cards}")
+    print(f"{args.calls} calls: p50 {p(0.50):.1f} ms  p95 {p(0.95):.1f} ms  p99 {p(0.99):.1f} ms  "
+          f"mean {statistics.fmean(timings):.1f} ms  max {timings[-1]:.1f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
