@@ -1,0 +1,6 @@
+"""Shared test configuration: fixture plugins contributed by each area of the service."""
+
+pytest_plugins = [
+    "db_fixture",
+    "fhir_server_fixture",
+]
