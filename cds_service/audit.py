@@ -1,0 +1,150 @@
+"""The audit trail's values: a keyed hash of the patient id, and one CallRecord per hook call.
+
+The audit trail must let an auditor say "these calls concerned the same patient" without
+holding the patient's identifier: the id is kept only as HMAC-SHA256 under a key that
+stays on the server. The key comes from the setting `audit_hash_key`, or else is generated
+once and kept in the instance folder (`audit-hash.key`, mode 0600) so that it survives
+restarts and every worker uses the same one.
+
+No Flask here: the route passes plain values and gives the CallRecord to Store.record_call.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import time
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+
+from cds_service.config import ConfigError, Settings
+from cds_service.store import CallRecord, ReturnedCard
+
+AUDIT_KEY_FILE = "audit-hash.key"
+_GENERATED_KEY_BYTES = 32
+
+
+def patient_hash(patient_id: str, key: bytes) -> str:
+    """HMAC-SHA256 of the patient id under the audit key, as 64 hex characters."""
+    if not key:
+        raise ValueError("the audit hash key is empty")
+    return hmac.new(key, patient_id.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+
+
+def _read_key_file(path: Path) -> bytes:
+    text = ""
+    for _attempt in range(20):
+        try:
+            text = path.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"audit key file {path} cannot be read") from exc
+        if text.endswith("\n"):
+            break
+        time.sleep(0.05)  # another worker is still writing it (no hard links here)
+    try:
+        key = bytes.fromhex(text.strip())
+    except ValueError:
+        raise ConfigError(f"audit key file {path} does not hold a hexadecimal key") from None
+    if len(key) < 16:
+        raise ConfigError(f"audit key file {path} holds too short a key")
+    return key
+
+
+def _create_key_file(path: Path) -> bytes:
+    """Write a new random key to `path` unless another process got there first.
+
+    The key is written in full to a private temporary file, then hard-linked into place:
+    the link either succeeds (ours is the key) or fails because the file exists (theirs
+    is). Nobody ever reads a half-written key.
+    """
+    key = secrets.token_bytes(_GENERATED_KEY_BYTES)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(key.hex() + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return _read_key_file(path)
+        except OSError:
+            return _create_key_file_exclusively(path, key)
+        return key
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+
+
+def _create_key_file_exclusively(path: Path, key: bytes) -> bytes:
+    """For file systems without hard links: O_EXCL create; readers wait for the newline."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return _read_key_file(path)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(key.hex() + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    return key
+
+
+def audit_key(settings: Settings) -> bytes:
+    """The audit hash key: the configured one, or the instance folder's generated one."""
+    if settings.audit_hash_key:
+        return settings.audit_hash_key.encode("utf-8")
+    folder = Path(settings.instance_path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"instance folder {folder} cannot be created") from exc
+    path = folder / AUDIT_KEY_FILE
+    if path.exists():
+        return _read_key_file(path)
+    try:
+        return _create_key_file(path)
+    except OSError as exc:
+        raise ConfigError(f"audit key file {path} cannot be written") from exc
+
+
+def content_version(card_versions: Mapping[str, str]) -> str:
+    """The card files used, as stable text: "card_a@1.0,card_b@2.1" (sorted by card id)."""
+    return ",".join(f"{card_id}@{version}" for card_id, version in sorted(card_versions.items()))
+
+
+def build_call_record(
+    *,
+    service_id: str,
+    hook: str,
+    hook_instance: str,
+    outcome_status: int,
+    duration_ms: float,
+    key: bytes,
+    patient_id: str | None = None,
+    card_versions: Mapping[str, str] | None = None,
+    client_iss: str | None = None,
+    cards: Iterable[tuple[str, str, str]] = (),
+    called_at: datetime | None = None,
+) -> CallRecord:
+    """The audit row for one hook call. `patient_id` is hashed here and goes no further.
+
+    `cards` are (card_uuid, card_id, summary) for each card returned; `card_versions` maps
+    each card file evaluated to its version.
+    """
+    return CallRecord(
+        service_id=service_id,
+        hook=hook,
+        hook_instance=hook_instance,
+        outcome_status=int(outcome_status),
+        duration_ms=round(float(duration_ms), 3),
+        patient_hash=patient_hash(patient_id, key) if patient_id else None,
+        content_version=content_version(card_versions or {}),
+        client_iss=client_iss,
+        cards=tuple(ReturnedCard(*card) for card in cards),
+        called_at=called_at or datetime.now(timezone.utc),
+    )

@@ -1,0 +1,76 @@
+"""The usage report printed by `cds-service report`: how often each card was shown and
+what clinicians did with it (accepted / overridden, and why)."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from cds_service.store import Report, Store
+
+_COLUMNS = ("card", "shown", "feedback", "accepted", "overridden", "accept %", "override %")
+
+
+def _percent(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate * 100:.1f}"
+
+
+def _reason_label(code: str | None, system: str | None, display: str | None) -> str:
+    if code is None:
+        return "(no reason given)"
+    label = f"{system}|{code}" if system else code
+    return f"{label} {display}" if display else label
+
+
+def format_report(report: Report) -> str:
+    """A plain-text table, one row per card file, override reasons listed under each."""
+    lines = [f"CDS service usage report, generated {report.generated_at.isoformat(timespec='seconds')}"]
+    if report.since is not None:
+        lines.append(f"Since {report.since.isoformat(timespec='seconds')}")
+    statuses = ", ".join(f"{status}: {n}" for status, n in report.calls_by_status.items())
+    lines.append(f"Hook calls: {report.calls}" + (f" ({statuses})" if statuses else ""))
+    lines.append("")
+
+    rows = [
+        (
+            card.card_id,
+            str(card.shown),
+            str(card.feedback),
+            str(card.accepted),
+            str(card.overridden),
+            _percent(card.acceptance_rate),
+            _percent(card.override_rate),
+        )
+        for card in report.cards
+    ]
+    if not rows:
+        lines.append("No cards have been shown yet.")
+    else:
+        widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(_COLUMNS)]
+
+        def line(cells) -> str:
+            first = cells[0].ljust(widths[0])
+            rest = (cell.rjust(width) for cell, width in zip(cells[1:], widths[1:]))
+            return "  ".join((first, *rest)).rstrip()
+
+        lines.append(line(_COLUMNS))
+        lines.append("  ".join("-" * w for w in widths))
+        for card, row in zip(report.cards, rows):
+            lines.append(line(row))
+            for reason in card.override_reasons:
+                label = _reason_label(reason.code, reason.system, reason.display)
+                lines.append(f"    overridden {reason.count}x: {label}")
+        lines.append("")
+        lines.append("accept % and override % are shares of the feedback received for the card.")
+    if report.unlinked_feedback:
+        lines.append(
+            f"Feedback about cards this service has no record of returning: {report.unlinked_feedback}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def run_report(database_url: str, since: datetime | None = None) -> str:
+    """Open the store, build the usage report, and return it as text."""
+    store = Store(database_url)
+    try:
+        return format_report(store.usage_report(since=since))
+    finally:
+        store.close()
