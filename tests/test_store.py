@@ -229,8 +229,9 @@ def test_hostile_client_text_in_the_audit_row_is_stored_not_fatal(store):
 
 
 def test_a_call_time_must_carry_a_zone(store):
-    with pytest.raises(Exception):
+    with pytest.raises(sa.exc.StatementError, match="naive datetimes"):
         store.record_call(call_with_cards(called_at=datetime(2024, 1, 1, 12, 0)))
+    assert store.usage_report().calls == 0
 
 
 # --------------------------------------------------------------------------- jti replay
