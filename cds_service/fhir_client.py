@@ -29,6 +29,9 @@ from requests.adapters import HTTPAdapter
 from .config import Settings
 
 log = logging.getLogger(__name__)
+# urllib3 logs every request line, query included, at DEBUG: the query carries the patient
+# id. Keep that logger above DEBUG whatever the app's logging configuration says.
+logging.getLogger("urllib3.connectionpool").setLevel(logging.INFO)
 
 ACCEPT = "application/fhir+json"
 # Cap on one decoded response body. A ~1,100-resource record is a few MB of JSON.

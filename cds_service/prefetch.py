@@ -1,0 +1,248 @@
+"""Prefetch: use what the CDS client sent, fetch what it did not (CDS Hooks 2.0).
+
+For every prefetch template of the service:
+- sent with a FHIR resource (Resource or Bundle)  -> used as is (no validation here);
+- sent as JSON null                               -> "no data", not fetched again;
+- sent as an OperationOutcome or anything else    -> treated as not sent, fetched;
+- not sent                                        -> fetched from fhirServer with the token.
+Keys to fetch are fetched concurrently, all before one deadline. A required key that
+cannot be had ends the call with 412; an optional one is recorded in `unavailable`.
+Reasons name the key and the resource type, never the URL (it carries the patient id)
+nor the token.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from concurrent.futures import Future, wait
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+from .catalog import PrefetchTemplate, ServiceDefinition
+from .errors import ApiError
+from .fhir_client import FhirAccess, FhirClient, FhirNotFound, FhirUnavailable, is_fhir_resource
+
+log = logging.getLogger(__name__)
+
+# Grace after the deadline for clients to report their own (more precise) timeout reason.
+_DEADLINE_GRACE_S = 0.05
+_TOKEN = re.compile(r"\{\{(.*?)\}\}")
+_USER_TOKENS = {
+    "userPractitionerId": "Practitioner",
+    "userPractitionerRoleId": "PractitionerRole",
+    "userPatientId": "Patient",
+    "userRelatedPersonId": "RelatedPerson",
+}
+
+
+@dataclass(frozen=True)
+class PrefetchResult:
+    data: dict[str, dict | None]       # key -> Resource / Bundle, or None = "no data"
+    unavailable: dict[str, str]        # key -> safe reason (optional keys that could not be had)
+    fetched: tuple[str, ...]           # keys fetched by the service itself
+    # key -> safe reason when a fetched search is known to lack pages (data[key] holds
+    # the pages that were read, tagged SUBSETTED).
+    incomplete: dict[str, str] = field(default_factory=dict)
+
+
+class TemplateError(ValueError):
+    """A prefetch template cannot be rendered for this request; `reason` is safe to show."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def render_template(template: str, context: dict) -> str:
+    """Substitute the CDS Hooks prefetch tokens; values are percent-encoded.
+
+    `{{context.x}}`: first-level context field x whose value is a string, number or
+    boolean. `{{userPractitionerId}}`, `{{userPractitionerRoleId}}`, `{{userPatientId}}`,
+    `{{userRelatedPersonId}}`: the id part of context.userId when it is of that type.
+    A value in the path (a read such as `Patient/{{context.patientId}}`) must be one path
+    segment; a value in the query is encoded so it cannot add parameters.
+    Raises TemplateError when a token cannot be resolved.
+    """
+    query_start = template.find("?")
+    out: list[str] = []
+    pos = 0
+    for match in _TOKEN.finditer(template):
+        out.append(_literal(template[pos:match.start()]))
+        name = match.group(1).strip()
+        value = _token_value(name, context)
+        in_path = query_start < 0 or match.start() < query_start
+        if in_path and (value in (".", "..") or "/" in value or "\\" in value):
+            raise TemplateError(f"{name} cannot be used as a resource id")
+        out.append(quote(value, safe=""))
+        pos = match.end()
+    out.append(_literal(template[pos:]))
+    return "".join(out)
+
+
+def _literal(text: str) -> str:
+    if "{{" in text or "}}" in text:
+        raise TemplateError("the template has a malformed token")
+    return text
+
+
+def _token_value(name: str, context: dict) -> str:
+    if name.startswith("context."):
+        field_name = name[len("context."):]
+        if not field_name or "." in field_name or field_name not in context:
+            raise TemplateError(f"{name} is not a first-level field of the hook context")
+        value = context[field_name]
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, (str, int, float)):
+            text = str(value)
+        else:
+            raise TemplateError(f"{name} is not a primitive value and cannot be used in a query")
+        if not text.strip():
+            raise TemplateError(f"{name} is empty")
+        return text
+    if name in _USER_TOKENS:
+        wanted = _USER_TOKENS[name]
+        user = context.get("userId")
+        if not isinstance(user, str) or "/" not in user:
+            raise TemplateError(f"{name}: context.userId is missing or not a reference")
+        kind, _, ident = user.partition("/")
+        if kind != wanted:
+            raise TemplateError(f"{name}: the user is not a {wanted}")
+        if not ident.strip():
+            raise TemplateError(f"{name}: context.userId has no id")
+        return ident
+    raise TemplateError(f"unknown prefetch token {{{{{name}}}}}")
+
+
+def _resource_type(template: PrefetchTemplate) -> str:
+    return template.query.split("?", 1)[0].split("/", 1)[0] or "unknown"
+
+
+def _is_read(query: str) -> bool:
+    """`Type/id` (no query, no operation) is a read; everything else answers a Bundle."""
+    if "?" in query:
+        return False
+    segments = query.split("/")
+    return len(segments) == 2 and not segments[1].startswith(("_", "$"))
+
+
+def _describe(template: PrefetchTemplate) -> str:
+    kind = "read" if _is_read(template.query) else "search"
+    return f"{template.key} ({_resource_type(template)} {kind})"
+
+
+def _fetch(client: FhirClient, query: str) -> tuple[dict | None, str | None]:
+    if _is_read(query):
+        try:
+            return client.read(query), None
+        except FhirNotFound:
+            return None, None
+    result = client.search_pages(query)
+    return result.bundle, result.incomplete
+
+
+def resolve(
+    service: ServiceDefinition,
+    request,
+    fhir: FhirAccess | None,
+    *,
+    deadline: float | None = None,
+) -> PrefetchResult:
+    """Prefetch data for every template of `service` (see the module docstring).
+
+    `request` is any object with `context`, `fhir_server`, `access_token` and `prefetch`
+    (hooks.HookRequest). `fhir` is the app's FhirAccess. `deadline` is the absolute
+    `time.monotonic()` by which all FHIR requests must be done (default: now + the
+    configured budget). Raises ApiError(412, "prefetch_unavailable") when a required key
+    cannot be had.
+    """
+    sent = request.prefetch or {}
+    data: dict[str, dict | None] = {}
+    missing: dict[str, str] = {}          # key -> why it must be fetched
+    for template in service.prefetch:
+        if template.key in sent:
+            value = sent[template.key]
+            if value is None:
+                data[template.key] = None
+                continue
+            if is_fhir_resource(value) and value["resourceType"] != "OperationOutcome":
+                data[template.key] = value
+                continue
+            missing[template.key] = (
+                "the client sent an OperationOutcome"
+                if isinstance(value, dict) and value.get("resourceType") == "OperationOutcome"
+                else "the client sent something that is not a FHIR resource"
+            )
+        else:
+            missing[template.key] = "not prefetched"
+    if not missing:
+        return PrefetchResult(data=data, unavailable={}, fetched=())
+
+    templates = {t.key: t for t in service.prefetch}
+    failures: dict[str, str] = {}
+    incomplete: dict[str, str] = {}
+    fetched: list[str] = []
+    queries: dict[str, str] = {}
+    for key in missing:
+        try:
+            queries[key] = render_template(templates[key].query, request.context or {})
+        except TemplateError as exc:
+            failures[key] = f"cannot build the query: {exc.reason}"
+
+    client = None
+    if queries:
+        if not request.fhir_server:
+            for key in queries:
+                failures[key] = f"{missing[key]} and no fhirServer was given to fetch it from"
+        elif fhir is None:
+            for key in queries:
+                failures[key] = f"{missing[key]} and this service has no FHIR access configured"
+        else:
+            if deadline is None:
+                deadline = fhir.new_deadline()
+            try:
+                client = fhir.client(request.fhir_server, request.access_token, deadline)
+            except FhirUnavailable as exc:
+                for key in queries:
+                    failures[key] = exc.reason
+
+    if client is not None:
+        futures: dict[Future, str] = {
+            fhir.executor.submit(_fetch, client, query): key for key, query in queries.items()
+        }
+        remaining = max(0.0, deadline - time.monotonic()) + _DEADLINE_GRACE_S
+        done, not_done = wait(futures, timeout=remaining)
+        for future in not_done:
+            future.cancel()
+            failures[futures[future]] = "FHIR server did not answer within the time budget"
+        for future in done:
+            key = futures[future]
+            try:
+                value, partial = future.result()
+            except FhirUnavailable as exc:
+                failures[key] = exc.reason
+                continue
+            except Exception as exc:  # a bug, not the server: keep the text out of the reason
+                log.error("prefetch %s: unexpected %s", _describe(templates[key]), type(exc).__name__)
+                failures[key] = "FHIR request failed"
+                continue
+            data[key] = value
+            fetched.append(key)
+            if partial:
+                incomplete[key] = partial
+                log.warning("prefetch %s: incomplete: %s", _describe(templates[key]), partial)
+
+    for key, reason in failures.items():
+        log.warning("prefetch %s unavailable: %s", _describe(templates[key]), reason)
+    required = [t for t in service.prefetch if t.key in failures and t.required]
+    if required:
+        detail = "; ".join(f"{_describe(t)}: {failures[t.key]}" for t in required)
+        raise ApiError(412, "prefetch_unavailable", f"required data could not be obtained: {detail}")
+    order = [t.key for t in service.prefetch]
+    return PrefetchResult(
+        data=data,
+        unavailable={k: failures[k] for k in order if k in failures},
+        fetched=tuple(k for k in order if k in fetched),
+        incomplete=incomplete,
+    )
