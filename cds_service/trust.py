@@ -37,7 +37,7 @@ from typing import Any
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt import PyJWK
-from jwt.exceptions import PyJWKError
+from jwt.exceptions import PyJWTError
 
 from .config import ConfigError, Settings
 
@@ -118,7 +118,7 @@ def parse_jwk(jwk: Any) -> TrustedKey:
     public_part = {k: v for k, v in jwk.items() if k not in _PRIVATE_MEMBERS}
     try:
         key = PyJWK(public_part).key
-    except (PyJWKError, ValueError, TypeError, KeyError) as exc:
+    except (PyJWTError, ValueError, TypeError, KeyError) as exc:
         raise ValueError(f"key {kid!r}: not a usable public key") from exc
     if not isinstance(key, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey,
                             ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):

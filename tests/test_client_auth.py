@@ -291,6 +291,8 @@ REFUSALS = {
     "bad signature (other key, same kid)": (lambda c, k: bearer(k["attacker"].sign(claims())), "bad signature"),
     "payload changed after signing": (
         lambda c, k: bearer(_swap_payload(c.es384.sign(claims()), claims(sub="admin"))), "bad signature"),
+    "own key embedded in the header (jwk)": (
+        lambda c, k: bearer(k["attacker"].sign(claims(), jwk=k["attacker"].public_jwk)), "bad signature"),
     "unknown kid": (lambda c, k: bearer(c.es384.sign(claims(), kid="no-such-kid")), "unknown kid"),
     "no kid": (lambda c, k: bearer(c.es384.sign(claims(), kid=None)), "missing kid"),
     "untrusted iss": (lambda c, k: bearer(c.es384.sign(claims(iss="https://evil.example"))), "iss not trusted"),
