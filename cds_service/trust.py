@@ -227,7 +227,7 @@ class RemoteKeySet:
                     raise ValueError("response too large")
         try:
             return json.loads(bytes(body))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise ValueError("response is not JSON") from exc
 
 

@@ -336,8 +336,25 @@ REFUSALS = {
                    "malformed Authorization header"),
     "two segments": (lambda c, k: "Bearer abc.def", "malformed Authorization header"),
     "header segment not JSON": (lambda c, k: "Bearer bm90IGpzb24.e30.c2ln", "malformed token header"),
+    "deeply nested claims": (
+        lambda c, k: f"Bearer {b64(json.dumps({'alg': 'ES384', 'kid': 'ehr-es384'}).encode())}."
+                     f"{b64(b'[' * 5000)}.c2ln", "malformed claims"),
+    "claims not an object": (
+        lambda c, k: f"Bearer {b64(json.dumps({'alg': 'ES384', 'kid': 'ehr-es384'}).encode())}.{b64(b'[1]')}.c2ln",
+        "malformed claims"),
+    "exp NaN": (lambda c, k: _with_raw_claims(c, '"exp": NaN'), "malformed claims"),
     "oversized token": (lambda c, k: "Bearer " + "a" * 20000 + ".b.c", "token too large"),
 }
+
+
+def _with_raw_claims(client, raw_member: str) -> str:
+    # PyJWT would not emit NaN; sign a hand-written payload with the trusted key.
+    c = {k: v for k, v in claims().items() if k != "exp"}
+    payload = json.dumps(c)[:-1] + ", " + raw_member + "}"
+    header = b64(json.dumps({"alg": "ES384", "kid": "ehr-es384"}).encode())
+    signing_input = f"{header}.{b64(payload.encode())}".encode()
+    algorithm = ECAlgorithm(ECAlgorithm.SHA384)
+    return bearer(f"{signing_input.decode()}.{b64(algorithm.sign(signing_input, client.es384.private))}")
 
 
 def _other_issuer_rs(keys):

@@ -264,6 +264,7 @@ def test_a_failed_refresh_keeps_the_keys_already_held(httpserver, jwks):
      "too large, no Content-Length"),
     (lambda s: s.respond_with_data("<html>", content_type="text/html"), "not JSON"),
     (lambda s: s.respond_with_json({"keys": "nope"}), "not a key set"),
+    (lambda s: s.respond_with_data("[" * 60_000, content_type="application/json"), "nested too deep"),
     (lambda s: s.respond_with_data("", status=404), "404"),
     (lambda s: s.respond_with_data("", status=302, headers={"Location": "https://evil.example/jwks.json"}),
      "redirect"),
