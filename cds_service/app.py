@@ -7,7 +7,9 @@ import traceback
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
+from .client_auth import log_dev_mode_warning
 from .config import Settings, load_settings
+from .cors import install_cors
 from .errors import ApiError
 from .routes import blueprint
 from .runtime import build_runtime
@@ -29,16 +31,20 @@ def create_app(settings: Settings | None = None, **overrides) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
     app.extensions["cds_service"] = build_runtime(settings)
+    install_cors(app, settings.cors_origins)
     app.register_blueprint(blueprint)
     register_error_handlers(app)
+    if settings.allow_unsigned:
+        log_dev_mode_warning(log)
     return app
 
 
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def api_error(error: ApiError):
-        if error.status >= 500:
-            log.error("request failed: %s", error.error)
+        if error.status == 401:
+            # A refused client learns nothing that would help it; the log has the reason.
+            return jsonify({"error": "unauthorized"}), 401, {"WWW-Authenticate": "Bearer"}
         return jsonify(error.body()), error.status
 
     @app.errorhandler(HTTPException)

@@ -43,7 +43,7 @@ def answer(rt: Runtime, service: ServiceDefinition, body: object, notes: AuditNo
     notes.hook_instance = request.hook_instance
     notes.patient_hash = rt.hash_patient(request.patient_id)
 
-    prefetched = resolve(service, request, rt.fhir_client_factory(request))
+    prefetched = resolve(service, request, rt.fhir)
 
     record = build_record(
         prefetched.data,

@@ -10,10 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .audit import audit_key, patient_hash
+from .client_auth import ClientAuthError, ClientIdentity, audiences_for, verify_client_jwt
 from .catalog import ServiceDefinition, load_services
 from .config import ConfigError, Settings
 from .errors import ApiError
-from .store import CallRecord, Store
+from .fhir_client import FhirAccess
+from .store import CallRecord, ReturnedCard, Store
+from .trust import TrustConfig, trust_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,8 @@ class Runtime:
     services: dict[str, ServiceDefinition]
     store: Store
     audit_key: bytes
+    trust: TrustConfig
+    fhir: FhirAccess
 
     def service(self, service_id: str) -> ServiceDefinition:
         service = self.services.get(service_id)
@@ -41,12 +46,51 @@ class Runtime:
             raise ApiError(404, "unknown_service", "no CDS service with this id; GET /cds-services lists them")
         return service
 
+    def authenticate(self, request) -> ClientIdentity:
+        """The CDS client's JWT, checked against the URL the client called (its `aud`)."""
+        base = self.settings.public_base_url or request.host_url
+        try:
+            return verify_client_jwt(
+                request.headers.get("Authorization"), audiences_for(base, request.path), self.trust, self.store
+            )
+        except ClientAuthError as exc:
+            log.warning("client authentication refused: %s", exc)
+            raise ApiError(401, "unauthorized", "") from None
+
     def hash_patient(self, patient_id: str) -> str:
         return patient_hash(patient_id, self.audit_key)
+
+    def audit(self, notes) -> None:
+        """Keep one audit row per call to a known service, whatever its outcome.
+
+        A store failure is logged and does not turn an answered call into an error.
+        """
+        record = CallRecord(
+            service_id=notes.service_id,
+            hook=notes.hook or "",
+            hook_instance=notes.hook_instance or "",
+            outcome_status=notes.status or 0,
+            duration_ms=round(notes.duration_ms, 3),
+            patient_hash=notes.patient_hash,
+            content_version=self.content_version,
+            client_iss=notes.client_iss,
+            cards=tuple(ReturnedCard(*card) for card in notes.cards),
+        )
+        try:
+            self.store.record_call(record)
+        except Exception as exc:  # noqa: BLE001 - the audit must not take the answer down
+            log.error("audit trail write failed: %s", type(exc).__name__)
 
 
 def build_runtime(settings: Settings) -> Runtime:
     settings.instance_path.mkdir(parents=True, exist_ok=True)
     services = load_services(settings.cards_dir / "services.toml")
     store = Store(settings.resolved_database_url)
-    return Runtime(settings=settings, services=services, store=store, audit_key=audit_key(settings))
+    return Runtime(
+        settings=settings,
+        services=services,
+        store=store,
+        audit_key=audit_key(settings),
+        trust=trust_from_settings(settings),
+        fhir=FhirAccess(settings),
+    )
