@@ -3,37 +3,71 @@
 The record holds only facts that some card concept asks for: resources are selected from
 the raw JSON by code first (cheap), and only the selected ones are validated with
 fhir.resources.R4B (expensive). Nothing here knows about HTTP or about card models.
+
+Which resources count (the rules, in one place):
+- Condition: any, unless verificationStatus is refuted / entered-in-error. The clinical
+  status is kept on the fact; `PatientRecord.active_conditions` says what "active" means.
+- Procedure: status completed only.
+- Observation: status final / amended / corrected only; the value read as the concept's
+  value kind (cards/concepts.toml) and converted to its canonical unit; a value that
+  cannot be read or is out of range is not used and is reported as unreadable.
+- MedicationRequest: status active only (completed, stopped, on-hold... are not current
+  use). MedicationStatement: status active or intended.
+- Draft orders (context.draftOrders): ServiceRequest, Procedure and MedicationRequest
+  entries that name a concept (any status but entered-in-error / cancelled / revoked).
+Build never raises on bad input: whatever cannot be read becomes an UnreadableInput that
+names the resource type, the concept and a reason, never an identifier or a value.
 """
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, time, timedelta, timezone
 
+from fhir.resources.R4B.condition import Condition
+from fhir.resources.R4B.medication import Medication
+from fhir.resources.R4B.medicationrequest import MedicationRequest
+from fhir.resources.R4B.medicationstatement import MedicationStatement
+from fhir.resources.R4B.observation import Observation
+from fhir.resources.R4B.procedure import Procedure
+from fhir.resources.R4B.servicerequest import ServiceRequest
 
-@dataclass(frozen=True)
-class Match:
-    """How a resource was matched to a concept: the coding (or text) that matched."""
-    concept: str                     # concept id from cards/concepts.toml
-    system: str | None               # code system URI, None when matched by text
-    code: str | None
-    display: str | None              # display of the matching coding, or the matched text
-    by_text: bool = False            # True when only the free text matched
+from . import units
+from .codes import ConceptIndex, Match, ValueSpec
+
+__all__ = [
+    "Match", "ConditionFact", "ProcedureFact", "ObservationFact", "MedicationFact", "OrderFact",
+    "UnreadableInput", "PatientRecord", "build_record", "parse_fhir_datetime", "parse_fhir_date",
+]
+
+DAYS_PER_YEAR = 365.25
+DAYS_PER_MONTH = DAYS_PER_YEAR / 12
+ACTIVE_CLINICAL_STATUSES = ("active", "recurrence", "relapse")
 
 
 @dataclass(frozen=True)
 class ConditionFact:
     match: Match
     clinical_status: str | None      # active | recurrence | relapse | inactive | remission | resolved
-    onset: date | None               # onsetDateTime / onsetPeriod.start / onsetAge not used
+    onset: date | None               # onsetDateTime / onsetPeriod.start (onsetAge / onsetString: None)
     recorded: date | None            # recordedDate
-    abatement: date | None
+    abatement: date | None           # abatementDateTime / abatementPeriod (start, else end)
+    abated: bool = False             # any abatement[x] recorded, even one without a date
+
+    @property
+    def is_active(self) -> bool:
+        """Active, recurrence or relapse; or no clinical status and nothing says it abated."""
+        if self.clinical_status is None:
+            return not self.abated
+        return self.clinical_status in ACTIVE_CLINICAL_STATUSES
 
 
 @dataclass(frozen=True)
 class ProcedureFact:
     match: Match
     status: str                      # FHIR Procedure.status (only 'completed' kept by default)
-    start: datetime | None           # performedDateTime or performedPeriod.start
+    start: datetime | None           # performedDateTime or performedPeriod.start (timezone-aware)
     end: datetime | None             # performedPeriod.end
 
     @property
@@ -43,13 +77,19 @@ class ProcedureFact:
         minutes = (self.end - self.start).total_seconds() / 60.0
         return minutes if minutes >= 0 else None
 
+    @property
+    def performed(self) -> datetime | None:
+        """When it was done: the start, else the end."""
+        return self.start if self.start is not None else self.end
+
 
 @dataclass(frozen=True)
 class ObservationFact:
     match: Match
-    effective: datetime | None       # effectiveDateTime / effectivePeriod.start / issued
-    value: float | str | bool | None # converted to the concept's canonical unit; str for coded answers
-    unit: str | None                 # canonical UCUM unit when value is a number
+    effective: datetime | None       # effectiveDateTime / effectivePeriod.start / effectiveInstant / issued
+    value: float | int | str | bool | None  # float (quantity, canonical unit), int (ordinal, count),
+                                            # str (coded answer, e.g. "persisted"), bool (boolean)
+    unit: str | None                 # canonical UCUM unit when value is a quantity
     raw: str                         # the value as recorded, for display ("25 min", "Grade III")
 
 
@@ -58,7 +98,7 @@ class MedicationFact:
     match: Match
     resource_type: str               # MedicationRequest | MedicationStatement
     status: str
-    date: date | None                # authoredOn / effective
+    date: date | None                # authoredOn / effective[x] / dateAsserted
 
 
 @dataclass(frozen=True)
@@ -84,9 +124,693 @@ class PatientRecord:
     sex: str | None = None           # Patient.gender
     birth_date: date | None = None
     conditions: dict[str, list[ConditionFact]] = field(default_factory=dict)
-    procedures: dict[str, list[ProcedureFact]] = field(default_factory=dict)
+    procedures: dict[str, list[ProcedureFact]] = field(default_factory=dict)      # latest first
     observations: dict[str, list[ObservationFact]] = field(default_factory=dict)  # latest first
-    medications: dict[str, list[MedicationFact]] = field(default_factory=dict)
+    medications: dict[str, list[MedicationFact]] = field(default_factory=dict)    # latest first
     orders: dict[str, list[OrderFact]] = field(default_factory=dict)
     unreadable: list[UnreadableInput] = field(default_factory=list)
     unavailable: dict[str, str] = field(default_factory=dict)  # prefetch key -> reason
+
+    # -- conditions ------------------------------------------------------------------------
+    def active_conditions(self, concept: str) -> list[ConditionFact]:
+        return [c for c in self.conditions.get(concept, ()) if c.is_active]
+
+    def has_active_condition(self, concept: str) -> bool:
+        return any(c.is_active for c in self.conditions.get(concept, ()))
+
+    def earliest_onset(self, concept: str) -> date | None:
+        onsets = [c.onset for c in self.conditions.get(concept, ()) if c.onset is not None]
+        return min(onsets) if onsets else None
+
+    def disease_duration_years(self, concept: str = "hemifacial_spasm") -> float | None:
+        """Years from the earliest recorded onset of the condition to today (None: no onset)."""
+        return self.years_since(self.earliest_onset(concept))
+
+    # -- procedures ------------------------------------------------------------------------
+    def latest_procedure(self, concept: str, before: date | datetime | None = None) -> ProcedureFact | None:
+        """The most recent completed procedure of the concept (with a date), optionally before a time."""
+        limit = _as_datetime(before) if before is not None else None
+        for fact in self.procedures.get(concept, ()):
+            when = fact.performed
+            if when is not None and (limit is None or when < limit):
+                return fact
+        return None
+
+    # -- observations ----------------------------------------------------------------------
+    def latest(self, concept: str, since: date | None = None,
+               before: datetime | date | None = None) -> ObservationFact | None:
+        """The latest observation of the concept with effective time in [since, before).
+
+        Without `since` and `before` an undated observation is returned only when there is
+        no dated one; with either, undated observations are never returned.
+        """
+        low = _as_datetime(since) if since is not None else None
+        high = _as_datetime(before) if before is not None else None
+        for fact in self.observations.get(concept, ()):
+            if fact.effective is None:
+                if low is None and high is None:
+                    return fact
+                continue
+            if high is not None and fact.effective >= high:
+                continue
+            if low is not None and fact.effective < low:
+                return None          # sorted latest first: everything after is older
+            return fact
+        return None
+
+    # -- medications and orders --------------------------------------------------------------
+    def current_medications(self, concept: str) -> list[MedicationFact]:
+        """Current use (the build keeps active requests and active/intended statements only)."""
+        return list(self.medications.get(concept, ()))
+
+    def takes(self, concept: str) -> bool:
+        return bool(self.medications.get(concept))
+
+    def orders_for(self, concept: str, selected_only: bool = False) -> list[OrderFact]:
+        return [o for o in self.orders.get(concept, ()) if o.selected or not selected_only]
+
+    def ordered(self, concept: str, selected_only: bool = False) -> bool:
+        return bool(self.orders_for(concept, selected_only))
+
+    # -- time ----------------------------------------------------------------------------------
+    def months_since(self, when: ProcedureFact | ObservationFact | date | datetime | None) -> float | None:
+        days = self._days_since(when)
+        return None if days is None else days / DAYS_PER_MONTH
+
+    def years_since(self, when: ProcedureFact | ObservationFact | date | datetime | None) -> float | None:
+        days = self._days_since(when)
+        return None if days is None else days / DAYS_PER_YEAR
+
+    def age_years(self) -> int | None:
+        """Completed years of age today (None: no birth date, or born after today)."""
+        b = self.birth_date
+        if b is None or b > self.today:
+            return None
+        return self.today.year - b.year - ((self.today.month, self.today.day) < (b.month, b.day))
+
+    def unreadable_for(self, concept: str) -> list[UnreadableInput]:
+        return [u for u in self.unreadable if u.concept == concept]
+
+    def _days_since(self, when) -> int | None:
+        if isinstance(when, ProcedureFact):
+            when = when.performed
+        elif isinstance(when, ObservationFact):
+            when = when.effective
+        if isinstance(when, datetime):
+            when = when.date()
+        if not isinstance(when, date):
+            return None
+        days = (self.today - when).days
+        return days if days >= 0 else None
+
+
+# =========================================================================== building
+_MODELS = {
+    "Condition": Condition, "Procedure": Procedure, "Observation": Observation,
+    "MedicationRequest": MedicationRequest, "MedicationStatement": MedicationStatement,
+    "ServiceRequest": ServiceRequest, "Medication": Medication,
+}
+CONDITION_KINDS = frozenset({"condition"})
+PROCEDURE_KINDS = frozenset({"procedure"})
+OBSERVATION_KINDS = frozenset({"observation"})
+MEDICATION_KINDS = frozenset({"medication"})
+SERVICE_REQUEST_KINDS = frozenset({"procedure", "medication"})
+
+_OBSERVATION_STATUSES = ("final", "amended", "corrected")
+_STATEMENT_STATUSES = ("active", "intended")
+_IGNORED_DRAFT_STATUSES = ("entered-in-error", "cancelled", "revoked")
+_GENDERS = ("male", "female", "other", "unknown")
+_RAW_LIMIT = 60
+
+
+class _Unreadable(Exception):
+    """A selected resource's value cannot be used; the message is a safe reason."""
+
+
+def build_record(
+    resources: dict[str, dict | None] | None,
+    draft_orders: dict | None = None,
+    selections: Iterable[str] | None = None,
+    *,
+    concepts: ConceptIndex,
+    today: date,
+    unavailable: dict[str, str] | None = None,
+) -> PatientRecord:
+    """The patient record for one hook call.
+
+    resources:    prefetch data by key: a Resource, a Bundle (entry[].resource), or None.
+    draft_orders: context.draftOrders (a Bundle), or None.
+    selections:   context.selections ("Type/id"); None means every draft order is selected
+                  (order-sign).
+    concepts:     the ConceptIndex from concepts.load_concepts.
+    today:        the date the record is judged at (never taken from the clock here).
+    unavailable:  prefetch key -> safe reason, kept on the record for the cards.
+    """
+    record = PatientRecord(today=today, unavailable=dict(unavailable or {}))
+    sources = list(resources.values()) if isinstance(resources, dict) else []
+    collected = _collect(sources)
+    drafts = _collect([draft_orders])
+    medications = _medication_index(collected + drafts)
+
+    patient = next((r for r, _ in collected if r.get("resourceType") == "Patient"), None)
+    if patient is not None:
+        _read_patient(patient, record)
+
+    readers = {
+        "Condition": _read_condition,
+        "Procedure": _read_procedure,
+        "Observation": _read_observation,
+        "MedicationRequest": _read_medication_use,
+        "MedicationStatement": _read_medication_use,
+    }
+    for resource, _ in collected:
+        reader = readers.get(resource["resourceType"])
+        if reader is not None:
+            try:
+                reader(resource, concepts, record, medications)
+            except Exception:  # noqa: BLE001 - no input may break the record
+                _could_not_read(resource, record)
+
+    selected = _selection_set(selections)
+    for resource, full_url in drafts:
+        try:
+            _read_draft_order(resource, concepts, record, medications, full_url, selected)
+        except Exception:  # noqa: BLE001
+            _could_not_read(resource, record)
+
+    _sort(record)
+    record.unreadable = list(dict.fromkeys(record.unreadable))
+    return record
+
+
+def _could_not_read(resource: dict, record: PatientRecord) -> None:
+    """Last line of defence: the reason is ours, never the exception's text."""
+    kind = resource.get("resourceType")
+    record.unreadable.append(UnreadableInput(
+        resource_type=kind if kind in _MODELS else "Resource", concept=None,
+        reason="the resource could not be read"))
+
+
+# -- collecting ---------------------------------------------------------------------------
+_READ_TYPES = frozenset({
+    "Patient", "Condition", "Procedure", "Observation", "MedicationRequest", "MedicationStatement",
+    "Medication", "ServiceRequest",
+})
+
+
+def _collect(sources: Iterable[object]) -> list[tuple[dict, str | None]]:
+    """The resources of the types the record reads, from the sources (Bundles unpacked one
+    level), de-duplicated by type+id (the first one wins)."""
+    out: list[tuple[dict, str | None]] = []
+    seen: set[tuple[str, str]] = set()
+    for source in sources:
+        if type(source) is not dict:
+            continue
+        if source.get("resourceType") == "Bundle":
+            entries = source.get("entry")
+            if type(entries) is not list:
+                continue
+            pairs = ((e.get("resource"), e.get("fullUrl")) for e in entries if type(e) is dict)
+        else:
+            pairs = ((source, None),)
+        for resource, full_url in pairs:
+            if type(resource) is not dict:
+                continue
+            kind = resource.get("resourceType")
+            if type(kind) is not str or kind not in _READ_TYPES:
+                continue
+            rid = resource.get("id")
+            if type(rid) is str:
+                key = (kind, rid)
+                if key in seen:
+                    continue
+                seen.add(key)
+            out.append((resource, full_url if type(full_url) is str else None))
+    return out
+
+
+def _medication_index(resources: list[tuple[dict, str | None]]) -> dict[str, dict]:
+    index: dict[str, dict] = {}
+    for resource, full_url in resources:
+        if resource.get("resourceType") != "Medication":
+            continue
+        rid = resource.get("id")
+        if isinstance(rid, str):
+            index.setdefault(f"Medication/{rid}", resource)
+        if full_url:
+            index.setdefault(full_url, resource)
+    return index
+
+
+# -- Patient -------------------------------------------------------------------------------
+def _read_patient(patient: dict, record: PatientRecord) -> None:
+    # Only two primitives are read; each is checked against its FHIR definition here
+    # (gender: required value set; birthDate: FHIR date) instead of validating the whole
+    # Patient, which is the largest resource of a record.
+    gender = patient.get("gender")
+    if gender is not None:
+        if isinstance(gender, str) and gender in _GENDERS:
+            record.sex = gender
+        else:
+            record.unreadable.append(UnreadableInput("Patient", None, "gender is not a FHIR gender code"))
+    birth = patient.get("birthDate")
+    if birth is not None:
+        parsed = parse_fhir_date(birth)
+        if parsed is None:
+            record.unreadable.append(UnreadableInput("Patient", None, "birthDate is not a FHIR date"))
+        else:
+            record.birth_date = parsed
+
+
+# -- Condition ---------------------------------------------------------------------------------
+def _read_condition(resource: dict, concepts: ConceptIndex, record: PatientRecord, _meds) -> None:
+    matches = concepts.match_codeable(resource.get("code"), CONDITION_KINDS)
+    if not matches:
+        return
+    if _status_code(resource.get("verificationStatus"), "condition-ver-status") in ("refuted", "entered-in-error"):
+        return
+    if not _valid(resource, matches, record):
+        return
+    clinical = _status_code(resource.get("clinicalStatus"), "condition-clinical")
+    onset = parse_fhir_date(resource.get("onsetDateTime")) or parse_fhir_date(_get(resource, "onsetPeriod", "start"))
+    abatement = (parse_fhir_date(resource.get("abatementDateTime"))
+                 or parse_fhir_date(_get(resource, "abatementPeriod", "start"))
+                 or parse_fhir_date(_get(resource, "abatementPeriod", "end")))
+    abated = any(isinstance(key, str) and key.startswith("abatement") for key in resource)
+    recorded = parse_fhir_date(resource.get("recordedDate"))
+    for match in matches:
+        record.conditions.setdefault(match.concept, []).append(ConditionFact(
+            match=match, clinical_status=clinical, onset=onset, recorded=recorded,
+            abatement=abatement, abated=abated))
+
+
+# -- Procedure ---------------------------------------------------------------------------------
+def _read_procedure(resource: dict, concepts: ConceptIndex, record: PatientRecord, _meds) -> None:
+    matches = concepts.match_codeable(resource.get("code"), PROCEDURE_KINDS)
+    if not matches or resource.get("status") != "completed":
+        return
+    if not _valid(resource, matches, record):
+        return
+    start = parse_fhir_datetime(resource.get("performedDateTime"))
+    end = None
+    if start is None:
+        start = parse_fhir_datetime(_get(resource, "performedPeriod", "start"))
+        end = parse_fhir_datetime(_get(resource, "performedPeriod", "end"))
+    for match in matches:
+        record.procedures.setdefault(match.concept, []).append(
+            ProcedureFact(match=match, status="completed", start=start, end=end))
+
+
+# -- Observation -------------------------------------------------------------------------------
+def _read_observation(resource: dict, concepts: ConceptIndex, record: PatientRecord, _meds) -> None:
+    found: list[tuple[Match, dict]] = []
+    for m in concepts.match_codeable(resource.get("code"), OBSERVATION_KINDS):
+        found.append((m, resource))
+    components = resource.get("component")
+    if type(components) is list:
+        for component in components:
+            if type(component) is dict:
+                for m in concepts.match_codeable(component.get("code"), OBSERVATION_KINDS):
+                    found.append((m, component))
+    if not found:
+        return
+    status = resource.get("status")
+    if not isinstance(status, str) or status not in _OBSERVATION_STATUSES:
+        return
+    if not _valid(resource, [m for m, _ in found], record):
+        return
+    effective = (parse_fhir_datetime(resource.get("effectiveDateTime"))
+                 or parse_fhir_datetime(_get(resource, "effectivePeriod", "start"))
+                 or parse_fhir_datetime(resource.get("effectiveInstant"))
+                 or parse_fhir_datetime(resource.get("issued")))
+    for match, holder in found:
+        spec = concepts.concept(match.concept).value
+        if spec is None:
+            continue
+        if not any(isinstance(key, str) and key.startswith("value") for key in holder):
+            if "dataAbsentReason" not in holder:
+                record.unreadable.append(UnreadableInput("Observation", match.concept, "the observation has no value"))
+            continue
+        try:
+            value, unit, raw = _read_value(holder, spec, match.concept, concepts)
+        except _Unreadable as exc:
+            record.unreadable.append(UnreadableInput("Observation", match.concept, str(exc)))
+            continue
+        record.observations.setdefault(match.concept, []).append(
+            ObservationFact(match=match, effective=effective, value=value, unit=unit, raw=raw))
+
+
+def _read_value(holder: dict, spec: ValueSpec, concept_id: str, concepts: ConceptIndex):
+    """(value, unit, raw) of an Observation or component for the concept's value kind."""
+    kind = spec.kind
+    if kind == "quantity":
+        if "valueQuantity" in holder:
+            quantity = holder["valueQuantity"]
+            try:
+                number = units.convert_quantity(quantity, spec.unit)
+            except units.UnitError as exc:
+                raise _Unreadable(str(exc)) from None
+            return _in_range(number, spec), spec.unit, _raw_quantity(quantity)
+        if "valueInteger" in holder and units.is_dimensionless(spec.unit):
+            number = _integer(holder["valueInteger"])
+            return _in_range(float(number), spec), spec.unit, str(number)
+        raise _Unreadable(f"the value is not a quantity ({spec.unit} expected)")
+    if kind in ("ordinal", "count"):
+        number, raw = _whole_number(holder, ordinal=kind == "ordinal")
+        return int(_in_range(number, spec)), None, raw
+    if kind == "coded":
+        source = holder.get("valueCodeableConcept", holder.get("valueString"))
+        answer = concepts.match_answer(concept_id, source)
+        if answer is None:
+            raise _Unreadable("the value is not one of the concept's answers")
+        return answer.value, None, _raw_answer(source, answer.label)
+    if kind == "boolean":
+        if "valueBoolean" in holder:
+            flag = holder["valueBoolean"]
+            if not isinstance(flag, bool):
+                raise _Unreadable("valueBoolean is not true or false")
+            return flag, None, "yes" if flag else "no"
+        source = holder.get("valueCodeableConcept", holder.get("valueString"))
+        answer = concepts.match_answer(concept_id, source)
+        if answer is None or not isinstance(answer.value, bool):
+            raise _Unreadable("the value is not a yes/no answer")
+        return answer.value, None, _raw_answer(source, answer.label)
+    raise _Unreadable("the concept's value kind is not supported")
+
+
+def _whole_number(holder: dict, ordinal: bool) -> tuple[float, str]:
+    if "valueInteger" in holder:
+        number = _integer(holder["valueInteger"])
+        return float(number), str(number)
+    if "valueQuantity" in holder:
+        quantity = holder["valueQuantity"]
+        try:
+            number = units.convert_quantity(quantity, "1")
+        except units.UnitError as exc:
+            raise _Unreadable(str(exc).replace("converted to 1", "read as a number without unit")) from None
+        if not number.is_integer():
+            raise _Unreadable("the value is not a whole number")
+        return number, _raw_quantity(quantity)
+    text = holder.get("valueString")
+    if text is None and isinstance(holder.get("valueCodeableConcept"), dict):
+        cc = holder["valueCodeableConcept"]
+        candidates = [cc.get("text")] + [c.get("display") for c in _list(cc.get("coding")) if isinstance(c, dict)] \
+            + [c.get("code") for c in _list(cc.get("coding")) if isinstance(c, dict)]
+        for candidate in candidates:
+            if isinstance(candidate, str) and _parse_grade(candidate, ordinal) is not None:
+                text = candidate
+                break
+    if isinstance(text, str):
+        number = _parse_grade(text, ordinal)
+        if number is not None:
+            return float(number), _short(text)
+        raise _Unreadable("the value is not a recognised grade" if ordinal else "the value is not a whole number")
+    raise _Unreadable("the value is not a grade" if ordinal else "the value is not a count")
+
+
+_ROMAN = {"I": 1, "II": 2, "III": 3, "IV": 4, "V": 5, "VI": 6, "VII": 7, "VIII": 8, "IX": 9, "X": 10}
+_GRADE = re.compile(r"\s*(?:(?:grade|gr\.?)\s*)?([IVX]{1,4}|[0-9]{1,2})\s*\.?\s*", re.IGNORECASE)
+_COUNT = re.compile(r"\s*([0-9]{1,3})\s*")
+
+
+def _parse_grade(text: str, ordinal: bool) -> int | None:
+    """"III", "Grade III", "grade 3", "3" -> 3 (ordinal); "2" -> 2 (count)."""
+    if len(text) > 40:
+        return None
+    m = (_GRADE if ordinal else _COUNT).fullmatch(text)
+    if m is None:
+        return None
+    token = m.group(1)
+    return int(token) if token.isdigit() else _ROMAN.get(token.upper())
+
+
+def _integer(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Unreadable("valueInteger is not an integer")
+    return value
+
+
+def _in_range(number: float, spec: ValueSpec) -> float:
+    if not spec.in_range(number):
+        raise _Unreadable(f"the value is outside the valid range {spec.range_text()}")
+    return number
+
+
+def _raw_quantity(quantity: dict) -> str:
+    value = quantity.get("value")
+    unit = quantity.get("unit") if isinstance(quantity.get("unit"), str) else quantity.get("code")
+    number = f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "?"
+    if isinstance(unit, str) and unit and not unit.startswith("{") and unit != "1":
+        return _short(f"{number} {unit}")
+    return number
+
+
+def _raw_answer(source: object, label: str) -> str:
+    if isinstance(source, str):
+        return _short(source)
+    if isinstance(source, dict):
+        if isinstance(source.get("text"), str):
+            return _short(source["text"])
+        for coding in _list(source.get("coding")):
+            if isinstance(coding, dict) and isinstance(coding.get("display"), str):
+                return _short(coding["display"])
+    return label
+
+
+# -- medications -------------------------------------------------------------------------------
+def _read_medication_use(resource: dict, concepts: ConceptIndex, record: PatientRecord, medications: dict) -> None:
+    kind = resource["resourceType"]
+    codeable, referenced = _medication_codeable(resource, medications)
+    matches = concepts.match_codeable(codeable, MEDICATION_KINDS)
+    if not matches:
+        return
+    status = resource.get("status")
+    if kind == "MedicationRequest":
+        if status != "active":
+            return
+    elif not isinstance(status, str) or status not in _STATEMENT_STATUSES:
+        return
+    if not _valid(resource, matches, record):
+        return
+    if referenced is not None and not _valid(referenced, matches, record):
+        return
+    when = (parse_fhir_date(resource.get("authoredOn"))
+            or parse_fhir_date(resource.get("effectiveDateTime"))
+            or parse_fhir_date(_get(resource, "effectivePeriod", "start"))
+            or parse_fhir_date(resource.get("dateAsserted")))
+    for match in matches:
+        record.medications.setdefault(match.concept, []).append(
+            MedicationFact(match=match, resource_type=kind, status=status, date=when))
+
+
+def _medication_codeable(resource: dict, medications: dict) -> tuple[object, dict | None]:
+    """The medication's CodeableConcept, and the separate Medication resource it came from."""
+    codeable = resource.get("medicationCodeableConcept")
+    if codeable is not None:
+        return codeable, None
+    reference = _get(resource, "medicationReference", "reference")
+    if not isinstance(reference, str) or not reference:
+        return None, None
+    if reference.startswith("#"):
+        for contained in _list(resource.get("contained")):
+            if (isinstance(contained, dict) and contained.get("resourceType") == "Medication"
+                    and contained.get("id") == reference[1:]):
+                return contained.get("code"), None      # validated with its container
+        return None, None
+    target = medications.get(reference) or medications.get(_type_and_id(reference))
+    if target is None:
+        return None, None
+    return target.get("code"), target
+
+
+# -- draft orders ------------------------------------------------------------------------------
+def _read_draft_order(resource: dict, concepts: ConceptIndex, record: PatientRecord, medications: dict,
+                      full_url: str | None, selected: frozenset[str] | None) -> None:
+    kind = resource.get("resourceType")
+    if kind == "ServiceRequest":
+        matches = concepts.match_codeable(resource.get("code"), SERVICE_REQUEST_KINDS)
+        referenced = None
+    elif kind == "Procedure":
+        matches = concepts.match_codeable(resource.get("code"), PROCEDURE_KINDS)
+        referenced = None
+    elif kind == "MedicationRequest":
+        codeable, referenced = _medication_codeable(resource, medications)
+        matches = concepts.match_codeable(codeable, MEDICATION_KINDS)
+    else:
+        return
+    if not matches:
+        return
+    status = resource.get("status")
+    if isinstance(status, str) and status in _IGNORED_DRAFT_STATUSES:
+        return
+    if not _valid(resource, matches, record):
+        return
+    if referenced is not None and not _valid(referenced, matches, record):
+        return
+    rid = resource.get("id")
+    ref = f"{kind}/{rid}" if isinstance(rid, str) and rid else (full_url or kind)
+    is_selected = selected is None or ref in selected or (full_url is not None and full_url in selected)
+    for match in matches:
+        record.orders.setdefault(match.concept, []).append(
+            OrderFact(match=match, resource_type=kind, resource_ref=ref, selected=is_selected))
+
+
+def _selection_set(selections: Iterable[str] | None) -> frozenset[str] | None:
+    if selections is None:
+        return None
+    if isinstance(selections, str) or not isinstance(selections, Iterable):
+        return frozenset()
+    out: set[str] = set()
+    for item in selections:
+        if isinstance(item, str) and item:
+            out.add(item)
+            out.add(_type_and_id(item))
+    return frozenset(out)
+
+
+# -- validation --------------------------------------------------------------------------------
+def _valid(resource: dict, matches: list[Match], record: PatientRecord) -> bool:
+    """Validate a selected resource with fhir.resources.R4B; record why not if it fails."""
+    kind = resource.get("resourceType")
+    model = _MODELS.get(kind)
+    if model is None:
+        return False
+    try:
+        model.model_validate(resource)
+        return True
+    except Exception as exc:  # noqa: BLE001 - pydantic ValidationError and anything below it
+        reason = _validation_reason(kind, model, exc)
+    for concept in dict.fromkeys(m.concept for m in matches):
+        record.unreadable.append(UnreadableInput(kind, concept, reason))
+    return False
+
+
+def _validation_reason(kind: str, model, exc: Exception) -> str:
+    known = set(model.model_fields) | {f.alias for f in model.model_fields.values() if f.alias}
+    fields: list[str] = []
+    unknown = False
+    errors = exc.errors() if hasattr(exc, "errors") and callable(exc.errors) else []
+    try:
+        for error in errors:
+            loc = error.get("loc") or ()
+            head = loc[0] if loc else None
+            if isinstance(head, str) and head in known:
+                fields.append(head)
+            elif error.get("type") == "extra_forbidden":
+                unknown = True
+    except Exception:  # noqa: BLE001
+        pass
+    parts = []
+    if fields:
+        parts.append("invalid " + ", ".join(sorted(set(fields))[:5]))
+    if unknown:
+        parts.append("elements FHIR R4 does not define")
+    detail = f" ({'; '.join(parts)})" if parts else ""
+    return f"the {kind} is not valid FHIR R4{detail}"
+
+
+# -- small readers -----------------------------------------------------------------------------
+def _get(resource: dict, key: str, sub: str) -> object:
+    value = resource.get(key)
+    return value.get(sub) if isinstance(value, dict) else None
+
+
+def _list(value: object) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _status_code(codeable: object, system_tail: str) -> str | None:
+    """The code of a status CodeableConcept (the HL7 system's coding first)."""
+    if not isinstance(codeable, dict):
+        return None
+    first = None
+    for coding in _list(codeable.get("coding")):
+        if not isinstance(coding, dict) or not isinstance(coding.get("code"), str):
+            continue
+        system = coding.get("system")
+        if isinstance(system, str) and system.endswith(system_tail):
+            return coding["code"]
+        first = first or coding["code"]
+    return first
+
+
+def _type_and_id(reference: str) -> str:
+    """"https://x/fhir/ServiceRequest/1/_history/2" -> "ServiceRequest/1"."""
+    parts = [p for p in reference.split("?")[0].split("/") if p]
+    if len(parts) >= 4 and parts[-2] == "_history":
+        parts = parts[:-2]
+    return "/".join(parts[-2:]) if len(parts) >= 2 else reference
+
+
+def _short(text: str) -> str:
+    text = " ".join(text[:1000].split())
+    return text if len(text) <= _RAW_LIMIT else text[: _RAW_LIMIT - 1] + "\u2026"
+
+
+def _sort(record: PatientRecord) -> None:
+    earliest = datetime.min.replace(tzinfo=timezone.utc)
+
+    def newest_first(when: datetime | None) -> tuple[bool, datetime]:
+        return (when is not None, when or earliest)
+
+    for facts in record.observations.values():
+        facts.sort(key=lambda f: newest_first(f.effective), reverse=True)
+    for facts in record.procedures.values():
+        facts.sort(key=lambda f: newest_first(f.performed), reverse=True)
+    for facts in record.medications.values():
+        facts.sort(key=lambda f: newest_first(_as_datetime(f.date) if f.date else None), reverse=True)
+
+
+# =========================================================================== FHIR dates
+_DATETIME = re.compile(
+    r"(?P<y>[0-9]{4})(?:-(?P<mo>[0-9]{2})(?:-(?P<d>[0-9]{2})"
+    r"(?:T(?P<h>[0-9]{2}):(?P<mi>[0-9]{2})(?::(?P<s>[0-9]{2})(?:\.(?P<f>[0-9]{1,9}))?)?"
+    r"(?P<tz>Z|[+-][0-9]{2}:[0-9]{2})?)?)?)?"
+)
+
+
+def parse_fhir_datetime(value: object) -> datetime | None:
+    """A FHIR date / dateTime / instant as a timezone-aware datetime (None if not one).
+
+    Partial dates take the first day ("2018" -> 2018-01-01); a date without a time is
+    midnight UTC; a time without a zone is read as UTC.
+    """
+    if not isinstance(value, str) or len(value) > 40:
+        return None
+    m = _DATETIME.fullmatch(value)
+    if m is None:
+        return None
+    try:
+        zone = timezone.utc
+        tz = m.group("tz")
+        if tz and tz != "Z":
+            sign = 1 if tz[0] == "+" else -1
+            zone = timezone(sign * timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6])))
+        fraction = (m.group("f") or "0")[:6].ljust(6, "0")
+        return datetime(
+            int(m.group("y")), int(m.group("mo") or 1), int(m.group("d") or 1),
+            int(m.group("h") or 0), int(m.group("mi") or 0), min(int(m.group("s") or 0), 59),
+            int(fraction), tzinfo=zone,
+        )
+    except (ValueError, OverflowError):
+        return None
+
+
+def parse_fhir_date(value: object) -> date | None:
+    """The calendar date of a FHIR date / dateTime, as written (its own time zone)."""
+    parsed = parse_fhir_datetime(value)
+    return parsed.date() if parsed is not None else None
+
+
+def _as_datetime(when: date | datetime) -> datetime:
+    if isinstance(when, datetime):
+        return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
+    return datetime.combine(when, time(0, 0), tzinfo=timezone.utc)
+
+
+def iter_facts(record: PatientRecord) -> Iterator[tuple[str, object]]:
+    """(concept id, fact) for every fact in the record (used by tests and the audit)."""
+    for table in (record.conditions, record.procedures, record.observations, record.medications, record.orders):
+        for concept, facts in table.items():
+            for fact in facts:
+                yield concept, fact

@@ -1,0 +1,70 @@
+"""Time build_record on the largest Synthea bundle (plain timing harness, no assertions).
+
+    .venv/bin/python benchmarks/record_build.py [bundle.json ...]
+
+Prints, per bundle: resources, selected facts, and build time (median / p95 / max over
+repeated runs after a warm-up), with and without the fhir.resources validation step, so the
+cost of selecting from raw JSON and of validating the selected resources can be told apart.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from cds_service import record as record_module  # noqa: E402
+from cds_service.concepts import load_concepts  # noqa: E402
+from cds_service.record import build_record, iter_facts  # noqa: E402
+
+SYNTHEA = REPO.parent / "shared" / "fhir-samples" / "synthea"
+RUNS = 200
+
+
+def timings(fn, runs: int = RUNS) -> list[float]:
+    for _ in range(10):
+        fn()
+    out = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - start) * 1000.0)
+    return sorted(out)
+
+
+def summary(ms: list[float]) -> str:
+    p95 = ms[int(len(ms) * 0.95) - 1]
+    return f"median {statistics.median(ms):6.2f} ms  p95 {p95:6.2f} ms  max {ms[-1]:6.2f} ms"
+
+
+def main(paths: list[Path]) -> None:
+    concepts = load_concepts(REPO / "cards")
+    today = date(2025, 1, 1)
+    for path in paths:
+        bundle = json.loads(path.read_text(encoding="utf-8"))
+        prefetch = {"everything": bundle}
+        record = build_record(prefetch, None, None, concepts=concepts, today=today)
+        n_facts = sum(1 for _ in iter_facts(record))
+        print(f"{path.name}: {len(bundle.get('entry', []))} resources, {n_facts} facts, "
+              f"{len(record.unreadable)} unreadable")
+        print("  build_record            ", summary(timings(
+            lambda: build_record(prefetch, None, None, concepts=concepts, today=today))))
+        real_valid = record_module._valid
+        record_module._valid = lambda *args: True
+        try:
+            print("  without R4B validation  ", summary(timings(
+                lambda: build_record(prefetch, None, None, concepts=concepts, today=today))))
+        finally:
+            record_module._valid = real_valid
+
+
+if __name__ == "__main__":
+    args = [Path(a) for a in sys.argv[1:]]
+    if not args:
+        args = [max(SYNTHEA.glob("*.json"), key=lambda p: p.stat().st_size)]
+    main(args)
