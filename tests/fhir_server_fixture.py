@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,9 +142,34 @@ def _wait_until_up(process: subprocess.Popen, base_url: str, log_path: Path) -> 
                 f"{log_path.read_text(errors='replace')[-4000:]}")
 
 
+class StubServer(HTTPServer):
+    """pytest-httpserver that knows when no request is being handled, so that a request
+    a previous test abandoned (slow handler) is logged before the log is cleared."""
+
+    def __init__(self) -> None:
+        super().__init__(host="127.0.0.1", port=0, threaded=True)
+        self._busy = 0
+        self._idle = threading.Condition()
+
+    def application(self, request):
+        with self._idle:
+            self._busy += 1
+        try:
+            return super().application(request)
+        finally:
+            with self._idle:
+                self._busy -= 1
+                self._idle.notify_all()
+
+    def reset(self, timeout: float = 10.0) -> None:
+        with self._idle:
+            self._idle.wait_for(lambda: self._busy == 0, timeout=timeout)
+        self.clear()
+
+
 @pytest.fixture(scope="session")
 def _stub_servers():
-    servers = [HTTPServer(host="127.0.0.1", port=0, threaded=True) for _ in range(2)]
+    servers = [StubServer() for _ in range(2)]
     for server in servers:
         server.start()
     yield servers
@@ -155,17 +181,17 @@ def _stub_servers():
 
 @pytest.fixture
 def fhir_stub(_stub_servers):
-    """A scripted FHIR server (threaded pytest-httpserver), cleared after each test."""
+    """A scripted FHIR server (threaded pytest-httpserver), reset before and after each test."""
     server = _stub_servers[0]
-    server.clear()
+    server.reset()
     yield server
-    server.clear()
+    server.reset()
 
 
 @pytest.fixture
 def elsewhere_stub(_stub_servers):
     """A second scripted server on another port: where a token must never arrive."""
     server = _stub_servers[1]
-    server.clear()
+    server.reset()
     yield server
-    server.clear()
+    server.reset()

@@ -91,6 +91,15 @@ def test_without_a_token_no_authorization_header_is_sent(session, fhir_stub):
     assert request.args["patient"] == PATIENT_ID
 
 
+@pytest.mark.parametrize("bad_token", ["abc\r\nX-Injected: 1", "tök-ən"])
+def test_a_token_that_cannot_be_a_header_value_is_not_sent_at_all(session, fhir_stub, bad_token):
+    fhir_stub.expect_request("/fhir/Patient/p").respond_with_json(patient(), content_type=FHIR)
+    with pytest.raises(FhirUnavailable) as caught:
+        make_client(session, fhir_stub, token=bad_token).read("Patient/p")
+    assert bad_token not in caught.value.reason
+    assert fhir_stub.log == []
+
+
 def test_a_plain_application_json_answer_is_accepted(session, fhir_stub):
     fhir_stub.expect_request("/fhir/Patient/p").respond_with_json(patient(), content_type="application/json; charset=utf-8")
     assert make_client(session, fhir_stub).read("Patient/p")["resourceType"] == "Patient"
