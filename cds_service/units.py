@@ -187,6 +187,9 @@ def convert(value: float, from_unit: str, to_unit: str) -> float:
         raise UnitError(f"unit {describe(from_unit)} cannot be converted to {to_unit}") from None
     if source.dims != target.dims:
         raise UnitError(f"unit {describe(from_unit)} cannot be converted to {to_unit}")
+    if target.dims == (0, 0, 0) and source.factor != target.factor:
+        # "7 /10" or "70 %" for a 0-10 score: rescaling a score is a guess about what was meant.
+        raise UnitError(f"unit {describe(from_unit)} cannot be converted to {to_unit}")
     return float(f"{value * source.factor / target.factor:.12g}")   # drop float noise (2 mV = 2000 uV)
 
 
