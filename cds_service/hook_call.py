@@ -54,7 +54,7 @@ def answer(rt: Runtime, service: ServiceDefinition, body: object, notes: AuditNo
         unavailable=prefetched.unavailable,
     )
 
-    results = [evaluate(card, record, request.hook, rt.site_model(card)) for card in rt.cards_for(request.hook)]
+    results = [evaluate(card, record, request.hook) for card in rt.cards_for(request.hook)]
     cards = [render(result) for result in results if result is not None]
     notes.cards = [(c["uuid"], r.card_id, c["summary"]) for c, r in zip(cards, filter(None, results))]
     return cards

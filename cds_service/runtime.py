@@ -11,7 +11,10 @@ from pathlib import Path
 
 from .audit import audit_key, patient_hash
 from .client_auth import ClientAuthError, ClientIdentity, audiences_for, verify_client_jwt
+from .card_content import CardContent, content_versions, load_cards
 from .catalog import ServiceDefinition, load_services
+from .codes import ConceptIndex
+from .concepts import load_concepts
 from .config import ConfigError, Settings
 from .errors import ApiError
 from .fhir_client import FhirAccess
@@ -39,6 +42,22 @@ class Runtime:
     audit_key: bytes
     trust: TrustConfig
     fhir: FhirAccess
+    concepts: ConceptIndex
+    cards: tuple[CardContent, ...]
+
+    @property
+    def content_version(self) -> str:
+        return self._content_version
+
+    def __post_init__(self) -> None:
+        self._content_version = content_versions(list(self.cards))
+        self._cards_by_hook = {
+            hook: tuple(card for card in self.cards if hook in card.hooks)
+            for hook in {s.hook for s in self.services.values()}
+        }
+
+    def cards_for(self, hook: str) -> tuple[CardContent, ...]:
+        return self._cards_by_hook.get(hook, ())
 
     def service(self, service_id: str) -> ServiceDefinition:
         service = self.services.get(service_id)
@@ -85,6 +104,9 @@ class Runtime:
 def build_runtime(settings: Settings) -> Runtime:
     settings.instance_path.mkdir(parents=True, exist_ok=True)
     services = load_services(settings.cards_dir / "services.toml")
+    overlay = load_overlay(settings.site_overlay)
+    concepts = load_concepts(settings.cards_dir, overlay)
+    cards = tuple(load_cards(settings.cards_dir, overlay, concepts))
     store = Store(settings.resolved_database_url)
     return Runtime(
         settings=settings,
@@ -93,4 +115,6 @@ def build_runtime(settings: Settings) -> Runtime:
         audit_key=audit_key(settings),
         trust=trust_from_settings(settings),
         fhir=FhirAccess(settings),
+        concepts=concepts,
+        cards=cards,
     )
