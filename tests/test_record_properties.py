@@ -81,15 +81,15 @@ def check_record(record: PatientRecord) -> None:
         assert problem.concept is None or problem.concept in CONCEPTS
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(st.text(max_size=10), json_values | resource_like, max_size=4), json_values | resource_like,
        st.none() | st.lists(json_values, max_size=3))
 def test_arbitrary_json_never_raises(prefetch, drafts, selections):
     check_record(build(prefetch, drafts, selections))
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(resource_like, max_size=6))
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(resource_like, max_size=4))
 def test_arbitrary_resources_in_a_bundle_never_raise(resources):
     bundle = {"resourceType": "Bundle", "entry": [{"resource": r} for r in resources]}
     check_record(build({"all": bundle}, bundle, ["ServiceRequest/x"]))
