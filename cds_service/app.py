@@ -27,7 +27,7 @@ _HTTP_ERROR_CODES = {
 def create_app(settings: Settings | None = None, **overrides) -> Flask:
     """Build the service. `settings` wins; else defaults < CDS_CONFIG file < env < overrides."""
     settings = settings or load_settings(overrides)
-    app = Flask(__name__, instance_path=str(settings.instance_path.resolve()))
+    app = Flask(__name__, instance_path=str(settings.instance_path.resolve()), static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
     app.extensions["cds_service"] = build_runtime(settings)
