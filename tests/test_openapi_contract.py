@@ -20,9 +20,11 @@ from schemathesis.specs.openapi.definitions import OPENAPI_31
 from openapi_support import (
     assert_documented,
     documented_operations,
+    documented_response,
     load_contract,
     response_errors,
     schema_errors,
+    validator_at,
 )
 
 SPEC_EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "cds-hooks-spec"
@@ -448,6 +450,35 @@ def test_every_operation_documents_json_errors_with_the_error_schema():
             for status in statuses - {200, 401}:
                 assert response_errors(path, method, status, {"error": "x", "detail": "y"}) != [], (
                     f"{method} {path} {status} should restrict the error code")
+
+
+def _media_examples(media: dict):
+    if "example" in media:
+        yield "example", media["example"]
+    for name, example in media.get("examples", {}).items():
+        yield name, example["value"]
+
+
+def test_every_example_in_the_contract_fits_its_schema():
+    checked = 0
+    for path, item in load_contract()["paths"].items():
+        for method, operation in item.items():
+            if method == "parameters":
+                continue
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json")
+            if body:
+                validator = validator_at("paths", path, method, "requestBody", "content", "application/json", "schema")
+                for name, example in _media_examples(body):
+                    assert [e.message for e in validator.iter_errors(example)] == [], (path, method, name)
+                    checked += 1
+            for status in operation["responses"]:
+                node, parts = documented_response(path, method, int(status))
+                for media_type, media in node.get("content", {}).items():
+                    validator = validator_at(*parts, "content", media_type, "schema")
+                    for name, example in _media_examples(media):
+                        assert [e.message for e in validator.iter_errors(example)] == [], (path, method, status, name)
+                        checked += 1
+    assert checked >= 15
 
 
 def test_the_error_schemas_refuse_nulls_extra_members_and_stack_traces():
