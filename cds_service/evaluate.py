@@ -479,9 +479,16 @@ def _observation_display(fact: ObservationFact, p: Predictor) -> str:
     shown = number(round(float(value), 2))
     shown = f"{shown}{unit}" if unit and unit.startswith("/") else (f"{shown} {unit}" if unit else shown)
     raw = (fact.raw or "").strip()
-    if raw and raw != shown and raw.replace(" ", "") != shown.replace(" ", ""):
-        return f"{raw} (= {shown})"
-    return shown
+    if not raw or raw.replace(" ", "") == shown.replace(" ", "") or _same_number(raw, float(value)):
+        return shown
+    return f"{raw} (= {shown})"
+
+
+def _same_number(text: str, value: float) -> bool:
+    try:
+        return float(text) == value
+    except ValueError:
+        return False
 
 
 def _is_number(value: object) -> bool:

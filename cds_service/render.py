@@ -124,8 +124,9 @@ def _sources(result: CardResult) -> list[Reference]:
     refs = [s.source or card.source, card.source, *card.references]
     seen, out = set(), []
     for r in refs:
-        if (r.label, r.url) not in seen:
-            seen.add((r.label, r.url))
+        key = r.url or r.label          # one line per publication, the first label wins
+        if key not in seen:
+            seen.add(key)
             out.append(r)
     return out
 
