@@ -16,6 +16,7 @@ import uuid
 from typing import Any
 
 from .card_content import SUMMARY_LIMIT, CardContent, Reference, When, format_figure
+from .record import OrderFact
 from .evaluate import INTRAOPERATIVE, MISSING, UNREADABLE, USED, CardResult, Estimate, InputValue, number, percent, ratio
 
 JUDGEMENT = "This card informs and does not replace clinical judgement."
@@ -173,9 +174,9 @@ def _input_sections(result: CardResult) -> list[str]:
     used = [i for i in result.inputs if i.status == USED]
     missing = [i for i in result.inputs if i.status in (MISSING, INTRAOPERATIVE)]
     unreadable = [i for i in result.inputs if i.status == UNREADABLE]
-    parts = []
-    parts.append("### Patient data used\n\n" + ("\n".join(_used_line(i) for i in used) if used
-                                                else "- None of this card's inputs is recorded."))
+    lines = [_order_line(result.order, result.hook)] if result.order is not None else []
+    lines += [_used_line(i) for i in used] or ["- None of this card's other inputs is recorded."]
+    parts = ["### Patient data used\n\n" + "\n".join(lines)]
     if missing:
         parts.append("### Patient data missing or not yet known\n\n" + "\n".join(_missing_line(i) for i in missing))
     lines = [f"- **{i.label}**: recorded but unreadable ({escape(i.note)})" for i in unreadable]
@@ -192,6 +193,17 @@ def _input_sections(result: CardResult) -> list[str]:
         parts.append("### Data that could not be retrieved\n\n" + "\n".join(
             f"- {_UNAVAILABLE_LABELS.get(k, escape(k))}: {escape(v)}" for k, v in sorted(result.unavailable.items())))
     return parts
+
+
+def _order_line(order: OrderFact, hook: str) -> str:
+    line = f"- **Order being {'signed' if hook == 'order-sign' else 'selected'}**: {order.resource_type}"
+    if order.match.display:
+        line += f" \"{escape(order.match.display)}\""
+    if order.match.code and not order.match.by_text:
+        line += f", code {escape(order.match.code)}"
+    if order.match.by_text:
+        line += "; matched by text only, not by a code"
+    return line
 
 
 def _used_line(i: InputValue) -> str:

@@ -27,6 +27,7 @@ def test_an_mvd_order_for_a_patient_with_six_years_of_hfs_on_carbamazepine_lists
                                "preoperative factors are recorded")
     detail = card["detail"]
     used = section(detail, "### Patient data used")
+    assert "- **Order being selected**: ServiceRequest, code 00NM0ZZ" in used
     assert "- **Disease duration (from hemifacial spasm onset)**: 6.1 years, onset 2019-05-01" in used
     assert "- **Carbamazepine use**: yes, dated 2019-06-01" in used
     missing = section(detail, "### Patient data missing")

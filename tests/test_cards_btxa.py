@@ -39,6 +39,7 @@ def test_btxa_ordered_for_a_patient_with_hypertension_states_the_factor_and_the_
         assert evidence.published("C", figure)
     assert "No patient-specific probability is shown" in detail
     used = section(detail, "### Patient data used")
+    assert f'- **Order being selected**: MedicationRequest "{BOTOX_TEXT}"; matched by text only, not by a code' in used
     assert "- **Hypertension**: yes (active), onset 2014-02-01" in used
     assert "- **Male sex**: no; Patient.gender female" in used
     missing = section(detail, "### Patient data missing")

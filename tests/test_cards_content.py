@@ -279,3 +279,19 @@ def test_a_site_model_is_attached_to_its_card_and_named_in_the_content_versions(
 
 def test_template_names_lists_the_placeholders():
     assert template_names("a {x} b {y_1}") == {"x", "y_1"}
+
+
+def test_the_example_site_overlay_file_loads_and_drives_both_site_models():
+    overlay = tomllib.loads((SCENARIOS_DIR / "site_overlay.toml").read_text(encoding="utf-8"))
+    cards = {c.id: c for c in load_cards(DEFAULT_CARDS_DIR, overlay)}
+    assert cards["rfa-recurrence"].site_model.baseline_survival == {3.0: 0.7, 6.0: 0.5, 12.0: 0.25}
+    assert cards["btxa-response"].site_model.coefficients == (math.log(5.847),)
+    assert cards["amr-persistence"].site_model is None
+    rfa = Chart.from_bundle("hfs_after_rfa.json").show("rfa-recurrence", "patient-view", "2025-06-01", overlay)
+    assert "Example Hospital RFA recurrence model" in rfa["detail"] and "site model estimates" in rfa["summary"]
+    # a local HFS code from the overlay makes the patient an HFS patient for the cards
+    chart = Chart().condition(("https://hospital.example/fhir/CodeSystem/problems", "HFS-1"), onset="2020-01-01")
+    chart.hypertension().order_medication(text="onabotulinumtoxinA 50 units")
+    btxa = chart.show("btxa-response", "order-select", "2025-06-01", overlay)
+    assert "Example Hospital BTX-A response model" in btxa["detail"] and "22.5 %" in btxa["summary"]
+    assert chart.show("btxa-response", "order-select", "2025-06-01") is None     # without the overlay's code

@@ -203,20 +203,21 @@ class Chart:
     def bundle(self) -> dict:
         return {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in self.resources]}
 
-    def record(self, hook: str, today: str | date, unavailable: dict | None = None) -> PatientRecord:
+    def record(self, hook: str, today: str | date, unavailable: dict | None = None,
+               overlay: dict | None = None) -> PatientRecord:
         drafts = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in self.drafts]}
         return build_record(
             self.prefetch(),
             draft_orders=drafts if hook != "patient-view" else None,
             selections=list(self.selections) if hook == "order-select" else None,
-            concepts=concepts(),
+            concepts=concepts(overlay),
             today=date.fromisoformat(today) if isinstance(today, str) else today,
             unavailable=unavailable,
         )
 
     def result(self, card_id: str, hook: str, today: str | date, overlay: dict | None = None,
                unavailable: dict | None = None) -> CardResult | None:
-        return evaluate(card(card_id, overlay), self.record(hook, today, unavailable), hook)
+        return evaluate(card(card_id, overlay), self.record(hook, today, unavailable, overlay), hook)
 
     def show(self, card_id: str, hook: str, today: str | date, overlay: dict | None = None,
              unavailable: dict | None = None) -> dict | None:
@@ -225,21 +226,22 @@ class Chart:
         return render(result) if result is not None else None
 
 
-_CONCEPTS = None
+_CONCEPTS: dict[str, object] = {}
 _CARDS: dict[str, dict[str, CardContent]] = {}
 
 
-def concepts():
-    global _CONCEPTS
-    if _CONCEPTS is None:
-        _CONCEPTS = load_concepts(DEFAULT_CARDS_DIR)
-    return _CONCEPTS
+def concepts(overlay: dict | None = None):
+    """The ConceptIndex of cards/concepts.toml (plus the overlay's local codes)."""
+    key = json.dumps(overlay, sort_keys=True, default=str)
+    if key not in _CONCEPTS:
+        _CONCEPTS[key] = load_concepts(DEFAULT_CARDS_DIR, overlay)
+    return _CONCEPTS[key]
 
 
 def card(card_id: str, overlay: dict | None = None) -> CardContent:
     key = json.dumps(overlay, sort_keys=True, default=str)
     if key not in _CARDS:
-        _CARDS[key] = {c.id: c for c in load_cards(DEFAULT_CARDS_DIR, overlay)}
+        _CARDS[key] = {c.id: c for c in load_cards(DEFAULT_CARDS_DIR, overlay, concepts(overlay))}
     return _CARDS[key][card_id]
 
 
