@@ -17,6 +17,7 @@ Rules kept here, for every card:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
@@ -406,6 +407,9 @@ def _estimate(card: CardContent, s: Situation, site: SiteModel | None,
     try:
         if site.kind == "cox":
             model = site.cox()
+            difference = model.linear_predictor(x) - model.linear_predictor(model.reference)
+            if not (math.isfinite(difference) and abs(difference) < 700):       # exp() would overflow
+                return None, "the inputs lie outside what the site model can compute"
             return Estimate(kind="cox", relative_hazard=model.relative_hazard(x), reference_label=site.reference_label,
                             event_probabilities=tuple((h, model.event_probability(x, h))
                                                       for h in sorted(site.baseline_survival)),
