@@ -25,7 +25,7 @@ from typing import Any
 from .card_content import CardContent, Predictor, SiteModel, Situation
 from .models import ModelIncomplete
 from .record import (
-    ConditionFact, MedicationFact, ObservationFact, OrderFact, PatientRecord, ProcedureFact, UnreadableInput,
+    ConditionFact, ObservationFact, OrderFact, PatientRecord, ProcedureFact, UnreadableInput,
 )
 
 NOT_TAKEN = frozenset({"entered-in-error", "cancelled", "draft", "not-taken", "unknown"})

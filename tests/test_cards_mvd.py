@@ -8,7 +8,7 @@ patients); revision MVD (Park 2019): 23 revisions among > 2500, causes 8 / 12 / 
 """
 import evidence
 from cds_service.render import render
-from scenarios.chart import LOCAL, MVD, Chart
+from scenarios.chart import Chart
 
 CARD = "mvd-recurrence"
 TODAY = "2025-06-01"

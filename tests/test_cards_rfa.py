@@ -9,7 +9,7 @@ import math
 import pytest
 
 import evidence
-from scenarios.chart import HFS, RFA, Chart, MVD
+from scenarios.chart import MVD, RFA, Chart
 
 CARD = "rfa-recurrence"
 TODAY = "2025-06-01"
