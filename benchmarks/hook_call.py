@@ -36,7 +36,7 @@ def largest_bundle() -> dict:
     return json.loads(path.read_text())
 
 
-def build_request(bundle: dict) -> tuple[int, dict]:
+def build_request(bundle: dict, everything: bool = False) -> tuple[int, dict]:
     resources = [e["resource"] for e in bundle["entry"]]
     patient = next((r for r in resources if r["resourceType"] == "Patient"), None)
     patient_id = patient["id"] if patient else "bench-patient"
@@ -58,6 +58,12 @@ def build_request(bundle: dict) -> tuple[int, dict]:
         "subject": {"reference": f"Patient/{patient_id}"},
         "performedPeriod": {"start": "2025-06-01T08:00:00Z", "end": "2025-06-01T10:30:00Z"},
     }})
+    if everything:
+        # Resources the templates do not ask for (Claims, Encounters, ...), as an EHR that
+        # over-prefetches would send them: parsed with the body, otherwise ignored.
+        searchsets["unrequested"] = {"resourceType": "Bundle", "type": "collection", "entry": [
+            {"resource": r} for r in resources
+            if r["resourceType"] not in PREFETCH_KEYS and r["resourceType"] != "Patient"]}
     count = sum(len(s["entry"]) for s in searchsets.values()) + (1 if patient else 0)
     return count, {
         "hook": "patient-view",
@@ -70,14 +76,18 @@ def build_request(bundle: dict) -> tuple[int, dict]:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--everything", action="store_true",
+                        help="also send the Synthea resources no template asks for (3 MB body)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from cds_service.app import create_app
+    from cds_service.gc_tuning import freeze_startup_objects
 
-    count, request = build_request(largest_bundle())
+    count, request = build_request(largest_bundle(), args.everything)
     body = json.dumps(request).encode()
     with tempfile.TemporaryDirectory() as instance:
         app = create_app(instance_path=instance, allow_unsigned=True)
+        freeze_startup_objects()  # as every gunicorn worker does after loading the app
         client = app.test_client()
         url = "/cds-services/hfs-outcomes-patient-view"
         first = client.post(url, data=body, content_type="application/json")

@@ -57,6 +57,7 @@ def _serve(args: argparse.Namespace) -> int:
     from gunicorn.app.base import BaseApplication
 
     from .app import create_app
+    from .gc_tuning import freeze_startup_objects
 
     settings = load_settings(_overrides(args))
     create_app(settings).extensions["cds_service"].store.close()  # fail fast on bad config
@@ -71,6 +72,7 @@ def _serve(args: argparse.Namespace) -> int:
             self.cfg.set("accesslog", "-")
             # The access log shows method, path, status and timing; never headers or queries.
             self.cfg.set("access_log_format", '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms')
+            self.cfg.set("post_worker_init", lambda worker: freeze_startup_objects())
 
         def load(self):
             return create_app(settings)

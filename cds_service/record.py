@@ -237,6 +237,17 @@ MEDICATION_KINDS = frozenset({"medication"})
 SERVICE_REQUEST_KINDS = frozenset({"procedure", "medication"})
 
 _OBSERVATION_STATUSES = ("final", "amended", "corrected")
+
+# Observations are by far the most numerous resources of a record (a Synthea chart has
+# dozens of pain scores), and validating a whole one costs ~0.2 ms. The record reads only
+# these elements of an Observation, so only these are validated: half the cost, and an
+# unreadable element elsewhere (a broken `performer`) does not discard a usable value.
+_OBSERVATION_ELEMENTS_READ = (
+    "resourceType", "id", "status", "code", "component", "dataAbsentReason", "issued",
+    "effectiveDateTime", "effectivePeriod", "effectiveInstant", "effectiveTiming",
+    "valueQuantity", "valueCodeableConcept", "valueString", "valueBoolean", "valueInteger",
+    "valueRange", "valueRatio", "valueSampledData", "valueTime", "valueDateTime", "valuePeriod",
+)
 _STATEMENT_STATUSES = ("active", "intended")
 _IGNORED_DRAFT_STATUSES = ("entered-in-error", "cancelled", "revoked")
 _GENDERS = ("male", "female", "other", "unknown")
@@ -675,6 +686,8 @@ def _valid(resource: dict, matches: list[Match], record: PatientRecord) -> bool:
     model = _MODELS.get(kind)
     if model is None:
         return False
+    if kind == "Observation":
+        resource = {key: resource[key] for key in _OBSERVATION_ELEMENTS_READ if key in resource}
     try:
         model.model_validate(resource)
         return True
