@@ -5,7 +5,9 @@ answer. Every refusal is JSON (see errors.py and the handlers in app.py).
 """
 from __future__ import annotations
 
+import json
 import logging
+import math
 import time
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
@@ -66,7 +68,45 @@ def read_json_body() -> object:
     mimetype = request.mimetype or ""
     if mimetype != "application/json" and not mimetype.endswith("+json"):
         raise ApiError(415, "unsupported_media_type", "send the request body as application/json")
-    body = request.get_json(silent=True, cache=False)
-    if body is None:
-        raise ApiError(400, "invalid_json", "the request body is not valid JSON")
-    return body
+    # Werkzeug answers 413 here when the body is larger than max_body_bytes.
+    return parse_json_body(request.get_data(cache=False))
+
+
+class _NotJson(ValueError):
+    """A literal JSON (RFC 8259) does not allow: NaN, Infinity, a number too large for a float."""
+
+
+def _no_constant(literal: str) -> float:
+    raise _NotJson(literal)
+
+
+def _finite(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise _NotJson(literal)
+    return value
+
+
+def parse_json_body(data: bytes) -> object:
+    """The body as JSON text (RFC 8259: UTF-8, finite numbers), or a 400 that says why not.
+
+    Flask's get_json is not used: it lets a RecursionError through (deeply nested arrays
+    became a 500), accepts NaN and Infinity, and cannot tell JSON `null` from "no JSON".
+    Nesting stays bounded by the parser's recursion limit; nothing later recurses over
+    the body.
+    """
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ApiError(400, "invalid_json", "the request body is not UTF-8 encoded JSON") from None
+    if not text.strip():
+        raise ApiError(400, "invalid_json", "the request body is empty; send a JSON object")
+    try:
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "the request body is nested too deeply") from None
+    except _NotJson:
+        raise ApiError(400, "invalid_json", "the request body holds NaN, Infinity or a number out of range; "
+                                            "JSON numbers must be finite") from None
+    except ValueError:
+        raise ApiError(400, "invalid_json", "the request body is not valid JSON") from None
