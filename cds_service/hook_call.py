@@ -51,7 +51,7 @@ def answer(rt: Runtime, service: ServiceDefinition, body: object, notes: AuditNo
         selections=request.selections,
         concepts=rt.concepts,
         today=today(),
-        unavailable=prefetched.unavailable,
+        unavailable=prefetched.gaps,
     )
 
     results = [evaluate(card, record, request.hook) for card in rt.cards_for(request.hook)]

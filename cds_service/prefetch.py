@@ -45,6 +45,12 @@ class PrefetchResult:
     # the pages that were read, tagged SUBSETTED).
     incomplete: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def gaps(self) -> dict[str, str]:
+        """Every key whose data is missing or partial, with the reason a card can show."""
+        partial = {key: f"only partly retrieved ({reason})" for key, reason in self.incomplete.items()}
+        return {**partial, **self.unavailable}
+
 
 class TemplateError(ValueError):
     """A prefetch template cannot be rendered for this request; `reason` is safe to show."""

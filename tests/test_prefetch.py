@@ -459,3 +459,18 @@ def test_resolving_a_fully_prefetched_request_is_cheap():
         resolve(PATIENT_VIEW, request, None)
     per_call_ms = (time.perf_counter() - started) * 1000 / 1000
     assert per_call_ms < 0.5, f"{per_call_ms:.3f} ms per call"
+
+
+def test_gaps_name_missing_and_partly_retrieved_keys_for_the_cards():
+    from cds_service.prefetch import PrefetchResult
+
+    result = PrefetchResult(
+        data={"observations": {"resourceType": "Bundle", "type": "searchset"}},
+        unavailable={"medicationRequests": "FHIR server answered 500"},
+        fetched=("observations", "medicationRequests"),
+        incomplete={"observations": "page limit of 10 reached"},
+    )
+    assert result.gaps == {
+        "observations": "only partly retrieved (page limit of 10 reached)",
+        "medicationRequests": "FHIR server answered 500",
+    }
