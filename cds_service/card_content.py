@@ -45,6 +45,7 @@ from typing import Any
 
 from .config import ConfigError
 from .models import CoxModel, LogisticModel
+from . import toml_checks
 
 HOOKS = ("patient-view", "order-select", "order-sign")
 INDICATORS = ("info", "warning", "critical")
@@ -810,24 +811,15 @@ def _bool(raw: object, where: str) -> bool:
 
 
 def _table(value: object, where: str) -> dict:
-    if not isinstance(value, dict):
-        raise ContentError(f"{where}: must be a table")
-    return value
+    return toml_checks.table(value, where, ContentError)
 
 
 def _list(value: object, where: str) -> list:
-    if not isinstance(value, list):
-        raise ContentError(f"{where}: must be a list")
-    return value
+    return toml_checks.listing(value, where, ContentError)
 
 
 def _keys(entry: dict, allowed: set[str], where: str, required: set[str] = frozenset()) -> None:
-    unknown = set(entry) - allowed
-    if unknown:
-        raise ContentError(f"{where}: unknown keys {sorted(unknown)} (allowed: {sorted(allowed)})")
-    missing = set(required) - set(entry)
-    if missing:
-        raise ContentError(f"{where}: missing {sorted(missing)}")
+    toml_checks.known_keys(entry, allowed, where, required, ContentError)
 
 
 def _text(value: object, where: str) -> str:

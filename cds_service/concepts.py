@@ -18,6 +18,7 @@ from .codes import (
     ICD10_FORMAT, KINDS, VALUE_KINDS, Answer, CodeSystem, Concept, ConceptCode, ConceptIndex, ValueSpec,
 )
 from .config import ConfigError
+from . import toml_checks
 
 CONCEPTS_FILE = "concepts.toml"
 _ID = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -285,25 +286,15 @@ def _apply_overlay(overlay: object, systems: dict[str, CodeSystem],
 
 # -- small checks ----------------------------------------------------------------------------
 def _table(value: object, where: str) -> dict:
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: must be a table")
-    return value
+    return toml_checks.table(value, where, ConfigError)
 
 
 def _list(value: object, where: str) -> list:
-    if not isinstance(value, list):
-        raise ConfigError(f"{where}: must be a list")
-    return value
+    return toml_checks.listing(value, where, ConfigError)
 
 
 def _keys(entry: dict, allowed: set[str], where: str, required: set[str] = frozenset()) -> None:
-    unknown = set(entry) - allowed
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} "
-                          f"(allowed: {', '.join(sorted(allowed))})")
-    missing = required - set(entry)
-    if missing:
-        raise ConfigError(f"{where}: missing {', '.join(sorted(missing))}")
+    toml_checks.known_keys(entry, allowed, where, required, ConfigError)
 
 
 def _text(value: object, where: str) -> str:
