@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 from .catalog import ServiceDefinition
 from .errors import bad_request
 
+MAX_URL_LENGTH = 2048
+_NOT_IN_URL = re.compile(r"[\x00-\x20\x7f-\x9f]")
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 FHIR_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
 
@@ -117,7 +119,15 @@ def _parse_fhir_server(body: dict) -> str | None:
         return None
     if not isinstance(fhir_server, str):
         raise bad_request("'fhirServer' must be a URL string")
-    parts = urlsplit(fhir_server)
+    if len(fhir_server) > MAX_URL_LENGTH or _NOT_IN_URL.search(fhir_server):
+        raise bad_request(f"'fhirServer' must be a URL of at most {MAX_URL_LENGTH} characters "
+                          "without spaces or control characters")
+    try:
+        parts = urlsplit(fhir_server)
+        parts.port  # raises ValueError for a port that is not a number in range
+    except ValueError:
+        # urlsplit refuses malformed IPv6 hosts and hosts that NFKC-normalise into URL syntax.
+        raise bad_request("'fhirServer' is not a valid URL") from None
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.username or parts.password:
         raise bad_request("'fhirServer' must be an absolute http(s) URL without credentials")
     if parts.query or parts.fragment:
