@@ -68,8 +68,14 @@ def read_json_body() -> object:
     mimetype = request.mimetype or ""
     if mimetype != "application/json" and not mimetype.endswith("+json"):
         raise ApiError(415, "unsupported_media_type", "send the request body as application/json")
-    # Werkzeug answers 413 here when the body is larger than max_body_bytes.
-    return parse_json_body(request.get_data(cache=False))
+    # Werkzeug answers 413 here when Content-Length is larger than max_body_bytes.
+    data = request.get_data(cache=False)
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if request.content_length is None and limit is not None and len(data) >= limit:
+        # A body without Content-Length (chunked; gunicorn sets wsgi.input_terminated) is
+        # read only up to the limit, silently: what reached it is cut, not JSON.
+        raise ApiError(413, "request_too_large", f"the request body is larger than {limit} bytes")
+    return parse_json_body(data)
 
 
 class _NotJson(ValueError):
