@@ -72,9 +72,11 @@ def read_json_body() -> object:
     data = request.get_data(cache=False)
     limit = current_app.config.get("MAX_CONTENT_LENGTH")
     if request.content_length is None and limit is not None and len(data) >= limit:
-        # A body without Content-Length (chunked; gunicorn sets wsgi.input_terminated) is
-        # read only up to the limit, silently: what reached it is cut, not JSON.
-        raise ApiError(413, "request_too_large", f"the request body is larger than {limit} bytes")
+        # A body without Content-Length (chunked; the server terminates the input and says
+        # so with wsgi.input_terminated) is read only up to the limit, silently: one more
+        # byte means it was cut.
+        if request.environ["wsgi.input"].read(1):
+            raise ApiError(413, "request_too_large", f"the request body is larger than {limit} bytes")
     return parse_json_body(data)
 
 
