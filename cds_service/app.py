@@ -51,7 +51,9 @@ def register_error_handlers(app: Flask) -> None:
     def http_error(error: HTTPException):
         status = error.code or 500
         code = _HTTP_ERROR_CODES.get(status, "http_error")
-        return jsonify({"error": code, "detail": error.description or code}), status
+        # Keep the exception's own headers (a 405 must say Allow), not its HTML content type.
+        headers = [(k, v) for k, v in error.get_headers() if k.lower() != "content-type"]
+        return jsonify({"error": code, "detail": error.description or code}), status, headers
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception):
