@@ -3,4 +3,5 @@
 pytest_plugins = [
     "db_fixture",
     "fhir_server_fixture",
+    "log_guard",
 ]

@@ -90,6 +90,9 @@ def fhir_server(tmp_path_factory) -> SekmetServer:
     workdir = tmp_path_factory.mktemp("sekmet")
     port = _free_port()
     token = secrets.token_urlsafe(24)
+    import log_guard  # the plugin (tests/conftest.py); imported here so pytest loads it first
+
+    log_guard.sensitive(token, "fhir-token")
     base_url = f"http://127.0.0.1:{port}/fhir"
     settings = {
         "base_url": base_url,

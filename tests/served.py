@@ -20,6 +20,8 @@ import jwt
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec
 
+import log_guard
+
 ISSUER = "https://ehr.test.example/"
 KID = "served-test-key"
 
@@ -43,7 +45,9 @@ class ClientSigner:
         now = int(time.time())
         payload = {"iss": ISSUER, "aud": audience, "iat": now, "exp": now + 300, "jti": str(uuid.uuid4())}
         payload.update(claims)
-        return jwt.encode(payload, self.private_key, algorithm="ES384", headers={"kid": KID})
+        token = jwt.encode(payload, self.private_key, algorithm="ES384", headers={"kid": KID})
+        log_guard.register_authorization(f"Bearer {token}", "jwt")
+        return token
 
 
 @dataclass
@@ -82,6 +86,7 @@ class ServedService:
             "--host", "127.0.0.1", "--port", str(self.port),
             "--workers", str(self.workers), "--instance", str(self.folder / "instance"),
         ]
+        log_guard.watch_file(self.log_path)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
