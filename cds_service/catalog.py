@@ -5,10 +5,12 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import ConfigError
+
 SUPPORTED_HOOKS = ("patient-view", "order-select", "order-sign")
 
 
-class CatalogError(ValueError):
+class CatalogError(ConfigError):
     """cards/services.toml cannot be used; raised at start-up."""
 
 

@@ -6,6 +6,7 @@ import logging
 import sys
 
 from .config import ConfigError, load_settings
+from .store import StoreError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             return _serve(args)
         return _report(args)
-    except ConfigError as exc:
+    except (ConfigError, StoreError) as exc:
         print(f"cds-service: {exc}", file=sys.stderr)
         return 2
 
