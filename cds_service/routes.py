@@ -5,11 +5,10 @@ answer. Every refusal is JSON (see errors.py and the handlers in app.py).
 """
 from __future__ import annotations
 
-import json
 import logging
-import math
 import time
 
+import orjson
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from . import hook_call
@@ -80,41 +79,32 @@ def read_json_body() -> object:
     return parse_json_body(data)
 
 
-class _NotJson(ValueError):
-    """A literal JSON (RFC 8259) does not allow: NaN, Infinity, a number too large for a float."""
-
-
-def _no_constant(literal: str) -> float:
-    raise _NotJson(literal)
-
-
-def _finite(literal: str) -> float:
-    value = float(literal)
-    if not math.isfinite(value):
-        raise _NotJson(literal)
-    return value
+_BOM = b"\xef\xbb\xbf"
 
 
 def parse_json_body(data: bytes) -> object:
-    """The body as JSON text (RFC 8259: UTF-8, finite numbers), or a 400 that says why not.
+    """The body as JSON text (RFC 8259), or a 400 that says why not.
 
-    Flask's get_json is not used: it lets a RecursionError through (deeply nested arrays
-    became a 500), accepts NaN and Infinity, and cannot tell JSON `null` from "no JSON".
-    Nesting stays bounded by the parser's recursion limit; nothing later recurses over
-    the body.
+    orjson parses strictly (UTF-8 only, finite numbers, no NaN/Infinity, nesting capped
+    at 1024 levels without recursion) and about twice as fast as the standard library,
+    which matters: parsing the prefetch is the largest fixed cost of a hook call. A UTF-8
+    byte order mark, which RFC 8259 lets a parser ignore, is ignored.
     """
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise ApiError(400, "invalid_json", "the request body is not UTF-8 encoded JSON") from None
-    if not text.strip():
+    if data.startswith(_BOM):
+        data = data[len(_BOM):]
+    if not data.strip():
         raise ApiError(400, "invalid_json", "the request body is empty; send a JSON object")
     try:
-        return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
-    except RecursionError:
-        raise ApiError(400, "invalid_json", "the request body is nested too deeply") from None
-    except _NotJson:
-        raise ApiError(400, "invalid_json", "the request body holds NaN, Infinity or a number out of range; "
-                                            "JSON numbers must be finite") from None
-    except ValueError:
-        raise ApiError(400, "invalid_json", "the request body is not valid JSON") from None
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", _why_not_json(str(exc))) from None
+
+
+def _why_not_json(message: str) -> str:
+    if "depth limit" in message:
+        return "the request body is nested too deeply"
+    if "UTF-8" in message or "surrogate" in message:
+        return "the request body is not UTF-8 encoded JSON"
+    if "infinity" in message or "NaN" in message or "Infinity" in message:
+        return "the request body holds a number out of range; JSON numbers must be finite"
+    return "the request body is not valid JSON"
