@@ -4,6 +4,8 @@ estimate follows.
 
 Data moves forward: PatientRecord + CardContent in, CardResult out. Nothing here knows
 about FHIR JSON or HTTP, and nothing here writes text for the clinician (render.py does).
+Which facts answer a question (latest procedure, observations in a window or after the
+procedure, conditions after it, ...) is asked of the record's queries, not decided here.
 
 Rules kept here, for every card:
 - a card fires only in one of its situations (hook + triggering facts); the first
@@ -19,17 +21,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, timedelta
 from typing import Any
 
 from .card_content import CardContent, Predictor, SiteModel, Situation
+from .clinical_time import day_of, duration_text, has_time, months_between
 from .models import ModelIncomplete
 from .record import (
     ConditionFact, ObservationFact, OrderFact, PatientRecord, ProcedureFact, UnreadableInput,
 )
-
-NOT_TAKEN = frozenset({"entered-in-error", "cancelled", "draft", "not-taken", "unknown"})
-DAYS_PER_MONTH = 365.25 / 12
 
 # Input status values.
 USED = "used"
@@ -126,7 +126,7 @@ def evaluate(card: CardContent, record: PatientRecord, hook: str,
         inputs = tuple(_derive(card.predictors[pid], record, procedure, situation) for pid in situation.predictors)
         estimate, problem = _estimate(card, situation, site_model, {i.predictor: i for i in inputs})
         concepts = _situation_concepts(card, situation)
-        unreadable = tuple(u for u in record.unreadable if u.concept in concepts)
+        unreadable = tuple(record.unreadable_for(*concepts))
         return CardResult(card=card, situation=situation, hook=hook, inputs=inputs, unreadable=unreadable,
                           unavailable=dict(record.unavailable), site_model=site_model if situation.use_model else None,
                           estimate=estimate, estimate_problem=problem, procedure=procedure, order=order)
@@ -148,21 +148,21 @@ def _fires(s: Situation, record: PatientRecord, hook: str) -> tuple[ProcedureFac
             return None
     procedure = None
     if s.procedure:
-        procedure = latest_procedure(record, s.procedure)
+        procedure = record.latest_procedure(s.procedure)
         if procedure is None:
             return None
         if s.within_months is not None and procedure.performed is not None:
-            if months_between(_day(procedure.performed), record.today) > s.within_months:
+            if months_between(day_of(procedure.performed), record.today) > s.within_months:
                 return None
-    if s.condition_after_procedure and not conditions_after(record, s.condition_after_procedure, procedure):
+    if s.condition_after_procedure and not record.conditions_after(s.condition_after_procedure, procedure):
         return None
     req = s.requires_observation
     if req is not None:
-        fact = latest_observation(record, req.concept, lookback_days=req.lookback_days,
-                                  after=procedure if req.after_procedure else None)
+        fact = record.latest_observation(req.concept, lookback_days=req.lookback_days,
+                                         after=procedure if req.after_procedure else None)
         if fact is None:
             # An unreadable result still concerns the patient: the card says it could not be read.
-            if req.at_least is not None or not any(u.concept == req.concept for u in record.unreadable):
+            if req.at_least is not None or not record.unreadable_for(req.concept):
                 return None
         elif req.at_least is not None:
             if not _is_number(fact.value) or fact.value < req.at_least:
@@ -171,53 +171,12 @@ def _fires(s: Situation, record: PatientRecord, hook: str) -> tuple[ProcedureFac
 
 
 def _triggering_order(record: PatientRecord, concepts: tuple[str, ...], hook: str) -> OrderFact | None:
+    # order-select concerns the orders just selected; order-sign every order being signed.
     for concept in concepts:
-        for order in record.orders.get(concept, ()):
-            # order-select concerns the orders just selected; order-sign every order being signed.
-            if hook == "order-select" and not order.selected:
-                continue
-            return order
+        orders = record.orders_for(concept, selected_only=hook == "order-select")
+        if orders:
+            return orders[0]
     return None
-
-
-def latest_procedure(record: PatientRecord, concept: str) -> ProcedureFact | None:
-    """The latest completed procedure of the concept that is not dated in the future."""
-    done = [p for p in record.procedures.get(concept, ())
-            if p.status == "completed" and (p.performed is None or _day(p.performed) <= record.today)]
-    if not done:
-        return None
-    dated = [p for p in done if p.performed is not None]
-    if dated:
-        return max(dated, key=lambda p: _instant(p.performed))
-    return done[0]
-
-
-def conditions_after(record: PatientRecord, concept: str, procedure: ProcedureFact | None) -> list[ConditionFact]:
-    """Conditions of the concept still present after the procedure: active, recurrent or
-    relapsed, with an onset or recorded date after the procedure day."""
-    if procedure is None or procedure.performed is None:
-        return []
-    day = _day(procedure.performed)
-    return [c for c in record.active_conditions(concept)
-            if any(d is not None and d > day for d in (c.onset, c.recorded))]
-
-
-def latest_observation(record: PatientRecord, concept: str, lookback_days: int | None = None,
-                       after: ProcedureFact | None = None) -> ObservationFact | None:
-    facts = _observations(record, concept, lookback_days, after)
-    return facts[0] if facts else None
-
-
-def _observations(record: PatientRecord, concept: str, lookback_days: int | None,
-                  after: ProcedureFact | None) -> list[ObservationFact]:
-    facts = list(record.observations.get(concept, ()))
-    if lookback_days is not None:
-        since = record.today - timedelta(days=lookback_days)
-        facts = [f for f in facts if f.effective is not None and since <= _day(f.effective) <= record.today]
-    if after is not None:
-        facts = [f for f in facts if _on_or_after(f.effective, after.performed)]
-    dated = sorted((f for f in facts if f.effective is not None), key=lambda f: _instant(f.effective), reverse=True)
-    return dated + [f for f in facts if f.effective is None]
 
 
 # ---------------------------------------------------------------------------- predictors
@@ -241,11 +200,11 @@ def _missing(p: Predictor, note: str | None = None) -> InputValue:
                       note=note or f"looked for {p.how}; none in the data received")
 
 
-def _unreadable_for(p: Predictor, record: PatientRecord) -> InputValue | None:
-    for u in record.unreadable:
-        if p.concept is not None and u.concept == p.concept:
-            return InputValue(p.id, p.label, UNREADABLE, display="recorded but unreadable",
-                              note=f"{u.resource_type}: {u.reason}")
+def _unreadable(p: Predictor, record: PatientRecord) -> InputValue | None:
+    """The predictor as unreadable, when the record has an unreadable input of its concept."""
+    for u in record.unreadable_for(p.concept):
+        return InputValue(p.id, p.label, UNREADABLE, display="recorded but unreadable",
+                          note=f"{u.resource_type}: {u.reason}")
     return None
 
 
@@ -260,24 +219,24 @@ def _condition(p: Predictor, record: PatientRecord, procedure: ProcedureFact | N
         fact = facts[0]
         return InputValue(p.id, p.label, USED, value=False, display=f"recorded as {fact.clinical_status}",
                           **_condition_dates(fact), **_text_match(fact.match))
-    return _unreadable_for(p, record) or _missing(p)
+    return _unreadable(p, record) or _missing(p)
 
 
 def _condition_after(p: Predictor, record: PatientRecord, procedure: ProcedureFact | None) -> InputValue:
-    found = conditions_after(record, p.concept, procedure)
+    found = record.conditions_after(p.concept, procedure)
     if not found:
-        return _unreadable_for(p, record) or _missing(p)
+        return _unreadable(p, record) or _missing(p)
     fact = found[0]
     dates = _condition_dates(fact)
-    dates["note"] = ", ".join(x for x in (dates["note"], f"after the procedure of {_day(procedure.performed).isoformat()}") if x)
+    dates["note"] = ", ".join(x for x in (dates["note"], f"after the procedure of {day_of(procedure.performed).isoformat()}") if x)
     return InputValue(p.id, p.label, USED, value=True, display=f"yes ({_status(fact)})", **dates,
                       **_text_match(fact.match))
 
 
 def _medication(p: Predictor, record: PatientRecord, procedure: ProcedureFact | None) -> InputValue:
-    facts = [m for m in record.medications.get(p.concept, ()) if m.status not in NOT_TAKEN]
+    facts = record.current_medications(p.concept)
     if not facts:
-        return _unreadable_for(p, record) or _missing(p)
+        return _unreadable(p, record) or _missing(p)
     fact = max(facts, key=lambda m: m.date or date.min)
     note = f"{fact.resource_type}, status {fact.status}"
     if fact.match.display and not fact.match.by_text:
@@ -288,14 +247,14 @@ def _medication(p: Predictor, record: PatientRecord, procedure: ProcedureFact | 
 
 def _observation(p: Predictor, record: PatientRecord, procedure: ProcedureFact | None) -> InputValue:
     after = procedure if p.after_procedure else None
-    facts = _observations(record, p.concept, p.lookback_days, after)
+    facts = record.observations_for(p.concept, p.lookback_days, after)
     if not facts:
-        unread = _unreadable_for(p, record)
+        unread = _unreadable(p, record)
         if unread:
             return unread
         return _missing(p)
     fact = facts[0]
-    day = _day(fact.effective) if fact.effective is not None else None
+    day = day_of(fact.effective) if fact.effective is not None else None
     if fact.value is None:
         return InputValue(p.id, p.label, UNREADABLE, display="recorded but unreadable", date=day,
                           note="the Observation has no usable value")
@@ -306,8 +265,8 @@ def _observation(p: Predictor, record: PatientRecord, procedure: ProcedureFact |
     if day is None:
         notes.append("date not recorded")
     if procedure is not None and procedure.performed is not None and day is not None:
-        pday = _day(procedure.performed)
-        if p.after_procedure and day == pday and not (_has_time(fact.effective) and _has_time(procedure.performed)):
+        pday = day_of(procedure.performed)
+        if p.after_procedure and day == pday and not (has_time(fact.effective) and has_time(procedure.performed)):
             notes.append("recorded on the day of the procedure, time not recorded")
         if p.annotate_procedure and day < pday:
             notes.append(f"recorded before the procedure of {pday.isoformat()}")
@@ -340,17 +299,17 @@ def _operation_time(p: Predictor, record: PatientRecord, procedure: ProcedureFac
     minutes = procedure.duration_minutes if procedure is not None else None
     if minutes is not None:
         return InputValue(p.id, p.label, USED, value=minutes, display=f"{number(round(minutes, 1))} min",
-                          date=_day(procedure.start), date_label="performed",
+                          date=day_of(procedure.start), date_label="performed",
                           note="from the procedure's performedPeriod")
     if procedure is not None and procedure.performed is not None:
-        pday = _day(procedure.performed)
-        for fact in _observations(record, p.concept, None, None):
-            if fact.effective is not None and pday <= _day(fact.effective) <= pday + timedelta(days=1) \
+        pday = day_of(procedure.performed)
+        for fact in record.observations_for(p.concept):
+            if fact.effective is not None and pday <= day_of(fact.effective) <= pday + timedelta(days=1) \
                     and _is_number(fact.value):
                 return InputValue(p.id, p.label, USED, value=float(fact.value),
-                                  display=_observation_display(fact, p), date=_day(fact.effective),
+                                  display=_observation_display(fact, p), date=day_of(fact.effective),
                                   note="from an operation-time Observation of the procedure day")
-    unread = _unreadable_for(p, record)
+    unread = _unreadable(p, record)
     if unread:
         return unread
     if procedure is not None and procedure.performed is None:
@@ -361,7 +320,7 @@ def _operation_time(p: Predictor, record: PatientRecord, procedure: ProcedureFac
 def _time_since(p: Predictor, record: PatientRecord, procedure: ProcedureFact | None) -> InputValue:
     if procedure is None or procedure.performed is None:
         return _missing(p, "the procedure has no performed date")
-    day = _day(procedure.performed)
+    day = day_of(procedure.performed)
     months = months_between(day, record.today)
     return InputValue(p.id, p.label, USED, value=months, display=duration_text(day, record.today), date=day,
                       date_label="performed", note=f"as of {record.today.isoformat()}")
@@ -497,67 +456,6 @@ def _same_number(text: str, value: float) -> bool:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _day(value: date | datetime) -> date:
-    return value.date() if isinstance(value, datetime) else value
-
-
-def _has_time(value: date | datetime | None) -> bool:
-    """False for a date without a time (the record reads those as midnight)."""
-    if not isinstance(value, datetime):
-        return False
-    return (value.hour, value.minute, value.second, value.microsecond) != (0, 0, 0, 0)
-
-
-def _instant(value: date | datetime) -> datetime:
-    """Comparable instant: aware values in UTC, naive values (local or date-only) as given."""
-    if not isinstance(value, datetime):
-        return datetime(value.year, value.month, value.day)
-    if value.tzinfo is not None:
-        return value.astimezone(timezone.utc).replace(tzinfo=None)
-    return value
-
-
-def _on_or_after(effective: date | datetime | None, start: date | datetime | None) -> bool:
-    """On or after the procedure: a later day, or the same day unless both times show it was before."""
-    if effective is None or start is None:
-        return False
-    eday, sday = _day(effective), _day(start)
-    if eday != sday:
-        return eday > sday
-    if _has_time(effective) and _has_time(start):
-        return _instant(effective) >= _instant(start)
-    return True
-
-
-def months_between(start: date, end: date) -> float:
-    """Calendar months from start to end (whole months plus the fraction of the current one)."""
-    whole = (end.year - start.year) * 12 + (end.month - start.month)
-    if end.day < start.day:
-        whole -= 1
-    anchor_year, anchor_month = divmod(start.month - 1 + whole, 12)
-    anchor = _safe_date(start.year + anchor_year, anchor_month + 1, start.day)
-    return whole + (end - anchor).days / DAYS_PER_MONTH
-
-
-def _safe_date(year: int, month: int, day: int) -> date:
-    while True:
-        try:
-            return date(year, month, day)
-        except ValueError:
-            day -= 1
-
-
-def duration_text(start: date, end: date) -> str:
-    """'12 days', '14 months', '3.2 years': the time since a procedure as a clinician says it."""
-    days = (end - start).days
-    months = months_between(start, end)
-    if months < 2:
-        return f"{days} day" + ("" if days == 1 else "s")
-    if months < 24:
-        return f"{int(months)} months"
-    return f"{days / 365.25:.1f} years"
 
 
 def percent(p: float) -> str:

@@ -17,13 +17,18 @@ Which resources count (the rules, in one place):
   entries that name a concept (any status but entered-in-error / cancelled / revoked).
 Build never raises on bad input: whatever cannot be read becomes an UnreadableInput that
 names the resource type, the concept and a reason, never an identifier or a value.
+
+Which facts answer a card's question (the latest procedure, observations in a window or
+after a procedure, conditions after a procedure, current medications, unreadable inputs)
+is said by the `PatientRecord` queries, and only there; how dates and times are read and
+compared is in clinical_time.py.
 """
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 
 from fhir.resources.R4B.condition import Condition
 from fhir.resources.R4B.medication import Medication
@@ -34,16 +39,16 @@ from fhir.resources.R4B.procedure import Procedure
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from . import units
+from .clinical_time import DAYS_PER_YEAR, day_of, instant_of, on_or_after, parse_fhir_date, parse_fhir_datetime
 from .codes import ConceptIndex, Match, ValueSpec
 
 __all__ = [
     "Match", "ConditionFact", "ProcedureFact", "ObservationFact", "MedicationFact", "OrderFact",
-    "UnreadableInput", "PatientRecord", "build_record", "parse_fhir_datetime", "parse_fhir_date",
+    "UnreadableInput", "PatientRecord", "build_record", "iter_facts",
 ]
 
-DAYS_PER_YEAR = 365.25
-DAYS_PER_MONTH = DAYS_PER_YEAR / 12
 ACTIVE_CLINICAL_STATUSES = ("active", "recurrence", "relapse")
+NOT_CURRENT_USE = frozenset({"entered-in-error", "cancelled", "draft", "not-taken", "unknown"})
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,14 @@ class UnreadableInput:
 
 @dataclass
 class PatientRecord:
+    """The facts of one patient, and the queries that say which of them answer a question.
+
+    The queries are the one place for each rule the cards rely on: which procedure is the
+    latest, which observations fall in a window or after a procedure, which conditions are
+    active or came after a procedure, which medications are current use, and which inputs
+    of a concept could not be read. They take facts as they are, also from records built
+    by hand (unsorted, or with statuses the build would not keep).
+    """
     today: date
     sex: str | None = None           # Patient.gender
     birth_date: date | None = None
@@ -138,90 +151,81 @@ class PatientRecord:
     def has_active_condition(self, concept: str) -> bool:
         return any(c.is_active for c in self.conditions.get(concept, ()))
 
+    def conditions_after(self, concept: str, procedure: ProcedureFact | None) -> list[ConditionFact]:
+        """Conditions of the concept still present after the procedure: active, recurrent or
+        relapsed, with an onset or recorded date after the procedure day (none when the
+        procedure has no date)."""
+        if procedure is None or procedure.performed is None:
+            return []
+        day = day_of(procedure.performed)
+        return [c for c in self.active_conditions(concept)
+                if any(d is not None and d > day for d in (c.onset, c.recorded))]
+
     def earliest_onset(self, concept: str) -> date | None:
         onsets = [c.onset for c in self.conditions.get(concept, ()) if c.onset is not None]
         return min(onsets) if onsets else None
 
-    def disease_duration_years(self, concept: str = "hemifacial_spasm") -> float | None:
-        """Years from the earliest recorded onset of the condition to today (None: no onset)."""
-        return self.years_since(self.earliest_onset(concept))
-
     # -- procedures ------------------------------------------------------------------------
-    def latest_procedure(self, concept: str, before: date | datetime | None = None) -> ProcedureFact | None:
-        """The most recent completed procedure of the concept (with a date), optionally before a time."""
-        limit = _as_datetime(before) if before is not None else None
-        for fact in self.procedures.get(concept, ()):
-            when = fact.performed
-            if when is not None and (limit is None or when < limit):
-                return fact
-        return None
+    def latest_procedure(self, concept: str) -> ProcedureFact | None:
+        """The latest completed procedure of the concept that is not dated after today; an
+        undated one only when none has a date."""
+        done = [p for p in self.procedures.get(concept, ())
+                if p.status == "completed" and (p.performed is None or day_of(p.performed) <= self.today)]
+        if not done:
+            return None
+        dated = [p for p in done if p.performed is not None]
+        if dated:
+            return max(dated, key=lambda p: instant_of(p.performed))
+        return done[0]
 
     # -- observations ----------------------------------------------------------------------
-    def latest(self, concept: str, since: date | None = None,
-               before: datetime | date | None = None) -> ObservationFact | None:
-        """The latest observation of the concept with effective time in [since, before).
+    def observations_for(self, concept: str, lookback_days: int | None = None,
+                         after: ProcedureFact | None = None) -> list[ObservationFact]:
+        """Observations of the concept, latest first, undated last.
 
-        Without `since` and `before` an undated observation is returned only when there is
-        no dated one; with either, undated observations are never returned.
+        `lookback_days`: only those dated in the window of that many days ending today.
+        `after`: only those on or after the procedure (`clinical_time.on_or_after`: a later
+        day, or the same day unless both times show the observation came first); none when
+        the procedure has no date. Either excludes undated observations.
         """
-        low = _as_datetime(since) if since is not None else None
-        high = _as_datetime(before) if before is not None else None
-        for fact in self.observations.get(concept, ()):
-            if fact.effective is None:
-                if low is None and high is None:
-                    return fact
-                continue
-            if high is not None and fact.effective >= high:
-                continue
-            if low is not None and fact.effective < low:
-                return None          # sorted latest first: everything after is older
-            return fact
-        return None
+        facts = list(self.observations.get(concept, ()))
+        if lookback_days is not None:
+            since = self.today - timedelta(days=lookback_days)
+            facts = [f for f in facts if f.effective is not None and since <= day_of(f.effective) <= self.today]
+        if after is not None:
+            facts = [f for f in facts if on_or_after(f.effective, after.performed)]
+        dated = sorted((f for f in facts if f.effective is not None), key=lambda f: instant_of(f.effective),
+                       reverse=True)
+        return dated + [f for f in facts if f.effective is None]
+
+    def latest_observation(self, concept: str, lookback_days: int | None = None,
+                           after: ProcedureFact | None = None) -> ObservationFact | None:
+        """The first of `observations_for` (same arguments), or None."""
+        facts = self.observations_for(concept, lookback_days, after)
+        return facts[0] if facts else None
 
     # -- medications and orders --------------------------------------------------------------
     def current_medications(self, concept: str) -> list[MedicationFact]:
-        """Current use (the build keeps active requests and active/intended statements only)."""
-        return list(self.medications.get(concept, ()))
-
-    def takes(self, concept: str) -> bool:
-        return bool(self.medications.get(concept))
+        """Current use: the build keeps active requests and active/intended statements only;
+        a fact with a status that never means use (draft, not-taken, ...) is not counted."""
+        return [m for m in self.medications.get(concept, ()) if m.status not in NOT_CURRENT_USE]
 
     def orders_for(self, concept: str, selected_only: bool = False) -> list[OrderFact]:
         return [o for o in self.orders.get(concept, ()) if o.selected or not selected_only]
 
-    def ordered(self, concept: str, selected_only: bool = False) -> bool:
-        return bool(self.orders_for(concept, selected_only))
+    # -- inputs that could not be read ---------------------------------------------------------
+    def unreadable_for(self, *concepts: str | None) -> list[UnreadableInput]:
+        """The unreadable inputs of any of these concepts, in the order met. An input of no
+        concept (a Patient element) belongs to none, and no concept (None) has any."""
+        return [u for u in self.unreadable if u.concept is not None and u.concept in concepts]
 
     # -- time ----------------------------------------------------------------------------------
-    def months_since(self, when: ProcedureFact | ObservationFact | date | datetime | None) -> float | None:
-        days = self._days_since(when)
-        return None if days is None else days / DAYS_PER_MONTH
-
-    def years_since(self, when: ProcedureFact | ObservationFact | date | datetime | None) -> float | None:
-        days = self._days_since(when)
-        return None if days is None else days / DAYS_PER_YEAR
-
-    def age_years(self) -> int | None:
-        """Completed years of age today (None: no birth date, or born after today)."""
-        b = self.birth_date
-        if b is None or b > self.today:
-            return None
-        return self.today.year - b.year - ((self.today.month, self.today.day) < (b.month, b.day))
-
-    def unreadable_for(self, concept: str) -> list[UnreadableInput]:
-        return [u for u in self.unreadable if u.concept == concept]
-
-    def _days_since(self, when) -> int | None:
-        if isinstance(when, ProcedureFact):
-            when = when.performed
-        elif isinstance(when, ObservationFact):
-            when = when.effective
-        if isinstance(when, datetime):
-            when = when.date()
-        if not isinstance(when, date):
+    def years_since(self, when: date | None) -> float | None:
+        """Years (of 365.25 days) from a date to today; None for no date or a date after today."""
+        if when is None:
             return None
         days = (self.today - when).days
-        return days if days >= 0 else None
+        return days / DAYS_PER_YEAR if days >= 0 else None
 
 
 # =========================================================================== building
@@ -771,54 +775,7 @@ def _sort(record: PatientRecord) -> None:
     for facts in record.procedures.values():
         facts.sort(key=lambda f: newest_first(f.performed), reverse=True)
     for facts in record.medications.values():
-        facts.sort(key=lambda f: newest_first(_as_datetime(f.date) if f.date else None), reverse=True)
-
-
-# =========================================================================== FHIR dates
-_DATETIME = re.compile(
-    r"(?P<y>[0-9]{4})(?:-(?P<mo>[0-9]{2})(?:-(?P<d>[0-9]{2})"
-    r"(?:T(?P<h>[0-9]{2}):(?P<mi>[0-9]{2})(?::(?P<s>[0-9]{2})(?:\.(?P<f>[0-9]{1,9}))?)?"
-    r"(?P<tz>Z|[+-][0-9]{2}:[0-9]{2})?)?)?)?"
-)
-
-
-def parse_fhir_datetime(value: object) -> datetime | None:
-    """A FHIR date / dateTime / instant as a timezone-aware datetime (None if not one).
-
-    Partial dates take the first day ("2018" -> 2018-01-01); a date without a time is
-    midnight UTC; a time without a zone is read as UTC.
-    """
-    if not isinstance(value, str) or len(value) > 40:
-        return None
-    m = _DATETIME.fullmatch(value)
-    if m is None:
-        return None
-    try:
-        zone = timezone.utc
-        tz = m.group("tz")
-        if tz and tz != "Z":
-            sign = 1 if tz[0] == "+" else -1
-            zone = timezone(sign * timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6])))
-        fraction = (m.group("f") or "0")[:6].ljust(6, "0")
-        return datetime(
-            int(m.group("y")), int(m.group("mo") or 1), int(m.group("d") or 1),
-            int(m.group("h") or 0), int(m.group("mi") or 0), min(int(m.group("s") or 0), 59),
-            int(fraction), tzinfo=zone,
-        )
-    except (ValueError, OverflowError):
-        return None
-
-
-def parse_fhir_date(value: object) -> date | None:
-    """The calendar date of a FHIR date / dateTime, as written (its own time zone)."""
-    parsed = parse_fhir_datetime(value)
-    return parsed.date() if parsed is not None else None
-
-
-def _as_datetime(when: date | datetime) -> datetime:
-    if isinstance(when, datetime):
-        return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
-    return datetime.combine(when, time(0, 0), tzinfo=timezone.utc)
+        facts.sort(key=lambda f: (f.date is not None, f.date or date.min), reverse=True)
 
 
 def iter_facts(record: PatientRecord) -> Iterator[tuple[str, object]]:

@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
+from cds_service.clinical_time import day_of, months_between
+from cds_service.codes import Match
 from cds_service.concepts import load_concepts
 from cds_service.record import (
-    PatientRecord, ProcedureFact, UnreadableInput, build_record, iter_facts, parse_fhir_date, parse_fhir_datetime,
+    ConditionFact, MedicationFact, ObservationFact, PatientRecord, ProcedureFact, UnreadableInput, build_record,
+    iter_facts,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,6 +64,11 @@ def status(code: str) -> dict:
     return {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": code}]}
 
 
+def disease_duration(record: PatientRecord) -> float | None:
+    """Years since the earliest onset of hemifacial spasm, as the disease-duration predictor reads it."""
+    return record.years_since(record.earliest_onset("hemifacial_spasm"))
+
+
 # ------------------------------------------------------------------ a whole patient
 class TestAnMvdCandidateWithSixYearsOfHfsOnCarbamazepine:
     @pytest.fixture(scope="class")
@@ -72,13 +80,13 @@ class TestAnMvdCandidateWithSixYearsOfHfsOnCarbamazepine:
                                 "observations": None}, unavailable={"observations": "not sent"})
 
     def test_patient_sex_and_birth_date(self, record):
-        assert (record.sex, record.birth_date, record.age_years()) == ("male", date(1971, 6, 2), 53)
+        assert (record.sex, record.birth_date) == ("male", date(1971, 6, 2))
 
     def test_disease_duration_from_the_onset_of_the_hfs_condition(self, record):
         [hfs] = record.conditions["hemifacial_spasm"]
         assert hfs.onset == date(2019, 1, 15) and hfs.recorded == date(2020, 3, 2)
         assert hfs.match.code == "G51.31"
-        assert record.disease_duration_years() == pytest.approx(6.0, abs=0.01)
+        assert disease_duration(record) == pytest.approx(6.0, abs=0.01)
 
     def test_a_resolved_condition_is_kept_but_is_not_active(self, record):
         [htn] = record.conditions["hypertension"]
@@ -93,16 +101,15 @@ class TestAnMvdCandidateWithSixYearsOfHfsOnCarbamazepine:
         [cbz] = record.current_medications("carbamazepine")
         assert (cbz.resource_type, cbz.status, cbz.date, cbz.match.code, cbz.match.by_text) == (
             "MedicationRequest", "active", date(2023, 11, 20), "2002", False)
-        assert record.takes("carbamazepine")
 
     def test_observations_with_their_values_in_canonical_units(self, record):
-        cohen = record.latest("cohen_spasm_grade")
+        cohen = record.latest_observation("cohen_spasm_grade")
         assert (cohen.value, cohen.unit, cohen.raw) == (3, None, "3")
         assert cohen.effective == datetime(2024, 4, 2, 2, 0, tzinfo=timezone.utc)
-        amr = record.latest("amr_amplitude_preop")
+        amr = record.latest_observation("amr_amplitude_preop")
         assert (amr.value, amr.unit, amr.raw) == (pytest.approx(450.0), "uV", "0.45 mV")
-        assert record.latest("responsible_vessel_count").value == 2
-        mri = record.latest("mri_neurovascular_contact")
+        assert record.latest_observation("responsible_vessel_count").value == 2
+        mri = record.latest_observation("mri_neurovascular_contact")
         assert (mri.value, mri.raw) == (True, "Yes")
 
     def test_a_preliminary_observation_does_not_count(self, record):
@@ -134,15 +141,15 @@ class TestAfterRadiofrequencyAblation:
 
     def test_time_since_the_latest_ablation(self, record):
         latest = record.latest_procedure("rfa_facial_nerve")
-        assert record.months_since(latest) == pytest.approx(4.4, abs=0.05)
-        assert record.latest_procedure("rfa_facial_nerve", before=date(2024, 1, 1)).start.year == 2023
+        assert latest is record.procedures["rfa_facial_nerve"][0]
+        assert months_between(day_of(latest.performed), record.today) == pytest.approx(4.4, abs=0.05)
 
     def test_house_brackmann_grade_written_as_roman_numerals(self, record):
         grades = record.observations["house_brackmann_grade"]
         assert [(g.value, g.raw) for g in grades] == [(3, "Grade III"), (4, "IV")]
 
     def test_operation_time_recorded_in_hours_is_read_in_minutes(self, record):
-        assert record.latest("operation_time").value == 30.0
+        assert record.latest_observation("operation_time").value == 30.0
 
     def test_an_unconvertible_unit_is_missing_and_reported(self, record):
         assert [f.value for f in record.observations["operation_time"]] == [30.0]
@@ -160,21 +167,24 @@ class TestPainfulVertebralMetastasis:
         return build(concepts, {"all": bundle("vertebral_metastasis.json")})
 
     def test_latest_pain_score_from_either_loinc_code(self, record):
-        pain = record.latest("pain_score")
+        pain = record.latest_observation("pain_score")
         assert (pain.value, pain.unit, pain.match.code) == (7.0, "{score}", "38208-5")
 
     def test_an_impossible_pain_score_is_not_used(self, record):
         assert [f.value for f in record.observations["pain_score"]] == [7.0, 5.0]
         assert UnreadableInput("Observation", "pain_score", "the value is outside the valid range 0-10") in record.unreadable
 
-    def test_latest_within_a_window(self, record):
-        assert record.latest("pain_score", since=date(2024, 12, 1)).value == 7.0
-        assert record.latest("pain_score", before=date(2024, 12, 1)).value == 5.0
-        assert record.latest("pain_score", since=date(2024, 12, 25)) is None
-        assert record.latest("pain_score", since=date(2024, 9, 1), before=datetime(2024, 12, 20, 8, 0, tzinfo=timezone.utc)).value == 5.0
+    def test_latest_within_a_look_back_window_that_ends_today(self, record, concepts):
+        # pain 7 on 2024-12-20 (26 days before today), 5 on 2024-09-30 (107 days before)
+        assert record.latest_observation("pain_score", lookback_days=45).value == 7.0
+        assert record.latest_observation("pain_score", lookback_days=26).value == 7.0    # first day included
+        assert record.latest_observation("pain_score", lookback_days=25) is None
+        assert [f.value for f in record.observations_for("pain_score", lookback_days=107)] == [7.0, 5.0]
+        earlier = build(concepts, {"all": bundle("vertebral_metastasis.json")}, today=date(2024, 12, 1))
+        assert earlier.latest_observation("pain_score", lookback_days=90).value == 5.0  # 12-20 is after that today
 
     def test_daily_morphine_per_24_hours_dated_by_issued(self, record):
-        dose = record.latest("daily_morphine_dose")
+        dose = record.latest_observation("daily_morphine_dose")
         assert (dose.value, dose.unit) == (60.0, "mg/d")
         assert dose.effective == datetime(2024, 12, 21, 9, 0, tzinfo=timezone.utc)
 
@@ -190,8 +200,9 @@ class TestDraftOrders:
         assert (mvd.resource_type, mvd.resource_ref, mvd.selected) == ("ServiceRequest", "ServiceRequest/sr-mvd", True)
         [btx] = record.orders["botulinum_toxin_a"]
         assert (btx.resource_ref, btx.selected, btx.match.by_text) == ("MedicationRequest/mr-btx", False, True)
-        assert record.ordered("mvd_facial_nerve", selected_only=True)
-        assert not record.ordered("botulinum_toxin_a", selected_only=True)
+        assert record.orders_for("mvd_facial_nerve", selected_only=True) == [mvd]
+        assert record.orders_for("botulinum_toxin_a", selected_only=True) == []
+        assert record.orders_for("botulinum_toxin_a") == [btx]
         assert set(record.orders) == {"mvd_facial_nerve", "botulinum_toxin_a"}   # MRI and nutrition ignored
 
     def test_order_sign_counts_every_draft_order_as_selected(self, concepts):
@@ -260,18 +271,18 @@ class TestConditionRules:
             condition("G51.3", onsetString="since her forties"),
             condition("G51.3", onsetAge={"value": 40, "unit": "a", "system": UCUM, "code": "a"}))})
         assert [c.onset for c in record.conditions["hemifacial_spasm"]] == [None, None]
-        assert record.disease_duration_years() is None
+        assert disease_duration(record) is None
 
     def test_disease_duration_uses_the_earliest_onset(self, concepts):
         record = build(concepts, {"c": searchset(
             condition("G51.3", onsetDateTime="2020-06-01"),
             condition("G51.39", onsetPeriod={"start": "2017-06-01T00:00:00Z"}))})
         assert record.earliest_onset("hemifacial_spasm") == date(2017, 6, 1)
-        assert record.disease_duration_years() == pytest.approx(7.62, abs=0.01)
+        assert disease_duration(record) == pytest.approx(7.62, abs=0.01)
 
     def test_an_onset_after_today_gives_no_duration(self, concepts):
         record = build(concepts, {"c": searchset(condition("G51.3", onsetDateTime="2026-01-01"))})
-        assert record.disease_duration_years() is None
+        assert disease_duration(record) is None
 
 
 class TestProcedureRules:
@@ -306,7 +317,7 @@ class TestObservationValues:
     ])
     def test_house_brackmann_grade_in_its_usual_forms(self, concepts, value, expected):
         record = build(concepts, {"o": searchset(observation("house-brackmann-grade", **value))})
-        assert record.latest("house_brackmann_grade").value == expected
+        assert record.latest_observation("house_brackmann_grade").value == expected
 
     @pytest.mark.parametrize(("value", "reason"), [
         ({"valueString": "VII"}, "outside the valid range 1-6"),
@@ -331,7 +342,7 @@ class TestObservationValues:
     ])
     def test_intraoperative_amr_result(self, concepts, value, expected):
         record = build(concepts, {"o": searchset(observation("amr-intraop-result", **value))})
-        assert record.latest("amr_intraop_result").value == expected
+        assert record.latest_observation("amr_intraop_result").value == expected
 
     def test_an_amr_result_that_is_not_an_answer_is_not_guessed(self, concepts):
         record = build(concepts, {"o": searchset(observation("amr-intraop-result", valueString="not resolved"))})
@@ -345,7 +356,7 @@ class TestObservationValues:
     ])
     def test_neurovascular_contact_on_mri(self, concepts, value, expected):
         record = build(concepts, {"o": searchset(observation("mri-neurovascular-contact", **value))})
-        assert record.latest("mri_neurovascular_contact").value is expected
+        assert record.latest_observation("mri_neurovascular_contact").value is expected
 
     def test_a_component_of_a_panel_is_read_with_the_panel_date(self, concepts):
         panel = {"resourceType": "Observation", "status": "final", "subject": SUBJECT,
@@ -357,9 +368,9 @@ class TestObservationValues:
                       "valueCodeableConcept": {"coding": [{"system": LOCAL, "code": "amr-resolved"}]}},
                  ]}
         record = build(concepts, {"o": searchset(panel)})
-        assert record.latest("amr_amplitude_preop").value == 320.0
-        assert record.latest("amr_intraop_result").value == "resolved"
-        assert record.latest("amr_intraop_result").effective == datetime(2024, 5, 14, 10, tzinfo=timezone.utc)
+        assert record.latest_observation("amr_amplitude_preop").value == 320.0
+        assert record.latest_observation("amr_intraop_result").value == "resolved"
+        assert record.latest_observation("amr_intraop_result").effective == datetime(2024, 5, 14, 10, tzinfo=timezone.utc)
 
     def test_an_observation_without_a_value(self, concepts):
         absent = observation("operation-time", dataAbsentReason={"text": "not recorded"})
@@ -379,8 +390,8 @@ class TestObservationValues:
         dated = observation("cohen-spasm-grade", valueInteger=2, when="2020-01-01")
         record = build(concepts, {"o": searchset(undated, dated)})
         assert [f.value for f in record.observations["cohen_spasm_grade"]] == [2, 1]
-        assert record.latest("cohen_spasm_grade").value == 2
-        assert record.latest("cohen_spasm_grade", since=date(2021, 1, 1)) is None
+        assert record.latest_observation("cohen_spasm_grade").value == 2
+        assert record.latest_observation("cohen_spasm_grade", lookback_days=(TODAY - date(2021, 1, 1)).days) is None
 
 
 class TestMedicationRules:
@@ -398,7 +409,7 @@ class TestMedicationRules:
         if kind == "MedicationRequest":
             med["intent"] = "order"
         record = build(concepts, {"m": searchset(med)})
-        assert record.takes("carbamazepine") is counted
+        assert bool(record.current_medications("carbamazepine")) is counted
 
     def test_a_contained_medication(self, concepts):
         med = {"resourceType": "MedicationRequest", "status": "active", "intent": "order", "subject": SUBJECT,
@@ -412,6 +423,143 @@ class TestMedicationRules:
         med = {"resourceType": "MedicationRequest", "status": "active", "intent": "order", "subject": SUBJECT,
                "medicationReference": {"reference": "Medication/elsewhere", "display": "carbamazepine"}}
         assert build(concepts, {"m": searchset(med)}).medications == {}
+
+
+# ------------------------------------------------------------------ the questions the cards ask
+UTC = timezone.utc
+EAST = timezone(timedelta(hours=9))
+
+
+def at(day: str, clock: str | None = None, zone=UTC) -> datetime:
+    """A fact time as the build reads it: a date alone is midnight."""
+    return datetime.fromisoformat(f"{day}T{clock or '00:00'}").replace(tzinfo=zone)
+
+
+def by_hand(**tables) -> PatientRecord:
+    """A record built directly (unsorted, any status), as the queries must also take it."""
+    return PatientRecord(today=TODAY, **tables)
+
+
+def mvd(start: datetime | None, state: str = "completed") -> ProcedureFact:
+    return ProcedureFact(Match("mvd_facial_nerve", "s", "c", None), state, start, None)
+
+
+def pain(effective: datetime | None, value: float) -> ObservationFact:
+    return ObservationFact(Match("pain_score", "s", "c", None), effective, value, "{score}", str(value))
+
+
+def hfs(clinical: str | None, onset: date | None = None, recorded: date | None = None) -> ConditionFact:
+    return ConditionFact(Match("hemifacial_spasm", "s", "c", None), clinical, onset, recorded, None)
+
+
+class TestLatestProcedure:
+    def test_the_latest_completed_one_whatever_the_order_of_the_facts(self):
+        older, newer = mvd(at("2023-05-01")), mvd(at("2024-05-01"))
+        assert by_hand(procedures={"mvd_facial_nerve": [older, newer]}).latest_procedure("mvd_facial_nerve") is newer
+
+    def test_latest_compares_instants_across_time_zones(self):
+        # 08:00 in UTC+9 is 23:00 UTC the day before: earlier than 01:00 UTC that day
+        tokyo, london = mvd(at("2024-05-02", "08:00", EAST)), mvd(at("2024-05-02", "01:00"))
+        record = by_hand(procedures={"mvd_facial_nerve": [tokyo, london]})
+        assert record.latest_procedure("mvd_facial_nerve") is london
+
+    def test_a_procedure_dated_after_today_or_not_completed_does_not_count(self):
+        done = mvd(at("2024-05-01"))
+        record = by_hand(procedures={"mvd_facial_nerve": [
+            mvd(at("2025-01-16")), mvd(at("2024-12-01"), "in-progress"), done]})
+        assert record.latest_procedure("mvd_facial_nerve") is done
+        assert by_hand(procedures={"mvd_facial_nerve": [mvd(at("2025-01-15", "23:59"))]}).latest_procedure(
+            "mvd_facial_nerve") is not None                                 # today counts
+
+    def test_an_undated_procedure_only_when_none_has_a_date(self):
+        undated, dated = mvd(None), mvd(at("2020-01-01"))
+        assert by_hand(procedures={"mvd_facial_nerve": [undated, dated]}).latest_procedure("mvd_facial_nerve") is dated
+        assert by_hand(procedures={"mvd_facial_nerve": [undated]}).latest_procedure("mvd_facial_nerve") is undated
+        assert by_hand().latest_procedure("mvd_facial_nerve") is None
+
+
+class TestObservationsInAWindowAndAfterAProcedure:
+    def test_latest_first_by_instant_and_undated_last(self):
+        undated, early, late = pain(None, 1), pain(at("2025-01-10", "08:00", EAST), 2), pain(at("2025-01-10", "00:30"), 3)
+        record = by_hand(observations={"pain_score": [undated, early, late]})
+        assert record.observations_for("pain_score") == [late, early, undated]
+        assert record.latest_observation("pain_score") is late
+
+    def test_the_look_back_window_is_whole_days_ending_today(self):
+        facts = [pain(at("2025-01-16"), 9), pain(at("2025-01-15", "23:00"), 8), pain(at("2024-12-16"), 7),
+                 pain(at("2024-12-15", "23:59"), 6), pain(None, 5)]
+        record = by_hand(observations={"pain_score": facts})
+        assert [f.value for f in record.observations_for("pain_score", lookback_days=30)] == [8, 7]
+        assert [f.value for f in record.observations_for("pain_score")] == [9, 8, 7, 6, 5]
+
+    @pytest.mark.parametrize(("effective", "counted"), [
+        (at("2024-05-04"), True),                       # a later day
+        (at("2024-05-02", "23:59"), False),             # an earlier day
+        (at("2024-05-03", "08:00"), False),             # same day, both times recorded: before
+        (at("2024-05-03", "17:00", EAST), False),       # the same, written in UTC+9
+        (at("2024-05-03", "09:00"), True),              # same day, both times recorded: after
+        (at("2024-05-03", "08:30"), True),              # the same instant
+        (at("2024-05-03"), True),                       # same day, no time: taken as after
+        (None, False),
+    ])
+    def test_on_or_after_a_procedure_at_half_past_eight(self, effective, counted):
+        procedure = mvd(at("2024-05-03", "08:30"))
+        fact = pain(effective, 4)
+        record = by_hand(observations={"pain_score": [fact]})
+        assert (record.observations_for("pain_score", after=procedure) == [fact]) is counted
+
+    def test_on_the_day_of_a_procedure_without_a_time_every_value_of_that_day_counts(self):
+        facts = [pain(at("2024-05-03", "06:00"), 1), pain(at("2024-05-02", "23:00"), 2)]
+        record = by_hand(observations={"pain_score": facts})
+        assert [f.value for f in record.observations_for("pain_score", after=mvd(at("2024-05-03")))] == [1]
+
+    def test_after_a_procedure_without_a_date_nothing_counts(self):
+        record = by_hand(observations={"pain_score": [pain(at("2024-05-03"), 1)]})
+        assert record.latest_observation("pain_score", after=mvd(None)) is None
+
+    def test_window_and_procedure_together(self):
+        facts = [pain(at("2024-12-01"), 1), pain(at("2025-01-02"), 2), pain(at("2025-01-12"), 3)]
+        record = by_hand(observations={"pain_score": facts})
+        assert [f.value for f in record.observations_for("pain_score", 7, mvd(at("2024-11-30")))] == [3]
+        assert [f.value for f in record.observations_for("pain_score", 60, mvd(at("2025-01-05")))] == [3]
+
+
+class TestConditionsAfterAProcedure:
+    def test_active_with_an_onset_or_recorded_date_after_the_procedure_day(self):
+        onset_after, recorded_after = hfs("recurrence", onset=date(2024, 6, 1)), hfs(None, recorded=date(2024, 5, 4))
+        same_day, before = hfs("active", onset=date(2024, 5, 3)), hfs("active", onset=date(2019, 1, 1))
+        resolved = hfs("resolved", onset=date(2024, 7, 1))
+        record = by_hand(conditions={"hemifacial_spasm": [onset_after, same_day, recorded_after, before, resolved]})
+        assert record.conditions_after("hemifacial_spasm", mvd(at("2024-05-03", "23:00"))) == [onset_after, recorded_after]
+
+    def test_none_without_a_dated_procedure(self):
+        record = by_hand(conditions={"hemifacial_spasm": [hfs("active", onset=date(2024, 6, 1))]})
+        assert record.conditions_after("hemifacial_spasm", mvd(None)) == []
+        assert record.conditions_after("hemifacial_spasm", None) == []
+
+
+def test_current_medications_leave_out_statuses_that_never_mean_use():
+    def cbz(state: str) -> MedicationFact:
+        return MedicationFact(Match("carbamazepine", "s", "c", None), "MedicationStatement", state, None)
+    facts = [cbz(s) for s in ("active", "draft", "intended", "not-taken", "unknown", "cancelled", "entered-in-error")]
+    record = by_hand(medications={"carbamazepine": facts})
+    assert [m.status for m in record.current_medications("carbamazepine")] == ["active", "intended"]
+
+
+def test_unreadable_inputs_of_some_concepts_in_the_order_met():
+    problems = [UnreadableInput("Observation", "pain_score", "a"), UnreadableInput("Patient", None, "b"),
+                UnreadableInput("Condition", "hypertension", "c"), UnreadableInput("Observation", "pain_score", "d")]
+    record = by_hand(unreadable=problems)
+    assert record.unreadable_for("pain_score") == [problems[0], problems[3]]
+    assert record.unreadable_for("hypertension", "pain_score") == [problems[0], problems[2], problems[3]]
+    assert record.unreadable_for(None) == [] and record.unreadable_for("diabetes") == []
+
+
+def test_years_since_a_date_after_today_is_none():
+    record = by_hand()
+    assert record.years_since(date(2015, 1, 15)) == pytest.approx(10.0, abs=0.01)
+    assert record.years_since(TODAY) == 0.0
+    assert record.years_since(date(2025, 1, 16)) is None and record.years_since(None) is None
 
 
 # ------------------------------------------------------------------ collecting, validating, robustness
@@ -460,25 +608,7 @@ def test_invalid_patient_fields_are_reported_not_guessed(concepts):
 
 def test_dates_are_never_taken_from_the_clock(concepts):
     hfs = condition("G51.3", onsetDateTime="2015-01-15")
-    assert build(concepts, {"c": searchset(hfs)}, today=date(2020, 1, 15)).disease_duration_years() == pytest.approx(5.0, abs=0.01)
-
-
-@pytest.mark.parametrize(("text", "expected"), [
-    ("2024", datetime(2024, 1, 1, tzinfo=timezone.utc)),
-    ("2024-05", datetime(2024, 5, 1, tzinfo=timezone.utc)),
-    ("2024-05-14", datetime(2024, 5, 14, tzinfo=timezone.utc)),
-    ("2024-05-14T08:30:00Z", datetime(2024, 5, 14, 8, 30, tzinfo=timezone.utc)),
-    ("2024-05-14T08:30:00.123456789+02:00", datetime(2024, 5, 14, 6, 30, 0, 123456, tzinfo=timezone.utc)),
-    ("2024-02-30", None), ("24-05-14", None), ("2024-05-14 08:30", None), ("", None), (20240514, None),
-])
-def test_fhir_dates(text, expected):
-    assert parse_fhir_datetime(text) == expected
-    if expected is not None:
-        assert parse_fhir_datetime(text).tzinfo is not None
-
-
-def test_a_datetime_gives_its_own_calendar_date():
-    assert parse_fhir_date("2024-05-14T23:30:00-05:00") == date(2024, 5, 14)
+    assert disease_duration(build(concepts, {"c": searchset(hfs)}, today=date(2020, 1, 15))) == pytest.approx(5.0, abs=0.01)
 
 
 # ------------------------------------------------------------------ Synthea: realistic records without HFS

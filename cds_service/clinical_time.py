@@ -1,0 +1,128 @@
+"""Dates and times as the record and the cards read them (the rules, in one place).
+
+- A FHIR date / dateTime / instant is read as a timezone-aware datetime; a partial date
+  takes the first day ("2018" -> 2018-01-01), a date without a time is midnight UTC, a
+  time without a zone is UTC (`parse_fhir_datetime`).
+- The day of a value is its calendar date as written, in its own time zone (`day_of`).
+- A value at exactly midnight is taken as a date without a time (`has_time`): FHIR dates
+  are read as midnight, so midnight says nothing about the time of day.
+- "On or after" a procedure: a later day, or the same day unless both times are recorded
+  and show it was before (`on_or_after`).
+- Months are calendar months, years are 365.25 days.
+"""
+from __future__ import annotations
+
+import re
+from datetime import date, datetime, timedelta, timezone
+
+__all__ = [
+    "DAYS_PER_YEAR", "DAYS_PER_MONTH", "parse_fhir_datetime", "parse_fhir_date", "day_of", "has_time",
+    "instant_of", "on_or_after", "months_between", "duration_text",
+]
+
+DAYS_PER_YEAR = 365.25
+DAYS_PER_MONTH = DAYS_PER_YEAR / 12
+
+_DATETIME = re.compile(
+    r"(?P<y>[0-9]{4})(?:-(?P<mo>[0-9]{2})(?:-(?P<d>[0-9]{2})"
+    r"(?:T(?P<h>[0-9]{2}):(?P<mi>[0-9]{2})(?::(?P<s>[0-9]{2})(?:\.(?P<f>[0-9]{1,9}))?)?"
+    r"(?P<tz>Z|[+-][0-9]{2}:[0-9]{2})?)?)?)?"
+)
+
+
+# ----------------------------------------------------------------------------- FHIR values
+def parse_fhir_datetime(value: object) -> datetime | None:
+    """A FHIR date / dateTime / instant as a timezone-aware datetime (None if not one).
+
+    Partial dates take the first day ("2018" -> 2018-01-01); a date without a time is
+    midnight UTC; a time without a zone is read as UTC.
+    """
+    if not isinstance(value, str) or len(value) > 40:
+        return None
+    m = _DATETIME.fullmatch(value)
+    if m is None:
+        return None
+    try:
+        zone = timezone.utc
+        tz = m.group("tz")
+        if tz and tz != "Z":
+            sign = 1 if tz[0] == "+" else -1
+            zone = timezone(sign * timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6])))
+        fraction = (m.group("f") or "0")[:6].ljust(6, "0")
+        return datetime(
+            int(m.group("y")), int(m.group("mo") or 1), int(m.group("d") or 1),
+            int(m.group("h") or 0), int(m.group("mi") or 0), min(int(m.group("s") or 0), 59),
+            int(fraction), tzinfo=zone,
+        )
+    except (ValueError, OverflowError):
+        return None
+
+
+def parse_fhir_date(value: object) -> date | None:
+    """The calendar date of a FHIR date / dateTime, as written (its own time zone)."""
+    parsed = parse_fhir_datetime(value)
+    return parsed.date() if parsed is not None else None
+
+
+# ----------------------------------------------------------------------------- comparing
+def day_of(value: date | datetime) -> date:
+    """The calendar date of a date or datetime, as written (its own time zone)."""
+    return value.date() if isinstance(value, datetime) else value
+
+
+def has_time(value: date | datetime | None) -> bool:
+    """False for a date without a time (the record reads those as midnight)."""
+    if not isinstance(value, datetime):
+        return False
+    return (value.hour, value.minute, value.second, value.microsecond) != (0, 0, 0, 0)
+
+
+def instant_of(value: date | datetime) -> datetime:
+    """Comparable instant: aware values in UTC, naive values (local or date-only) as given."""
+    if not isinstance(value, datetime):
+        return datetime(value.year, value.month, value.day)
+    if value.tzinfo is not None:
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+    return value
+
+
+def on_or_after(when: date | datetime | None, start: date | datetime | None) -> bool:
+    """On or after `start`: a later day, or the same day unless both times show it was before."""
+    if when is None or start is None:
+        return False
+    day, start_day = day_of(when), day_of(start)
+    if day != start_day:
+        return day > start_day
+    if has_time(when) and has_time(start):
+        return instant_of(when) >= instant_of(start)
+    return True
+
+
+# ----------------------------------------------------------------------------- durations
+def months_between(start: date, end: date) -> float:
+    """Calendar months from start to end (whole months plus the fraction of the current one)."""
+    whole = (end.year - start.year) * 12 + (end.month - start.month)
+    if end.day < start.day:
+        whole -= 1
+    anchor_year, anchor_month = divmod(start.month - 1 + whole, 12)
+    anchor = _safe_date(start.year + anchor_year, anchor_month + 1, start.day)
+    return whole + (end - anchor).days / DAYS_PER_MONTH
+
+
+def _safe_date(year: int, month: int, day: int) -> date:
+    while True:
+        try:
+            return date(year, month, day)
+        except ValueError:
+            day -= 1
+
+
+def duration_text(start: date, end: date) -> str:
+    """'12 days', '14 months', '3.2 years': the time since a procedure as a clinician says it."""
+    days = (end - start).days
+    months = months_between(start, end)
+    if months < 2:
+        return f"{days} day" + ("" if days == 1 else "s")
+    if months < 24:
+        return f"{int(months)} months"
+    return f"{days / DAYS_PER_YEAR:.1f} years"
