@@ -15,7 +15,7 @@ import hmac
 import os
 import secrets
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -112,11 +112,6 @@ def audit_key(settings: Settings) -> bytes:
         raise ConfigError(f"audit key file {path} cannot be written") from exc
 
 
-def content_version(card_versions: Mapping[str, str]) -> str:
-    """The card files used, as stable text: "card_a@1.0,card_b@2.1" (sorted by card id)."""
-    return ",".join(f"{card_id}@{version}" for card_id, version in sorted(card_versions.items()))
-
-
 def build_call_record(
     *,
     service_id: str,
@@ -124,17 +119,16 @@ def build_call_record(
     hook_instance: str,
     outcome_status: int,
     duration_ms: float,
-    key: bytes,
-    patient_id: str | None = None,
-    card_versions: Mapping[str, str] | None = None,
+    patient_hash: str | None = None,
+    content_version: str = "",
     client_iss: str | None = None,
     cards: Iterable[tuple[str, str, str]] = (),
     called_at: datetime | None = None,
 ) -> CallRecord:
-    """The audit row for one hook call. `patient_id` is hashed here and goes no further.
+    """The audit row for one hook call: only the keyed hash of the patient id, never the id.
 
-    `cards` are (card_uuid, card_id, summary) for each card returned; `card_versions` maps
-    each card file evaluated to its version.
+    `cards` are (card_uuid, card_id, summary) for each card returned; `content_version`
+    names the card files (and site models) in force (card_content.content_versions).
     """
     return CallRecord(
         service_id=service_id,
@@ -142,8 +136,8 @@ def build_call_record(
         hook_instance=hook_instance,
         outcome_status=int(outcome_status),
         duration_ms=round(float(duration_ms), 3),
-        patient_hash=patient_hash(patient_id, key) if patient_id else None,
-        content_version=content_version(card_versions or {}),
+        patient_hash=patient_hash,
+        content_version=content_version,
         client_iss=client_iss,
         cards=tuple(ReturnedCard(*card) for card in cards),
         called_at=called_at or datetime.now(timezone.utc),

@@ -9,7 +9,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .audit import audit_key, patient_hash
+from .audit import audit_key, build_call_record, patient_hash
 from .client_auth import ClientAuthError, ClientIdentity, audiences_for, verify_client_jwt
 from .card_content import CardContent, content_versions, load_cards
 from .catalog import ServiceDefinition, load_services
@@ -18,7 +18,7 @@ from .concepts import load_concepts
 from .config import ConfigError, Settings
 from .errors import ApiError
 from .fhir_client import FhirAccess
-from .store import CallRecord, ReturnedCard, Store
+from .store import Store
 from .trust import TrustConfig, trust_from_settings
 
 log = logging.getLogger(__name__)
@@ -84,16 +84,16 @@ class Runtime:
 
         A store failure is logged and does not turn an answered call into an error.
         """
-        record = CallRecord(
+        record = build_call_record(
             service_id=notes.service_id,
             hook=notes.hook or "",
             hook_instance=notes.hook_instance or "",
             outcome_status=notes.status or 0,
-            duration_ms=round(notes.duration_ms, 3),
+            duration_ms=notes.duration_ms,
             patient_hash=notes.patient_hash,
             content_version=self.content_version,
             client_iss=notes.client_iss,
-            cards=tuple(ReturnedCard(*card) for card in notes.cards),
+            cards=notes.cards,
         )
         try:
             self.store.record_call(record)

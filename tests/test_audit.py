@@ -13,7 +13,6 @@ from cds_service.audit import (
     AUDIT_KEY_FILE,
     audit_key,
     build_call_record,
-    content_version,
     patient_hash,
 )
 from cds_service.config import ConfigError, Settings
@@ -96,11 +95,6 @@ def test_workers_starting_together_share_one_generated_key(tmp_path):
     assert [p.name for p in (tmp_path / "inst").iterdir()] == [AUDIT_KEY_FILE]
 
 
-def test_content_version_lists_card_files_in_a_stable_order():
-    assert content_version({"rfa-recurrence": "1.1", "mvd-outcome": "1.0"}) == "mvd-outcome@1.0,rfa-recurrence@1.1"
-    assert content_version({}) == ""
-
-
 def test_a_call_record_holds_the_hash_never_the_patient_id():
     key = b"k" * 32
     record = build_call_record(
@@ -109,9 +103,8 @@ def test_a_call_record_holds_the_hash_never_the_patient_id():
         hook_instance="d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
         outcome_status=200,
         duration_ms=7.123456,
-        key=key,
-        patient_id="Patient-123",
-        card_versions={"mvd-outcome": "1.0"},
+        patient_hash=patient_hash("Patient-123", key),
+        content_version="mvd-outcome@1.0",
         client_iss="https://sandbox.cds-hooks.org",
         cards=[(CARD, "mvd-outcome", "MVD outcome")],
     )
@@ -126,7 +119,7 @@ def test_a_call_record_holds_the_hash_never_the_patient_id():
 def test_a_call_without_a_patient_has_no_hash():
     record = build_call_record(
         service_id="s", hook="order-sign", hook_instance="i", outcome_status=400,
-        duration_ms=1, key=b"k" * 32,
+        duration_ms=1,
     )
     assert record.patient_hash is None and record.cards == () and record.client_iss is None
 
@@ -138,7 +131,7 @@ def test_the_audit_row_in_the_database_carries_only_the_hash(store_url):
         call_id = store.record_call(
             build_call_record(
                 service_id="svc", hook="patient-view", hook_instance="i", outcome_status=200,
-                duration_ms=3.5, key=key, patient_id="Patient-123",
+                duration_ms=3.5, patient_hash=patient_hash("Patient-123", key),
                 cards=[(CARD, "mvd-outcome", "summary")], called_at=called_at,
             )
         )
@@ -156,3 +149,4 @@ def test_the_audit_row_in_the_database_carries_only_the_hash(store_url):
     assert row.patient_hash == patient_hash("Patient-123", key)
     assert "Patient-123" not in dump
     assert issued.called_at == called_at
+
