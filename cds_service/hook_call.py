@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 @dataclass
 class AuditNotes:
     service_id: str
+    hook: str
     started: float
-    hook: str | None = None
     hook_instance: str | None = None
     patient_hash: str | None = None
     client_iss: str | None = None
@@ -55,8 +55,9 @@ def answer(rt: Runtime, service: ServiceDefinition, body: object, notes: AuditNo
     )
 
     results = [evaluate(card, record, request.hook) for card in rt.cards_for(request.hook)]
-    cards = [render(result) for result in results if result is not None]
-    notes.cards = [(c["uuid"], r.card_id, c["summary"]) for c, r in zip(cards, filter(None, results))]
+    fired = [result for result in results if result is not None]
+    cards = [render(result) for result in fired]
+    notes.cards = [(card["uuid"], result.card_id, card["summary"]) for card, result in zip(cards, fired)]
     return cards
 
 

@@ -35,9 +35,10 @@ def discovery() -> Response:
 @blueprint.post("/cds-services/<service_id>")
 def call_service(service_id: str) -> Response:
     rt = runtime()
-    g.audit = notes = hook_call.AuditNotes(service_id=service_id[:64], started=time.perf_counter())
+    started = time.perf_counter()
     service = rt.service(service_id)
-    notes.hook = service.hook
+    # From here on the call is audited whatever its outcome (see write_audit).
+    g.audit = notes = hook_call.AuditNotes(service_id=service.id, hook=service.hook, started=started)
     notes.client_iss = rt.authenticate(request).iss
     cards = hook_call.answer(rt, service, read_json_body(), notes)
     return jsonify({"cards": cards})

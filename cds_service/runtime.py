@@ -86,7 +86,7 @@ class Runtime:
         """
         record = build_call_record(
             service_id=notes.service_id,
-            hook=notes.hook or "",
+            hook=notes.hook,
             hook_instance=notes.hook_instance or "",
             outcome_status=notes.status or 0,
             duration_ms=notes.duration_ms,

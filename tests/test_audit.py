@@ -150,3 +150,18 @@ def test_the_audit_row_in_the_database_carries_only_the_hash(store_url):
     assert "Patient-123" not in dump
     assert issued.called_at == called_at
 
+
+def test_calls_to_a_known_service_are_audited_whatever_their_outcome_and_unknown_ids_are_not(tmp_path):
+    from cds_service.app import create_app
+    from scenario_requests import hfs_after_mvd_patient_view
+
+    app = create_app(instance_path=tmp_path / "instance")          # signed JWTs required
+    client = app.test_client()
+    body = hfs_after_mvd_patient_view("audit-rule-patient")
+    assert client.post("/cds-services/no-such-service", json=body).status_code == 404
+    assert client.post("/cds-services/hfs-outcomes-patient-view", json=body).status_code == 401
+    store = app.extensions["cds_service"].store
+    with store.engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT service_id, hook, outcome_status FROM service_calls").all()
+    store.close()
+    assert [tuple(r) for r in rows] == [("hfs-outcomes-patient-view", "patient-view", 401)]
