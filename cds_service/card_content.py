@@ -713,15 +713,6 @@ def _coding(raw: object, where: str) -> Coding:
 
 
 # ---------------------------------------------------------------------------- templates
-def template_names(text: str) -> set[str]:
-    names = set()
-    for _, name, spec, conv in string.Formatter().parse(text):
-        if name is None:
-            continue
-        names.add(name)
-    return names
-
-
 def _check_template(text: str, names: set[str], where: str) -> None:
     try:
         parsed = list(string.Formatter().parse(text))

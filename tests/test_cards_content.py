@@ -13,7 +13,7 @@ import pytest
 
 import evidence
 from cds_service.card_content import (
-    ContentError, card_from_data, content_versions, load_cards, template_names,
+    ContentError, card_from_data, content_versions, load_cards,
 )
 from cds_service.config import DEFAULT_CARDS_DIR
 from cds_service.evaluate import evaluate
@@ -275,10 +275,6 @@ def test_a_site_model_is_attached_to_its_card_and_named_in_the_content_versions(
     assert rfa.site_model.label == "Example Hospital RFA model"
     assert rfa.site_model.coefficients == (-0.619, -2.589)       # the published ones, by default
     assert "rfa-recurrence@1.0.0+site:Example Hospital RFA model@2025.1" in content_versions(cards)
-
-
-def test_template_names_lists_the_placeholders():
-    assert template_names("a {x} b {y_1}") == {"x", "y_1"}
 
 
 def test_the_example_site_overlay_file_loads_and_drives_both_site_models():
