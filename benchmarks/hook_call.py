@@ -85,8 +85,8 @@ def main() -> int:
                         help="also send the Synthea resources no template asks for (3 MB body)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
-    from cds_service.app import create_app
-    from cds_service.gc_tuning import freeze_startup_objects
+    from cds_service.http.app import create_app
+    from cds_service.worker_gc import freeze_startup_objects
 
     count, request = build_request(largest_bundle(), args.everything)
     body = json.dumps(request).encode()

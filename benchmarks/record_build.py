@@ -19,8 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cds_service import record as record_module  # noqa: E402
-from cds_service.concepts import load_concepts  # noqa: E402
-from cds_service.record import build_record, iter_facts  # noqa: E402
+from cds_service.terminology.concepts_file import load_concepts  # noqa: E402
+from cds_service.clinical.record import build_record, iter_facts  # noqa: E402
 
 SYNTHEA = REPO.parent / "shared" / "fhir-samples" / "synthea"
 RUNS = 200

@@ -5,8 +5,8 @@ import argparse
 import logging
 import sys
 
-from .config import ConfigError, load_settings
-from .store import StoreError
+from cds_service.config import ConfigError, load_settings
+from cds_service.storage.store import StoreError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -57,8 +57,8 @@ def _overrides(args: argparse.Namespace) -> dict:
 def _serve(args: argparse.Namespace) -> int:
     from gunicorn.app.base import BaseApplication
 
-    from .app import create_app
-    from .gc_tuning import freeze_startup_objects
+    from cds_service.http.app import create_app
+    from cds_service.worker_gc import freeze_startup_objects
 
     settings = load_settings(_overrides(args))
     create_app(settings).extensions["cds_service"].store.close()  # fail fast on bad config
@@ -83,7 +83,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .report import run_report
+    from cds_service.storage.report import run_report
 
     settings = load_settings(_overrides(args))
     print(run_report(args.database_url or settings.resolved_database_url))

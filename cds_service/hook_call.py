@@ -11,15 +11,15 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING
 
-from .hooks import parse_hook_request
-from .prefetch import resolve
-from .record import build_record
-from .evaluate import evaluate
-from .render import render
+from cds_service.http.hook_request import parse_hook_request
+from cds_service.fhir.prefetch import resolve
+from cds_service.clinical.record import build_record
+from cds_service.clinical.evaluate import evaluate
+from cds_service.clinical.render import render
 
 if TYPE_CHECKING:
-    from .catalog import ServiceDefinition
-    from .runtime import Runtime
+    from cds_service.content.services import ServiceDefinition
+    from cds_service.startup import Runtime
 
 
 @dataclass

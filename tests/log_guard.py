@@ -328,7 +328,17 @@ def _before(needs: str, register):
 def _install_registration(patches: _Patches) -> None:
     import requests
 
-    from cds_service import client_auth, fhir_client, hook_call, hooks, prefetch, runtime
+    from cds_service.security import client_auth
+
+    from cds_service.fhir import client as fhir_client
+
+    from cds_service import hook_call
+
+    from cds_service.http import hook_request as hooks
+
+    from cds_service.fhir import prefetch
+
+    from cds_service import startup as runtime
 
     on_parse = _before("body", lambda args: register_hook_body(args.get("body")))
     patches.wrap(hooks, "parse_hook_request", on_parse)

@@ -9,14 +9,14 @@ from datetime import datetime, timezone
 
 import pytest
 
-from cds_service.audit import (
+from cds_service.storage.audit import (
     AUDIT_KEY_FILE,
     audit_key,
     build_call_record,
     patient_hash,
 )
 from cds_service.config import ConfigError, Settings
-from cds_service.store import ReturnedCard, Store
+from cds_service.storage.store import ReturnedCard, Store
 
 CARD = "4e0a3a1e-3283-4575-ab82-028d55fe2719"
 
@@ -152,7 +152,7 @@ def test_the_audit_row_in_the_database_carries_only_the_hash(store_url):
 
 
 def test_calls_to_a_known_service_are_audited_whatever_their_outcome_and_unknown_ids_are_not(tmp_path):
-    from cds_service.app import create_app
+    from cds_service.http.app import create_app
     from scenario_requests import hfs_after_mvd_patient_view
 
     app = create_app(instance_path=tmp_path / "instance")          # signed JWTs required

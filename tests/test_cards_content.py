@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 import evidence
-from cds_service.card_content import (
+from cds_service.content.cards import (
     ContentError, card_from_data, content_versions, load_cards,
 )
 from cds_service.config import DEFAULT_CARDS_DIR
-from cds_service.evaluate import evaluate
-from cds_service.record import PatientRecord
-from cds_service.render import render
+from cds_service.clinical.evaluate import evaluate
+from cds_service.clinical.record import PatientRecord
+from cds_service.clinical.render import render
 from scenarios.chart import SCENARIOS_DIR, Chart, all_cards
 
 CARD_FILES = sorted(p for p in DEFAULT_CARDS_DIR.glob("*.toml") if p.name not in ("concepts.toml", "services.toml"))

@@ -7,7 +7,7 @@ patients); revision MVD (Park 2019): 23 revisions among > 2500, causes 8 / 12 / 
 19 excellent immediately, 20 spasm-free at 1 year, 3 persistent.
 """
 import evidence
-from cds_service.render import render
+from cds_service.clinical.render import render
 from scenarios.chart import Chart
 
 CARD = "mvd-recurrence"

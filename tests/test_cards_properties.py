@@ -7,11 +7,11 @@ from datetime import date, datetime, timedelta, timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cds_service.evaluate import evaluate
-from cds_service.record import (
+from cds_service.clinical.evaluate import evaluate
+from cds_service.clinical.record import (
     ConditionFact, Match, MedicationFact, ObservationFact, OrderFact, PatientRecord, ProcedureFact, UnreadableInput,
 )
-from cds_service.render import render
+from cds_service.clinical.render import render
 from scenarios.chart import all_cards
 from test_cards_rfa import SITE as RFA_SITE
 

@@ -2,7 +2,7 @@
 configuration mistakes that stop `serve` before it binds a port."""
 from __future__ import annotations
 
-from cds_service.app import create_app
+from cds_service.http.app import create_app
 from cds_service.cli import main
 
 from scenario_requests import hfs_after_mvd_patient_view

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from werkzeug import Response
 
-from cds_service.client_auth import (
+from cds_service.security.client_auth import (
     ANONYMOUS_CLIENT,
     ClientAuthError,
     ClientIdentity,
@@ -34,7 +34,7 @@ from cds_service.client_auth import (
     verify_client_jwt,
 )
 from cds_service.config import load_settings
-from cds_service.trust import TrustConfig, parse_trust
+from cds_service.security.trust import TrustConfig, parse_trust
 
 AUTH_DATA = Path(__file__).parent / "data" / "auth"
 ISS = "https://ehr.example.org/fhir"
@@ -587,7 +587,7 @@ def test_a_jku_on_another_issuers_allowlist_is_not_accepted(jwks_server, keys):
 
 
 def test_replay_is_refused_by_the_database_backed_store(tmp_path, client):
-    store_module = pytest.importorskip("cds_service.store")
+    store_module = pytest.importorskip("cds_service.storage.store")
     store = store_module.Store(f"sqlite:///{tmp_path / 'auth.sqlite3'}")
     # Real time: the store forgets a jti once its token has expired by the wall clock.
     now = int(time.time())

@@ -5,7 +5,7 @@ from datetime import date, datetime, timedelta, timezone
 
 import pytest
 
-from cds_service.clinical_time import (
+from cds_service.clinical.dates import (
     day_of, duration_text, has_time, instant_of, months_between, on_or_after, parse_fhir_date, parse_fhir_datetime,
 )
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cds_service.concepts import load_concepts
+from cds_service.terminology.concepts_file import load_concepts
 from cds_service.config import ConfigError
 
 CARDS = Path(__file__).resolve().parents[1] / "cards"

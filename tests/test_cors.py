@@ -6,7 +6,7 @@ import pytest
 from flask import Flask, jsonify, request
 
 from cds_service.config import ConfigError
-from cds_service.cors import install_cors
+from cds_service.http.cors import install_cors
 
 EHR = "https://ehr.example.org"
 PREFLIGHT = {"Access-Control-Request-Method": "POST",

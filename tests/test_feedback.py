@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cds_service.errors import ApiError
-from cds_service.feedback import (
+from cds_service.http.feedback import (
     MAX_COMMENT_LENGTH,
     MAX_ENTRIES,
     FeedbackEntry,

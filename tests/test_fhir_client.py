@@ -11,7 +11,7 @@ import pytest
 from werkzeug import Response
 
 from cds_service.config import Settings
-from cds_service.fhir_client import (
+from cds_service.fhir.client import (
     FhirAccess,
     FhirClient,
     FhirNotFound,

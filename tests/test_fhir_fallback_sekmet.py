@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from cds_service.catalog import PrefetchTemplate, ServiceDefinition, load_services
+from cds_service.content.services import PrefetchTemplate, ServiceDefinition, load_services
 from cds_service.config import DEFAULT_CARDS_DIR, Settings
 from cds_service.errors import ApiError
-from cds_service.fhir_client import FhirAccess
-from cds_service.prefetch import resolve
+from cds_service.fhir.client import FhirAccess
+from cds_service.fhir.prefetch import resolve
 from fhir_server_fixture import created_ids
 
 pytestmark = pytest.mark.fhir_server

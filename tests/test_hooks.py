@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from cds_service.catalog import PrefetchTemplate, ServiceDefinition
+from cds_service.content.services import PrefetchTemplate, ServiceDefinition
 from cds_service.errors import ApiError
-from cds_service.hooks import parse_hook_request
+from cds_service.http.hook_request import parse_hook_request
 
 SPEC = Path(__file__).resolve().parents[2] / "shared" / "cds-hooks-spec"
 INSTANCE = "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea"

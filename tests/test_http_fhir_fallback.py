@@ -17,7 +17,7 @@ import pytest
 import requests
 from werkzeug import Response
 
-from cds_service.app import create_app
+from cds_service.http.app import create_app
 from cds_service.config import DEFAULT_CARDS_DIR
 from fhir_server_fixture import created_ids
 

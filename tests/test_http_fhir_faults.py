@@ -28,7 +28,7 @@ from datetime import date, datetime, timedelta, timezone
 import pytest
 from werkzeug import Request, Response
 
-from cds_service.app import create_app
+from cds_service.http.app import create_app
 
 BUDGET_S = 0.5
 SLACK_S = 0.5

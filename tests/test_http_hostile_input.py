@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from cds_service.app import create_app
+from cds_service.http.app import create_app
 from scenarios.chart import BONE_METASTASIS, LOINC, MVD, MWA_THORACIC, Chart
 
 MAX_BODY = 1024 * 1024

@@ -150,12 +150,12 @@ def test_the_session_guard_hears_every_logger_at_every_level():
 
 
 def test_what_reaches_the_service_is_registered_without_the_test_asking():
-    from cds_service.catalog import load_services
-    from cds_service.client_auth import ClientAuthError, verify_client_jwt
+    from cds_service.content.services import load_services
+    from cds_service.security.client_auth import ClientAuthError, verify_client_jwt
     from cds_service.config import DEFAULT_CARDS_DIR
     from cds_service.errors import ApiError
-    from cds_service.hooks import parse_hook_request
-    from cds_service.trust import TrustConfig
+    from cds_service.http.hook_request import parse_hook_request
+    from cds_service.security.trust import TrustConfig
 
     service = load_services(DEFAULT_CARDS_DIR / "services.toml")["hfs-outcomes-patient-view"]
     patient_id, token = f"reg-{uuid.uuid4().hex[:8]}", f"at-{uuid.uuid4().hex}"

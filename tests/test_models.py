@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from cds_service.models import CoxModel, LogisticModel, ModelIncomplete
+from cds_service.clinical.risk_models import CoxModel, LogisticModel, ModelIncomplete
 
 RFA = CoxModel(names=("operation_time", "paralysis_grade"), coefficients=(-0.619, -2.589))
 

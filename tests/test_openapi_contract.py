@@ -173,7 +173,7 @@ def feedback_body(card_uuid: str, outcome: str = "overridden") -> dict:
 @pytest.fixture
 def make_client(tmp_path):
     """A test client of the real app in development mode; overrides go to create_app."""
-    from cds_service.app import create_app
+    from cds_service.http.app import create_app
 
     def make(**overrides):
         instance = tmp_path / f"instance-{len(list(tmp_path.iterdir()))}"
@@ -427,7 +427,7 @@ def flask_operations(app) -> set[tuple[str, str]]:
 
 
 def test_every_route_of_the_app_is_in_the_contract_and_every_operation_is_served(tmp_path):
-    from cds_service.app import create_app
+    from cds_service.http.app import create_app
 
     app = create_app(instance_path=tmp_path, allow_unsigned=True)
     assert flask_operations(app) == documented_operations()

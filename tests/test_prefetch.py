@@ -12,11 +12,11 @@ import pytest
 from hypothesis import given, settings as hyp_settings, strategies as st
 from werkzeug import Response
 
-from cds_service.catalog import PrefetchTemplate, ServiceDefinition, load_services
+from cds_service.content.services import PrefetchTemplate, ServiceDefinition, load_services
 from cds_service.config import DEFAULT_CARDS_DIR, Settings
 from cds_service.errors import ApiError
-from cds_service.fhir_client import FhirAccess
-from cds_service.prefetch import PrefetchResult, TemplateError, render_template, resolve
+from cds_service.fhir.client import FhirAccess
+from cds_service.fhir.prefetch import PrefetchResult, TemplateError, render_template, resolve
 
 TOKEN = "at-0f1e2d3c4b5a-secret"
 PATIENT_ID = "hfs-pat-8812"
@@ -462,7 +462,7 @@ def test_resolving_a_fully_prefetched_request_is_cheap():
 
 
 def test_gaps_name_missing_and_partly_retrieved_keys_for_the_cards():
-    from cds_service.prefetch import PrefetchResult
+    from cds_service.fhir.prefetch import PrefetchResult
 
     result = PrefetchResult(
         data={"observations": {"resourceType": "Bundle", "type": "searchset"}},

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from cds_service.clinical_time import day_of, months_between
-from cds_service.codes import Match
-from cds_service.concepts import load_concepts
-from cds_service.record import (
+from cds_service.clinical.dates import day_of, months_between
+from cds_service.terminology.concept_index import Match
+from cds_service.terminology.concepts_file import load_concepts
+from cds_service.clinical.record import (
     ConditionFact, MedicationFact, ObservationFact, PatientRecord, ProcedureFact, UnreadableInput, build_record,
     iter_facts,
 )

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
-from cds_service.codes import text_pattern
-from cds_service.concepts import load_concepts
-from cds_service.record import (
+from cds_service.terminology.concept_index import text_pattern
+from cds_service.terminology.concepts_file import load_concepts
+from cds_service.clinical.record import (
     ConditionFact, MedicationFact, ObservationFact, OrderFact, PatientRecord, ProcedureFact, build_record, iter_facts,
 )
 

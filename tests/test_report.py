@@ -6,9 +6,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from cds_service.feedback import parse_feedback
-from cds_service.report import format_report, run_report
-from cds_service.store import CallRecord, OverrideReasonCount, ReturnedCard, Store
+from cds_service.http.feedback import parse_feedback
+from cds_service.storage.report import format_report, run_report
+from cds_service.storage.store import CallRecord, OverrideReasonCount, ReturnedCard, Store
 
 REASONS = "http://example.org/cds-services/fhir/CodeSystem/override-reasons"
 

@@ -17,7 +17,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from cds_service.catalog import load_services
+from cds_service.content.services import load_services
 from cds_service.config import DEFAULT_CARDS_DIR
 from openapi_support import contract_copy
 
@@ -95,7 +95,7 @@ def map_case(context, case):
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    from cds_service.app import create_app
+    from cds_service.http.app import create_app
 
     return create_app(
         instance_path=tmp_path_factory.mktemp("schemathesis-instance"),

@@ -7,7 +7,7 @@ import uuid
 import pytest
 import requests
 
-from cds_service.store import Store
+from cds_service.storage.store import Store
 
 from served import ClientSigner, ServedService
 from scenario_requests import hfs_after_mvd_patient_view

@@ -13,7 +13,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from werkzeug import Response
 
 from cds_service.config import ConfigError, load_settings
-from cds_service.trust import (
+from cds_service.security.trust import (
     SANDBOX_ISS,
     SANDBOX_JKU,
     SANDBOX_JWKS_PATH,

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, strategies as st
 
-from cds_service import units
-from cds_service.units import UnitError, convert, convert_quantity
+from cds_service.terminology import units
+from cds_service.terminology.units import UnitError, convert, convert_quantity
 
 UCUM = "http://unitsofmeasure.org"
 

@@ -16,12 +16,12 @@ import json
 from datetime import date
 from pathlib import Path
 
-from cds_service.card_content import CardContent, load_cards
-from cds_service.concepts import load_concepts
+from cds_service.content.cards import CardContent, load_cards
+from cds_service.terminology.concepts_file import load_concepts
 from cds_service.config import DEFAULT_CARDS_DIR
-from cds_service.evaluate import CardResult, evaluate
-from cds_service.record import PatientRecord, build_record
-from cds_service.render import render
+from cds_service.clinical.evaluate import CardResult, evaluate
+from cds_service.clinical.record import PatientRecord, build_record
+from cds_service.clinical.render import render
 
 SCENARIOS_DIR = Path(__file__).resolve().parent
 

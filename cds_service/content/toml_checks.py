@@ -6,7 +6,7 @@ act on.
 """
 from __future__ import annotations
 
-from .config import ConfigError
+from cds_service.config import ConfigError
 
 
 def table(value: object, where: str, error: type[ConfigError] = ConfigError) -> dict:

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
-from .card_content import CardContent, Predictor, SiteModel, Situation
-from .clinical_time import day_of, duration_text, has_time, months_between
-from .models import ModelIncomplete
-from .record import (
+from cds_service.content.cards import CardContent, Predictor, SiteModel, Situation
+from cds_service.clinical.dates import day_of, duration_text, has_time, months_between
+from cds_service.clinical.risk_models import ModelIncomplete
+from cds_service.clinical.record import (
     ConditionFact, ObservationFact, OrderFact, PatientRecord, ProcedureFact, UnreadableInput,
 )
 

@@ -43,9 +43,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError
-from .models import CoxModel, LogisticModel
-from . import toml_checks
+from cds_service.config import ConfigError
+from cds_service.clinical.risk_models import CoxModel, LogisticModel
+from cds_service.content import toml_checks
 
 HOOKS = ("patient-view", "order-select", "order-sign")
 INDICATORS = ("info", "warning", "critical")
@@ -260,7 +260,7 @@ def load_cards(cards_dir: Path, overlay: dict | None = None, concepts: Any = Non
     concept id a card names exists; without it the ids are checked when one is loaded here."""
     cards_dir = Path(cards_dir)
     if concepts is None and (cards_dir / "concepts.toml").exists():
-        from .concepts import load_concepts
+        from cds_service.terminology.concepts_file import load_concepts
         concepts = load_concepts(cards_dir, overlay)
     cards: list[CardContent] = []
     for path in sorted(cards_dir.glob("*.toml")):

@@ -13,12 +13,12 @@ import re
 import tomllib
 from pathlib import Path
 
-from . import units
-from .codes import (
+from cds_service.terminology import units
+from cds_service.terminology.concept_index import (
     ICD10_FORMAT, KINDS, VALUE_KINDS, Answer, CodeSystem, Concept, ConceptCode, ConceptIndex, ValueSpec,
 )
-from .config import ConfigError
-from . import toml_checks
+from cds_service.config import ConfigError
+from cds_service.content import toml_checks
 
 CONCEPTS_FILE = "concepts.toml"
 _ID = re.compile(r"[a-z][a-z0-9_]{0,63}")

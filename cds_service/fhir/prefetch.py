@@ -19,9 +19,9 @@ from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
-from .catalog import PrefetchTemplate, ServiceDefinition
-from .errors import ApiError
-from .fhir_client import FhirAccess, FhirClient, FhirNotFound, FhirUnavailable, is_fhir_resource
+from cds_service.content.services import PrefetchTemplate, ServiceDefinition
+from cds_service.errors import ApiError
+from cds_service.fhir.client import FhirAccess, FhirClient, FhirNotFound, FhirUnavailable, is_fhir_resource
 
 log = logging.getLogger(__name__)
 

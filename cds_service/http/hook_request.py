@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from .catalog import ServiceDefinition
-from .errors import bad_request
+from cds_service.content.services import ServiceDefinition
+from cds_service.errors import bad_request
 
 MAX_URL_LENGTH = 2048
 _NOT_IN_URL = re.compile(r"[\x00-\x20\x7f-\x9f]")

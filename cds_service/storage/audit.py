@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from cds_service.config import ConfigError, Settings
-from cds_service.store import CallRecord, ReturnedCard
+from cds_service.storage.store import CallRecord, ReturnedCard
 
 AUDIT_KEY_FILE = "audit-hash.key"
 _GENERATED_KEY_BYTES = 32

@@ -33,7 +33,7 @@ from jwt.api_jws import PyJWS
 from jwt.exceptions import InvalidSignatureError, PyJWTError
 from jwt.utils import base64url_decode
 
-from .trust import SUPPORTED_ALGORITHMS, KeyResolutionError, TrustConfig
+from cds_service.security.trust import SUPPORTED_ALGORITHMS, KeyResolutionError, TrustConfig
 
 log = logging.getLogger(__name__)
 

@@ -38,9 +38,9 @@ from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.procedure import Procedure
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
-from . import units
-from .clinical_time import DAYS_PER_YEAR, day_of, instant_of, on_or_after, parse_fhir_date, parse_fhir_datetime
-from .codes import ConceptIndex, Match, ValueSpec
+from cds_service.terminology import units
+from cds_service.clinical.dates import DAYS_PER_YEAR, day_of, instant_of, on_or_after, parse_fhir_date, parse_fhir_datetime
+from cds_service.terminology.concept_index import ConceptIndex, Match, ValueSpec
 
 __all__ = [
     "Match", "ConditionFact", "ProcedureFact", "ObservationFact", "MedicationFact", "OrderFact",

@@ -30,7 +30,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 from sqlalchemy.pool import StaticPool
 
-from cds_service.feedback import FeedbackEntry, OverrideReason
+from cds_service.http.feedback import FeedbackEntry, OverrideReason
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
 JTI_PRUNE_INTERVAL_S = 300.0

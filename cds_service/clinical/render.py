@@ -15,9 +15,9 @@ import string
 import uuid
 from typing import Any
 
-from .card_content import SUMMARY_LIMIT, Reference, When, format_figure
-from .evaluate import INTRAOPERATIVE, MISSING, UNREADABLE, USED, CardResult, Estimate, InputValue, number, percent, ratio
-from .record import OrderFact
+from cds_service.content.cards import SUMMARY_LIMIT, Reference, When, format_figure
+from cds_service.clinical.evaluate import INTRAOPERATIVE, MISSING, UNREADABLE, USED, CardResult, Estimate, InputValue, number, percent, ratio
+from cds_service.clinical.record import OrderFact
 
 JUDGEMENT = "This card informs and does not replace clinical judgement."
 _UNAVAILABLE_LABELS = {

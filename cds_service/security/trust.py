@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt import PyJWK
 from jwt.exceptions import PyJWTError
 
-from .config import ConfigError, Settings
+from cds_service.config import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from .config import Settings
+from cds_service.config import Settings
 
 log = logging.getLogger(__name__)
 # urllib3 logs every request line, query included, at DEBUG: the query carries the patient

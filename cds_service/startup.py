@@ -9,17 +9,17 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .audit import audit_key, build_call_record, patient_hash
-from .client_auth import ClientAuthError, ClientIdentity, audiences_for, verify_client_jwt
-from .card_content import CardContent, content_versions, load_cards
-from .catalog import ServiceDefinition, load_services
-from .codes import ConceptIndex
-from .concepts import load_concepts
-from .config import ConfigError, Settings
-from .errors import ApiError
-from .fhir_client import FhirAccess
-from .store import Store
-from .trust import TrustConfig, trust_from_settings
+from cds_service.storage.audit import audit_key, build_call_record, patient_hash
+from cds_service.security.client_auth import ClientAuthError, ClientIdentity, audiences_for, verify_client_jwt
+from cds_service.content.cards import CardContent, content_versions, load_cards
+from cds_service.content.services import ServiceDefinition, load_services
+from cds_service.terminology.concept_index import ConceptIndex
+from cds_service.terminology.concepts_file import load_concepts
+from cds_service.config import ConfigError, Settings
+from cds_service.errors import ApiError
+from cds_service.fhir.client import FhirAccess
+from cds_service.storage.store import Store
+from cds_service.security.trust import TrustConfig, trust_from_settings
 
 log = logging.getLogger(__name__)
 

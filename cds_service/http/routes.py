@@ -11,10 +11,10 @@ import time
 import orjson
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from . import hook_call
-from .errors import ApiError
-from .feedback import parse_feedback
-from .runtime import Runtime
+from cds_service import hook_call
+from cds_service.errors import ApiError
+from cds_service.http.feedback import parse_feedback
+from cds_service.startup import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import re
 
 from flask import Flask, Response, request
 
-from .config import ConfigError
+from cds_service.config import ConfigError
 
 ALLOW_METHODS = "GET, POST, OPTIONS"
 ALLOW_HEADERS = "Authorization, Content-Type"

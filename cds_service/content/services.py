@@ -5,7 +5,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ConfigError
+from cds_service.config import ConfigError
 
 SUPPORTED_HOOKS = ("patient-view", "order-select", "order-sign")
 

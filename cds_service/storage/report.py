@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from cds_service.store import Report, Store
+from cds_service.storage.store import Report, Store
 
 _COLUMNS = ("card", "shown", "feedback", "accepted", "overridden", "accept %", "override %")
 
