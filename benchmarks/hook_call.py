@@ -13,6 +13,7 @@ Target (issue 2): p99 <= 50 ms on one worker. Measured 2026-11-22 on this 2-core
 one gunicorn worker over loopback HTTP: 846 prefetched resources (0.75 MB) p99 28 ms;
 all 1,147 resources (1.28 MB, --everything) p99 33 ms.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,25 +50,51 @@ def build_request(bundle: dict, everything: bool = False) -> tuple[int, dict]:
         key = PREFETCH_KEYS.get(resource["resourceType"])
         if key:
             searchsets[key]["entry"].append({"resource": resource})
-    searchsets["conditions"]["entry"].append({"resource": {
-        "resourceType": "Condition", "id": "bench-hfs",
-        "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "resolved"}]},
-        "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed"}]},
-        "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "G51.31"}]},
-        "subject": {"reference": f"Patient/{patient_id}"}, "onsetDateTime": "2018-03-01",
-    }})
-    searchsets["procedures"]["entry"].append({"resource": {
-        "resourceType": "Procedure", "id": "bench-mvd", "status": "completed",
-        "code": {"coding": [{"system": "http://www.cms.gov/Medicare/Coding/ICD10", "code": "00NM0ZZ"}]},
-        "subject": {"reference": f"Patient/{patient_id}"},
-        "performedPeriod": {"start": "2025-06-01T08:00:00Z", "end": "2025-06-01T10:30:00Z"},
-    }})
+    searchsets["conditions"]["entry"].append(
+        {
+            "resource": {
+                "resourceType": "Condition",
+                "id": "bench-hfs",
+                "clinicalStatus": {
+                    "coding": [
+                        {"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "resolved"}
+                    ]
+                },
+                "verificationStatus": {
+                    "coding": [
+                        {"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed"}
+                    ]
+                },
+                "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "G51.31"}]},
+                "subject": {"reference": f"Patient/{patient_id}"},
+                "onsetDateTime": "2018-03-01",
+            }
+        }
+    )
+    searchsets["procedures"]["entry"].append(
+        {
+            "resource": {
+                "resourceType": "Procedure",
+                "id": "bench-mvd",
+                "status": "completed",
+                "code": {"coding": [{"system": "http://www.cms.gov/Medicare/Coding/ICD10", "code": "00NM0ZZ"}]},
+                "subject": {"reference": f"Patient/{patient_id}"},
+                "performedPeriod": {"start": "2025-06-01T08:00:00Z", "end": "2025-06-01T10:30:00Z"},
+            }
+        }
+    )
     if everything:
         # Resources the templates do not ask for (Claims, Encounters, ...), as an EHR that
         # over-prefetches would send them: parsed with the body, otherwise ignored.
-        searchsets["unrequested"] = {"resourceType": "Bundle", "type": "collection", "entry": [
-            {"resource": r} for r in resources
-            if r["resourceType"] not in PREFETCH_KEYS and r["resourceType"] != "Patient"]}
+        searchsets["unrequested"] = {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [
+                {"resource": r}
+                for r in resources
+                if r["resourceType"] not in PREFETCH_KEYS and r["resourceType"] != "Patient"
+            ],
+        }
     count = sum(len(s["entry"]) for s in searchsets.values()) + (1 if patient else 0)
     return count, {
         "hook": "patient-view",
@@ -81,8 +108,9 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--url", help="base URL of a running service (dev mode) instead of the in-process app")
-    parser.add_argument("--everything", action="store_true",
-                        help="also send the Synthea resources no template asks for (3 MB body)")
+    parser.add_argument(
+        "--everything", action="store_true", help="also send the Synthea resources no template asks for (3 MB body)"
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from cds_service.http.app import create_app
@@ -95,8 +123,14 @@ def main() -> int:
         import requests
 
         session = requests.Session()
-        post = lambda: session.post(args.url.rstrip("/") + url, data=body,  # noqa: E731
-                                    headers={"Content-Type": "application/json"})
+
+        def post():
+            return session.post(
+                args.url.rstrip("/") + url,
+                data=body,
+                headers={"Content-Type": "application/json"},
+            )
+
         first = post()
         assert first.status_code == 200, first.text
         cards = [c["summary"] for c in first.json()["cards"]]
@@ -130,8 +164,10 @@ def report(count: int, body: bytes, cards: list[str], timings: list[float], call
     timings.sort()
     p = lambda q: timings[min(len(timings) - 1, int(q * len(timings)))]  # noqa: E731
     print(f"record: {count} resources, request body {len(body) / 1e6:.2f} MB, cards: {cards}")
-    print(f"{calls} calls: p50 {p(0.50):.1f} ms  p95 {p(0.95):.1f} ms  p99 {p(0.99):.1f} ms  "
-          f"mean {statistics.fmean(timings):.1f} ms  max {timings[-1]:.1f} ms")
+    print(
+        f"{calls} calls: p50 {p(0.50):.1f} ms  p95 {p(0.95):.1f} ms  p99 {p(0.99):.1f} ms  "
+        f"mean {statistics.fmean(timings):.1f} ms  max {timings[-1]:.1f} ms"
+    )
     return 0
 
 

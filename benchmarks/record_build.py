@@ -6,6 +6,7 @@ Prints, per bundle: resources, selected facts, and build time (median / p95 / ma
 repeated runs after a warm-up), with and without the fhir.resources validation step, so the
 cost of selecting from raw JSON and of validating the selected resources can be told apart.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cds_service import record as record_module  # noqa: E402
-from cds_service.terminology.concepts_file import load_concepts  # noqa: E402
 from cds_service.clinical.record import build_record, iter_facts  # noqa: E402
+from cds_service.terminology.concepts_file import load_concepts  # noqa: E402
 
 SYNTHEA = REPO.parent / "shared" / "fhir-samples" / "synthea"
 RUNS = 200
@@ -50,15 +51,21 @@ def main(paths: list[Path]) -> None:
         prefetch = {"everything": bundle}
         record = build_record(prefetch, None, None, concepts=concepts, today=today)
         n_facts = sum(1 for _ in iter_facts(record))
-        print(f"{path.name}: {len(bundle.get('entry', []))} resources, {n_facts} facts, "
-              f"{len(record.unreadable)} unreadable")
-        print("  build_record            ", summary(timings(
-            lambda: build_record(prefetch, None, None, concepts=concepts, today=today))))
+        print(
+            f"{path.name}: {len(bundle.get('entry', []))} resources, {n_facts} facts, "
+            f"{len(record.unreadable)} unreadable"
+        )
+        print(
+            "  build_record            ",
+            summary(timings(lambda: build_record(prefetch, None, None, concepts=concepts, today=today))),
+        )
         real_valid = record_module._valid
         record_module._valid = lambda *args: True
         try:
-            print("  without R4B validation  ", summary(timings(
-                lambda: build_record(prefetch, None, None, concepts=concepts, today=today))))
+            print(
+                "  without R4B validation  ",
+                summary(timings(lambda: build_record(prefetch, None, None, concepts=concepts, today=today))),
+            )
         finally:
             record_module._valid = real_valid
 

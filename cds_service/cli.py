@@ -1,4 +1,5 @@
 """Console entry point: `cds-service serve` (gunicorn) and `cds-service report`."""
+
 from __future__ import annotations
 
 import argparse

@@ -4,6 +4,7 @@ Every setting has one name. In the TOML file (path in `CDS_CONFIG`) it is the lo
 key (`fhir_time_budget_s = 2.0`); in the environment it is `CDS_` + the upper-case key
 (`CDS_FHIR_TIME_BUDGET_S=2.0`). `DATABASE_URL` is also honoured for the store.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,7 +43,7 @@ class Settings:
     # Client authentication (CDS Hooks JWT). Trust file: TOML with [[issuers]].
     trust_file: Path | None = None
     trust_sandbox: bool = False
-    allow_unsigned: bool = False        # development only; loud in the logs
+    allow_unsigned: bool = False  # development only; loud in the logs
     jwt_leeway_s: int = 30
     # Audit: key for the keyed hash of patient ids. Empty: a random key per instance folder.
     audit_hash_key: str = ""

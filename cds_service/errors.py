@@ -4,6 +4,7 @@ The Flask app turns an ApiError into `{"error": code, "detail": text}` with its 
 `detail` is written by us, never copied from a library exception, so it cannot leak a
 token, a patient identifier or a stack trace.
 """
+
 from __future__ import annotations
 
 

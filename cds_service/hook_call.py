@@ -4,18 +4,19 @@ Nothing here knows about Flask: the route hands over the parsed JSON body and ge
 list of CDS Hooks cards back (or an ApiError). AuditNotes collect what the audit trail
 keeps about the call; they never hold a token or a raw patient identifier.
 """
+
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING
 
-from cds_service.http.hook_request import parse_hook_request
-from cds_service.fhir.prefetch import resolve
-from cds_service.clinical.record import build_record
 from cds_service.clinical.evaluate import evaluate
+from cds_service.clinical.record import build_record
 from cds_service.clinical.render import render
+from cds_service.fhir.prefetch import resolve
+from cds_service.http.hook_request import parse_hook_request
 
 if TYPE_CHECKING:
     from cds_service.content.services import ServiceDefinition
@@ -31,7 +32,7 @@ class AuditNotes:
     patient_hash: str | None = None
     client_iss: str | None = None
     status: int | None = None
-    cards: list[tuple[str, str, str]] = field(default_factory=list)   # (uuid, card id, summary)
+    cards: list[tuple[str, str, str]] = field(default_factory=list)  # (uuid, card id, summary)
 
     @property
     def duration_ms(self) -> float:
@@ -62,4 +63,4 @@ def answer(rt: Runtime, service: ServiceDefinition, body: object, notes: AuditNo
 
 
 def today() -> date:
-    return datetime.now(timezone.utc).date()
+    return datetime.now(UTC).date()

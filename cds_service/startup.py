@@ -2,6 +2,7 @@
 
 create_app() builds one Runtime and keeps it in `app.extensions["cds_service"]`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -9,17 +10,17 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from cds_service.storage.audit import audit_key, build_call_record, patient_hash
-from cds_service.security.client_auth import ClientAuthError, ClientIdentity, audiences_for, verify_client_jwt
+from cds_service.config import ConfigError, Settings
 from cds_service.content.cards import CardContent, content_versions, load_cards
 from cds_service.content.services import ServiceDefinition, load_services
-from cds_service.terminology.concept_index import ConceptIndex
-from cds_service.terminology.concepts_file import load_concepts
-from cds_service.config import ConfigError, Settings
 from cds_service.errors import ApiError
 from cds_service.fhir.client import FhirAccess
-from cds_service.storage.store import Store
+from cds_service.security.client_auth import ClientAuthError, ClientIdentity, audiences_for, verify_client_jwt
 from cds_service.security.trust import TrustConfig, trust_from_settings
+from cds_service.storage.audit import audit_key, build_call_record, patient_hash
+from cds_service.storage.store import Store
+from cds_service.terminology.concept_index import ConceptIndex
+from cds_service.terminology.concepts_file import load_concepts
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ class Runtime:
         )
         try:
             self.store.record_call(record)
-        except Exception as exc:  # noqa: BLE001 - the audit must not take the answer down
+        except Exception as exc:
             log.error("audit trail write failed: %s", type(exc).__name__)
 
 

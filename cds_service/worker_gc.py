@@ -6,6 +6,7 @@ a hook call that parses a large prefetch triggers such collections: measured on 
 1,100-resource record, p99 fell from 78 ms to 27 ms once they were frozen. Call this once a
 worker has built its app, never per request.
 """
+
 import gc
 
 

@@ -4,6 +4,7 @@ Settings come from the environment / CDS_CONFIG file (see config.py). The consol
 `cds-service serve` is the usual way to run the service; this module is for deployments
 that bring their own server configuration.
 """
+
 from cds_service.http.app import create_app
 from cds_service.worker_gc import freeze_startup_objects
 

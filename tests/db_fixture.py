@@ -11,6 +11,7 @@ PostgreSQL is the server on 127.0.0.1:5432, database `test` (override the base U
 `search_path`, given in the URL (`options=-csearch_path=<schema>`), so every Store, engine
 or child process opened on that URL sees only that schema.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,9 +23,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-POSTGRES_BASE_URL = os.environ.get(
-    "CDS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
+POSTGRES_BASE_URL = os.environ.get("CDS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 _postgres_error: list[str] = []
 

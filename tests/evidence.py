@@ -5,6 +5,7 @@ card's section, so a figure typed wrong in a card file, or a number no source pu
 fails a test. The file is read from $HFS_EVIDENCE_MD, else /work/shared/EVIDENCE.md; the
 seeds (source documents) from the `seeds/` folder beside it.
 """
+
 from __future__ import annotations
 
 import os

@@ -9,6 +9,7 @@
   (concurrent requests are answered concurrently, so slow handlers do not serialise);
   `elsewhere_stub`: a second one on another port, to prove a token never goes there.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,8 +33,8 @@ STARTUP_TIMEOUT_S = 60.0
 
 @dataclass(frozen=True)
 class SekmetServer:
-    base_url: str          # e.g. http://127.0.0.1:40123/fhir
-    token: str             # the bearer token the server accepts
+    base_url: str  # e.g. http://127.0.0.1:40123/fhir
+    token: str  # the bearer token the server accepts
     log_path: Path
 
     def load(self, bundle: dict) -> dict:
@@ -141,8 +142,9 @@ def _wait_until_up(process: subprocess.Popen, base_url: str, log_path: Path) -> 
             pass
         time.sleep(0.2)
     process.terminate()
-    pytest.fail(f"sekmet did not answer within {STARTUP_TIMEOUT_S:.0f} s:\n"
-                f"{log_path.read_text(errors='replace')[-4000:]}")
+    pytest.fail(
+        f"sekmet did not answer within {STARTUP_TIMEOUT_S:.0f} s:\n{log_path.read_text(errors='replace')[-4000:]}"
+    )
 
 
 class StubServer(HTTPServer):

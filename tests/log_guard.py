@@ -40,6 +40,7 @@ fingerprint tells leaks apart). At session end the check runs once more over wha
 later (session fixture teardown), and in runs that did not include that test: a leak
 then fails the run with a report section.
 """
+
 from __future__ import annotations
 
 import functools
@@ -83,9 +84,9 @@ def fingerprint(value: str) -> str:
 
 @dataclass(frozen=True)
 class Leak:
-    kind: str          # one of KINDS, or "jwt-shaped"
-    where: str         # which log source, and during which test
-    fingerprint: str   # sha256 prefix of the leaked value, never the value
+    kind: str  # one of KINDS, or "jwt-shaped"
+    where: str  # which log source, and during which test
+    fingerprint: str  # sha256 prefix of the leaked value, never the value
 
     def __str__(self) -> str:
         return f"{self.kind} in {self.where} (sha256 {self.fingerprint})"
@@ -98,7 +99,7 @@ class _Source:
 
 
 class _KeepingHandler(logging.Handler):
-    def __init__(self, guard: "LogGuard") -> None:
+    def __init__(self, guard: LogGuard) -> None:
         super().__init__(logging.NOTSET)
         self.guard = guard
         self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
@@ -117,9 +118,9 @@ class LogGuard:
     def __init__(self) -> None:
         self.current_test = "session setup"
         self.records_seen = 0
-        self._secrets: dict[str, str] = {}          # value -> kind
-        self._texts: dict[str, _Source] = {}        # distinct log text -> its first source
-        self._files: dict[Path, str] = {}           # watched file -> test that registered it
+        self._secrets: dict[str, str] = {}  # value -> kind
+        self._texts: dict[str, _Source] = {}  # distinct log text -> its first source
+        self._files: dict[Path, str] = {}  # watched file -> test that registered it
         self.handler = _KeepingHandler(self)
         self._attached: list[logging.Logger] = []
 
@@ -177,9 +178,15 @@ class LogGuard:
             try:
                 content = path.read_text(encoding="utf-8", errors="replace")
             except OSError as exc:
-                sources.append((f"\x00unreadable\x00{path}", _Source(
-                    f"watched log file {path} (registered during {test}) cannot be read: "
-                    f"{type(exc).__name__}", False)))
+                sources.append(
+                    (
+                        f"\x00unreadable\x00{path}",
+                        _Source(
+                            f"watched log file {path} (registered during {test}) cannot be read: {type(exc).__name__}",
+                            False,
+                        ),
+                    )
+                )
                 continue
             for number, line in enumerate(content.splitlines(), start=1):
                 sources.append((line, _Source(f"log file {path} line {number} (registered during {test})", False)))
@@ -306,11 +313,14 @@ def _before(needs: str, register):
     The original must have a parameter `needs` (else the registration would silently stop
     when the code changes: fail loudly instead). A call that does not fit the original's
     signature registers nothing and gets the original's own TypeError."""
+
     def make(original):
         signature = inspect.signature(original)
         if needs not in signature.parameters:
-            raise RuntimeError(f"log_guard: {original.__qualname__} has no parameter {needs!r} any more; "
-                               "update the registration in tests/log_guard.py")
+            raise RuntimeError(
+                f"log_guard: {original.__qualname__} has no parameter {needs!r} any more; "
+                "update the registration in tests/log_guard.py"
+            )
 
         @functools.wraps(original)
         def wrapper(*args, **kwargs):
@@ -321,24 +331,21 @@ def _before(needs: str, register):
             if arguments is not None:
                 register(arguments)
             return original(*args, **kwargs)
+
         return wrapper
+
     return make
 
 
 def _install_registration(patches: _Patches) -> None:
     import requests
 
-    from cds_service.security import client_auth
-
-    from cds_service.fhir import client as fhir_client
-
     from cds_service import hook_call
-
-    from cds_service.http import hook_request as hooks
-
-    from cds_service.fhir import prefetch
-
     from cds_service import startup as runtime
+    from cds_service.fhir import client as fhir_client
+    from cds_service.fhir import prefetch
+    from cds_service.http import hook_request as hooks
+    from cds_service.security import client_auth
 
     on_parse = _before("body", lambda args: register_hook_body(args.get("body")))
     patches.wrap(hooks, "parse_hook_request", on_parse)
@@ -349,7 +356,8 @@ def _install_registration(patches: _Patches) -> None:
     patches.wrap(hook_call, "resolve", on_resolve)
 
     on_verify = _before(
-        "authorization_header", lambda args: register_authorization(args.get("authorization_header"), "jwt"))
+        "authorization_header", lambda args: register_authorization(args.get("authorization_header"), "jwt")
+    )
     patches.wrap(client_auth, "verify_client_jwt", on_verify)
     patches.wrap(runtime, "verify_client_jwt", on_verify)
 
@@ -359,9 +367,10 @@ def _install_registration(patches: _Patches) -> None:
     def on_http(args: dict) -> None:
         register_hook_body(args.get("json"))
         headers = args.get("headers")
-        for name, value in (headers.items() if hasattr(headers, "items") else ()):
+        for name, value in headers.items() if hasattr(headers, "items") else ():
             if isinstance(name, str) and name.lower() == "authorization":
                 register_authorization(value, "fhir-token")
+
     patches.wrap(requests.Session, "request", _before("json", on_http))
 
 

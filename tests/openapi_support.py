@@ -4,6 +4,7 @@ OpenAPI 3.1 schemas are JSON Schema 2020-12, so a schema inside the document is 
 with jsonschema's Draft 2020-12 validator against a registry holding the whole document:
 `$ref: "#/components/..."` resolves as it does for any OpenAPI tool.
 """
+
 from __future__ import annotations
 
 import functools
@@ -81,7 +82,9 @@ def documented_response(path: str, method: str, status: int) -> tuple[dict, tupl
     return node, parts
 
 
-def response_errors(path: str, method: str, status: int, body: Any, content_type: str = "application/json") -> list[str]:
+def response_errors(
+    path: str, method: str, status: int, body: Any, content_type: str = "application/json"
+) -> list[str]:
     """Why `body` is not what openapi.yaml documents for this response (empty: it is)."""
     node, parts = documented_response(path, method, status)
     content = node.get("content")

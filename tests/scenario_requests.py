@@ -1,4 +1,5 @@
 """Builders of complete hook requests for scenario patients (full prefetch, or none)."""
+
 from __future__ import annotations
 
 import uuid
@@ -15,7 +16,8 @@ def searchset(*resources: dict) -> dict:
 
 def condition(patient_id: str, code: str, onset: str, status: str = "active", system: str = ICD10CM) -> dict:
     return {
-        "resourceType": "Condition", "id": f"cond-{uuid.uuid4().hex[:8]}",
+        "resourceType": "Condition",
+        "id": f"cond-{uuid.uuid4().hex[:8]}",
         "clinicalStatus": {"coding": [{"system": CLINICAL, "code": status}]},
         "verificationStatus": {"coding": [{"system": VERIFICATION, "code": "confirmed"}]},
         "code": {"coding": [{"system": system, "code": code}]},
@@ -26,7 +28,9 @@ def condition(patient_id: str, code: str, onset: str, status: str = "active", sy
 
 def procedure(patient_id: str, code: str, start: str, end: str, system: str = ICD10PCS) -> dict:
     return {
-        "resourceType": "Procedure", "id": f"proc-{uuid.uuid4().hex[:8]}", "status": "completed",
+        "resourceType": "Procedure",
+        "id": f"proc-{uuid.uuid4().hex[:8]}",
+        "status": "completed",
         "code": {"coding": [{"system": system, "code": code}]},
         "subject": {"reference": f"Patient/{patient_id}"},
         "performedPeriod": {"start": start, "end": end},

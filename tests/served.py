@@ -4,6 +4,7 @@
 trust file and store, waits until it answers, and keeps its log for the leak checks.
 `ClientSigner` signs CDS client JWTs (ES384) with a key the trust file trusts.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,10 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import jwt
+import log_guard
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec
-
-import log_guard
 
 ISSUER = "https://ehr.test.example/"
 KID = "served-test-key"
@@ -70,21 +70,30 @@ class ServedService:
     def auth(self, path: str, **claims) -> dict:
         return {"Authorization": "Bearer " + self.signer.token(self.base_url + path, **claims)}
 
-    def start(self) -> "ServedService":
+    def start(self) -> ServedService:
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "jwks.json").write_text(json.dumps(self.signer.jwks()))
         (self.folder / "trust.toml").write_text(f'[[issuers]]\niss = "{ISSUER}"\njwks_file = "jwks.json"\n')
         env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_") and k != "DATABASE_URL"}
-        env.update({
-            "CDS_TRUST_FILE": str(self.folder / "trust.toml"),
-            "CDS_PUBLIC_BASE_URL": self.base_url,
-        })
+        env.update(
+            {
+                "CDS_TRUST_FILE": str(self.folder / "trust.toml"),
+                "CDS_PUBLIC_BASE_URL": self.base_url,
+            }
+        )
         if self.database_url:
             env["DATABASE_URL"] = self.database_url
         command = [
-            str(Path(sys.executable).parent / "cds-service"), "serve",
-            "--host", "127.0.0.1", "--port", str(self.port),
-            "--workers", str(self.workers), "--instance", str(self.folder / "instance"),
+            str(Path(sys.executable).parent / "cds-service"),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            str(self.workers),
+            "--instance",
+            str(self.folder / "instance"),
         ]
         log_guard.watch_file(self.log_path)
         with open(self.log_path, "ab") as log:

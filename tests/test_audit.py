@@ -1,21 +1,22 @@
 """The audit trail keeps who-was-it as a keyed hash, with one key per deployment."""
+
 from __future__ import annotations
 
 import hashlib
 import hmac
 import multiprocessing
 import stat
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
+from cds_service.config import ConfigError, Settings
 from cds_service.storage.audit import (
     AUDIT_KEY_FILE,
     audit_key,
     build_call_record,
     patient_hash,
 )
-from cds_service.config import ConfigError, Settings
 from cds_service.storage.store import ReturnedCard, Store
 
 CARD = "4e0a3a1e-3283-4575-ab82-028d55fe2719"
@@ -82,8 +83,7 @@ def test_workers_starting_together_share_one_generated_key(tmp_path):
     workers = 5
     barrier, results = ctx.Barrier(workers), ctx.Queue()
     processes = [
-        ctx.Process(target=_worker_key, args=(str(tmp_path / "inst"), barrier, results))
-        for _ in range(workers)
+        ctx.Process(target=_worker_key, args=(str(tmp_path / "inst"), barrier, results)) for _ in range(workers)
     ]
     for process in processes:
         process.start()
@@ -118,7 +118,10 @@ def test_a_call_record_holds_the_hash_never_the_patient_id():
 
 def test_a_call_without_a_patient_has_no_hash():
     record = build_call_record(
-        service_id="s", hook="order-sign", hook_instance="i", outcome_status=400,
+        service_id="s",
+        hook="order-sign",
+        hook_instance="i",
+        outcome_status=400,
         duration_ms=1,
     )
     assert record.patient_hash is None and record.cards == () and record.client_iss is None
@@ -126,13 +129,18 @@ def test_a_call_without_a_patient_has_no_hash():
 
 def test_the_audit_row_in_the_database_carries_only_the_hash(store_url):
     key = b"k" * 32
-    called_at = datetime(2024, 5, 1, 8, 30, tzinfo=timezone.utc)
+    called_at = datetime(2024, 5, 1, 8, 30, tzinfo=UTC)
     with Store(store_url) as store:
         call_id = store.record_call(
             build_call_record(
-                service_id="svc", hook="patient-view", hook_instance="i", outcome_status=200,
-                duration_ms=3.5, patient_hash=patient_hash("Patient-123", key),
-                cards=[(CARD, "mvd-outcome", "summary")], called_at=called_at,
+                service_id="svc",
+                hook="patient-view",
+                hook_instance="i",
+                outcome_status=200,
+                duration_ms=3.5,
+                patient_hash=patient_hash("Patient-123", key),
+                cards=[(CARD, "mvd-outcome", "summary")],
+                called_at=called_at,
             )
         )
         with store.engine.connect() as conn:
@@ -152,10 +160,11 @@ def test_the_audit_row_in_the_database_carries_only_the_hash(store_url):
 
 
 def test_calls_to_a_known_service_are_audited_whatever_their_outcome_and_unknown_ids_are_not(tmp_path):
-    from cds_service.http.app import create_app
     from scenario_requests import hfs_after_mvd_patient_view
 
-    app = create_app(instance_path=tmp_path / "instance")          # signed JWTs required
+    from cds_service.http.app import create_app
+
+    app = create_app(instance_path=tmp_path / "instance")  # signed JWTs required
     client = app.test_client()
     body = hfs_after_mvd_patient_view("audit-rule-patient")
     assert client.post("/cds-services/no-such-service", json=body).status_code == 404

@@ -6,6 +6,7 @@ in 78.3 %, persisted in 21.7 %; AUC 0.931 with about 5 events per predictor. Thi
 47.8 % (33-63) at discharge, 40.8 % (23-61) at 3 months, 24.4 % (13-41) at 1 year; when it
 resolved in 7.3 %, 4.2 %, 4.0 %.
 """
+
 import evidence
 from scenarios.chart import CARBAMAZEPINE, LOCAL, MVD, RFA, Chart
 
@@ -16,23 +17,27 @@ TODAY = "2025-06-01"
 def section(detail: str, heading: str) -> str:
     start = detail.index(heading)
     end = detail.find("\n### ", start + 1)
-    return detail[start:end if end > 0 else None]
+    return detail[start : end if end > 0 else None]
 
 
 # -- before MVD ----------------------------------------------------------------------------------
 def test_an_mvd_order_for_a_patient_with_six_years_of_hfs_on_carbamazepine_lists_both_factors():
     chart = Chart().hfs(onset="2019-05-01").medication(CARBAMAZEPINE, authored="2019-06-01").order(MVD)
     card = chart.show(CARD, "order-select", TODAY)
-    assert card["summary"] == ("Before MVD: AMR persisted in 21.7 % of a cohort (n=157); 2 of the 5 "
-                               "preoperative factors are recorded")
+    assert card["summary"] == (
+        "Before MVD: AMR persisted in 21.7 % of a cohort (n=157); 2 of the 5 preoperative factors are recorded"
+    )
     detail = card["detail"]
     used = section(detail, "### Patient data used")
     assert "- **Order being selected**: ServiceRequest, code 00NM0ZZ" in used
     assert "- **Disease duration (from hemifacial spasm onset)**: 6.1 years, onset 2019-05-01" in used
     assert "- **Carbamazepine use**: yes, dated 2019-06-01" in used
     missing = section(detail, "### Patient data missing")
-    for label in ("Preoperative symptom severity (Cohen spasm grade 0-4)", "Number of responsible vessels",
-                  "Preoperative AMR amplitude"):
+    for label in (
+        "Preoperative symptom severity (Cohen spasm grade 0-4)",
+        "Number of responsible vessels",
+        "Preoperative AMR amplitude",
+    ):
         assert f"- **{label}**: not recorded" in missing
     for label in ("Cerebellar retraction depth", "Degree of responsible-vessel displacement"):
         assert f"- **{label}**: not known before surgery" in missing
@@ -72,8 +77,10 @@ def test_carbamazepine_matched_only_by_its_name_is_marked_as_a_text_match():
 def test_without_an_onset_date_disease_duration_is_missing_and_the_recorded_date_is_not_used():
     chart = Chart().hfs(onset=None, recorded="2020-01-01").order(MVD)
     detail = chart.show(CARD, "order-sign", TODAY)["detail"]
-    assert "- **Disease duration (from hemifacial spasm onset)**: not recorded (the hemifacial spasm Condition " \
-           "has no usable onset date (its recorded date is not taken as the onset)); not assumed" in detail
+    assert (
+        "- **Disease duration (from hemifacial spasm onset)**: not recorded (the hemifacial spasm Condition "
+        "has no usable onset date (its recorded date is not taken as the onset)); not assumed" in detail
+    )
 
 
 def test_an_mvd_order_without_hfs_raises_no_card():
@@ -87,8 +94,9 @@ def test_an_rfa_order_is_not_an_mvd_order():
 # -- after MVD with an intraoperative AMR result ---------------------------------------------------
 def test_after_mvd_with_a_persistent_amr_the_meta_analysis_figures_and_follow_up_advice_are_given():
     card = Chart.from_bundle("hfs_after_mvd_amr.json").show(CARD, "patient-view", "2025-03-01")
-    assert card["summary"] == ("AMR persisted at MVD: HFS persisted in 40.8 % at 3 months, 24.4 % at 1 year "
-                               "(meta-analysis)")
+    assert card["summary"] == (
+        "AMR persisted at MVD: HFS persisted in 40.8 % at 3 months, 24.4 % at 1 year (meta-analysis)"
+    )
     detail = card["detail"]
     # EVIDENCE.md B: "47.8 % (95 % CI 33-63) at discharge, 40.8 % (23-61) at 3 months, 24.4 % (13-41) at 1 year"
     assert "| Discharge | 47.8 % (33-63) |" in detail
@@ -106,8 +114,9 @@ def test_after_mvd_with_a_resolved_amr_the_resolved_figures_lead():
     chart = Chart().hfs().mvd("2025-01-20T08:00:00Z", "2025-01-20T11:00:00Z")
     chart.local_observation("amr-intraop-result", "2025-01-20", valueString="resolved")
     card = chart.show(CARD, "patient-view", TODAY)
-    assert card["summary"] == ("AMR resolved at MVD: HFS persisted in 4.2 % at 3 months, 4.0 % at 1 year "
-                               "(meta-analysis)")
+    assert card["summary"] == (
+        "AMR resolved at MVD: HFS persisted in 4.2 % at 3 months, 4.0 % at 1 year (meta-analysis)"
+    )
     assert "persisted in 7.3 % at discharge, 4.2 % at 3 months and 4.0 % at 1 year" in card["detail"]
     assert "AMR persisted: chance" not in card["detail"]
 
@@ -136,7 +145,10 @@ def test_after_mvd_without_an_amr_result_this_card_stays_silent():
 
 def test_the_amr_follow_up_card_ends_two_years_after_the_mvd():
     chart = Chart().hfs().mvd("2022-01-20")
-    chart.local_observation("amr-intraop-result", "2022-01-20", valueCodeableConcept={
-        "coding": [{"system": LOCAL, "code": "amr-persisted"}]})
+    chart.local_observation(
+        "amr-intraop-result",
+        "2022-01-20",
+        valueCodeableConcept={"coding": [{"system": LOCAL, "code": "amr-persisted"}]},
+    )
     assert chart.show(CARD, "patient-view", TODAY) is None
     assert chart.show(CARD, "patient-view", "2023-06-01") is not None

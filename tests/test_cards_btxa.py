@@ -4,11 +4,11 @@ Figures are those of EVIDENCE.md section C (Heliyon 2024, n = 118): 57 complete,
 significant, 7 partial, 3 no improvement; effective 91.53 % (108/118); poor response
 about 8.5 % (10/118); hypertension adjusted OR 5.847 (CI, intercept not published).
 """
+
 import math
 
-import pytest
-
 import evidence
+import pytest
 from scenarios.chart import ALCOHOL, CHEMODENERVATION, DIABETES, HCPCS, Chart
 
 CARD = "btxa-response"
@@ -19,18 +19,23 @@ BOTOX_TEXT = "onabotulinumtoxinA 100 unit injection"
 def section(detail: str, heading: str) -> str:
     start = detail.index(heading)
     end = detail.find("\n### ", start + 1)
-    return detail[start:end if end > 0 else None]
+    return detail[start : end if end > 0 else None]
 
 
 def test_btxa_ordered_for_a_patient_with_hypertension_states_the_factor_and_the_odds_ratio():
     chart = Chart(gender="female").hfs().hypertension(onset="2014-02-01").order_medication(text=BOTOX_TEXT)
     card = chart.show(CARD, "order-select", TODAY)
-    assert card["summary"] == ("BTX-A for HFS: patient has hypertension, adjusted OR 5.847 for poor response; "
-                               "cohort 91.53 % effective")
+    assert card["summary"] == (
+        "BTX-A for HFS: patient has hypertension, adjusted OR 5.847 for poor response; cohort 91.53 % effective"
+    )
     detail = card["detail"]
     # EVIDENCE.md C: "57 complete relief, 51 significant, 7 partial, 3 no improvement"
-    for row in ("| Complete relief | 57 |", "| Significant relief | 51 |", "| Partial relief | 7 |",
-                "| No improvement | 3 |"):
+    for row in (
+        "| Complete relief | 57 |",
+        "| Significant relief | 51 |",
+        "| Partial relief | 7 |",
+        "| No improvement | 3 |",
+    ):
         assert row in detail
     assert "Overall effective rate 91.53 % (108/118)" in detail
     assert "about 8.5 % (10/118)" in detail
@@ -51,8 +56,9 @@ def test_btxa_ordered_for_a_patient_with_hypertension_states_the_factor_and_the_
 def test_without_hypertension_recorded_the_card_says_so_and_lists_the_univariate_factors():
     chart = Chart(gender="male").hfs().condition(DIABETES, onset="2010-01-01").condition(ALCOHOL, onset="2005-01-01")
     card = chart.order_medication(text=BOTOX_TEXT).show(CARD, "order-sign", TODAY)
-    assert card["summary"] == ("BTX-A for HFS: 91.53 % effective in a cohort (n=118); hypertension not recorded "
-                               "(OR 5.847 for poor response)")
+    assert card["summary"] == (
+        "BTX-A for HFS: 91.53 % effective in a cohort (n=118); hypertension not recorded (OR 5.847 for poor response)"
+    )
     detail = card["detail"]
     used = section(detail, "### Patient data used")
     assert "- **Male sex**: yes" in used
@@ -75,12 +81,15 @@ def test_unknown_sex_is_missing_not_assumed():
     assert "- **Male sex**: not recorded (Patient.gender not recorded); not assumed" in detail
 
 
-@pytest.mark.parametrize("order", [
-    lambda c: c.order(CHEMODENERVATION),                               # CPT 64612 ServiceRequest
-    lambda c: c.order((HCPCS, "J0585")),                               # HCPCS J0585
-    lambda c: c.order_medication(text="Xeomin (incobotulinumtoxinA) 50 units"),
-    lambda c: c.order_medication(text="Botulinum Toxin Type A 100 U"),
-])
+@pytest.mark.parametrize(
+    "order",
+    [
+        lambda c: c.order(CHEMODENERVATION),  # CPT 64612 ServiceRequest
+        lambda c: c.order((HCPCS, "J0585")),  # HCPCS J0585
+        lambda c: c.order_medication(text="Xeomin (incobotulinumtoxinA) 50 units"),
+        lambda c: c.order_medication(text="Botulinum Toxin Type A 100 U"),
+    ],
+)
 def test_each_way_of_ordering_btxa_raises_the_card(order):
     chart = Chart().hfs()
     order(chart)
@@ -126,7 +135,7 @@ def test_with_a_site_intercept_and_no_hypertension_recorded_the_assumption_is_st
     chart = Chart().hfs().order_medication(text=BOTOX_TEXT)
     detail = chart.show(CARD, "order-select", TODAY, overlay=overlay(intercept=-3.0))["detail"]
     p0 = 1 / (1 + math.exp(3.0))
-    assert f"**{p0 * 100:.1f} %**" in detail                       # 4.7 %
+    assert f"**{p0 * 100:.1f} %**" in detail  # 4.7 %
     assert "Not recorded and taken as absent: Hypertension" in detail
     assert "If hypertension were present: 22.5 %" in detail
 

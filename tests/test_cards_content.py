@@ -1,6 +1,7 @@
 """The card files as clinical content: every figure traceable to EVIDENCE.md, every source
 cited by an identifier from the specification, and a loader that refuses broken content
 (and broken site models) at start-up instead of during a hook call."""
+
 import copy
 import json
 import math
@@ -9,17 +10,20 @@ import tomllib
 from datetime import date
 from pathlib import Path
 
-import pytest
-
 import evidence
-from cds_service.content.cards import (
-    ContentError, card_from_data, content_versions, load_cards,
-)
-from cds_service.config import DEFAULT_CARDS_DIR
+import pytest
+from scenarios.chart import SCENARIOS_DIR, Chart, all_cards
+
 from cds_service.clinical.evaluate import evaluate
 from cds_service.clinical.record import PatientRecord
 from cds_service.clinical.render import render
-from scenarios.chart import SCENARIOS_DIR, Chart, all_cards
+from cds_service.config import DEFAULT_CARDS_DIR
+from cds_service.content.cards import (
+    ContentError,
+    card_from_data,
+    content_versions,
+    load_cards,
+)
 
 CARD_FILES = sorted(p for p in DEFAULT_CARDS_DIR.glob("*.toml") if p.name not in ("concepts.toml", "services.toml"))
 SYNTHEA = sorted(Path("/work/shared/fhir-samples/synthea").glob("*.json"))
@@ -68,12 +72,12 @@ def test_sources_are_cited_with_identifiers_from_the_specification_or_seeds(card
     urls += [s.source.url for s in card.situations if s.source]
     for url in urls:
         assert evidence.identifier_is_cited(url), url
-        assert "term=" not in url and "search" not in url     # never an invented search URL
+        assert "term=" not in url and "search" not in url  # never an invented search URL
 
 
 def test_cards_with_two_or_more_sources_list_them_all():
     amr = raw("amr-persistence")
-    assert "10.1093/neuros/nyaa069" in json.dumps(amr["references"])            # Thirumala 2020
+    assert "10.1093/neuros/nyaa069" in json.dumps(amr["references"])  # Thirumala 2020
     mvd = raw("mvd-recurrence")
     labels = " ".join(r["label"] for r in mvd["references"])
     assert "Payner" in labels and "Chang" in labels and "Park" in labels
@@ -100,12 +104,19 @@ def test_no_card_fires_for_the_synthea_patients(path, hook):
     chart.drafts, chart.selections = [], []
     if hook != "patient-view":
         # a routine order that none of the cards is about
-        chart.drafts.append({"resourceType": "ServiceRequest", "id": "sr-1", "status": "draft", "intent": "order",
-                             "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
-                             "subject": {"reference": f"Patient/{chart.patient_id}"}})
+        chart.drafts.append(
+            {
+                "resourceType": "ServiceRequest",
+                "id": "sr-1",
+                "status": "draft",
+                "intent": "order",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
+                "subject": {"reference": f"Patient/{chart.patient_id}"},
+            }
+        )
         chart.selections.append("ServiceRequest/sr-1")
     record = chart.record(hook, "2025-06-01")
-    assert record.sex in ("male", "female") and record.observations      # the chart was read, yet:
+    assert record.sex in ("male", "female") and record.observations  # the chart was read, yet:
     fired = [c.id for c in all_cards() if evaluate(c, record, hook) is not None]
     assert fired == []
 
@@ -118,7 +129,7 @@ def test_an_empty_record_fires_no_card_for_any_hook():
 
 def test_no_card_fires_for_a_hook_it_does_not_name():
     chart = Chart.from_bundle("hfs_after_rfa.json")
-    assert chart.show("rfa-recurrence", "order-sign", "2025-06-01") is None      # no RFA order
+    assert chart.show("rfa-recurrence", "order-sign", "2025-06-01") is None  # no RFA order
     assert chart.show("btxa-response", "patient-view", "2025-06-01") is None
 
 
@@ -156,13 +167,13 @@ def test_rendered_cards_are_complete_cds_hooks_cards(bundle, card_id, hook, toda
     _no_empty_values(card)
     assert set(card) == {"uuid", "summary", "indicator", "detail", "source"}
     assert len(card["summary"]) < 140
-    assert card["indicator"] == "info"          # advisory, unvalidated results (EVIDENCE.md conventions)
+    assert card["indicator"] == "info"  # advisory, unvalidated results (EVIDENCE.md conventions)
     assert set(card["source"]) == {"label", "url"} and card["source"]["url"].startswith("https://")
     detail = card["detail"]
     for heading in ("### Patient data used", "### Strength of evidence", "### Sources"):
         assert heading in detail
     assert detail.rstrip().endswith("*This card informs and does not replace clinical judgement.*")
-    json.dumps(card)                             # JSON-serialisable as it is
+    json.dumps(card)  # JSON-serialisable as it is
 
 
 @pytest.mark.parametrize("bundle,card_id,hook,today", SCENARIOS)
@@ -196,8 +207,8 @@ def test_patient_text_cannot_inject_markdown_links_or_html_into_a_card():
     chart.order(("http://www.cms.gov/Medicare/Coding/ICD10", "00NM0ZZ"))
     detail = chart.show("amr-persistence", "order-sign", "2025-06-01")["detail"]
     assert "matched by text only" in detail
-    assert not re.search(r"(?<!\\)\]\(https://evil", detail)       # no live link
-    assert not re.search(r"(?<!\\)<img", detail)                     # no live HTML
+    assert not re.search(r"(?<!\\)\]\(https://evil", detail)  # no live link
+    assert not re.search(r"(?<!\\)<img", detail)  # no live HTML
     assert r"\[click here\]" in detail
 
 
@@ -208,23 +219,27 @@ def _broken(card_id: str, change) -> dict:
     return data
 
 
-@pytest.mark.parametrize("change,message", [
-    (lambda d: d["sections"]["cohort_curve"].update(body="{recurence_3m} %"), "unknown placeholder"),
-    (lambda d: d["situations"][0].update(hooks=["encounter-start"]), "hooks"),
-    (lambda d: d["situations"][0].update(orders=["no_such_concept"]), "not defined in concepts.toml"),
-    (lambda d: d["situations"][0].update(orders=["hemifacial_spasm"]), "is a condition"),
-    (lambda d: d["situations"][1].update(summary="RFA " + "x" * 140), "summary"),
-    (lambda d: d.update(indicator="danger"), "indicator"),
-    (lambda d: d["source"].update(url="http://pubmed.example"), "https"),
-    (lambda d: d["figures"].update(bad=True), "number or a text"),
-    (lambda d: d["model"]["coefficients"].update(unknown=1.0), "not a predictor"),
-    (lambda d: d["caveats"].update(items=[]), "caveat"),
-    (lambda d: d["situations"][1].pop("no_estimate"), "no_estimate"),
-    (lambda d: d.update(colour="blue"), "unknown keys"),
-    (lambda d: d["situations"][0].update(predictors=["months_since_rfa"]), "relative to a procedure"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda d: d["sections"]["cohort_curve"].update(body="{recurence_3m} %"), "unknown placeholder"),
+        (lambda d: d["situations"][0].update(hooks=["encounter-start"]), "hooks"),
+        (lambda d: d["situations"][0].update(orders=["no_such_concept"]), "not defined in concepts.toml"),
+        (lambda d: d["situations"][0].update(orders=["hemifacial_spasm"]), "is a condition"),
+        (lambda d: d["situations"][1].update(summary="RFA " + "x" * 140), "summary"),
+        (lambda d: d.update(indicator="danger"), "indicator"),
+        (lambda d: d["source"].update(url="http://pubmed.example"), "https"),
+        (lambda d: d["figures"].update(bad=True), "number or a text"),
+        (lambda d: d["model"]["coefficients"].update(unknown=1.0), "not a predictor"),
+        (lambda d: d["caveats"].update(items=[]), "caveat"),
+        (lambda d: d["situations"][1].pop("no_estimate"), "no_estimate"),
+        (lambda d: d.update(colour="blue"), "unknown keys"),
+        (lambda d: d["situations"][0].update(predictors=["months_since_rfa"]), "relative to a procedure"),
+    ],
+)
 def test_broken_card_content_is_refused_with_the_place_named(change, message):
     from scenarios.chart import concepts
+
     with pytest.raises(ContentError, match=message):
         card_from_data(_broken("rfa-recurrence", change), "rfa_recurrence.toml", concepts())
 
@@ -244,7 +259,8 @@ def test_services_and_concepts_files_are_not_cards(tmp_path):
 
 
 RFA_SITE = {
-    "label": "Example Hospital RFA model", "version": "2025.1",
+    "label": "Example Hospital RFA model",
+    "version": "2025.1",
     "reference_label": "operation time under 40 min, House-Brackmann grade I-II",
     "coding": {"operation_time": {"cutoffs": [40]}, "paralysis_grade_after": {"cutoffs": [3]}},
     "reference": {"operation_time": 0, "paralysis_grade_after": 0},
@@ -252,18 +268,21 @@ RFA_SITE = {
 }
 
 
-@pytest.mark.parametrize("models,message", [
-    ({"no-such-card": {"label": "x", "version": "1"}}, "no card with this id"),
-    ({"mvd-recurrence": {"label": "x", "version": "1"}}, "evidence-only"),
-    ({"rfa-recurrence": {**RFA_SITE, "coding": {"operation_time": {"cutoffs": [40]}}}}, "needs a coding"),
-    ({"rfa-recurrence": {**RFA_SITE, "intercept": -1.0}}, "no intercept"),
-    ({"rfa-recurrence": {k: v for k, v in RFA_SITE.items() if k != "reference"}}, "reference"),
-    ({"rfa-recurrence": {**RFA_SITE, "baseline_survival": {"12": 1.5}}}, "S0"),
-    ({"rfa-recurrence": {**RFA_SITE, "coefficients": {"age": 0.1}}}, "not a predictor"),
-    ({"btxa-response": {"label": "x", "version": "1", "coding": {"hypertension": {"scale": 1}}}}, "yes/no"),
-    ({"btxa-response": {"label": "x", "version": "1", "baseline_survival": {"3": 0.5}}}, "Cox"),
-    ({"btxa-response": {"version": "1", "intercept": -2.0}}, "label"),
-])
+@pytest.mark.parametrize(
+    "models,message",
+    [
+        ({"no-such-card": {"label": "x", "version": "1"}}, "no card with this id"),
+        ({"mvd-recurrence": {"label": "x", "version": "1"}}, "evidence-only"),
+        ({"rfa-recurrence": {**RFA_SITE, "coding": {"operation_time": {"cutoffs": [40]}}}}, "needs a coding"),
+        ({"rfa-recurrence": {**RFA_SITE, "intercept": -1.0}}, "no intercept"),
+        ({"rfa-recurrence": {k: v for k, v in RFA_SITE.items() if k != "reference"}}, "reference"),
+        ({"rfa-recurrence": {**RFA_SITE, "baseline_survival": {"12": 1.5}}}, "S0"),
+        ({"rfa-recurrence": {**RFA_SITE, "coefficients": {"age": 0.1}}}, "not a predictor"),
+        ({"btxa-response": {"label": "x", "version": "1", "coding": {"hypertension": {"scale": 1}}}}, "yes/no"),
+        ({"btxa-response": {"label": "x", "version": "1", "baseline_survival": {"3": 0.5}}}, "Cox"),
+        ({"btxa-response": {"version": "1", "intercept": -2.0}}, "label"),
+    ],
+)
 def test_an_incomplete_or_wrong_site_model_is_refused_at_start_up(models, message):
     with pytest.raises(ContentError, match=message):
         load_cards(DEFAULT_CARDS_DIR, {"models": models})
@@ -273,7 +292,7 @@ def test_a_site_model_is_attached_to_its_card_and_named_in_the_content_versions(
     cards = load_cards(DEFAULT_CARDS_DIR, {"models": {"rfa-recurrence": RFA_SITE}})
     rfa = next(c for c in cards if c.id == "rfa-recurrence")
     assert rfa.site_model.label == "Example Hospital RFA model"
-    assert rfa.site_model.coefficients == (-0.619, -2.589)       # the published ones, by default
+    assert rfa.site_model.coefficients == (-0.619, -2.589)  # the published ones, by default
     assert "rfa-recurrence@1.0.0+site:Example Hospital RFA model@2025.1" in content_versions(cards)
 
 
@@ -290,4 +309,4 @@ def test_the_example_site_overlay_file_loads_and_drives_both_site_models():
     chart.hypertension().order_medication(text="onabotulinumtoxinA 50 units")
     btxa = chart.show("btxa-response", "order-select", "2025-06-01", overlay)
     assert "Example Hospital BTX-A response model" in btxa["detail"] and "22.5 %" in btxa["summary"]
-    assert chart.show("btxa-response", "order-select", "2025-06-01") is None     # without the overlay's code
+    assert chart.show("btxa-response", "order-select", "2025-06-01") is None  # without the overlay's code

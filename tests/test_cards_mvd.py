@@ -6,17 +6,23 @@ recurrence 1.0 / 1.7 / 2.9 % at 1 / 2 / 5 years, hypertension p = 0.036 (Chang 2
 patients); revision MVD (Park 2019): 23 revisions among > 2500, causes 8 / 12 / 3,
 19 excellent immediately, 20 spasm-free at 1 year, 3 persistent.
 """
+
 import evidence
-from cds_service.clinical.render import render
 from scenarios.chart import Chart
+
+from cds_service.clinical.render import render
 
 CARD = "mvd-recurrence"
 TODAY = "2025-06-01"
 
 
 def test_in_the_first_two_years_after_mvd_the_card_gives_the_time_conditional_figures():
-    chart = Chart().hfs(onset="2020-01-01").hypertension(onset="2011-03-01").mvd("2024-10-02T08:00:00Z",
-                                                                                 "2024-10-02T11:00:00Z")
+    chart = (
+        Chart()
+        .hfs(onset="2020-01-01")
+        .hypertension(onset="2011-03-01")
+        .mvd("2024-10-02T08:00:00Z", "2024-10-02T11:00:00Z")
+    )
     card = chart.show(CARD, "patient-view", TODAY)
     assert card["summary"] == "MVD 7 months ago: recurrence in up to 10 %, 86 % of them within 2 years"
     detail = card["detail"]
@@ -51,28 +57,35 @@ def test_exactly_two_years_after_mvd_counts_as_after_two_years():
 
 def test_an_undated_mvd_gives_the_figures_without_matching_them_to_time():
     card = Chart().hfs().mvd(None).show(CARD, "patient-view", TODAY)
-    assert card["summary"] == ("After MVD: recurrence in up to 10 %, 86 % of them within 2 years; date of MVD "
-                               "not recorded")
+    assert card["summary"] == (
+        "After MVD: recurrence in up to 10 %, 86 % of them within 2 years; date of MVD not recorded"
+    )
     assert "### Time since surgery unknown" in card["detail"]
     assert "- **Time since the MVD**: not recorded (the procedure has no performed date); not assumed" in card["detail"]
 
 
 def test_recurrent_hfs_after_mvd_gives_revision_guidance_and_the_mri_finding():
     card = Chart.from_bundle("hfs_recurrent_after_mvd.json").show(CARD, "patient-view", TODAY)
-    assert card["summary"] == ("HFS after MVD with neurovascular contact on MRI: revision MVD, 20 of 23 "
-                               "spasm-free at 1 year")
+    assert card["summary"] == (
+        "HFS after MVD with neurovascular contact on MRI: revision MVD, 20 of 23 spasm-free at 1 year"
+    )
     detail = card["detail"]
-    assert ("Among more than 2500 MVDs for hemifacial spasm at Kyung Hee University Hospital, Korea, 23 patients "
-            "had a revision MVD") in detail
-    assert "incomplete decompression in 8, Teflon away from the root exit zone in 12, severe Teflon adhesion in 3" \
+    assert (
+        "Among more than 2500 MVDs for hemifacial spasm at Kyung Hee University Hospital, Korea, 23 patients "
+        "had a revision MVD"
+    ) in detail
+    assert (
+        "incomplete decompression in 8, Teflon away from the root exit zone in 12, severe Teflon adhesion in 3"
         in detail
+    )
     assert "19 excellent immediately after surgery, 20 spasm-free at 1 year, 3 with persistent spasm" in detail
     assert "Neurovascular contact on MRI for this patient: yes." in detail
     assert "- **Neurovascular contact seen on MRI (3D TOF MRA)**: yes, recorded 2024-10-02" in detail
     assert "- **Hemifacial spasm after the MVD**: yes (recurrence), onset 2024-09-01" in detail
-    assert card["source"] == {"label": "Park CK et al., World Neurosurg 2019: revision MVD for persistent or "
-                                       "recurrent hemifacial spasm",
-                              "url": "https://doi.org/10.1016/j.wneu.2019.07.191"}
+    assert card["source"] == {
+        "label": "Park CK et al., World Neurosurg 2019: revision MVD for persistent or recurrent hemifacial spasm",
+        "url": "https://doi.org/10.1016/j.wneu.2019.07.191",
+    }
     # the other publications are cited in the detail
     assert "Payner TD, Tew JM" in detail and "Chang WS et al. Acta Neurochir 2012;154:1613-1619" in detail
 
@@ -80,8 +93,9 @@ def test_recurrent_hfs_after_mvd_gives_revision_guidance_and_the_mri_finding():
 def test_persistent_hfs_without_an_mri_result_asks_whether_contact_was_seen():
     chart = Chart().hfs(onset="2018-01-01").mvd("2024-02-01").hfs(onset=None, recorded="2024-08-10")
     card = chart.show(CARD, "patient-view", TODAY)
-    assert card["summary"] == ("HFS after MVD: was neurovascular contact seen on MRI? Revision MVD: 20 of 23 "
-                               "spasm-free at 1 year")
+    assert card["summary"] == (
+        "HFS after MVD: was neurovascular contact seen on MRI? Revision MVD: 20 of 23 spasm-free at 1 year"
+    )
     detail = card["detail"]
     assert "**Was neurovascular contact at the facial nerve root exit zone seen on MRI (3D TOF MRA)?**" in detail
     assert "- **Neurovascular contact seen on MRI (3D TOF MRA)**: not recorded" in detail
@@ -91,8 +105,10 @@ def test_an_mri_from_before_the_mvd_is_shown_with_that_caveat():
     chart = Chart().hfs(onset="2018-01-01").mvd("2024-02-01").hfs(onset="2024-07-01", status="recurrence")
     chart.local_observation("mri-neurovascular-contact", "2023-11-01", valueString="no")
     detail = chart.show(CARD, "patient-view", TODAY)["detail"]
-    assert "- **Neurovascular contact seen on MRI (3D TOF MRA)**: no, recorded 2023-11-01; recorded before the " \
-           "procedure of 2024-02-01" in detail
+    assert (
+        "- **Neurovascular contact seen on MRI (3D TOF MRA)**: no, recorded 2023-11-01; recorded before the "
+        "procedure of 2024-02-01" in detail
+    )
 
 
 def test_an_hfs_diagnosis_from_before_the_mvd_still_marked_active_is_not_taken_as_recurrence():

@@ -3,6 +3,7 @@
 Keys are generated at test time; only the specification's public example key set and its
 example token are stored (tests/data/auth/).
 """
+
 from __future__ import annotations
 
 import base64
@@ -14,7 +15,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import jwt
@@ -24,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from werkzeug import Response
 
+from cds_service.config import load_settings
 from cds_service.security.client_auth import (
     ANONYMOUS_CLIENT,
     ClientAuthError,
@@ -33,7 +35,6 @@ from cds_service.security.client_auth import (
     unauthorized_response,
     verify_client_jwt,
 )
-from cds_service.config import load_settings
 from cds_service.security.trust import TrustConfig, parse_trust
 
 AUTH_DATA = Path(__file__).parent / "data" / "auth"
@@ -144,7 +145,7 @@ def keys() -> dict[str, SigningKey]:
         "ps256": rsa_key("ehr-ps256", "PS256"),
         "rs512": rsa_key("ehr-rs512", "RS512"),
         "eddsa": ed_key("ehr-ed25519"),
-        "attacker": ec_key("ehr-es384"),           # same kid, other key
+        "attacker": ec_key("ehr-es384"),  # same kid, other key
         "other": ec_key("other-es384"),
     }
 
@@ -152,12 +153,12 @@ def keys() -> dict[str, SigningKey]:
 @pytest.fixture
 def client(keys) -> Client:
     own = ["es384", "rs384", "es256", "es512", "ps256", "rs512", "eddsa"]
-    trust = trust_for([
-        {"iss": ISS, "jwks": {"keys": [keys[k].public_jwk for k in own]},
-         "tenants": ["hospital-a", "hospital-b"]},
-        {"iss": OTHER_ISS, "jwks": json.dumps({"keys": [keys["other"].public_jwk]}),
-         "algorithms": ["ES384"]},
-    ])
+    trust = trust_for(
+        [
+            {"iss": ISS, "jwks": {"keys": [keys[k].public_jwk for k in own]}, "tenants": ["hospital-a", "hospital-b"]},
+            {"iss": OTHER_ISS, "jwks": json.dumps({"keys": [keys["other"].public_jwk]}), "algorithms": ["ES384"]},
+        ]
+    )
     return Client(es384=keys["es384"], rs384=keys["rs384"], trust=trust)
 
 
@@ -171,8 +172,7 @@ def bearer(token: str) -> str:
 def test_a_valid_es384_token_from_a_trusted_ehr_identifies_the_client(client):
     c = claims()
     identity = client.verify(bearer(client.es384.sign(c)))
-    assert identity == ClientIdentity(iss=ISS, sub="ehr-client-42", tenant="hospital-a",
-                                      jti=c["jti"], kid="ehr-es384")
+    assert identity == ClientIdentity(iss=ISS, sub="ehr-client-42", tenant="hospital-a", jti=c["jti"], kid="ehr-es384")
     assert not identity.anonymous
 
 
@@ -180,7 +180,7 @@ def test_a_valid_rs384_token_is_accepted_and_its_jti_is_remembered_until_exp_plu
     c = claims(exp=int(NOW) + 120)
     identity = client.verify(bearer(client.rs384.sign(c)))
     assert identity.kid == "ehr-rs384"
-    assert client.replay.seen[(ISS, c["jti"])] == datetime.fromtimestamp(NOW + 120 + 30, tz=timezone.utc)
+    assert client.replay.seen[(ISS, c["jti"])] == datetime.fromtimestamp(NOW + 120 + 30, tz=UTC)
 
 
 @pytest.mark.parametrize("name", ["es256", "es512", "ps256", "rs512", "eddsa"])
@@ -212,20 +212,25 @@ def test_the_same_jti_from_two_issuers_is_two_different_tokens(client, keys):
 def test_the_specification_example_token_verifies_inside_its_validity_window():
     token = (AUTH_DATA / "spec-example-jwt-es384.txt").read_text().strip()
     payload = json.loads((AUTH_DATA / "spec-example-jwt-payload.json").read_text())
-    trust = trust_for([{
-        "iss": payload["iss"],
-        "jwks_file": str(AUTH_DATA / "spec-example-jwks.json"),
-        # The example header names this jku: it must be allowlisted, but the kid is found in
-        # the static key set, so nothing is fetched.
-        "jku_allowlist": ["https://fhir-ehr.example.com/jwk_uri"],
-        "tenants": [payload["tenant"]],
-        "algorithms": ["ES384"],
-    }])
+    trust = trust_for(
+        [
+            {
+                "iss": payload["iss"],
+                "jwks_file": str(AUTH_DATA / "spec-example-jwks.json"),
+                # The example header names this jku: it must be allowlisted, but the kid is found in
+                # the static key set, so nothing is fetched.
+                "jku_allowlist": ["https://fhir-ehr.example.com/jwk_uri"],
+                "tenants": [payload["tenant"]],
+                "algorithms": ["ES384"],
+            }
+        ]
+    )
     audience = audiences_for("https://cds.example.org/", "/cds-services/some-service")
     now = (payload["iat"] + payload["exp"]) / 2
     identity = verify_client_jwt(bearer(token), audience, trust, MemoryReplayGuard(), now=now)
-    assert identity == ClientIdentity(iss="https://fhir-ehr.example.com/", sub=None,
-                                      tenant=payload["tenant"], jti=payload["jti"], kid="example-kid")
+    assert identity == ClientIdentity(
+        iss="https://fhir-ehr.example.com/", sub=None, tenant=payload["tenant"], jti=payload["jti"], kid="example-kid"
+    )
 
     with pytest.raises(ClientAuthError) as today:
         verify_client_jwt(bearer(token), audience, trust, MemoryReplayGuard())
@@ -245,7 +250,8 @@ def _hs256_with_public_key_as_secret(client, keys):
     header = {"alg": "HS256", "typ": "JWT", "kid": "ehr-es384"}
     payload = claims()
     secret = client.es384.private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     unsigned = hand_made_token(header, payload).rsplit(".", 1)[0]
     signature = hmac.new(secret, unsigned.encode(), hashlib.sha256).digest()
     return bearer(f"{unsigned}.{b64(signature)}")
@@ -290,17 +296,25 @@ def _jwk_alg_differs_from_token_alg(client, keys):
 REFUSALS = {
     "bad signature (other key, same kid)": (lambda c, k: bearer(k["attacker"].sign(claims())), "bad signature"),
     "payload changed after signing": (
-        lambda c, k: bearer(_swap_payload(c.es384.sign(claims()), claims(sub="admin"))), "bad signature"),
+        lambda c, k: bearer(_swap_payload(c.es384.sign(claims()), claims(sub="admin"))),
+        "bad signature",
+    ),
     "own key embedded in the header (jwk)": (
-        lambda c, k: bearer(k["attacker"].sign(claims(), jwk=k["attacker"].public_jwk)), "bad signature"),
+        lambda c, k: bearer(k["attacker"].sign(claims(), jwk=k["attacker"].public_jwk)),
+        "bad signature",
+    ),
     "unknown kid": (lambda c, k: bearer(c.es384.sign(claims(), kid="no-such-kid")), "unknown kid"),
     "no kid": (lambda c, k: bearer(c.es384.sign(claims(), kid=None)), "missing kid"),
     "untrusted iss": (lambda c, k: bearer(c.es384.sign(claims(iss="https://evil.example"))), "iss not trusted"),
     "iss of another trusted client with our key": (
-        lambda c, k: bearer(c.es384.sign(claims(iss=OTHER_ISS))), "unknown kid"),
+        lambda c, k: bearer(c.es384.sign(claims(iss=OTHER_ISS))),
+        "unknown kid",
+    ),
     "wrong aud": (lambda c, k: bearer(c.es384.sign(claims(aud=f"{BASE}/cds-services/other"))), "wrong aud"),
     "aud of the discovery endpoint on a call": (
-        lambda c, k: bearer(c.es384.sign(claims(aud=f"{BASE}/cds-services"))), "wrong aud"),
+        lambda c, k: bearer(c.es384.sign(claims(aud=f"{BASE}/cds-services"))),
+        "wrong aud",
+    ),
     "aud array without the endpoint": (lambda c, k: bearer(c.es384.sign(claims(aud=["https://x"]))), "wrong aud"),
     "expired": (lambda c, k: bearer(c.es384.sign(claims(exp=int(NOW) - 31))), "expired"),
     "iat in the future": (lambda c, k: bearer(c.es384.sign(claims(iat=int(NOW) + 60))), "iat in the future"),
@@ -323,25 +337,33 @@ REFUSALS = {
     "empty jti": (lambda c, k: bearer(c.es384.sign(claims(jti=""))), "malformed jti"),
     "exp as a string": (lambda c, k: bearer(c.es384.sign(claims(exp="tomorrow"))), "malformed exp"),
     "jku not allowlisted": (
-        lambda c, k: bearer(c.es384.sign(claims(), jku="https://evil.example/jwks.json")), "jku not allowed"),
+        lambda c, k: bearer(c.es384.sign(claims(), jku="https://evil.example/jwks.json")),
+        "jku not allowed",
+    ),
     "tenant not allowed": (lambda c, k: bearer(c.es384.sign(claims(tenant="hospital-z"))), "tenant not allowed"),
     "tenant missing where tenants are listed": (
-        lambda c, k: bearer(c.es384.sign(claims(tenant=DROP))), "tenant not allowed"),
+        lambda c, k: bearer(c.es384.sign(claims(tenant=DROP))),
+        "tenant not allowed",
+    ),
     "crit header": (lambda c, k: bearer(c.es384.sign(claims(), crit=["exp"])), "unsupported crit header"),
     "no Authorization header": (lambda c, k: None, "missing Authorization header"),
     "Basic scheme": (lambda c, k: "Basic dXNlcjpwYXNz", "malformed Authorization header"),
     "Bearer without token": (lambda c, k: "Bearer ", "malformed Authorization header"),
     "token without scheme": (lambda c, k: c.es384.sign(claims()), "malformed Authorization header"),
-    "two tokens": (lambda c, k: f"Bearer {c.es384.sign(claims())} {c.es384.sign(claims())}",
-                   "malformed Authorization header"),
+    "two tokens": (
+        lambda c, k: f"Bearer {c.es384.sign(claims())} {c.es384.sign(claims())}",
+        "malformed Authorization header",
+    ),
     "two segments": (lambda c, k: "Bearer abc.def", "malformed Authorization header"),
     "header segment not JSON": (lambda c, k: "Bearer bm90IGpzb24.e30.c2ln", "malformed token header"),
     "deeply nested claims": (
-        lambda c, k: f"Bearer {b64(json.dumps({'alg': 'ES384', 'kid': 'ehr-es384'}).encode())}."
-                     f"{b64(b'[' * 5000)}.c2ln", "malformed claims"),
+        lambda c, k: f"Bearer {b64(json.dumps({'alg': 'ES384', 'kid': 'ehr-es384'}).encode())}.{b64(b'[' * 5000)}.c2ln",
+        "malformed claims",
+    ),
     "claims not an object": (
         lambda c, k: f"Bearer {b64(json.dumps({'alg': 'ES384', 'kid': 'ehr-es384'}).encode())}.{b64(b'[1]')}.c2ln",
-        "malformed claims"),
+        "malformed claims",
+    ),
     "exp NaN": (lambda c, k: _with_raw_claims(c, '"exp": NaN'), "malformed claims"),
     "oversized token": (lambda c, k: "Bearer " + "a" * 20000 + ".b.c", "token too large"),
 }
@@ -408,7 +430,8 @@ def test_the_401_answer_says_nothing_useful_to_an_attacker():
 def test_audiences_follow_the_endpoint_called():
     assert audiences_for("https://cds.example.org/", "/cds-services") == ("https://cds.example.org/cds-services",)
     assert audiences_for("https://cds.example.org", "/cds-services/hfs-order") == (
-        "https://cds.example.org/cds-services/hfs-order",)
+        "https://cds.example.org/cds-services/hfs-order",
+    )
     assert audiences_for("https://cds.example.org/base", "/cds-services/hfs-order/feedback") == (
         "https://cds.example.org/base/cds-services/hfs-order/feedback",
         "https://cds.example.org/base/cds-services/hfs-order",
@@ -427,8 +450,10 @@ def test_a_token_for_discovery_cannot_be_used_on_a_service(client):
     discovery = client.es384.sign(claims(aud=f"{BASE}/cds-services"))
     assert client.verify(bearer(discovery), audiences_for(BASE, "/cds-services")).iss == ISS
     with pytest.raises(ClientAuthError) as refused:
-        client.verify(bearer(client.es384.sign(claims(aud=f"{BASE}/cds-services"))),
-                      audiences_for(BASE, "/cds-services/hfs-mvd-order"))
+        client.verify(
+            bearer(client.es384.sign(claims(aud=f"{BASE}/cds-services"))),
+            audiences_for(BASE, "/cds-services/hfs-mvd-order"),
+        )
     assert refused.value.reason == "wrong aud"
 
 
@@ -484,8 +509,7 @@ class FakeClock:
 
 
 def remote_trust(url: str, clock, **issuer) -> TrustConfig:
-    return TrustConfig(issuers=parse_trust(
-        {"issuers": [{"iss": ISS, "jku_allowlist": [url], **issuer}]}, clock=clock))
+    return TrustConfig(issuers=parse_trust({"issuers": [{"iss": ISS, "jku_allowlist": [url], **issuer}]}, clock=clock))
 
 
 def jwks_requests(server) -> int:
@@ -534,15 +558,17 @@ def test_made_up_kids_cannot_make_the_service_refetch_on_every_request(jwks_serv
     for i in range(20):
         clock.t += 2
         with pytest.raises(ClientAuthError) as refused:
-            verify_client_jwt(bearer(keys["es384"].sign(claims(), kid=f"made-up-{i}", jku=url)),
-                              SERVICE_AUD, trust, replay, now=NOW)
+            verify_client_jwt(
+                bearer(keys["es384"].sign(claims(), kid=f"made-up-{i}", jku=url)), SERVICE_AUD, trust, replay, now=NOW
+            )
         assert refused.value.reason == "unknown kid"
-    assert jwks_requests(jwks_server) == 1          # 40 s: still inside the minimum interval
+    assert jwks_requests(jwks_server) == 1  # 40 s: still inside the minimum interval
 
-    clock.t += 30                                    # 70 s after the fetch: one more is allowed
+    clock.t += 30  # 70 s after the fetch: one more is allowed
     with pytest.raises(ClientAuthError):
-        verify_client_jwt(bearer(keys["es384"].sign(claims(), kid="made-up-x", jku=url)),
-                          SERVICE_AUD, trust, replay, now=NOW)
+        verify_client_jwt(
+            bearer(keys["es384"].sign(claims(), kid="made-up-x", jku=url)), SERVICE_AUD, trust, replay, now=NOW
+        )
     assert jwks_requests(jwks_server) == 2
 
 
@@ -572,13 +598,20 @@ def test_concurrent_requests_with_an_unknown_kid_cause_a_single_fetch(jwks_serve
 def test_a_jku_on_another_issuers_allowlist_is_not_accepted(jwks_server, keys):
     jwks_server.expect_request("/jwks.json").respond_with_json({"keys": [keys["es384"].public_jwk]})
     url = jwks_server.url_for("/jwks.json")
-    trust = TrustConfig(issuers=parse_trust({"issuers": [
-        {"iss": ISS, "jwks": {"keys": [keys["rs384"].public_jwk]}},
-        {"iss": OTHER_ISS, "jku_allowlist": [url]},
-    ]}))
+    trust = TrustConfig(
+        issuers=parse_trust(
+            {
+                "issuers": [
+                    {"iss": ISS, "jwks": {"keys": [keys["rs384"].public_jwk]}},
+                    {"iss": OTHER_ISS, "jku_allowlist": [url]},
+                ]
+            }
+        )
+    )
     with pytest.raises(ClientAuthError) as refused:
-        verify_client_jwt(bearer(keys["es384"].sign(claims(), jku=url)), SERVICE_AUD, trust,
-                          MemoryReplayGuard(), now=NOW)
+        verify_client_jwt(
+            bearer(keys["es384"].sign(claims(), jku=url)), SERVICE_AUD, trust, MemoryReplayGuard(), now=NOW
+        )
     assert refused.value.reason == "jku not allowed"
     assert jwks_requests(jwks_server) == 0
 

@@ -1,23 +1,38 @@
 """Dates and times as the record and the cards read them."""
+
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
 from cds_service.clinical.dates import (
-    day_of, duration_text, has_time, instant_of, months_between, on_or_after, parse_fhir_date, parse_fhir_datetime,
+    day_of,
+    duration_text,
+    has_time,
+    instant_of,
+    months_between,
+    on_or_after,
+    parse_fhir_date,
+    parse_fhir_datetime,
 )
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("2024", datetime(2024, 1, 1, tzinfo=timezone.utc)),
-    ("2024-05", datetime(2024, 5, 1, tzinfo=timezone.utc)),
-    ("2024-05-14", datetime(2024, 5, 14, tzinfo=timezone.utc)),
-    ("2024-05-14T08:30:00Z", datetime(2024, 5, 14, 8, 30, tzinfo=timezone.utc)),
-    ("2024-05-14T08:30:00.123456789+02:00", datetime(2024, 5, 14, 6, 30, 0, 123456, tzinfo=timezone.utc)),
-    ("2024-02-30", None), ("24-05-14", None), ("2024-05-14 08:30", None), ("", None), (20240514, None),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2024", datetime(2024, 1, 1, tzinfo=UTC)),
+        ("2024-05", datetime(2024, 5, 1, tzinfo=UTC)),
+        ("2024-05-14", datetime(2024, 5, 14, tzinfo=UTC)),
+        ("2024-05-14T08:30:00Z", datetime(2024, 5, 14, 8, 30, tzinfo=UTC)),
+        ("2024-05-14T08:30:00.123456789+02:00", datetime(2024, 5, 14, 6, 30, 0, 123456, tzinfo=UTC)),
+        ("2024-02-30", None),
+        ("24-05-14", None),
+        ("2024-05-14 08:30", None),
+        ("", None),
+        (20240514, None),
+    ],
+)
 def test_fhir_dates(text, expected):
     assert parse_fhir_datetime(text) == expected
     if expected is not None:
@@ -41,33 +56,47 @@ def test_instants_compare_across_time_zones_and_with_dates():
     assert instant_of(tokyo) < instant_of(date(2024, 5, 14)) < instant_of(parse_fhir_datetime("2024-05-14T00:30:00Z"))
 
 
-@pytest.mark.parametrize(("when", "start", "expected"), [
-    ("2024-05-04", "2024-05-03T08:30:00Z", True),
-    ("2024-05-02T23:59:00Z", "2024-05-03", False),
-    ("2024-05-03T08:00:00Z", "2024-05-03T08:30:00Z", False),
-    ("2024-05-03T08:30:00Z", "2024-05-03T08:30:00Z", True),
-    ("2024-05-03", "2024-05-03T08:30:00Z", True),
-    ("2024-05-03T06:00:00Z", "2024-05-03", True),
-])
+@pytest.mark.parametrize(
+    ("when", "start", "expected"),
+    [
+        ("2024-05-04", "2024-05-03T08:30:00Z", True),
+        ("2024-05-02T23:59:00Z", "2024-05-03", False),
+        ("2024-05-03T08:00:00Z", "2024-05-03T08:30:00Z", False),
+        ("2024-05-03T08:30:00Z", "2024-05-03T08:30:00Z", True),
+        ("2024-05-03", "2024-05-03T08:30:00Z", True),
+        ("2024-05-03T06:00:00Z", "2024-05-03", True),
+    ],
+)
 def test_on_or_after_counts_the_same_day_unless_both_times_say_before(when, start, expected):
     assert on_or_after(parse_fhir_datetime(when), parse_fhir_datetime(start)) is expected
     assert not on_or_after(None, parse_fhir_datetime(start)) and not on_or_after(parse_fhir_datetime(when), None)
 
 
-@pytest.mark.parametrize(("start", "end", "months"), [
-    (date(2024, 1, 15), date(2024, 3, 15), 2.0),
-    (date(2024, 1, 31), date(2024, 2, 29), 0.95),      # 29 days, not yet a month
-    (date(2024, 1, 31), date(2024, 3, 1), 1.03),       # a month to 29 February (no 31st), then a day
-    (date(2024, 1, 31), date(2024, 3, 31), 2.0),
-    (date(2023, 6, 1), date(2025, 6, 1), 24.0),
-])
+@pytest.mark.parametrize(
+    ("start", "end", "months"),
+    [
+        (date(2024, 1, 15), date(2024, 3, 15), 2.0),
+        (date(2024, 1, 31), date(2024, 2, 29), 0.95),  # 29 days, not yet a month
+        (date(2024, 1, 31), date(2024, 3, 1), 1.03),  # a month to 29 February (no 31st), then a day
+        (date(2024, 1, 31), date(2024, 3, 31), 2.0),
+        (date(2023, 6, 1), date(2025, 6, 1), 24.0),
+    ],
+)
 def test_calendar_months(start, end, months):
     assert months_between(start, end) == pytest.approx(months, abs=0.01)
 
 
-@pytest.mark.parametrize(("days", "text"), [
-    (1, "1 day"), (12, "12 days"), (59, "59 days"), (61, "2 months"), (400, "13 months"), (1540, "4.2 years"),
-])
+@pytest.mark.parametrize(
+    ("days", "text"),
+    [
+        (1, "1 day"),
+        (12, "12 days"),
+        (59, "59 days"),
+        (61, "2 months"),
+        (400, "13 months"),
+        (1540, "4.2 years"),
+    ],
+)
 def test_time_since_as_a_clinician_says_it(days, text):
     start = date(2021, 3, 15)
     assert duration_text(start, start + timedelta(days=days)) == text

@@ -1,4 +1,5 @@
 """Concept matching and the concepts file: the codes the specification names, and only them."""
+
 from __future__ import annotations
 
 import shutil
@@ -7,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cds_service.terminology.concepts_file import load_concepts
 from cds_service.config import ConfigError
+from cds_service.terminology.concepts_file import load_concepts
 
 CARDS = Path(__file__).resolve().parents[1] / "cards"
 
@@ -73,12 +74,25 @@ SPECIFIED = [
 
 SHARED_IDS = {
     "condition": {"hemifacial_spasm", "hypertension", "diabetes", "alcohol_use", "vertebral_metastasis"},
-    "procedure": {"rfa_facial_nerve", "mvd_facial_nerve", "btxa_chemodenervation",
-                  "vertebral_microwave_ablation", "vertebral_augmentation"},
+    "procedure": {
+        "rfa_facial_nerve",
+        "mvd_facial_nerve",
+        "btxa_chemodenervation",
+        "vertebral_microwave_ablation",
+        "vertebral_augmentation",
+    },
     "medication": {"botulinum_toxin_a", "carbamazepine"},
-    "observation": {"pain_score", "house_brackmann_grade", "cohen_spasm_grade", "amr_amplitude_preop",
-                    "amr_intraop_result", "responsible_vessel_count", "mri_neurovascular_contact",
-                    "daily_morphine_dose", "operation_time"},
+    "observation": {
+        "pain_score",
+        "house_brackmann_grade",
+        "cohen_spasm_grade",
+        "amr_amplitude_preop",
+        "amr_intraop_result",
+        "responsible_vessel_count",
+        "mri_neurovascular_contact",
+        "daily_morphine_dose",
+        "operation_time",
+    },
 }
 
 
@@ -114,8 +128,12 @@ def test_every_code_the_specification_names_matches_its_concept(concepts, concep
 
 @pytest.mark.parametrize(("concept", "system", "code", "checked"), SPECIFIED)
 def test_the_checked_note_reproduces_the_specification(concepts, concept, system, code, checked):
-    entries = [c for c in concepts.concept(concept).codes
-               if c.system == system and (c.code == code or (c.prefix and code.replace(".", "").startswith(c.code.replace(".", ""))))]
+    entries = [
+        c
+        for c in concepts.concept(concept).codes
+        if c.system == system
+        and (c.code == code or (c.prefix and code.replace(".", "").startswith(c.code.replace(".", ""))))
+    ]
     assert entries, "the code is listed in the concept"
     assert entries[0].checked is checked
 
@@ -128,14 +146,14 @@ def test_icd10_codes_match_without_dots_and_regardless_of_case(concepts, code):
 @pytest.mark.parametrize(
     ("system", "code"),
     [
-        (ICD10CM, "G51"),        # the parent of the family is not the family
-        (ICD10CM, "G51.4"),      # facial myokymia
-        (ICD10CM, "G51.0"),      # Bell's palsy
+        (ICD10CM, "G51"),  # the parent of the family is not the family
+        (ICD10CM, "G51.4"),  # facial myokymia
+        (ICD10CM, "G51.0"),  # Bell's palsy
         (ICD10CM, "I1"),
-        (ICD10CM, "E13.9"),      # other specified diabetes: not in the value set
+        (ICD10CM, "E13.9"),  # other specified diabetes: not in the value set
         (ICD10CM, "C79.5"),
-        (ICD10CM, "C79.52"),     # C79.51 is an exact code, not a family
-        (SNOMED, "G51.3"),       # right code, wrong system
+        (ICD10CM, "C79.52"),  # C79.51 is an exact code, not a family
+        (SNOMED, "G51.3"),  # right code, wrong system
         ("http://hl7.org/fhir/sid/icd-10", "X99"),
         (LOINC, "8480-6"),
         (RXNORM, "20020"),
@@ -154,7 +172,13 @@ def test_code_system_oids_count_as_the_system(concepts):
 
 def test_a_match_reports_the_canonical_system_and_the_code_as_sent(concepts):
     [m] = concepts.match_codeable(codeable("urn:oid:2.16.840.1.113883.6.90", "g51.31", "HFS right"), ["condition"])
-    assert (m.concept, m.system, m.code, m.display, m.by_text) == ("hemifacial_spasm", ICD10CM, "g51.31", "HFS right", False)
+    assert (m.concept, m.system, m.code, m.display, m.by_text) == (
+        "hemifacial_spasm",
+        ICD10CM,
+        "g51.31",
+        "HFS right",
+        False,
+    )
     assert concepts.format_code(m.system, "G51.31") == "ICD-10-CM G51.31"
 
 
@@ -185,8 +209,16 @@ def test_allowed_medication_text_matches_and_is_marked(concepts, text, concept):
 
 @pytest.mark.parametrize(
     "text",
-    ["oxcarbazepine 300 mg", "carbamazepines", "rimabotulinumtoxinB", "botulinum toxin type B",
-     "botulinum toxin type AB", "xonabotulinumtoxinA", "hemifacial spasm", ""],
+    [
+        "oxcarbazepine 300 mg",
+        "carbamazepines",
+        "rimabotulinumtoxinB",
+        "botulinum toxin type B",
+        "botulinum toxin type AB",
+        "xonabotulinumtoxinA",
+        "hemifacial spasm",
+        "",
+    ],
 )
 def test_text_matching_is_word_bounded(concepts, text):
     assert matched(concepts, {"text": text}, ["medication"]) == set()
@@ -202,8 +234,19 @@ def test_a_code_match_is_preferred_to_a_text_match(concepts):
     assert m.by_text is False and m.code == "2002"
 
 
-@pytest.mark.parametrize("junk", [None, "G51.3", 42, [], {"coding": "G51.3"}, {"coding": [None, 3, "x"]},
-                                  {"coding": [{"system": ICD10CM, "code": 513}]}, {"text": ["carbamazepine"]}])
+@pytest.mark.parametrize(
+    "junk",
+    [
+        None,
+        "G51.3",
+        42,
+        [],
+        {"coding": "G51.3"},
+        {"coding": [None, 3, "x"]},
+        {"coding": [{"system": ICD10CM, "code": 513}]},
+        {"text": ["carbamazepine"]},
+    ],
+)
 def test_junk_codeable_concepts_match_nothing(concepts, junk):
     assert concepts.match_codeable(junk, ALL_KINDS) == []
 
@@ -257,11 +300,23 @@ def test_code_system_short_names_for_cards(concepts):
 # ------------------------------------------------------------------ site overlay
 class TestSiteOverlay:
     def test_a_site_adds_local_codes_to_a_concept(self):
-        overlay = {"concepts": {"hemifacial_spasm": {"codes": [
-            {"system": "https://hospital.example/fhir/CodeSystem/problems", "code": "HFS-1", "display": "HFS"},
-        ]}}}
+        overlay = {
+            "concepts": {
+                "hemifacial_spasm": {
+                    "codes": [
+                        {
+                            "system": "https://hospital.example/fhir/CodeSystem/problems",
+                            "code": "HFS-1",
+                            "display": "HFS",
+                        },
+                    ]
+                }
+            }
+        }
         concepts = load_concepts(CARDS, overlay)
-        assert matched(concepts, codeable("https://hospital.example/fhir/CodeSystem/problems", "HFS-1")) == {"hemifacial_spasm"}
+        assert matched(concepts, codeable("https://hospital.example/fhir/CodeSystem/problems", "HFS-1")) == {
+            "hemifacial_spasm"
+        }
         # the defaults are still there
         assert matched(concepts, codeable(ICD10CM, "G51.3")) == {"hemifacial_spasm"}
         added = [c for c in concepts.concept("hemifacial_spasm").codes if c.site]
@@ -273,8 +328,10 @@ class TestSiteOverlay:
         assert matched(concepts, codeable(ICD10CM, "E13.9")) == {"diabetes"}
 
     def test_a_site_can_add_a_code_system_with_a_short_name(self):
-        overlay = {"code_systems": {"hosp": {"uri": "https://hospital.example/cs", "name": "Hospital"}},
-                   "concepts": {"carbamazepine": {"codes": [{"system": "hosp", "code": "CBZ"}]}}}
+        overlay = {
+            "code_systems": {"hosp": {"uri": "https://hospital.example/cs", "name": "Hospital"}},
+            "concepts": {"carbamazepine": {"codes": [{"system": "hosp", "code": "CBZ"}]}},
+        }
         concepts = load_concepts(CARDS, overlay)
         assert concepts.format_code("https://hospital.example/cs", "CBZ") == "Hospital CBZ"
         assert matched(concepts, codeable("https://hospital.example/cs", "CBZ")) == {"carbamazepine"}
@@ -288,7 +345,10 @@ class TestSiteOverlay:
             ({"concepts": {"hypertension": {"codes": [{"system": "not a uri", "code": "1"}]}}}, "unknown code system"),
             ({"concepts": {"hypertension": {"codes": [{"system": "snomed"}]}}}, "missing code"),
             ({"concepts": {"hypertension": {"codes": [{"system": "snomed", "code": " 1"}]}}}, "surrounding blanks"),
-            ({"concepts": {"hypertension": {"codes": [{"system": "snomed", "code": "1", "match": "prefix"}]}}}, "ICD-10"),
+            (
+                {"concepts": {"hypertension": {"codes": [{"system": "snomed", "code": "1", "match": "prefix"}]}}},
+                "ICD-10",
+            ),
             ({"concepts": {"hypertension": {"codes": "I10"}}}, "must be a list"),
             ({"concepts": {"hypertension": ["I10"]}}, "must be a table"),
             ({"concepts": ["hypertension"]}, "must be a table"),
@@ -320,14 +380,14 @@ def mutated_default(tmp_path: Path, old: str, new: str) -> Path:
         ('kind = "condition"', 'kind = "diagnosis"', "kind must be one of"),
         ('label = "Hemifacial spasm"', 'label = "Hemifacial spasm"\ncolour = "red"', "unknown key"),
         ('system = "icd10cm", code = "G51.3"', 'system = "icd10", code = "G51.3"', "unknown code system"),
-        (', checked = true }', ' }', "checked = true/false is required"),
+        (", checked = true }", " }", "checked = true/false is required"),
         ('value = "ordinal"', 'value = "grade"', "value must be one of"),
         ('unit = "min"', 'unit = "minutes of surgery"', "not a UCUM unit"),
-        ('range = [1, 6]', 'range = [6, 1]', "low <= high"),
-        ('range = [0, 4]', 'range = [0, 4.5]', "whole numbers"),
-        ('[concepts.alcohol_use]', '[concepts.alcohol_use]\ntext = ["beer"]', "medications only"),
+        ("range = [1, 6]", "range = [6, 1]", "low <= high"),
+        ("range = [0, 4]", "range = [0, 4.5]", "whole numbers"),
+        ("[concepts.alcohol_use]", '[concepts.alcohol_use]\ntext = ["beer"]', "medications only"),
         ('uri = "http://loinc.org"', 'uri = "loinc"', "absolute URI"),
-        ('[concepts.operation_time]', '[concepts.Operation-Time]', "concept id"),
+        ("[concepts.operation_time]", "[concepts.Operation-Time]", "concept id"),
         ('name = "RxNorm"', 'name = "RxNorm"\nextra = 1', "unknown key"),
     ],
 )
@@ -338,7 +398,7 @@ def test_a_mistake_in_the_concepts_file_stops_start_up(tmp_path, old, new, messa
 
 def test_a_concept_defined_twice_stops_start_up(tmp_path):
     text = (CARDS / "concepts.toml").read_text(encoding="utf-8")
-    duplicate = text[text.index("[concepts.alcohol_use]"):text.index("[concepts.vertebral_metastasis]")]
+    duplicate = text[text.index("[concepts.alcohol_use]") : text.index("[concepts.vertebral_metastasis]")]
     with pytest.raises(ConfigError, match="defined twice"):
         load_concepts(write_concepts(tmp_path, text + "\n" + duplicate))
 

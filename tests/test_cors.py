@@ -1,5 +1,6 @@
 """CORS for browser-based CDS clients: preflights are answered without a JWT, and allowed
 origins can read every CDS Hooks answer (refusals included)."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,8 +10,7 @@ from cds_service.config import ConfigError
 from cds_service.http.cors import install_cors
 
 EHR = "https://ehr.example.org"
-PREFLIGHT = {"Access-Control-Request-Method": "POST",
-             "Access-Control-Request-Headers": "authorization, content-type"}
+PREFLIGHT = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization, content-type"}
 
 
 def cds_app(origins: tuple[str, ...]) -> Flask:
@@ -53,8 +53,11 @@ def test_a_preflight_from_an_allowed_origin_is_answered_without_a_token(path):
 
 
 def test_a_preflight_from_another_origin_gets_no_permission():
-    response = cds_app((EHR,)).test_client().options(
-        "/cds-services/x", headers={"Origin": "https://evil.example", **PREFLIGHT})
+    response = (
+        cds_app((EHR,))
+        .test_client()
+        .options("/cds-services/x", headers={"Origin": "https://evil.example", **PREFLIGHT})
+    )
     assert response.status_code == 204
     assert "Access-Control-Allow-Origin" not in response.headers
     assert "Access-Control-Allow-Methods" not in response.headers

@@ -1,9 +1,10 @@
 """Feedback validation: the CDS Hooks 2.0 feedback body, its examples, and what is refused."""
+
 from __future__ import annotations
 
 import copy
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -81,7 +82,7 @@ def test_the_spec_accepted_example_names_the_accepted_suggestion():
         accepted_suggestions=("e56e1945-20b3-4393-8503-a1a20fd73152",),
         override_reason=None,
         user_comment=None,
-        outcome_timestamp=datetime(2021, 12, 11, 10, 5, 31, tzinfo=timezone.utc),
+        outcome_timestamp=datetime(2021, 12, 11, 10, 5, 31, tzinfo=UTC),
     )
 
 
@@ -99,7 +100,7 @@ def test_the_spec_override_reason_example_keeps_coding_and_comment():
         code="d7ecf885", system="https://example.com/cds-hooks/override-reason-system", display=None
     )
     assert entry.user_comment == "A comment entered by the clinician."
-    assert entry.outcome_timestamp == datetime(2020, 12, 11, tzinfo=timezone.utc)
+    assert entry.outcome_timestamp == datetime(2020, 12, 11, tzinfo=UTC)
 
 
 def test_every_spec_feedback_example_parses():
@@ -121,7 +122,7 @@ def test_several_entries_are_kept_in_order():
 def test_an_override_with_offset_keeps_the_instant_and_the_multiline_comment():
     [entry] = parse_feedback({"feedback": [overridden()]})
     assert entry.outcome_timestamp.utcoffset() == timedelta(hours=1)
-    assert entry.outcome_timestamp == datetime(2021, 12, 11, 9, 5, 31, tzinfo=timezone.utc)
+    assert entry.outcome_timestamp == datetime(2021, 12, 11, 9, 5, 31, tzinfo=UTC)
     assert entry.override_reason.display == "Contraindicated"
     assert "\n" in entry.user_comment
 
@@ -139,8 +140,7 @@ def test_upper_case_card_uuids_are_stored_in_canonical_form():
 
 @pytest.mark.parametrize(
     "stamp",
-    ["2021-12-11T10:05:31.123Z", "2021-12-11T10:05:31.123456-05:00", "2021-12-11T10:05Z",
-     "2021-12-11T10:05:31+0530"],
+    ["2021-12-11T10:05:31.123Z", "2021-12-11T10:05:31.123456-05:00", "2021-12-11T10:05Z", "2021-12-11T10:05:31+0530"],
 )
 def test_iso_8601_timestamps_with_fractions_and_offsets_are_accepted(stamp):
     [entry] = parse_feedback({"feedback": [accepted(outcomeTimestamp=stamp)]})
@@ -186,8 +186,16 @@ def test_required_fields_are_named_when_missing(field):
 
 
 @pytest.mark.parametrize(
-    "card", ["not-a-uuid", "", 42, None, "4e0a3a1e32834575ab82028d55fe2719",
-             "{4e0a3a1e-3283-4575-ab82-028d55fe2719}", "urn:uuid:4e0a3a1e-3283-4575-ab82-028d55fe2719"]
+    "card",
+    [
+        "not-a-uuid",
+        "",
+        42,
+        None,
+        "4e0a3a1e32834575ab82028d55fe2719",
+        "{4e0a3a1e-3283-4575-ab82-028d55fe2719}",
+        "urn:uuid:4e0a3a1e-3283-4575-ab82-028d55fe2719",
+    ],
 )
 def test_the_card_must_be_a_uuid(card):
     assert "feedback[0].card" in refused({"feedback": [accepted(card=card)]}).detail
@@ -200,8 +208,16 @@ def test_the_outcome_is_accepted_or_overridden(outcome):
 
 @pytest.mark.parametrize(
     "stamp",
-    ["2021-12-11T10:05:31", "2021-12-11", "yesterday", "2021-02-30T10:00:00Z",
-     "2021-12-11 10:05:31Z", 1639217131, None, "2021-12-11T10:05:31Z" + " " * 80],
+    [
+        "2021-12-11T10:05:31",
+        "2021-12-11",
+        "yesterday",
+        "2021-02-30T10:00:00Z",
+        "2021-12-11 10:05:31Z",
+        1639217131,
+        None,
+        "2021-12-11T10:05:31Z" + " " * 80,
+    ],
 )
 def test_the_outcome_timestamp_must_be_an_iso_datetime_with_a_zone(stamp):
     error = refused({"feedback": [accepted(outcomeTimestamp=stamp)]})
@@ -211,9 +227,7 @@ def test_the_outcome_timestamp_must_be_an_iso_datetime_with_a_zone(stamp):
 def test_an_accepted_outcome_must_name_its_suggestions():
     error = refused({"feedback": [without(accepted(), "acceptedSuggestions")]})
     assert "feedback[0].acceptedSuggestions" in error.detail
-    assert "feedback[0].acceptedSuggestions" in refused(
-        {"feedback": [accepted(acceptedSuggestions=[])]}
-    ).detail
+    assert "feedback[0].acceptedSuggestions" in refused({"feedback": [accepted(acceptedSuggestions=[])]}).detail
 
 
 @pytest.mark.parametrize(

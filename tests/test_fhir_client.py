@@ -1,4 +1,5 @@
 """FhirClient against a scripted FHIR server: what a hostile or broken server can and cannot do."""
+
 from __future__ import annotations
 
 import gzip
@@ -46,8 +47,7 @@ def base(server) -> str:
 
 
 def make_client(session, server, *, token=TOKEN, budget=2.0, max_pages=10, max_bytes=1024 * 1024):
-    return FhirClient(session, base(server), token, time.monotonic() + budget, max_pages,
-                      max_response_bytes=max_bytes)
+    return FhirClient(session, base(server), token, time.monotonic() + budget, max_pages, max_response_bytes=max_bytes)
 
 
 def patient() -> dict:
@@ -55,8 +55,7 @@ def patient() -> dict:
 
 
 def searchset(entries: list[dict], next_url: str | None = None) -> dict:
-    bundle = {"resourceType": "Bundle", "type": "searchset",
-              "entry": [{"resource": r} for r in entries]}
+    bundle = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in entries]}
     if next_url:
         bundle["link"] = [{"relation": "self", "url": "x"}, {"relation": "next", "url": next_url}]
     return bundle
@@ -74,11 +73,12 @@ def assert_safe(reason: str) -> None:
 
 # -- the bearer token -------------------------------------------------------------
 
+
 def test_a_read_sends_exactly_the_bearer_token_and_asks_for_fhir_json(session, fhir_stub):
     fhir_stub.expect_request(f"/fhir/Patient/{PATIENT_ID}").respond_with_json(patient(), content_type=FHIR)
     resource = make_client(session, fhir_stub).read(f"Patient/{PATIENT_ID}")
     assert resource == patient()
-    (request, _), = fhir_stub.log
+    ((request, _),) = fhir_stub.log
     assert request.headers["Authorization"] == f"Bearer {TOKEN}"
     assert request.headers["Accept"] == FHIR
 
@@ -86,7 +86,7 @@ def test_a_read_sends_exactly_the_bearer_token_and_asks_for_fhir_json(session, f
 def test_without_a_token_no_authorization_header_is_sent(session, fhir_stub):
     fhir_stub.expect_request("/fhir/Condition").respond_with_json(searchset([condition(1)]), content_type=FHIR)
     make_client(session, fhir_stub, token=None).search(f"Condition?patient={PATIENT_ID}")
-    (request, _), = fhir_stub.log
+    ((request, _),) = fhir_stub.log
     assert "Authorization" not in request.headers
     assert request.args["patient"] == PATIENT_ID
 
@@ -101,16 +101,21 @@ def test_a_token_that_cannot_be_a_header_value_is_not_sent_at_all(session, fhir_
 
 
 def test_a_plain_application_json_answer_is_accepted(session, fhir_stub):
-    fhir_stub.expect_request("/fhir/Patient/p").respond_with_json(patient(), content_type="application/json; charset=utf-8")
+    fhir_stub.expect_request("/fhir/Patient/p").respond_with_json(
+        patient(), content_type="application/json; charset=utf-8"
+    )
     assert make_client(session, fhir_stub).read("Patient/p")["resourceType"] == "Patient"
 
 
 # -- error statuses ---------------------------------------------------------------
 
+
 @pytest.mark.parametrize("status", [400, 401, 403, 429, 500, 502, 503])
 def test_an_error_status_makes_the_data_unavailable_with_the_status_as_reason(session, fhir_stub, status):
-    outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "login",
-                                                               "diagnostics": f"token {TOKEN} patient {PATIENT_ID}"}]}
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "login", "diagnostics": f"token {TOKEN} patient {PATIENT_ID}"}],
+    }
     fhir_stub.expect_request("/fhir/Condition").respond_with_json(outcome, status=status, content_type=FHIR)
     with pytest.raises(FhirUnavailable) as caught:
         make_client(session, fhir_stub).search(f"Condition?patient={PATIENT_ID}")
@@ -133,7 +138,8 @@ def test_a_read_of_a_missing_resource_is_not_found_but_a_missing_search_base_is_
 def test_a_redirect_is_not_followed_so_the_token_does_not_travel(session, fhir_stub, elsewhere_stub):
     elsewhere_stub.expect_request("/fhir/Patient/p").respond_with_json(patient(), content_type=FHIR)
     fhir_stub.expect_request("/fhir/Patient/p").respond_with_data(
-        "", status=302, headers={"Location": elsewhere_stub.url_for("/fhir/Patient/p")})
+        "", status=302, headers={"Location": elsewhere_stub.url_for("/fhir/Patient/p")}
+    )
     with pytest.raises(FhirUnavailable) as caught:
         make_client(session, fhir_stub).read("Patient/p")
     assert "redirect" in caught.value.reason
@@ -141,6 +147,7 @@ def test_a_redirect_is_not_followed_so_the_token_does_not_travel(session, fhir_s
 
 
 # -- bodies that are not FHIR ------------------------------------------------------
+
 
 def test_malformed_json_is_unavailable(session, fhir_stub):
     fhir_stub.expect_request("/fhir/Patient/p").respond_with_data('{"resourceType": "Patient", ', content_type=FHIR)
@@ -155,15 +162,18 @@ def test_an_empty_body_is_unavailable(session, fhir_stub):
         make_client(session, fhir_stub).read("Patient/p")
 
 
-@pytest.mark.parametrize("body", [
-    [{"resourceType": "Patient"}],
-    {"id": "p", "birthDate": "1970-01-01"},
-    {"resourceType": 7},
-    {"resourceType": ""},
-    {"resourceType": "<script>"},
-    "Patient",
-    None,
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        [{"resourceType": "Patient"}],
+        {"id": "p", "birthDate": "1970-01-01"},
+        {"resourceType": 7},
+        {"resourceType": ""},
+        {"resourceType": "<script>"},
+        "Patient",
+        None,
+    ],
+)
 def test_json_that_is_not_a_fhir_resource_is_unavailable(session, fhir_stub, body):
     fhir_stub.expect_request("/fhir/Patient/p").respond_with_json(body, content_type=FHIR)
     with pytest.raises(FhirUnavailable) as caught:
@@ -190,8 +200,14 @@ def test_an_operation_outcome_with_status_200_is_not_data(session, fhir_stub):
         make_client(session, fhir_stub).search("Condition?patient=p")
 
 
-@pytest.mark.parametrize("answer", [patient(), {"resourceType": "Bundle", "type": "transaction-response", "entry": []},
-                                    {"resourceType": "Bundle", "type": "searchset", "entry": {"resource": {}}}])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        patient(),
+        {"resourceType": "Bundle", "type": "transaction-response", "entry": []},
+        {"resourceType": "Bundle", "type": "searchset", "entry": {"resource": {}}},
+    ],
+)
 def test_a_search_must_answer_a_searchset_bundle(session, fhir_stub, answer):
     fhir_stub.expect_request("/fhir/Condition").respond_with_json(answer, content_type=FHIR)
     with pytest.raises(FhirUnavailable):
@@ -199,6 +215,7 @@ def test_a_search_must_answer_a_searchset_bundle(session, fhir_stub, answer):
 
 
 # -- size -------------------------------------------------------------------------
+
 
 def test_a_body_declared_larger_than_the_cap_is_refused(session, fhir_stub):
     big = json.dumps(searchset([condition(n) for n in range(5000)]))
@@ -218,7 +235,8 @@ def test_an_endless_streamed_body_is_cut_at_the_cap(session, fhir_stub):
             yield chunk
 
     fhir_stub.expect_request("/fhir/Condition").respond_with_handler(
-        lambda request: Response(endless(), content_type=FHIR))
+        lambda request: Response(endless(), content_type=FHIR)
+    )
     started = time.monotonic()
     with pytest.raises(FhirUnavailable, match="larger than the size limit"):
         make_client(session, fhir_stub, max_bytes=256 * 1024).search("Condition?patient=p")
@@ -230,7 +248,8 @@ def test_a_compressed_body_is_capped_after_decompression(session, fhir_stub):
     bomb = gzip.compress(inflated)
     assert len(bomb) < 64 * 1024
     fhir_stub.expect_request("/fhir/Condition").respond_with_data(
-        bomb, content_type=FHIR, headers={"Content-Encoding": "gzip"})
+        bomb, content_type=FHIR, headers={"Content-Encoding": "gzip"}
+    )
     with pytest.raises(FhirUnavailable, match="larger than the size limit"):
         make_client(session, fhir_stub, max_bytes=1024 * 1024).search("Condition?patient=p")
 
@@ -238,11 +257,13 @@ def test_a_compressed_body_is_capped_after_decompression(session, fhir_stub):
 def test_a_compressed_body_within_the_cap_is_read(session, fhir_stub):
     body = searchset([condition(n) for n in range(50)])
     fhir_stub.expect_request("/fhir/Condition").respond_with_data(
-        gzip.compress(json.dumps(body).encode()), content_type=FHIR, headers={"Content-Encoding": "gzip"})
+        gzip.compress(json.dumps(body).encode()), content_type=FHIR, headers={"Content-Encoding": "gzip"}
+    )
     assert len(make_client(session, fhir_stub).search("Condition?patient=p")["entry"]) == 50
 
 
 # -- time -------------------------------------------------------------------------
+
 
 def test_a_server_that_does_not_answer_is_cut_at_the_deadline(session, fhir_stub, hold):
     def slow(request):
@@ -267,6 +288,7 @@ def test_a_server_that_trickles_its_body_is_cut_at_the_deadline(session, fhir_st
                     return
                 yield b" "
             yield b"]}"
+
         return Response(body(), content_type=FHIR)
 
     fhir_stub.expect_request("/fhir/Condition").respond_with_handler(trickle)
@@ -298,14 +320,18 @@ def test_a_closed_port_is_unreachable(session):
 
 # -- paging -----------------------------------------------------------------------
 
+
 def test_pages_are_followed_and_merged_in_order(session, fhir_stub):
     url = fhir_stub.url_for("/fhir/Condition")
     fhir_stub.expect_request("/fhir/Condition", query_string={"patient": "p"}).respond_with_json(
-        searchset([condition(1), condition(2)], f"{url}?page=2"), content_type=FHIR)
+        searchset([condition(1), condition(2)], f"{url}?page=2"), content_type=FHIR
+    )
     fhir_stub.expect_request("/fhir/Condition", query_string={"page": "2"}).respond_with_json(
-        searchset([condition(3)], f"{url}?page=3"), content_type=FHIR)
+        searchset([condition(3)], f"{url}?page=3"), content_type=FHIR
+    )
     fhir_stub.expect_request("/fhir/Condition", query_string={"page": "3"}).respond_with_json(
-        searchset([condition(4)]), content_type=FHIR)
+        searchset([condition(4)]), content_type=FHIR
+    )
     result = make_client(session, fhir_stub).search_pages("Condition?patient=p")
     assert [e["resource"]["id"] for e in result.bundle["entry"]] == ["c1", "c2", "c3", "c4"]
     assert result.pages == 3 and result.incomplete is None
@@ -316,7 +342,8 @@ def test_pages_are_followed_and_merged_in_order(session, fhir_stub):
 def test_a_next_link_of_the_form_base_query_is_followed(session, fhir_stub):
     """HAPI-style paging: the next link is the base URL itself with _getpages."""
     fhir_stub.expect_request("/fhir/Condition").respond_with_json(
-        searchset([condition(1)], fhir_stub.url_for("/fhir") + "?_getpages=abc&_getpagesoffset=1"), content_type=FHIR)
+        searchset([condition(1)], fhir_stub.url_for("/fhir") + "?_getpages=abc&_getpagesoffset=1"), content_type=FHIR
+    )
     fhir_stub.expect_request("/fhir").respond_with_json(searchset([condition(2)]), content_type=FHIR)
     bundle = make_client(session, fhir_stub).search("Condition?patient=p")
     assert [e["resource"]["id"] for e in bundle["entry"]] == ["c1", "c2"]
@@ -337,14 +364,19 @@ def test_endless_paging_stops_at_max_pages_and_says_so(session, fhir_stub):
     assert result.pages == 4
     assert [e["resource"]["id"] for e in result.bundle["entry"]] == ["c1", "c2", "c3", "c4"]
     assert result.incomplete == "more than 4 pages; the rest was not read"
-    assert {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED",
-            "display": "Resource content has been reduced"} in result.bundle["meta"]["tag"]
+    assert {
+        "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+        "code": "SUBSETTED",
+        "display": "Resource content has been reduced",
+    } in result.bundle["meta"]["tag"]
 
 
-@pytest.mark.parametrize("where", ["other port", "other path", "dot segments", "encoded dot segments", "userinfo",
-                                   "other scheme"])
+@pytest.mark.parametrize(
+    "where", ["other port", "other path", "dot segments", "encoded dot segments", "userinfo", "other scheme"]
+)
 def test_a_next_link_outside_the_fhir_base_is_not_followed_and_the_token_stays_home(
-        session, fhir_stub, elsewhere_stub, where):
+    session, fhir_stub, elsewhere_stub, where
+):
     elsewhere_stub.expect_request("/fhir/Condition").respond_with_json(searchset([condition(9)]), content_type=FHIR)
     root = fhir_stub.url_for("/").rstrip("/")
     next_url = {
@@ -356,7 +388,8 @@ def test_a_next_link_outside_the_fhir_base_is_not_followed_and_the_token_stays_h
         "other scheme": root.replace("http://", "https://") + "/fhir/Condition?page=2",
     }[where]
     fhir_stub.expect_request("/fhir/Condition").respond_with_json(
-        searchset([condition(1)], next_url), content_type=FHIR)
+        searchset([condition(1)], next_url), content_type=FHIR
+    )
     result = make_client(session, fhir_stub).search_pages("Condition?patient=p")
     assert [e["resource"]["id"] for e in result.bundle["entry"]] == ["c1"]
     assert result.incomplete == "next page link points outside the FHIR server; not followed"
@@ -366,7 +399,8 @@ def test_a_next_link_outside_the_fhir_base_is_not_followed_and_the_token_stays_h
 
 def test_a_failing_later_page_makes_the_search_unavailable(session, fhir_stub):
     fhir_stub.expect_request("/fhir/Condition", query_string={"patient": "p"}).respond_with_json(
-        searchset([condition(1)], fhir_stub.url_for("/fhir/Condition") + "?page=2"), content_type=FHIR)
+        searchset([condition(1)], fhir_stub.url_for("/fhir/Condition") + "?page=2"), content_type=FHIR
+    )
     fhir_stub.expect_request("/fhir/Condition", query_string={"page": "2"}).respond_with_data("", status=500)
     with pytest.raises(FhirUnavailable, match="answered 500"):
         make_client(session, fhir_stub).search("Condition?patient=p")
@@ -374,8 +408,19 @@ def test_a_failing_later_page_makes_the_search_unavailable(session, fhir_stub):
 
 # -- URLs -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("relative", ["http://evil.example/Patient/p", "//evil.example/Patient/p",
-                                      "/Patient/p", "Patient/../../admin", "Patient/%2e%2e", "Patient/p#frag", ""])
+
+@pytest.mark.parametrize(
+    "relative",
+    [
+        "http://evil.example/Patient/p",
+        "//evil.example/Patient/p",
+        "/Patient/p",
+        "Patient/../../admin",
+        "Patient/%2e%2e",
+        "Patient/p#frag",
+        "",
+    ],
+)
 def test_only_relative_urls_under_the_base_are_requested(session, fhir_stub, relative):
     with pytest.raises(FhirUnavailable, match="not a relative FHIR URL"):
         make_client(session, fhir_stub).read(relative)
@@ -384,10 +429,14 @@ def test_only_relative_urls_under_the_base_are_requested(session, fhir_stub, rel
 
 def test_reasons_never_carry_the_token_or_the_patient_id(session, fhir_stub):
     fhir_stub.expect_request(f"/fhir/Patient/{PATIENT_ID}").respond_with_data(
-        f"<html>{TOKEN} {PATIENT_ID}</html>", content_type="text/html")
+        f"<html>{TOKEN} {PATIENT_ID}</html>", content_type="text/html"
+    )
     fhir_stub.expect_request("/fhir/Condition").respond_with_data(f"{{{TOKEN}", content_type=FHIR)
     client = make_client(session, fhir_stub)
-    for call in (lambda: client.read(f"Patient/{PATIENT_ID}"), lambda: client.search(f"Condition?patient={PATIENT_ID}")):
+    for call in (
+        lambda: client.read(f"Patient/{PATIENT_ID}"),
+        lambda: client.search(f"Condition?patient={PATIENT_ID}"),
+    ):
         with pytest.raises(FhirUnavailable) as caught:
             call()
         assert_safe(caught.value.reason)
@@ -395,24 +444,36 @@ def test_reasons_never_carry_the_token_or_the_patient_id(session, fhir_stub):
     assert TOKEN not in repr(client)
 
 
-@pytest.mark.parametrize("url", ["ftp://ehr.example.org/fhir", "file:///etc/passwd", "ehr.example.org/fhir",
-                                 "https://user:pw@ehr.example.org/fhir", "https://ehr.example.org:99999/fhir",
-                                 "https://ehr.example.org/fhir?x=1", "javascript:alert(1)"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://ehr.example.org/fhir",
+        "file:///etc/passwd",
+        "ehr.example.org/fhir",
+        "https://user:pw@ehr.example.org/fhir",
+        "https://ehr.example.org:99999/fhir",
+        "https://ehr.example.org/fhir?x=1",
+        "javascript:alert(1)",
+    ],
+)
 def test_a_fhir_server_that_is_not_a_plain_http_url_is_refused(url):
     with pytest.raises(FhirUnavailable):
         check_fhir_server(url)
 
 
-@pytest.mark.parametrize("url, allowed", [
-    ("https://ehr.example.org/fhir", True),
-    ("https://ehr.example.org/fhir/", True),
-    ("https://EHR.example.org:443/fhir/r4", True),
-    ("https://ehr.example.org.evil.com/fhir", False),
-    ("https://ehr.example.org/fhirevil", False),
-    ("http://ehr.example.org/fhir", False),
-    ("https://ehr.example.org:8443/fhir", False),
-    ("https://other.example.org/fhir", False),
-])
+@pytest.mark.parametrize(
+    "url, allowed",
+    [
+        ("https://ehr.example.org/fhir", True),
+        ("https://ehr.example.org/fhir/", True),
+        ("https://EHR.example.org:443/fhir/r4", True),
+        ("https://ehr.example.org.evil.com/fhir", False),
+        ("https://ehr.example.org/fhirevil", False),
+        ("http://ehr.example.org/fhir", False),
+        ("https://ehr.example.org:8443/fhir", False),
+        ("https://other.example.org/fhir", False),
+    ],
+)
 def test_the_allowlist_matches_origin_and_path_prefix_not_a_string_prefix(url, allowed):
     allowlist = ("https://ehr.example.org/fhir",)
     if allowed:

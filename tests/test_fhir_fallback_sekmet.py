@@ -1,4 +1,5 @@
 """The FHIR fallback against a real FHIR R4 server (sekmet): a client that prefetches nothing."""
+
 from __future__ import annotations
 
 import copy
@@ -7,13 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from fhir_server_fixture import created_ids
 
-from cds_service.content.services import PrefetchTemplate, ServiceDefinition, load_services
 from cds_service.config import DEFAULT_CARDS_DIR, Settings
+from cds_service.content.services import PrefetchTemplate, ServiceDefinition, load_services
 from cds_service.errors import ApiError
 from cds_service.fhir.client import FhirAccess
 from cds_service.fhir.prefetch import resolve
-from fhir_server_fixture import created_ids
 
 pytestmark = pytest.mark.fhir_server
 
@@ -56,8 +57,11 @@ def entries(bundle: dict, resource_type: str) -> list[dict]:
 
 
 def test_with_no_prefetch_every_key_is_fetched_from_the_fhir_server(fhir_server, hfs_patient_id, access):
-    request = Request(context={"patientId": hfs_patient_id, "userId": "Practitioner/example"},
-                      fhir_server=fhir_server.base_url, access_token=fhir_server.token)
+    request = Request(
+        context={"patientId": hfs_patient_id, "userId": "Practitioner/example"},
+        fhir_server=fhir_server.base_url,
+        access_token=fhir_server.token,
+    )
     result = resolve(PATIENT_VIEW, request, access)
 
     assert result.fetched == tuple(t.key for t in PATIENT_VIEW.prefetch)
@@ -80,12 +84,15 @@ def test_with_no_prefetch_every_key_is_fetched_from_the_fhir_server(fhir_server,
 
 def test_only_this_patients_resources_are_fetched(fhir_server, hfs_patient_id, access):
     (other_id,) = created_ids(fhir_server.load(hfs_bundle()), "Patient")
-    request = Request(context={"patientId": hfs_patient_id}, fhir_server=fhir_server.base_url,
-                      access_token=fhir_server.token)
+    request = Request(
+        context={"patientId": hfs_patient_id}, fhir_server=fhir_server.base_url, access_token=fhir_server.token
+    )
     result = resolve(PATIENT_VIEW, request, access)
-    subjects = {r["subject"]["reference"]
-                for key in ("conditions", "procedures", "observations", "medicationRequests")
-                for r in entries(result.data[key], result.data[key]["entry"][0]["resource"]["resourceType"])}
+    subjects = {
+        r["subject"]["reference"]
+        for key in ("conditions", "procedures", "observations", "medicationRequests")
+        for r in entries(result.data[key], result.data[key]["entry"][0]["resource"]["resourceType"])
+    }
     assert subjects == {f"Patient/{hfs_patient_id}"}
     assert other_id != hfs_patient_id
 
@@ -93,10 +100,14 @@ def test_only_this_patients_resources_are_fetched(fhir_server, hfs_patient_id, a
 def test_what_was_prefetched_is_kept_and_an_operation_outcome_is_refetched(fhir_server, hfs_patient_id, access):
     sent_procedures = {"resourceType": "Bundle", "type": "searchset", "entry": []}
     request = Request(
-        context={"patientId": hfs_patient_id}, fhir_server=fhir_server.base_url, access_token=fhir_server.token,
-        prefetch={"procedures": sent_procedures, "observations": None,
-                  "conditions": {"resourceType": "OperationOutcome",
-                                 "issue": [{"severity": "error", "code": "too-costly"}]}},
+        context={"patientId": hfs_patient_id},
+        fhir_server=fhir_server.base_url,
+        access_token=fhir_server.token,
+        prefetch={
+            "procedures": sent_procedures,
+            "observations": None,
+            "conditions": {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "too-costly"}]},
+        },
     )
     result = resolve(PATIENT_VIEW, request, access)
     assert result.data["procedures"] is sent_procedures
@@ -114,10 +125,16 @@ def test_real_next_links_are_followed_and_pages_merged(fhir_server, access):
         extra["resource"]["code"] = {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": code}]}
         bundle["entry"].append(extra)
     (patient_id,) = created_ids(fhir_server.load(bundle), "Patient")
-    svc = ServiceDefinition(id="paged", hook="patient-view", title="t", description="d", prefetch=(
-        PrefetchTemplate("conditions", "Condition?patient={{context.patientId}}&_count=1", True),))
-    request = Request(context={"patientId": patient_id}, fhir_server=fhir_server.base_url,
-                      access_token=fhir_server.token)
+    svc = ServiceDefinition(
+        id="paged",
+        hook="patient-view",
+        title="t",
+        description="d",
+        prefetch=(PrefetchTemplate("conditions", "Condition?patient={{context.patientId}}&_count=1", True),),
+    )
+    request = Request(
+        context={"patientId": patient_id}, fhir_server=fhir_server.base_url, access_token=fhir_server.token
+    )
     result = resolve(svc, request, access)
     codes = sorted(c["code"]["coding"][0]["code"] for c in entries(result.data["conditions"], "Condition"))
     assert codes == ["E11.9", "G51.3", "I10"]
@@ -133,8 +150,9 @@ def test_real_next_links_are_followed_and_pages_merged(fhir_server, access):
 
 
 def test_an_unknown_patient_has_no_data_rather_than_an_error(fhir_server, access):
-    request = Request(context={"patientId": "no-such-patient"}, fhir_server=fhir_server.base_url,
-                      access_token=fhir_server.token)
+    request = Request(
+        context={"patientId": "no-such-patient"}, fhir_server=fhir_server.base_url, access_token=fhir_server.token
+    )
     result = resolve(PATIENT_VIEW, request, access)
     assert result.data["patient"] is None
     assert all(result.data[key]["entry"] == [] for key in ("conditions", "procedures", "observations"))
@@ -142,8 +160,9 @@ def test_an_unknown_patient_has_no_data_rather_than_an_error(fhir_server, access
 
 
 def test_a_wrong_token_fails_the_required_keys_with_412(fhir_server, hfs_patient_id, access):
-    request = Request(context={"patientId": hfs_patient_id}, fhir_server=fhir_server.base_url,
-                      access_token="not-" + fhir_server.token)
+    request = Request(
+        context={"patientId": hfs_patient_id}, fhir_server=fhir_server.base_url, access_token="not-" + fhir_server.token
+    )
     with pytest.raises(ApiError) as caught:
         resolve(PATIENT_VIEW, request, access)
     error = caught.value

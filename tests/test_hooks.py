@@ -1,4 +1,5 @@
 """Hook request validation: what each hook requires, and the spec's own examples."""
+
 from __future__ import annotations
 
 import copy
@@ -17,7 +18,10 @@ INSTANCE = "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea"
 
 def service(hook: str) -> ServiceDefinition:
     return ServiceDefinition(
-        id=f"svc-{hook}", hook=hook, title="t", description="d",
+        id=f"svc-{hook}",
+        hook=hook,
+        title="t",
+        description="d",
         prefetch=(PrefetchTemplate("patient", "Patient/{{context.patientId}}", False),),
     )
 
@@ -55,8 +59,9 @@ def test_the_spec_patient_view_request_is_accepted():
     assert "patientToGreet" in request.prefetch
 
 
-@pytest.mark.parametrize("example", ["example-order-select-1.json", "example-order-select-2.json",
-                                     "example-order-select-3.json"])
+@pytest.mark.parametrize(
+    "example", ["example-order-select-1.json", "example-order-select-2.json", "example-order-select-3.json"]
+)
 def test_the_spec_order_select_examples_are_accepted(example):
     request = parse_hook_request(order_request(example, "order-select"), service("order-select"))
     assert request.selections and request.draft_orders["resourceType"] == "Bundle"
@@ -124,9 +129,16 @@ def test_selections_must_point_into_draft_orders():
     assert "does not name an order in context.draftOrders" in refusal(body, "order-select")
 
 
-@pytest.mark.parametrize("draft", [[], "Bundle", {"resourceType": "Patient"},
-                                   {"resourceType": "Bundle", "entry": {}},
-                                   {"resourceType": "Bundle", "entry": [{"resource": "x"}]}])
+@pytest.mark.parametrize(
+    "draft",
+    [
+        [],
+        "Bundle",
+        {"resourceType": "Patient"},
+        {"resourceType": "Bundle", "entry": {}},
+        {"resourceType": "Bundle", "entry": [{"resource": "x"}]},
+    ],
+)
 def test_draft_orders_must_be_a_bundle_of_resources(draft):
     body = order_request("example-order-sign-1.json", "order-sign")
     body["context"]["draftOrders"] = draft
@@ -138,16 +150,22 @@ def test_fhir_authorization_needs_a_fhir_server():
     assert "'fhirServer' is required" in refusal(body)
 
 
-@pytest.mark.parametrize("auth", [{"token_type": "Bearer"}, {"access_token": "t", "token_type": "MAC"},
-                                  {"access_token": 5, "token_type": "Bearer"}, "token"])
+@pytest.mark.parametrize(
+    "auth",
+    [
+        {"token_type": "Bearer"},
+        {"access_token": "t", "token_type": "MAC"},
+        {"access_token": 5, "token_type": "Bearer"},
+        "token",
+    ],
+)
 def test_fhir_authorization_must_carry_a_bearer_token(auth):
     body = patient_view(fhirServer="https://ehr.example.org/fhir", fhirAuthorization=auth)
     detail = refusal(body)
     assert "fhirAuthorization" in detail
 
 
-@pytest.mark.parametrize("server", ["ftp://x", "not a url", "https://user:pw@ehr/fhir", 7,
-                                    "https://ehr/fhir?x=1"])
+@pytest.mark.parametrize("server", ["ftp://x", "not a url", "https://user:pw@ehr/fhir", 7, "https://ehr/fhir?x=1"])
 def test_fhir_server_must_be_an_http_base_url(server):
     assert "fhirServer" in refusal(patient_view(fhirServer=server))
 

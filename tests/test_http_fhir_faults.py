@@ -13,6 +13,7 @@ nonsense, pages forever or points elsewhere. Whatever it does:
 - the token goes, exactly as `Bearer <token>`, to the FHIR server and nowhere else, and
   neither the token nor the patient id appears in any answer.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from werkzeug import Request, Response
@@ -66,7 +67,7 @@ CARD_LABELS = {
 
 
 def today() -> date:
-    return datetime.now(timezone.utc).date()
+    return datetime.now(UTC).date()
 
 
 # ------------------------------------------------------------------------- the chart on the server
@@ -74,23 +75,50 @@ def today() -> date:
 SUBJECT = {"reference": f"Patient/{PATIENT_ID}"}
 CHART = {
     "Patient": {"resourceType": "Patient", "id": PATIENT_ID, "gender": "female", "birthDate": "1964-05-09"},
-    "Condition": [{"resourceType": "Condition", "id": "hfs-1", "subject": SUBJECT,
-                   "clinicalStatus": {"coding": [{"system": CLINICAL, "code": "active"}]},
-                   "code": {"coding": [{"system": ICD10CM, "code": "G51.31"}]}, "onsetDateTime": "2019-02-01"}],
+    "Condition": [
+        {
+            "resourceType": "Condition",
+            "id": "hfs-1",
+            "subject": SUBJECT,
+            "clinicalStatus": {"coding": [{"system": CLINICAL, "code": "active"}]},
+            "code": {"coding": [{"system": ICD10CM, "code": "G51.31"}]},
+            "onsetDateTime": "2019-02-01",
+        }
+    ],
     "Procedure": [],
-    "Observation": [{"resourceType": "Observation", "id": "cohen-1", "status": "final", "subject": SUBJECT,
-                     "code": {"coding": [{"system": LOCAL, "code": "cohen-spasm-grade"}]},
-                     "effectiveDateTime": (today() - timedelta(days=9)).isoformat(), "valueInteger": 3}],
-    "MedicationRequest": [{"resourceType": "MedicationRequest", "id": "cbz-1", "status": "active",
-                           "intent": "order", "subject": SUBJECT, "authoredOn": "2020-04-01",
-                           "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "2002"}]}}],
+    "Observation": [
+        {
+            "resourceType": "Observation",
+            "id": "cohen-1",
+            "status": "final",
+            "subject": SUBJECT,
+            "code": {"coding": [{"system": LOCAL, "code": "cohen-spasm-grade"}]},
+            "effectiveDateTime": (today() - timedelta(days=9)).isoformat(),
+            "valueInteger": 3,
+        }
+    ],
+    "MedicationRequest": [
+        {
+            "resourceType": "MedicationRequest",
+            "id": "cbz-1",
+            "status": "active",
+            "intent": "order",
+            "subject": SUBJECT,
+            "authoredOn": "2020-04-01",
+            "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "2002"}]},
+        }
+    ],
     "MedicationStatement": [],
 }
 
 
 def searchset(entries: list[dict], next_url: str | None = None) -> dict:
-    bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(entries),
-              "entry": [{"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": r} for r in entries]}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": len(entries),
+        "entry": [{"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": r} for r in entries],
+    }
     if next_url:
         bundle["link"] = [{"relation": "self", "url": "ignored"}, {"relation": "next", "url": next_url}]
     return bundle
@@ -106,6 +134,7 @@ def normal_answer(kind: str) -> Response:
 
 # ------------------------------------------------------------------------- faults
 
+
 @dataclass(frozen=True)
 class Fault:
     """What the server does instead of answering one resource type.
@@ -114,12 +143,13 @@ class Fault:
     all the same); `partial`: what the card says about a key it has only in part.
     `answer(request, kind, stage)` returns the server's Response.
     """
+
     name: str
-    answer: Callable[[Request, str, "Stage"], Response]
+    answer: Callable[[Request, str, Stage], Response]
     reason: str | None
-    read_reason: str | None = "same"     # reason for the Patient read, when it differs
+    read_reason: str | None = "same"  # reason for the Patient read, when it differs
     search_only: bool = False
-    partial: str | None = None           # had only in part: what the card says about it
+    partial: str | None = None  # had only in part: what the card says about it
 
     def reason_for(self, key: str) -> str | None:
         if key == "patient" and self.read_reason != "same":
@@ -131,20 +161,29 @@ class Fault:
 class Stage:
     """What a fault handler may use: the event that releases a stalled handler, and the
     other server's address."""
+
     hold: threading.Event
     elsewhere: str
 
 
 def status(code: int) -> Callable:
-    return lambda request, kind, stage: Response(json.dumps({"resourceType": "OperationOutcome", "issue": [
-        {"severity": "error", "code": "security" if code in (401, 403) else "exception"}]}),
-        status=code, content_type=FHIR_JSON)
+    return lambda request, kind, stage: Response(
+        json.dumps(
+            {
+                "resourceType": "OperationOutcome",
+                "issue": [{"severity": "error", "code": "security" if code in (401, 403) else "exception"}],
+            }
+        ),
+        status=code,
+        content_type=FHIR_JSON,
+    )
 
 
 def stall(seconds: float) -> Callable:
     def answer(request, kind, stage):
         stage.hold.wait(seconds)
         return normal_answer(kind)
+
     return answer
 
 
@@ -156,6 +195,7 @@ def trickle(request, kind, stage):
                 return
             yield b" "
         yield b"]}"
+
     return Response(body(), content_type=FHIR_JSON)
 
 
@@ -177,8 +217,12 @@ def json_array(request, kind, stage):
 
 
 def operation_outcome(request, kind, stage):
-    return fhir({"resourceType": "OperationOutcome",
-                 "issue": [{"severity": "error", "code": "too-costly", "diagnostics": "query too costly"}]})
+    return fhir(
+        {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": "too-costly", "diagnostics": "query too costly"}],
+        }
+    )
 
 
 def next_to_itself(request, kind, stage):
@@ -206,27 +250,51 @@ FAILURES = [
     Fault("malformed JSON", malformed, "malformed JSON"),
     Fault("an HTML page", html, "not JSON"),
     Fault("a JSON array", json_array, "not a FHIR resource"),
-    Fault("the wrong resource type", wrong_resource, "instead of a searchset Bundle",
-          read_reason="answered a Bundle for a Patient read"),
+    Fault(
+        "the wrong resource type",
+        wrong_resource,
+        "instead of a searchset Bundle",
+        read_reason="answered a Bundle for a Patient read",
+    ),
     Fault("an OperationOutcome with status 200", operation_outcome, "OperationOutcome"),
 ]
 HAD_ANYWAY = [
     Fault("answers slowly but within the budget", stall(0.2), None),
-    Fault("pages forever to the same page", next_to_itself, None, search_only=True,
-          partial="only partly retrieved (more than 10 pages; the rest was not read)"),
-    Fault("pages forever with growing page numbers", growing_pages, None, search_only=True,
-          partial="only partly retrieved (more than 10 pages; the rest was not read)"),
-    Fault("links its next page to another server", next_elsewhere, None, search_only=True,
-          partial="only partly retrieved (next page link points outside the FHIR server; not followed)"),
+    Fault(
+        "pages forever to the same page",
+        next_to_itself,
+        None,
+        search_only=True,
+        partial="only partly retrieved (more than 10 pages; the rest was not read)",
+    ),
+    Fault(
+        "pages forever with growing page numbers",
+        growing_pages,
+        None,
+        search_only=True,
+        partial="only partly retrieved (more than 10 pages; the rest was not read)",
+    ),
+    Fault(
+        "links its next page to another server",
+        next_elsewhere,
+        None,
+        search_only=True,
+        partial="only partly retrieved (next page link points outside the FHIR server; not followed)",
+    ),
 ]
 
 
 def cases(keys: tuple[str, ...], faults: list[Fault]):
-    return [pytest.param(key, fault, id=f"{key}-{fault.name.replace(' ', '_')}")
-            for key in keys for fault in faults if not (fault.search_only and key == "patient")]
+    return [
+        pytest.param(key, fault, id=f"{key}-{fault.name.replace(' ', '_')}")
+        for key in keys
+        for fault in faults
+        if not (fault.search_only and key == "patient")
+    ]
 
 
 # ------------------------------------------------------------------------- fixtures and calls
+
 
 @pytest.fixture
 def client(tmp_path):
@@ -239,19 +307,31 @@ def client(tmp_path):
 def stage(fhir_stub, elsewhere_stub):
     hold = threading.Event()
     elsewhere_stub.expect_request(re.compile("^/fhir/")).respond_with_json(
-        searchset([{"resourceType": "Condition", "id": "not-this-patient", "subject": SUBJECT,
-                    "code": {"coding": [{"system": ICD10CM, "code": "G51.31"}]}}]), content_type=FHIR_JSON)
+        searchset(
+            [
+                {
+                    "resourceType": "Condition",
+                    "id": "not-this-patient",
+                    "subject": SUBJECT,
+                    "code": {"coding": [{"system": ICD10CM, "code": "G51.31"}]},
+                }
+            ]
+        ),
+        content_type=FHIR_JSON,
+    )
     yield Stage(hold=hold, elsewhere=elsewhere_stub.url_for("/fhir").rstrip("/"))
-    hold.set()   # release stalled handlers so the stub can be reset
+    hold.set()  # release stalled handlers so the stub can be reset
 
 
 def serve(server, stage: Stage, faulty: dict[str, Fault]) -> None:
     """The chart on `server`; the resource types in `faulty` misbehave as told."""
+
     def answer(request: Request) -> Response:
         kind = request.path.split("/")[2]
         if kind != "Patient" and request.args.get("patient") != PATIENT_ID:
-            return fhir({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "invalid"}]},
-                        status=400)
+            return fhir(
+                {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "invalid"}]}, status=400
+            )
         fault = faulty.get(kind)
         return fault.answer(request, kind, stage) if fault else normal_answer(kind)
 
@@ -262,14 +342,30 @@ def serve(server, stage: Stage, faulty: dict[str, Fault]) -> None:
 
 
 def order_sign(fhir_base: str, token: str = TOKEN) -> dict:
-    order = {"resourceType": "ServiceRequest", "id": "draft-mvd", "status": "draft", "intent": "order",
-             "code": {"coding": [{"system": ICD10PCS, "code": "00NM0ZZ"}]}, "subject": SUBJECT}
+    order = {
+        "resourceType": "ServiceRequest",
+        "id": "draft-mvd",
+        "status": "draft",
+        "intent": "order",
+        "code": {"coding": [{"system": ICD10PCS, "code": "00NM0ZZ"}]},
+        "subject": SUBJECT,
+    }
     return {
-        "hook": "order-sign", "hookInstance": str(uuid.uuid4()), "fhirServer": fhir_base,
-        "fhirAuthorization": {"access_token": token, "token_type": "Bearer", "expires_in": 300,
-                              "scope": "patient/*.read", "subject": "cds-service"},
-        "context": {"userId": "Practitioner/dr-lind", "patientId": PATIENT_ID,
-                    "draftOrders": {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": order}]}},
+        "hook": "order-sign",
+        "hookInstance": str(uuid.uuid4()),
+        "fhirServer": fhir_base,
+        "fhirAuthorization": {
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "scope": "patient/*.read",
+            "subject": "cds-service",
+        },
+        "context": {
+            "userId": "Practitioner/dr-lind",
+            "patientId": PATIENT_ID,
+            "draftOrders": {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": order}]},
+        },
     }
 
 
@@ -320,6 +416,7 @@ def assert_partly_retrieved_as_said(card: dict, key: str, fault: Fault) -> None:
 
 # ------------------------------------------------------------------------- the healthy server
 
+
 def test_with_a_healthy_server_the_card_uses_every_fetched_key(client, fhir_stub, stage):
     serve(fhir_stub, stage, {})
     response = timed_post(client, ORDER_SIGN, order_sign(fhir_stub.url_for("/fhir").rstrip("/")))
@@ -335,9 +432,9 @@ def test_with_a_healthy_server_the_card_uses_every_fetched_key(client, fhir_stub
 
 # ------------------------------------------------------------------------- required keys
 
+
 @pytest.mark.parametrize(("key", "fault"), cases(REQUIRED, FAILURES))
-def test_a_required_key_the_server_fails_on_is_412_naming_the_key_and_the_reason(
-        client, fhir_stub, stage, key, fault):
+def test_a_required_key_the_server_fails_on_is_412_naming_the_key_and_the_reason(client, fhir_stub, stage, key, fault):
     serve(fhir_stub, stage, {KINDS[key]: fault})
 
     response = timed_post(client, ORDER_SIGN, order_sign(fhir_stub.url_for("/fhir").rstrip("/")))
@@ -372,13 +469,17 @@ def test_endless_paging_stops_at_the_page_limit(client, fhir_stub, stage):
     amr_card(timed_post(client, ORDER_SIGN, order_sign(fhir_stub.url_for("/fhir").rstrip("/"))))
 
     pages = [int(r.args.get("page", "1")) for r, _ in fhir_stub.log if r.path == "/fhir/Condition"]
-    assert pages == list(range(1, 11))   # fhir_max_pages (10), then the search stops
+    assert pages == list(range(1, 11))  # fhir_max_pages (10), then the search stops
 
 
 def test_a_next_link_to_another_server_is_never_followed_so_the_token_stays_home(
-        client, fhir_stub, elsewhere_stub, stage):
-    serve(fhir_stub, stage, {kind: FAULT_BY_NAME["links its next page to another server"]
-                             for kind in KINDS.values() if kind != "Patient"})
+    client, fhir_stub, elsewhere_stub, stage
+):
+    serve(
+        fhir_stub,
+        stage,
+        {kind: FAULT_BY_NAME["links its next page to another server"] for kind in KINDS.values() if kind != "Patient"},
+    )
 
     card = amr_card(timed_post(client, ORDER_SIGN, order_sign(fhir_stub.url_for("/fhir").rstrip("/"))))
 
@@ -426,9 +527,11 @@ def test_every_key_slow_but_within_the_budget_is_fetched_concurrently(client, fh
 
 # ------------------------------------------------------------------------- optional keys
 
+
 @pytest.mark.parametrize(("key", "fault"), cases(OPTIONAL, FAILURES))
 def test_an_optional_key_the_server_fails_on_leaves_the_card_saying_what_could_not_be_retrieved(
-        client, fhir_stub, stage, key, fault):
+    client, fhir_stub, stage, key, fault
+):
     serve(fhir_stub, stage, {KINDS[key]: fault})
 
     response = timed_post(client, ORDER_SIGN, order_sign(fhir_stub.url_for("/fhir").rstrip("/")))
@@ -440,7 +543,7 @@ def test_an_optional_key_the_server_fails_on_leaves_the_card_saying_what_could_n
         # rather than a failure.
         assert "Data that could not be retrieved" not in card["detail"]
     else:
-        (line,) = could_not_be_retrieved(card).strip().splitlines()   # this key and no other
+        (line,) = could_not_be_retrieved(card).strip().splitlines()  # this key and no other
         assert line.startswith(f"- {CARD_LABELS[key]}: ") and reason in line
     # The card still uses what the other keys held; the data the failed key held is missing.
     expected = {"patient": 3, "observations": 2, "medicationRequests": 2, "medicationStatements": 3}[key]
@@ -450,7 +553,8 @@ def test_an_optional_key_the_server_fails_on_leaves_the_card_saying_what_could_n
 
 
 def test_when_the_medication_orders_cannot_be_had_carbamazepine_is_not_assumed_and_the_card_says_why(
-        client, fhir_stub, stage):
+    client, fhir_stub, stage
+):
     serve(fhir_stub, stage, {"MedicationRequest": FAULT_BY_NAME["503"]})
 
     card = amr_card(timed_post(client, ORDER_SIGN, order_sign(fhir_stub.url_for("/fhir").rstrip("/"))))
@@ -476,7 +580,7 @@ def test_every_optional_key_failing_at_once_still_gives_the_card_from_the_requir
 
     card = amr_card(timed_post(client, ORDER_SIGN, order_sign(fhir_stub.url_for("/fhir").rstrip("/"))))
 
-    assert factors_recorded(card) == 1      # the disease duration, from the conditions
+    assert factors_recorded(card) == 1  # the disease duration, from the conditions
     section = could_not_be_retrieved(card)
     for key in OPTIONAL:
         assert f"- {CARD_LABELS[key]}: FHIR server answered 500" in section
@@ -484,9 +588,14 @@ def test_every_optional_key_failing_at_once_still_gives_the_card_from_the_requir
 
 def test_a_chart_view_with_optional_data_missing_says_so_on_the_mvd_card(client, fhir_stub, stage):
     """The same on patient-view: an HFS patient after MVD, observations unavailable."""
-    mvd = {"resourceType": "Procedure", "id": "mvd-1", "status": "completed", "subject": SUBJECT,
-           "code": {"coding": [{"system": ICD10PCS, "code": "00NM0ZZ"}]},
-           "performedDateTime": (today() - timedelta(days=200)).isoformat()}
+    mvd = {
+        "resourceType": "Procedure",
+        "id": "mvd-1",
+        "status": "completed",
+        "subject": SUBJECT,
+        "code": {"coding": [{"system": ICD10PCS, "code": "00NM0ZZ"}]},
+        "performedDateTime": (today() - timedelta(days=200)).isoformat(),
+    }
     chart = {**CHART, "Procedure": [mvd]}
 
     def answer(request):

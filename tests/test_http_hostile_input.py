@@ -3,6 +3,7 @@ answer {"error", "detail"}; never a 500, a stack trace, an exception name, a fil
 FHIR token or the patient id. Broken FHIR data inside an otherwise valid request is not a
 refusal: the call answers 200, and a card whose input could not be read says so.
 """
+
 from __future__ import annotations
 
 import copy
@@ -11,13 +12,14 @@ import json
 import re
 import socket
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scenarios.chart import BONE_METASTASIS, LOINC, MVD, MWA_THORACIC, Chart
 
 from cds_service.http.app import create_app
-from scenarios.chart import BONE_METASTASIS, LOINC, MVD, MWA_THORACIC, Chart
 
 MAX_BODY = 1024 * 1024
 PATIENT_ID = "pt-hostile-5521"
@@ -43,24 +45,36 @@ def _closed_port() -> int:
 # server: whatever a generated request asks to fetch, nothing leaves this machine.
 FHIR_BASE = f"http://127.0.0.1:{_closed_port()}/fhir"
 # What an answer must never show: Python internals and what the client sent in confidence.
-LEAKS = re.compile(r"Traceback|File \"|\.py\b|site-packages|/work/|\b[A-Z][A-Za-z]*(Error|Exception)\b|"
-                   r"0x[0-9a-f]{6,}|<[a-z_.]+ object")
+LEAKS = re.compile(
+    r"Traceback|File \"|\.py\b|site-packages|/work/|\b[A-Z][A-Za-z]*(Error|Exception)\b|"
+    r"0x[0-9a-f]{6,}|<[a-z_.]+ object"
+)
 
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    app = create_app(instance_path=tmp_path_factory.mktemp("hostile"), allow_unsigned=True, max_body_bytes=MAX_BODY,
-                     fhir_server_allowlist=(FHIR_BASE,))
+    app = create_app(
+        instance_path=tmp_path_factory.mktemp("hostile"),
+        allow_unsigned=True,
+        max_body_bytes=MAX_BODY,
+        fhir_server_allowlist=(FHIR_BASE,),
+    )
     yield app.test_client()
     app.extensions["cds_service"].fhir.close()
 
 
 # ------------------------------------------------------------------------- requests
 
+
 def chart() -> Chart:
     """An HFS patient after MVD with hypertension, about to have a revision MVD ordered."""
-    return (Chart(patient_id=PATIENT_ID).hfs(onset="2019-03-01").hypertension()
-            .mvd("2026-01-12T08:00:00Z", "2026-01-12T10:30:00Z").order(MVD))
+    return (
+        Chart(patient_id=PATIENT_ID)
+        .hfs(onset="2019-03-01")
+        .hypertension()
+        .mvd("2026-01-12T08:00:00Z", "2026-01-12T10:30:00Z")
+        .order(MVD)
+    )
 
 
 def valid_request(hook: str, c: Chart | None = None) -> dict:
@@ -68,21 +82,43 @@ def valid_request(hook: str, c: Chart | None = None) -> dict:
     c = c or chart()
     context = {"userId": "Practitioner/dr-amsel", "patientId": c.patient_id}
     if hook != "patient-view":
-        context["draftOrders"] = {"resourceType": "Bundle", "type": "collection",
-                                  "entry": [{"resource": r} for r in c.drafts]}
+        context["draftOrders"] = {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [{"resource": r} for r in c.drafts],
+        }
     if hook == "order-select":
         context["selections"] = list(c.selections)
-    return {"hook": hook, "hookInstance": str(uuid.uuid4()), "fhirServer": FHIR_BASE,
-            "fhirAuthorization": {"access_token": TOKEN, "token_type": "Bearer", "expires_in": 300,
-                                  "scope": "patient/*.read", "subject": "cds-service"},
-            "context": context, "prefetch": c.prefetch()}
+    return {
+        "hook": hook,
+        "hookInstance": str(uuid.uuid4()),
+        "fhirServer": FHIR_BASE,
+        "fhirAuthorization": {
+            "access_token": TOKEN,
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "scope": "patient/*.read",
+            "subject": "cds-service",
+        },
+        "context": context,
+        "prefetch": c.prefetch(),
+    }
 
 
 def valid_feedback() -> dict:
-    return {"feedback": [{"card": str(uuid.uuid4()), "outcome": "overridden",
-                          "overrideReason": {"reason": {"code": "not-relevant", "system": "https://ehr.example.org/r"},
-                                             "userComment": "seen before"},
-                          "outcomeTimestamp": "2026-11-02T10:05:31Z"}]}
+    return {
+        "feedback": [
+            {
+                "card": str(uuid.uuid4()),
+                "outcome": "overridden",
+                "overrideReason": {
+                    "reason": {"code": "not-relevant", "system": "https://ehr.example.org/r"},
+                    "userComment": "seen before",
+                },
+                "outcomeTimestamp": "2026-11-02T10:05:31Z",
+            }
+        ]
+    }
 
 
 def post_raw(client, url: str, data: bytes | str, content_type: str | None = "application/json", **kw):
@@ -115,6 +151,7 @@ def assert_no_leak(response) -> None:
 
 # ------------------------------------------------------------------------- size
 
+
 @pytest.mark.parametrize("url", URLS + FEEDBACK_URLS)
 def test_a_body_over_the_size_limit_is_413(client, url):
     body = json.dumps({"padding": "x" * MAX_BODY})
@@ -139,21 +176,30 @@ def test_a_chunked_body_over_the_limit_is_413_not_a_cut_body(client, size):
     reading at the limit; the service must not parse what it cut."""
     body = json.dumps(valid_request("patient-view")).encode()
     body += b" " * (size - len(body))
-    response = client.post(PATIENT_VIEW, input_stream=io.BytesIO(body), content_type="application/json",
-                           headers={"Transfer-Encoding": "chunked"},
-                           environ_overrides={"wsgi.input_terminated": True})
+    response = client.post(
+        PATIENT_VIEW,
+        input_stream=io.BytesIO(body),
+        content_type="application/json",
+        headers={"Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
     assert_refused(response, 413, "request_too_large")
 
 
 def test_a_chunked_body_within_the_limit_is_read(client):
     body = json.dumps(valid_request("patient-view")).encode()
-    response = client.post(PATIENT_VIEW, input_stream=io.BytesIO(body), content_type="application/json",
-                           headers={"Transfer-Encoding": "chunked"},
-                           environ_overrides={"wsgi.input_terminated": True})
+    response = client.post(
+        PATIENT_VIEW,
+        input_stream=io.BytesIO(body),
+        content_type="application/json",
+        headers={"Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
     assert response.status_code == 200 and response.get_json()["cards"]
 
 
 # ------------------------------------------------------------------------- not JSON
+
 
 def _valid_text() -> str:
     return json.dumps(valid_request("patient-view"))
@@ -168,7 +214,7 @@ NOT_JSON = {
     "only whitespace": b" \n\t ",
     "NaN literal": '{"hook": "patient-view", "hookInstance": NaN}',
     "Infinity literal": '{"hook": "patient-view", "prefetch": {"n": Infinity}}',
-    "-Infinity literal": '[-Infinity]',
+    "-Infinity literal": "[-Infinity]",
     "a float beyond double": '{"hook": "patient-view", "n": 1e999}',
     "an integer of 5000 digits": '{"n": ' + "9" * 5000 + "}",
     "single-quoted": "{'hook': 'patient-view'}",
@@ -215,11 +261,21 @@ def test_a_json_value_that_is_not_an_object_is_400_for_feedback(client, url, nam
 
 # ------------------------------------------------------------------------- content type
 
+
 @pytest.mark.parametrize("url", URLS + FEEDBACK_URLS)
-@pytest.mark.parametrize("content_type", [
-    None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
-    "application/xml", "text/json-ish", "application/jsonp", "application/octet-stream",
-])
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        None,
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/xml",
+        "text/json-ish",
+        "application/jsonp",
+        "application/octet-stream",
+    ],
+)
 def test_a_body_not_declared_as_json_is_415(client, url, content_type):
     body = json.dumps(valid_request("patient-view") if "feedback" not in url else valid_feedback())
     assert_refused(post_raw(client, url, body, content_type=content_type), 415, "unsupported_media_type")
@@ -229,8 +285,9 @@ def test_a_form_post_is_415(client):
     assert_refused(client.post(PATIENT_VIEW, data={"hook": "patient-view"}), 415, "unsupported_media_type")
 
 
-@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "application/fhir+json",
-                                          "APPLICATION/JSON"])
+@pytest.mark.parametrize(
+    "content_type", ["application/json; charset=utf-8", "application/fhir+json", "APPLICATION/JSON"]
+)
 def test_json_media_types_with_parameters_or_suffix_are_accepted(client, content_type):
     response = post_raw(client, PATIENT_VIEW, json.dumps(valid_request("patient-view")), content_type=content_type)
     assert response.status_code == 200 and response.get_json()["cards"]
@@ -243,13 +300,18 @@ def test_a_utf8_byte_order_mark_is_tolerated(client):
 
 # ------------------------------------------------------------------------- nesting and size of values
 
+
 @pytest.mark.parametrize("url", URLS + FEEDBACK_URLS)
-@pytest.mark.parametrize("text", [
-    "[" * 100_000,
-    "[" * 100_000 + "]" * 100_000,
-    '{"a":' * 100_000 + "1" + "}" * 100_000,
-    "[{" + '"a":[{' * 50_000 + "}]" * 50_000 + "}]",
-], ids=["open-arrays", "closed-arrays", "objects", "mixed"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 100_000,
+        "[" * 100_000 + "]" * 100_000,
+        '{"a":' * 100_000 + "1" + "}" * 100_000,
+        "[{" + '"a":[{' * 50_000 + "}]" * 50_000 + "}]",
+    ],
+    ids=["open-arrays", "closed-arrays", "objects", "mixed"],
+)
 def test_deeply_nested_json_is_400_not_a_crash(client, url, text):
     body = assert_refused(post_raw(client, url, text), 400, "invalid_json")
     assert "nested too deeply" in body["detail"]
@@ -257,8 +319,9 @@ def test_deeply_nested_json_is_400_not_a_crash(client, url, text):
 
 def test_deep_nesting_inside_a_valid_request_is_400(client):
     request = valid_request("patient-view")
-    text = json.dumps(request).replace('"resourceType": "Patient"', '"x": ' + "[" * 5000 + "]" * 5000
-                                       + ', "resourceType": "Patient"', 1)
+    text = json.dumps(request).replace(
+        '"resourceType": "Patient"', '"x": ' + "[" * 5000 + "]" * 5000 + ', "resourceType": "Patient"', 1
+    )
     assert_refused(post_raw(client, PATIENT_VIEW, text), 400, "invalid_json")
 
 
@@ -306,9 +369,17 @@ def test_a_huge_string_value_is_not_echoed(client):
 
 # ------------------------------------------------------------------------- routes and methods
 
-@pytest.mark.parametrize("path", ["/cds-services/no-such-service", "/cds-services/no-such-service/feedback",
-                                  "/cds-services/" + "x" * 5000, "/cds-services/%00%ff",
-                                  "/cds-services/hfs-outcomes-patient-view%2F..%2Fadmin"])
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/cds-services/no-such-service",
+        "/cds-services/no-such-service/feedback",
+        "/cds-services/" + "x" * 5000,
+        "/cds-services/%00%ff",
+        "/cds-services/hfs-outcomes-patient-view%2F..%2Fadmin",
+    ],
+)
 def test_an_unknown_service_is_404(client, path):
     response = post_raw(client, path, json.dumps(valid_request("patient-view")))
     assert_refused(response, 404)
@@ -332,18 +403,26 @@ def test_discovery_is_get_only(client, method):
     assert_refused(client.open("/cds-services", method=method, json={}), 405, "method_not_allowed")
 
 
-@pytest.mark.parametrize(("service_hook", "sent_hook"), [
-    (service_hook, sent_hook) for service_hook in SERVICES
-    for sent_hook in [*SERVICES, "medication-prescribe", "appointment-book", "Patient-View"] if sent_hook != service_hook])
+@pytest.mark.parametrize(
+    ("service_hook", "sent_hook"),
+    [
+        (service_hook, sent_hook)
+        for service_hook in SERVICES
+        for sent_hook in [*SERVICES, "medication-prescribe", "appointment-book", "Patient-View"]
+        if sent_hook != service_hook
+    ],
+)
 def test_a_request_for_another_hook_is_400_naming_the_hook_the_service_answers(client, service_hook, sent_hook):
     request = valid_request(sent_hook if sent_hook in SERVICES else "order-sign")
     request["hook"] = sent_hook
-    body = assert_refused(post_raw(client, f"/cds-services/{SERVICES[service_hook]}", json.dumps(request)), 400,
-                          "invalid_request")
+    body = assert_refused(
+        post_raw(client, f"/cds-services/{SERVICES[service_hook]}", json.dumps(request)), 400, "invalid_request"
+    )
     assert f"'{service_hook}' hook" in body["detail"]
 
 
 # ------------------------------------------------------------------------- the request's own fields
+
 
 def drop(path: str):
     def change(request):
@@ -352,6 +431,7 @@ def drop(path: str):
         for p in parents:
             target = target[p]
         del target[last]
+
     return change
 
 
@@ -362,6 +442,7 @@ def put(path: str, value):
         for p in parents:
             target = target[p]
         target[last] = copy.deepcopy(value)
+
     return change
 
 
@@ -415,34 +496,43 @@ INVALID_FIELDS = {
     "encounterId with a slash": applies(ALL, put("context.encounterId", "Encounter/e1"), "context.encounterId"),
     "a patient ordering": applies(ORDERS, put("context.userId", "Patient/pt-1"), "context.userId"),
     "draftOrders missing": applies(ORDERS, drop("context.draftOrders"), "context.draftOrders"),
-    "draftOrders not a Bundle": applies(ORDERS, put("context.draftOrders", {"resourceType": "ServiceRequest"}),
-                                        "context.draftOrders"),
+    "draftOrders not a Bundle": applies(
+        ORDERS, put("context.draftOrders", {"resourceType": "ServiceRequest"}), "context.draftOrders"
+    ),
     "draftOrders an array": applies(ORDERS, put("context.draftOrders", []), "context.draftOrders"),
     "draftOrders entry an object": applies(ORDERS, put("context.draftOrders.entry", {}), "context.draftOrders"),
-    "draftOrders entry without a resource": applies(ORDERS, put("context.draftOrders.entry", [{"fullUrl": "x"}]),
-                                                    "context.draftOrders.entry[0]"),
-    "draftOrders resource without a type": applies(ORDERS, put("context.draftOrders.entry", [{"resource": {"id": 1}}]),
-                                                   "context.draftOrders.entry[0]"),
+    "draftOrders entry without a resource": applies(
+        ORDERS, put("context.draftOrders.entry", [{"fullUrl": "x"}]), "context.draftOrders.entry[0]"
+    ),
+    "draftOrders resource without a type": applies(
+        ORDERS, put("context.draftOrders.entry", [{"resource": {"id": 1}}]), "context.draftOrders.entry[0]"
+    ),
     "selections missing": applies(("order-select",), drop("context.selections"), "context.selections"),
     "selections empty": applies(("order-select",), put("context.selections", []), "context.selections"),
-    "selections a string": applies(("order-select",), put("context.selections", "ServiceRequest/sr-1"),
-                                   "context.selections"),
+    "selections a string": applies(
+        ("order-select",), put("context.selections", "ServiceRequest/sr-1"), "context.selections"
+    ),
     "selections with a number": applies(("order-select",), put("context.selections", [1]), "context.selections"),
-    "selections naming no draft order": applies(("order-select",), put("context.selections", ["ServiceRequest/zz"]),
-                                                "context.selections[0]"),
+    "selections naming no draft order": applies(
+        ("order-select",), put("context.selections", ["ServiceRequest/zz"]), "context.selections[0]"
+    ),
     "prefetch an array": applies(ALL, put("prefetch", []), "'prefetch'"),
     "prefetch a string": applies(ALL, put("prefetch", "all"), "'prefetch'"),
     "prefetch key a string": applies(ALL, put("prefetch.conditions", "Condition?patient=1"), "prefetch 'conditions'"),
-    "prefetch key an array": applies(ALL, put("prefetch.conditions", [{"resourceType": "Condition"}]),
-                                     "prefetch 'conditions'"),
+    "prefetch key an array": applies(
+        ALL, put("prefetch.conditions", [{"resourceType": "Condition"}]), "prefetch 'conditions'"
+    ),
     "prefetch key a number": applies(ALL, put("prefetch.observations", 0), "prefetch 'observations'"),
     "extension an array": applies(ALL, put("extension", []), "'extension'"),
 }
 
 
 def field_cases():
-    return [pytest.param(hook, name, id=f"{hook}-{name.replace(' ', '_')}")
-            for name, (hooks, _, _) in INVALID_FIELDS.items() for hook in hooks]
+    return [
+        pytest.param(hook, name, id=f"{hook}-{name.replace(' ', '_')}")
+        for name, (hooks, _, _) in INVALID_FIELDS.items()
+        for hook in hooks
+    ]
 
 
 @pytest.mark.parametrize(("hook", "name"), field_cases())
@@ -450,8 +540,9 @@ def test_an_invalid_request_field_is_400_naming_the_field(client, hook, name):
     _, change, mentions = INVALID_FIELDS[name]
     request = valid_request(hook)
     change(request)
-    body = assert_refused(post_raw(client, f"/cds-services/{SERVICES[hook]}", json.dumps(request)), 400,
-                          "invalid_request")
+    body = assert_refused(
+        post_raw(client, f"/cds-services/{SERVICES[hook]}", json.dumps(request)), 400, "invalid_request"
+    )
     assert mentions in body["detail"], body["detail"]
 
 
@@ -484,9 +575,14 @@ ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 
 
 def hfs_condition(**overrides) -> dict:
-    resource = {"resourceType": "Condition", "id": "hfs-x", "subject": {"reference": f"Patient/{PATIENT_ID}"},
-                "clinicalStatus": {"coding": [{"system": CLINICAL, "code": "active"}]},
-                "code": {"coding": [{"system": ICD10CM, "code": "G51.31"}]}, "onsetDateTime": "2019-03-01"}
+    resource = {
+        "resourceType": "Condition",
+        "id": "hfs-x",
+        "subject": {"reference": f"Patient/{PATIENT_ID}"},
+        "clinicalStatus": {"coding": [{"system": CLINICAL, "code": "active"}]},
+        "code": {"coding": [{"system": ICD10CM, "code": "G51.31"}]},
+        "onsetDateTime": "2019-03-01",
+    }
     resource.update(overrides)
     return resource
 
@@ -497,28 +593,66 @@ BROKEN_RESOURCES = {
     "HFS Condition with clinicalStatus a string": ("conditions", hfs_condition(clinicalStatus="active")),
     "HFS Condition with code a list": ("conditions", hfs_condition(code=[{"system": ICD10CM, "code": "G51.31"}])),
     "HFS Condition with coding an object": ("conditions", hfs_condition(code={"coding": {"code": "G51.31"}})),
-    "HFS Condition with the code a number": ("conditions", hfs_condition(code={"coding": [{"system": ICD10CM,
-                                                                                           "code": 51.31}]})),
+    "HFS Condition with the code a number": (
+        "conditions",
+        hfs_condition(code={"coding": [{"system": ICD10CM, "code": 51.31}]}),
+    ),
     "HFS Condition with subject a string": ("conditions", hfs_condition(subject=f"Patient/{PATIENT_ID}")),
     "HFS Condition with an unknown element": ("conditions", hfs_condition(severityScore=9)),
     "Condition with a resourceType in lower case": ("conditions", {**hfs_condition(), "resourceType": "condition"}),
-    "Procedure with status 5": ("procedures", {"resourceType": "Procedure", "id": "p5", "status": 5,
-                                               "code": {"coding": [{"code": "00NM0ZZ"}]}}),
-    "MVD Procedure with performedPeriod a string": ("procedures", {
-        "resourceType": "Procedure", "id": "p6", "status": "completed", "performedPeriod": "2026-01-12",
-        "code": {"coding": [{"system": "http://www.cms.gov/Medicare/Coding/ICD10", "code": "00NM0ZZ"}]}}),
-    "Observation with valueQuantity a number": ("observations", {
-        "resourceType": "Observation", "id": "o1", "status": "final", "valueQuantity": 7,
-        "code": {"coding": [{"system": LOINC, "code": "72514-3"}]}}),
-    "Observation with status a list": ("observations", {
-        "resourceType": "Observation", "id": "o2", "status": ["final"], "valueInteger": 3,
-        "code": {"coding": [{"system": LOINC, "code": "72514-3"}]}}),
-    "MedicationRequest with the medication a string": ("medicationRequests", {
-        "resourceType": "MedicationRequest", "id": "m1", "status": "active", "intent": "order",
-        "medicationCodeableConcept": "carbamazepine"}),
-    "MedicationStatement with a huge text": ("medicationStatements", {
-        "resourceType": "MedicationStatement", "id": "m2", "status": "active",
-        "medicationCodeableConcept": {"text": "carbamazepine " * 20_000}}),
+    "Procedure with status 5": (
+        "procedures",
+        {"resourceType": "Procedure", "id": "p5", "status": 5, "code": {"coding": [{"code": "00NM0ZZ"}]}},
+    ),
+    "MVD Procedure with performedPeriod a string": (
+        "procedures",
+        {
+            "resourceType": "Procedure",
+            "id": "p6",
+            "status": "completed",
+            "performedPeriod": "2026-01-12",
+            "code": {"coding": [{"system": "http://www.cms.gov/Medicare/Coding/ICD10", "code": "00NM0ZZ"}]},
+        },
+    ),
+    "Observation with valueQuantity a number": (
+        "observations",
+        {
+            "resourceType": "Observation",
+            "id": "o1",
+            "status": "final",
+            "valueQuantity": 7,
+            "code": {"coding": [{"system": LOINC, "code": "72514-3"}]},
+        },
+    ),
+    "Observation with status a list": (
+        "observations",
+        {
+            "resourceType": "Observation",
+            "id": "o2",
+            "status": ["final"],
+            "valueInteger": 3,
+            "code": {"coding": [{"system": LOINC, "code": "72514-3"}]},
+        },
+    ),
+    "MedicationRequest with the medication a string": (
+        "medicationRequests",
+        {
+            "resourceType": "MedicationRequest",
+            "id": "m1",
+            "status": "active",
+            "intent": "order",
+            "medicationCodeableConcept": "carbamazepine",
+        },
+    ),
+    "MedicationStatement with a huge text": (
+        "medicationStatements",
+        {
+            "resourceType": "MedicationStatement",
+            "id": "m2",
+            "status": "active",
+            "medicationCodeableConcept": {"text": "carbamazepine " * 20_000},
+        },
+    ),
 }
 
 
@@ -534,12 +668,15 @@ def test_an_invalid_fhir_resource_in_the_prefetch_is_not_a_refusal(client, hook,
     assert_no_leak(response)
 
 
-@pytest.mark.parametrize("patient", [
-    {"resourceType": "Patient", "id": PATIENT_ID, "birthDate": "last spring", "gender": "F"},
-    {"resourceType": "Patient", "id": PATIENT_ID, "birthDate": {"year": 1960}, "gender": ["female"]},
-    {"resourceType": "Patient"},
-    {"resourceType": "Bundle", "type": "searchset", "entry": "x"},
-])
+@pytest.mark.parametrize(
+    "patient",
+    [
+        {"resourceType": "Patient", "id": PATIENT_ID, "birthDate": "last spring", "gender": "F"},
+        {"resourceType": "Patient", "id": PATIENT_ID, "birthDate": {"year": 1960}, "gender": ["female"]},
+        {"resourceType": "Patient"},
+        {"resourceType": "Bundle", "type": "searchset", "entry": "x"},
+    ],
+)
 def test_a_broken_patient_resource_is_not_a_refusal(client, patient):
     request = valid_request("patient-view")
     request["prefetch"]["patient"] = patient
@@ -554,27 +691,43 @@ def unreadable_section(card: dict) -> str:
 
 
 def yesterday() -> str:
-    return (datetime.now(timezone.utc).date() - timedelta(days=1)).isoformat()
+    return (datetime.now(UTC).date() - timedelta(days=1)).isoformat()
 
 
 def pain_observation(**overrides) -> dict:
-    resource = {"resourceType": "Observation", "id": "pain-x", "status": "final",
-                "code": {"coding": [{"system": LOINC, "code": "72514-3"}]},
-                "subject": {"reference": f"Patient/{PATIENT_ID}"}, "effectiveDateTime": yesterday(),
-                "valueQuantity": {"value": 7, "unit": "{score}", "system": "http://unitsofmeasure.org",
-                                  "code": "{score}"}}
+    resource = {
+        "resourceType": "Observation",
+        "id": "pain-x",
+        "status": "final",
+        "code": {"coding": [{"system": LOINC, "code": "72514-3"}]},
+        "subject": {"reference": f"Patient/{PATIENT_ID}"},
+        "effectiveDateTime": yesterday(),
+        "valueQuantity": {"value": 7, "unit": "{score}", "system": "http://unitsofmeasure.org", "code": "{score}"},
+    }
     resource.update(overrides)
     return resource
 
 
-@pytest.mark.parametrize(("broken", "reason"), [
-    (pain_observation(valueQuantity={"value": "seven", "unit": "{score}"}), "not valid FHIR R4"),
-    (pain_observation(valueQuantity={"value": 7, "unit": "kg", "system": "http://unitsofmeasure.org",
-                                     "code": "kg"}), "kg"),
-    (pain_observation(valueQuantity={"value": 70, "unit": "{score}", "system": "http://unitsofmeasure.org",
-                                     "code": "{score}"}), "outside the valid range"),
-    (pain_observation(effectiveDateTime="yesterday"), "not valid FHIR R4"),
-], ids=["value-a-string", "unit-kg", "out-of-range", "date-yesterday"])
+@pytest.mark.parametrize(
+    ("broken", "reason"),
+    [
+        (pain_observation(valueQuantity={"value": "seven", "unit": "{score}"}), "not valid FHIR R4"),
+        (
+            pain_observation(
+                valueQuantity={"value": 7, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"}
+            ),
+            "kg",
+        ),
+        (
+            pain_observation(
+                valueQuantity={"value": 70, "unit": "{score}", "system": "http://unitsofmeasure.org", "code": "{score}"}
+            ),
+            "outside the valid range",
+        ),
+        (pain_observation(effectiveDateTime="yesterday"), "not valid FHIR R4"),
+    ],
+    ids=["value-a-string", "unit-kg", "out-of-range", "date-yesterday"],
+)
 def test_an_mwa_order_with_an_unreadable_pain_score_says_the_pain_score_was_unreadable(client, broken, reason):
     c = Chart(patient_id=PATIENT_ID).condition(BONE_METASTASIS, onset="2026-01-01").order(MWA_THORACIC)
     c.resources.append(broken)
@@ -590,8 +743,9 @@ def test_an_mwa_order_with_an_unreadable_pain_score_says_the_pain_score_was_unre
 
 def test_a_newer_unreadable_pain_score_is_reported_next_to_the_readable_one_used(client):
     c = Chart(patient_id=PATIENT_ID).condition(BONE_METASTASIS, onset="2026-01-01")
-    c.resources.append(pain_observation(id="pain-ok", effectiveDateTime=(
-        datetime.now(timezone.utc).date() - timedelta(days=3)).isoformat()))
+    c.resources.append(
+        pain_observation(id="pain-ok", effectiveDateTime=(datetime.now(UTC).date() - timedelta(days=3)).isoformat())
+    )
     c.resources.append(pain_observation(id="pain-bad", valueQuantity={"value": [9], "unit": "{score}"}))
     response = post_raw(client, PATIENT_VIEW, json.dumps(valid_request("patient-view", c)))
 
@@ -601,18 +755,26 @@ def test_a_newer_unreadable_pain_score_is_reported_next_to_the_readable_one_used
     assert "**Latest pain score (0-10)**: recorded but unreadable" in unreadable_section(card)
 
 
-@pytest.mark.parametrize(("value", "reason"), [
-    ({"valueQuantity": {"value": "long", "unit": "min", "system": "http://unitsofmeasure.org", "code": "min"}},
-     "not valid FHIR R4"),
-    ({"valueQuantity": {"value": 45, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"}}, "kg"),
-    ({"valueQuantity": {"value": 99999, "unit": "min", "system": "http://unitsofmeasure.org", "code": "min"}},
-     "outside the valid range"),
-    ({"valueString": "forty-five minutes"}, "quantity"),
-], ids=["value-a-string", "unit-kg", "out-of-range", "free-text"])
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (
+            {"valueQuantity": {"value": "long", "unit": "min", "system": "http://unitsofmeasure.org", "code": "min"}},
+            "not valid FHIR R4",
+        ),
+        ({"valueQuantity": {"value": 45, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"}}, "kg"),
+        (
+            {"valueQuantity": {"value": 99999, "unit": "min", "system": "http://unitsofmeasure.org", "code": "min"}},
+            "outside the valid range",
+        ),
+        ({"valueString": "forty-five minutes"}, "quantity"),
+    ],
+    ids=["value-a-string", "unit-kg", "out-of-range", "free-text"],
+)
 def test_an_rfa_with_an_unreadable_operation_time_says_the_operation_time_was_unreadable(client, value, reason):
     """The RFA has a performed date but no period, so the operation time must come from an
     operation-time Observation of that day, and that one cannot be read."""
-    rfa_day = (datetime.now(timezone.utc).date() - timedelta(days=95)).isoformat()
+    rfa_day = (datetime.now(UTC).date() - timedelta(days=95)).isoformat()
     c = Chart(patient_id=PATIENT_ID).hfs(onset="2019-03-01").rfa(f"{rfa_day}T08:00:00Z")
     c.local_observation("operation-time", rfa_day, **value)
     response = post_raw(client, PATIENT_VIEW, json.dumps(valid_request("patient-view", c)))
@@ -626,10 +788,15 @@ def test_an_rfa_with_an_unreadable_operation_time_says_the_operation_time_was_un
 
 # ------------------------------------------------------------------------- feedback
 
+
 def entry(**overrides) -> dict:
     """One valid feedback entry; an override of `...` removes that member."""
-    base = {"card": str(uuid.uuid4()), "outcome": "accepted", "acceptedSuggestions": [{"id": "s-1"}],
-            "outcomeTimestamp": "2026-11-02T10:05:31Z"}
+    base = {
+        "card": str(uuid.uuid4()),
+        "outcome": "accepted",
+        "acceptedSuggestions": [{"id": "s-1"}],
+        "outcomeTimestamp": "2026-11-02T10:05:31Z",
+    }
     base.update(overrides)
     return {k: v for k, v in base.items() if v is not ...}
 
@@ -658,14 +825,18 @@ INVALID_FEEDBACK = {
     "suggestion id a number": {"feedback": [entry(acceptedSuggestions=[{"id": 5}])]},
     "accepted with an override reason": {"feedback": [entry(overrideReason={"userComment": "x"})]},
     "overridden with suggestions": {"feedback": [entry(outcome="overridden")]},
-    "override reason a string": {"feedback": [entry(outcome="overridden", acceptedSuggestions=...,
-                                                    overrideReason="not relevant")]},
-    "override coding without system": {"feedback": [entry(outcome="overridden", acceptedSuggestions=...,
-                                                          overrideReason={"reason": {"code": "x"}})]},
-    "comment with control characters": {"feedback": [entry(outcome="overridden", acceptedSuggestions=...,
-                                                           overrideReason={"userComment": "a\u0000b"})]},
-    "comment too long": {"feedback": [entry(outcome="overridden", acceptedSuggestions=...,
-                                            overrideReason={"userComment": "x" * 5000})]},
+    "override reason a string": {
+        "feedback": [entry(outcome="overridden", acceptedSuggestions=..., overrideReason="not relevant")]
+    },
+    "override coding without system": {
+        "feedback": [entry(outcome="overridden", acceptedSuggestions=..., overrideReason={"reason": {"code": "x"}})]
+    },
+    "comment with control characters": {
+        "feedback": [entry(outcome="overridden", acceptedSuggestions=..., overrideReason={"userComment": "a\u0000b"})]
+    },
+    "comment too long": {
+        "feedback": [entry(outcome="overridden", acceptedSuggestions=..., overrideReason={"userComment": "x" * 5000})]
+    },
     "unknown member": {"feedback": [entry(rating=5)]},
     "too many entries": {"feedback": [entry() for _ in range(101)]},
     "a second entry broken": {"feedback": [entry(), entry(card="nope")]},
@@ -687,13 +858,28 @@ def test_valid_feedback_is_accepted(client, url):
 # ------------------------------------------------------------------------- anything at all
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2 ** 70), 2 ** 70)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=30),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=30),
     lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12), children, max_size=5),
     max_leaves=25,
 )
-REQUEST_KEYS = st.sampled_from(["hook", "hookInstance", "fhirServer", "fhirAuthorization", "context",
-                                "prefetch", "extension", "feedback", "card", "outcome"])
+REQUEST_KEYS = st.sampled_from(
+    [
+        "hook",
+        "hookInstance",
+        "fhirServer",
+        "fhirAuthorization",
+        "context",
+        "prefetch",
+        "extension",
+        "feedback",
+        "card",
+        "outcome",
+    ]
+)
 
 
 def assert_answered(response) -> None:
@@ -706,8 +892,10 @@ def assert_answered(response) -> None:
 
 
 @settings(max_examples=150, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(url=st.sampled_from(URLS + FEEDBACK_URLS),
-       value=JSON_VALUES | st.dictionaries(REQUEST_KEYS, JSON_VALUES, max_size=6))
+@given(
+    url=st.sampled_from(URLS + FEEDBACK_URLS),
+    value=JSON_VALUES | st.dictionaries(REQUEST_KEYS, JSON_VALUES, max_size=6),
+)
 def test_any_json_value_posted_to_any_endpoint_gets_a_json_answer_below_500(client, url, value):
     assert_answered(post_raw(client, url, json.dumps(value)))
 
@@ -716,10 +904,10 @@ def paths_of(value, prefix=()):
     yield prefix
     if isinstance(value, dict):
         for key, child in value.items():
-            yield from paths_of(child, prefix + (key,))
+            yield from paths_of(child, (*prefix, key))
     elif isinstance(value, list):
         for index, child in enumerate(value):
-            yield from paths_of(child, prefix + (index,))
+            yield from paths_of(child, (*prefix, index))
 
 
 def replaced(value, path, new):

@@ -4,6 +4,7 @@ The last test of every run searches everything logged during the run (all logger
 levels, and the gunicorn service's log file) for every such value the tests sent; the
 others show that the guard (tests/log_guard.py) would see a leak if there were one.
 """
+
 from __future__ import annotations
 
 import logging
@@ -13,9 +14,8 @@ import sys
 import uuid
 from pathlib import Path
 
-import pytest
-
 import log_guard
+import pytest
 from log_guard import SELF_TEST_LOGGER, LogGuard
 
 JWT_LOOKING = (
@@ -79,10 +79,13 @@ def test_a_whole_registered_jwt_is_one_leak_not_also_a_jwt_shaped_one(planted):
 
 def test_a_hook_body_registers_its_patient_ids_and_token(planted):
     guard, _ = planted
-    log_guard.register_hook_body({
-        "context": {"patientId": "pid-93817", "userId": "Patient/upid-55123"},
-        "fhirAuthorization": {"access_token": "opaque-token-881"},
-    }, guard)
+    log_guard.register_hook_body(
+        {
+            "context": {"patientId": "pid-93817", "userId": "Patient/upid-55123"},
+            "fhirAuthorization": {"access_token": "opaque-token-881"},
+        },
+        guard,
+    )
     assert all(guard.is_registered(v) for v in ("pid-93817", "upid-55123", "opaque-token-881"))
     log_guard.register_authorization("Bearer plain-opaque-77", "fhir-token", guard)
     assert guard.is_registered("plain-opaque-77")
@@ -111,7 +114,7 @@ def test_a_watched_log_file_is_read_line_by_line(planted, tmp_path):
     patient_id = f"served-{uuid.uuid4().hex[:8]}"
     guard.sensitive(patient_id, "patient-id")
     log_file = tmp_path / "service.log"
-    log_file.write_text(f"INFO started\n127.0.0.1 \"GET /Patient/{patient_id}\" 200\n")
+    log_file.write_text(f'INFO started\n127.0.0.1 "GET /Patient/{patient_id}" 200\n')
     guard.watch_file(log_file)
     [leak] = guard.leaks()
     assert leak.kind == "patient-id" and f"{log_file} line 2" in leak.where
@@ -150,19 +153,22 @@ def test_the_session_guard_hears_every_logger_at_every_level():
 
 
 def test_what_reaches_the_service_is_registered_without_the_test_asking():
-    from cds_service.content.services import load_services
-    from cds_service.security.client_auth import ClientAuthError, verify_client_jwt
     from cds_service.config import DEFAULT_CARDS_DIR
+    from cds_service.content.services import load_services
     from cds_service.errors import ApiError
     from cds_service.http.hook_request import parse_hook_request
+    from cds_service.security.client_auth import ClientAuthError, verify_client_jwt
     from cds_service.security.trust import TrustConfig
 
     service = load_services(DEFAULT_CARDS_DIR / "services.toml")["hfs-outcomes-patient-view"]
     patient_id, token = f"reg-{uuid.uuid4().hex[:8]}", f"at-{uuid.uuid4().hex}"
-    body = {"hook": "patient-view", "hookInstance": "not-a-uuid",
-            "fhirServer": "https://ehr.example.org/fhir",
-            "fhirAuthorization": {"access_token": token, "token_type": "Bearer"},
-            "context": {"userId": "Practitioner/1", "patientId": patient_id}}
+    body = {
+        "hook": "patient-view",
+        "hookInstance": "not-a-uuid",
+        "fhirServer": "https://ehr.example.org/fhir",
+        "fhirAuthorization": {"access_token": token, "token_type": "Bearer"},
+        "context": {"userId": "Practitioner/1", "patientId": patient_id},
+    }
     with pytest.raises(ApiError):
         parse_hook_request(body, service)  # refused, but what it carried is registered
     assert log_guard.SESSION.is_registered(patient_id)
@@ -204,9 +210,23 @@ def test_a_leak_anywhere_in_a_run_fails_the_run_without_showing_the_value(tmp_pa
     (tmp_path / "test_zz_leaky.py").write_text(LEAKY_RUN)  # sorts after test_log_guard.py
     shutil.copy(here / "test_log_guard.py", tmp_path / "test_log_guard.py")
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--rootdir", str(tmp_path),
-         "-k", "not a_leak_anywhere_in_a_run", str(tmp_path)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "--rootdir",
+            str(tmp_path),
+            "-k",
+            "not a_leak_anywhere_in_a_run",
+            str(tmp_path),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={"PYTHONPATH": str(here), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
     )
     output = run.stdout + run.stderr
@@ -215,8 +235,10 @@ def test_a_leak_anywhere_in_a_run_fails_the_run_without_showing_the_value(tmp_pa
     assert "fhir-token in log record leaky.service DEBUG during test_zz_leaky.py::test_a_service_that_logs" in output
     # After the last test, in the session's teardown: reported by the plugin at the end.
     assert "log guard: secrets in the logs" in output
-    assert "patient-id in log record teardown.noise WARNING during session teardown" in output \
+    assert (
+        "patient-id in log record teardown.noise WARNING during session teardown" in output
         or "patient-id in log record teardown.noise WARNING during test_log_guard.py" in output
+    )
     # Neither the report nor pytest's display of the final test's captured log shows them.
     assert "leaky-token-4f9a21" not in output and "pid-771234" not in output
 

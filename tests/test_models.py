@@ -1,4 +1,5 @@
 """The model maths against values computed by hand."""
+
 import math
 
 import pytest

@@ -5,6 +5,7 @@ Each scenario below is one thing a CDS client does (open a chart, select an orde
 feedback, get something wrong); the app is the real one in development mode
 (`allow_unsigned`), with its store in a temporary instance folder.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,6 @@ from pathlib import Path
 
 import pytest
 from jsonschema import Draft202012Validator
-from schemathesis.specs.openapi.definitions import OPENAPI_31
-
 from openapi_support import (
     assert_documented,
     documented_operations,
@@ -26,6 +25,7 @@ from openapi_support import (
     schema_errors,
     validator_at,
 )
+from schemathesis.specs.openapi.definitions import OPENAPI_31
 
 SPEC_EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "cds-hooks-spec"
 
@@ -47,13 +47,15 @@ RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 
 # ------------------------------------------------------------------ patients
 
+
 def searchset(*resources: dict) -> dict:
     return {
         "resourceType": "Bundle",
         "type": "searchset",
         "total": len(resources),
-        "entry": [{"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": r, "search": {"mode": "match"}}
-                  for r in resources],
+        "entry": [
+            {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": r, "search": {"mode": "match"}} for r in resources
+        ],
     }
 
 
@@ -68,30 +70,59 @@ def hfs_patient_prefetch(patient_id: str = "hfs-1") -> dict:
     return {
         "patient": {"resourceType": "Patient", "id": patient_id, "gender": "female", "birthDate": "1967-04-02"},
         "conditions": searchset(
-            {"resourceType": "Condition", "id": "hfs", "subject": subject,
-             "clinicalStatus": coded("http://terminology.hl7.org/CodeSystem/condition-clinical", "active", "Active"),
-             "code": coded(ICD10CM, "G51.3", "Clonic hemifacial spasm"),
-             "onsetDateTime": "2017-06-15"},
-            {"resourceType": "Condition", "id": "htn", "subject": subject,
-             "clinicalStatus": coded("http://terminology.hl7.org/CodeSystem/condition-clinical", "active", "Active"),
-             "code": coded(ICD10CM, "I10", "Essential (primary) hypertension"),
-             "onsetDateTime": "2015-01-10"},
+            {
+                "resourceType": "Condition",
+                "id": "hfs",
+                "subject": subject,
+                "clinicalStatus": coded("http://terminology.hl7.org/CodeSystem/condition-clinical", "active", "Active"),
+                "code": coded(ICD10CM, "G51.3", "Clonic hemifacial spasm"),
+                "onsetDateTime": "2017-06-15",
+            },
+            {
+                "resourceType": "Condition",
+                "id": "htn",
+                "subject": subject,
+                "clinicalStatus": coded("http://terminology.hl7.org/CodeSystem/condition-clinical", "active", "Active"),
+                "code": coded(ICD10CM, "I10", "Essential (primary) hypertension"),
+                "onsetDateTime": "2015-01-10",
+            },
         ),
         "procedures": searchset(
-            {"resourceType": "Procedure", "id": "mvd", "subject": subject, "status": "completed",
-             "code": coded(ICD10PCS, "00NM0ZZ", "Release Facial Nerve, Open Approach"),
-             "performedPeriod": {"start": "2023-05-10T08:00:00Z", "end": "2023-05-10T11:30:00Z"}},
+            {
+                "resourceType": "Procedure",
+                "id": "mvd",
+                "subject": subject,
+                "status": "completed",
+                "code": coded(ICD10PCS, "00NM0ZZ", "Release Facial Nerve, Open Approach"),
+                "performedPeriod": {"start": "2023-05-10T08:00:00Z", "end": "2023-05-10T11:30:00Z"},
+            },
         ),
         "observations": searchset(
-            {"resourceType": "Observation", "id": "pain", "subject": subject, "status": "final",
-             "code": coded(LOINC, "72514-3", "Pain severity - 0-10 verbal numeric rating [Score] - Reported"),
-             "effectiveDateTime": "2024-11-02T10:00:00Z",
-             "valueQuantity": {"value": 2, "unit": "{score}", "system": "http://unitsofmeasure.org", "code": "{score}"}},
+            {
+                "resourceType": "Observation",
+                "id": "pain",
+                "subject": subject,
+                "status": "final",
+                "code": coded(LOINC, "72514-3", "Pain severity - 0-10 verbal numeric rating [Score] - Reported"),
+                "effectiveDateTime": "2024-11-02T10:00:00Z",
+                "valueQuantity": {
+                    "value": 2,
+                    "unit": "{score}",
+                    "system": "http://unitsofmeasure.org",
+                    "code": "{score}",
+                },
+            },
         ),
         "medicationRequests": searchset(
-            {"resourceType": "MedicationRequest", "id": "cbz", "subject": subject, "status": "active",
-             "intent": "order", "authoredOn": "2017-07-01",
-             "medicationCodeableConcept": coded(RXNORM, "2002", "carbamazepine")},
+            {
+                "resourceType": "MedicationRequest",
+                "id": "cbz",
+                "subject": subject,
+                "status": "active",
+                "intent": "order",
+                "authoredOn": "2017-07-01",
+                "medicationCodeableConcept": coded(RXNORM, "2002", "carbamazepine"),
+            },
         ),
         "medicationStatements": None,
     }
@@ -101,26 +132,50 @@ def synthea_like_prefetch(patient_id: str = "5c2f6a7e-1b0d-4c1e-9a63-0a2d2f1c9e1
     """An ordinary primary-care record of the kind Synthea writes: no hemifacial spasm."""
     subject = {"reference": f"urn:uuid:{patient_id}"}
     return {
-        "patient": {"resourceType": "Patient", "id": patient_id, "gender": "male", "birthDate": "1980-09-12",
-                    "name": [{"use": "official", "family": "Koepp", "given": ["Abdul"]}]},
+        "patient": {
+            "resourceType": "Patient",
+            "id": patient_id,
+            "gender": "male",
+            "birthDate": "1980-09-12",
+            "name": [{"use": "official", "family": "Koepp", "given": ["Abdul"]}],
+        },
         "conditions": searchset(
-            {"resourceType": "Condition", "id": "c1", "subject": subject,
-             "code": coded(SNOMED, "444814009", "Viral sinusitis (disorder)"),
-             "onsetDateTime": "2012-02-03T10:11:12+01:00", "abatementDateTime": "2012-02-17T10:11:12+01:00"},
-            {"resourceType": "Condition", "id": "c2", "subject": subject,
-             "code": coded(SNOMED, "162864005", "Body mass index 30+ - obesity (finding)"),
-             "onsetDateTime": "2015-06-01T09:00:00+01:00"},
+            {
+                "resourceType": "Condition",
+                "id": "c1",
+                "subject": subject,
+                "code": coded(SNOMED, "444814009", "Viral sinusitis (disorder)"),
+                "onsetDateTime": "2012-02-03T10:11:12+01:00",
+                "abatementDateTime": "2012-02-17T10:11:12+01:00",
+            },
+            {
+                "resourceType": "Condition",
+                "id": "c2",
+                "subject": subject,
+                "code": coded(SNOMED, "162864005", "Body mass index 30+ - obesity (finding)"),
+                "onsetDateTime": "2015-06-01T09:00:00+01:00",
+            },
         ),
         "procedures": searchset(
-            {"resourceType": "Procedure", "id": "p1", "subject": subject, "status": "completed",
-             "code": coded(SNOMED, "430193006", "Medication Reconciliation (procedure)"),
-             "performedPeriod": {"start": "2019-03-01T09:00:00+01:00", "end": "2019-03-01T09:15:00+01:00"}},
+            {
+                "resourceType": "Procedure",
+                "id": "p1",
+                "subject": subject,
+                "status": "completed",
+                "code": coded(SNOMED, "430193006", "Medication Reconciliation (procedure)"),
+                "performedPeriod": {"start": "2019-03-01T09:00:00+01:00", "end": "2019-03-01T09:15:00+01:00"},
+            },
         ),
         "observations": searchset(
-            {"resourceType": "Observation", "id": "o1", "subject": subject, "status": "final",
-             "code": coded(LOINC, "8302-2", "Body Height"),
-             "effectiveDateTime": "2019-03-01T09:00:00+01:00",
-             "valueQuantity": {"value": 178.2, "unit": "cm", "system": "http://unitsofmeasure.org", "code": "cm"}},
+            {
+                "resourceType": "Observation",
+                "id": "o1",
+                "subject": subject,
+                "status": "final",
+                "code": coded(LOINC, "8302-2", "Body Height"),
+                "effectiveDateTime": "2019-03-01T09:00:00+01:00",
+                "valueQuantity": {"value": 178.2, "unit": "cm", "system": "http://unitsofmeasure.org", "code": "cm"},
+            },
         ),
         "medicationRequests": searchset(),
         "medicationStatements": searchset(),
@@ -131,11 +186,18 @@ def mvd_draft_orders(patient_id: str = "hfs-1") -> dict:
     return {
         "resourceType": "Bundle",
         "type": "collection",
-        "entry": [{"resource": {
-            "resourceType": "ServiceRequest", "id": "mvd-order", "status": "draft", "intent": "order",
-            "subject": {"reference": f"Patient/{patient_id}"},
-            "code": coded(CPT, "61458", "Craniectomy for exploration or decompression of cranial nerves"),
-        }}],
+        "entry": [
+            {
+                "resource": {
+                    "resourceType": "ServiceRequest",
+                    "id": "mvd-order",
+                    "status": "draft",
+                    "intent": "order",
+                    "subject": {"reference": f"Patient/{patient_id}"},
+                    "code": coded(CPT, "61458", "Craniectomy for exploration or decompression of cranial nerves"),
+                }
+            }
+        ],
     }
 
 
@@ -155,8 +217,9 @@ def patient_view(prefetch: dict, patient_id: str) -> dict:
 
 
 def order_select(prefetch: dict | None) -> dict:
-    return hook_request("order-select", prefetch=prefetch,
-                        selections=["ServiceRequest/mvd-order"], draftOrders=mvd_draft_orders())
+    return hook_request(
+        "order-select", prefetch=prefetch, selections=["ServiceRequest/mvd-order"], draftOrders=mvd_draft_orders()
+    )
 
 
 def feedback_body(card_uuid: str, outcome: str = "overridden") -> dict:
@@ -170,6 +233,7 @@ def feedback_body(card_uuid: str, outcome: str = "overridden") -> dict:
 
 # ------------------------------------------------------------------ app
 
+
 @pytest.fixture
 def make_client(tmp_path):
     """A test client of the real app in development mode; overrides go to create_app."""
@@ -179,6 +243,7 @@ def make_client(tmp_path):
         instance = tmp_path / f"instance-{len(list(tmp_path.iterdir()))}"
         app = create_app(instance_path=instance, allow_unsigned=True, **overrides)
         return app.test_client()
+
     return make
 
 
@@ -205,6 +270,7 @@ def _bad_token(template: str, method: str, body: dict | None = None):
     def run(make):
         headers = {"Authorization": "Bearer eyJhbGciOiJFUzM4NCJ9.eyJpc3MiOiJ4In0.c2lnbmF0dXJl"}
         return make().open(url(template), method=method, json=body, headers=headers)
+
     return run
 
 
@@ -225,6 +291,7 @@ def _invalid_hook_request(make):
 def _unknown_service(template: str):
     def run(make):
         return make().post(url(template, "no-such-service"), json=feedback_body(str(uuid.uuid4())))
+
     return run
 
 
@@ -232,12 +299,14 @@ def _too_large(template: str):
     def run(make):
         body = json.dumps({"padding": "x" * 8192})
         return make(max_body_bytes=2048).post(url(template), data=body, content_type="application/json")
+
     return run
 
 
 def _not_json(template: str):
     def run(make):
         return make().post(url(template), data="hook=patient-view", content_type="application/x-www-form-urlencoded")
+
     return run
 
 
@@ -253,15 +322,20 @@ def _invalid_feedback(make):
 
 def _preflight(template: str):
     def run(make):
-        headers = {"Origin": EHR_ORIGIN, "Access-Control-Request-Method": "POST",
-                   "Access-Control-Request-Headers": "authorization, content-type"}
+        headers = {
+            "Origin": EHR_ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        }
         return make(cors_origins=(EHR_ORIGIN,)).options(url(template), headers=headers)
+
     return run
 
 
 def _plain_options(template: str):
     def run(make):
         return make().options(url(template))
+
     return run
 
 
@@ -315,12 +389,16 @@ def test_the_scenarios_cover_every_documented_status():
 
 # ------------------------------------------------------------------ the clinical calls
 
+
 def test_discovery_lists_every_service_with_its_hook_and_prefetch_templates(client):
     response = client.get(DISCOVERY)
     assert_documented(DISCOVERY, "GET", response)
     services = {s["id"]: s for s in response.get_json()["services"]}
     assert {services[i]["hook"] for i in (PATIENT_VIEW, ORDER_SELECT, ORDER_SIGN)} == {
-        "patient-view", "order-select", "order-sign"}
+        "patient-view",
+        "order-select",
+        "order-sign",
+    }
     for service in services.values():
         assert service["prefetch"]["conditions"] == "Condition?patient={{context.patientId}}"
         assert all("{{context.patientId}}" in query for query in service["prefetch"].values())
@@ -384,8 +462,7 @@ def test_a_hook_request_for_another_hook_is_a_400_invalid_request(client):
 def test_feedback_on_a_card_just_issued_is_stored(client):
     cards = client.post(url(CALL), json=patient_view(hfs_patient_prefetch(), "hfs-1")).get_json()["cards"]
     card_uuid = cards[0]["uuid"] if cards else str(uuid.uuid4())
-    body = {"feedback": [feedback_body(card_uuid)["feedback"][0],
-                         feedback_body(card_uuid, "accepted")["feedback"][0]]}
+    body = {"feedback": [feedback_body(card_uuid)["feedback"][0], feedback_body(card_uuid, "accepted")["feedback"][0]]}
     response = client.post(url(FEEDBACK), json=body)
     assert response.status_code == 200, response.get_data(as_text=True)
     assert_documented(FEEDBACK, "POST", response)
@@ -400,8 +477,9 @@ def test_feedback_that_is_not_json_is_a_400_invalid_json(client):
 
 
 def test_a_refused_token_gets_a_bare_401_with_a_bearer_challenge(client):
-    response = client.post(url(CALL), json=patient_view(hfs_patient_prefetch(), "hfs-1"),
-                           headers={"Authorization": "Bearer not-a-jwt"})
+    response = client.post(
+        url(CALL), json=patient_view(hfs_patient_prefetch(), "hfs-1"), headers={"Authorization": "Bearer not-a-jwt"}
+    )
     assert response.status_code == 401
     assert_documented(CALL, "POST", response)
     assert response.get_json() == {"error": "unauthorized"}
@@ -417,6 +495,7 @@ def test_a_preflight_from_an_allowed_origin_carries_the_cors_headers(make_client
 
 
 # ------------------------------------------------------------------ the contract itself
+
 
 def flask_operations(app) -> set[tuple[str, str]]:
     operations = set()
@@ -436,7 +515,7 @@ def test_every_route_of_the_app_is_in_the_contract_and_every_operation_is_served
 def test_the_contract_is_a_valid_openapi_3_1_document():
     errors = [e.message[:300] for e in Draft202012Validator(OPENAPI_31).iter_errors(load_contract())]
     assert errors == []
-    for name, schema in load_contract()["components"]["schemas"].items():
+    for _name, schema in load_contract()["components"]["schemas"].items():
         Draft202012Validator.check_schema(schema)
 
 
@@ -449,7 +528,8 @@ def test_every_operation_documents_json_errors_with_the_error_schema():
             assert {200, 401, 500} <= statuses, (path, method)
             for status in statuses - {200, 401}:
                 assert response_errors(path, method, status, {"error": "x", "detail": "y"}) != [], (
-                    f"{method} {path} {status} should restrict the error code")
+                    f"{method} {path} {status} should restrict the error code"
+                )
 
 
 def _media_examples(media: dict):
@@ -489,6 +569,7 @@ def test_the_error_schemas_refuse_nulls_extra_members_and_stack_traces():
 
 
 # ------------------------------------------------------------------ the specification's examples
+
 
 def spec_example(name: str) -> dict:
     return json.loads((SPEC_EXAMPLES / name).read_text(encoding="utf-8"))
@@ -535,13 +616,16 @@ def test_the_abridged_extension_example_misses_only_the_patient_id():
     assert schema_errors("HookRequest", example) == []
 
 
-@pytest.mark.parametrize("name, hook", [
-    ("example-order-select-1.json", "order-select"),
-    ("example-order-select-2.json", "order-select"),
-    ("example-order-select-3.json", "order-select"),
-    ("example-order-sign-1.json", "order-sign"),
-    ("example-order-sign-2.json", "order-sign"),
-])
+@pytest.mark.parametrize(
+    "name, hook",
+    [
+        ("example-order-select-1.json", "order-select"),
+        ("example-order-select-2.json", "order-select"),
+        ("example-order-select-3.json", "order-select"),
+        ("example-order-sign-1.json", "order-sign"),
+        ("example-order-sign-2.json", "order-sign"),
+    ],
+)
 def test_the_hook_librarys_order_contexts_fit_the_hook_request_schema(name, hook):
     body = {"hook": hook, "hookInstance": str(uuid.uuid4()), "context": spec_example(name)["context"]}
     assert schema_errors("HookRequest", body) == []
@@ -553,8 +637,16 @@ def test_the_hook_request_schema_refuses_what_the_service_refuses():
     wrong_user = json.loads(json.dumps(good))
     wrong_user["context"]["userId"] = "Device/1"
     assert schema_errors("HookRequest", wrong_user)
-    token_without_server = dict(good, fhirAuthorization={
-        "access_token": "t", "token_type": "Bearer", "expires_in": 300, "scope": "user/*.read", "subject": "cds"})
+    token_without_server = dict(
+        good,
+        fhirAuthorization={
+            "access_token": "t",
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "scope": "user/*.read",
+            "subject": "cds",
+        },
+    )
     assert schema_errors("HookRequest", token_without_server)
     bad_prefetch = dict(good, prefetch={"conditions": "Condition?patient=1"})
     assert schema_errors("HookRequest", bad_prefetch)

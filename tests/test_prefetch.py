@@ -1,4 +1,5 @@
 """Prefetch: what the client sent is used, what it did not send is fetched, within one budget."""
+
 from __future__ import annotations
 
 import json
@@ -9,11 +10,13 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from hypothesis import given, settings as hyp_settings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 from werkzeug import Response
 
-from cds_service.content.services import PrefetchTemplate, ServiceDefinition, load_services
 from cds_service.config import DEFAULT_CARDS_DIR, Settings
+from cds_service.content.services import PrefetchTemplate, ServiceDefinition, load_services
 from cds_service.errors import ApiError
 from cds_service.fhir.client import FhirAccess
 from cds_service.fhir.prefetch import PrefetchResult, TemplateError, render_template, resolve
@@ -29,6 +32,7 @@ SEARCH_KEYS = ("conditions", "procedures", "observations", "medicationRequests",
 @dataclass(frozen=True)
 class Request:
     """What hooks.HookRequest carries (only the attributes prefetch reads matter)."""
+
     context: dict
     fhir_server: str | None = None
     access_token: str | None = None
@@ -59,8 +63,13 @@ def hold(fhir_stub):
 
 
 def service(*templates: tuple[str, str, bool]) -> ServiceDefinition:
-    return ServiceDefinition(id="svc", hook="patient-view", title="t", description="d",
-                             prefetch=tuple(PrefetchTemplate(k, q, r) for k, q, r in templates))
+    return ServiceDefinition(
+        id="svc",
+        hook="patient-view",
+        title="t",
+        description="d",
+        prefetch=tuple(PrefetchTemplate(k, q, r) for k, q, r in templates),
+    )
 
 
 def base(server) -> str:
@@ -85,15 +94,21 @@ def patient() -> dict:
 def full_prefetch() -> dict:
     return {
         "patient": patient(),
-        **{key: searchset(resource(kind)) for key, kind in zip(
-            SEARCH_KEYS, ("Condition", "Procedure", "Observation", "MedicationRequest", "MedicationStatement"))},
+        **{
+            key: searchset(resource(kind))
+            for key, kind in zip(
+                SEARCH_KEYS, ("Condition", "Procedure", "Observation", "MedicationRequest", "MedicationStatement")
+            )
+        },
     }
 
 
-def serve_everything(server, delay: float = 0.0, hold: threading.Event | None = None,
-                     statuses: dict[str, int] | None = None) -> None:
+def serve_everything(
+    server, delay: float = 0.0, hold: threading.Event | None = None, statuses: dict[str, int] | None = None
+) -> None:
     """A FHIR server holding one resource of each type for the patient; `statuses` makes
     the searches of some resource types fail with that status."""
+
     def answer(request):
         if delay:
             (hold or threading.Event()).wait(delay)
@@ -110,31 +125,40 @@ def serve_everything(server, delay: float = 0.0, hold: threading.Event | None = 
 
 # -- render_template ----------------------------------------------------------------
 
+
 def test_context_fields_are_substituted_in_a_read_path_and_in_a_query():
     context = {"patientId": "123", "encounterId": "enc-9"}
     assert render_template("Patient/{{context.patientId}}", context) == "Patient/123"
-    assert (render_template("Encounter?patient={{context.patientId}}&_id={{ context.encounterId }}", context)
-            == "Encounter?patient=123&_id=enc-9")
+    assert (
+        render_template("Encounter?patient={{context.patientId}}&_id={{ context.encounterId }}", context)
+        == "Encounter?patient=123&_id=enc-9"
+    )
 
 
-@pytest.mark.parametrize("user, token, value", [
-    ("Practitioner/abc", "userPractitionerId", "abc"),
-    ("PractitionerRole/role-7", "userPractitionerRoleId", "role-7"),
-    ("Patient/p-1", "userPatientId", "p-1"),
-    ("RelatedPerson/rp.2", "userRelatedPersonId", "rp.2"),
-])
+@pytest.mark.parametrize(
+    "user, token, value",
+    [
+        ("Practitioner/abc", "userPractitionerId", "abc"),
+        ("PractitionerRole/role-7", "userPractitionerRoleId", "role-7"),
+        ("Patient/p-1", "userPatientId", "p-1"),
+        ("RelatedPerson/rp.2", "userRelatedPersonId", "rp.2"),
+    ],
+)
 def test_user_tokens_take_the_id_of_the_user_of_that_type(user, token, value):
     assert render_template(f"X?who={{{{{token}}}}}", {"userId": user}) == f"X?who={value}"
 
 
-@pytest.mark.parametrize("user, token", [
-    ("Practitioner/abc", "userPatientId"),
-    ("Patient/p-1", "userPractitionerId"),
-    ("PractitionerRole/r", "userPractitionerId"),
-    ("abc", "userPractitionerId"),
-    ("Practitioner/", "userPractitionerId"),
-    (None, "userPractitionerId"),
-])
+@pytest.mark.parametrize(
+    "user, token",
+    [
+        ("Practitioner/abc", "userPatientId"),
+        ("Patient/p-1", "userPractitionerId"),
+        ("PractitionerRole/r", "userPractitionerId"),
+        ("abc", "userPractitionerId"),
+        ("Practitioner/", "userPractitionerId"),
+        (None, "userPractitionerId"),
+    ],
+)
 def test_a_user_token_for_a_user_of_another_type_cannot_be_rendered(user, token):
     context = {} if user is None else {"userId": user}
     with pytest.raises(TemplateError):
@@ -165,26 +189,32 @@ def test_a_read_path_value_is_encoded_as_one_segment():
     assert render_template("Patient/{{context.patientId}}", {"patientId": "a?b=c"}) == "Patient/a%3Fb%3Dc"
 
 
-@pytest.mark.parametrize("field_name, value", [
-    ("selections", ["MedicationRequest/1"]),
-    ("draftOrders", {"resourceType": "Bundle", "entry": []}),
-    ("patientId", None),
-    ("patientId", ""),
-    ("patientId", "   "),
-])
+@pytest.mark.parametrize(
+    "field_name, value",
+    [
+        ("selections", ["MedicationRequest/1"]),
+        ("draftOrders", {"resourceType": "Bundle", "entry": []}),
+        ("patientId", None),
+        ("patientId", ""),
+        ("patientId", "   "),
+    ],
+)
 def test_non_primitive_or_empty_context_fields_cannot_be_rendered(field_name, value):
     with pytest.raises(TemplateError):
         render_template(f"X?v={{{{context.{field_name}}}}}", {field_name: value})
 
 
-@pytest.mark.parametrize("template", [
-    "X?v={{context.draftOrders.id}}",
-    "X?v={{context.missing}}",
-    "X?v={{context.}}",
-    "X?v={{patientId}}",
-    "X?v={{context.patientId}",
-    "X?v={context.patientId}}",
-])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "X?v={{context.draftOrders.id}}",
+        "X?v={{context.missing}}",
+        "X?v={{context.}}",
+        "X?v={{patientId}}",
+        "X?v={{context.patientId}",
+        "X?v={context.patientId}}",
+    ],
+)
 def test_unknown_nested_or_malformed_tokens_cannot_be_rendered(template):
     with pytest.raises(TemplateError):
         render_template(template, {"patientId": "1", "draftOrders": {"id": "b"}})
@@ -195,10 +225,14 @@ def test_numbers_and_booleans_are_rendered_as_in_json():
 
 
 def test_a_template_without_tokens_is_left_alone():
-    assert render_template("Medication?code=http://snomed.info/sct|123", {}) == "Medication?code=http://snomed.info/sct|123"
+    assert (
+        render_template("Medication?code=http://snomed.info/sct|123", {})
+        == "Medication?code=http://snomed.info/sct|123"
+    )
 
 
 # -- what the client sent -----------------------------------------------------------
+
 
 def test_a_fully_prefetched_request_uses_the_data_as_sent_and_fetches_nothing(fhir_stub, access):
     sent = full_prefetch()
@@ -228,13 +262,16 @@ def test_a_required_key_sent_as_null_is_not_a_412():
     assert result.data["conditions"] is None and result.unavailable == {}
 
 
-@pytest.mark.parametrize("sent_value", [
-    {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "processing"}]},
-    [],
-    "Bundle",
-    {"entry": []},
-    {"resourceType": None},
-])
+@pytest.mark.parametrize(
+    "sent_value",
+    [
+        {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "processing"}]},
+        [],
+        "Bundle",
+        {"entry": []},
+        {"resourceType": None},
+    ],
+)
 def test_an_operation_outcome_or_a_non_resource_is_fetched_instead(fhir_stub, access, sent_value):
     serve_everything(fhir_stub)
     sent = {**full_prefetch(), "conditions": sent_value}
@@ -242,14 +279,17 @@ def test_an_operation_outcome_or_a_non_resource_is_fetched_instead(fhir_stub, ac
     result = resolve(PATIENT_VIEW, request, access())
     assert result.fetched == ("conditions",)
     assert result.data["conditions"]["entry"][0]["resource"]["resourceType"] == "Condition"
-    (req, _), = fhir_stub.log
+    ((req, _),) = fhir_stub.log
     assert req.path == "/fhir/Condition" and req.headers["Authorization"] == f"Bearer {TOKEN}"
 
 
 def test_every_absent_key_is_fetched_with_the_bearer_token(fhir_stub, access):
     serve_everything(fhir_stub)
-    request = Request(context={"patientId": PATIENT_ID, "userId": "Practitioner/doc-1"},
-                      fhir_server=base(fhir_stub) + "/", access_token=TOKEN)
+    request = Request(
+        context={"patientId": PATIENT_ID, "userId": "Practitioner/doc-1"},
+        fhir_server=base(fhir_stub) + "/",
+        access_token=TOKEN,
+    )
     result = resolve(PATIENT_VIEW, request, access())
     assert result.fetched == ("patient", *SEARCH_KEYS)
     assert result.unavailable == {} and result.incomplete == {}
@@ -267,6 +307,7 @@ def test_without_an_access_token_the_fetch_carries_no_authorization(fhir_stub, a
 
 
 # -- required and optional ----------------------------------------------------------
+
 
 def test_a_required_key_neither_sent_nor_fetchable_is_412_naming_the_key():
     sent = {k: v for k, v in full_prefetch().items() if k != "procedures"}
@@ -289,9 +330,13 @@ def test_an_optional_key_that_cannot_be_had_is_recorded_and_the_call_goes_on():
 @pytest.mark.parametrize("status", [401, 403, 404, 500])
 def test_a_required_search_the_server_refuses_is_412_with_a_safe_reason(fhir_stub, access, caplog, status):
     fhir_stub.expect_request("/fhir/Condition").respond_with_json(
-        {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "login",
-                                                         "diagnostics": f"{TOKEN} {PATIENT_ID}"}]},
-        status=status, content_type=FHIR)
+        {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": "login", "diagnostics": f"{TOKEN} {PATIENT_ID}"}],
+        },
+        status=status,
+        content_type=FHIR,
+    )
     sent = {k: v for k, v in full_prefetch().items() if k != "conditions"}
     request = Request(context={"patientId": PATIENT_ID}, fhir_server=base(fhir_stub), access_token=TOKEN, prefetch=sent)
     caplog.set_level(logging.DEBUG)
@@ -323,14 +368,21 @@ def test_a_patient_read_answered_404_is_no_data(fhir_stub, access):
 
 
 def test_a_template_that_cannot_be_rendered_makes_its_key_unavailable(fhir_stub, access):
-    svc = service(("draft", "MedicationRequest?_id={{context.draftOrders}}", False),
-                  ("sel", "MedicationRequest?_id={{context.selections}}", True))
-    request = Request(context={"patientId": "1", "selections": ["MedicationRequest/1"],
-                               "draftOrders": {"resourceType": "Bundle"}},
-                      fhir_server=base(fhir_stub), access_token=TOKEN)
+    svc = service(
+        ("draft", "MedicationRequest?_id={{context.draftOrders}}", False),
+        ("sel", "MedicationRequest?_id={{context.selections}}", True),
+    )
+    request = Request(
+        context={"patientId": "1", "selections": ["MedicationRequest/1"], "draftOrders": {"resourceType": "Bundle"}},
+        fhir_server=base(fhir_stub),
+        access_token=TOKEN,
+    )
     with pytest.raises(ApiError) as caught:
         resolve(svc, request, access())
-    assert "sel (MedicationRequest search): cannot build the query: context.selections is not a primitive" in caught.value.detail
+    assert (
+        "sel (MedicationRequest search): cannot build the query: context.selections is not a primitive"
+        in caught.value.detail
+    )
     assert fhir_stub.log == []
 
 
@@ -350,6 +402,7 @@ def test_a_fhir_server_that_is_not_http_is_refused():
 
 
 # -- time ---------------------------------------------------------------------------
+
 
 def test_missing_keys_are_fetched_concurrently(fhir_stub, access, hold):
     serve_everything(fhir_stub, delay=0.5, hold=hold)
@@ -376,6 +429,7 @@ def test_a_server_slower_than_the_budget_ends_the_call_within_the_budget(fhir_st
 
 def test_the_budget_is_one_deadline_for_the_whole_call(fhir_stub, access, hold):
     """Pages fetched one after the other share the deadline: 3 pages of 0.3 s do not fit in 0.5 s."""
+
     def page(request):
         hold.wait(0.3)
         n = int(request.args.get("page", "1"))
@@ -402,12 +456,16 @@ def test_an_explicit_deadline_from_the_caller_is_honoured(fhir_stub, access, hol
 
 # -- paging -------------------------------------------------------------------------
 
+
 def paged_conditions(server, pages: int) -> None:
     def page(request):
         n = int(request.args.get("page", "1"))
         nxt = server.url_for("/fhir/Condition") + f"?page={n + 1}" if n < pages else None
-        return Response(json.dumps(searchset(resource("Condition", 2 * n - 1), resource("Condition", 2 * n),
-                                             next_url=nxt)), content_type=FHIR)
+        return Response(
+            json.dumps(searchset(resource("Condition", 2 * n - 1), resource("Condition", 2 * n), next_url=nxt)),
+            content_type=FHIR,
+        )
+
     server.expect_request("/fhir/Condition").respond_with_handler(page)
 
 
@@ -436,11 +494,13 @@ def test_paging_is_bounded_by_max_pages_and_recorded_as_incomplete(fhir_stub, ac
 
 
 def test_a_next_link_to_another_server_is_not_followed_and_gets_no_token(fhir_stub, elsewhere_stub, access):
-    elsewhere_stub.expect_request("/fhir/Condition").respond_with_json(searchset(resource("Condition", 99)),
-                                                                      content_type=FHIR)
+    elsewhere_stub.expect_request("/fhir/Condition").respond_with_json(
+        searchset(resource("Condition", 99)), content_type=FHIR
+    )
     fhir_stub.expect_request("/fhir/Condition").respond_with_json(
         searchset(resource("Condition", 1), next_url=elsewhere_stub.url_for("/fhir/Condition?page=2")),
-        content_type=FHIR)
+        content_type=FHIR,
+    )
     request = Request(context={"patientId": PATIENT_ID}, fhir_server=base(fhir_stub), access_token=TOKEN)
     result = resolve(conditions_only(), request, access())
     assert [e["resource"]["id"] for e in result.data["conditions"]["entry"]] == ["condition-1"]
@@ -449,6 +509,7 @@ def test_a_next_link_to_another_server_is_not_followed_and_gets_no_token(fhir_st
 
 
 # -- cost ---------------------------------------------------------------------------
+
 
 def test_resolving_a_fully_prefetched_request_is_cheap():
     big = searchset(*(resource("Observation", n) for n in range(1100)))

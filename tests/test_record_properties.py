@@ -1,5 +1,6 @@
 """Properties of build_record on arbitrary and mutated input: it never raises, it only ever
 holds the concepts of concepts.toml, and unrelated codes never become facts."""
+
 from __future__ import annotations
 
 import copy
@@ -8,13 +9,21 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
+from cds_service.clinical.record import (
+    ConditionFact,
+    MedicationFact,
+    ObservationFact,
+    OrderFact,
+    PatientRecord,
+    ProcedureFact,
+    build_record,
+    iter_facts,
+)
 from cds_service.terminology.concept_index import text_pattern
 from cds_service.terminology.concepts_file import load_concepts
-from cds_service.clinical.record import (
-    ConditionFact, MedicationFact, ObservationFact, OrderFact, PatientRecord, ProcedureFact, build_record, iter_facts,
-)
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data" / "record"
@@ -22,8 +31,18 @@ CONCEPTS = load_concepts(REPO / "cards")
 TODAY = date(2025, 1, 15)
 BUNDLES = {p.name: json.loads(p.read_text(encoding="utf-8")) for p in sorted(DATA.glob("*.json"))}
 VALID_RESOURCES = [e["resource"] for b in BUNDLES.values() for e in b["entry"]]
-TYPES = ["Patient", "Condition", "Procedure", "Observation", "MedicationRequest", "MedicationStatement",
-         "Medication", "ServiceRequest", "Bundle", "Claim"]
+TYPES = [
+    "Patient",
+    "Condition",
+    "Procedure",
+    "Observation",
+    "MedicationRequest",
+    "MedicationStatement",
+    "Medication",
+    "ServiceRequest",
+    "Bundle",
+    "Claim",
+]
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=30)
 json_values = st.recursive(
@@ -34,12 +53,22 @@ json_values = st.recursive(
 resource_like = st.fixed_dictionaries(
     {"resourceType": st.sampled_from(TYPES)},
     optional={
-        "id": json_values, "status": st.sampled_from(["final", "completed", "active", "draft"]) | json_values,
-        "code": json_values, "valueQuantity": json_values, "valueString": json_values,
-        "medicationCodeableConcept": json_values, "medicationReference": json_values,
-        "entry": st.lists(st.fixed_dictionaries({}, optional={"resource": json_values, "fullUrl": json_values}), max_size=3),
-        "component": json_values, "onsetDateTime": json_values, "effectiveDateTime": json_values,
-        "performedPeriod": json_values, "gender": json_values, "birthDate": json_values,
+        "id": json_values,
+        "status": st.sampled_from(["final", "completed", "active", "draft"]) | json_values,
+        "code": json_values,
+        "valueQuantity": json_values,
+        "valueString": json_values,
+        "medicationCodeableConcept": json_values,
+        "medicationReference": json_values,
+        "entry": st.lists(
+            st.fixed_dictionaries({}, optional={"resource": json_values, "fullUrl": json_values}), max_size=3
+        ),
+        "component": json_values,
+        "onsetDateTime": json_values,
+        "effectiveDateTime": json_values,
+        "performedPeriod": json_values,
+        "gender": json_values,
+        "birthDate": json_values,
     },
 )
 
@@ -82,8 +111,11 @@ def check_record(record: PatientRecord) -> None:
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.dictionaries(st.text(max_size=10), json_values | resource_like, max_size=4), json_values | resource_like,
-       st.none() | st.lists(json_values, max_size=3))
+@given(
+    st.dictionaries(st.text(max_size=10), json_values | resource_like, max_size=4),
+    json_values | resource_like,
+    st.none() | st.lists(json_values, max_size=3),
+)
 def test_arbitrary_json_never_raises(prefetch, drafts, selections):
     check_record(build(prefetch, drafts, selections))
 
@@ -99,10 +131,10 @@ def paths(value, prefix=()):
     yield prefix
     if isinstance(value, dict):
         for key, child in value.items():
-            yield from paths(child, prefix + (key,))
+            yield from paths(child, (*prefix, key))
     elif isinstance(value, list):
         for i, child in enumerate(value):
-            yield from paths(child, prefix + (i,))
+            yield from paths(child, (*prefix, i))
 
 
 @st.composite
@@ -178,8 +210,9 @@ def test_any_spelling_of_an_hfs_code_matches(code, data):
     spelled = "".join(data.draw(st.sampled_from([ch.lower(), ch.upper()])) for ch in code)
     if data.draw(st.booleans()):
         spelled = spelled.replace(".", "")
-    matches = CONCEPTS.match_codeable({"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": spelled}]},
-                                      ["condition"])
+    matches = CONCEPTS.match_codeable(
+        {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": spelled}]}, ["condition"]
+    )
     assert [m.concept for m in matches] == ["hemifacial_spasm"]
 
 
@@ -200,19 +233,29 @@ def test_order_and_repetition_of_the_input_do_not_change_the_facts(resources, co
 def test_deeply_nested_junk_inside_a_selected_resource_is_unreadable_not_a_crash():
     nested: object = "x"
     for _ in range(200):
-        nested = {"extension": [{"url": "http://e.example", "valueString": "y", "extension": [nested]}]} \
-            if not isinstance(nested, str) else {"url": "http://e.example", "valueString": nested}
-    resource = {"resourceType": "Condition", "subject": {"reference": "Patient/1"},
-                "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "G51.3"}]},
-                "extension": [nested]}
+        nested = (
+            {"extension": [{"url": "http://e.example", "valueString": "y", "extension": [nested]}]}
+            if not isinstance(nested, str)
+            else {"url": "http://e.example", "valueString": nested}
+        )
+    resource = {
+        "resourceType": "Condition",
+        "subject": {"reference": "Patient/1"},
+        "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "G51.3"}]},
+        "extension": [nested],
+    }
     record = build({"c": resource})
     check_record(record)
 
 
 @pytest.mark.parametrize("size", [1_000_000])
 def test_huge_strings_do_not_break_or_stall_the_build(size):
-    resource = {"resourceType": "MedicationRequest", "status": "active", "intent": "order",
-                "subject": {"reference": "Patient/1"},
-                "medicationCodeableConcept": {"text": "a" * size, "coding": [{"system": "s" * size, "code": "c" * size}]}}
+    resource = {
+        "resourceType": "MedicationRequest",
+        "status": "active",
+        "intent": "order",
+        "subject": {"reference": "Patient/1"},
+        "medicationCodeableConcept": {"text": "a" * size, "coding": [{"system": "s" * size, "code": "c" * size}]},
+    }
     record = build({"m": resource})
     assert record.medications == {}

@@ -1,8 +1,9 @@
 """The usage report: how often each card was shown and what clinicians did with it."""
+
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -31,15 +32,29 @@ def show(store: Store, *card_ids: str, status: int = 200, at: datetime | None = 
 
 
 def accept(store: Store, card_uuid: str) -> None:
-    store.record_feedback("svc", parse_feedback({"feedback": [{
-        "card": card_uuid, "outcome": "accepted", "acceptedSuggestions": [{"id": "s1"}],
-        "outcomeTimestamp": "2024-05-01T09:00:00Z"}]}))
+    store.record_feedback(
+        "svc",
+        parse_feedback(
+            {
+                "feedback": [
+                    {
+                        "card": card_uuid,
+                        "outcome": "accepted",
+                        "acceptedSuggestions": [{"id": "s1"}],
+                        "outcomeTimestamp": "2024-05-01T09:00:00Z",
+                    }
+                ]
+            }
+        ),
+    )
 
 
 def override(store: Store, card_uuid: str, code: str | None = None, display: str | None = None) -> None:
     entry = {"card": card_uuid, "outcome": "overridden", "outcomeTimestamp": "2024-05-01T09:00:00Z"}
     if code:
-        entry["overrideReason"] = {"reason": {"code": code, "system": REASONS, **({"display": display} if display else {})}}
+        entry["overrideReason"] = {
+            "reason": {"code": code, "system": REASONS, **({"display": display} if display else {})}
+        }
     store.record_feedback("svc", parse_feedback({"feedback": [entry]}))
 
 
@@ -57,20 +72,19 @@ def test_an_empty_database_reports_nothing_shown(store):
 
 def test_each_card_counts_showings_outcomes_rates_and_reasons(store):
     mvd_1, rfa_1 = show(store, "mvd-outcome", "rfa-recurrence")
-    mvd_2, = show(store, "mvd-outcome")
-    mvd_3, = show(store, "mvd-outcome")
+    (mvd_2,) = show(store, "mvd-outcome")
+    (mvd_3,) = show(store, "mvd-outcome")
     show(store, status=412)
     accept(store, mvd_1)
     override(store, mvd_2, "12354", "Contraindicated")
     override(store, mvd_3, "12354", "Contraindicated")
-    override(store, mvd_3.upper())           # same card, second word, no reason
+    override(store, mvd_3.upper())  # same card, second word, no reason
     accept(store, rfa_1)
-    accept(store, str(uuid.uuid4()))         # a card this service never returned
+    accept(store, str(uuid.uuid4()))  # a card this service never returned
 
     report = store.usage_report()
     mvd, rfa = report.cards
-    assert (mvd.card_id, mvd.shown, mvd.feedback, mvd.accepted, mvd.overridden) == (
-        "mvd-outcome", 3, 4, 1, 3)
+    assert (mvd.card_id, mvd.shown, mvd.feedback, mvd.accepted, mvd.overridden) == ("mvd-outcome", 3, 4, 1, 3)
     assert mvd.acceptance_rate == pytest.approx(0.25)
     assert mvd.override_rate == pytest.approx(0.75)
     assert mvd.override_reasons == (
@@ -78,7 +92,12 @@ def test_each_card_counts_showings_outcomes_rates_and_reasons(store):
         OverrideReasonCount(code=None, system=None, display=None, count=1),
     )
     assert (rfa.card_id, rfa.shown, rfa.feedback, rfa.acceptance_rate, rfa.override_rate) == (
-        "rfa-recurrence", 1, 1, 1.0, 0.0)
+        "rfa-recurrence",
+        1,
+        1,
+        1.0,
+        0.0,
+    )
     assert rfa.override_reasons == ()
     assert report.calls == 4
     assert report.calls_by_status == {200: 3, 412: 1}
@@ -92,10 +111,10 @@ def test_a_card_never_given_feedback_has_no_rates(store):
 
 
 def test_since_limits_the_report_to_recent_calls(store):
-    long_ago = datetime.now(timezone.utc) - timedelta(days=400)
+    long_ago = datetime.now(UTC) - timedelta(days=400)
     show(store, "mvd-outcome", at=long_ago)
     show(store, "mvd-outcome")
-    report = store.usage_report(since=datetime.now(timezone.utc) - timedelta(days=30))
+    report = store.usage_report(since=datetime.now(UTC) - timedelta(days=30))
     assert [(c.card_id, c.shown) for c in report.cards] == [("mvd-outcome", 1)]
     assert report.calls == 1
 
@@ -107,8 +126,7 @@ def test_the_printed_report_is_a_table_with_reasons_under_each_card(store):
     text = format_report(store.usage_report())
     lines = text.splitlines()
     header = next(line for line in lines if line.startswith("card"))
-    assert header.split() == ["card", "shown", "feedback", "accepted", "overridden", "accept", "%",
-                              "override", "%"]
+    assert header.split() == ["card", "shown", "feedback", "accepted", "overridden", "accept", "%", "override", "%"]
     row = next(line for line in lines if line.startswith("mvd-outcome"))
     assert row.split() == ["mvd-outcome", "2", "2", "1", "1", "50.0", "50.0"]
     assert f"overridden 1x: {REASONS}|12354 Contraindicated" in text

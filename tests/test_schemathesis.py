@@ -6,10 +6,12 @@ must be documented (status code, content type, body schema). The FHIR server all
 a loopback port where nothing listens, so a generated `fhirServer` never leads to a
 network call outside this machine.
 """
+
 from __future__ import annotations
 
 import pytest
 import schemathesis
+from openapi_support import contract_copy
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -17,9 +19,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from cds_service.content.services import load_services
 from cds_service.config import DEFAULT_CARDS_DIR
-from openapi_support import contract_copy
+from cds_service.content.services import load_services
 
 MAX_EXAMPLES = 25
 # Port 9 (discard) on loopback: nothing listens, a connection is refused at once.

@@ -1,16 +1,16 @@
 """The real service under gunicorn on loopback: two workers, signed client JWTs, a store
 that outlives a restart (SQLite and PostgreSQL), and logs free of tokens and patient ids."""
+
 from __future__ import annotations
 
 import uuid
 
 import pytest
 import requests
+from scenario_requests import hfs_after_mvd_patient_view
+from served import ClientSigner, ServedService
 
 from cds_service.storage.store import Store
-
-from served import ClientSigner, ServedService
-from scenario_requests import hfs_after_mvd_patient_view
 
 SERVICE = "/cds-services/hfs-outcomes-patient-view"
 
@@ -57,11 +57,16 @@ def test_cards_are_answered_audited_and_feedback_survives_a_restart(served, tmp_
     cards = answer.json()["cards"]
     assert cards, "an HFS patient after MVD gets the recurrence card"
     card_uuid = cards[0]["uuid"]
-    feedback = {"feedback": [{
-        "card": card_uuid, "outcome": "overridden",
-        "overrideReason": {"reason": {"code": "not-relevant", "system": "http://example.org/reasons"}},
-        "outcomeTimestamp": "2026-11-22T10:00:00Z",
-    }]}
+    feedback = {
+        "feedback": [
+            {
+                "card": card_uuid,
+                "outcome": "overridden",
+                "overrideReason": {"reason": {"code": "not-relevant", "system": "http://example.org/reasons"}},
+                "outcomeTimestamp": "2026-11-22T10:00:00Z",
+            }
+        ]
+    }
     stored = post(served, SERVICE + "/feedback", feedback, served.auth(SERVICE + "/feedback"))
     assert stored.status_code == 200, stored.text
 

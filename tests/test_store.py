@@ -1,11 +1,11 @@
 """The store on SQLite and PostgreSQL: feedback survives restarts, the audit trail links
 cards to calls, and a JWT id can be claimed once, even by competing processes."""
+
 from __future__ import annotations
 
 import multiprocessing
 import sqlite3
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -19,7 +19,7 @@ ISSUER = "https://sandbox.cds-hooks.org"
 
 
 def later(seconds: float = 300) -> datetime:
-    return datetime.now(timezone.utc) + timedelta(seconds=seconds)
+    return datetime.now(UTC) + timedelta(seconds=seconds)
 
 
 def call_with_cards(*cards: tuple[str, str, str], status: int = 200, **changes) -> CallRecord:
@@ -57,11 +57,10 @@ def test_opening_creates_the_tables_and_reopening_is_harmless(store_url):
 
 def test_the_sqlite_file_gets_its_folder_and_a_wal_journal(tmp_path):
     path = tmp_path / "not" / "yet" / "there" / "cds-service.sqlite3"
-    with Store(f"sqlite:///{path}") as store:
-        with store.engine.connect() as conn:
-            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 1000
-            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    with Store(f"sqlite:///{path}") as store, store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 1000
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     assert path.exists()
     # WAL is a property of the file: a plain sqlite3 connection sees it too.
     with sqlite3.connect(path) as raw:
@@ -125,8 +124,7 @@ def test_feedback_survives_a_restart(store_url):
                 "card": CARD_A,
                 "outcome": "overridden",
                 "overrideReason": {
-                    "reason": {"code": "12354", "system": "http://example.org/reasons",
-                               "display": "Contraindicated"},
+                    "reason": {"code": "12354", "system": "http://example.org/reasons", "display": "Contraindicated"},
                     "userComment": "Prefers botulinum toxin.",
                 },
                 "outcomeTimestamp": "2021-12-11T10:05:31+01:00",
@@ -150,18 +148,19 @@ def test_feedback_survives_a_restart(store_url):
     assert (override.override_reason.code, override.override_reason.display) == ("12354", "Contraindicated")
     assert override.override_reason.system == "http://example.org/reasons"
     assert override.user_comment == "Prefers botulinum toxin."
-    assert override.outcome_timestamp == datetime(2021, 12, 11, 9, 5, 31, tzinfo=timezone.utc)
+    assert override.outcome_timestamp == datetime(2021, 12, 11, 9, 5, 31, tzinfo=UTC)
     assert override.outcome_timestamp.tzinfo is not None
     assert override.accepted_suggestions == ()
     assert acceptance.outcome == "accepted"
     assert acceptance.accepted_suggestions == ("s-1", "s-2")
     assert acceptance.override_reason is None
-    assert abs(acceptance.received_at - datetime.now(timezone.utc)) < timedelta(minutes=1)
+    assert abs(acceptance.received_at - datetime.now(UTC)) < timedelta(minutes=1)
 
 
 def test_feedback_is_found_by_card_uuid_in_any_case(store):
-    entries = parse_feedback({"feedback": [{"card": CARD_B, "outcome": "overridden",
-                                            "outcomeTimestamp": "2020-12-11T00:00:00Z"}]})
+    entries = parse_feedback(
+        {"feedback": [{"card": CARD_B, "outcome": "overridden", "outcomeTimestamp": "2020-12-11T00:00:00Z"}]}
+    )
     store.record_feedback("svc", entries)
     assert [f.card_uuid for f in store.feedback_for(CARD_B.upper())] == [CARD_B]
     assert store.feedback_for(CARD_A) == []
@@ -176,8 +175,9 @@ def test_no_entries_write_nothing(store):
 
 def test_a_call_is_kept_with_the_cards_it_returned(store):
     call_id = store.record_call(
-        call_with_cards((CARD_A, "mvd-outcome", "MVD: 91% spasm-free"),
-                        (CARD_B, "rfa-recurrence", "RFA: recurrence risk"))
+        call_with_cards(
+            (CARD_A, "mvd-outcome", "MVD: 91% spasm-free"), (CARD_B, "rfa-recurrence", "RFA: recurrence risk")
+        )
     )
     with store.engine.connect() as conn:
         call = conn.execute(sa.text("SELECT * FROM service_calls WHERE id = :id"), {"id": call_id}).mappings().one()
@@ -195,8 +195,11 @@ def test_a_call_is_kept_with_the_cards_it_returned(store):
         (call_id, CARD_B, "rfa-recurrence", "RFA: recurrence risk"),
     ]
     issued = store.issued_card(CARD_B.upper())
-    assert (issued.call_id, issued.card_id, issued.service_id) == (call_id, "rfa-recurrence",
-                                                                   "hfs-outcomes-order-select")
+    assert (issued.call_id, issued.card_id, issued.service_id) == (
+        call_id,
+        "rfa-recurrence",
+        "hfs-outcomes-order-select",
+    )
     assert issued.called_at.tzinfo is not None
     assert store.issued_card("00000000-0000-0000-0000-000000000000") is None
 
@@ -276,10 +279,7 @@ def test_competing_processes_replaying_one_jti_win_exactly_once(store_url):
     ctx = multiprocessing.get_context("spawn")
     workers = 6
     barrier, results = ctx.Barrier(workers), ctx.Queue()
-    processes = [
-        ctx.Process(target=_claim, args=(store_url, "raced-jti", barrier, results))
-        for _ in range(workers)
-    ]
+    processes = [ctx.Process(target=_claim, args=(store_url, "raced-jti", barrier, results)) for _ in range(workers)]
     for process in processes:
         process.start()
     outcomes = [results.get(timeout=60) for _ in processes]
@@ -289,7 +289,7 @@ def test_competing_processes_replaying_one_jti_win_exactly_once(store_url):
 
 
 def test_expired_jtis_are_pruned_and_live_ones_kept(store):
-    past = datetime.now(timezone.utc) - timedelta(minutes=10)
+    past = datetime.now(UTC) - timedelta(minutes=10)
     assert store.claim_jti(ISSUER, "old", past)
     assert store.claim_jti(ISSUER, "live", later())
     assert store.prune_expired_jti() == 1
@@ -299,7 +299,7 @@ def test_expired_jtis_are_pruned_and_live_ones_kept(store):
 
 
 def test_claiming_prunes_expired_rows_now_and_then(store):
-    past = datetime.now(timezone.utc) - timedelta(minutes=10)
+    past = datetime.now(UTC) - timedelta(minutes=10)
     for n in range(5):
         store.claim_jti(ISSUER, f"old-{n}", past)
     store._next_prune = 0.0  # the prune interval has elapsed
@@ -311,7 +311,7 @@ def test_claiming_prunes_expired_rows_now_and_then(store):
 
 def test_oversized_or_odd_jtis_are_still_claimed_once(store):
     long_jti = "j" * 10_000
-    wide_jti = "\u00e9" * 200            # 400 bytes of UTF-8
+    wide_jti = "\u00e9" * 200  # 400 bytes of UTF-8
     for jti in (long_jti, wide_jti, "nul\x00jti", "lone\ud800"):
         assert store.claim_jti(ISSUER, jti, later()) is True
         assert store.claim_jti(ISSUER, jti, later()) is False

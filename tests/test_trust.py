@@ -1,4 +1,5 @@
 """Trust configuration: which CDS clients (issuers) we trust, and how their keys are found."""
+
 from __future__ import annotations
 
 import json
@@ -89,44 +90,54 @@ keys = [{json.dumps(jwks["keys"][0]).replace('":', '" =')}]
     assert list(d.static_keys) == ["k-ec"]
 
 
-@pytest.mark.parametrize("entry, message", [
-    ({"jwks": "{}"}, "'iss' is required"),
-    ({"iss": ISS}, "needs keys"),
-    ({"iss": ISS, "jwks": "not json"}, "not a JSON string"),
-    ({"iss": ISS, "jwks": {"keys": []}}, "empty"),
-    ({"iss": ISS, "jwks_file": "/nonexistent/jwks.json"}, "cannot read jwks_file"),
-    ({"iss": ISS, "jwks": {"keys": []}, "jwks_file": "x.json"}, "not both"),
-    ({"iss": ISS, "jku_allowlist": ["ftp://x/jwks"]}, "not an http(s) URL"),
-    ({"iss": ISS, "jku_allowlist": "https://x/jwks"}, "list of non-empty strings"),
-    ({"iss": ISS, "jku_allowlist": ["https://x/jwks"], "algorithms": ["HS256"]}, "not allowed"),
-    ({"iss": ISS, "jku_allowlist": ["https://x/jwks"], "algorithms": ["none"]}, "not allowed"),
-    ({"iss": ISS, "jku_allowlist": ["https://x/jwks"], "algorithms": []}, "must not be empty"),
-    ({"iss": ISS, "jku_allowlist": ["https://x/jwks"], "jwks_min_refresh_s": 0}, "positive"),
-    ({"iss": ISS, "jku_allowlist": ["https://x/jwks"], "tenant": ["t"]}, "unknown keys ['tenant']"),
-])
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"jwks": "{}"}, "'iss' is required"),
+        ({"iss": ISS}, "needs keys"),
+        ({"iss": ISS, "jwks": "not json"}, "not a JSON string"),
+        ({"iss": ISS, "jwks": {"keys": []}}, "empty"),
+        ({"iss": ISS, "jwks_file": "/nonexistent/jwks.json"}, "cannot read jwks_file"),
+        ({"iss": ISS, "jwks": {"keys": []}, "jwks_file": "x.json"}, "not both"),
+        ({"iss": ISS, "jku_allowlist": ["ftp://x/jwks"]}, "not an http(s) URL"),
+        ({"iss": ISS, "jku_allowlist": "https://x/jwks"}, "list of non-empty strings"),
+        ({"iss": ISS, "jku_allowlist": ["https://x/jwks"], "algorithms": ["HS256"]}, "not allowed"),
+        ({"iss": ISS, "jku_allowlist": ["https://x/jwks"], "algorithms": ["none"]}, "not allowed"),
+        ({"iss": ISS, "jku_allowlist": ["https://x/jwks"], "algorithms": []}, "must not be empty"),
+        ({"iss": ISS, "jku_allowlist": ["https://x/jwks"], "jwks_min_refresh_s": 0}, "positive"),
+        ({"iss": ISS, "jku_allowlist": ["https://x/jwks"], "tenant": ["t"]}, "unknown keys ['tenant']"),
+    ],
+)
 def test_a_trust_file_mistake_is_a_clear_start_up_error(entry, message):
     with pytest.raises(ConfigError) as error:
         parse_trust({"issuers": [entry]})
     assert message in str(error.value)
 
 
-@pytest.mark.parametrize("key, message", [
-    ({"kty": "oct", "kid": "s", "k": "c2VjcmV0"}, "private or symmetric"),
-    ("private-ec", "private or symmetric"),
-    ("rsa-1024", "at least 2048 bits"),
-    ("no-kid", "without 'kid'"),
-    ("enc", "is not 'sig'"),
-    ("hs-alg", "not a supported signing algorithm"),
-    ({"kty": "EC", "kid": "bad", "crv": "P-384", "x": "AAAA", "y": "AAAA"}, "not a usable public key"),
-])
+@pytest.mark.parametrize(
+    "key, message",
+    [
+        ({"kty": "oct", "kid": "s", "k": "c2VjcmV0"}, "private or symmetric"),
+        ("private-ec", "private or symmetric"),
+        ("rsa-1024", "at least 2048 bits"),
+        ("no-kid", "without 'kid'"),
+        ("enc", "is not 'sig'"),
+        ("hs-alg", "not a supported signing algorithm"),
+        ({"kty": "EC", "kid": "bad", "crv": "P-384", "x": "AAAA", "y": "AAAA"}, "not a usable public key"),
+    ],
+)
 def test_only_public_signing_keys_may_be_trusted(key, message):
-    key = {
-        "private-ec": lambda: ec_private_jwk("p"),
-        "rsa-1024": lambda: rsa_jwk("small", bits=1024),
-        "no-kid": lambda: {k: v for k, v in ec_jwk("x").items() if k != "kid"},
-        "enc": lambda: ec_jwk("e", use="enc"),
-        "hs-alg": lambda: ec_jwk("h", alg="HS256"),
-    }.get(key, lambda: key)() if isinstance(key, str) else key
+    key = (
+        {
+            "private-ec": lambda: ec_private_jwk("p"),
+            "rsa-1024": lambda: rsa_jwk("small", bits=1024),
+            "no-kid": lambda: {k: v for k, v in ec_jwk("x").items() if k != "kid"},
+            "enc": lambda: ec_jwk("e", use="enc"),
+            "hs-alg": lambda: ec_jwk("h", alg="HS256"),
+        }.get(key, lambda: key)()
+        if isinstance(key, str)
+        else key
+    )
     with pytest.raises(ConfigError) as error:
         parse_trust({"issuers": [{"iss": ISS, "jwks": {"keys": [key]}}]})
     assert message in str(error.value)
@@ -154,7 +165,13 @@ def test_key_type_and_curve_decide_which_algorithms_a_key_accepts():
     p256 = parse_jwk(ec_jwk("b", ec.SECP256R1()))
     rsa_key = parse_jwk(rsa_jwk("c"))
     pinned = parse_jwk({**rsa_jwk("d"), "alg": "PS256"})
-    assert [p384.accepts(a) for a in ("ES384", "ES256", "ES512", "RS384", "EdDSA")] == [True, False, False, False, False]
+    assert [p384.accepts(a) for a in ("ES384", "ES256", "ES512", "RS384", "EdDSA")] == [
+        True,
+        False,
+        False,
+        False,
+        False,
+    ]
     assert p256.accepts("ES256") and not p256.accepts("ES384")
     assert all(rsa_key.accepts(a) for a in ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512"))
     assert not rsa_key.accepts("ES384") and not rsa_key.accepts("HS256")
@@ -184,8 +201,9 @@ def test_settings_combine_the_trust_file_and_the_sandbox(tmp_path, jwks):
     trust_file = tmp_path / "trust.toml"
     trust_file.write_text(f'[[issuers]]\niss = "{ISS}"\njwks_file = "jwks.json"\n')
     (tmp_path / "jwks.json").write_text(json.dumps(jwks))
-    trust = trust_from_settings(load_settings(
-        {"trust_file": str(trust_file), "trust_sandbox": "true", "allow_unsigned": "true"}, environ={}))
+    trust = trust_from_settings(
+        load_settings({"trust_file": str(trust_file), "trust_sandbox": "true", "allow_unsigned": "true"}, environ={})
+    )
     assert set(trust.issuers) == {ISS, SANDBOX_ISS}
     assert trust.allow_unsigned is True
 
@@ -235,8 +253,9 @@ def fetches(server) -> int:
 def test_the_cache_is_refreshed_when_older_than_its_maximum_age(httpserver, jwks):
     httpserver.expect_request("/jwks.json").respond_with_json(jwks)
     clock = FakeClock()
-    remote = RemoteKeySet(httpserver.url_for("/jwks.json"), session=session(), clock=clock,
-                          min_refresh_s=60, max_age_s=600)
+    remote = RemoteKeySet(
+        httpserver.url_for("/jwks.json"), session=session(), clock=clock, min_refresh_s=60, max_age_s=600
+    )
     assert remote.get("k-ec").kid == "k-ec"
     clock.t += 599
     assert remote.get("k-rsa").kid == "k-rsa"
@@ -250,25 +269,33 @@ def test_a_failed_refresh_keeps_the_keys_already_held(httpserver, jwks):
     httpserver.expect_ordered_request("/jwks.json").respond_with_json(jwks)
     httpserver.expect_ordered_request("/jwks.json").respond_with_data("down", status=503)
     clock = FakeClock()
-    remote = RemoteKeySet(httpserver.url_for("/jwks.json"), session=session(), clock=clock,
-                          min_refresh_s=60, max_age_s=600)
+    remote = RemoteKeySet(
+        httpserver.url_for("/jwks.json"), session=session(), clock=clock, min_refresh_s=60, max_age_s=600
+    )
     assert remote.get("k-ec") is not None
     clock.t += 700
     assert remote.get("k-ec") is not None
     assert fetches(httpserver) == 2
 
 
-@pytest.mark.parametrize("respond, what", [
-    (lambda s: s.respond_with_data("x" * 70_000, content_type="application/json"), "too large"),
-    (lambda s: s.respond_with_handler(lambda r: Response(_chunked_big(), content_type="application/json")),
-     "too large, no Content-Length"),
-    (lambda s: s.respond_with_data("<html>", content_type="text/html"), "not JSON"),
-    (lambda s: s.respond_with_json({"keys": "nope"}), "not a key set"),
-    (lambda s: s.respond_with_data("[" * 60_000, content_type="application/json"), "nested too deep"),
-    (lambda s: s.respond_with_data("", status=404), "404"),
-    (lambda s: s.respond_with_data("", status=302, headers={"Location": "https://evil.example/jwks.json"}),
-     "redirect"),
-])
+@pytest.mark.parametrize(
+    "respond, what",
+    [
+        (lambda s: s.respond_with_data("x" * 70_000, content_type="application/json"), "too large"),
+        (
+            lambda s: s.respond_with_handler(lambda r: Response(_chunked_big(), content_type="application/json")),
+            "too large, no Content-Length",
+        ),
+        (lambda s: s.respond_with_data("<html>", content_type="text/html"), "not JSON"),
+        (lambda s: s.respond_with_json({"keys": "nope"}), "not a key set"),
+        (lambda s: s.respond_with_data("[" * 60_000, content_type="application/json"), "nested too deep"),
+        (lambda s: s.respond_with_data("", status=404), "404"),
+        (
+            lambda s: s.respond_with_data("", status=302, headers={"Location": "https://evil.example/jwks.json"}),
+            "redirect",
+        ),
+    ],
+)
 def test_an_unusable_jwks_response_yields_no_keys(httpserver, respond, what):
     respond(httpserver.expect_request("/jwks.json"))
     remote = RemoteKeySet(httpserver.url_for("/jwks.json"), session=session(), clock=FakeClock())
@@ -282,13 +309,17 @@ def _chunked_big():
 
 def test_a_fetched_set_skips_unusable_keys_and_keeps_the_rest(httpserver):
     good = ec_jwk("good")
-    httpserver.expect_request("/jwks.json").respond_with_json({"keys": [
-        {"kty": "oct", "kid": "secret", "k": "c2VjcmV0"},
-        rsa_jwk("small", bits=1024),
-        {"kid": "junk"},
-        "not a key",
-        good,
-    ]})
+    httpserver.expect_request("/jwks.json").respond_with_json(
+        {
+            "keys": [
+                {"kty": "oct", "kid": "secret", "k": "c2VjcmV0"},
+                rsa_jwk("small", bits=1024),
+                {"kid": "junk"},
+                "not a key",
+                good,
+            ]
+        }
+    )
     remote = RemoteKeySet(httpserver.url_for("/jwks.json"), session=session(), clock=FakeClock())
     assert remote.get("good").kid == "good"
     assert remote.get("secret") is None and remote.get("small") is None
@@ -302,14 +333,13 @@ def test_a_slow_jwks_endpoint_is_given_up_after_the_timeout(httpserver, jwks):
         return Response(json.dumps(jwks), content_type="application/json")
 
     httpserver.expect_request("/jwks.json").respond_with_handler(slow)
-    remote = RemoteKeySet(httpserver.url_for("/jwks.json"), session=session(), clock=FakeClock(),
-                          timeout_s=0.2)
+    remote = RemoteKeySet(httpserver.url_for("/jwks.json"), session=session(), clock=FakeClock(), timeout_s=0.2)
     started = time.monotonic()
     try:
         assert remote.get("k-ec") is None
         assert time.monotonic() - started < 1.0
     finally:
         release.set()
-        deadline = time.monotonic() + 5      # let the server finish before the next test
+        deadline = time.monotonic() + 5  # let the server finish before the next test
         while not httpserver.log and time.monotonic() < deadline:
             time.sleep(0.01)

@@ -1,8 +1,10 @@
 """UCUM conversion to a concept's canonical unit: convert what is certain, refuse the rest."""
+
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cds_service.terminology import units
 from cds_service.terminology.units import UnitError, convert, convert_quantity
@@ -39,12 +41,12 @@ def test_converts_between_units_of_the_same_dimension(value, source, target, exp
 @pytest.mark.parametrize(
     ("source", "target"),
     [
-        ("mg", "min"),        # mass is not time
-        ("mg", "mg/d"),       # a dose is not a daily dose
-        ("%", "{score}"),     # a percentage is not a 0-10 score: never rescaled silently
-        ("/10", "{score}"),   # "7 /10" is not 0.7 points
+        ("mg", "min"),  # mass is not time
+        ("mg", "mg/d"),  # a dose is not a daily dose
+        ("%", "{score}"),  # a percentage is not a 0-10 score: never rescaled silently
+        ("/10", "{score}"),  # "7 /10" is not 0.7 points
         ("10", "1"),
-        ("mm[Hg]", "uV"),     # a unit outside the supported set
+        ("mm[Hg]", "uV"),  # a unit outside the supported set
         ("10*3", "1"),
         ("mg/24.h", "mg/d"),  # UCUM reads this as (mg/24).h: not a daily dose
         ("", "min"),
@@ -118,8 +120,11 @@ def test_a_quantity_without_a_usable_number_is_refused(quantity):
         convert_quantity(quantity, "min")
 
 
-@given(st.floats(min_value=0, max_value=1e6, allow_nan=False),
-       st.sampled_from(["s", "min", "h", "d", "ms"]), st.sampled_from(["s", "min", "h", "d"]))
+@given(
+    st.floats(min_value=0, max_value=1e6, allow_nan=False),
+    st.sampled_from(["s", "min", "h", "d", "ms"]),
+    st.sampled_from(["s", "min", "h", "d"]),
+)
 def test_time_conversions_round_trip(value, a, b):
     assert convert(convert(value, a, b), b, a) == pytest.approx(value, rel=1e-9, abs=1e-9)
 

@@ -1,4 +1,5 @@
 """The WSGI module builds the app from the environment, as a bare `gunicorn cds_service.wsgi:app` would."""
+
 from __future__ import annotations
 
 import gc

@@ -10,14 +10,23 @@
   and show it was before (`on_or_after`).
 - Months are calendar months, years are 365.25 days.
 """
+
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 
 __all__ = [
-    "DAYS_PER_YEAR", "DAYS_PER_MONTH", "parse_fhir_datetime", "parse_fhir_date", "day_of", "has_time",
-    "instant_of", "on_or_after", "months_between", "duration_text",
+    "DAYS_PER_MONTH",
+    "DAYS_PER_YEAR",
+    "day_of",
+    "duration_text",
+    "has_time",
+    "instant_of",
+    "months_between",
+    "on_or_after",
+    "parse_fhir_date",
+    "parse_fhir_datetime",
 ]
 
 DAYS_PER_YEAR = 365.25
@@ -43,16 +52,21 @@ def parse_fhir_datetime(value: object) -> datetime | None:
     if m is None:
         return None
     try:
-        zone = timezone.utc
+        zone = UTC
         tz = m.group("tz")
         if tz and tz != "Z":
             sign = 1 if tz[0] == "+" else -1
             zone = timezone(sign * timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6])))
         fraction = (m.group("f") or "0")[:6].ljust(6, "0")
         return datetime(
-            int(m.group("y")), int(m.group("mo") or 1), int(m.group("d") or 1),
-            int(m.group("h") or 0), int(m.group("mi") or 0), min(int(m.group("s") or 0), 59),
-            int(fraction), tzinfo=zone,
+            int(m.group("y")),
+            int(m.group("mo") or 1),
+            int(m.group("d") or 1),
+            int(m.group("h") or 0),
+            int(m.group("mi") or 0),
+            min(int(m.group("s") or 0), 59),
+            int(fraction),
+            tzinfo=zone,
         )
     except (ValueError, OverflowError):
         return None
@@ -82,7 +96,7 @@ def instant_of(value: date | datetime) -> datetime:
     if not isinstance(value, datetime):
         return datetime(value.year, value.month, value.day)
     if value.tzinfo is not None:
-        return value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value.astimezone(UTC).replace(tzinfo=None)
     return value
 
 

@@ -17,6 +17,7 @@ Rules kept here, for every card:
   every numeric input is present. A yes/no condition that is not recorded is taken as
   absent for the site model, and the card says so.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,12 +25,17 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
-from cds_service.content.cards import CardContent, Predictor, SiteModel, Situation
 from cds_service.clinical.dates import day_of, duration_text, has_time, months_between
-from cds_service.clinical.risk_models import ModelIncomplete
 from cds_service.clinical.record import (
-    ConditionFact, ObservationFact, OrderFact, PatientRecord, ProcedureFact, UnreadableInput,
+    ConditionFact,
+    ObservationFact,
+    OrderFact,
+    PatientRecord,
+    ProcedureFact,
+    UnreadableInput,
 )
+from cds_service.clinical.risk_models import ModelIncomplete
+from cds_service.content.cards import CardContent, Predictor, SiteModel, Situation
 
 # Input status values.
 USED = "used"
@@ -41,15 +47,16 @@ INTRAOPERATIVE = "intraoperative"
 @dataclass(frozen=True)
 class InputValue:
     """One predictor as found (or not) in the record."""
+
     predictor: str
     label: str
-    status: str                          # used | missing | unreadable | intraoperative
-    value: Any = None                    # bool (yes/no), float (canonical unit), str (coded answer)
-    display: str = ""                    # the value as shown: "45 min", "yes", "Grade III (= 3)"
+    status: str  # used | missing | unreadable | intraoperative
+    value: Any = None  # bool (yes/no), float (canonical unit), str (coded answer)
+    display: str = ""  # the value as shown: "45 min", "yes", "Grade III (= 3)"
     date: date | None = None
-    date_label: str = "recorded"         # what the date is: "onset", "performed", "recorded", ...
-    note: str = ""                       # where it came from, or why it is missing / unreadable
-    by_text: bool = False                # matched by free text only
+    date_label: str = "recorded"  # what the date is: "onset", "performed", "recorded", ...
+    note: str = ""  # where it came from, or why it is missing / unreadable
+    by_text: bool = False  # matched by free text only
     matched_text: str | None = None
 
     @property
@@ -60,17 +67,18 @@ class InputValue:
 @dataclass(frozen=True)
 class Estimate:
     """A patient-specific figure from a site-supplied model (never from a published one)."""
-    kind: str                                         # cox | logistic
+
+    kind: str  # cox | logistic
     model_label: str
     model_version: str
     outcome: str
-    relative_hazard: float | None = None              # Cox: vs the site's reference profile
+    relative_hazard: float | None = None  # Cox: vs the site's reference profile
     reference_label: str | None = None
-    event_probabilities: tuple[tuple[float, float], ...] = ()   # Cox: (horizon, 1 - S(t|x))
+    event_probabilities: tuple[tuple[float, float], ...] = ()  # Cox: (horizon, 1 - S(t|x))
     time_unit: str | None = None
-    probability: float | None = None                  # logistic
-    coded_inputs: tuple[tuple[str, float, str], ...] = ()      # (label, coded value, coding text)
-    assumptions: tuple[str, ...] = ()                 # labels of yes/no inputs taken as absent
+    probability: float | None = None  # logistic
+    coded_inputs: tuple[tuple[str, float, str], ...] = ()  # (label, coded value, coding text)
+    assumptions: tuple[str, ...] = ()  # labels of yes/no inputs taken as absent
     alternatives: tuple[tuple[str, float], ...] = ()  # (label, probability if that input were present)
 
     @property
@@ -89,13 +97,13 @@ class CardResult:
     situation: Situation
     hook: str
     inputs: tuple[InputValue, ...]
-    unreadable: tuple[UnreadableInput, ...] = ()      # the record's unreadable inputs this card concerns
+    unreadable: tuple[UnreadableInput, ...] = ()  # the record's unreadable inputs this card concerns
     unavailable: dict[str, str] = field(default_factory=dict)
     site_model: SiteModel | None = None
     estimate: Estimate | None = None
-    estimate_problem: str | None = None               # why the site model gave no estimate
-    procedure: ProcedureFact | None = None            # the situation's procedure, when it has one
-    order: OrderFact | None = None                    # the draft order that triggered the card
+    estimate_problem: str | None = None  # why the site model gave no estimate
+    procedure: ProcedureFact | None = None  # the situation's procedure, when it has one
+    order: OrderFact | None = None  # the draft order that triggered the card
 
     @property
     def card_id(self) -> str:
@@ -109,8 +117,9 @@ class CardResult:
 
 
 # ---------------------------------------------------------------------------- entry point
-def evaluate(card: CardContent, record: PatientRecord, hook: str,
-             site_model: SiteModel | None = None) -> CardResult | None:
+def evaluate(
+    card: CardContent, record: PatientRecord, hook: str, site_model: SiteModel | None = None
+) -> CardResult | None:
     """The card's result for this hook call, or None when the card does not concern it.
 
     `site_model`: the deployment's complete model for this card; None uses the one loaded
@@ -127,9 +136,19 @@ def evaluate(card: CardContent, record: PatientRecord, hook: str,
         estimate, problem = _estimate(card, situation, site_model, {i.predictor: i for i in inputs})
         concepts = _situation_concepts(card, situation)
         unreadable = tuple(record.unreadable_for(*concepts))
-        return CardResult(card=card, situation=situation, hook=hook, inputs=inputs, unreadable=unreadable,
-                          unavailable=dict(record.unavailable), site_model=site_model if situation.use_model else None,
-                          estimate=estimate, estimate_problem=problem, procedure=procedure, order=order)
+        return CardResult(
+            card=card,
+            situation=situation,
+            hook=hook,
+            inputs=inputs,
+            unreadable=unreadable,
+            unavailable=dict(record.unavailable),
+            site_model=site_model if situation.use_model else None,
+            estimate=estimate,
+            estimate_problem=problem,
+            procedure=procedure,
+            order=order,
+        )
     return None
 
 
@@ -158,15 +177,15 @@ def _fires(s: Situation, record: PatientRecord, hook: str) -> tuple[ProcedureFac
         return None
     req = s.requires_observation
     if req is not None:
-        fact = record.latest_observation(req.concept, lookback_days=req.lookback_days,
-                                         after=procedure if req.after_procedure else None)
+        fact = record.latest_observation(
+            req.concept, lookback_days=req.lookback_days, after=procedure if req.after_procedure else None
+        )
         if fact is None:
             # An unreadable result still concerns the patient: the card says it could not be read.
             if req.at_least is not None or not record.unreadable_for(req.concept):
                 return None
-        elif req.at_least is not None:
-            if not _is_number(fact.value) or fact.value < req.at_least:
-                return None
+        elif req.at_least is not None and (not _is_number(fact.value) or fact.value < req.at_least):
+            return None
     return procedure, order
 
 
@@ -196,15 +215,17 @@ def _derive(p: Predictor, record: PatientRecord, procedure: ProcedureFact | None
 
 
 def _missing(p: Predictor, note: str | None = None) -> InputValue:
-    return InputValue(p.id, p.label, MISSING, display="not recorded",
-                      note=note or f"looked for {p.how}; none in the data received")
+    return InputValue(
+        p.id, p.label, MISSING, display="not recorded", note=note or f"looked for {p.how}; none in the data received"
+    )
 
 
 def _unreadable(p: Predictor, record: PatientRecord) -> InputValue | None:
     """The predictor as unreadable, when the record has an unreadable input of its concept."""
     for u in record.unreadable_for(p.concept):
-        return InputValue(p.id, p.label, UNREADABLE, display="recorded but unreadable",
-                          note=f"{u.resource_type}: {u.reason}")
+        return InputValue(
+            p.id, p.label, UNREADABLE, display="recorded but unreadable", note=f"{u.resource_type}: {u.reason}"
+        )
     return None
 
 
@@ -213,12 +234,26 @@ def _condition(p: Predictor, record: PatientRecord, procedure: ProcedureFact | N
     active = record.active_conditions(p.concept)
     if active:
         fact = _earliest(active)
-        return InputValue(p.id, p.label, USED, value=True, display=f"yes ({_status(fact)})",
-                          **_condition_dates(fact), **_text_match(fact.match))
+        return InputValue(
+            p.id,
+            p.label,
+            USED,
+            value=True,
+            display=f"yes ({_status(fact)})",
+            **_condition_dates(fact),
+            **_text_match(fact.match),
+        )
     if facts:
         fact = facts[0]
-        return InputValue(p.id, p.label, USED, value=False, display=f"recorded as {fact.clinical_status}",
-                          **_condition_dates(fact), **_text_match(fact.match))
+        return InputValue(
+            p.id,
+            p.label,
+            USED,
+            value=False,
+            display=f"recorded as {fact.clinical_status}",
+            **_condition_dates(fact),
+            **_text_match(fact.match),
+        )
     return _unreadable(p, record) or _missing(p)
 
 
@@ -228,9 +263,12 @@ def _condition_after(p: Predictor, record: PatientRecord, procedure: ProcedureFa
         return _unreadable(p, record) or _missing(p)
     fact = found[0]
     dates = _condition_dates(fact)
-    dates["note"] = ", ".join(x for x in (dates["note"], f"after the procedure of {day_of(procedure.performed).isoformat()}") if x)
-    return InputValue(p.id, p.label, USED, value=True, display=f"yes ({_status(fact)})", **dates,
-                      **_text_match(fact.match))
+    dates["note"] = ", ".join(
+        x for x in (dates["note"], f"after the procedure of {day_of(procedure.performed).isoformat()}") if x
+    )
+    return InputValue(
+        p.id, p.label, USED, value=True, display=f"yes ({_status(fact)})", **dates, **_text_match(fact.match)
+    )
 
 
 def _medication(p: Predictor, record: PatientRecord, procedure: ProcedureFact | None) -> InputValue:
@@ -241,8 +279,17 @@ def _medication(p: Predictor, record: PatientRecord, procedure: ProcedureFact | 
     note = f"{fact.resource_type}, status {fact.status}"
     if fact.match.display and not fact.match.by_text:
         note = f"{fact.match.display}; {note}"
-    return InputValue(p.id, p.label, USED, value=True, display="yes", date=fact.date, date_label="dated",
-                      note=note, **_text_match(fact.match))
+    return InputValue(
+        p.id,
+        p.label,
+        USED,
+        value=True,
+        display="yes",
+        date=fact.date,
+        date_label="dated",
+        note=note,
+        **_text_match(fact.match),
+    )
 
 
 def _observation(p: Predictor, record: PatientRecord, procedure: ProcedureFact | None) -> InputValue:
@@ -256,11 +303,23 @@ def _observation(p: Predictor, record: PatientRecord, procedure: ProcedureFact |
     fact = facts[0]
     day = day_of(fact.effective) if fact.effective is not None else None
     if fact.value is None:
-        return InputValue(p.id, p.label, UNREADABLE, display="recorded but unreadable", date=day,
-                          note="the Observation has no usable value")
+        return InputValue(
+            p.id,
+            p.label,
+            UNREADABLE,
+            display="recorded but unreadable",
+            date=day,
+            note="the Observation has no usable value",
+        )
     if p.values and fact.value not in p.values:
-        return InputValue(p.id, p.label, UNREADABLE, display="recorded but unreadable", date=day,
-                          note=f"the value is not one of {', '.join(p.values)}")
+        return InputValue(
+            p.id,
+            p.label,
+            UNREADABLE,
+            display="recorded but unreadable",
+            date=day,
+            note=f"the value is not one of {', '.join(p.values)}",
+        )
     notes = []
     if day is None:
         notes.append("date not recorded")
@@ -270,14 +329,28 @@ def _observation(p: Predictor, record: PatientRecord, procedure: ProcedureFact |
             notes.append("recorded on the day of the procedure, time not recorded")
         if p.annotate_procedure and day < pday:
             notes.append(f"recorded before the procedure of {pday.isoformat()}")
-    return InputValue(p.id, p.label, USED, value=fact.value, display=_observation_display(fact, p), date=day,
-                      note="; ".join(notes), **_text_match(fact.match))
+    return InputValue(
+        p.id,
+        p.label,
+        USED,
+        value=fact.value,
+        display=_observation_display(fact, p),
+        date=day,
+        note="; ".join(notes),
+        **_text_match(fact.match),
+    )
 
 
 def _sex(p: Predictor, record: PatientRecord, procedure: ProcedureFact | None) -> InputValue:
     if record.sex in ("male", "female"):
-        return InputValue(p.id, p.label, USED, value=record.sex == "male", display="yes" if record.sex == "male" else "no",
-                          note=f"Patient.gender {record.sex}")
+        return InputValue(
+            p.id,
+            p.label,
+            USED,
+            value=record.sex == "male",
+            display="yes" if record.sex == "male" else "no",
+            note=f"Patient.gender {record.sex}",
+        )
     if record.sex:
         return _missing(p, f"Patient.gender is {record.sex!r}")
     return _missing(p, "Patient.gender not recorded")
@@ -288,27 +361,53 @@ def _disease_duration(p: Predictor, record: PatientRecord, procedure: ProcedureF
     years = record.years_since(onset)
     if years is None:
         if record.conditions.get(p.concept):
-            return _missing(p, "the hemifacial spasm Condition has no usable onset date (its recorded date is "
-                               "not taken as the onset)")
+            return _missing(
+                p,
+                "the hemifacial spasm Condition has no usable onset date (its recorded date is not taken as the onset)",
+            )
         return _missing(p)
-    return InputValue(p.id, p.label, USED, value=years, display=f"{years:.1f} years", date=onset,
-                      date_label="onset", note="from the hemifacial spasm Condition's onset")
+    return InputValue(
+        p.id,
+        p.label,
+        USED,
+        value=years,
+        display=f"{years:.1f} years",
+        date=onset,
+        date_label="onset",
+        note="from the hemifacial spasm Condition's onset",
+    )
 
 
 def _operation_time(p: Predictor, record: PatientRecord, procedure: ProcedureFact | None) -> InputValue:
     minutes = procedure.duration_minutes if procedure is not None else None
     if minutes is not None:
-        return InputValue(p.id, p.label, USED, value=minutes, display=f"{number(round(minutes, 1))} min",
-                          date=day_of(procedure.start), date_label="performed",
-                          note="from the procedure's performedPeriod")
+        return InputValue(
+            p.id,
+            p.label,
+            USED,
+            value=minutes,
+            display=f"{number(round(minutes, 1))} min",
+            date=day_of(procedure.start),
+            date_label="performed",
+            note="from the procedure's performedPeriod",
+        )
     if procedure is not None and procedure.performed is not None:
         pday = day_of(procedure.performed)
         for fact in record.observations_for(p.concept):
-            if fact.effective is not None and pday <= day_of(fact.effective) <= pday + timedelta(days=1) \
-                    and _is_number(fact.value):
-                return InputValue(p.id, p.label, USED, value=float(fact.value),
-                                  display=_observation_display(fact, p), date=day_of(fact.effective),
-                                  note="from an operation-time Observation of the procedure day")
+            if (
+                fact.effective is not None
+                and pday <= day_of(fact.effective) <= pday + timedelta(days=1)
+                and _is_number(fact.value)
+            ):
+                return InputValue(
+                    p.id,
+                    p.label,
+                    USED,
+                    value=float(fact.value),
+                    display=_observation_display(fact, p),
+                    date=day_of(fact.effective),
+                    note="from an operation-time Observation of the procedure day",
+                )
     unread = _unreadable(p, record)
     if unread:
         return unread
@@ -322,8 +421,16 @@ def _time_since(p: Predictor, record: PatientRecord, procedure: ProcedureFact | 
         return _missing(p, "the procedure has no performed date")
     day = day_of(procedure.performed)
     months = months_between(day, record.today)
-    return InputValue(p.id, p.label, USED, value=months, display=duration_text(day, record.today), date=day,
-                      date_label="performed", note=f"as of {record.today.isoformat()}")
+    return InputValue(
+        p.id,
+        p.label,
+        USED,
+        value=months,
+        display=duration_text(day, record.today),
+        date=day,
+        date_label="performed",
+        note=f"as of {record.today.isoformat()}",
+    )
 
 
 def _intraoperative(p: Predictor, record: PatientRecord, procedure: ProcedureFact | None) -> InputValue:
@@ -331,8 +438,9 @@ def _intraoperative(p: Predictor, record: PatientRecord, procedure: ProcedureFac
 
 
 # ---------------------------------------------------------------------------- site model
-def _estimate(card: CardContent, s: Situation, site: SiteModel | None,
-              inputs: dict[str, InputValue]) -> tuple[Estimate | None, str | None]:
+def _estimate(
+    card: CardContent, s: Situation, site: SiteModel | None, inputs: dict[str, InputValue]
+) -> tuple[Estimate | None, str | None]:
     if not s.use_model or site is None:
         return None, None
     x: list[float] = []
@@ -361,18 +469,27 @@ def _estimate(card: CardContent, s: Situation, site: SiteModel | None,
                 missing.append(p.label)
     if missing:
         return None, f"it needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not available"
-    common = dict(model_label=site.label, model_version=site.version, outcome=card.model.outcome,
-                  coded_inputs=tuple(coded), assumptions=tuple(assumed))
+    common = dict(
+        model_label=site.label,
+        model_version=site.version,
+        outcome=card.model.outcome,
+        coded_inputs=tuple(coded),
+        assumptions=tuple(assumed),
+    )
     try:
         if site.kind == "cox":
             model = site.cox()
             difference = model.linear_predictor(x) - model.linear_predictor(model.reference)
-            if not (math.isfinite(difference) and abs(difference) < 700):       # exp() would overflow
+            if not (math.isfinite(difference) and abs(difference) < 700):  # exp() would overflow
                 return None, "the inputs lie outside what the site model can compute"
-            return Estimate(kind="cox", relative_hazard=model.relative_hazard(x), reference_label=site.reference_label,
-                            event_probabilities=tuple((h, model.event_probability(x, h))
-                                                      for h in sorted(site.baseline_survival)),
-                            time_unit=card.model.time_unit, **common), None
+            return Estimate(
+                kind="cox",
+                relative_hazard=model.relative_hazard(x),
+                reference_label=site.reference_label,
+                event_probabilities=tuple((h, model.event_probability(x, h)) for h in sorted(site.baseline_survival)),
+                time_unit=card.model.time_unit,
+                **common,
+            ), None
         model = site.logistic()
         if site.intercept is None:
             return None, "the site model gives no intercept, so no probability can be computed"
@@ -382,8 +499,9 @@ def _estimate(card: CardContent, s: Situation, site: SiteModel | None,
             flipped = list(x)
             flipped[i] = 1.0
             alternatives.append((label, model.probability(flipped)))
-        return Estimate(kind="logistic", probability=model.probability(x), alternatives=tuple(alternatives),
-                        **common), None
+        return Estimate(
+            kind="logistic", probability=model.probability(x), alternatives=tuple(alternatives), **common
+        ), None
     except (ModelIncomplete, ValueError, OverflowError) as exc:
         return None, f"the site model could not be applied ({exc})"
 

@@ -23,12 +23,13 @@ after a procedure, conditions after a procedure, current medications, unreadable
 is said by the `PatientRecord` queries, and only there; how dates and times are read and
 compared is in clinical_time.py.
 """
+
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 from fhir.resources.R4B.condition import Condition
 from fhir.resources.R4B.medication import Medication
@@ -38,13 +39,28 @@ from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.procedure import Procedure
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
+from cds_service.clinical.dates import (
+    DAYS_PER_YEAR,
+    day_of,
+    instant_of,
+    on_or_after,
+    parse_fhir_date,
+    parse_fhir_datetime,
+)
 from cds_service.terminology import units
-from cds_service.clinical.dates import DAYS_PER_YEAR, day_of, instant_of, on_or_after, parse_fhir_date, parse_fhir_datetime
 from cds_service.terminology.concept_index import ConceptIndex, Match, ValueSpec
 
 __all__ = [
-    "Match", "ConditionFact", "ProcedureFact", "ObservationFact", "MedicationFact", "OrderFact",
-    "UnreadableInput", "PatientRecord", "build_record", "iter_facts",
+    "ConditionFact",
+    "Match",
+    "MedicationFact",
+    "ObservationFact",
+    "OrderFact",
+    "PatientRecord",
+    "ProcedureFact",
+    "UnreadableInput",
+    "build_record",
+    "iter_facts",
 ]
 
 ACTIVE_CLINICAL_STATUSES = ("active", "recurrence", "relapse")
@@ -54,11 +70,11 @@ NOT_CURRENT_USE = frozenset({"entered-in-error", "cancelled", "draft", "not-take
 @dataclass(frozen=True)
 class ConditionFact:
     match: Match
-    clinical_status: str | None      # active | recurrence | relapse | inactive | remission | resolved
-    onset: date | None               # onsetDateTime / onsetPeriod.start (onsetAge / onsetString: None)
-    recorded: date | None            # recordedDate
-    abatement: date | None           # abatementDateTime / abatementPeriod (start, else end)
-    abated: bool = False             # any abatement[x] recorded, even one without a date
+    clinical_status: str | None  # active | recurrence | relapse | inactive | remission | resolved
+    onset: date | None  # onsetDateTime / onsetPeriod.start (onsetAge / onsetString: None)
+    recorded: date | None  # recordedDate
+    abatement: date | None  # abatementDateTime / abatementPeriod (start, else end)
+    abated: bool = False  # any abatement[x] recorded, even one without a date
 
     @property
     def is_active(self) -> bool:
@@ -71,9 +87,9 @@ class ConditionFact:
 @dataclass(frozen=True)
 class ProcedureFact:
     match: Match
-    status: str                      # FHIR Procedure.status (only 'completed' kept by default)
-    start: datetime | None           # performedDateTime or performedPeriod.start (timezone-aware)
-    end: datetime | None             # performedPeriod.end
+    status: str  # FHIR Procedure.status (only 'completed' kept by default)
+    start: datetime | None  # performedDateTime or performedPeriod.start (timezone-aware)
+    end: datetime | None  # performedPeriod.end
 
     @property
     def duration_minutes(self) -> float | None:
@@ -91,33 +107,35 @@ class ProcedureFact:
 @dataclass(frozen=True)
 class ObservationFact:
     match: Match
-    effective: datetime | None       # effectiveDateTime / effectivePeriod.start / effectiveInstant / issued
+    effective: datetime | None  # effectiveDateTime / effectivePeriod.start / effectiveInstant / issued
     value: float | int | str | bool | None  # float (quantity, canonical unit), int (ordinal, count),
-                                            # str (coded answer, e.g. "persisted"), bool (boolean)
-    unit: str | None                 # canonical UCUM unit when value is a quantity
-    raw: str                         # the value as recorded, for display ("25 min", "Grade III")
+    # str (coded answer, e.g. "persisted"), bool (boolean)
+    unit: str | None  # canonical UCUM unit when value is a quantity
+    raw: str  # the value as recorded, for display ("25 min", "Grade III")
 
 
 @dataclass(frozen=True)
 class MedicationFact:
     match: Match
-    resource_type: str               # MedicationRequest | MedicationStatement
+    resource_type: str  # MedicationRequest | MedicationStatement
     status: str
-    date: date | None                # authoredOn / effective[x] / dateAsserted
+    date: date | None  # authoredOn / effective[x] / dateAsserted
 
 
 @dataclass(frozen=True)
 class OrderFact:
     """A draft order (context.draftOrders) that matched a concept."""
+
     match: Match
     resource_type: str
-    resource_ref: str                # "ServiceRequest/abc" as given in the draft bundle
-    selected: bool                   # order-select: listed in context.selections
+    resource_ref: str  # "ServiceRequest/abc" as given in the draft bundle
+    selected: bool  # order-select: listed in context.selections
 
 
 @dataclass(frozen=True)
 class UnreadableInput:
     """A resource the service needed but could not use. Carries no identifiers."""
+
     resource_type: str
     concept: str | None
     reason: str
@@ -133,13 +151,14 @@ class PatientRecord:
     of a concept could not be read. They take facts as they are, also from records built
     by hand (unsorted, or with statuses the build would not keep).
     """
+
     today: date
-    sex: str | None = None           # Patient.gender
+    sex: str | None = None  # Patient.gender
     birth_date: date | None = None
     conditions: dict[str, list[ConditionFact]] = field(default_factory=dict)
-    procedures: dict[str, list[ProcedureFact]] = field(default_factory=dict)      # latest first
+    procedures: dict[str, list[ProcedureFact]] = field(default_factory=dict)  # latest first
     observations: dict[str, list[ObservationFact]] = field(default_factory=dict)  # latest first
-    medications: dict[str, list[MedicationFact]] = field(default_factory=dict)    # latest first
+    medications: dict[str, list[MedicationFact]] = field(default_factory=dict)  # latest first
     orders: dict[str, list[OrderFact]] = field(default_factory=dict)
     unreadable: list[UnreadableInput] = field(default_factory=list)
     unavailable: dict[str, str] = field(default_factory=dict)  # prefetch key -> reason
@@ -158,8 +177,9 @@ class PatientRecord:
         if procedure is None or procedure.performed is None:
             return []
         day = day_of(procedure.performed)
-        return [c for c in self.active_conditions(concept)
-                if any(d is not None and d > day for d in (c.onset, c.recorded))]
+        return [
+            c for c in self.active_conditions(concept) if any(d is not None and d > day for d in (c.onset, c.recorded))
+        ]
 
     def earliest_onset(self, concept: str) -> date | None:
         onsets = [c.onset for c in self.conditions.get(concept, ()) if c.onset is not None]
@@ -169,8 +189,11 @@ class PatientRecord:
     def latest_procedure(self, concept: str) -> ProcedureFact | None:
         """The latest completed procedure of the concept that is not dated after today; an
         undated one only when none has a date."""
-        done = [p for p in self.procedures.get(concept, ())
-                if p.status == "completed" and (p.performed is None or day_of(p.performed) <= self.today)]
+        done = [
+            p
+            for p in self.procedures.get(concept, ())
+            if p.status == "completed" and (p.performed is None or day_of(p.performed) <= self.today)
+        ]
         if not done:
             return None
         dated = [p for p in done if p.performed is not None]
@@ -179,8 +202,9 @@ class PatientRecord:
         return done[0]
 
     # -- observations ----------------------------------------------------------------------
-    def observations_for(self, concept: str, lookback_days: int | None = None,
-                         after: ProcedureFact | None = None) -> list[ObservationFact]:
+    def observations_for(
+        self, concept: str, lookback_days: int | None = None, after: ProcedureFact | None = None
+    ) -> list[ObservationFact]:
         """Observations of the concept, latest first, undated last.
 
         `lookback_days`: only those dated in the window of that many days ending today.
@@ -194,12 +218,14 @@ class PatientRecord:
             facts = [f for f in facts if f.effective is not None and since <= day_of(f.effective) <= self.today]
         if after is not None:
             facts = [f for f in facts if on_or_after(f.effective, after.performed)]
-        dated = sorted((f for f in facts if f.effective is not None), key=lambda f: instant_of(f.effective),
-                       reverse=True)
+        dated = sorted(
+            (f for f in facts if f.effective is not None), key=lambda f: instant_of(f.effective), reverse=True
+        )
         return dated + [f for f in facts if f.effective is None]
 
-    def latest_observation(self, concept: str, lookback_days: int | None = None,
-                           after: ProcedureFact | None = None) -> ObservationFact | None:
+    def latest_observation(
+        self, concept: str, lookback_days: int | None = None, after: ProcedureFact | None = None
+    ) -> ObservationFact | None:
         """The first of `observations_for` (same arguments), or None."""
         facts = self.observations_for(concept, lookback_days, after)
         return facts[0] if facts else None
@@ -230,9 +256,13 @@ class PatientRecord:
 
 # =========================================================================== building
 _MODELS = {
-    "Condition": Condition, "Procedure": Procedure, "Observation": Observation,
-    "MedicationRequest": MedicationRequest, "MedicationStatement": MedicationStatement,
-    "ServiceRequest": ServiceRequest, "Medication": Medication,
+    "Condition": Condition,
+    "Procedure": Procedure,
+    "Observation": Observation,
+    "MedicationRequest": MedicationRequest,
+    "MedicationStatement": MedicationStatement,
+    "ServiceRequest": ServiceRequest,
+    "Medication": Medication,
 }
 CONDITION_KINDS = frozenset({"condition"})
 PROCEDURE_KINDS = frozenset({"procedure"})
@@ -247,10 +277,28 @@ _OBSERVATION_STATUSES = ("final", "amended", "corrected")
 # these elements of an Observation, so only these are validated: half the cost, and an
 # unreadable element elsewhere (a broken `performer`) does not discard a usable value.
 _OBSERVATION_ELEMENTS_READ = (
-    "resourceType", "id", "status", "code", "component", "dataAbsentReason", "issued",
-    "effectiveDateTime", "effectivePeriod", "effectiveInstant", "effectiveTiming",
-    "valueQuantity", "valueCodeableConcept", "valueString", "valueBoolean", "valueInteger",
-    "valueRange", "valueRatio", "valueSampledData", "valueTime", "valueDateTime", "valuePeriod",
+    "resourceType",
+    "id",
+    "status",
+    "code",
+    "component",
+    "dataAbsentReason",
+    "issued",
+    "effectiveDateTime",
+    "effectivePeriod",
+    "effectiveInstant",
+    "effectiveTiming",
+    "valueQuantity",
+    "valueCodeableConcept",
+    "valueString",
+    "valueBoolean",
+    "valueInteger",
+    "valueRange",
+    "valueRatio",
+    "valueSampledData",
+    "valueTime",
+    "valueDateTime",
+    "valuePeriod",
 )
 _STATEMENT_STATUSES = ("active", "intended")
 _IGNORED_DRAFT_STATUSES = ("entered-in-error", "cancelled", "revoked")
@@ -303,14 +351,14 @@ def build_record(
         if reader is not None:
             try:
                 reader(resource, concepts, record, medications)
-            except Exception:  # noqa: BLE001 - no input may break the record
+            except Exception:
                 _could_not_read(resource, record)
 
     selected = _selection_set(selections)
     for resource, full_url in drafts:
         try:
             _read_draft_order(resource, concepts, record, medications, full_url, selected)
-        except Exception:  # noqa: BLE001
+        except Exception:
             _could_not_read(resource, record)
 
     _sort(record)
@@ -321,16 +369,26 @@ def build_record(
 def _could_not_read(resource: dict, record: PatientRecord) -> None:
     """Last line of defence: the reason is ours, never the exception's text."""
     kind = resource.get("resourceType")
-    record.unreadable.append(UnreadableInput(
-        resource_type=kind if kind in _MODELS else "Resource", concept=None,
-        reason="the resource could not be read"))
+    record.unreadable.append(
+        UnreadableInput(
+            resource_type=kind if kind in _MODELS else "Resource", concept=None, reason="the resource could not be read"
+        )
+    )
 
 
 # -- collecting ---------------------------------------------------------------------------
-_READ_TYPES = frozenset({
-    "Patient", "Condition", "Procedure", "Observation", "MedicationRequest", "MedicationStatement",
-    "Medication", "ServiceRequest",
-})
+_READ_TYPES = frozenset(
+    {
+        "Patient",
+        "Condition",
+        "Procedure",
+        "Observation",
+        "MedicationRequest",
+        "MedicationStatement",
+        "Medication",
+        "ServiceRequest",
+    }
+)
 
 
 def _collect(sources: Iterable[object]) -> list[tuple[dict, str | None]]:
@@ -408,15 +466,24 @@ def _read_condition(resource: dict, concepts: ConceptIndex, record: PatientRecor
         return
     clinical = _status_code(resource.get("clinicalStatus"), "condition-clinical")
     onset = parse_fhir_date(resource.get("onsetDateTime")) or parse_fhir_date(_get(resource, "onsetPeriod", "start"))
-    abatement = (parse_fhir_date(resource.get("abatementDateTime"))
-                 or parse_fhir_date(_get(resource, "abatementPeriod", "start"))
-                 or parse_fhir_date(_get(resource, "abatementPeriod", "end")))
+    abatement = (
+        parse_fhir_date(resource.get("abatementDateTime"))
+        or parse_fhir_date(_get(resource, "abatementPeriod", "start"))
+        or parse_fhir_date(_get(resource, "abatementPeriod", "end"))
+    )
     abated = any(isinstance(key, str) and key.startswith("abatement") for key in resource)
     recorded = parse_fhir_date(resource.get("recordedDate"))
     for match in matches:
-        record.conditions.setdefault(match.concept, []).append(ConditionFact(
-            match=match, clinical_status=clinical, onset=onset, recorded=recorded,
-            abatement=abatement, abated=abated))
+        record.conditions.setdefault(match.concept, []).append(
+            ConditionFact(
+                match=match,
+                clinical_status=clinical,
+                onset=onset,
+                recorded=recorded,
+                abatement=abatement,
+                abated=abated,
+            )
+        )
 
 
 # -- Procedure ---------------------------------------------------------------------------------
@@ -433,7 +500,8 @@ def _read_procedure(resource: dict, concepts: ConceptIndex, record: PatientRecor
         end = parse_fhir_datetime(_get(resource, "performedPeriod", "end"))
     for match in matches:
         record.procedures.setdefault(match.concept, []).append(
-            ProcedureFact(match=match, status="completed", start=start, end=end))
+            ProcedureFact(match=match, status="completed", start=start, end=end)
+        )
 
 
 # -- Observation -------------------------------------------------------------------------------
@@ -454,10 +522,12 @@ def _read_observation(resource: dict, concepts: ConceptIndex, record: PatientRec
         return
     if not _valid(resource, [m for m, _ in found], record):
         return
-    effective = (parse_fhir_datetime(resource.get("effectiveDateTime"))
-                 or parse_fhir_datetime(_get(resource, "effectivePeriod", "start"))
-                 or parse_fhir_datetime(resource.get("effectiveInstant"))
-                 or parse_fhir_datetime(resource.get("issued")))
+    effective = (
+        parse_fhir_datetime(resource.get("effectiveDateTime"))
+        or parse_fhir_datetime(_get(resource, "effectivePeriod", "start"))
+        or parse_fhir_datetime(resource.get("effectiveInstant"))
+        or parse_fhir_datetime(resource.get("issued"))
+    )
     for match, holder in found:
         spec = concepts.concept(match.concept).value
         if spec is None:
@@ -472,7 +542,8 @@ def _read_observation(resource: dict, concepts: ConceptIndex, record: PatientRec
             record.unreadable.append(UnreadableInput("Observation", match.concept, str(exc)))
             continue
         record.observations.setdefault(match.concept, []).append(
-            ObservationFact(match=match, effective=effective, value=value, unit=unit, raw=raw))
+            ObservationFact(match=match, effective=effective, value=value, unit=unit, raw=raw)
+        )
 
 
 def _read_value(holder: dict, spec: ValueSpec, concept_id: str, concepts: ConceptIndex):
@@ -529,8 +600,11 @@ def _whole_number(holder: dict, ordinal: bool) -> tuple[float, str]:
     text = holder.get("valueString")
     if text is None and isinstance(holder.get("valueCodeableConcept"), dict):
         cc = holder["valueCodeableConcept"]
-        candidates = [cc.get("text")] + [c.get("display") for c in _list(cc.get("coding")) if isinstance(c, dict)] \
+        candidates = (
+            [cc.get("text")]
+            + [c.get("display") for c in _list(cc.get("coding")) if isinstance(c, dict)]
             + [c.get("code") for c in _list(cc.get("coding")) if isinstance(c, dict)]
+        )
         for candidate in candidates:
             if isinstance(candidate, str) and _parse_grade(candidate, ordinal) is not None:
                 text = candidate
@@ -549,7 +623,7 @@ _COUNT = re.compile(r"\s*([0-9]{1,3})\s*")
 
 
 def _parse_grade(text: str, ordinal: bool) -> int | None:
-    """"III", "Grade III", "grade 3", "3" -> 3 (ordinal); "2" -> 2 (count)."""
+    """ "III", "Grade III", "grade 3", "3" -> 3 (ordinal); "2" -> 2 (count)."""
     if len(text) > 40:
         return None
     m = (_GRADE if ordinal else _COUNT).fullmatch(text)
@@ -609,13 +683,16 @@ def _read_medication_use(resource: dict, concepts: ConceptIndex, record: Patient
         return
     if referenced is not None and not _valid(referenced, matches, record):
         return
-    when = (parse_fhir_date(resource.get("authoredOn"))
-            or parse_fhir_date(resource.get("effectiveDateTime"))
-            or parse_fhir_date(_get(resource, "effectivePeriod", "start"))
-            or parse_fhir_date(resource.get("dateAsserted")))
+    when = (
+        parse_fhir_date(resource.get("authoredOn"))
+        or parse_fhir_date(resource.get("effectiveDateTime"))
+        or parse_fhir_date(_get(resource, "effectivePeriod", "start"))
+        or parse_fhir_date(resource.get("dateAsserted"))
+    )
     for match in matches:
         record.medications.setdefault(match.concept, []).append(
-            MedicationFact(match=match, resource_type=kind, status=status, date=when))
+            MedicationFact(match=match, resource_type=kind, status=status, date=when)
+        )
 
 
 def _medication_codeable(resource: dict, medications: dict) -> tuple[object, dict | None]:
@@ -628,9 +705,12 @@ def _medication_codeable(resource: dict, medications: dict) -> tuple[object, dic
         return None, None
     if reference.startswith("#"):
         for contained in _list(resource.get("contained")):
-            if (isinstance(contained, dict) and contained.get("resourceType") == "Medication"
-                    and contained.get("id") == reference[1:]):
-                return contained.get("code"), None      # validated with its container
+            if (
+                isinstance(contained, dict)
+                and contained.get("resourceType") == "Medication"
+                and contained.get("id") == reference[1:]
+            ):
+                return contained.get("code"), None  # validated with its container
         return None, None
     target = medications.get(reference) or medications.get(_type_and_id(reference))
     if target is None:
@@ -639,8 +719,14 @@ def _medication_codeable(resource: dict, medications: dict) -> tuple[object, dic
 
 
 # -- draft orders ------------------------------------------------------------------------------
-def _read_draft_order(resource: dict, concepts: ConceptIndex, record: PatientRecord, medications: dict,
-                      full_url: str | None, selected: frozenset[str] | None) -> None:
+def _read_draft_order(
+    resource: dict,
+    concepts: ConceptIndex,
+    record: PatientRecord,
+    medications: dict,
+    full_url: str | None,
+    selected: frozenset[str] | None,
+) -> None:
     kind = resource.get("resourceType")
     if kind == "ServiceRequest":
         matches = concepts.match_codeable(resource.get("code"), SERVICE_REQUEST_KINDS)
@@ -667,7 +753,8 @@ def _read_draft_order(resource: dict, concepts: ConceptIndex, record: PatientRec
     is_selected = selected is None or ref in selected or (full_url is not None and full_url in selected)
     for match in matches:
         record.orders.setdefault(match.concept, []).append(
-            OrderFact(match=match, resource_type=kind, resource_ref=ref, selected=is_selected))
+            OrderFact(match=match, resource_type=kind, resource_ref=ref, selected=is_selected)
+        )
 
 
 def _selection_set(selections: Iterable[str] | None) -> frozenset[str] | None:
@@ -695,7 +782,7 @@ def _valid(resource: dict, matches: list[Match], record: PatientRecord) -> bool:
     try:
         model.model_validate(resource)
         return True
-    except Exception as exc:  # noqa: BLE001 - pydantic ValidationError and anything below it
+    except Exception as exc:
         reason = _validation_reason(kind, model, exc)
     for concept in dict.fromkeys(m.concept for m in matches):
         record.unreadable.append(UnreadableInput(kind, concept, reason))
@@ -715,7 +802,7 @@ def _validation_reason(kind: str, model, exc: Exception) -> str:
                 fields.append(head)
             elif error.get("type") == "extra_forbidden":
                 unknown = True
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
     parts = []
     if fields:
@@ -752,7 +839,7 @@ def _status_code(codeable: object, system_tail: str) -> str | None:
 
 
 def _type_and_id(reference: str) -> str:
-    """"https://x/fhir/ServiceRequest/1/_history/2" -> "ServiceRequest/1"."""
+    """ "https://x/fhir/ServiceRequest/1/_history/2" -> "ServiceRequest/1"."""
     parts = [p for p in reference.split("?")[0].split("/") if p]
     if len(parts) >= 4 and parts[-2] == "_history":
         parts = parts[:-2]
@@ -765,7 +852,7 @@ def _short(text: str) -> str:
 
 
 def _sort(record: PatientRecord) -> None:
-    earliest = datetime.min.replace(tzinfo=timezone.utc)
+    earliest = datetime.min.replace(tzinfo=UTC)
 
     def newest_first(when: datetime | None) -> tuple[bool, datetime]:
         return (when is not None, when or earliest)

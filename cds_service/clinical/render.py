@@ -8,6 +8,7 @@ informs and does not replace clinical judgement. Text that comes from the patien
 is escaped, so a record cannot inject Markdown links or HTML into a card. No field is
 empty or null.
 """
+
 from __future__ import annotations
 
 import re
@@ -15,9 +16,20 @@ import string
 import uuid
 from typing import Any
 
-from cds_service.content.cards import SUMMARY_LIMIT, Reference, When, format_figure
-from cds_service.clinical.evaluate import INTRAOPERATIVE, MISSING, UNREADABLE, USED, CardResult, Estimate, InputValue, number, percent, ratio
+from cds_service.clinical.evaluate import (
+    INTRAOPERATIVE,
+    MISSING,
+    UNREADABLE,
+    USED,
+    CardResult,
+    Estimate,
+    InputValue,
+    number,
+    percent,
+    ratio,
+)
 from cds_service.clinical.record import OrderFact
+from cds_service.content.cards import SUMMARY_LIMIT, Reference, When, format_figure
 
 JUDGEMENT = "This card informs and does not replace clinical judgement."
 _UNAVAILABLE_LABELS = {
@@ -28,7 +40,7 @@ _UNAVAILABLE_LABELS = {
     "medicationRequests": "medication orders",
     "medicationStatements": "medication statements",
 }
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~])")   # inline Markdown / HTML; "(" is inert without "]"
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~])")  # inline Markdown / HTML; "(" is inert without "]"
 _PATIENT_TEXT_LIMIT = 120
 
 
@@ -98,7 +110,7 @@ def _summary(result: CardResult, values: dict[str, str]) -> str:
             break
     summary = " ".join(_fill(text, values).split())
     if len(summary) >= SUMMARY_LIMIT:
-        summary = summary[:SUMMARY_LIMIT - 2].rstrip() + "…"
+        summary = summary[: SUMMARY_LIMIT - 2].rstrip() + "…"
     return summary
 
 
@@ -125,7 +137,7 @@ def _sources(result: CardResult) -> list[Reference]:
     refs = [s.source or card.source, card.source, *card.references]
     seen, out = set(), []
     for r in refs:
-        key = r.url or r.label          # one line per publication, the first label wins
+        key = r.url or r.label  # one line per publication, the first label wins
         if key not in seen:
             seen.add(key)
             out.append(r)
@@ -144,8 +156,10 @@ def _estimate_section(result: CardResult, values: dict[str, str]) -> str:
         return heading + _fill(card.texts["site_estimate"], values).strip() + "\n\n" + _estimate_lines(result.estimate)
     if result.site_model is not None and result.estimate_problem:
         site = result.site_model
-        problem = (f"The site-configured model \"{escape(site.label)}\" (version {escape(site.version)}) "
-                   f"gives no estimate for this patient: {result.estimate_problem}.")
+        problem = (
+            f'The site-configured model "{escape(site.label)}" (version {escape(site.version)}) '
+            f"gives no estimate for this patient: {result.estimate_problem}."
+        )
         return heading + problem + ("\n\n" + no_estimate if no_estimate else "")
     return heading + no_estimate if no_estimate else ""
 
@@ -153,8 +167,10 @@ def _estimate_section(result: CardResult, values: dict[str, str]) -> str:
 def _estimate_lines(e: Estimate) -> str:
     lines = []
     if e.kind == "cox":
-        lines.append(f"- Relative hazard of {e.outcome}: **{ratio(e.relative_hazard)}** compared with the site's "
-                     f"reference profile ({escape(e.reference_label or 'not described')})")
+        lines.append(
+            f"- Relative hazard of {e.outcome}: **{ratio(e.relative_hazard)}** compared with the site's "
+            f"reference profile ({escape(e.reference_label or 'not described')})"
+        )
         for horizon, p in e.event_probabilities:
             lines.append(f"- Estimated {e.outcome} by {number(horizon)} {e.time_unit}: **{percent(p)}**")
         if not e.event_probabilities:
@@ -185,20 +201,26 @@ def _input_sections(result: CardResult) -> list[str]:
     for u in result.unreadable:
         note = f"{u.resource_type}: {u.reason}"
         if note not in covered:
-            lines.append(f"- **{labels.get(u.concept, (u.concept or 'input').replace('_', ' '))}**: recorded but "
-                         f"unreadable ({escape(note)})")
+            lines.append(
+                f"- **{labels.get(u.concept, (u.concept or 'input').replace('_', ' '))}**: recorded but "
+                f"unreadable ({escape(note)})"
+            )
     if lines:
         parts.append("### Recorded but unreadable\n\n" + "\n".join(dict.fromkeys(lines)))
     if result.unavailable:
-        parts.append("### Data that could not be retrieved\n\n" + "\n".join(
-            f"- {_UNAVAILABLE_LABELS.get(k, escape(k))}: {escape(v)}" for k, v in sorted(result.unavailable.items())))
+        parts.append(
+            "### Data that could not be retrieved\n\n"
+            + "\n".join(
+                f"- {_UNAVAILABLE_LABELS.get(k, escape(k))}: {escape(v)}" for k, v in sorted(result.unavailable.items())
+            )
+        )
     return parts
 
 
 def _order_line(order: OrderFact, hook: str) -> str:
     line = f"- **Order being {'signed' if hook == 'order-sign' else 'selected'}**: {order.resource_type}"
     if order.match.display:
-        line += f" \"{escape(order.match.display)}\""
+        line += f' "{escape(order.match.display)}"'
     if order.match.code and not order.match.by_text:
         line += f", code {escape(order.match.code)}"
     if order.match.by_text:
@@ -213,7 +235,7 @@ def _used_line(i: InputValue) -> str:
     if i.note:
         line += f"; {escape(i.note)}"
     if i.by_text:
-        line += f"; matched by text only (\"{escape(i.matched_text or '')}\"), not by a code"
+        line += f'; matched by text only ("{escape(i.matched_text or "")}"), not by a code'
     return line
 
 
@@ -227,5 +249,5 @@ def escape(text: Any) -> str:
     """Patient-derived text as inert Markdown: one line, bounded, special characters escaped."""
     flat = " ".join(str(text).split())
     if len(flat) > _PATIENT_TEXT_LIMIT:
-        flat = flat[:_PATIENT_TEXT_LIMIT - 1] + "…"
+        flat = flat[: _PATIENT_TEXT_LIMIT - 1] + "…"
     return _MD_SPECIAL.sub(r"\\\1", flat)

@@ -11,10 +11,11 @@
 A model refuses to compute what its parameters do not support (ModelIncomplete), so a
 number that a source did not publish can never be produced by accident.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -35,6 +36,7 @@ def _vector(values: Sequence[float], length: int, what: str) -> np.ndarray:
 @dataclass(frozen=True)
 class CoxModel:
     """Proportional hazards model h(t|x) = h0(t) * exp(x.beta)."""
+
     names: tuple[str, ...]
     coefficients: tuple[float, ...]
     reference: tuple[float, ...] | None = None
@@ -81,6 +83,7 @@ class CoxModel:
 @dataclass(frozen=True)
 class LogisticModel:
     """logit p = b0 + x.b; b0 may be unknown (then only odds ratios are available)."""
+
     names: tuple[str, ...]
     coefficients: tuple[float, ...]
     intercept: float | None = None
@@ -91,7 +94,7 @@ class LogisticModel:
             raise ValueError("intercept must be a finite number")
 
     @classmethod
-    def from_odds_ratios(cls, odds_ratios: Mapping[str, float], intercept: float | None = None) -> "LogisticModel":
+    def from_odds_ratios(cls, odds_ratios: Mapping[str, float], intercept: float | None = None) -> LogisticModel:
         for name, value in odds_ratios.items():
             if not value > 0:
                 raise ValueError(f"odds ratio for {name} must be positive, got {value}")

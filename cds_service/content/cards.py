@@ -33,6 +33,7 @@ Without `coefficients` the published ones are used (Cox coefficients; ln(OR) for
 logistic model). Every numeric predictor a site model uses needs a coding; yes/no
 predictors are coded 1 / 0.
 """
+
 from __future__ import annotations
 
 import math
@@ -43,14 +44,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cds_service.config import ConfigError
 from cds_service.clinical.risk_models import CoxModel, LogisticModel
+from cds_service.config import ConfigError
 from cds_service.content import toml_checks
 
 HOOKS = ("patient-view", "order-select", "order-sign")
 INDICATORS = ("info", "warning", "critical")
 NOT_CARD_FILES = frozenset({"concepts.toml", "services.toml"})
-SUMMARY_LIMIT = 140          # CDS Hooks: summary SHOULD be under 140 characters
+SUMMARY_LIMIT = 140  # CDS Hooks: summary SHOULD be under 140 characters
 MODEL_KINDS = ("cox", "logistic", "evidence")
 
 # How a predictor is read from the patient record (see evaluate.py).
@@ -65,8 +66,14 @@ DERIVATIONS = {
     "time_since_procedure": "months since the situation's procedure",
     "intraoperative": "only known during surgery: always listed as unknown before it",
 }
-NEEDS_CONCEPT = {"condition", "condition_after_procedure", "medication", "observation", "disease_duration",
-                 "operation_time"}
+NEEDS_CONCEPT = {
+    "condition",
+    "condition_after_procedure",
+    "medication",
+    "observation",
+    "disease_duration",
+    "operation_time",
+}
 NEEDS_PROCEDURE = {"operation_time", "time_since_procedure", "condition_after_procedure"}
 BINARY_DERIVATIONS = {"condition", "medication", "sex"}
 # Placeholders every text may use besides figures and predictor ids.
@@ -91,12 +98,13 @@ class Reference:
 @dataclass(frozen=True)
 class When:
     """A condition on the evaluation: a predictor's value, or whether an estimate exists."""
+
     predictor: str | None = None
     equals: Any = None
     below: float | None = None
     at_least: float | None = None
-    recorded: bool | None = None     # True: a usable value; False: missing / unreadable
-    estimate: bool | None = None     # True: a site-model estimate was computed
+    recorded: bool | None = None  # True: a usable value; False: missing / unreadable
+    estimate: bool | None = None  # True: a site-model estimate was computed
 
 
 @dataclass(frozen=True)
@@ -122,9 +130,9 @@ class Predictor:
     concept: str | None = None
     unit: str | None = None
     lookback_days: int | None = None
-    after_procedure: bool = False        # observation: only values recorded after the procedure
-    annotate_procedure: bool = False     # observation: say when a value predates the procedure
-    values: tuple[str, ...] = ()         # coded observation: the allowed answers
+    after_procedure: bool = False  # observation: only values recorded after the procedure
+    annotate_procedure: bool = False  # observation: say when a value predates the procedure
+    values: tuple[str, ...] = ()  # coded observation: the allowed answers
 
     @property
     def binary(self) -> bool:
@@ -142,6 +150,7 @@ class ObservationRequirement:
 @dataclass(frozen=True)
 class Situation:
     """One way the card fires: the hooks, the triggering facts, and what it then shows."""
+
     id: str
     hooks: tuple[str, ...]
     predictors: tuple[str, ...]
@@ -156,7 +165,7 @@ class Situation:
     requires_observation: ObservationRequirement | None = None
     condition_after_procedure: str | None = None
     use_model: bool = False
-    no_estimate: str | None = None        # key in [texts]
+    no_estimate: str | None = None  # key in [texts]
     summary_variants: tuple[SummaryVariant, ...] = ()
     source: Reference | None = None
     indicator: str | None = None
@@ -164,11 +173,11 @@ class Situation:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    kind: str                                   # cox | logistic | evidence
+    kind: str  # cox | logistic | evidence
     outcome: str
     time_unit: str | None = None
-    coefficients: dict[str, float] = field(default_factory=dict)   # published (Cox)
-    odds_ratios: dict[str, float] = field(default_factory=dict)    # published (logistic)
+    coefficients: dict[str, float] = field(default_factory=dict)  # published (Cox)
+    odds_ratios: dict[str, float] = field(default_factory=dict)  # published (logistic)
 
     @property
     def predictor_ids(self) -> tuple[str, ...]:
@@ -178,6 +187,7 @@ class ModelSpec:
 @dataclass(frozen=True)
 class Coding:
     """How a site codes a numeric predictor: linear (value - offset) / scale, or cut-offs."""
+
     scale: float = 1.0
     offset: float = 0.0
     cutoffs: tuple[float, ...] = ()
@@ -198,15 +208,16 @@ class Coding:
 @dataclass(frozen=True)
 class SiteModel:
     """A complete model supplied by the deployment for one card."""
+
     card_id: str
-    kind: str                                   # cox | logistic
+    kind: str  # cox | logistic
     label: str
     version: str
-    names: tuple[str, ...]                      # predictor ids, in coefficient order
+    names: tuple[str, ...]  # predictor ids, in coefficient order
     coefficients: tuple[float, ...]
-    coding: dict[str, Coding]                   # numeric predictors only
+    coding: dict[str, Coding]  # numeric predictors only
     intercept: float | None = None
-    reference: dict[str, float] | None = None   # Cox, coded units
+    reference: dict[str, float] | None = None  # Cox, coded units
     reference_label: str | None = None
     baseline_survival: dict[float, float] = field(default_factory=dict)
     coefficients_from_site: bool = False
@@ -261,6 +272,7 @@ def load_cards(cards_dir: Path, overlay: dict | None = None, concepts: Any = Non
     cards_dir = Path(cards_dir)
     if concepts is None and (cards_dir / "concepts.toml").exists():
         from cds_service.terminology.concepts_file import load_concepts
+
         concepts = load_concepts(cards_dir, overlay)
     cards: list[CardContent] = []
     for path in sorted(cards_dir.glob("*.toml")):
@@ -310,24 +322,89 @@ def content_versions(cards: list[CardContent]) -> str:
 
 
 # ---------------------------------------------------------------------------- card files
-_CARD_KEYS = {"id", "version", "title", "indicator", "source", "references", "figures", "model",
-              "predictors", "situations", "sections", "texts", "caveats"}
-_PREDICTOR_KEYS = {"id", "label", "derive", "how", "concept", "unit", "lookback_days", "after_procedure",
-                   "annotate_procedure", "values"}
-_SITUATION_KEYS = {"id", "hooks", "predictors", "summary", "lead", "sections", "orders", "procedure",
-                   "within_months", "requires_conditions", "requires_active_conditions", "requires_observation",
-                   "condition_after_procedure", "use_model", "no_estimate", "summary_variants", "source",
-                   "indicator"}
-_CONCEPT_KIND = {"orders": ("procedure", "medication"), "procedure": ("procedure",),
-                 "requires_conditions": ("condition",), "requires_active_conditions": ("condition",),
-                 "condition_after_procedure": ("condition",)}
-_DERIVE_KIND = {"condition": "condition", "condition_after_procedure": "condition", "medication": "medication",
-                "observation": "observation", "disease_duration": "condition", "operation_time": "observation"}
+_CARD_KEYS = {
+    "id",
+    "version",
+    "title",
+    "indicator",
+    "source",
+    "references",
+    "figures",
+    "model",
+    "predictors",
+    "situations",
+    "sections",
+    "texts",
+    "caveats",
+}
+_PREDICTOR_KEYS = {
+    "id",
+    "label",
+    "derive",
+    "how",
+    "concept",
+    "unit",
+    "lookback_days",
+    "after_procedure",
+    "annotate_procedure",
+    "values",
+}
+_SITUATION_KEYS = {
+    "id",
+    "hooks",
+    "predictors",
+    "summary",
+    "lead",
+    "sections",
+    "orders",
+    "procedure",
+    "within_months",
+    "requires_conditions",
+    "requires_active_conditions",
+    "requires_observation",
+    "condition_after_procedure",
+    "use_model",
+    "no_estimate",
+    "summary_variants",
+    "source",
+    "indicator",
+}
+_CONCEPT_KIND = {
+    "orders": ("procedure", "medication"),
+    "procedure": ("procedure",),
+    "requires_conditions": ("condition",),
+    "requires_active_conditions": ("condition",),
+    "condition_after_procedure": ("condition",),
+}
+_DERIVE_KIND = {
+    "condition": "condition",
+    "condition_after_procedure": "condition",
+    "medication": "medication",
+    "observation": "observation",
+    "disease_duration": "condition",
+    "operation_time": "observation",
+}
 
 
 def card_from_data(data: dict, where: str = "card", concepts: Any = None) -> CardContent:
-    _keys(data, _CARD_KEYS, where, required={"id", "version", "title", "indicator", "source", "figures",
-                                             "model", "predictors", "situations", "sections", "caveats"})
+    _keys(
+        data,
+        _CARD_KEYS,
+        where,
+        required={
+            "id",
+            "version",
+            "title",
+            "indicator",
+            "source",
+            "figures",
+            "model",
+            "predictors",
+            "situations",
+            "sections",
+            "caveats",
+        },
+    )
     card_id = _text(data["id"], f"{where}: id")
     if not _ID.fullmatch(card_id):
         raise ContentError(f"{where}: id {card_id!r} must be lower-case letters, digits, '-' or '_'")
@@ -337,8 +414,10 @@ def card_from_data(data: dict, where: str = "card", concepts: Any = None) -> Car
         raise ContentError(f"{where}: version {version!r} must look like 1.0.0")
     indicator = _indicator(data["indicator"], f"{where}: indicator")
     source = _reference(data["source"], f"{where} [source]", url_required=True)
-    references = tuple(_reference(r, f"{where} [[references]] #{i + 1}", url_required=False)
-                       for i, r in enumerate(_list(data.get("references", []), f"{where} references")))
+    references = tuple(
+        _reference(r, f"{where} [[references]] #{i + 1}", url_required=False)
+        for i, r in enumerate(_list(data.get("references", []), f"{where} references"))
+    )
     figures = _figures(data["figures"], f"{where} [figures]")
     predictors = _predictors(data["predictors"], where, concepts)
     model = _model(data["model"], f"{where} [model]", predictors)
@@ -349,9 +428,10 @@ def card_from_data(data: dict, where: str = "card", concepts: Any = None) -> Car
     caveats = tuple(_text(c, f"{where} [caveats]") for c in _list(caveats_table["items"], f"{where} [caveats] items"))
     if not caveats:
         raise ContentError(f"{where} [caveats]: at least one evidence caveat is required")
-    situations = tuple(_situation(s, f"{where} [[situations]] #{i + 1}", predictors, sections, texts, figures,
-                                  model, concepts)
-                       for i, s in enumerate(_list(data["situations"], f"{where} situations")))
+    situations = tuple(
+        _situation(s, f"{where} [[situations]] #{i + 1}", predictors, sections, texts, figures, model, concepts)
+        for i, s in enumerate(_list(data["situations"], f"{where} situations"))
+    )
     if not situations:
         raise ContentError(f"{where}: at least one situation (trigger) is required")
     if len({s.id for s in situations}) != len(situations):
@@ -369,17 +449,30 @@ def card_from_data(data: dict, where: str = "card", concepts: Any = None) -> Car
     for caveat in caveats:
         _check_template(caveat, set(figures), f"{where} [caveats]")
     for s in situations:
-        for text, what in [(s.summary, "summary"), (s.lead, "lead")] + [(v.text, "summary variant")
-                                                                     for v in s.summary_variants]:
+        for text, what in [(s.summary, "summary"), (s.lead, "lead")] + [
+            (v.text, "summary variant") for v in s.summary_variants
+        ]:
             _check_template(text, names, f"{where} situation {s.id} {what}")
         _check_summary_length(s, figures, where)
     if model.kind in ("cox", "logistic") and any(s.use_model for s in situations) and "site_estimate" not in texts:
         raise ContentError(f"{where}: a card with a {model.kind} model needs [texts] site_estimate")
 
-    return CardContent(id=card_id, version=version, title=_text(data["title"], f"{where}: title"),
-                       indicator=indicator, source=source, references=references, figures=figures,
-                       model=model, predictors=predictors, situations=situations, sections=sections,
-                       texts=texts, caveats=caveats, path=where)
+    return CardContent(
+        id=card_id,
+        version=version,
+        title=_text(data["title"], f"{where}: title"),
+        indicator=indicator,
+        source=source,
+        references=references,
+        figures=figures,
+        model=model,
+        predictors=predictors,
+        situations=situations,
+        sections=sections,
+        texts=texts,
+        caveats=caveats,
+        path=where,
+    )
 
 
 def _figures(raw: object, where: str) -> dict[str, Any]:
@@ -424,14 +517,24 @@ def _predictors(raw: object, where: str, concepts: Any) -> dict[str, Predictor]:
         after = _bool(entry.get("after_procedure", False), f"{w} after_procedure")
         annotate = _bool(entry.get("annotate_procedure", False), f"{w} annotate_procedure")
         if (after or annotate or values or lookback) and derive != "observation":
-            raise ContentError(f"{w}: after_procedure / annotate_procedure / values / lookback_days "
-                               f"apply to derive = 'observation' only")
+            raise ContentError(
+                f"{w}: after_procedure / annotate_procedure / values / lookback_days "
+                f"apply to derive = 'observation' only"
+            )
         if pid in out:
             raise ContentError(f"{w}: defined twice")
-        out[pid] = Predictor(id=pid, label=_text(entry["label"], f"{w} label"), derive=derive,
-                             how=_text(entry["how"], f"{w} how"), concept=concept,
-                             unit=_opt_text(entry.get("unit"), f"{w} unit"), lookback_days=lookback,
-                             after_procedure=after, annotate_procedure=annotate, values=values)
+        out[pid] = Predictor(
+            id=pid,
+            label=_text(entry["label"], f"{w} label"),
+            derive=derive,
+            how=_text(entry["how"], f"{w} how"),
+            concept=concept,
+            unit=_opt_text(entry.get("unit"), f"{w} unit"),
+            lookback_days=lookback,
+            after_procedure=after,
+            annotate_procedure=annotate,
+            values=values,
+        )
     return out
 
 
@@ -456,9 +559,13 @@ def _model(raw: object, where: str, predictors: dict[str, Predictor]) -> ModelSp
             raise ContentError(f"{where}: {name!r} is not a predictor of this card")
     if kind == "cox" and not table.get("time_unit"):
         raise ContentError(f"{where}: a Cox model needs time_unit (the unit of baseline-survival horizons)")
-    return ModelSpec(kind=kind, outcome=_text(table["outcome"], f"{where} outcome"),
-                     time_unit=_opt_text(table.get("time_unit"), f"{where} time_unit"),
-                     coefficients=coefficients, odds_ratios=odds_ratios)
+    return ModelSpec(
+        kind=kind,
+        outcome=_text(table["outcome"], f"{where} outcome"),
+        time_unit=_opt_text(table.get("time_unit"), f"{where} time_unit"),
+        coefficients=coefficients,
+        odds_ratios=odds_ratios,
+    )
 
 
 def _sections(raw: object, where: str, predictors: dict[str, Predictor]) -> dict[str, Section]:
@@ -468,8 +575,12 @@ def _sections(raw: object, where: str, predictors: dict[str, Predictor]) -> dict
         entry = _table(entry, w)
         _keys(entry, {"heading", "body", "when"}, w, required={"heading", "body"})
         when = _when(entry["when"], f"{w} when", predictors) if "when" in entry else None
-        out[key] = Section(key=key, heading=_text(entry["heading"], f"{w} heading"),
-                           body=_text(entry["body"], f"{w} body").strip(), when=when)
+        out[key] = Section(
+            key=key,
+            heading=_text(entry["heading"], f"{w} heading"),
+            body=_text(entry["body"], f"{w} body").strip(),
+            when=when,
+        )
     return out
 
 
@@ -489,13 +600,25 @@ def _when(raw: object, where: str, predictors: dict[str, Predictor]) -> When:
     for k in ("below", "at_least"):
         if k in table and (isinstance(table[k], bool) or not isinstance(table[k], (int, float))):
             raise ContentError(f"{where}: {k} must be a number")
-    return When(predictor=pid, equals=table.get("equals"), below=table.get("below"),
-                at_least=table.get("at_least"),
-                recorded=_bool(table["recorded"], f"{where} recorded") if "recorded" in table else None)
+    return When(
+        predictor=pid,
+        equals=table.get("equals"),
+        below=table.get("below"),
+        at_least=table.get("at_least"),
+        recorded=_bool(table["recorded"], f"{where} recorded") if "recorded" in table else None,
+    )
 
 
-def _situation(raw: object, where: str, predictors: dict[str, Predictor], sections: dict[str, Section],
-               texts: dict[str, str], figures: dict[str, Any], model: ModelSpec, concepts: Any) -> Situation:
+def _situation(
+    raw: object,
+    where: str,
+    predictors: dict[str, Predictor],
+    sections: dict[str, Section],
+    texts: dict[str, str],
+    figures: dict[str, Any],
+    model: ModelSpec,
+    concepts: Any,
+) -> Situation:
     entry = _table(raw, where)
     _keys(entry, _SITUATION_KEYS, where, required={"id", "hooks", "predictors", "summary", "lead", "sections"})
     sid = _text(entry["id"], f"{where} id")
@@ -524,8 +647,12 @@ def _situation(raw: object, where: str, predictors: dict[str, Predictor], sectio
             raise ContentError(f"{where}: requires_observation after_procedure needs a procedure")
     if cap and procedure is None:
         raise ContentError(f"{where}: condition_after_procedure needs a procedure")
-    if not orders and procedure is None and not entry.get("requires_active_conditions") \
-            and not entry.get("requires_conditions"):
+    if (
+        not orders
+        and procedure is None
+        and not entry.get("requires_active_conditions")
+        and not entry.get("requires_conditions")
+    ):
         raise ContentError(f"{where}: a situation needs a trigger (orders, procedure or conditions)")
     for key in ("requires_conditions", "requires_active_conditions"):
         for c in _list(entry.get(key, []), f"{where} {key}"):
@@ -550,8 +677,9 @@ def _situation(raw: object, where: str, predictors: dict[str, Predictor], sectio
             raise ContentError(f"{where}: section {key!r} is not defined under [sections]")
         when = sections[key].when
         if when and when.predictor and when.predictor not in pids:
-            raise ContentError(f"{where}: section {key} tests predictor {when.predictor}, "
-                               f"which this situation does not read")
+            raise ContentError(
+                f"{where}: section {key} tests predictor {when.predictor}, which this situation does not read"
+            )
     use_model = _bool(entry.get("use_model", False), f"{where} use_model")
     if use_model and model.kind == "evidence":
         raise ContentError(f"{where}: use_model = true, but the card's model is evidence-only")
@@ -578,13 +706,25 @@ def _situation(raw: object, where: str, predictors: dict[str, Predictor], sectio
     source = _reference(entry["source"], f"{where} source", url_required=True) if "source" in entry else None
     indicator = _indicator(entry["indicator"], f"{where} indicator") if "indicator" in entry else None
     return Situation(
-        id=sid, hooks=hooks, predictors=pids, summary=_text(entry["summary"], f"{where} summary"),
-        lead=_text(entry["lead"], f"{where} lead"), sections=section_keys, orders=orders, procedure=procedure,
+        id=sid,
+        hooks=hooks,
+        predictors=pids,
+        summary=_text(entry["summary"], f"{where} summary"),
+        lead=_text(entry["lead"], f"{where} lead"),
+        sections=section_keys,
+        orders=orders,
+        procedure=procedure,
         within_months=float(within) if within is not None else None,
         requires_conditions=tuple(entry.get("requires_conditions", [])),
         requires_active_conditions=tuple(entry.get("requires_active_conditions", [])),
-        requires_observation=req_obs, condition_after_procedure=cap, use_model=use_model,
-        no_estimate=no_estimate, summary_variants=tuple(variants), source=source, indicator=indicator)
+        requires_observation=req_obs,
+        condition_after_procedure=cap,
+        use_model=use_model,
+        no_estimate=no_estimate,
+        summary_variants=tuple(variants),
+        source=source,
+        indicator=indicator,
+    )
 
 
 def _requirement(raw: object, where: str, figures: dict[str, Any], concepts: Any) -> ObservationRequirement:
@@ -593,7 +733,7 @@ def _requirement(raw: object, where: str, figures: dict[str, Any], concepts: Any
     concept = _text(table["concept"], f"{where} concept")
     _check_concept(concepts, concept, ("observation",), where)
     at_least = table.get("at_least")
-    if isinstance(at_least, str):               # the name of a figure, so the threshold is written once
+    if isinstance(at_least, str):  # the name of a figure, so the threshold is written once
         if at_least not in figures or not isinstance(figures[at_least], (int, float)):
             raise ContentError(f"{where}: at_least {at_least!r} is not a numeric figure of this card")
         at_least = figures[at_least]
@@ -602,14 +742,25 @@ def _requirement(raw: object, where: str, figures: dict[str, Any], concepts: Any
     lookback = table.get("lookback_days")
     if lookback is not None and (not isinstance(lookback, int) or isinstance(lookback, bool) or lookback <= 0):
         raise ContentError(f"{where}: lookback_days must be a positive whole number")
-    return ObservationRequirement(concept=concept, at_least=float(at_least) if at_least is not None else None,
-                                  lookback_days=lookback,
-                                  after_procedure=_bool(table.get("after_procedure", False), f"{where} after_procedure"))
+    return ObservationRequirement(
+        concept=concept,
+        at_least=float(at_least) if at_least is not None else None,
+        lookback_days=lookback,
+        after_procedure=_bool(table.get("after_procedure", False), f"{where} after_procedure"),
+    )
 
 
 # ---------------------------------------------------------------------------- site models
-_SITE_KEYS = {"label", "version", "coefficients", "intercept", "coding", "reference", "reference_label",
-              "baseline_survival"}
+_SITE_KEYS = {
+    "label",
+    "version",
+    "coefficients",
+    "intercept",
+    "coding",
+    "reference",
+    "reference_label",
+    "baseline_survival",
+}
 
 
 def site_model_from_data(card: CardContent, raw: object) -> SiteModel:
@@ -622,8 +773,9 @@ def site_model_from_data(card: CardContent, raw: object) -> SiteModel:
     if not any(s.use_model for s in card.situations):
         raise ContentError(f"{where}: no situation of card {card.id} uses a model")
     label = _text(table["label"], f"{where} label")
-    version = _text(str(table["version"]) if isinstance(table["version"], (int, float)) else table["version"],
-                    f"{where} version")
+    version = _text(
+        str(table["version"]) if isinstance(table["version"], (int, float)) else table["version"], f"{where} version"
+    )
     site_coefs = _numbers(table.get("coefficients", {}), f"{where} coefficients")
     if site_coefs:
         names = tuple(site_coefs)
@@ -637,8 +789,10 @@ def site_model_from_data(card: CardContent, raw: object) -> SiteModel:
     model_situations = [s for s in card.situations if s.use_model]
     for name in names:
         if name not in card.predictors:
-            raise ContentError(f"{where} coefficients: {name!r} is not a predictor of card {card.id} "
-                               f"(predictors: {sorted(card.predictors)})")
+            raise ContentError(
+                f"{where} coefficients: {name!r} is not a predictor of card {card.id} "
+                f"(predictors: {sorted(card.predictors)})"
+            )
         if not all(name in s.predictors for s in model_situations):
             raise ContentError(f"{where} coefficients: predictor {name!r} is not read where the model is used")
         if card.predictors[name].derive == "intraoperative":
@@ -655,8 +809,10 @@ def site_model_from_data(card: CardContent, raw: object) -> SiteModel:
             if name in coding:
                 raise ContentError(f"{where} coding.{name}: a yes/no predictor is coded 1 / 0; remove its coding")
         elif name not in coding:
-            raise ContentError(f"{where}: numeric predictor {name!r} needs a coding (scale/offset or cutoffs): "
-                               f"the published coding is unknown and is never guessed")
+            raise ContentError(
+                f"{where}: numeric predictor {name!r} needs a coding (scale/offset or cutoffs): "
+                f"the published coding is unknown and is never guessed"
+            )
     intercept = table.get("intercept")
     reference = None
     baseline: dict[float, float] = {}
@@ -664,8 +820,9 @@ def site_model_from_data(card: CardContent, raw: object) -> SiteModel:
         for key in ("reference", "baseline_survival", "reference_label"):
             if key in table:
                 raise ContentError(f"{where}: {key} applies to a Cox model only")
-        if intercept is not None and (isinstance(intercept, bool) or not isinstance(intercept, (int, float))
-                                      or not math.isfinite(intercept)):
+        if intercept is not None and (
+            isinstance(intercept, bool) or not isinstance(intercept, (int, float)) or not math.isfinite(intercept)
+        ):
             raise ContentError(f"{where}: intercept must be a finite number")
     else:
         if intercept is not None:
@@ -680,18 +837,26 @@ def site_model_from_data(card: CardContent, raw: object) -> SiteModel:
             try:
                 h = float(horizon)
             except ValueError:
-                raise ContentError(f"{where} baseline_survival: horizon {horizon!r} must be a number "
-                                   f"({card.model.time_unit})") from None
-            if h <= 0 or isinstance(survival, bool) or not isinstance(survival, (int, float)) \
-                    or not 0 < survival <= 1:
+                raise ContentError(
+                    f"{where} baseline_survival: horizon {horizon!r} must be a number ({card.model.time_unit})"
+                ) from None
+            if h <= 0 or isinstance(survival, bool) or not isinstance(survival, (int, float)) or not 0 < survival <= 1:
                 raise ContentError(f"{where} baseline_survival: S0({horizon}) must be in (0, 1] at a positive horizon")
             baseline[h] = float(survival)
-    return SiteModel(card_id=card.id, kind=kind, label=label, version=version, names=names,
-                     coefficients=coefficients, coding=coding,
-                     intercept=float(intercept) if intercept is not None else None,
-                     reference=reference,
-                     reference_label=_opt_text(table.get("reference_label"), f"{where} reference_label"),
-                     baseline_survival=dict(sorted(baseline.items())), coefficients_from_site=bool(site_coefs))
+    return SiteModel(
+        card_id=card.id,
+        kind=kind,
+        label=label,
+        version=version,
+        names=names,
+        coefficients=coefficients,
+        coding=coding,
+        intercept=float(intercept) if intercept is not None else None,
+        reference=reference,
+        reference_label=_opt_text(table.get("reference_label"), f"{where} reference_label"),
+        baseline_survival=dict(sorted(baseline.items())),
+        coefficients_from_site=bool(site_coefs),
+    )
 
 
 def _coding(raw: object, where: str) -> Coding:
@@ -733,8 +898,10 @@ def _check_summary_length(s: Situation, figures: dict[str, Any], where: str) -> 
     for text in [s.summary] + [v.text for v in s.summary_variants]:
         filled = string.Formatter().vformat(text, (), _Lookup(figures, typical))
         if len(filled) >= SUMMARY_LIMIT - 20:
-            raise ContentError(f"{where} situation {s.id}: summary is {len(filled)} characters with typical "
-                               f"values; keep it under {SUMMARY_LIMIT - 20} to leave room for patient values")
+            raise ContentError(
+                f"{where} situation {s.id}: summary is {len(filled)} characters with typical "
+                f"values; keep it under {SUMMARY_LIMIT - 20} to leave room for patient values"
+            )
 
 
 class _Lookup(dict):
@@ -755,6 +922,7 @@ def format_figure(value: Any) -> str:
 # ---------------------------------------------------------------------------- small checks
 def _replace(card: CardContent, **changes) -> CardContent:
     import dataclasses
+
     return dataclasses.replace(card, **changes)
 
 

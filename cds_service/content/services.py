@@ -1,4 +1,5 @@
 """The CDS services offered (discovery as data, from cards/services.toml)."""
+
 from __future__ import annotations
 
 import tomllib
@@ -17,8 +18,8 @@ class CatalogError(ConfigError):
 @dataclass(frozen=True)
 class PrefetchTemplate:
     key: str
-    query: str            # relative FHIR read or search URL with prefetch tokens
-    required: bool        # no card can be judged without it
+    query: str  # relative FHIR read or search URL with prefetch tokens
+    required: bool  # no card can be judged without it
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ Each raises the loader's own error class (a ConfigError) naming the place in the
 a mistake in clinical content stops the service at start-up with a message a reviewer can
 act on.
 """
+
 from __future__ import annotations
 
 from cds_service.config import ConfigError
@@ -21,8 +22,9 @@ def listing(value: object, where: str, error: type[ConfigError] = ConfigError) -
     return value
 
 
-def known_keys(entry: dict, allowed: set[str], where: str, required: set[str] = frozenset(),
-               error: type[ConfigError] = ConfigError) -> None:
+def known_keys(
+    entry: dict, allowed: set[str], where: str, required: set[str] = frozenset(), error: type[ConfigError] = ConfigError
+) -> None:
     unknown = set(entry) - set(allowed)
     if unknown:
         raise error(f"{where}: unknown keys {sorted(unknown)} (allowed: {sorted(allowed)})")

@@ -12,8 +12,10 @@ Safety rules kept here:
 - `FhirUnavailable.reason` is our own text: never the token, never a URL (a rendered URL
   carries the patient id), never library exception text.
 """
+
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -60,9 +62,9 @@ class FhirNotFound(FhirUnavailable):
 
 @dataclass(frozen=True)
 class SearchResult:
-    bundle: dict                 # searchset Bundle, entries of all pages followed
+    bundle: dict  # searchset Bundle, entries of all pages followed
     pages: int
-    incomplete: str | None       # safe reason when more pages existed than were followed
+    incomplete: str | None  # safe reason when more pages existed than were followed
 
 
 def new_session(pool_size: int) -> requests.Session:
@@ -118,9 +120,7 @@ def is_under(url: str, base: str, *, allow_equal: bool = False) -> bool:
         return False
     if u.username is not None or u.password is not None:
         return False
-    if (u.scheme.lower(), (u.hostname or "").lower(), u_port) != (
-        b.scheme.lower(), (b.hostname or "").lower(), b_port
-    ):
+    if (u.scheme.lower(), (u.hostname or "").lower(), u_port) != (b.scheme.lower(), (b.hostname or "").lower(), b_port):
         return False
     if not u.hostname:
         return False
@@ -326,10 +326,8 @@ def _bound_socket_wait(raw, remaining: float) -> None:
     connection = getattr(raw, "connection", None)
     sock = getattr(connection, "sock", None)
     if sock is not None:
-        try:
+        with contextlib.suppress(OSError):
             sock.settimeout(max(0.001, remaining))
-        except OSError:
-            pass
 
 
 class FhirAccess:

@@ -10,6 +10,7 @@ cannot be had ends the call with 412; an optional one is recorded in `unavailabl
 Reasons name the key and the resource type, never the URL (it carries the patient id)
 nor the token.
 """
+
 from __future__ import annotations
 
 import logging
@@ -38,9 +39,9 @@ _USER_TOKENS = {
 
 @dataclass(frozen=True)
 class PrefetchResult:
-    data: dict[str, dict | None]       # key -> Resource / Bundle, or None = "no data"
-    unavailable: dict[str, str]        # key -> safe reason (optional keys that could not be had)
-    fetched: tuple[str, ...]           # keys fetched by the service itself
+    data: dict[str, dict | None]  # key -> Resource / Bundle, or None = "no data"
+    unavailable: dict[str, str]  # key -> safe reason (optional keys that could not be had)
+    fetched: tuple[str, ...]  # keys fetched by the service itself
     # key -> safe reason when a fetched search is known to lack pages (data[key] holds
     # the pages that were read, tagged SUBSETTED).
     incomplete: dict[str, str] = field(default_factory=dict)
@@ -74,7 +75,7 @@ def render_template(template: str, context: dict) -> str:
     out: list[str] = []
     pos = 0
     for match in _TOKEN.finditer(template):
-        out.append(_literal(template[pos:match.start()]))
+        out.append(_literal(template[pos : match.start()]))
         name = match.group(1).strip()
         value = _token_value(name, context)
         in_path = query_start < 0 or match.start() < query_start
@@ -94,7 +95,7 @@ def _literal(text: str) -> str:
 
 def _token_value(name: str, context: dict) -> str:
     if name.startswith("context."):
-        field_name = name[len("context."):]
+        field_name = name[len("context.") :]
         if not field_name or "." in field_name or field_name not in context:
             raise TemplateError(f"{name} is not a first-level field of the hook context")
         value = context[field_name]
@@ -165,7 +166,7 @@ def resolve(
     """
     sent = request.prefetch or {}
     data: dict[str, dict | None] = {}
-    missing: dict[str, str] = {}          # key -> why it must be fetched
+    missing: dict[str, str] = {}  # key -> why it must be fetched
     for template in service.prefetch:
         if template.key in sent:
             value = sent[template.key]

@@ -1,4 +1,5 @@
 """Flask application factory."""
+
 from __future__ import annotations
 
 import logging
@@ -7,11 +8,11 @@ import traceback
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from cds_service.security.client_auth import log_dev_mode_warning
 from cds_service.config import Settings, load_settings
-from cds_service.http.cors import install_cors
 from cds_service.errors import ApiError
+from cds_service.http.cors import install_cors
 from cds_service.http.routes import blueprint
+from cds_service.security.client_auth import log_dev_mode_warning
 from cds_service.startup import build_runtime
 
 log = logging.getLogger(__name__)

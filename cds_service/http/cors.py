@@ -13,6 +13,7 @@ authenticate with an explicit Authorization header, which needs no credentials m
 An origin that is not allowed gets no CORS headers, so the browser blocks the call.
 With no origins configured nothing is installed.
 """
+
 from __future__ import annotations
 
 import re

@@ -13,6 +13,7 @@ Rules beyond the letter of the spec, chosen to keep the store honest:
 - Entries, suggestions and strings are bounded; strings may not hold control characters
   (other than tab and line breaks in the free-text comment) or unpaired surrogates.
 """
+
 from __future__ import annotations
 
 import re
@@ -35,15 +36,11 @@ OUTCOMES = ("accepted", "overridden")
 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 # Extended ISO 8601 date-time: date, 'T', time with optional fraction, then Z or +hh:mm.
-_TIMESTAMP = re.compile(
-    r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|z|[+-]\d{2}:?\d{2})$"
-)
+_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|z|[+-]\d{2}:?\d{2})$")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _CONTROL_OR_BREAK = re.compile(r"[\x00-\x1f\x7f]")
 
-_ENTRY_FIELDS = frozenset(
-    {"card", "outcome", "acceptedSuggestions", "overrideReason", "outcomeTimestamp", "extension"}
-)
+_ENTRY_FIELDS = frozenset({"card", "outcome", "acceptedSuggestions", "overrideReason", "outcomeTimestamp", "extension"})
 _REASON_FIELDS = frozenset({"reason", "userComment", "extension"})
 _CODING_FIELDS = frozenset({"code", "system", "display", "extension"})
 
@@ -59,12 +56,12 @@ class OverrideReason:
 
 @dataclass(frozen=True)
 class FeedbackEntry:
-    card_uuid: str                         # canonical lower-case UUID
-    outcome: str                           # "accepted" | "overridden"
+    card_uuid: str  # canonical lower-case UUID
+    outcome: str  # "accepted" | "overridden"
     accepted_suggestions: tuple[str, ...]  # suggestion ids; empty when overridden
     override_reason: OverrideReason | None
     user_comment: str | None
-    outcome_timestamp: datetime            # timezone-aware
+    outcome_timestamp: datetime  # timezone-aware
 
 
 def _invalid(detail: str) -> ApiError:
@@ -110,9 +107,7 @@ def _timestamp(value: Any, where: str) -> datetime:
     if not isinstance(value, str) or len(value) > MAX_TIMESTAMP_LENGTH:
         raise _invalid(f"{where} must be an ISO 8601 date-time string with a time zone")
     if not _TIMESTAMP.match(value):
-        raise _invalid(
-            f"{where} must be an ISO 8601 date-time with a time zone, e.g. 2021-12-11T10:05:31Z"
-        )
+        raise _invalid(f"{where} must be an ISO 8601 date-time with a time zone, e.g. 2021-12-11T10:05:31Z")
     try:
         parsed = datetime.fromisoformat(value.replace("z", "Z"))
     except ValueError:
@@ -150,8 +145,7 @@ def _override_reason(value: Any, where: str) -> tuple[OverrideReason | None, str
         reason = OverrideReason(
             code=_text(coding["code"], f"{where}.reason.code", MAX_CODE_LENGTH),
             system=_text(coding["system"], f"{where}.reason.system", MAX_SYSTEM_LENGTH),
-            display=None if display is None
-            else _text(display, f"{where}.reason.display", MAX_DISPLAY_LENGTH),
+            display=None if display is None else _text(display, f"{where}.reason.display", MAX_DISPLAY_LENGTH),
         )
     comment = value.get("userComment")
     if comment is not None:
@@ -181,9 +175,7 @@ def _entry(value: Any, where: str) -> FeedbackEntry:
             raise _invalid(f"{where}.overrideReason is only allowed when the outcome is overridden")
     else:
         if value.get("acceptedSuggestions") is not None:
-            raise _invalid(
-                f"{where}.acceptedSuggestions is only allowed when the outcome is accepted"
-            )
+            raise _invalid(f"{where}.acceptedSuggestions is only allowed when the outcome is accepted")
         if value.get("overrideReason") is not None:
             reason, comment = _override_reason(value["overrideReason"], f"{where}.overrideReason")
     return FeedbackEntry(

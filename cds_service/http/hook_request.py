@@ -5,6 +5,7 @@ of the CDS Hooks library (patient-view 1.0, order-select 1.0, order-sign 1.0). E
 refusal is a 400 ApiError that names the field and says what was expected; no value sent
 by the client is echoed back (it could be a patient identifier).
 """
+
 from __future__ import annotations
 
 import re
@@ -26,8 +27,8 @@ FHIR_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
 class ContextField:
     name: str
     required: bool
-    kind: str                                 # "reference" | "id" | "references" | "bundle"
-    resource_types: tuple[str, ...] = ()      # for "reference": the types userId may name
+    kind: str  # "reference" | "id" | "references" | "bundle"
+    resource_types: tuple[str, ...] = ()  # for "reference": the types userId may name
 
 
 _USER = ("Practitioner", "PractitionerRole", "Patient", "RelatedPerson")
@@ -60,9 +61,9 @@ class HookRequest:
     hook: str
     hook_instance: str
     context: dict
-    fhir_server: str | None          # base URL without trailing slash
-    access_token: str | None         # fhirAuthorization.access_token
-    prefetch: dict                   # as sent; a key absent here was not sent
+    fhir_server: str | None  # base URL without trailing slash
+    access_token: str | None  # fhirAuthorization.access_token
+    prefetch: dict  # as sent; a key absent here was not sent
 
     @property
     def patient_id(self) -> str:
@@ -120,8 +121,9 @@ def _parse_fhir_server(body: dict) -> str | None:
     if not isinstance(fhir_server, str):
         raise bad_request("'fhirServer' must be a URL string")
     if len(fhir_server) > MAX_URL_LENGTH or _NOT_IN_URL.search(fhir_server):
-        raise bad_request(f"'fhirServer' must be a URL of at most {MAX_URL_LENGTH} characters "
-                          "without spaces or control characters")
+        raise bad_request(
+            f"'fhirServer' must be a URL of at most {MAX_URL_LENGTH} characters without spaces or control characters"
+        )
     try:
         parts = urlsplit(fhir_server)
         parts.port  # raises ValueError for a port that is not a number in range
@@ -202,8 +204,7 @@ def _check_context_field(spec: ContextField, value: Any, hook: str) -> None:
 
 def _check_selections_in_draft_orders(selections: list[str], draft_orders: dict) -> None:
     present = {
-        f"{entry['resource']['resourceType']}/{entry['resource'].get('id')}"
-        for entry in draft_orders.get("entry", [])
+        f"{entry['resource']['resourceType']}/{entry['resource'].get('id')}" for entry in draft_orders.get("entry", [])
     }
     for index, selection in enumerate(selections):
         if selection not in present:

@@ -3,6 +3,7 @@
 The routes are thin: read the body, authenticate, hand over to hook_call / feedback, audit,
 answer. Every refusal is JSON (see errors.py and the handlers in app.py).
 """
+
 from __future__ import annotations
 
 import logging
@@ -92,7 +93,7 @@ def parse_json_body(data: bytes) -> object:
     byte order mark, which RFC 8259 lets a parser ignore, is ignored.
     """
     if data.startswith(_BOM):
-        data = data[len(_BOM):]
+        data = data[len(_BOM) :]
     if not data.strip():
         raise ApiError(400, "invalid_json", "the request body is empty; send a JSON object")
     try:

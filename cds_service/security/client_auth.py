@@ -17,6 +17,7 @@ Development mode (`allow_unsigned`): a request WITHOUT an Authorization header i
 as the anonymous client. A request that does carry a token is still verified in full, so
 dev mode never weakens a client that signs, and a bad token is still a 401.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from jwt.api_jws import PyJWS
@@ -105,7 +106,8 @@ def unauthorized_response() -> tuple[dict, int, dict]:
 def log_dev_mode_warning(logger: logging.Logger) -> None:
     logger.warning(
         "!!! DEVELOPMENT MODE: allow_unsigned is on. CDS Hooks requests WITHOUT a JWT are "
-        "accepted as an anonymous client. Never run a deployment like this. !!!")
+        "accepted as an anonymous client. Never run a deployment like this. !!!"
+    )
 
 
 def verify_client_jwt(
@@ -252,7 +254,7 @@ def _check_claims(
         if not isinstance(tenant, str) or tenant not in tenants:
             raise ClientAuthError("tenant not allowed", iss)
 
-    return datetime.fromtimestamp(min(exp + leeway, _MAX_EPOCH), tz=timezone.utc)
+    return datetime.fromtimestamp(min(exp + leeway, _MAX_EPOCH), tz=UTC)
 
 
 def _audience_matches(aud: Any, audiences: tuple[str, ...]) -> bool:
@@ -265,7 +267,11 @@ def _audience_matches(aud: Any, audiences: tuple[str, ...]) -> bool:
 
 def _epoch(claims: dict, name: str, iss: str) -> float:
     value = claims[name]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(value) or not 0 <= value <= _MAX_EPOCH:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not 0 <= value <= _MAX_EPOCH
+    ):
         raise ClientAuthError(f"malformed {name}", iss)
     return float(value)

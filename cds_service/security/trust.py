@@ -22,6 +22,7 @@ every request).
 `trust_sandbox = true` adds the public CDS Hooks Sandbox (its public key set is shipped in
 the package as `trust_sandbox_jwks.json`).
 """
+
 from __future__ import annotations
 
 import json
@@ -44,12 +45,20 @@ from cds_service.config import ConfigError, Settings
 log = logging.getLogger(__name__)
 
 # Asymmetric algorithms only: `none` and every HMAC algorithm are refused by construction.
-SUPPORTED_ALGORITHMS: frozenset[str] = frozenset({
-    "ES256", "ES384", "ES512",
-    "RS256", "RS384", "RS512",
-    "PS256", "PS384", "PS512",
-    "EdDSA",
-})
+SUPPORTED_ALGORITHMS: frozenset[str] = frozenset(
+    {
+        "ES256",
+        "ES384",
+        "ES512",
+        "RS256",
+        "RS384",
+        "RS512",
+        "PS256",
+        "PS384",
+        "PS512",
+        "EdDSA",
+    }
+)
 
 SANDBOX_ISS = "https://sandbox.cds-hooks.org"
 SANDBOX_JKU = "https://sandbox.cds-hooks.org/.well-known/jwks.json"
@@ -63,14 +72,18 @@ MIN_RSA_BITS = 2048
 
 _PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
 _ISSUER_KEYS = {
-    "iss", "jwks", "jwks_file", "jku_allowlist", "tenants", "algorithms",
-    "jwks_min_refresh_s", "jwks_max_age_s",
+    "iss",
+    "jwks",
+    "jwks_file",
+    "jku_allowlist",
+    "tenants",
+    "algorithms",
+    "jwks_min_refresh_s",
+    "jwks_max_age_s",
 }
 _EC_CURVE_FOR_ALG = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
 
-PublicKey = (
-    ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey
-)
+PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey
 
 
 class KeyResolutionError(Exception):
@@ -85,7 +98,7 @@ class KeyResolutionError(Exception):
 class TrustedKey:
     kid: str
     key: PublicKey
-    alg: str | None          # the JWK's own `alg`, if it names one
+    alg: str | None  # the JWK's own `alg`, if it names one
 
     def accepts(self, alg: str) -> bool:
         """True if this key may verify a signature made with `alg` (key type and curve match)."""
@@ -120,8 +133,9 @@ def parse_jwk(jwk: Any) -> TrustedKey:
         key = PyJWK(public_part).key
     except (PyJWTError, ValueError, TypeError, KeyError) as exc:
         raise ValueError(f"key {kid!r}: not a usable public key") from exc
-    if not isinstance(key, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey,
-                            ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
+    if not isinstance(
+        key, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey, ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)
+    ):
         raise ValueError(f"key {kid!r}: not a public signing key")
     if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
         raise ValueError(f"key {kid!r}: RSA keys must have at least {MIN_RSA_BITS} bits")
@@ -177,8 +191,8 @@ class RemoteKeySet:
         self._max_bytes = max_bytes
         self._clock = clock
         self._keys: dict[str, TrustedKey] = {}
-        self._fetched_at: float | None = None       # last successful fetch
-        self._attempted_at: float | None = None     # last attempt, successful or not
+        self._fetched_at: float | None = None  # last successful fetch
+        self._attempted_at: float | None = None  # last attempt, successful or not
         self._lock = threading.Lock()
 
     def get(self, kid: str) -> TrustedKey | None:
@@ -212,7 +226,10 @@ class RemoteKeySet:
 
     def _download(self) -> Any:
         with self._session.get(
-            self.url, timeout=self._timeout_s, stream=True, allow_redirects=False,
+            self.url,
+            timeout=self._timeout_s,
+            stream=True,
+            allow_redirects=False,
             headers={"Accept": "application/jwk-set+json, application/json"},
         ) as response:
             if response.status_code != 200:
@@ -243,7 +260,7 @@ def _fetch_reason(exc: Exception) -> str:
 class Issuer:
     iss: str
     static_keys: dict[str, TrustedKey] = field(default_factory=dict)
-    remote_sets: dict[str, RemoteKeySet] = field(default_factory=dict)   # by allowlisted URL
+    remote_sets: dict[str, RemoteKeySet] = field(default_factory=dict)  # by allowlisted URL
     tenants: frozenset[str] | None = None
     algorithms: frozenset[str] = SUPPORTED_ALGORITHMS
 
@@ -274,7 +291,7 @@ class Issuer:
 class TrustConfig:
     issuers: dict[str, Issuer] = field(default_factory=dict)
     leeway_s: int = 30
-    allow_unsigned: bool = False     # development only: see client_auth.log_dev_mode_warning
+    allow_unsigned: bool = False  # development only: see client_auth.log_dev_mode_warning
 
     def issuer(self, iss: str) -> Issuer | None:
         return self.issuers.get(iss)
@@ -348,8 +365,8 @@ def _parse_issuer(entry: Any, where: str, base_dir: Path, session, clock) -> Iss
         refused = set(algorithms) - SUPPORTED_ALGORITHMS
         if refused:
             raise ConfigError(
-                f"{where}: algorithms {sorted(refused)} are not allowed; "
-                f"choose from {sorted(SUPPORTED_ALGORITHMS)}")
+                f"{where}: algorithms {sorted(refused)} are not allowed; choose from {sorted(SUPPORTED_ALGORITHMS)}"
+            )
         if not algorithms:
             raise ConfigError(f"{where}: 'algorithms' must not be empty")
     return Issuer(
@@ -404,12 +421,11 @@ def _positive_number(entry: dict, name: str, default: float, where: str) -> floa
 
 def _jwks_session() -> requests.Session:
     session = requests.Session()
-    session.trust_env = False     # no proxies or .netrc from the environment
+    session.trust_env = False  # no proxies or .netrc from the environment
     return session
 
 
-def sandbox_issuer(session: requests.Session | None = None,
-                   clock: Callable[[], float] = time.monotonic) -> Issuer:
+def sandbox_issuer(session: requests.Session | None = None, clock: Callable[[], float] = time.monotonic) -> Issuer:
     """The public CDS Hooks Sandbox: ES384, its shipped key set, its jku on the allowlist."""
     document = json.loads(SANDBOX_JWKS_PATH.read_text(encoding="utf-8"))
     return Issuer(
@@ -450,8 +466,8 @@ def trust_from_settings(
     if settings.jwt_leeway_s < 0:
         raise ConfigError("jwt_leeway_s must not be negative")
     if not issuers and not settings.allow_unsigned:
-        log.warning("no trusted CDS clients are configured (trust_file / trust_sandbox): "
-                    "every CDS Hooks request will be refused with 401")
-    return TrustConfig(issuers=issuers, leeway_s=settings.jwt_leeway_s,
-                       allow_unsigned=settings.allow_unsigned)
-
+        log.warning(
+            "no trusted CDS clients are configured (trust_file / trust_sandbox): "
+            "every CDS Hooks request will be refused with 401"
+        )
+    return TrustConfig(issuers=issuers, leeway_s=settings.jwt_leeway_s, allow_unsigned=settings.allow_unsigned)

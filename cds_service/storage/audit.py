@@ -8,15 +8,17 @@ restarts and every worker uses the same one.
 
 No Flask here: the route passes plain values and gives the CallRecord to Store.record_call.
 """
+
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
 import secrets
 import time
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cds_service.config import ConfigError, Settings
@@ -75,10 +77,8 @@ def _create_key_file(path: Path) -> bytes:
             return _create_key_file_exclusively(path, key)
         return key
     finally:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
 
 
 def _create_key_file_exclusively(path: Path, key: bytes) -> bytes:
@@ -140,5 +140,5 @@ def build_call_record(
         content_version=content_version,
         client_iss=client_iss,
         cards=tuple(ReturnedCard(*card) for card in cards),
-        called_at=called_at or datetime.now(timezone.utc),
+        called_at=called_at or datetime.now(UTC),
     )

@@ -1,5 +1,6 @@
 """The usage report printed by `cds-service report`: how often each card was shown and
 what clinicians did with it (accepted / overridden, and why)."""
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -61,9 +62,7 @@ def format_report(report: Report) -> str:
         lines.append("")
         lines.append("accept % and override % are shares of the feedback received for the card.")
     if report.unlinked_feedback:
-        lines.append(
-            f"Feedback about cards this service has no record of returning: {report.unlinked_feedback}"
-        )
+        lines.append(f"Feedback about cards this service has no record of returning: {report.unlinked_feedback}")
     return "\n".join(lines) + "\n"
 
 

@@ -12,6 +12,7 @@ Tables:
 - `feedback`: what the clinician did with a card; linked to `returned_cards` by card uuid.
 - `used_jti`: JWT ids already seen per issuer, for replay protection.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,10 +20,11 @@ import json
 import os
 import time
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -70,15 +72,15 @@ class UtcDateTime(sa.types.TypeDecorator):
             return None
         if value.tzinfo is None or value.utcoffset() is None:
             raise ValueError("naive datetimes are not stored; give a time zone")
-        value = value.astimezone(timezone.utc)
+        value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value, dialect):
         if value is None:
             return None
         if value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
 
 
 _Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -131,7 +133,7 @@ feedback = sa.Table(
     sa.Column("service_id", sa.String(_LEN_SERVICE_ID), nullable=False),
     sa.Column("card_uuid", sa.String(_LEN_CARD_UUID), nullable=False, index=True),
     sa.Column("outcome", sa.String(16), nullable=False),
-    sa.Column("accepted_suggestions", sa.Text(), nullable=False),   # JSON array of ids
+    sa.Column("accepted_suggestions", sa.Text(), nullable=False),  # JSON array of ids
     sa.Column("override_reason_code", sa.String(_LEN_CODE), nullable=True),
     sa.Column("override_reason_system", sa.String(_LEN_SYSTEM), nullable=True),
     sa.Column("override_reason_display", sa.String(_LEN_DISPLAY), nullable=True),
@@ -157,12 +159,12 @@ used_jti = sa.Table(
 
 class ReturnedCard(NamedTuple):
     card_uuid: str
-    card_id: str      # which card file (cards/<card_id>.toml)
+    card_id: str  # which card file (cards/<card_id>.toml)
     summary: str
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -172,11 +174,11 @@ class CallRecord:
     service_id: str
     hook: str
     hook_instance: str
-    outcome_status: int                      # HTTP status answered (200, 400, 401, 412, ...)
+    outcome_status: int  # HTTP status answered (200, 400, 401, 412, ...)
     duration_ms: float
-    patient_hash: str | None = None          # keyed hash (audit.patient_hash), never the id
-    content_version: str = ""                # card file versions used, e.g. "mvd@1.2,rfa@1.0"
-    client_iss: str | None = None            # JWT issuer, None when unauthenticated
+    patient_hash: str | None = None  # keyed hash (audit.patient_hash), never the id
+    content_version: str = ""  # card file versions used, e.g. "mvd@1.2,rfa@1.0"
+    client_iss: str | None = None  # JWT issuer, None when unauthenticated
     cards: tuple[ReturnedCard, ...] | list[ReturnedCard] = ()
     called_at: datetime = field(default_factory=_utcnow)
 
@@ -190,8 +192,8 @@ class StoredFeedback:
     accepted_suggestions: tuple[str, ...]
     override_reason: OverrideReason | None
     user_comment: str | None
-    outcome_timestamp: datetime              # UTC
-    received_at: datetime                    # UTC
+    outcome_timestamp: datetime  # UTC
+    received_at: datetime  # UTC
 
 
 @dataclass(frozen=True)
@@ -206,7 +208,7 @@ class IssuedCard:
 
 @dataclass(frozen=True)
 class OverrideReasonCount:
-    code: str | None          # None: overridden without a reason
+    code: str | None  # None: overridden without a reason
     system: str | None
     display: str | None
     count: int
@@ -215,8 +217,8 @@ class OverrideReasonCount:
 @dataclass(frozen=True)
 class CardUsage:
     card_id: str
-    shown: int                # times the card was returned
-    feedback: int             # feedback entries received about it
+    shown: int  # times the card was returned
+    feedback: int  # feedback entries received about it
     accepted: int
     overridden: int
     override_reasons: tuple[OverrideReasonCount, ...]
@@ -234,10 +236,10 @@ class CardUsage:
 
 @dataclass(frozen=True)
 class Report:
-    cards: tuple[CardUsage, ...]              # sorted by card_id
-    calls: int                                # hook calls audited
+    cards: tuple[CardUsage, ...]  # sorted by card_id
+    calls: int  # hook calls audited
     calls_by_status: dict[int, int]
-    unlinked_feedback: int                    # feedback about card uuids never returned here
+    unlinked_feedback: int  # feedback about card uuids never returned here
     generated_at: datetime
     since: datetime | None = None
 
@@ -304,7 +306,7 @@ def _sqlite_engine(url: URL) -> Engine:
         )
 
     @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_connection, _record):  # noqa: ANN001 - DBAPI objects
+    def _pragmas(dbapi_connection, _record):
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         if not in_memory:
@@ -349,13 +351,9 @@ class Store:
     def __init__(self, database_url: str) -> None:
         url = _database_url(database_url)
         self.backend = url.get_backend_name()
-        self.engine: Engine = (
-            _sqlite_engine(url) if self.backend == "sqlite" else _postgresql_engine(url)
-        )
+        self.engine: Engine = _sqlite_engine(url) if self.backend == "sqlite" else _postgresql_engine(url)
         if hasattr(os, "register_at_fork"):
-            os.register_at_fork(
-                after_in_child=lambda ref=weakref.ref(self.engine): _dispose_in_child(ref)
-            )
+            os.register_at_fork(after_in_child=lambda ref=weakref.ref(self.engine): _dispose_in_child(ref))
         self._next_prune = 0.0
         self._create_tables()
 
@@ -385,7 +383,7 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *_exc) -> None:
@@ -407,9 +405,7 @@ class Store:
                     "accepted_suggestions": json.dumps(list(entry.accepted_suggestions)),
                     "override_reason_code": _clean(reason.code, _LEN_CODE) if reason else None,
                     "override_reason_system": _clean(reason.system, _LEN_SYSTEM) if reason else None,
-                    "override_reason_display": _clean(reason.display, _LEN_DISPLAY)
-                    if reason
-                    else None,
+                    "override_reason_display": _clean(reason.display, _LEN_DISPLAY) if reason else None,
                     "user_comment": _clean(entry.user_comment),
                     "outcome_timestamp": entry.outcome_timestamp,
                     "received_at": received_at,
@@ -422,11 +418,7 @@ class Store:
 
     def feedback_for(self, card_uuid: str) -> list[StoredFeedback]:
         """Feedback received about one card, oldest first."""
-        query = (
-            sa.select(feedback)
-            .where(feedback.c.card_uuid == card_uuid.lower())
-            .order_by(feedback.c.id)
-        )
+        query = sa.select(feedback).where(feedback.c.card_uuid == card_uuid.lower()).order_by(feedback.c.id)
         with self.engine.connect() as conn:
             rows = conn.execute(query).mappings().all()
         return [
@@ -550,9 +542,7 @@ class Store:
         )
         shown_q = (
             sa.select(returned_cards.c.card_id, sa.func.count().label("n"))
-            .select_from(
-                returned_cards.join(service_calls, service_calls.c.id == returned_cards.c.call_id)
-            )
+            .select_from(returned_cards.join(service_calls, service_calls.c.id == returned_cards.c.call_id))
             .group_by(returned_cards.c.card_id)
         )
         outcomes_q = (
@@ -579,13 +569,9 @@ class Store:
         unlinked_q = (
             sa.select(sa.func.count())
             .select_from(feedback)
-            .where(
-                ~sa.exists().where(returned_cards.c.card_uuid == feedback.c.card_uuid)
-            )
+            .where(~sa.exists().where(returned_cards.c.card_uuid == feedback.c.card_uuid))
         )
-        status_q = sa.select(service_calls.c.outcome_status, sa.func.count()).group_by(
-            service_calls.c.outcome_status
-        )
+        status_q = sa.select(service_calls.c.outcome_status, sa.func.count()).group_by(service_calls.c.outcome_status)
         if since is not None:
             shown_q = shown_q.where(service_calls.c.called_at >= since)
             outcomes_q = outcomes_q.where(feedback.c.received_at >= since)

@@ -9,6 +9,7 @@ FHIR JSON, "which concepts does this CodeableConcept name?" with dictionary look
 - free-text patterns (CodeableConcept.text and coding.display), only for concepts whose
   entry in concepts.toml lists `text`; such a match is marked `by_text=True`.
 """
+
 from __future__ import annotations
 
 import re
@@ -28,47 +29,49 @@ _SHOWN_TEXT_LIMIT = 120
 @dataclass(frozen=True)
 class Match:
     """How a resource was matched to a concept: the coding (or text) that matched."""
-    concept: str                     # concept id from cards/concepts.toml
-    system: str | None               # code system URI, None when matched by text
+
+    concept: str  # concept id from cards/concepts.toml
+    system: str | None  # code system URI, None when matched by text
     code: str | None
-    display: str | None              # display of the matching coding, or the matched text
-    by_text: bool = False            # True when only the free text matched
+    display: str | None  # display of the matching coding, or the matched text
+    by_text: bool = False  # True when only the free text matched
 
 
 @dataclass(frozen=True)
 class CodeSystem:
-    alias: str                       # short key used in concepts.toml ("icd10cm")
-    uri: str                         # canonical URI
-    name: str                        # short name shown on cards ("ICD-10-CM")
-    aliases: tuple[str, ...] = ()    # other URIs meaning the same system (OIDs)
-    code_format: str | None = None   # "icd-10": dots and case ignored; prefix families allowed
-    local: bool = False              # the project's own CodeSystem
+    alias: str  # short key used in concepts.toml ("icd10cm")
+    uri: str  # canonical URI
+    name: str  # short name shown on cards ("ICD-10-CM")
+    aliases: tuple[str, ...] = ()  # other URIs meaning the same system (OIDs)
+    code_format: str | None = None  # "icd-10": dots and case ignored; prefix families allowed
+    local: bool = False  # the project's own CodeSystem
 
 
 @dataclass(frozen=True)
 class ConceptCode:
-    system: str                      # canonical URI
+    system: str  # canonical URI
     code: str
     display: str | None = None
-    prefix: bool = False             # ICD-10 family: every code starting with `code`
-    checked: bool | None = None      # description confirmed against an official release
-    site: bool = False               # added by the deployment's site overlay
+    prefix: bool = False  # ICD-10 family: every code starting with `code`
+    checked: bool | None = None  # description confirmed against an official release
+    site: bool = False  # added by the deployment's site overlay
 
 
 @dataclass(frozen=True)
 class Answer:
     """One allowed answer of a coded or boolean observation."""
+
     value: str | bool
     label: str
     codes: tuple[ConceptCode, ...] = ()
-    texts: tuple[str, ...] = ()      # whole-text matches, case-insensitive ("persisted")
+    texts: tuple[str, ...] = ()  # whole-text matches, case-insensitive ("persisted")
 
 
 @dataclass(frozen=True)
 class ValueSpec:
-    kind: str                        # quantity | ordinal | count | coded | boolean
-    unit: str | None = None          # canonical UCUM unit (quantity)
-    low: float | None = None         # valid range, inclusive
+    kind: str  # quantity | ordinal | count | coded | boolean
+    unit: str | None = None  # canonical UCUM unit (quantity)
+    low: float | None = None  # valid range, inclusive
     high: float | None = None
     answers: tuple[Answer, ...] = ()
 
@@ -84,10 +87,10 @@ class ValueSpec:
 class Concept:
     id: str
     label: str
-    kind: str                        # condition | procedure | medication | observation
+    kind: str  # condition | procedure | medication | observation
     codes: tuple[ConceptCode, ...]
-    text: tuple[str, ...] = ()       # free-text phrases (word-bounded, case-insensitive)
-    value: ValueSpec | None = None   # observations only
+    text: tuple[str, ...] = ()  # free-text phrases (word-bounded, case-insensitive)
+    value: ValueSpec | None = None  # observations only
 
 
 def normalise_icd10(code: str) -> str:
@@ -106,7 +109,7 @@ class ConceptIndex:
     def __init__(self, concepts: Mapping[str, Concept], systems: Mapping[str, CodeSystem]) -> None:
         self.concepts: dict[str, Concept] = dict(concepts)
         self.systems: dict[str, CodeSystem] = dict(systems)
-        self._canonical: dict[str, str] = {}          # any known URI -> canonical URI
+        self._canonical: dict[str, str] = {}  # any known URI -> canonical URI
         self._names: dict[str, str] = {}
         icd_uris: set[str] = set()
         for system in self.systems.values():
@@ -135,9 +138,7 @@ class ConceptIndex:
         self._prefix = {k: tuple(v) for k, v in prefix.items()}
         self._prefix_lengths = {k: tuple(sorted(v)) for k, v in prefix_lengths.items()}
         self._kind = {c.id: c.kind for c in self.concepts.values()}
-        self._text = tuple(
-            (c.id, c.kind, text_pattern(c.text)) for c in self.concepts.values() if c.text
-        )
+        self._text = tuple((c.id, c.kind, text_pattern(c.text)) for c in self.concepts.values() if c.text)
         self._text_kinds = frozenset(kind for _, kind, _ in self._text)
         self._answers: dict[str, tuple[dict[tuple[str, str], Answer], dict[str, Answer]]] = {}
         for concept in self.concepts.values():
@@ -169,7 +170,7 @@ class ConceptIndex:
         return self._names.get(self._canonical.get(uri, uri), uri)
 
     def format_code(self, system: str | None, code: str | None) -> str:
-        """"ICD-10-CM G51.3" for a card's list of what was matched."""
+        """ "ICD-10-CM G51.3" for a card's list of what was matched."""
         if code is None:
             return self.system_name(system)
         return f"{self.system_name(system)} {code}"
@@ -232,8 +233,11 @@ class ConceptIndex:
                             if found is None:
                                 found = {}
                             found[concept_id] = Match(
-                                concept=concept_id, system=None, code=None,
-                                display=_shown(text), by_text=True,
+                                concept=concept_id,
+                                system=None,
+                                code=None,
+                                display=_shown(text),
+                                by_text=True,
                             )
                             break
         return list(found.values()) if found else []

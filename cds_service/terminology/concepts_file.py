@@ -6,6 +6,7 @@ raises ConfigError with the file and the place, so a mistake never reaches a hoo
 The overlay can only ADD codes to existing concepts (and new code systems); it cannot
 remove or change the default codes.
 """
+
 from __future__ import annotations
 
 import math
@@ -13,12 +14,20 @@ import re
 import tomllib
 from pathlib import Path
 
-from cds_service.terminology import units
-from cds_service.terminology.concept_index import (
-    ICD10_FORMAT, KINDS, VALUE_KINDS, Answer, CodeSystem, Concept, ConceptCode, ConceptIndex, ValueSpec,
-)
 from cds_service.config import ConfigError
 from cds_service.content import toml_checks
+from cds_service.terminology import units
+from cds_service.terminology.concept_index import (
+    ICD10_FORMAT,
+    KINDS,
+    VALUE_KINDS,
+    Answer,
+    CodeSystem,
+    Concept,
+    ConceptCode,
+    ConceptIndex,
+    ValueSpec,
+)
 
 CONCEPTS_FILE = "concepts.toml"
 _ID = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -77,7 +86,7 @@ def _systems(table: dict, source: str, existing: dict[str, CodeSystem] | None = 
         aliases = tuple(_uri(a, f"{where} aliases") for a in _list(entry.get("aliases", []), f"{where} aliases"))
         code_format = entry.get("code_format")
         if code_format is not None and code_format != ICD10_FORMAT:
-            raise ConfigError(f"{where}: code_format must be \"{ICD10_FORMAT}\" (or absent)")
+            raise ConfigError(f'{where}: code_format must be "{ICD10_FORMAT}" (or absent)')
         local = entry.get("local", False)
         if not isinstance(local, bool):
             raise ConfigError(f"{where}: local must be true or false")
@@ -86,8 +95,12 @@ def _systems(table: dict, source: str, existing: dict[str, CodeSystem] | None = 
                 raise ConfigError(f"{where}: URI {u} is already used by code system '{seen_uris[u]}'")
             seen_uris[u] = alias
         systems[alias] = CodeSystem(
-            alias=alias, uri=uri, name=_text(entry["name"], f"{where} name"),
-            aliases=aliases, code_format=code_format, local=local,
+            alias=alias,
+            uri=uri,
+            name=_text(entry["name"], f"{where} name"),
+            aliases=aliases,
+            code_format=code_format,
+            local=local,
         )
     if sum(1 for s in systems.values() if s.local) > 1:
         raise ConfigError(f"{source}: only one code system can be the project's local one")
@@ -147,12 +160,14 @@ def _concept(concept_id: str, entry: object, systems: dict[str, CodeSystem], sou
         extra = {"value", "unit", "range", "answers"} & set(entry)
         if extra:
             raise ConfigError(f"{where}: {', '.join(sorted(extra))} apply to observations only")
-    return Concept(id=concept_id, label=_text(entry["label"], f"{where} label"), kind=kind,
-                   codes=codes, text=text, value=value)
+    return Concept(
+        id=concept_id, label=_text(entry["label"], f"{where} label"), kind=kind, codes=codes, text=text, value=value
+    )
 
 
-def _codes(raw: object, systems: dict[str, CodeSystem], where: str, default_file: bool,
-           site: bool = False) -> tuple[ConceptCode, ...]:
+def _codes(
+    raw: object, systems: dict[str, CodeSystem], where: str, default_file: bool, site: bool = False
+) -> tuple[ConceptCode, ...]:
     codes: list[ConceptCode] = []
     seen: set[tuple[str, str, bool]] = set()
     for i, item in enumerate(_list(raw, f"{where} codes")):
@@ -165,9 +180,9 @@ def _codes(raw: object, systems: dict[str, CodeSystem], where: str, default_file
             raise ConfigError(f"{at}: code must be a non-empty string without surrounding blanks")
         match = item.get("match", "exact")
         if match not in ("exact", "prefix"):
-            raise ConfigError(f"{at}: match must be \"exact\" or \"prefix\"")
+            raise ConfigError(f'{at}: match must be "exact" or "prefix"')
         if match == "prefix" and _code_format(uri, systems) != ICD10_FORMAT:
-            raise ConfigError(f"{at}: match = \"prefix\" is only for ICD-10 code families")
+            raise ConfigError(f'{at}: match = "prefix" is only for ICD-10 code families')
         display = item.get("display")
         if display is not None:
             display = _text(display, f"{at} display")
@@ -182,8 +197,9 @@ def _codes(raw: object, systems: dict[str, CodeSystem], where: str, default_file
         if key in seen:
             raise ConfigError(f"{at}: code {code} is listed twice")
         seen.add(key)
-        codes.append(ConceptCode(system=uri, code=code, display=display, prefix=match == "prefix",
-                                 checked=checked, site=site))
+        codes.append(
+            ConceptCode(system=uri, code=code, display=display, prefix=match == "prefix", checked=checked, site=site)
+        )
     return tuple(codes)
 
 
@@ -194,20 +210,20 @@ def _value_spec(entry: dict, systems: dict[str, CodeSystem], where: str) -> Valu
     unit = entry.get("unit")
     if kind == "quantity":
         if not isinstance(unit, str):
-            raise ConfigError(f"{where}: a quantity needs its canonical UCUM unit (unit = \"min\")")
+            raise ConfigError(f'{where}: a quantity needs its canonical UCUM unit (unit = "min")')
         try:
             units.parse(unit)
         except units.UnitError:
             raise ConfigError(f"{where}: unit '{unit}' is not a UCUM unit this service can convert") from None
     elif unit is not None:
-        raise ConfigError(f"{where}: unit applies to value = \"quantity\" only")
+        raise ConfigError(f'{where}: unit applies to value = "quantity" only')
     low = high = None
     if kind in ("quantity", "ordinal", "count"):
         if "range" not in entry:
-            raise ConfigError(f"{where}: range = [low, high] is required for value = \"{kind}\"")
+            raise ConfigError(f'{where}: range = [low, high] is required for value = "{kind}"')
         low, high = _range(entry["range"], where, integral=kind != "quantity")
     elif "range" in entry:
-        raise ConfigError(f"{where}: range does not apply to value = \"{kind}\"")
+        raise ConfigError(f'{where}: range does not apply to value = "{kind}"')
     answers: tuple[Answer, ...] = ()
     if kind in ("coded", "boolean"):
         answers = _answers(entry.get("answers"), kind, systems, where)
@@ -217,8 +233,11 @@ def _value_spec(entry: dict, systems: dict[str, CodeSystem], where: str) -> Valu
 
 
 def _range(raw: object, where: str, integral: bool) -> tuple[float, float]:
-    if (not isinstance(raw, list) or len(raw) != 2
-            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in raw)):
+    if (
+        not isinstance(raw, list)
+        or len(raw) != 2
+        or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in raw)
+    ):
         raise ConfigError(f"{where}: range must be [low, high] (numbers)")
     low, high = float(raw[0]), float(raw[1])
     if not (math.isfinite(low) and math.isfinite(high)) or low > high:
@@ -231,7 +250,7 @@ def _range(raw: object, where: str, integral: bool) -> tuple[float, float]:
 def _answers(raw: object, kind: str, systems: dict[str, CodeSystem], where: str) -> tuple[Answer, ...]:
     if raw is None:
         if kind == "boolean":
-            return ()        # valueBoolean only
+            return ()  # valueBoolean only
         raise ConfigError(f"{where}: a coded value needs its answers")
     answers: list[Answer] = []
     values: set = set()
@@ -243,7 +262,7 @@ def _answers(raw: object, kind: str, systems: dict[str, CodeSystem], where: str)
         if kind == "boolean" and not isinstance(value, bool):
             raise ConfigError(f"{at}: value must be true or false")
         if kind == "coded" and (not isinstance(value, str) or not _ID.fullmatch(value)):
-            raise ConfigError(f"{at}: value must be a short lower-case word (\"persisted\")")
+            raise ConfigError(f'{at}: value must be a short lower-case word ("persisted")')
         if value in values:
             raise ConfigError(f"{at}: answer {value!r} is listed twice")
         values.add(value)
@@ -259,8 +278,9 @@ def _answers(raw: object, kind: str, systems: dict[str, CodeSystem], where: str)
 
 
 # -- the site overlay ----------------------------------------------------------------------
-def _apply_overlay(overlay: object, systems: dict[str, CodeSystem],
-                   concepts: dict[str, Concept]) -> tuple[dict[str, CodeSystem], dict[str, Concept]]:
+def _apply_overlay(
+    overlay: object, systems: dict[str, CodeSystem], concepts: dict[str, Concept]
+) -> tuple[dict[str, CodeSystem], dict[str, Concept]]:
     source = "site overlay"
     if not isinstance(overlay, dict):
         raise ConfigError(f"{source}: not a TOML table")
@@ -271,16 +291,18 @@ def _apply_overlay(overlay: object, systems: dict[str, CodeSystem],
     for concept_id, entry in extra.items():
         where = f"{source} [concepts.{concept_id}]"
         if concept_id not in concepts:
-            raise ConfigError(f"{where}: no concept with this id in {CONCEPTS_FILE} "
-                              f"(a site can add codes to existing concepts only)")
+            raise ConfigError(
+                f"{where}: no concept with this id in {CONCEPTS_FILE} (a site can add codes to existing concepts only)"
+            )
         entry = _table(entry, where)
         _keys(entry, _OVERLAY_CONCEPT_KEYS, where, required={"codes"})
         added = _codes(entry["codes"], systems, where, default_file=False, site=True)
         base = concepts[concept_id]
         existing = {(c.system, c.code, c.prefix) for c in base.codes}
         new = tuple(c for c in added if (c.system, c.code, c.prefix) not in existing)
-        concepts[concept_id] = Concept(id=base.id, label=base.label, kind=base.kind,
-                                       codes=base.codes + new, text=base.text, value=base.value)
+        concepts[concept_id] = Concept(
+            id=base.id, label=base.label, kind=base.kind, codes=base.codes + new, text=base.text, value=base.value
+        )
     return systems, concepts
 
 

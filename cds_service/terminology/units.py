@@ -15,6 +15,7 @@ Which field is read (decision, see also README of the concepts file):
   there are a few common non-UCUM spellings accepted ("mcg", "mg/day", "minutes", ...).
 - No unit at all is accepted only for dimensionless concepts (scores, grades, counts).
 """
+
 from __future__ import annotations
 
 import math
@@ -31,14 +32,14 @@ class UnitError(ValueError):
 
 @dataclass(frozen=True)
 class Unit:
-    factor: float                          # size in base units (g, s, V)
-    dims: tuple[int, int, int]             # exponents of (mass, time, electric potential)
+    factor: float  # size in base units (g, s, V)
+    dims: tuple[int, int, int]  # exponents of (mass, time, electric potential)
 
     def __mul__(self, other: Unit) -> Unit:
         return Unit(self.factor * other.factor, tuple(a + b for a, b in zip(self.dims, other.dims)))
 
     def power(self, n: int) -> Unit:
-        return Unit(self.factor ** n, tuple(a * n for a in self.dims))
+        return Unit(self.factor**n, tuple(a * n for a in self.dims))
 
 
 DIMENSIONLESS = Unit(1.0, (0, 0, 0))
@@ -52,12 +53,20 @@ _ATOMS: dict[str, tuple[float, tuple[int, int, int], bool]] = {
     "h": (3600.0, (0, 1, 0), False),
     "d": (86400.0, (0, 1, 0), False),
     "wk": (604800.0, (0, 1, 0), False),
-    "mo": (2629800.0, (0, 1, 0), False),      # mean Julian month, 30.4375 d
-    "a": (31557600.0, (0, 1, 0), False),      # mean Julian year, 365.25 d
+    "mo": (2629800.0, (0, 1, 0), False),  # mean Julian month, 30.4375 d
+    "a": (31557600.0, (0, 1, 0), False),  # mean Julian year, 365.25 d
     "V": (1.0, (0, 0, 1), True),
 }
 _PREFIXES: dict[str, float] = {
-    "k": 1e3, "h": 1e2, "da": 1e1, "d": 1e-1, "c": 1e-2, "m": 1e-3, "u": 1e-6, "n": 1e-9, "p": 1e-12,
+    "k": 1e3,
+    "h": 1e2,
+    "da": 1e1,
+    "d": 1e-1,
+    "c": 1e-2,
+    "m": 1e-3,
+    "u": 1e-6,
+    "n": 1e-9,
+    "p": 1e-12,
 }
 _MICRO = str.maketrans({"\u00b5": "u", "\u03bc": "u"})
 
@@ -65,16 +74,41 @@ _MICRO = str.maketrans({"\u00b5": "u", "\u03bc": "u"})
 # and blanks are removed).
 _DISPLAY_ALIASES: dict[str, str] = {
     "mcg": "ug",
-    "minute": "min", "minutes": "min", "mins": "min", "min.": "min",
-    "hour": "h", "hours": "h", "hr": "h", "hrs": "h",
-    "sec": "s", "secs": "s", "second": "s", "seconds": "s",
-    "day": "d", "days": "d",
-    "microvolt": "uV", "microvolts": "uV", "millivolt": "mV", "millivolts": "mV",
-    "volt": "V", "volts": "V",
-    "mg/day": "mg/d", "mg/24h": "mg/(24.h)", "mg/24hr": "mg/(24.h)", "mg/24hrs": "mg/(24.h)",
-    "mgperday": "mg/d", "mcg/day": "ug/d", "ug/day": "ug/d", "g/day": "g/d",
-    "mcg/d": "ug/d", "mcg/h": "ug/h", "mcg/hr": "ug/h", "mg/hr": "mg/h",
-    "score": "{score}", "points": "{score}", "point": "{score}",
+    "minute": "min",
+    "minutes": "min",
+    "mins": "min",
+    "min.": "min",
+    "hour": "h",
+    "hours": "h",
+    "hr": "h",
+    "hrs": "h",
+    "sec": "s",
+    "secs": "s",
+    "second": "s",
+    "seconds": "s",
+    "day": "d",
+    "days": "d",
+    "microvolt": "uV",
+    "microvolts": "uV",
+    "millivolt": "mV",
+    "millivolts": "mV",
+    "volt": "V",
+    "volts": "V",
+    "mg/day": "mg/d",
+    "mg/24h": "mg/(24.h)",
+    "mg/24hr": "mg/(24.h)",
+    "mg/24hrs": "mg/(24.h)",
+    "mgperday": "mg/d",
+    "mcg/day": "ug/d",
+    "ug/day": "ug/d",
+    "g/day": "g/d",
+    "mcg/d": "ug/d",
+    "mcg/h": "ug/h",
+    "mcg/hr": "ug/h",
+    "mg/hr": "mg/h",
+    "score": "{score}",
+    "points": "{score}",
+    "point": "{score}",
 }
 
 _MAX_UNIT_LENGTH = 64
@@ -111,7 +145,7 @@ def _term(tokens: list[str], pos: int, text: str, depth: int = 0) -> tuple[Unit,
         raise UnitError("not a unit")
     result = DIMENSIONLESS
     operator = "."
-    if pos < len(tokens) and tokens[pos] == "/":      # leading '/': "/min"
+    if pos < len(tokens) and tokens[pos] == "/":  # leading '/': "/min"
         operator = "/"
         pos += 1
     while True:
@@ -145,7 +179,7 @@ def _component(tokens: list[str], pos: int, text: str, depth: int) -> tuple[Unit
         pos += 1
     else:
         raise UnitError("not a unit")
-    if pos < len(tokens) and tokens[pos].startswith("{"):   # "mg{morphine}/d"
+    if pos < len(tokens) and tokens[pos].startswith("{"):  # "mg{morphine}/d"
         pos += 1
     return unit, pos
 
@@ -165,7 +199,7 @@ def _atom(symbol: str) -> Unit:
         return Unit(factor, dims)
     for prefix, scale in _PREFIXES.items():
         if symbol.startswith(prefix) and len(symbol) > len(prefix):
-            atom = _ATOMS.get(symbol[len(prefix):])
+            atom = _ATOMS.get(symbol[len(prefix) :])
             if atom is not None and atom[2]:
                 return Unit(scale * atom[0], atom[1])
     raise UnitError("not a unit")
@@ -190,7 +224,7 @@ def convert(value: float, from_unit: str, to_unit: str) -> float:
     if target.dims == (0, 0, 0) and source.factor != target.factor:
         # "7 /10" or "70 %" for a 0-10 score: rescaling a score is a guess about what was meant.
         raise UnitError(f"unit {describe(from_unit)} cannot be converted to {to_unit}")
-    return float(f"{value * source.factor / target.factor:.12g}")   # drop float noise (2 mV = 2000 uV)
+    return float(f"{value * source.factor / target.factor:.12g}")  # drop float noise (2 mV = 2000 uV)
 
 
 def quantity_unit(quantity: dict) -> str | None:

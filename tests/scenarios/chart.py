@@ -9,6 +9,7 @@ what a CDS client would see.
     card = Chart().hfs(onset="2019-03-01").rfa("2025-01-10T08:00:00Z", "2025-01-10T08:45:00Z") \
         .show("rfa-recurrence", "patient-view", today="2025-06-01")
 """
+
 from __future__ import annotations
 
 import itertools
@@ -16,12 +17,12 @@ import json
 from datetime import date
 from pathlib import Path
 
-from cds_service.content.cards import CardContent, load_cards
-from cds_service.terminology.concepts_file import load_concepts
-from cds_service.config import DEFAULT_CARDS_DIR
 from cds_service.clinical.evaluate import CardResult, evaluate
 from cds_service.clinical.record import PatientRecord, build_record
 from cds_service.clinical.render import render
+from cds_service.config import DEFAULT_CARDS_DIR
+from cds_service.content.cards import CardContent, load_cards
+from cds_service.terminology.concepts_file import load_concepts
 
 SCENARIOS_DIR = Path(__file__).resolve().parent
 
@@ -66,7 +67,7 @@ class Chart:
         self.selections: list[str] = []
 
     @classmethod
-    def from_bundle(cls, name: str) -> "Chart":
+    def from_bundle(cls, name: str) -> Chart:
         """A chart from a JSON bundle in tests/scenarios/ (its Patient first)."""
         bundle = json.loads((SCENARIOS_DIR / name).read_text(encoding="utf-8"))
         chart = cls.__new__(cls)
@@ -83,12 +84,23 @@ class Chart:
         return {"reference": f"Patient/{self.patient_id}"}
 
     # -- conditions -----------------------------------------------------------------------
-    def condition(self, code: tuple[str, str], onset: str | None = None, recorded: str | None = None,
-                  status: str | None = "active", verification: str = "confirmed", text: str | None = None,
-                  abatement: str | None = None) -> "Chart":
-        resource = {"resourceType": "Condition", "id": self._id("cond"),
-                    "verificationStatus": {"coding": [{"system": VERIFICATION, "code": verification}]},
-                    "code": {"coding": [{"system": code[0], "code": code[1]}]}, "subject": self._subject()}
+    def condition(
+        self,
+        code: tuple[str, str],
+        onset: str | None = None,
+        recorded: str | None = None,
+        status: str | None = "active",
+        verification: str = "confirmed",
+        text: str | None = None,
+        abatement: str | None = None,
+    ) -> Chart:
+        resource = {
+            "resourceType": "Condition",
+            "id": self._id("cond"),
+            "verificationStatus": {"coding": [{"system": VERIFICATION, "code": verification}]},
+            "code": {"coding": [{"system": code[0], "code": code[1]}]},
+            "subject": self._subject(),
+        }
         if status is not None:
             resource["clinicalStatus"] = {"coding": [{"system": CLINICAL, "code": status}]}
         if text:
@@ -102,17 +114,23 @@ class Chart:
         self.resources.append(resource)
         return self
 
-    def hfs(self, onset: str | None = "2019-03-01", **kw) -> "Chart":
+    def hfs(self, onset: str | None = "2019-03-01", **kw) -> Chart:
         return self.condition(HFS, onset=onset, **kw)
 
-    def hypertension(self, onset: str | None = "2015-06-01", **kw) -> "Chart":
+    def hypertension(self, onset: str | None = "2015-06-01", **kw) -> Chart:
         return self.condition(HYPERTENSION, onset=onset, **kw)
 
     # -- procedures -------------------------------------------------------------------------
-    def procedure(self, code: tuple[str, str], start: str | None = None, end: str | None = None,
-                  status: str = "completed") -> "Chart":
-        resource = {"resourceType": "Procedure", "id": self._id("proc"), "status": status,
-                    "code": {"coding": [{"system": code[0], "code": code[1]}]}, "subject": self._subject()}
+    def procedure(
+        self, code: tuple[str, str], start: str | None = None, end: str | None = None, status: str = "completed"
+    ) -> Chart:
+        resource = {
+            "resourceType": "Procedure",
+            "id": self._id("proc"),
+            "status": status,
+            "code": {"coding": [{"system": code[0], "code": code[1]}]},
+            "subject": self._subject(),
+        }
         if start and end:
             resource["performedPeriod"] = {"start": start, "end": end}
         elif start:
@@ -120,72 +138,112 @@ class Chart:
         self.resources.append(resource)
         return self
 
-    def rfa(self, start: str | None, end: str | None = None, **kw) -> "Chart":
+    def rfa(self, start: str | None, end: str | None = None, **kw) -> Chart:
         return self.procedure(RFA, start, end, **kw)
 
-    def mvd(self, start: str | None, end: str | None = None, **kw) -> "Chart":
+    def mvd(self, start: str | None, end: str | None = None, **kw) -> Chart:
         return self.procedure(MVD, start, end, **kw)
 
     # -- observations ------------------------------------------------------------------------
-    def observation(self, code: tuple[str, str], effective: str | None, status: str = "final", **value) -> "Chart":
+    def observation(self, code: tuple[str, str], effective: str | None, status: str = "final", **value) -> Chart:
         """value: one FHIR value[x] element, e.g. valueQuantity={...}, valueInteger=3."""
-        resource = {"resourceType": "Observation", "id": self._id("obs"), "status": status,
-                    "code": {"coding": [{"system": code[0], "code": code[1]}]}, "subject": self._subject()}
+        resource = {
+            "resourceType": "Observation",
+            "id": self._id("obs"),
+            "status": status,
+            "code": {"coding": [{"system": code[0], "code": code[1]}]},
+            "subject": self._subject(),
+        }
         if effective:
             resource["effectiveDateTime"] = effective
         resource.update(value)
         self.resources.append(resource)
         return self
 
-    def local_observation(self, code: str, effective: str | None, **value) -> "Chart":
+    def local_observation(self, code: str, effective: str | None, **value) -> Chart:
         return self.observation((LOCAL, code), effective, **value)
 
-    def quantity(self, code: tuple[str, str], effective: str | None, value: float, unit: str) -> "Chart":
-        return self.observation(code, effective, valueQuantity={"value": value, "unit": unit, "system": UCUM,
-                                                                "code": unit})
+    def quantity(self, code: tuple[str, str], effective: str | None, value: float, unit: str) -> Chart:
+        return self.observation(
+            code, effective, valueQuantity={"value": value, "unit": unit, "system": UCUM, "code": unit}
+        )
 
-    def pain(self, effective: str, score: float) -> "Chart":
+    def pain(self, effective: str, score: float) -> Chart:
         return self.quantity(PAIN, effective, score, "{score}")
 
     # -- medications -------------------------------------------------------------------------
-    def medication(self, code: tuple[str, str] | None = None, text: str | None = None, authored: str = "2020-01-01",
-                   status: str = "active", statement: bool = False) -> "Chart":
+    def medication(
+        self,
+        code: tuple[str, str] | None = None,
+        text: str | None = None,
+        authored: str = "2020-01-01",
+        status: str = "active",
+        statement: bool = False,
+    ) -> Chart:
         medication = {}
         if code:
             medication["coding"] = [{"system": code[0], "code": code[1]}]
         if text:
             medication["text"] = text
         if statement:
-            resource = {"resourceType": "MedicationStatement", "id": self._id("ms"), "status": status,
-                        "medicationCodeableConcept": medication, "subject": self._subject(),
-                        "effectiveDateTime": authored}
+            resource = {
+                "resourceType": "MedicationStatement",
+                "id": self._id("ms"),
+                "status": status,
+                "medicationCodeableConcept": medication,
+                "subject": self._subject(),
+                "effectiveDateTime": authored,
+            }
         else:
-            resource = {"resourceType": "MedicationRequest", "id": self._id("mr"), "status": status,
-                        "intent": "order", "medicationCodeableConcept": medication, "subject": self._subject(),
-                        "authoredOn": authored}
+            resource = {
+                "resourceType": "MedicationRequest",
+                "id": self._id("mr"),
+                "status": status,
+                "intent": "order",
+                "medicationCodeableConcept": medication,
+                "subject": self._subject(),
+                "authoredOn": authored,
+            }
         self.resources.append(resource)
         return self
 
     # -- draft orders ------------------------------------------------------------------------
-    def order(self, code: tuple[str, str], selected: bool = True) -> "Chart":
+    def order(self, code: tuple[str, str], selected: bool = True) -> Chart:
         """A draft ServiceRequest (order-select: listed in selections when `selected`)."""
         rid = self._id("sr")
-        self.drafts.append({"resourceType": "ServiceRequest", "id": rid, "status": "draft", "intent": "order",
-                            "code": {"coding": [{"system": code[0], "code": code[1]}]}, "subject": self._subject()})
+        self.drafts.append(
+            {
+                "resourceType": "ServiceRequest",
+                "id": rid,
+                "status": "draft",
+                "intent": "order",
+                "code": {"coding": [{"system": code[0], "code": code[1]}]},
+                "subject": self._subject(),
+            }
+        )
         if selected:
             self.selections.append(f"ServiceRequest/{rid}")
         return self
 
-    def order_medication(self, code: tuple[str, str] | None = None, text: str | None = None,
-                         selected: bool = True) -> "Chart":
+    def order_medication(
+        self, code: tuple[str, str] | None = None, text: str | None = None, selected: bool = True
+    ) -> Chart:
         rid = self._id("mr-draft")
         medication = {}
         if code:
             medication["coding"] = [{"system": code[0], "code": code[1]}]
         if text:
             medication["text"] = text
-        self.drafts.append({"resourceType": "MedicationRequest", "id": rid, "status": "draft", "intent": "order",
-                            "medicationCodeableConcept": medication, "subject": self._subject()})
+        self.drafts.append(
+            {
+                "resourceType": "MedicationRequest",
+                "id": rid,
+                "status": "draft",
+                "intent": "order",
+                "medicationCodeableConcept": medication,
+                "subject": self._subject(),
+            }
+        )
         if selected:
             self.selections.append(f"MedicationRequest/{rid}")
         return self
@@ -193,18 +251,28 @@ class Chart:
     # -- running the cards -------------------------------------------------------------------
     def prefetch(self) -> dict:
         def bundle(*types: str) -> dict:
-            return {"resourceType": "Bundle", "type": "searchset",
-                    "entry": [{"resource": r} for r in self.resources if r["resourceType"] in types]}
+            return {
+                "resourceType": "Bundle",
+                "type": "searchset",
+                "entry": [{"resource": r} for r in self.resources if r["resourceType"] in types],
+            }
+
         patient = next(r for r in self.resources if r["resourceType"] == "Patient")
-        return {"patient": patient, "conditions": bundle("Condition"), "procedures": bundle("Procedure"),
-                "observations": bundle("Observation"), "medicationRequests": bundle("MedicationRequest"),
-                "medicationStatements": bundle("MedicationStatement")}
+        return {
+            "patient": patient,
+            "conditions": bundle("Condition"),
+            "procedures": bundle("Procedure"),
+            "observations": bundle("Observation"),
+            "medicationRequests": bundle("MedicationRequest"),
+            "medicationStatements": bundle("MedicationStatement"),
+        }
 
     def bundle(self) -> dict:
         return {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in self.resources]}
 
-    def record(self, hook: str, today: str | date, unavailable: dict | None = None,
-               overlay: dict | None = None) -> PatientRecord:
+    def record(
+        self, hook: str, today: str | date, unavailable: dict | None = None, overlay: dict | None = None
+    ) -> PatientRecord:
         drafts = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in self.drafts]}
         return build_record(
             self.prefetch(),
@@ -215,12 +283,14 @@ class Chart:
             unavailable=unavailable,
         )
 
-    def result(self, card_id: str, hook: str, today: str | date, overlay: dict | None = None,
-               unavailable: dict | None = None) -> CardResult | None:
+    def result(
+        self, card_id: str, hook: str, today: str | date, overlay: dict | None = None, unavailable: dict | None = None
+    ) -> CardResult | None:
         return evaluate(card(card_id, overlay), self.record(hook, today, unavailable, overlay), hook)
 
-    def show(self, card_id: str, hook: str, today: str | date, overlay: dict | None = None,
-             unavailable: dict | None = None) -> dict | None:
+    def show(
+        self, card_id: str, hook: str, today: str | date, overlay: dict | None = None, unavailable: dict | None = None
+    ) -> dict | None:
         """The rendered CDS Hooks card, or None when the card does not fire."""
         result = self.result(card_id, hook, today, overlay, unavailable)
         return render(result) if result is not None else None
