@@ -1,7 +1,7 @@
-"""One hook call, top to bottom: validate -> prefetch -> record -> models -> cards.
+"""One hook call after validation, top to bottom: prefetch -> record -> evaluate -> render.
 
-Nothing here knows about Flask: the route hands over the parsed JSON body and gets the
-list of CDS Hooks cards back (or an ApiError). AuditNotes collect what the audit trail
+Nothing here knows about Flask: the route hands over the validated hook request
+(http/hook_request.py) and gets the list of CDS Hooks cards back (or an ApiError). AuditNotes collect what the audit trail
 keeps about the call; they never hold a token or a raw patient identifier.
 """
 
@@ -16,10 +16,10 @@ from cds_service.clinical.evaluate import evaluate
 from cds_service.clinical.record import build_record
 from cds_service.clinical.render import render
 from cds_service.fhir.prefetch import resolve
-from cds_service.http.hook_request import parse_hook_request
 
 if TYPE_CHECKING:
     from cds_service.content.services import ServiceDefinition
+    from cds_service.http.hook_request import HookRequest
     from cds_service.startup import Runtime
 
 
@@ -39,8 +39,7 @@ class AuditNotes:
         return (time.perf_counter() - self.started) * 1000.0
 
 
-def answer(rt: Runtime, service: ServiceDefinition, body: object, notes: AuditNotes) -> list[dict]:
-    request = parse_hook_request(body, service)
+def answer(rt: Runtime, service: ServiceDefinition, request: HookRequest, notes: AuditNotes) -> list[dict]:
     notes.hook_instance = request.hook_instance
     notes.patient_hash = rt.hash_patient(request.patient_id)
 

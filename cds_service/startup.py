@@ -15,7 +15,6 @@ from cds_service.content.cards import CardContent, content_versions, load_cards
 from cds_service.content.services import ServiceDefinition, load_services
 from cds_service.errors import ApiError
 from cds_service.fhir.client import FhirAccess
-from cds_service.security.client_auth import ClientAuthError, ClientIdentity, audiences_for, verify_client_jwt
 from cds_service.security.trust import TrustConfig, trust_from_settings
 from cds_service.storage.audit import audit_key, build_call_record, patient_hash
 from cds_service.storage.store import Store
@@ -65,17 +64,6 @@ class Runtime:
         if service is None:
             raise ApiError(404, "unknown_service", "no CDS service with this id; GET /cds-services lists them")
         return service
-
-    def authenticate(self, request) -> ClientIdentity:
-        """The CDS client's JWT, checked against the URL the client called (its `aud`)."""
-        base = self.settings.public_base_url or request.host_url
-        try:
-            return verify_client_jwt(
-                request.headers.get("Authorization"), audiences_for(base, request.path), self.trust, self.store
-            )
-        except ClientAuthError as exc:
-            log.warning("client authentication refused: %s", exc)
-            raise ApiError(401, "unauthorized", "") from None
 
     def hash_patient(self, patient_id: str) -> str:
         return patient_hash(patient_id, self.audit_key)

@@ -341,15 +341,15 @@ def _install_registration(patches: _Patches) -> None:
     import requests
 
     from cds_service import hook_call
-    from cds_service import startup as runtime
     from cds_service.fhir import client as fhir_client
     from cds_service.fhir import prefetch
+    from cds_service.http import authenticate, routes
     from cds_service.http import hook_request as hooks
     from cds_service.security import client_auth
 
     on_parse = _before("body", lambda args: register_hook_body(args.get("body")))
     patches.wrap(hooks, "parse_hook_request", on_parse)
-    patches.wrap(hook_call, "parse_hook_request", on_parse)
+    patches.wrap(routes, "parse_hook_request", on_parse)
 
     on_resolve = _before("request", lambda args: _register_request(args.get("request")))
     patches.wrap(prefetch, "resolve", on_resolve)
@@ -359,7 +359,7 @@ def _install_registration(patches: _Patches) -> None:
         "authorization_header", lambda args: register_authorization(args.get("authorization_header"), "jwt")
     )
     patches.wrap(client_auth, "verify_client_jwt", on_verify)
-    patches.wrap(runtime, "verify_client_jwt", on_verify)
+    patches.wrap(authenticate, "verify_client_jwt", on_verify)
 
     on_client = _before("access_token", lambda args: sensitive(args.get("access_token"), "fhir-token"))
     patches.wrap(fhir_client.FhirClient, "__init__", on_client)

@@ -13,11 +13,12 @@ import pytest
 from cds_service.config import ConfigError, Settings
 from cds_service.storage.audit import (
     AUDIT_KEY_FILE,
+    ReturnedCard,
     audit_key,
     build_call_record,
     patient_hash,
 )
-from cds_service.storage.store import ReturnedCard, Store
+from cds_service.storage.store import Store
 
 CARD = "4e0a3a1e-3283-4575-ab82-028d55fe2719"
 

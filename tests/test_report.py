@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from cds_service.http.feedback import parse_feedback
+from cds_service.storage.audit import CallRecord, ReturnedCard
 from cds_service.storage.report import format_report, run_report
-from cds_service.storage.store import CallRecord, OverrideReasonCount, ReturnedCard, Store
+from cds_service.storage.store import OverrideReasonCount, Store
 
 REASONS = "http://example.org/cds-services/fhir/CodeSystem/override-reasons"
 

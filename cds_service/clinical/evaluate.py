@@ -34,7 +34,7 @@ from cds_service.clinical.record import (
     ProcedureFact,
     UnreadableInput,
 )
-from cds_service.clinical.risk_models import ModelIncomplete
+from cds_service.clinical.risk_models import ModelIncomplete, cox_model, logistic_model
 from cds_service.content.cards import CardContent, Predictor, SiteModel, Situation
 
 # Input status values.
@@ -478,7 +478,7 @@ def _estimate(
     )
     try:
         if site.kind == "cox":
-            model = site.cox()
+            model = cox_model(site)
             difference = model.linear_predictor(x) - model.linear_predictor(model.reference)
             if not (math.isfinite(difference) and abs(difference) < 700):  # exp() would overflow
                 return None, "the inputs lie outside what the site model can compute"
@@ -490,7 +490,7 @@ def _estimate(
                 time_unit=card.model.time_unit,
                 **common,
             ), None
-        model = site.logistic()
+        model = logistic_model(site)
         if site.intercept is None:
             return None, "the site model gives no intercept, so no probability can be computed"
         alternatives = []

@@ -120,3 +120,14 @@ class LogisticModel:
             return float(1.0 / (1.0 + np.exp(-lp)))
         z = float(np.exp(lp))
         return z / (1.0 + z)
+
+
+def cox_model(site) -> CoxModel:
+    """The numeric Cox model of a site overlay's complete model (content.cards.SiteModel)."""
+    ref = tuple(site.reference[n] for n in site.names) if site.reference else None
+    return CoxModel(site.names, site.coefficients, ref, dict(site.baseline_survival))
+
+
+def logistic_model(site) -> LogisticModel:
+    """The numeric logistic model of a site overlay's complete model (content.cards.SiteModel)."""
+    return LogisticModel(site.names, site.coefficients, site.intercept)

@@ -44,9 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cds_service.clinical.risk_models import CoxModel, LogisticModel
+from cds_service import toml_checks
 from cds_service.config import ConfigError
-from cds_service.content import toml_checks
 
 HOOKS = ("patient-view", "order-select", "order-sign")
 INDICATORS = ("info", "warning", "critical")
@@ -221,13 +220,6 @@ class SiteModel:
     reference_label: str | None = None
     baseline_survival: dict[float, float] = field(default_factory=dict)
     coefficients_from_site: bool = False
-
-    def cox(self) -> CoxModel:
-        ref = tuple(self.reference[n] for n in self.names) if self.reference else None
-        return CoxModel(self.names, self.coefficients, ref, dict(self.baseline_survival))
-
-    def logistic(self) -> LogisticModel:
-        return LogisticModel(self.names, self.coefficients, self.intercept)
 
 
 @dataclass(frozen=True)

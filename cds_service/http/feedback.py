@@ -17,11 +17,11 @@ Rules beyond the letter of the spec, chosen to keep the store honest:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from cds_service.errors import ApiError
+from cds_service.storage.feedback import FeedbackEntry, OverrideReason
 
 MAX_ENTRIES = 100
 MAX_SUGGESTIONS = 50
@@ -43,25 +43,6 @@ _CONTROL_OR_BREAK = re.compile(r"[\x00-\x1f\x7f]")
 _ENTRY_FIELDS = frozenset({"card", "outcome", "acceptedSuggestions", "overrideReason", "outcomeTimestamp", "extension"})
 _REASON_FIELDS = frozenset({"reason", "userComment", "extension"})
 _CODING_FIELDS = frozenset({"code", "system", "display", "extension"})
-
-
-@dataclass(frozen=True)
-class OverrideReason:
-    """The Coding the clinician picked from the card's `overrideReasons`."""
-
-    code: str
-    system: str
-    display: str | None = None
-
-
-@dataclass(frozen=True)
-class FeedbackEntry:
-    card_uuid: str  # canonical lower-case UUID
-    outcome: str  # "accepted" | "overridden"
-    accepted_suggestions: tuple[str, ...]  # suggestion ids; empty when overridden
-    override_reason: OverrideReason | None
-    user_comment: str | None
-    outcome_timestamp: datetime  # timezone-aware
 
 
 def _invalid(detail: str) -> ApiError:

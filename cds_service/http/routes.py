@@ -14,7 +14,9 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from cds_service import hook_call
 from cds_service.errors import ApiError
+from cds_service.http.authenticate import authenticate
 from cds_service.http.feedback import parse_feedback
+from cds_service.http.hook_request import parse_hook_request
 from cds_service.startup import Runtime
 
 log = logging.getLogger(__name__)
@@ -29,7 +31,7 @@ def runtime() -> Runtime:
 @blueprint.get("/cds-services")
 def discovery() -> Response:
     rt = runtime()
-    rt.authenticate(request)
+    authenticate(rt, request)
     return jsonify({"services": [s.discovery_entry() for s in rt.services.values()]})
 
 
@@ -40,8 +42,9 @@ def call_service(service_id: str) -> Response:
     service = rt.service(service_id)
     # From here on the call is audited whatever its outcome (see write_audit).
     g.audit = notes = hook_call.AuditNotes(service_id=service.id, hook=service.hook, started=started)
-    notes.client_iss = rt.authenticate(request).iss
-    cards = hook_call.answer(rt, service, read_json_body(), notes)
+    notes.client_iss = authenticate(rt, request).iss
+    hook_request = parse_hook_request(read_json_body(), service)
+    cards = hook_call.answer(rt, service, hook_request, notes)
     return jsonify({"cards": cards})
 
 
@@ -49,7 +52,7 @@ def call_service(service_id: str) -> Response:
 def feedback(service_id: str) -> Response:
     rt = runtime()
     service = rt.service(service_id)
-    rt.authenticate(request)
+    authenticate(rt, request)
     entries = parse_feedback(read_json_body())
     stored = rt.store.record_feedback(service.id, entries)
     log.info("feedback stored: service=%s entries=%d", service.id, stored)

@@ -18,11 +18,39 @@ import os
 import secrets
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from cds_service.config import ConfigError, Settings
-from cds_service.storage.store import CallRecord, ReturnedCard
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class ReturnedCard(NamedTuple):
+    card_uuid: str
+    card_id: str  # which card file (cards/<card_id>.toml)
+    summary: str
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One hook call as the audit trail keeps it."""
+
+    service_id: str
+    hook: str
+    hook_instance: str
+    outcome_status: int  # HTTP status answered (200, 400, 401, 412, ...)
+    duration_ms: float
+    patient_hash: str | None = None  # keyed hash (audit.patient_hash), never the id
+    content_version: str = ""  # card file versions used, e.g. "mvd@1.2,rfa@1.0"
+    client_iss: str | None = None  # JWT issuer, None when unauthenticated
+    cards: tuple[ReturnedCard, ...] | list[ReturnedCard] = ()
+    called_at: datetime = field(default_factory=_utcnow)
+
 
 AUDIT_KEY_FILE = "audit-hash.key"
 _GENERATED_KEY_BYTES = 32

@@ -21,10 +21,9 @@ import os
 import time
 import weakref
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -32,7 +31,8 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 from sqlalchemy.pool import StaticPool
 
-from cds_service.http.feedback import FeedbackEntry, OverrideReason
+from cds_service.storage.audit import CallRecord, ReturnedCard
+from cds_service.storage.feedback import FeedbackEntry, OverrideReason
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
 JTI_PRUNE_INTERVAL_S = 300.0
@@ -157,30 +157,8 @@ used_jti = sa.Table(
 # --------------------------------------------------------------------------- values
 
 
-class ReturnedCard(NamedTuple):
-    card_uuid: str
-    card_id: str  # which card file (cards/<card_id>.toml)
-    summary: str
-
-
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class CallRecord:
-    """One hook call as the audit trail keeps it."""
-
-    service_id: str
-    hook: str
-    hook_instance: str
-    outcome_status: int  # HTTP status answered (200, 400, 401, 412, ...)
-    duration_ms: float
-    patient_hash: str | None = None  # keyed hash (audit.patient_hash), never the id
-    content_version: str = ""  # card file versions used, e.g. "mvd@1.2,rfa@1.0"
-    client_iss: str | None = None  # JWT issuer, None when unauthenticated
-    cards: tuple[ReturnedCard, ...] | list[ReturnedCard] = ()
-    called_at: datetime = field(default_factory=_utcnow)
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ import re
 import tomllib
 from pathlib import Path
 
+from cds_service import toml_checks
 from cds_service.config import ConfigError
-from cds_service.content import toml_checks
 from cds_service.terminology import units
 from cds_service.terminology.concept_index import (
     ICD10_FORMAT,

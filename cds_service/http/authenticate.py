@@ -1,0 +1,26 @@
+"""The CDS client's JWT for one HTTP request, checked against the URL it called (its `aud`).
+
+Glue between Flask's request and security/client_auth.py: a refusal is a bare 401 to the
+client (it learns nothing that would help it) and the reason goes to the log.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from cds_service.errors import ApiError
+from cds_service.security.client_auth import ClientAuthError, ClientIdentity, audiences_for, verify_client_jwt
+from cds_service.startup import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def authenticate(rt: Runtime, request) -> ClientIdentity:
+    base = rt.settings.public_base_url or request.host_url
+    try:
+        return verify_client_jwt(
+            request.headers.get("Authorization"), audiences_for(base, request.path), rt.trust, rt.store
+        )
+    except ClientAuthError as exc:
+        log.warning("client authentication refused: %s", exc)
+        raise ApiError(401, "unauthorized", "") from None
