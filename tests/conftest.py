@@ -1,7 +1,7 @@
 """Shared test configuration: fixture plugins contributed by each area of the service."""
 
 pytest_plugins = [
-    "db_fixture",
-    "fhir_server_fixture",
-    "log_guard",
+    "support.db_fixture",
+    "support.fhir_server_fixture",
+    "support.log_guard",
 ]

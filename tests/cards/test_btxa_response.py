@@ -1,0 +1,163 @@
+"""Card C: short-term response to botulinum toxin type A (BTX-A) for hemifacial spasm.
+
+Figures are those of EVIDENCE.md section C (Heliyon 2024, n = 118): 57 complete, 51
+significant, 7 partial, 3 no improvement; effective 91.53 % (108/118); poor response
+about 8.5 % (10/118); hypertension adjusted OR 5.847 (CI, intercept not published).
+"""
+
+import math
+
+import pytest
+from support import evidence
+from support.chart import ALCOHOL, CHEMODENERVATION, DIABETES, HCPCS, Chart
+
+CARD = "btxa-response"
+TODAY = "2025-06-01"
+BOTOX_TEXT = "onabotulinumtoxinA 100 unit injection"
+
+
+def section(detail: str, heading: str) -> str:
+    start = detail.index(heading)
+    end = detail.find("\n### ", start + 1)
+    return detail[start : end if end > 0 else None]
+
+
+def test_btxa_ordered_for_a_patient_with_hypertension_states_the_factor_and_the_odds_ratio():
+    chart = Chart(gender="female").hfs().hypertension(onset="2014-02-01").order_medication(text=BOTOX_TEXT)
+    card = chart.show(CARD, "order-select", TODAY)
+    assert card["summary"] == (
+        "BTX-A for HFS: patient has hypertension, adjusted OR 5.847 for poor response; cohort 91.53 % effective"
+    )
+    detail = card["detail"]
+    # EVIDENCE.md C: "57 complete relief, 51 significant, 7 partial, 3 no improvement"
+    for row in (
+        "| Complete relief | 57 |",
+        "| Significant relief | 51 |",
+        "| Partial relief | 7 |",
+        "| No improvement | 3 |",
+    ):
+        assert row in detail
+    assert "Overall effective rate 91.53 % (108/118)" in detail
+    assert "about 8.5 % (10/118)" in detail
+    assert "adjusted odds ratio 5.847 (P < 0.05; its confidence interval was not published)" in detail
+    for figure in ("91.53", "8.5", "5.847", "118"):
+        assert evidence.published("C", figure)
+    assert "No patient-specific probability is shown" in detail
+    used = section(detail, "### Patient data used")
+    assert f'- **Order being selected**: MedicationRequest "{BOTOX_TEXT}"; matched by text only, not by a code' in used
+    assert "- **Hypertension**: yes (active), onset 2014-02-01" in used
+    assert "- **Male sex**: no; Patient.gender female" in used
+    missing = section(detail, "### Patient data missing")
+    assert "- **Drinking (alcohol use)**: not recorded" in missing and "- **Diabetes**: not recorded" in missing
+    assert card["source"]["url"] == "https://pubmed.ncbi.nlm.nih.gov/38312606/"
+    assert card["indicator"] == "info"
+
+
+def test_without_hypertension_recorded_the_card_says_so_and_lists_the_univariate_factors():
+    chart = Chart(gender="male").hfs().condition(DIABETES, onset="2010-01-01").condition(ALCOHOL, onset="2005-01-01")
+    card = chart.order_medication(text=BOTOX_TEXT).show(CARD, "order-sign", TODAY)
+    assert card["summary"] == (
+        "BTX-A for HFS: 91.53 % effective in a cohort (n=118); hypertension not recorded (OR 5.847 for poor response)"
+    )
+    detail = card["detail"]
+    used = section(detail, "### Patient data used")
+    assert "- **Male sex**: yes" in used
+    assert "- **Diabetes**: yes (active), onset 2010-01-01" in used
+    assert "- **Drinking (alcohol use)**: yes (active), onset 2005-01-01" in used
+    assert "- **Hypertension**: not recorded" in section(detail, "### Patient data missing")
+    assert "male sex, drinking, diabetes and hypertension" in detail
+
+
+def test_hypertension_recorded_as_resolved_is_shown_as_such():
+    chart = Chart().hfs().hypertension(status="resolved", abatement="2022-01-01").order_medication(text=BOTOX_TEXT)
+    card = chart.show(CARD, "order-sign", TODAY)
+    assert "hypertension recorded as resolved or inactive" in card["summary"]
+    assert "- **Hypertension**: recorded as resolved, onset 2015-06-01" in card["detail"]
+
+
+def test_unknown_sex_is_missing_not_assumed():
+    chart = Chart(gender=None).hfs().order_medication(text=BOTOX_TEXT)
+    detail = chart.show(CARD, "order-sign", TODAY)["detail"]
+    assert "- **Male sex**: not recorded (Patient.gender not recorded); not assumed" in detail
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        lambda c: c.order(CHEMODENERVATION),  # CPT 64612 ServiceRequest
+        lambda c: c.order((HCPCS, "J0585")),  # HCPCS J0585
+        lambda c: c.order_medication(text="Xeomin (incobotulinumtoxinA) 50 units"),
+        lambda c: c.order_medication(text="Botulinum Toxin Type A 100 U"),
+    ],
+)
+def test_each_way_of_ordering_btxa_raises_the_card(order):
+    chart = Chart().hfs()
+    order(chart)
+    assert chart.show(CARD, "order-select", TODAY) is not None
+
+
+def test_botulinum_toxin_b_is_not_botulinum_toxin_a():
+    chart = Chart().hfs().order_medication(text="rimabotulinumtoxinB 2500 units")
+    assert chart.show(CARD, "order-select", TODAY) is None
+
+
+def test_btxa_for_a_patient_without_hfs_raises_no_card():
+    chart = Chart().hypertension().order_medication(text=BOTOX_TEXT)
+    assert chart.show(CARD, "order-select", TODAY) is None
+    assert chart.show(CARD, "order-sign", TODAY) is None
+
+
+def test_a_btxa_order_that_is_not_selected_does_not_fire_at_order_select():
+    chart = Chart().hfs().order_medication(text=BOTOX_TEXT, selected=False)
+    assert chart.show(CARD, "order-select", TODAY) is None
+
+
+# -- with a site-configured model -----------------------------------------------------------------
+def overlay(**model) -> dict:
+    return {"models": {"btxa-response": {"label": "Example Hospital BTX-A model", "version": "3", **model}}}
+
+
+def test_with_a_site_intercept_the_card_shows_a_probability_from_the_published_odds_ratio():
+    chart = Chart().hfs().hypertension().order_medication(text=BOTOX_TEXT)
+    card = chart.show(CARD, "order-select", TODAY, overlay=overlay(intercept=-3.0))
+    # logit = -3 + ln(5.847) -> p = 0.22547
+    p = 1 / (1 + math.exp(-(-3.0 + math.log(5.847))))
+    assert f"{p * 100:.1f} %" == "22.5 %"
+    assert card["summary"] == "BTX-A for HFS: site model estimates 22.5 %; cohort 8.5 % poor response"
+    detail = card["detail"]
+    assert 'site-configured model "Example Hospital BTX-A model" (version 3)' in detail
+    assert "Estimated probability of poor short-term response (partial relief or no improvement): **22.5 %**" in detail
+    assert "Hypertension = 1 (yes = 1, no = 0)" in detail
+    assert "No patient-specific probability is shown" not in detail
+
+
+def test_with_a_site_intercept_and_no_hypertension_recorded_the_assumption_is_stated():
+    chart = Chart().hfs().order_medication(text=BOTOX_TEXT)
+    detail = chart.show(CARD, "order-select", TODAY, overlay=overlay(intercept=-3.0))["detail"]
+    p0 = 1 / (1 + math.exp(3.0))
+    assert f"**{p0 * 100:.1f} %**" in detail  # 4.7 %
+    assert "Not recorded and taken as absent: Hypertension" in detail
+    assert "If hypertension were present: 22.5 %" in detail
+
+
+def test_a_site_model_without_an_intercept_shows_no_probability():
+    chart = Chart().hfs().hypertension().order_medication(text=BOTOX_TEXT)
+    card = chart.show(CARD, "order-select", TODAY, overlay=overlay())
+    detail = card["detail"]
+    assert "gives no estimate for this patient: the site model gives no intercept" in detail
+    assert "Estimated probability" not in detail
+    assert "site model estimates" not in card["summary"]
+
+
+def test_a_site_model_with_its_own_coefficients_uses_them():
+    chart = Chart(gender="male").hfs().hypertension().order_medication(text=BOTOX_TEXT)
+    model = overlay(intercept=-2.0, coefficients={"hypertension": 1.0, "male_sex": 0.5})
+    result = chart.result(CARD, "order-select", TODAY, overlay=model)
+    assert result.estimate.probability == pytest.approx(1 / (1 + math.exp(-(-2.0 + 1.0 + 0.5))))
+
+
+def test_a_site_model_needing_sex_gives_no_estimate_when_sex_is_unknown():
+    chart = Chart(gender=None).hfs().hypertension().order_medication(text=BOTOX_TEXT)
+    model = overlay(intercept=-2.0, coefficients={"hypertension": 1.0, "male_sex": 0.5})
+    detail = chart.show(CARD, "order-select", TODAY, overlay=model)["detail"]
+    assert "it needs Male sex, which is not available" in detail

@@ -1,0 +1,129 @@
+"""Card D: microwave ablation (MWA) + vertebral augmentation for painful spinal metastases.
+
+Figures are those of EVIDENCE.md section D (AJNR 2022, 91 patients / 140 vertebrae):
+median VAS 6 / 5 / 4 / 3 / 3 / 3; mean daily morphine 77.8 / 34.5 / 28.7 / 24.6 / 21.7 /
+21.0 mg; local control 94.8 %; cement leakage 30 % (42/140); grade 3 neural injury 1.1 %.
+"""
+
+from support import evidence
+from support.chart import AUGMENTATION_CPT, BONE_METASTASIS, LOCAL, MWA_THORACIC, RFA, Chart
+
+CARD = "spinal-metastasis-mwa"
+TODAY = "2025-06-01"
+
+
+def cohort_outcomes_shown(detail: str) -> None:
+    rows = [
+        "| Before | 6 | 77.8 mg |",
+        "| 3 days | 5 | 34.5 mg |",
+        "| 1 week | 4 | 28.7 mg |",
+        "| 1 month | 3 | 24.6 mg |",
+        "| 3 months | 3 | 21.7 mg |",
+        "| 6 months | 3 | 21.0 mg |",
+    ]
+    for row in rows:
+        assert row in detail
+    for figure in ("77.8", "34.5", "28.7", "24.6", "21.7", "21.0", "94.8", "42", "140", "1.1", "91"):
+        assert evidence.published("D", figure)
+    assert "Local tumour control: 94.8 % of treated vertebrae at 6 months" in detail
+    assert "Asymptomatic cement leakage in 30 % of treated vertebrae (42/140)" in detail
+    assert "Grade 3 neural injury in 1.1 % (1 patient), who recovered" in detail
+    assert "Cohort outcomes of 91 patients / 140 vertebrae, not a prediction for this patient" in detail
+
+
+def test_mwa_ordered_shows_cohort_outcomes_next_to_the_patients_pain_and_morphine():
+    chart = Chart.from_bundle("vertebral_metastasis_pain.json").order(MWA_THORACIC)
+    card = chart.show(CARD, "order-select", TODAY)
+    assert card["summary"] == (
+        "MWA + augmentation: median pain 6 -> 3/10 at 1 month, local control 94.8 % (cohort, n=91)"
+    )
+    detail = card["detail"]
+    cohort_outcomes_shown(detail)
+    assert "This patient: latest pain score 7/10; daily morphine dose 60 mg/d" in detail
+    assert "- **Latest pain score (0-10)**: 7/10, recorded 2025-05-25" in detail
+    assert "- **Daily morphine dose**: 60 mg/d, recorded 2025-05-25" in detail
+    assert "- **Vertebral (bone) metastasis**: yes (active), onset 2024-12-01" in detail
+    assert card["source"]["url"] == "https://doi.org/10.3174/ajnr.A7415"
+    assert "not a prediction model" in detail
+
+
+def test_a_painful_vertebral_metastasis_raises_the_card_on_opening_the_chart():
+    card = Chart.from_bundle("vertebral_metastasis_pain.json").show(CARD, "patient-view", TODAY)
+    assert card["summary"] == (
+        "Painful vertebral metastasis (pain 7/10): MWA + augmentation cohort, median pain 6 -> 3/10 at 1 month"
+    )
+    cohort_outcomes_shown(card["detail"])
+
+
+def test_pain_below_four_does_not_raise_the_card_even_if_it_was_higher_before():
+    chart = Chart().condition(BONE_METASTASIS, onset="2024-12-01").pain("2025-05-01", 8).pain("2025-05-28", 3)
+    assert chart.show(CARD, "patient-view", TODAY) is None
+
+
+def test_pain_of_exactly_four_raises_the_card():
+    chart = Chart().condition(BONE_METASTASIS, onset="2024-12-01").pain("2025-05-28", 4)
+    assert chart.show(CARD, "patient-view", TODAY) is not None
+
+
+def test_pain_scores_older_than_the_look_back_window_do_not_count():
+    chart = Chart().condition(BONE_METASTASIS, onset="2024-12-01").pain("2025-04-01", 9)
+    assert chart.show(CARD, "patient-view", TODAY) is None
+
+
+def test_pain_without_a_vertebral_metastasis_raises_no_card():
+    assert Chart().pain("2025-05-28", 9).show(CARD, "patient-view", TODAY) is None
+
+
+def test_a_resolved_metastasis_record_does_not_count_as_a_painful_metastasis():
+    chart = Chart().condition(BONE_METASTASIS, onset="2020-01-01", status="resolved").pain("2025-05-28", 8)
+    assert chart.show(CARD, "patient-view", TODAY) is None
+
+
+def test_missing_morphine_and_pain_are_listed_when_the_procedure_is_ordered():
+    chart = Chart().condition(BONE_METASTASIS, onset="2024-12-01").order(MWA_THORACIC)
+    detail = chart.show(CARD, "order-sign", TODAY)["detail"]
+    assert "- **Daily morphine dose**: not recorded" in detail
+    assert "- **Latest pain score (0-10)**: not recorded" in detail
+    assert "This patient: latest pain score not recorded; daily morphine dose not recorded" in detail
+
+
+def test_an_unreadable_pain_score_is_reported_not_used():
+    chart = Chart().condition(BONE_METASTASIS).order(MWA_THORACIC)
+    chart.quantity(("http://loinc.org", "72514-3"), "2025-05-28", 14, "{score}")  # outside 0-10
+    detail = chart.show(CARD, "order-sign", TODAY)["detail"]
+    assert (
+        "- **Latest pain score (0-10)**: recorded but unreadable (Observation: the value is outside the "
+        "valid range 0-10)" in detail
+    )
+
+
+def test_vertebral_augmentation_for_a_metastasis_raises_the_card():
+    chart = Chart().condition(BONE_METASTASIS, onset="2024-12-01").order(AUGMENTATION_CPT)
+    card = chart.show(CARD, "order-select", TODAY)
+    assert card["summary"].startswith("Vertebral augmentation for metastasis")
+
+
+def test_vertebral_augmentation_without_a_metastasis_is_not_this_cohort():
+    assert Chart().order(AUGMENTATION_CPT).show(CARD, "order-select", TODAY) is None
+
+
+def test_an_unrelated_order_for_a_patient_with_metastasis_raises_no_card():
+    chart = Chart().condition(BONE_METASTASIS).order(RFA)
+    assert chart.show(CARD, "order-select", TODAY) is None
+
+
+def test_the_card_says_when_the_observations_could_not_be_retrieved():
+    chart = Chart().condition(BONE_METASTASIS).order(MWA_THORACIC)
+    detail = chart.show(CARD, "order-sign", TODAY, unavailable={"observations": "the FHIR server did not answer"})[
+        "detail"
+    ]
+    assert "### Data that could not be retrieved\n\n- observations: the FHIR server did not answer" in detail
+
+
+def test_morphine_in_another_unit_is_converted_and_both_are_shown():
+    chart = Chart().condition(BONE_METASTASIS).order(MWA_THORACIC)
+    chart.quantity((LOCAL, "daily-morphine-dose"), "2025-05-28", 0.09, "g/d")
+    assert (
+        "- **Daily morphine dose**: 0.09 g/d (= 90 mg/d), recorded 2025-05-28"
+        in chart.show(CARD, "order-sign", TODAY)["detail"]
+    )
