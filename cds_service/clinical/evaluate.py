@@ -21,6 +21,7 @@ Rules kept here, for every card:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
@@ -35,7 +36,9 @@ from cds_service.clinical.record import (
     UnreadableInput,
 )
 from cds_service.clinical.risk_models import ModelIncomplete, cox_model, logistic_model
-from cds_service.content.cards import CardContent, Predictor, SiteModel, Situation
+from cds_service.content.cards import CardContent, Predictor, Situation, When
+from cds_service.content.derivations import KINDS
+from cds_service.content.site_models import SiteModel
 
 # Input status values.
 USED = "used"
@@ -58,6 +61,7 @@ class InputValue:
     note: str = ""  # where it came from, or why it is missing / unreadable
     by_text: bool = False  # matched by free text only
     matched_text: str | None = None
+    fact: Any = None  # the record's fact behind the value (a procedure or order a situation acts on)
 
     @property
     def recorded(self) -> bool:
@@ -96,6 +100,7 @@ class CardResult:
     card: CardContent
     situation: Situation
     hook: str
+    today: date
     inputs: tuple[InputValue, ...]
     unreadable: tuple[UnreadableInput, ...] = ()  # the record's unreadable inputs this card concerns
     unavailable: dict[str, str] = field(default_factory=dict)
@@ -128,90 +133,77 @@ def evaluate(
     for situation in card.situations:
         if hook not in situation.hooks:
             continue
-        fired = _fires(situation, record, hook)
-        if fired is None:
+        reading = Reading(record, hook)
+        procedure_id = card.trigger_predictor(situation, "is_procedure")
+        if procedure_id is not None:
+            found = derive(card.predictor(procedure_id), reading)
+            if found.status != USED:
+                continue
+            reading = Reading(record, hook, found.fact)
+        values: dict[str, InputValue] = {}
+
+        def value(pid: str, reading: Reading = reading, values: dict = values) -> InputValue:
+            if pid not in values:
+                values[pid] = derive(card.predictor(pid), reading)
+            return values[pid]
+
+        if not all(holds(w, value(w.predictor), False, record.today) for w in situation.requires):
             continue
-        procedure, order = fired
-        inputs = tuple(_derive(card.predictors[pid], record, procedure, situation) for pid in situation.predictors)
+        order_id = card.trigger_predictor(situation, "is_order")
+        inputs = tuple(value(pid) for pid in card.situation_predictors(situation))
         estimate, problem = _estimate(card, situation, site_model, {i.predictor: i for i in inputs})
-        concepts = _situation_concepts(card, situation)
-        unreadable = tuple(record.unreadable_for(*concepts))
         return CardResult(
             card=card,
             situation=situation,
             hook=hook,
+            today=record.today,
             inputs=inputs,
-            unreadable=unreadable,
+            unreadable=tuple(record.unreadable_for(*card.situation_concepts(situation))),
             unavailable=dict(record.unavailable),
             site_model=site_model if situation.use_model else None,
             estimate=estimate,
             estimate_problem=problem,
-            procedure=procedure,
-            order=order,
+            procedure=reading.procedure,
+            order=value(order_id).fact if order_id is not None else None,
         )
     return None
 
 
-# ---------------------------------------------------------------------------- triggers
-def _fires(s: Situation, record: PatientRecord, hook: str) -> tuple[ProcedureFact | None, OrderFact | None] | None:
-    order = None
-    if s.orders:
-        order = _triggering_order(record, s.orders, hook)
-        if order is None:
-            return None
-    for concept in s.requires_conditions:
-        if not record.conditions.get(concept):
-            return None
-    for concept in s.requires_active_conditions:
-        if not record.has_active_condition(concept):
-            return None
-    procedure = None
-    if s.procedure:
-        procedure = record.latest_procedure(s.procedure)
-        if procedure is None:
-            return None
-        if s.within_months is not None and procedure.performed is not None:
-            if months_between(day_of(procedure.performed), record.today) > s.within_months:
-                return None
-    if s.condition_after_procedure and not record.conditions_after(s.condition_after_procedure, procedure):
-        return None
-    req = s.requires_observation
-    if req is not None:
-        fact = record.latest_observation(
-            req.concept, lookback_days=req.lookback_days, after=procedure if req.after_procedure else None
-        )
-        if fact is None:
-            # An unreadable result still concerns the patient: the card says it could not be read.
-            if req.at_least is not None or not record.unreadable_for(req.concept):
-                return None
-        elif req.at_least is not None and (not _is_number(fact.value) or fact.value < req.at_least):
-            return None
-    return procedure, order
-
-
-def _triggering_order(record: PatientRecord, concepts: tuple[str, ...], hook: str) -> OrderFact | None:
-    # order-select concerns the orders just selected; order-sign every order being signed.
-    for concept in concepts:
-        orders = record.orders_for(concept, selected_only=hook == "order-select")
-        if orders:
-            return orders[0]
-    return None
+def holds(when: When, item: InputValue | None, has_estimate: bool, today: date) -> bool:
+    """Whether a predicate of the card language holds for a predictor's value (or the estimate)."""
+    if when.estimate is not None:
+        return has_estimate == when.estimate
+    if when.present is not None:
+        return (item.status in (USED, UNREADABLE)) == when.present
+    if when.recorded is not None:
+        return item.recorded == when.recorded
+    if not item.recorded:
+        return False
+    if when.within_months is not None:
+        return item.date is None or months_between(item.date, today) <= when.within_months
+    if when.below is not None or when.at_least is not None:
+        if not _is_number(item.value):
+            return False
+        if when.below is not None:
+            return item.value < when.below
+        return item.value >= when.at_least
+    if isinstance(when.equals, bool) or isinstance(item.value, bool):
+        return isinstance(when.equals, bool) and isinstance(item.value, bool) and item.value == when.equals
+    return item.value == when.equals
 
 
 # ---------------------------------------------------------------------------- predictors
-def _derive(p: Predictor, record: PatientRecord, procedure: ProcedureFact | None, s: Situation) -> InputValue:
-    derive = {
-        "condition": _condition,
-        "condition_after_procedure": _condition_after,
-        "medication": _medication,
-        "observation": _observation,
-        "sex": _sex,
-        "disease_duration": _disease_duration,
-        "operation_time": _operation_time,
-        "time_since_procedure": _time_since,
-        "intraoperative": _intraoperative,
-    }[p.derive]
-    return derive(p, record, procedure)
+@dataclass(frozen=True)
+class Reading:
+    """What a derivation reads: the record, the hook, and the situation's procedure (if any)."""
+
+    record: PatientRecord
+    hook: str
+    procedure: ProcedureFact | None = None
+
+
+def derive(p: Predictor, reading: Reading) -> InputValue:
+    return DERIVE[p.derive](p, reading)
 
 
 def _missing(p: Predictor, note: str | None = None) -> InputValue:
@@ -222,14 +214,15 @@ def _missing(p: Predictor, note: str | None = None) -> InputValue:
 
 def _unreadable(p: Predictor, record: PatientRecord) -> InputValue | None:
     """The predictor as unreadable, when the record has an unreadable input of its concept."""
-    for u in record.unreadable_for(p.concept):
+    for u in record.unreadable_for(*p.concepts):
         return InputValue(
             p.id, p.label, UNREADABLE, display="recorded but unreadable", note=f"{u.resource_type}: {u.reason}"
         )
     return None
 
 
-def _condition(p: Predictor, record: PatientRecord, procedure: ProcedureFact | None) -> InputValue:
+def _condition(p: Predictor, r: Reading) -> InputValue:
+    record = r.record
     facts = record.conditions.get(p.concept, ())
     active = record.active_conditions(p.concept)
     if active:
@@ -257,24 +250,24 @@ def _condition(p: Predictor, record: PatientRecord, procedure: ProcedureFact | N
     return _unreadable(p, record) or _missing(p)
 
 
-def _condition_after(p: Predictor, record: PatientRecord, procedure: ProcedureFact | None) -> InputValue:
-    found = record.conditions_after(p.concept, procedure)
+def _condition_after(p: Predictor, r: Reading) -> InputValue:
+    found = r.record.conditions_after(p.concept, r.procedure)
     if not found:
-        return _unreadable(p, record) or _missing(p)
+        return _unreadable(p, r.record) or _missing(p)
     fact = found[0]
     dates = _condition_dates(fact)
     dates["note"] = ", ".join(
-        x for x in (dates["note"], f"after the procedure of {day_of(procedure.performed).isoformat()}") if x
+        x for x in (dates["note"], f"after the procedure of {day_of(r.procedure.performed).isoformat()}") if x
     )
     return InputValue(
         p.id, p.label, USED, value=True, display=f"yes ({_status(fact)})", **dates, **_text_match(fact.match)
     )
 
 
-def _medication(p: Predictor, record: PatientRecord, procedure: ProcedureFact | None) -> InputValue:
-    facts = record.current_medications(p.concept)
+def _medication(p: Predictor, r: Reading) -> InputValue:
+    facts = r.record.current_medications(p.concept)
     if not facts:
-        return _unreadable(p, record) or _missing(p)
+        return _unreadable(p, r.record) or _missing(p)
     fact = max(facts, key=lambda m: m.date or date.min)
     note = f"{fact.resource_type}, status {fact.status}"
     if fact.match.display and not fact.match.by_text:
@@ -292,14 +285,11 @@ def _medication(p: Predictor, record: PatientRecord, procedure: ProcedureFact | 
     )
 
 
-def _observation(p: Predictor, record: PatientRecord, procedure: ProcedureFact | None) -> InputValue:
-    after = procedure if p.after_procedure else None
-    facts = record.observations_for(p.concept, p.lookback_days, after)
+def _observation(p: Predictor, r: Reading) -> InputValue:
+    record, procedure = r.record, r.procedure
+    facts = record.observations_for(p.concept, p.lookback_days, procedure if p.after_procedure else None)
     if not facts:
-        unread = _unreadable(p, record)
-        if unread:
-            return unread
-        return _missing(p)
+        return _unreadable(p, record) or _missing(p)
     fact = facts[0]
     day = day_of(fact.effective) if fact.effective is not None else None
     if fact.value is None:
@@ -341,30 +331,34 @@ def _observation(p: Predictor, record: PatientRecord, procedure: ProcedureFact |
     )
 
 
-def _sex(p: Predictor, record: PatientRecord, procedure: ProcedureFact | None) -> InputValue:
-    if record.sex in ("male", "female"):
+def _sex(p: Predictor, r: Reading) -> InputValue:
+    sex = r.record.sex
+    if sex in ("male", "female"):
         return InputValue(
-            p.id,
-            p.label,
-            USED,
-            value=record.sex == "male",
-            display="yes" if record.sex == "male" else "no",
-            note=f"Patient.gender {record.sex}",
+            p.id, p.label, USED, value=sex == "male", display="yes" if sex == "male" else "no", note=f"{p.how} {sex}"
         )
-    if record.sex:
-        return _missing(p, f"Patient.gender is {record.sex!r}")
-    return _missing(p, "Patient.gender not recorded")
+    if sex:
+        return _missing(p, f"{p.how} is {sex!r}")
+    return _missing(p, f"{p.how} not recorded")
 
 
-def _disease_duration(p: Predictor, record: PatientRecord, procedure: ProcedureFact | None) -> InputValue:
+def _age(p: Predictor, r: Reading) -> InputValue:
+    born, today = r.record.birth_date, r.record.today
+    if born is None:
+        return _missing(p)
+    years = today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+    if years < 0:
+        return _missing(p, "the date of birth is after the date of the call")
+    return InputValue(p.id, p.label, USED, value=years, display=f"{years} years", note=f"as of {today.isoformat()}")
+
+
+def _disease_duration(p: Predictor, r: Reading) -> InputValue:
+    record = r.record
     onset = record.earliest_onset(p.concept)
     years = record.years_since(onset)
     if years is None:
         if record.conditions.get(p.concept):
-            return _missing(
-                p,
-                "the hemifacial spasm Condition has no usable onset date (its recorded date is not taken as the onset)",
-            )
+            return _missing(p, p.note("no_onset"))
         return _missing(p)
     return InputValue(
         p.id,
@@ -374,11 +368,12 @@ def _disease_duration(p: Predictor, record: PatientRecord, procedure: ProcedureF
         display=f"{years:.1f} years",
         date=onset,
         date_label="onset",
-        note="from the hemifacial spasm Condition's onset",
+        note=p.note("used"),
     )
 
 
-def _operation_time(p: Predictor, record: PatientRecord, procedure: ProcedureFact | None) -> InputValue:
+def _operation_time(p: Predictor, r: Reading) -> InputValue:
+    record, procedure = r.record, r.procedure
     minutes = procedure.duration_minutes if procedure is not None else None
     if minutes is not None:
         return InputValue(
@@ -389,7 +384,7 @@ def _operation_time(p: Predictor, record: PatientRecord, procedure: ProcedureFac
             display=f"{number(round(minutes, 1))} min",
             date=day_of(procedure.start),
             date_label="performed",
-            note="from the procedure's performedPeriod",
+            note=p.note("from_period"),
         )
     if procedure is not None and procedure.performed is not None:
         pday = day_of(procedure.performed)
@@ -406,7 +401,7 @@ def _operation_time(p: Predictor, record: PatientRecord, procedure: ProcedureFac
                     value=float(fact.value),
                     display=_observation_display(fact, p),
                     date=day_of(fact.effective),
-                    note="from an operation-time Observation of the procedure day",
+                    note=p.note("from_observation"),
                 )
     unread = _unreadable(p, record)
     if unread:
@@ -416,25 +411,59 @@ def _operation_time(p: Predictor, record: PatientRecord, procedure: ProcedureFac
     return _missing(p)
 
 
-def _time_since(p: Predictor, record: PatientRecord, procedure: ProcedureFact | None) -> InputValue:
+def _time_since(p: Predictor, r: Reading) -> InputValue:
+    procedure, today = r.procedure, r.record.today
     if procedure is None or procedure.performed is None:
         return _missing(p, "the procedure has no performed date")
     day = day_of(procedure.performed)
-    months = months_between(day, record.today)
     return InputValue(
         p.id,
         p.label,
         USED,
-        value=months,
-        display=duration_text(day, record.today),
+        value=months_between(day, today),
+        display=duration_text(day, today),
         date=day,
         date_label="performed",
-        note=f"as of {record.today.isoformat()}",
+        note=f"as of {today.isoformat()}",
     )
 
 
-def _intraoperative(p: Predictor, record: PatientRecord, procedure: ProcedureFact | None) -> InputValue:
+def _intraoperative(p: Predictor, r: Reading) -> InputValue:
     return InputValue(p.id, p.label, INTRAOPERATIVE, display="not known before surgery", note=p.how)
+
+
+def _procedure(p: Predictor, r: Reading) -> InputValue:
+    fact = r.record.latest_procedure(p.concept)
+    if fact is None:
+        return _unreadable(p, r.record) or _missing(p)
+    day = day_of(fact.performed) if fact.performed is not None else None
+    return InputValue(p.id, p.label, USED, value=True, display="yes", date=day, date_label="performed", fact=fact)
+
+
+def _order(p: Predictor, r: Reading) -> InputValue:
+    # order-select concerns the orders just selected; order-sign every order being signed.
+    for concept in p.concepts:
+        orders = r.record.orders_for(concept, selected_only=r.hook == "order-select")
+        if orders:
+            return InputValue(p.id, p.label, USED, value=True, display="yes", fact=orders[0])
+    return _missing(p)
+
+
+# One function per derivation kind of content/derivations.py (KINDS), under the same name.
+DERIVE: dict[str, Callable[[Predictor, Reading], InputValue]] = {
+    "condition": _condition,
+    "condition_after_procedure": _condition_after,
+    "medication": _medication,
+    "observation": _observation,
+    "sex": _sex,
+    "age": _age,
+    "disease_duration": _disease_duration,
+    "operation_time": _operation_time,
+    "time_since_procedure": _time_since,
+    "intraoperative": _intraoperative,
+    "procedure": _procedure,
+    "order": _order,
+}
 
 
 # ---------------------------------------------------------------------------- site model
@@ -448,12 +477,12 @@ def _estimate(
     assumed: list[str] = []
     missing: list[str] = []
     for name in site.names:
-        p = card.predictors[name]
+        p = card.predictor(name)
         item = inputs[name]
         if p.binary:
             if item.status == USED:
                 x.append(1.0 if item.value else 0.0)
-            elif p.derive in ("condition", "medication") and item.status == MISSING:
+            elif p.kind.absent_when_missing and item.status == MISSING:
                 x.append(0.0)
                 assumed.append(p.label)
             else:
@@ -507,15 +536,6 @@ def _estimate(
 
 
 # ---------------------------------------------------------------------------- small facts
-def _situation_concepts(card: CardContent, s: Situation) -> set[str]:
-    found = {card.predictors[pid].concept for pid in s.predictors if card.predictors[pid].concept}
-    found.update(s.orders, s.requires_conditions, s.requires_active_conditions)
-    found.update(x for x in (s.procedure, s.condition_after_procedure) if x)
-    if s.requires_observation:
-        found.add(s.requires_observation.concept)
-    return found
-
-
 def _earliest(facts: list[ConditionFact]) -> ConditionFact:
     return min(facts, key=lambda c: c.onset or c.recorded or date.max)
 
@@ -586,3 +606,7 @@ def ratio(x: float | None) -> str:
 
 def number(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+if set(DERIVE) != set(KINDS):  # the registry and its functions name the same kinds
+    raise RuntimeError(f"derivation kinds without a function or entry: {sorted(set(DERIVE) ^ set(KINDS))}")

@@ -24,12 +24,14 @@ from cds_service.clinical.evaluate import (
     CardResult,
     Estimate,
     InputValue,
+    holds,
     number,
     percent,
     ratio,
 )
 from cds_service.clinical.record import OrderFact
-from cds_service.content.cards import SUMMARY_LIMIT, Reference, When, format_figure
+from cds_service.content.cards import Reference, When
+from cds_service.content.templates import SUMMARY_LIMIT, format_figure
 
 JUDGEMENT = "This card informs and does not replace clinical judgement."
 _UNAVAILABLE_LABELS = {
@@ -63,13 +65,13 @@ def _values(result: CardResult) -> dict[str, str]:
     values = {name: format_figure(v) for name, v in card.figures.items()}
     for item in result.inputs:
         values[item.predictor] = escape(item.display) if item.status == USED else item.display
-    for pid in card.predictors:
-        values.setdefault(pid, "not assessed here")
+    for p in card.predictors:
+        values.setdefault(p.id, "not assessed here")
     site = result.site_model
     values["site_label"] = escape(site.label) if site else "none"
     values["site_version"] = escape(site.version) if site else "none"
     values["estimate_headline"] = result.estimate.headline if result.estimate else "not available"
-    factors = [i for i in result.inputs if i.status != INTRAOPERATIVE]
+    factors = [i for i in result.inputs if i.status != INTRAOPERATIVE and not card.predictor(i.predictor).context]
     values["factors_recorded"] = str(sum(1 for i in factors if i.status == USED))
     values["factors_total"] = str(len(factors))
     return values
@@ -82,32 +84,21 @@ def _fill(text: str, values: dict[str, str]) -> str:
 def _holds(when: When | None, result: CardResult) -> bool:
     if when is None:
         return True
-    if when.estimate is not None:
-        return (result.estimate is not None) == when.estimate
-    item = result.input(when.predictor)
-    if when.recorded is not None:
-        return item.recorded == when.recorded
-    if not item.recorded:
-        return False
-    if when.below is not None or when.at_least is not None:
-        if isinstance(item.value, bool) or not isinstance(item.value, (int, float)):
-            return False
-        if when.below is not None:
-            return item.value < when.below
-        return item.value >= when.at_least
-    if isinstance(when.equals, bool) or isinstance(item.value, bool):
-        return isinstance(when.equals, bool) and isinstance(item.value, bool) and item.value == when.equals
-    return item.value == when.equals
+    item = result.input(when.predictor) if when.predictor else None
+    return holds(when, item, result.estimate is not None, result.today)
+
+
+def _chosen(options: list, result: CardResult):
+    """The first variant whose `when` holds (the last one is `otherwise`); None when it is omitted."""
+    for variant in options:
+        if variant.otherwise or _holds(variant.when, result):
+            return None if variant.omit else variant
+    return None
 
 
 # ---------------------------------------------------------------------------- summary
 def _summary(result: CardResult, values: dict[str, str]) -> str:
-    s = result.situation
-    text = s.summary
-    for variant in s.summary_variants:
-        if _holds(variant.when, result):
-            text = variant.text
-            break
+    text = _chosen(result.situation.summary_options, result).text
     summary = " ".join(_fill(text, values).split())
     if len(summary) >= SUMMARY_LIMIT:
         summary = summary[: SUMMARY_LIMIT - 2].rstrip() + "…"
@@ -119,14 +110,15 @@ def _detail(result: CardResult, values: dict[str, str]) -> str:
     card, s = result.card, result.situation
     parts = [_fill(s.lead, values)]
     for key in s.sections:
-        section = card.sections[key]
-        if _holds(section.when, result):
+        section = _chosen(card.sections[key].options, result)
+        if section is not None:
             parts.append(f"### {_fill(section.heading, values)}\n\n{_fill(section.body, values)}")
     estimate_text = _estimate_section(result, values)
     if estimate_text:
         parts.append(estimate_text)
     parts.extend(_input_sections(result))
-    parts.append("### Strength of evidence\n\n" + "\n".join(f"- {_fill(c, values)}" for c in card.caveats))
+    caveats = [c for c in (_chosen(entry.options, result) for entry in card.caveats) if c is not None]
+    parts.append("### Strength of evidence\n\n" + "\n".join(f"- {_fill(c.text, values)}" for c in caveats))
     parts.append("### Sources\n\n" + "\n".join(f"- {_reference(r)}" for r in _sources(result)))
     parts.append(f"*{JUDGEMENT}*")
     return "\n\n".join(p.strip() for p in parts if p.strip())
@@ -188,16 +180,20 @@ def _estimate_lines(e: Estimate) -> str:
 
 def _input_sections(result: CardResult) -> list[str]:
     used = [i for i in result.inputs if i.status == USED]
+    context = {i.predictor for i in result.inputs if result.card.predictor(i.predictor).context}
     missing = [i for i in result.inputs if i.status in (MISSING, INTRAOPERATIVE)]
     unreadable = [i for i in result.inputs if i.status == UNREADABLE]
     lines = [_order_line(result.order, result.hook)] if result.order is not None else []
-    lines += [_used_line(i) for i in used] or ["- None of this card's other inputs is recorded."]
+    lines += [_used_line(i) for i in used if i.predictor not in context] or [
+        "- None of this card's other inputs is recorded."
+    ]
+    lines += [_used_line(i) for i in used if i.predictor in context]
     parts = ["### Patient data used\n\n" + "\n".join(lines)]
     if missing:
         parts.append("### Patient data missing or not yet known\n\n" + "\n".join(_missing_line(i) for i in missing))
     lines = [f"- **{i.label}**: recorded but unreadable ({escape(i.note)})" for i in unreadable]
     covered = {i.note for i in unreadable}
-    labels = {p.concept: p.label for p in result.card.predictors.values() if p.concept}
+    labels = {c: p.label for p in result.card.predictors for c in p.concepts}
     for u in result.unreadable:
         note = f"{u.resource_type}: {u.reason}"
         if note not in covered:

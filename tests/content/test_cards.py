@@ -214,6 +214,10 @@ def test_patient_text_cannot_inject_markdown_links_or_html_into_a_card():
 
 
 # -- the loader refuses broken content ------------------------------------------------------------
+def _predictor(data: dict, predictor_id: str) -> dict:
+    return next(p for p in data["predictors"] if p["id"] == predictor_id)
+
+
 def _broken(card_id: str, change) -> dict:
     data = copy.deepcopy(raw(card_id))
     change(data)
@@ -225,14 +229,14 @@ def _broken(card_id: str, change) -> dict:
     [
         (lambda d: d["sections"]["cohort_curve"].update(body="{recurence_3m} %"), "unknown placeholder"),
         (lambda d: d["situations"][0].update(hooks=["encounter-start"]), "hooks"),
-        (lambda d: d["situations"][0].update(orders=["no_such_concept"]), "not defined in concepts.toml"),
-        (lambda d: d["situations"][0].update(orders=["hemifacial_spasm"]), "is a condition"),
+        (lambda d: _predictor(d, "rfa_order").update(concept="no_such_concept"), "not defined in concepts.toml"),
+        (lambda d: _predictor(d, "rfa_order").update(concept="hemifacial_spasm"), "is a condition"),
         (lambda d: d["situations"][1].update(summary="RFA " + "x" * 140), "summary"),
         (lambda d: d.update(indicator="danger"), "indicator"),
         (lambda d: d["source"].update(url="http://pubmed.example"), "https"),
         (lambda d: d["figures"].update(bad=True), "number or a text"),
         (lambda d: d["model"]["coefficients"].update(unknown=1.0), "not a predictor"),
-        (lambda d: d["caveats"].update(items=[]), "caveat"),
+        (lambda d: d.update(caveats=[]), "caveat"),
         (lambda d: d["situations"][1].pop("no_estimate"), "no_estimate"),
         (lambda d: d.update(colour="blue"), "unknown keys"),
         (lambda d: d["situations"][0].update(predictors=["months_since_rfa"]), "relative to a procedure"),

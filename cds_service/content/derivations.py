@@ -1,0 +1,93 @@
+"""THE registry of derivation kinds: how a card's predictor is read from the patient record.
+
+A predictor in a card file names its kind (`derive = "observation"`). This registry is what
+the card loader knows about each kind: what it reads, which kind of concept it needs (if
+any), whether its value is yes/no or a number, whether it is read relative to the
+situation's procedure, which predictor options apply, and the notes a card may word for it.
+clinical/evaluate.py holds one function per kind, registered under the same name.
+
+Adding a kind = one entry here + one function in clinical/evaluate.py (DERIVE).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+OBSERVATION_OPTIONS = frozenset({"lookback_days", "after_procedure", "annotate_procedure", "values"})
+
+
+@dataclass(frozen=True)
+class DerivationKind:
+    description: str
+    concept_kinds: tuple[str, ...] = ()  # kinds of concept it reads; () = reads no concept
+    yes_no: bool = False  # value is yes/no (coded 1 / 0 by a site model); else a number or an answer
+    needs_procedure: bool = False  # read relative to the situation's procedure
+    several_concepts: bool = False  # `concept` may list several concepts (the first found wins)
+    absent_when_missing: bool = False  # a site model may take a missing value as "no" (and says so)
+    options: frozenset[str] = frozenset()  # predictor keys that apply to this kind only
+    notes: dict[str, str] = field(default_factory=dict)  # note key -> generic wording; a card may word it
+    is_procedure: bool = False  # the fact it finds is the situation's procedure
+    is_order: bool = False  # the fact it finds is the draft order that triggers the card
+
+
+KINDS: dict[str, DerivationKind] = {
+    "condition": DerivationKind(
+        "a Condition of the concept (yes / recorded as resolved / not recorded)",
+        concept_kinds=("condition",),
+        yes_no=True,
+        absent_when_missing=True,
+    ),
+    "condition_after_procedure": DerivationKind(
+        "a Condition of the concept present after the situation's procedure",
+        concept_kinds=("condition",),
+        yes_no=True,
+        needs_procedure=True,
+    ),
+    "medication": DerivationKind(
+        "a MedicationRequest / MedicationStatement of the concept (current use)",
+        concept_kinds=("medication",),
+        yes_no=True,
+        absent_when_missing=True,
+    ),
+    "observation": DerivationKind(
+        "the latest Observation of the concept",
+        concept_kinds=("observation",),
+        options=OBSERVATION_OPTIONS,
+    ),
+    "sex": DerivationKind("the patient's administrative gender (male = yes); the note names `how`", yes_no=True),
+    "age": DerivationKind("age in whole years at the date of the call, from the patient's birth date"),
+    "disease_duration": DerivationKind(
+        "years since the earliest onset of the concept's Condition",
+        concept_kinds=("condition",),
+        notes={
+            "used": "",  # where the onset comes from
+            "no_onset": "the Condition has no usable onset date (its recorded date is not taken as the onset)",
+        },
+    ),
+    "operation_time": DerivationKind(
+        "minutes from the start to the end of the situation's procedure, else an Observation on its day",
+        concept_kinds=("observation",),
+        needs_procedure=True,
+        notes={
+            "from_period": "from the procedure's start and end times",
+            "from_observation": "from an Observation of the procedure day",
+        },
+    ),
+    "time_since_procedure": DerivationKind("months since the situation's procedure", needs_procedure=True),
+    "intraoperative": DerivationKind("only known during surgery: always listed as unknown before it"),
+    "procedure": DerivationKind(
+        "the latest completed Procedure of the concept (yes / not recorded); the situation's procedure",
+        concept_kinds=("procedure",),
+        yes_no=True,
+        is_procedure=True,
+    ),
+    "order": DerivationKind(
+        "a draft order of the concept(s) being selected (order-select) or signed (order-sign)",
+        concept_kinds=("procedure", "medication"),
+        yes_no=True,
+        several_concepts=True,
+        is_order=True,
+    ),
+}
+
+ORDER_HOOKS = ("order-select", "order-sign")

@@ -1,0 +1,52 @@
+"""Card texts as templates: {placeholders} naming figures, predictors and a few values the
+renderer computes; how a figure is written; how long a summary may be."""
+
+from __future__ import annotations
+
+import string
+from typing import Any
+
+SUMMARY_LIMIT = 140  # CDS Hooks: summary SHOULD be under 140 characters
+# Placeholders every text may use besides figures and predictor ids.
+DYNAMIC_NAMES = frozenset({"site_label", "site_version", "estimate_headline", "factors_recorded", "factors_total"})
+_TYPICAL = "xxxxxxxxxx"  # a typical patient or dynamic value, for the summary length check
+
+
+def check_template(text: str, names: set[str] | frozenset[str], where: str) -> None:
+    """ValueError naming `where` when the text has a broken or unknown placeholder."""
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError as exc:
+        raise ValueError(f"{where}: broken placeholder ({exc}); write a literal brace as {{{{ or }}}}") from None
+    for _, name, spec, conv in parsed:
+        if name is None:
+            continue
+        if spec or conv:
+            raise ValueError(f"{where}: placeholder {{{name}}} must be a plain name (no format spec)")
+        if name not in names:
+            raise ValueError(f"{where}: unknown placeholder {{{name}}}")
+
+
+def check_summary_length(text: str, figures: dict[str, Any], where: str) -> None:
+    """The summary with figures filled in and typical dynamic values must stay short."""
+    filled = string.Formatter().vformat(text, (), _Typical(figures))
+    if len(filled) >= SUMMARY_LIMIT - 20:
+        raise ValueError(
+            f"{where}: summary is {len(filled)} characters with typical values; "
+            f"keep it under {SUMMARY_LIMIT - 20} to leave room for patient values"
+        )
+
+
+class _Typical(dict):
+    def __init__(self, figures: dict) -> None:
+        super().__init__({k: format_figure(v) for k, v in figures.items()})
+
+    def __missing__(self, key: str) -> str:
+        return _TYPICAL
+
+
+def format_figure(value: Any) -> str:
+    """A figure exactly as written in the card file: 21.0 stays '21.0', 0.075 stays '0.075'."""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
