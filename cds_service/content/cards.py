@@ -355,7 +355,7 @@ class Situation(Table):
     """One way the card fires: the hooks, the facts that must hold, and what it then shows."""
 
     id: Text
-    hooks: list[Text]
+    hooks: list[Text] = Field(json_schema_extra={"items": {"enum": list(HOOKS)}})
     requires: list[When] = Field(description="every predicate must hold for the card to fire")
     predictors: list[Text] = Field(description="the inputs shown (and used by the model), in order")
     summary: Summary
