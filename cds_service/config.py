@@ -8,13 +8,25 @@ key (`fhir_time_budget_s = 2.0`); in the environment it is `CDS_` + the upper-ca
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CARDS_DIR = PACKAGE_ROOT / "cards"
+
+
+def _shipped_cards_dir() -> Path:
+    """The clinical content: cds_service/cards in an installed package (a wheel ships the
+    repository's cards/ there, see setup.py), else cards/ beside the package (a checkout)."""
+    shipped = importlib.resources.files("cds_service") / "cards"
+    if shipped.is_dir():
+        return Path(str(shipped))
+    return PACKAGE_ROOT / "cards"
+
+
+DEFAULT_CARDS_DIR = _shipped_cards_dir()
 
 
 class ConfigError(ValueError):
