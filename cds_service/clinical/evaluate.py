@@ -7,9 +7,13 @@ about FHIR JSON or HTTP, and nothing here writes text for the clinician (render.
 Which facts answer a question (latest procedure, observations in a window or after the
 procedure, conditions after it, ...) is asked of the record's queries, not decided here.
 
+Each predictor is read by the function registered in DERIVE under its derivation kind
+(one per kind of content/derivations.py); `holds` is the one test of a predicate, used for
+a situation's `requires` here and for text variants by render.py.
+
 Rules kept here, for every card:
-- a card fires only in one of its situations (hook + triggering facts); the first
-  situation that matches wins, so a card file lists the most specific situation first;
+- a card fires only in one of its situations (hook + every predicate of `requires`); the
+  first situation that matches wins, so a card file lists the most specific one first;
 - every input is either used (value, unit, date, where it came from), missing (never
   silently defaulted), unreadable (recorded but could not be used), or only known during
   surgery;
@@ -429,7 +433,7 @@ def _time_since(p: Predictor, r: Reading) -> InputValue:
 
 
 def _intraoperative(p: Predictor, r: Reading) -> InputValue:
-    return InputValue(p.id, p.label, INTRAOPERATIVE, display="not known before surgery", note=p.how)
+    return InputValue(p.id, p.label, INTRAOPERATIVE, display=p.note("not_yet_known"), note=p.how)
 
 
 def _procedure(p: Predictor, r: Reading) -> InputValue:

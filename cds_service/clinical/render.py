@@ -237,7 +237,7 @@ def _used_line(i: InputValue) -> str:
 
 def _missing_line(i: InputValue) -> str:
     if i.status == INTRAOPERATIVE:
-        return f"- **{i.label}**: not known before surgery ({escape(i.note)})"
+        return f"- **{i.label}**: {i.display} ({escape(i.note)})"
     return f"- **{i.label}**: not recorded ({escape(i.note)}); not assumed"
 
 

@@ -123,11 +123,11 @@ class LogisticModel:
 
 
 def cox_model(site) -> CoxModel:
-    """The numeric Cox model of a site overlay's complete model (content.cards.SiteModel)."""
+    """The numeric Cox model of a site overlay's complete model (content.site_models.SiteModel)."""
     ref = tuple(site.reference[n] for n in site.names) if site.reference else None
     return CoxModel(site.names, site.coefficients, ref, dict(site.baseline_survival))
 
 
 def logistic_model(site) -> LogisticModel:
-    """The numeric logistic model of a site overlay's complete model (content.cards.SiteModel)."""
+    """The numeric logistic model of a site overlay's complete model (content.site_models.SiteModel)."""
     return LogisticModel(site.names, site.coefficients, site.intercept)

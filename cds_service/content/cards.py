@@ -412,8 +412,8 @@ class CardContent(Table):
 
     model_config = ConfigDict(
         extra="forbid",
-        title="HFS CDS card file",
-        json_schema_extra={"description": "A clinical card of the HFS CDS Hooks service (cards/<card>.toml)."},
+        title="CDS card file",
+        json_schema_extra={"description": "A clinical card of the CDS Hooks service (cards/<card>.toml)."},
     )
 
     id: Text = Field(description="lower-case letters, digits, '-' or '_'")

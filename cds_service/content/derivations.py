@@ -74,7 +74,10 @@ KINDS: dict[str, DerivationKind] = {
         },
     ),
     "time_since_procedure": DerivationKind("months since the situation's procedure", needs_procedure=True),
-    "intraoperative": DerivationKind("only known during surgery: always listed as unknown before it"),
+    "intraoperative": DerivationKind(
+        "only known during the operation: always listed as not yet known",
+        notes={"not_yet_known": "not known before surgery"},  # shown as its value; `how` says when it is known
+    ),
     "procedure": DerivationKind(
         "the latest completed Procedure of the concept (yes / not recorded); the situation's procedure",
         concept_kinds=("procedure",),
