@@ -137,20 +137,8 @@ def evaluate(
     for situation in card.situations:
         if hook not in situation.hooks:
             continue
-        reading = Reading(record, hook)
-        procedure_id = card.trigger_predictor(situation, "is_procedure")
-        if procedure_id is not None:
-            found = derive(card.predictor(procedure_id), reading)
-            if found.status != USED:
-                continue
-            reading = Reading(record, hook, found.fact)
-        values: dict[str, InputValue] = {}
-
-        def value(pid: str, reading: Reading = reading, values: dict = values) -> InputValue:
-            if pid not in values:
-                values[pid] = derive(card.predictor(pid), reading)
-            return values[pid]
-
+        values = _SituationValues(card, card.trigger_predictor(situation, "is_procedure"), record, hook)
+        value = values.get
         if not all(holds(w, value(w.predictor), False, record.today) for w in situation.requires):
             continue
         order_id = card.trigger_predictor(situation, "is_order")
@@ -167,7 +155,7 @@ def evaluate(
             site_model=site_model if situation.use_model else None,
             estimate=estimate,
             estimate_problem=problem,
-            procedure=reading.procedure,
+            procedure=values.procedure,
             order=value(order_id).fact if order_id is not None else None,
         )
     return None
@@ -194,6 +182,26 @@ def holds(when: When, item: InputValue | None, has_estimate: bool, today: date) 
     if isinstance(when.equals, bool) or isinstance(item.value, bool):
         return isinstance(when.equals, bool) and isinstance(item.value, bool) and item.value == when.equals
     return item.value == when.equals
+
+
+class _SituationValues:
+    """The predictors of one situation, each read once, when first asked for; the
+    situation's procedure is looked up only when a predictor needs it."""
+
+    def __init__(self, card: CardContent, procedure_id: str | None, record: PatientRecord, hook: str) -> None:
+        self.card, self.procedure_id, self.record, self.hook = card, procedure_id, record, hook
+        self.values: dict[str, InputValue] = {}
+
+    def get(self, pid: str) -> InputValue:
+        if pid not in self.values:
+            p = self.card.predictor(pid)
+            procedure = self.procedure if p.needs_procedure else None
+            self.values[pid] = derive(p, Reading(self.record, self.hook, procedure))
+        return self.values[pid]
+
+    @property
+    def procedure(self) -> ProcedureFact | None:
+        return self.get(self.procedure_id).fact if self.procedure_id is not None else None
 
 
 # ---------------------------------------------------------------------------- predictors

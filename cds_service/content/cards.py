@@ -245,7 +245,7 @@ class TextChoice(Table):
             _check_variants(self.variants)
         return self
 
-    @property
+    @cached_property
     def options(self) -> list[TextVariant]:
         return self.variants if self.variants is not None else [TextVariant(otherwise=True, text=self.text)]
 
@@ -267,7 +267,7 @@ class Section(Table):
             _check_variants(self.variants)
         return self
 
-    @property
+    @cached_property
     def options(self) -> list[SectionVariant]:
         if self.variants is not None:
             return self.variants
@@ -373,7 +373,7 @@ class Situation(Table):
             raise ValueError(f"hooks must be among {HOOKS}")
         return hooks
 
-    @property
+    @cached_property
     def summary_options(self) -> list[TextVariant]:
         if isinstance(self.summary, str):
             return [TextVariant(otherwise=True, text=self.summary)]
@@ -475,7 +475,7 @@ class CardContent(Table):
     def predictor(self, predictor_id: str) -> Predictor:
         return self.predictor_by_id[predictor_id]
 
-    @property
+    @cached_property
     def context_predictors(self) -> tuple[str, ...]:
         return tuple(p.id for p in self.predictors if p.context)
 
@@ -504,19 +504,30 @@ class CardContent(Table):
 
     def situation_predictors(self, s: Situation) -> tuple[str, ...]:
         """The predictors a situation reads and shows: its own, then the card's context ones."""
-        return tuple(dict.fromkeys([*s.predictors, *self.context_predictors]))
+        return self.situation_reads[s.id][0]
 
-    def situation_concepts(self, s: Situation) -> set[str]:
+    def situation_concepts(self, s: Situation) -> frozenset[str]:
         """The concepts a situation reads: its predictors' and its trigger's."""
-        ids = [*self.situation_predictors(s), *(w.predictor for w in s.requires if w.predictor)]
-        return {c for pid in ids for c in self.predictor(pid).concepts}
+        return self.situation_reads[s.id][1]
 
     def trigger_predictor(self, s: Situation, flag: str) -> str | None:
-        """The predictor of `requires` whose fact is the situation's procedure / order."""
-        for w in s.requires:
-            if w.predictor and getattr(self.predictor(w.predictor).kind, flag):
-                return w.predictor
-        return None
+        """The predictor of `requires` whose fact is the situation's procedure (flag
+        'is_procedure') or its triggering order ('is_order')."""
+        return self.situation_reads[s.id][2 if flag == "is_procedure" else 3]
+
+    @cached_property
+    def situation_reads(self) -> dict[str, tuple]:
+        """Situation id -> (predictors shown, concepts read, procedure predictor, order predictor)."""
+        out = {}
+        for s in self.situations:
+            shown = tuple(dict.fromkeys([*s.predictors, *self.context_predictors]))
+            ids = [*shown, *(w.predictor for w in s.requires if w.predictor)]
+            concepts = frozenset(c for pid in ids for c in self.predictor(pid).concepts)
+            triggers = [self.predictor(w.predictor) for w in s.requires if w.predictor]
+            procedure = next((p.id for p in triggers if p.kind.is_procedure), None)
+            order = next((p.id for p in triggers if p.kind.is_order), None)
+            out[s.id] = (shown, concepts, procedure, order)
+        return out
 
 
 # ---------------------------------------------------------------------------- semantic checks
