@@ -144,12 +144,29 @@ def _input_row(result: CardResult, item: InputValue) -> dict:
         "label": item.label,
         "status": STATUS_WORDS.get(item.status, item.status),
         "value": item.display if item.status == USED else "",
-        "unit": (predictor.unit or "") if predictor is not None else "",
+        "unit": _unit(item, predictor),
         "date": item.date.isoformat() if item.date else "",
         "date_label": item.date_label if item.date else "",
         "how": how,
         "note": item.note + (f'; matched by text only ("{item.matched_text}")' if item.by_text else ""),
     }
+
+
+def _unit(item: InputValue, predictor) -> str:
+    """The predictor's unit, unless the value as shown already says its own ("52 days")."""
+    unit = getattr(predictor, "unit", None) or ""
+    shown = item.display.strip() if item.status == USED else ""
+    if not shown or _is_number_text(shown):
+        return unit
+    return ""
+
+
+def _is_number_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _sources(result: CardResult) -> list[dict]:
