@@ -63,7 +63,7 @@ def install_evidence_pages(app: Flask) -> EvidenceSetup:
     return setup
 
 
-@blueprint.get("/evidence/<token>")
+@blueprint.get("/evidence/<token>", provide_automatic_options=False)
 def evidence_page(token: str) -> Response:
     setup: EvidenceSetup = current_app.extensions["evidence_pages"]
     if not _TOKEN.fullmatch(token):
