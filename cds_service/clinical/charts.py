@@ -18,6 +18,7 @@ Chart kinds:
 
 from __future__ import annotations
 
+import itertools
 import math
 from html import escape
 from typing import Any
@@ -161,6 +162,12 @@ def _points(chart: dict) -> str:
         shift = (i - (len(series) - 1) / 2) * offset_step
         positions = [(labels.index(p["label"]) + shift, p) for p in s["points"]]
         out.append(_series_path(s, i, plot, positions, chart))
+    marker = chart.get("marker")
+    timeline = [
+        (p["x"], labels.index(p["label"])) for p in (series[0]["points"] if series else []) if p.get("x") is not None
+    ]
+    if marker and len(timeline) >= 2:
+        out.append(_category_marker(marker, timeline, plot))
     reference = chart.get("reference")
     if reference:
         y = min(reference["y"], y_max)
@@ -174,6 +181,31 @@ def _points(chart: dict) -> str:
             f"{_t(reference['text'])}</text></g>"
         )
     return "".join(out)
+
+
+def _category_marker(marker: dict, timeline: list[tuple[float, int]], plot: _Plot) -> str:
+    """The patient's time on a categorical axis: between the two published time points
+    around it (by linear position), at the last one with a note when past it."""
+    x = marker["x"]
+    beyond = x > timeline[-1][0]
+    position = float(timeline[-1][1]) if beyond else float(timeline[0][1])
+    for (t0, i0), (t1, i1) in itertools.pairwise(timeline):
+        if t0 <= x <= t1 and t1 > t0:
+            position = i0 + (x - t0) / (t1 - t0) * (i1 - i0)
+            break
+    px = plot.x(position)
+    colour = PALETTE["marker"]
+    anchor = "end" if px > plot.left + (plot.right - plot.left) * 0.6 else "start"
+    dx = -6 if anchor == "end" else 6
+    label = marker["text"] + (" (past the last published point)" if beyond else "")
+    return (
+        f'<g class="patient-marker" data-x="{x:.3f}" data-beyond="{str(beyond).lower()}">'
+        f'<line x1="{px:.1f}" y1="{plot.top:.1f}" x2="{px:.1f}" y2="{plot.bottom:.1f}" stroke="{colour}" '
+        f'stroke-width="2.5" stroke-dasharray="6 4"/>'
+        f'<circle cx="{px:.1f}" cy="{plot.bottom:.1f}" r="5" fill="{colour}"/>'
+        f'<text x="{px + dx:.1f}" y="{plot.top + 14:.1f}" text-anchor="{anchor}" fill="{colour}" font-weight="bold">'
+        f"{_t(label)}</text></g>"
+    )
 
 
 def _ratios(chart: dict) -> tuple[str, int]:

@@ -8,20 +8,18 @@ readable on a phone (responsive CSS), printable (print CSS), sends no referrer (
 token must not leak to the sources it links to) and is never cached.
 
 `install_evidence_pages(app)` (one line in app.py) registers the blueprint and keeps the
-page store and the chart specs in `app.extensions["evidence_pages"]`.
+page store and the chart specs (an EvidenceSetup) in `app.extensions["evidence_pages"]`.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from html import escape
 
 from flask import Blueprint, Flask, Response, current_app
 
 from cds_service.clinical.charts import PALETTE, chart_table, render_chart
-from cds_service.content.chart_specs import ChartSpec, load_chart_specs
-from cds_service.storage.evidence_pages import BackgroundSaver, EvidencePages
+from cds_service.storage.evidence_pages import EvidenceSetup, build_evidence_setup
 
 blueprint = Blueprint("evidence_pages", __name__)
 
@@ -37,27 +35,11 @@ _HEADERS = {
 JUDGEMENT = "This page informs and does not replace clinical judgement."
 
 
-@dataclass
-class EvidenceSetup:
-    """What the render step and the page route share: the page store and the chart specs."""
-
-    pages: EvidencePages
-    saver: BackgroundSaver
-    chart_specs: dict[str, tuple[ChartSpec, ...]]
-
-    def save(self, data: dict) -> str:
-        """Keep a page's data (off the request path) and return its token."""
-        return self.saver.save(data)
-
-
 def install_evidence_pages(app: Flask) -> EvidenceSetup:
+    """Register GET /evidence/<token>, with the Runtime's page store (built here if the
+    Runtime has none yet), kept in app.extensions["evidence_pages"]."""
     rt = app.extensions["cds_service"]
-    pages = EvidencePages(rt.store.engine, ttl_s=rt.settings.evidence_page_ttl_h * 3600.0)
-    setup = EvidenceSetup(
-        pages=pages,
-        saver=BackgroundSaver(pages),
-        chart_specs=load_chart_specs(rt.settings.cards_dir, rt.cards),
-    )
+    setup = getattr(rt, "evidence", None) or build_evidence_setup(rt.settings, rt.store.engine, rt.cards)
     app.extensions["evidence_pages"] = setup
     app.register_blueprint(blueprint)
     return setup
@@ -68,7 +50,7 @@ def evidence_page(token: str) -> Response:
     setup: EvidenceSetup = current_app.extensions["evidence_pages"]
     if not _TOKEN.fullmatch(token):
         return _answer(not_found_page(), 404)
-    found = setup.saver.get(token)
+    found = setup.get(token)
     if found.data is not None:
         return _answer(render_page(found.data), 200)
     if found.expired:

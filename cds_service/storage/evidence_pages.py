@@ -32,12 +32,17 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
+from cds_service.content.chart_specs import ChartSpec, load_chart_specs
 from cds_service.storage.store import UtcDateTime, metadata
+
+if TYPE_CHECKING:
+    from cds_service.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -228,3 +233,27 @@ class BackgroundSaver:
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass
+class EvidenceSetup:
+    """What the render step and the page route share: the page store and the chart specs."""
+
+    pages: EvidencePages
+    saver: BackgroundSaver
+    chart_specs: dict[str, tuple[ChartSpec, ...]]
+
+    def save(self, data: dict) -> str:
+        """Keep a page's data (written off the request path) and return its token."""
+        return self.saver.save(data)
+
+    def get(self, token: str) -> PageLookup:
+        return self.saver.get(token)
+
+
+def build_evidence_setup(settings: Settings, engine: Engine, cards) -> EvidenceSetup:
+    """The evidence pages of one process: table checked/created, writer, chart specs."""
+    pages = EvidencePages(engine, ttl_s=settings.evidence_page_ttl_h * 3600.0)
+    return EvidenceSetup(
+        pages=pages, saver=BackgroundSaver(pages), chart_specs=load_chart_specs(settings.cards_dir, cards)
+    )

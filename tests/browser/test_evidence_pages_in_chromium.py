@@ -32,7 +32,7 @@ def scenarios() -> dict:
     return {
         # card id: (chart, hook, number of charts, text the patient marker shows, an input value shown)
         "rfa-recurrence": (rfa, "patient-view", 2, "This patient: 6 months", "45 min"),
-        "amr-persistence": (amr, "patient-view", 1, None, "persisted"),
+        "amr-persistence": (amr, "patient-view", 1, "This patient: 2 months", "persisted"),
         "mvd-recurrence": (mvd, "patient-view", 1, "This patient: 3.0 years", "yes (active)"),
         "btxa-response": (btxa, "order-select", 1, "yes (active)", "yes (active)"),
         "spinal-metastasis-mwa": (mwa, "patient-view", 2, "latest pain score: 7/10", "7/10"),
@@ -95,11 +95,12 @@ def test_the_evidence_page_of_each_card_type_draws_its_charts_with_the_patient_m
         """[...document.querySelectorAll('svg .patient-marker')].map(m => ({
             text: m.textContent, area: m.getBoundingClientRect().width * m.getBoundingClientRect().height}))"""
     )
-    if marker_text:
-        assert any(marker_text in m["text"] and m["area"] > 0 for m in markers), markers
-    else:  # the AMR chart marks the patient by highlighting the series of the recorded result
-        highlighted = browser.evaluate("[...document.querySelectorAll('g.series[data-highlight=true]')].length")
-        assert highlighted == 1
+    assert any(marker_text in m["text"] and m["area"] > 0 for m in markers), markers
+    if card_id == "amr-persistence":  # and the series of the patient's recorded AMR result stands out
+        highlighted = browser.evaluate(
+            "[...document.querySelectorAll('g.series[data-highlight=true]')].map(g => g.dataset.label)"
+        )
+        assert highlighted == ["AMR persisted"]
     inputs = browser.evaluate("document.querySelector('#inputs').innerText")
     assert input_value in inputs
     tables = browser.evaluate("document.querySelectorAll('.data-table table').length")

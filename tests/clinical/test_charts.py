@@ -210,3 +210,15 @@ def test_a_chart_naming_a_figure_the_card_does_not_have_is_refused_at_start_up(t
 def test_a_confidence_interval_is_read_as_low_high():
     assert parse_ci("33-63") == (33.0, 63.0)
     assert parse_ci("63-33") is None and parse_ci("about 40") is None
+
+
+def test_the_amr_chart_places_the_patients_time_since_mvd_between_the_published_time_points(specs):
+    chart = page_data(amr_after_mvd("persisted"), specs)["charts"][0]
+    assert chart["marker"]["x"] == pytest.approx(2.0, abs=0.05)  # 2025-03-01 to 2025-05-01
+    mark = marker(svg(chart))
+    assert mark.get("data-beyond") == "false" and "This patient: " in "".join(mark.itertext())
+    line_x = float(next(mark.iter(f"{SVG}line")).get("x1"))
+    discharge, three_months = (
+        float(c.get("cx")) for c in list(svg(chart).iter(f"{SVG}circle"))[:2] if c.get("class") == "point"
+    )
+    assert discharge < line_x < three_months
