@@ -222,3 +222,23 @@ def test_the_amr_chart_places_the_patients_time_since_mvd_between_the_published_
         float(c.get("cx")) for c in list(svg(chart).iter(f"{SVG}circle"))[:2] if c.get("class") == "point"
     )
     assert discharge < line_x < three_months
+
+
+def test_record_text_drawn_in_a_chart_is_escaped_and_the_svg_stays_well_formed():
+    hostile = '</text><script>alert(1)</script>&"'
+    curve = {
+        "kind": "curve",
+        "title": hostile,
+        "x_label": hostile,
+        "series": [{"label": hostile, "points": [{"label": "3 months", "x": 3.0, "y": 20.2, "text": "20.2 %"}]}],
+        "marker": {"x": 2.0, "text": hostile},
+    }
+    ratios = {
+        "kind": "ratios",
+        "measure": "HR",
+        "rows": [{"label": hostile, "value": 0.5, "text": "0.5", "patient": hostile}],
+    }
+    for chart in (curve, ratios):
+        text = render_chart(chart)
+        assert "<script>" not in text
+        ET.fromstring(text)  # well-formed XML
