@@ -67,12 +67,20 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 def _serve(args: argparse.Namespace) -> int:
     from gunicorn.app.base import BaseApplication
+    from gunicorn.glogging import Logger
 
     from cds_service.http.app import create_app
+    from cds_service.http.evidence_page import redact_path
     from cds_service.worker_gc import freeze_startup_objects
 
     settings = load_settings(_overrides(args))
     create_app(settings).extensions["cds_service"].store.close()  # fail fast on bad config
+
+    class AccessLogger(Logger):
+        def atoms(self, resp, req, environ, request_time):
+            atoms = super().atoms(resp, req, environ, request_time)
+            atoms["U"] = redact_path(atoms.get("U", ""))  # no evidence page token in the log
+            return atoms
 
     class Server(BaseApplication):
         def load_config(self) -> None:
@@ -84,6 +92,7 @@ def _serve(args: argparse.Namespace) -> int:
             self.cfg.set("accesslog", "-")
             # The access log shows method, path, status and timing; never headers or queries.
             self.cfg.set("access_log_format", '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms')
+            self.cfg.set("logger_class", AccessLogger)
             self.cfg.set("post_worker_init", lambda worker: freeze_startup_objects())
 
         def load(self):

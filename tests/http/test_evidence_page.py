@@ -107,3 +107,10 @@ def test_a_card_rendered_for_the_page_keeps_its_token_out_of_every_link_it_gives
     hrefs = re.findall(r'href="([^"]+)"', html)
     assert hrefs and all(h.startswith("https://") for h in hrefs)
     assert all('rel="noreferrer noopener"' in a for a in re.findall(r"<a [^>]+>", html))
+
+
+def test_the_access_log_path_of_an_evidence_page_hides_its_token():
+    from cds_service.http.evidence_page import redact_path
+
+    assert redact_path("/evidence/abcDEF123_-xyz") == "/evidence/<token>"
+    assert redact_path("/cds-services/hfs-outcomes-patient-view") == "/cds-services/hfs-outcomes-patient-view"
