@@ -184,7 +184,7 @@ def _sources(result: CardResult) -> list[dict]:
 
 def _patient_words(result: CardResult, predictor: str | None, dated: bool = True) -> str:
     if not predictor or not _has(result, predictor):
-        return "not assessed for this card"
+        return "not used at this point"
     item = result.input(predictor)
     if item.status != USED:
         return STATUS_WORDS.get(item.status, item.status)
