@@ -35,11 +35,21 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--instance", help="instance folder (default ./instance)")
     report.add_argument("--config", help="TOML settings file (else CDS_CONFIG)")
 
+    demo = commands.add_parser("demo", help="run the service with demo patients and print their cards")
+    demo.add_argument("--host", default=DEFAULT_HOST, help=f"bind address (default {DEFAULT_HOST})")
+    demo.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port, 0 for any free one (default {DEFAULT_PORT})"
+    )
+    demo.add_argument("--instance", help="instance folder (default: a temporary folder, removed at the end)")
+    demo.add_argument("--no-wait", action="store_true", help="stop after printing the cards (no Ctrl-C needed)")
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "demo":
+            return _demo(args)
         return _report(args)
     except (ConfigError, StoreError) as exc:
         print(f"cds-service: {exc}", file=sys.stderr)
@@ -57,12 +67,20 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 def _serve(args: argparse.Namespace) -> int:
     from gunicorn.app.base import BaseApplication
+    from gunicorn.glogging import Logger
 
     from cds_service.http.app import create_app
+    from cds_service.http.evidence_page import redact_path
     from cds_service.worker_gc import freeze_startup_objects
 
     settings = load_settings(_overrides(args))
     create_app(settings).extensions["cds_service"].store.close()  # fail fast on bad config
+
+    class AccessLogger(Logger):
+        def atoms(self, resp, req, environ, request_time):
+            atoms = super().atoms(resp, req, environ, request_time)
+            atoms["U"] = redact_path(atoms.get("U", ""))  # no evidence page token in the log
+            return atoms
 
     class Server(BaseApplication):
         def load_config(self) -> None:
@@ -74,6 +92,7 @@ def _serve(args: argparse.Namespace) -> int:
             self.cfg.set("accesslog", "-")
             # The access log shows method, path, status and timing; never headers or queries.
             self.cfg.set("access_log_format", '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms')
+            self.cfg.set("logger_class", AccessLogger)
             self.cfg.set("post_worker_init", lambda worker: freeze_startup_objects())
 
         def load(self):
@@ -89,6 +108,15 @@ def _report(args: argparse.Namespace) -> int:
     settings = load_settings(_overrides(args))
     print(run_report(args.database_url or settings.resolved_database_url))
     return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cds_service.demo.run import run_demo
+
+    instance = Path(args.instance) if args.instance else None
+    return run_demo(host=args.host, port=args.port, instance=instance, wait=not args.no_wait)
 
 
 if __name__ == "__main__":

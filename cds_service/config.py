@@ -61,6 +61,8 @@ class Settings:
     audit_hash_key: str = ""
     # CORS for browser-based CDS clients.
     cors_origins: tuple[str, ...] = ()
+    # Evidence pages (GET /evidence/<token>): hours a page stays open, then its data is deleted.
+    evidence_page_ttl_h: float = 24.0
     extra: dict = field(default_factory=dict)
 
     @property
@@ -135,4 +137,6 @@ def load_settings(overrides: dict | None = None, environ: dict | None = None) ->
         raise ConfigError("fhir_time_budget_s must be positive")
     if settings.fhir_max_pages < 1:
         raise ConfigError("fhir_max_pages must be at least 1")
+    if not settings.evidence_page_ttl_h > 0:
+        raise ConfigError("evidence_page_ttl_h must be positive")
     return settings

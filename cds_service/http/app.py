@@ -11,6 +11,7 @@ from werkzeug.exceptions import HTTPException
 from cds_service.config import Settings, load_settings
 from cds_service.errors import ApiError
 from cds_service.http.cors import install_cors
+from cds_service.http.evidence_page import install_evidence_pages
 from cds_service.http.routes import blueprint
 from cds_service.security.client_auth import log_dev_mode_warning
 from cds_service.startup import build_runtime
@@ -34,6 +35,7 @@ def create_app(settings: Settings | None = None, **overrides) -> Flask:
     app.extensions["cds_service"] = build_runtime(settings)
     install_cors(app, settings.cors_origins)
     app.register_blueprint(blueprint)
+    install_evidence_pages(app)
     register_error_handlers(app)
     if settings.allow_unsigned:
         log_dev_mode_warning(log)

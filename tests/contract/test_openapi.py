@@ -35,6 +35,7 @@ ORDER_SIGN = "hfs-outcomes-order-sign"
 CALL = "/cds-services/{service_id}"
 FEEDBACK = "/cds-services/{service_id}/feedback"
 DISCOVERY = "/cds-services"
+EVIDENCE = "/evidence/{token}"
 EHR_ORIGIN = "https://ehr.example.org"
 
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
@@ -295,6 +296,28 @@ def _unknown_service(template: str):
     return run
 
 
+def _evidence_page(expired: bool = False):
+    def run(make):
+        client = make()
+        pages = client.application.extensions["evidence_pages"].pages
+        page = {
+            "card_id": "rfa-recurrence",
+            "title": "Evidence",
+            "charts": [],
+            "inputs": [],
+            "caveats": [],
+            "sources": [],
+        }
+        token = pages.save(page, ttl_s=-60 if expired else None)
+        return client.get(EVIDENCE.replace("{token}", token))
+
+    return run
+
+
+def _unknown_evidence_page(make):
+    return make().get(EVIDENCE.replace("{token}", "Q" * 43))
+
+
 def _too_large(template: str):
     def run(make):
         body = json.dumps({"padding": "x" * 8192})
@@ -361,6 +384,9 @@ SCENARIOS: dict[tuple[str, str, int], Scenario] = {
     (FEEDBACK, "POST", 415): _not_json(FEEDBACK),
     (FEEDBACK, "OPTIONS", 204): _preflight(FEEDBACK),
     (FEEDBACK, "OPTIONS", 200): _plain_options(FEEDBACK),
+    (EVIDENCE, "GET", 200): _evidence_page(),
+    (EVIDENCE, "GET", 404): _unknown_evidence_page,
+    (EVIDENCE, "GET", 410): _evidence_page(expired=True),
 }
 
 # A 500 is documented (its body shape is part of the contract) but no scenario may cause one.
@@ -524,6 +550,8 @@ def test_every_operation_documents_json_errors_with_the_error_schema():
         for method, operation in item.items():
             if method in ("parameters", "options"):
                 continue
+            if "text/html" in operation["responses"]["200"].get("content", {}):
+                continue  # a page for people (the evidence page): HTML answers, no client JWT
             statuses = {int(s) for s in operation["responses"]}
             assert {200, 401, 500} <= statuses, (path, method)
             for status in statuses - {200, 401}:

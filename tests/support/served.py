@@ -106,7 +106,7 @@ class ServedService:
             try:
                 requests.options(self.base_url + "/cds-services", timeout=0.5)
                 return self
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # workers still booting (a loaded machine)
                 time.sleep(0.1)
         self.stop()
         raise RuntimeError("cds-service did not answer within 30 s")

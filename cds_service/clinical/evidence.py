@@ -1,0 +1,210 @@
+"""What an evidence page shows for one card, as JSON-ready data (no patient identifiers).
+
+`page_data(result, specs)` turns a CardResult into the page's content: the charts (the
+card's published figures, resolved from the card file by the chart specs, and this
+patient's marker), the inputs table (value, unit, date, how it was read), the caveats and
+the sources. It keeps nothing that identifies the patient: no id, name, birth date or
+resource id, only what the page shows. The store keeps this dict for the page's lifetime.
+
+`evidence_link(result, specs, save, base_url)` is the render hook: it makes the page data,
+hands it to `save` (the store; returns an unguessable token) and returns the CDS Hooks
+link (type "absolute") to put in the card's `links`.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from cds_service.clinical.evaluate import INTRAOPERATIVE, MISSING, UNREADABLE, USED, CardResult, InputValue
+from cds_service.content.cards import format_figure
+from cds_service.content.chart_specs import ChartSpec, parse_ci
+
+PAGE_VERSION = 1
+LINK_LABEL = "Evidence page: charts, data used and sources"
+STATUS_WORDS = {
+    USED: "used",
+    MISSING: "not recorded",
+    UNREADABLE: "recorded but unreadable",
+    INTRAOPERATIVE: "only known during surgery",
+}
+
+
+def page_data(
+    result: CardResult, specs: Mapping[str, tuple[ChartSpec, ...]] | None = None, summary: str | None = None
+) -> dict:
+    """The evidence page's content for one evaluated card (JSON-ready)."""
+    card = result.card
+    figures = {name: format_figure(v) for name, v in card.figures.items()}
+    return {
+        "version": PAGE_VERSION,
+        "card_id": card.id,
+        "card_version": card.version,
+        "title": card.title,
+        "summary": summary or "",
+        "situation": result.situation.id,
+        "hook": result.hook,
+        "charts": [chart_data(spec, result) for spec in (specs or {}).get(card.id, ())],
+        "inputs": [_input_row(result, item) for item in result.inputs],
+        "caveats": [_fill(c, figures) for c in card.caveats],
+        "sources": _sources(result),
+    }
+
+
+def evidence_link(
+    result: CardResult,
+    specs: Mapping[str, tuple[ChartSpec, ...]] | None,
+    save: Callable[[dict], str],
+    base_url: str,
+    summary: str | None = None,
+) -> dict:
+    """Save the card's page data and return its CDS Hooks link (type "absolute")."""
+    token = save(page_data(result, specs, summary))
+    return page_link(token, base_url)
+
+
+def page_link(token: str, base_url: str) -> dict:
+    return {"label": LINK_LABEL, "url": f"{base_url.rstrip('/')}/evidence/{token}", "type": "absolute"}
+
+
+# ---------------------------------------------------------------------------- charts
+def chart_data(spec: ChartSpec, result: CardResult) -> dict:
+    """One chart: the published points named by the spec, and this patient's marker."""
+    card = result.card
+    figures = card.figures
+    labels = {name: format_figure(v) for name, v in figures.items()}
+    chart: dict[str, Any] = {
+        "kind": spec.kind,
+        "title": _fill(spec.title, labels),
+        "x_label": spec.x_label,
+        "y_label": spec.y_label,
+        "y_max": spec.y_max,
+        "end_note": _fill(spec.end_note, labels),
+        "notes": [],
+    }
+    if spec.kind == "ratios":
+        chart["measure"] = spec.measure
+        chart["rows"] = [
+            {
+                "label": row.label,
+                "value": float(figures[row.figure]),
+                "text": labels[row.figure],
+                "patient": _patient_words(result, row.predictor),
+                "patient_short": _patient_words(result, row.predictor, dated=False),
+            }
+            for row in spec.rows
+        ]
+        return chart
+    highlight_value = _used_value(result, spec.highlight) if spec.highlight else None
+    percent = "%" in spec.y_label
+    chart["series"] = [
+        {
+            "label": _fill(s.label, labels),
+            "highlight": s.when is not None and highlight_value == s.when,
+            "points": [_point(p, figures, labels, percent) for p in s.points],
+        }
+        for s in spec.series
+    ]
+    if spec.highlight and highlight_value is None and _has(result, spec.highlight):
+        item = result.input(spec.highlight)
+        chart["notes"].append(f"{item.label}: {STATUS_WORDS.get(item.status, item.status)}.")
+    if spec.marker:
+        chart["marker"] = _marker(result, spec.marker, chart, "x")
+    if spec.reference:
+        chart["reference"] = _marker(result, spec.reference, chart, "y")
+    return chart
+
+
+def _point(p, figures: dict, labels: dict, percent: bool) -> dict:
+    unit = " %" if percent else ""
+    point = {"label": p.label, "x": p.at, "y": float(figures[p.figure]), "text": labels[p.figure] + unit}
+    if p.ci:
+        low, high = parse_ci(figures[p.ci])
+        point.update(low=low, high=high, ci_text=f"{figures[p.ci]}{unit}")
+    return point
+
+
+def _marker(result: CardResult, spec, chart: dict, axis: str) -> dict | None:
+    if not _has(result, spec.predictor):
+        return None
+    item = result.input(spec.predictor)
+    if item.status != USED or not _is_number(item.value):
+        chart["notes"].append(f"{spec.label}: {item.label.lower()} {STATUS_WORDS.get(item.status, item.status)}.")
+        return None
+    dated = f" ({item.date_label} {item.date.isoformat()})" if item.date and axis == "y" else ""
+    return {axis: float(item.value) / spec.per_x_unit, "text": f"{spec.label}: {item.display}{dated}"}
+
+
+# ---------------------------------------------------------------------------- inputs, sources
+def _input_row(result: CardResult, item: InputValue) -> dict:
+    predictor = result.card.predictors.get(item.predictor)
+    how = predictor.how if predictor is not None else ""
+    return {
+        "label": item.label,
+        "status": STATUS_WORDS.get(item.status, item.status),
+        "value": item.display if item.status == USED else "",
+        "unit": _unit(item, predictor),
+        "date": item.date.isoformat() if item.date else "",
+        "date_label": item.date_label if item.date else "",
+        "how": how,
+        "note": item.note + (f'; matched by text only ("{item.matched_text}")' if item.by_text else ""),
+    }
+
+
+def _unit(item: InputValue, predictor) -> str:
+    """The predictor's unit, unless the value as shown already says its own ("52 days")."""
+    unit = getattr(predictor, "unit", None) or ""
+    shown = item.display.strip() if item.status == USED else ""
+    if not shown or _is_number_text(shown):
+        return unit
+    return ""
+
+
+def _is_number_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _sources(result: CardResult) -> list[dict]:
+    card, s = result.card, result.situation
+    seen, out = set(), []
+    for r in (getattr(s, "source", None), card.source, *card.references):
+        if r is None:
+            continue
+        key = r.url or r.label
+        if key not in seen:
+            seen.add(key)
+            out.append({"label": r.label, "url": r.url or ""})
+    return out
+
+
+def _patient_words(result: CardResult, predictor: str | None, dated: bool = True) -> str:
+    if not predictor or not _has(result, predictor):
+        return "not used at this point"
+    item = result.input(predictor)
+    if item.status != USED:
+        return STATUS_WORDS.get(item.status, item.status)
+    return item.display + (f" ({item.date_label} {item.date.isoformat()})" if item.date and dated else "")
+
+
+def _used_value(result: CardResult, predictor: str) -> Any:
+    if not _has(result, predictor):
+        return None
+    item = result.input(predictor)
+    return item.value if item.status == USED else None
+
+
+def _fill(text: str, values: dict[str, str]) -> str:
+    return string.Formatter().vformat(text, (), values) if text else ""
+
+
+def _has(result: CardResult, predictor: str) -> bool:
+    return any(item.predictor == predictor for item in result.inputs)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -1,0 +1,232 @@
+"""Which figures of each card file the evidence page draws, and how (cards/evidence/charts.toml).
+
+A chart spec holds no figure: it names the card's [figures] and, for a time axis, the
+published time point of each one. The loader checks every name against the loaded cards
+at start-up (a typo is a ContentError, never a chart that silently lacks a point).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cds_service.content.cards import CardContent, ContentError
+
+CHARTS_FILE = Path("evidence") / "charts.toml"
+KINDS = ("curve", "points", "ratios")
+_CI = re.compile(r"\s*(\d+(?:\.\d+)?)\s*-\s*(\d+(?:\.\d+)?)\s*")
+
+
+@dataclass(frozen=True)
+class PointSpec:
+    label: str
+    figure: str
+    at: float | None = None  # position on a numeric time axis (curve)
+    ci: str | None = None  # figure holding the 95 % CI as "low-high"
+
+
+@dataclass(frozen=True)
+class SeriesSpec:
+    label: str
+    points: tuple[PointSpec, ...]
+    when: str | None = None  # highlighted when the highlight predictor has this value
+
+
+@dataclass(frozen=True)
+class MarkerSpec:
+    predictor: str
+    label: str
+    per_x_unit: float = 1.0
+
+
+@dataclass(frozen=True)
+class RatioSpec:
+    label: str
+    figure: str
+    predictor: str | None = None
+
+
+@dataclass(frozen=True)
+class ChartSpec:
+    card: str
+    kind: str
+    title: str
+    x_label: str = ""
+    y_label: str = ""
+    y_max: float | None = None
+    end_note: str = ""
+    measure: str = ""
+    series: tuple[SeriesSpec, ...] = ()
+    rows: tuple[RatioSpec, ...] = ()
+    marker: MarkerSpec | None = None  # a position on the x axis (curve)
+    reference: MarkerSpec | None = None  # a level on the y axis (points)
+    highlight: str | None = None  # predictor whose value selects the highlighted series
+
+
+def parse_ci(text: str) -> tuple[float, float] | None:
+    """'33-63' -> (33.0, 63.0); None when the text is not a low-high range."""
+    match = _CI.fullmatch(str(text))
+    if not match:
+        return None
+    low, high = float(match.group(1)), float(match.group(2))
+    return (low, high) if low <= high else None
+
+
+def load_chart_specs(
+    cards_dir: Path, cards: list[CardContent] | tuple[CardContent, ...]
+) -> dict[str, tuple[ChartSpec, ...]]:
+    """Chart specs per card id; {} when the cards folder has no charts file."""
+    path = Path(cards_dir) / CHARTS_FILE
+    if not path.exists():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ContentError(f"{path}: cannot read ({exc})") from exc
+    by_id = {c.id: c for c in cards}
+    specs: dict[str, list[ChartSpec]] = {}
+    for i, raw in enumerate(_list(data.get("charts", []), f"{path} charts")):
+        where = f"{path} [[charts]] #{i + 1}"
+        spec = _chart(_table(raw, where), where)
+        card = by_id.get(spec.card)
+        if card is None:
+            continue  # a site without this card file: nothing to draw
+        _check(spec, card, where)
+        specs.setdefault(spec.card, []).append(spec)
+    return {k: tuple(v) for k, v in specs.items()}
+
+
+def _chart(raw: dict, where: str) -> ChartSpec:
+    allowed = {
+        "card",
+        "kind",
+        "title",
+        "x_label",
+        "y_label",
+        "y_max",
+        "end_note",
+        "measure",
+        "series",
+        "rows",
+        "marker",
+        "reference",
+        "highlight",
+    }
+    unknown = set(raw) - allowed
+    if unknown:
+        raise ContentError(f"{where}: unknown keys {sorted(unknown)}")
+    kind = _text(raw.get("kind"), f"{where} kind")
+    if kind not in KINDS:
+        raise ContentError(f"{where}: kind must be one of {', '.join(KINDS)}")
+    series = tuple(
+        SeriesSpec(
+            label=_text(s.get("label"), f"{where} series label"),
+            when=s.get("when"),
+            points=tuple(
+                PointSpec(
+                    label=_text(p.get("label"), f"{where} point label"),
+                    figure=_text(p.get("figure"), f"{where} point figure"),
+                    at=_number(p["at"], f"{where} point at") if "at" in p else None,
+                    ci=p.get("ci"),
+                )
+                for p in (_table(x, where) for x in _list(s.get("points", []), f"{where} points"))
+            ),
+        )
+        for s in (_table(x, where) for x in _list(raw.get("series", []), f"{where} series"))
+    )
+    rows = tuple(
+        RatioSpec(
+            label=_text(r.get("label"), f"{where} row label"),
+            figure=_text(r.get("figure"), f"{where} row figure"),
+            predictor=r.get("predictor"),
+        )
+        for r in (_table(x, where) for x in _list(raw.get("rows", []), f"{where} rows"))
+    )
+    highlight = raw.get("highlight")
+    spec = ChartSpec(
+        card=_text(raw.get("card"), f"{where} card"),
+        kind=kind,
+        title=_text(raw.get("title"), f"{where} title"),
+        x_label=str(raw.get("x_label", "")),
+        y_label=str(raw.get("y_label", "")),
+        y_max=_number(raw["y_max"], f"{where} y_max") if "y_max" in raw else None,
+        end_note=str(raw.get("end_note", "")),
+        measure=str(raw.get("measure", "")),
+        series=series,
+        rows=rows,
+        marker=_marker(raw.get("marker"), f"{where} marker"),
+        reference=_marker(raw.get("reference"), f"{where} reference"),
+        highlight=_table(highlight, f"{where} highlight").get("predictor") if highlight is not None else None,
+    )
+    if kind == "ratios" and not rows:
+        raise ContentError(f"{where}: a ratios chart needs rows")
+    if kind != "ratios" and not any(s.points for s in series):
+        raise ContentError(f"{where}: a {kind} chart needs series with points")
+    if kind == "curve" and any(p.at is None for s in series for p in s.points):
+        raise ContentError(f"{where}: every point of a curve needs `at` (its published time point)")
+    return spec
+
+
+def _marker(raw: object, where: str) -> MarkerSpec | None:
+    if raw is None:
+        return None
+    table = _table(raw, where)
+    return MarkerSpec(
+        predictor=_text(table.get("predictor"), f"{where} predictor"),
+        label=_text(table.get("label", "This patient"), f"{where} label"),
+        per_x_unit=_number(table.get("per_x_unit", 1), f"{where} per_x_unit"),
+    )
+
+
+def _check(spec: ChartSpec, card: CardContent, where: str) -> None:
+    figures = card.figures
+
+    def number_figure(name: str) -> None:
+        value = figures.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ContentError(f"{where}: {card.id} has no numeric figure {name!r}")
+
+    for s in spec.series:
+        for p in s.points:
+            number_figure(p.figure)
+            if p.ci is not None and parse_ci(figures.get(p.ci, "")) is None:
+                raise ContentError(f"{where}: {card.id} figure {p.ci!r} is not a 'low-high' range")
+    for r in spec.rows:
+        number_figure(r.figure)
+    predictors = [m.predictor for m in (spec.marker, spec.reference) if m]
+    predictors += [r.predictor for r in spec.rows if r.predictor]
+    predictors += [spec.highlight] if spec.highlight else []
+    for pid in predictors:
+        if pid not in card.predictors:
+            raise ContentError(f"{where}: {card.id} has no predictor {pid!r}")
+    for text in (spec.title, spec.end_note, *(s.label for s in spec.series)):
+        for name in re.findall(r"\{([a-z0-9_]+)\}", text):
+            if name not in figures:
+                raise ContentError(f"{where}: {card.id} has no figure {name!r} (placeholder in a label)")
+
+
+def _table(value: object, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise ContentError(f"{where}: expected a table")
+    return value
+
+
+def _list(value: object, where: str) -> list:
+    if not isinstance(value, list):
+        raise ContentError(f"{where}: expected a list")
+    return value
+
+
+def _text(value: object, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ContentError(f"{where}: expected a non-empty text")
+    return value
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ContentError(f"{where}: expected a number")
+    return float(value)

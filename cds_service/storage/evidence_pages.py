@@ -1,0 +1,259 @@
+"""Evidence page data kept for a while behind an unguessable token, then deleted.
+
+A card's link carries only a token (secrets.token_urlsafe, 256 bits); the table keeps the
+SHA-256 of the token, never the token itself, so a copy of the database does not open the
+pages. When a page expires its data is deleted at once (data set to NULL) and only a
+tombstone (hash, expiry) stays for TOMBSTONE_DAYS so that an expired link says "expired"
+(410) rather than "unknown" (404); then the row goes too.
+
+Table `evidence_pages` (declared on the store's MetaData, so create_all and the Alembic
+migrations see it):
+    token_sha256  CHAR-like VARCHAR(64) primary key   hex SHA-256 of the token
+    card_id       VARCHAR(200) not null               which card file (for the report)
+    data          TEXT null                           the page data as JSON; NULL once expired
+    created_at    timestamp with time zone not null
+    expires_at    timestamp with time zone not null, indexed
+
+`EvidencePages.save` writes in the caller's thread (about a millisecond on SQLite).
+`BackgroundSaver` wraps it to take the write off the hook call's path: the token is made
+at once and the row is written by one daemon thread per process; `get` also looks at the
+rows still waiting, so a page opened at once is found in the same process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import queue
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
+
+from cds_service.content.chart_specs import ChartSpec, load_chart_specs
+from cds_service.storage.store import UtcDateTime, metadata
+
+if TYPE_CHECKING:
+    from cds_service.config import Settings
+
+log = logging.getLogger(__name__)
+
+TOKEN_BYTES = 32  # 256 bits; the brief asks for at least 128
+DEFAULT_TTL_S = 24 * 3600.0
+TOMBSTONE_DAYS = 7
+PURGE_INTERVAL_S = 300.0
+_LEN_CARD_ID = 200
+
+evidence_pages = sa.Table(
+    "evidence_pages",
+    metadata,
+    sa.Column("token_sha256", sa.String(64), primary_key=True),
+    sa.Column("card_id", sa.String(_LEN_CARD_ID), nullable=False),
+    sa.Column("data", sa.Text(), nullable=True),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("expires_at", UtcDateTime(), nullable=False, index=True),
+)
+
+
+@dataclass(frozen=True)
+class PageLookup:
+    """What a token opens: `data` when live, else `expired` (410) or neither (404)."""
+
+    data: dict | None
+    expired: bool = False
+    expires_at: datetime | None = None
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(TOKEN_BYTES)
+
+
+class EvidencePages:
+    """Evidence page data in the service's database (the Store's engine)."""
+
+    def __init__(self, engine: Engine, ttl_s: float = DEFAULT_TTL_S) -> None:
+        if ttl_s <= 0:
+            raise ValueError("the evidence page lifetime must be positive")
+        self.engine = engine
+        self.ttl_s = float(ttl_s)
+        self._next_purge = 0.0
+        self._create_table()
+
+    def _create_table(self) -> None:
+        for attempt in range(6):
+            try:
+                evidence_pages.create(self.engine, checkfirst=True)
+                return
+            except DBAPIError:
+                # Another worker created it between the check and the CREATE: check again.
+                if attempt == 5:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+
+    def save(self, data: dict, ttl_s: float | None = None, token: str | None = None) -> str:
+        """Keep `data` (JSON-ready) for ttl_s seconds; returns the page's token."""
+        token = token or new_token()
+        self._write(token, data, ttl_s)
+        return token
+
+    def _write(self, token: str, data: dict, ttl_s: float | None, now: datetime | None = None) -> None:
+        now = now or _utcnow()
+        ttl = self.ttl_s if ttl_s is None else float(ttl_s)
+        row = {
+            "token_sha256": token_hash(token),
+            "card_id": str(data.get("card_id", ""))[:_LEN_CARD_ID],
+            "data": json.dumps(data, ensure_ascii=False, separators=(",", ":")),
+            "created_at": now,
+            "expires_at": now + timedelta(seconds=ttl),
+        }
+        with self.engine.begin() as conn:
+            conn.execute(evidence_pages.insert(), row)
+        self._maybe_purge(now)
+
+    def get(self, token: str, now: datetime | None = None) -> PageLookup:
+        """The page data for a token, or why there is none (expired or unknown)."""
+        now = now or _utcnow()
+        if not token or len(token) > 200:
+            return PageLookup(None)
+        query = sa.select(evidence_pages.c.data, evidence_pages.c.expires_at).where(
+            evidence_pages.c.token_sha256 == token_hash(token)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return PageLookup(None)
+        data, expires_at = row
+        if expires_at <= now or data is None:
+            return PageLookup(None, expired=True, expires_at=expires_at)
+        return PageLookup(json.loads(data), expires_at=expires_at)
+
+    def purge_expired(self, now: datetime | None = None) -> int:
+        """Delete the data of expired pages (and old tombstones); returns pages emptied."""
+        now = now or _utcnow()
+        with self.engine.begin() as conn:
+            emptied = conn.execute(
+                evidence_pages.update()
+                .where(evidence_pages.c.expires_at <= now, evidence_pages.c.data.is_not(None))
+                .values(data=None)
+            ).rowcount
+            conn.execute(
+                evidence_pages.delete().where(evidence_pages.c.expires_at < now - timedelta(days=TOMBSTONE_DAYS))
+            )
+        return emptied or 0
+
+    def _maybe_purge(self, now: datetime) -> None:
+        if time.monotonic() >= self._next_purge:
+            self._next_purge = time.monotonic() + PURGE_INTERVAL_S
+            try:
+                self.purge_expired(now)
+            except DBAPIError as exc:
+                log.warning("evidence page purge failed: %s", type(exc).__name__)
+
+
+class BackgroundSaver:
+    """`save` that returns the token at once and writes the row in a daemon thread.
+
+    One writer thread per process (started on first use, again after a fork). A full queue
+    or a failed write drops that page (logged by type only): the card is still answered,
+    its link then opens the 404 page.
+    """
+
+    def __init__(self, pages: EvidencePages, max_pending: int = 1000) -> None:
+        self.pages = pages
+        self.max_pending = max_pending
+        self._lock = threading.Lock()
+        self._pending: dict[str, tuple[dict, float | None, datetime]] = {}
+        self._queue: queue.Queue[str] | None = None
+        self._pid: int | None = None
+
+    def save(self, data: dict, ttl_s: float | None = None) -> str:
+        token = new_token()
+        with self._lock:
+            self._ensure_thread()
+            if len(self._pending) >= self.max_pending:
+                log.warning("evidence page dropped: the write queue is full")
+                return token
+            self._pending[token] = (data, ttl_s, _utcnow())
+        self._queue.put(token)
+        return token
+
+    def get(self, token: str, now: datetime | None = None) -> PageLookup:
+        with self._lock:
+            waiting = self._pending.get(token) if self._pid == os.getpid() else None
+        if waiting is not None:
+            data, ttl_s, created = waiting
+            ttl = self.pages.ttl_s if ttl_s is None else ttl_s
+            return PageLookup(data, expires_at=created + timedelta(seconds=ttl))
+        return self.pages.get(token, now)
+
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Wait (bounded) until every pending page is written; True when none is left."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._pending:
+                    return True
+            time.sleep(0.01)
+        return False
+
+    def _ensure_thread(self) -> None:
+        if self._pid == os.getpid() and self._queue is not None:
+            return
+        self._pid = os.getpid()
+        self._pending.clear()
+        self._queue = queue.Queue()
+        threading.Thread(target=self._run, args=(self._queue,), name="evidence-pages", daemon=True).start()
+
+    def _run(self, q: queue.Queue[str]) -> None:
+        while True:
+            token = q.get()
+            with self._lock:
+                item = self._pending.get(token)
+            if item is not None:
+                data, ttl_s, created = item
+                try:
+                    self.pages._write(token, data, ttl_s, created)
+                except Exception as exc:  # a lost page must not kill the writer
+                    log.error("evidence page write failed: %s", type(exc).__name__)
+            with self._lock:
+                self._pending.pop(token, None)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class EvidenceSetup:
+    """What the render step and the page route share: the page store and the chart specs."""
+
+    pages: EvidencePages
+    saver: BackgroundSaver
+    chart_specs: dict[str, tuple[ChartSpec, ...]]
+
+    def save(self, data: dict) -> str:
+        """Keep a page's data (written off the request path) and return its token."""
+        return self.saver.save(data)
+
+    def get(self, token: str) -> PageLookup:
+        return self.saver.get(token)
+
+
+def build_evidence_setup(settings: Settings, engine: Engine, cards) -> EvidenceSetup:
+    """The evidence pages of one process: table checked/created, writer, chart specs."""
+    pages = EvidencePages(engine, ttl_s=settings.evidence_page_ttl_h * 3600.0)
+    return EvidenceSetup(
+        pages=pages, saver=BackgroundSaver(pages), chart_specs=load_chart_specs(settings.cards_dir, cards)
+    )
