@@ -1,8 +1,9 @@
 """Packaging detail pyproject.toml cannot say: the clinical content is kept at the repository
 root (cards/, the source of truth that clinicians review) and ships inside the package as
 cds_service/cards, so a non-editable install (pip install ., a wheel) serves the same cards.
-Every folder under cards/ ships with its data files (*.toml, *.json). Everything else is in
-pyproject.toml."""
+Every folder under cards/ ships with its data files (*.toml, *.json). Package data is
+declared here only (a [tool.setuptools.package-data] table in pyproject.toml would replace
+this one). Everything else is in pyproject.toml."""
 
 from pathlib import Path
 
@@ -18,5 +19,9 @@ card_packages = {
 setup(
     packages=[*find_namespace_packages(include=["cds_service*"]), *card_packages],
     package_dir={"cds_service.cards": "cards"},
-    package_data={name: ["*.toml", "*.json"] for name in card_packages},
+    package_data={
+        "cds_service.security": ["trust_sandbox_jwks.json"],
+        "cds_service.demo": ["patients/*.json", "patients/*.toml"],
+        **{name: ["*.toml", "*.json"] for name in card_packages},
+    },
 )

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from cds_service.clinical.evaluate import INTRAOPERATIVE, MISSING, UNREADABLE, USED, CardResult, InputValue
-from cds_service.content.cards import format_figure
+from cds_service.content.templates import format_figure
 from cds_service.content.chart_specs import ChartSpec, parse_ci
 
 PAGE_VERSION = 1
