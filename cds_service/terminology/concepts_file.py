@@ -358,9 +358,11 @@ class ConceptsFile(_Model):
 
 
 class SiteConceptCodes(_Model):
-    """[concepts.<id>] of a site overlay: only more codes."""
+    """[concepts.<id>] of a site overlay: only more codes, and the site's value set expansions
+    they were read from (a site extends a value set with its own expansion this way)."""
 
     codes: list[CodeEntry]
+    value_sets: list[ValueSetEntry] = Field(default_factory=list)
 
 
 class SiteConcepts(_Model):
@@ -431,6 +433,14 @@ def _apply_overlay(
     concepts = dict(concepts)
     for concept_id, entry in parsed.concepts.items():
         base = concepts[concept_id]
+        value_sets = base.value_sets + tuple(_value_set(v) for v in entry.value_sets)
+        names = {v.oid for v in value_sets} | {v.url for v in value_sets}
+        for code in entry.codes:
+            if code.value_set is not None and code.value_set not in names:
+                raise ConfigError(
+                    f"{source} [concepts.{concept_id}] codes: code {code.code} names value set "
+                    f"{code.value_set}, which neither value_sets nor {CONCEPTS_FILE} lists"
+                )
         existing = {(c.system, c.code, c.prefix) for c in base.codes}
         added = tuple(_code(c, systems, site=True) for c in entry.codes)
         new = tuple(dict.fromkeys(c for c in added if (c.system, c.code, c.prefix) not in existing))
@@ -441,7 +451,7 @@ def _apply_overlay(
             codes=base.codes + new,
             text=base.text,
             value=base.value,
-            value_sets=base.value_sets,
+            value_sets=value_sets,
             intraoperative=base.intraoperative,
         )
     return systems, concepts
@@ -468,19 +478,20 @@ def _concept(concept_id: str, entry: ConceptEntry, systems: dict[str, CodeSystem
         codes=tuple(_code(c, systems) for c in entry.codes),
         text=tuple(entry.text or ()),
         value=value,
-        value_sets=tuple(
-            ValueSet(
-                name=v.name,
-                oid=v.oid,
-                url=v.url,
-                version=v.version,
-                expansion_date=v.expansion_date,
-                source=v.source,
-                note=v.note,
-            )
-            for v in entry.value_sets
-        ),
+        value_sets=tuple(_value_set(v) for v in entry.value_sets),
         intraoperative=entry.intraoperative,
+    )
+
+
+def _value_set(v: ValueSetEntry) -> ValueSet:
+    return ValueSet(
+        name=v.name,
+        oid=v.oid,
+        url=v.url,
+        version=v.version,
+        expansion_date=v.expansion_date,
+        source=v.source,
+        note=v.note,
     )
 
 
