@@ -433,6 +433,31 @@ def _is_reference(value: object) -> bool:
     return type(value) is dict and (value.get("reference") is None or type(value.get("reference")) is str)
 
 
+def _is_number(value: object) -> bool:
+    return type(value) in (int, float)
+
+
+def _is_quantity(value: object) -> bool:
+    if type(value) is not dict:
+        return False
+    number = value.get("value")
+    return (
+        (number is None or _is_number(number))
+        and all(value.get(k) is None or type(value.get(k)) is str for k in ("unit", "system", "code"))
+        and (value.get("comparator") is None or _is_code(value.get("comparator")))
+    )
+
+
+# The value[x] elements the record reads, by their datatype.
+_VALUES_READ: tuple[tuple[str, _Check], ...] = (
+    ("valueQuantity", lambda v: _is_quantity(v)),
+    ("valueInteger", lambda v: type(v) is int),
+    ("valueString", lambda v: type(v) is str),
+    ("valueBoolean", lambda v: type(v) is bool),
+    ("valueCodeableConcept", lambda v: _is_codeable(v)),
+)
+
+
 def _is_components(value: object) -> bool:
     return type(value) is list and all(type(c) is dict and _is_codeable(c.get("code")) for c in value)
 
@@ -490,6 +515,10 @@ _RAW_LIMIT = 60
 
 class _Unreadable(Exception):
     """A selected resource's value cannot be used; the message is a safe reason."""
+
+    def __init__(self, reason: str, element: str = "value[x]") -> None:
+        super().__init__(reason)
+        self.element = element
 
 
 def build_record(
@@ -756,8 +785,8 @@ def _read_observation(resource: dict, concepts: ConceptIndex, record: PatientRec
         try:
             value, unit, raw = _read_value(holder, spec, match.concept, concepts)
         except _Unreadable as exc:
-            _log_element("Observation", "value[x]")
-            record.unreadable.append(UnreadableInput("Observation", match.concept, str(exc), "value[x]", effective))
+            _log_element("Observation", exc.element)
+            record.unreadable.append(UnreadableInput("Observation", match.concept, str(exc), exc.element, effective))
             continue
         record.observations.setdefault(match.concept, []).append(
             ObservationFact(match=match, effective=effective, value=value, unit=unit, raw=raw)
@@ -766,6 +795,10 @@ def _read_observation(resource: dict, concepts: ConceptIndex, record: PatientRec
 
 def _read_value(holder: dict, spec: ValueSpec, concept_id: str, concepts: ConceptIndex):
     """(value, unit, raw) of an Observation or component for the concept's value kind."""
+    for element, check in _VALUES_READ:
+        value = holder.get(element)
+        if value is not None and not check(value):
+            raise _Unreadable(f"the Observation's {element} is not valid FHIR R4", element)
     kind = spec.kind
     if kind == "quantity":
         if "valueQuantity" in holder:
