@@ -450,11 +450,11 @@ def _is_quantity(value: object) -> bool:
 
 # The value[x] elements the record reads, by their datatype.
 _VALUES_READ: tuple[tuple[str, _Check], ...] = (
-    ("valueQuantity", lambda v: _is_quantity(v)),
+    ("valueQuantity", _is_quantity),
     ("valueInteger", lambda v: type(v) is int),
     ("valueString", lambda v: type(v) is str),
     ("valueBoolean", lambda v: type(v) is bool),
-    ("valueCodeableConcept", lambda v: _is_codeable(v)),
+    ("valueCodeableConcept", _is_codeable),
 )
 
 
