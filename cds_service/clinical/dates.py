@@ -6,8 +6,12 @@
 - The day of a value is its calendar date as written, in its own time zone (`day_of`).
 - A value at exactly midnight is taken as a date without a time (`has_time`): FHIR dates
   are read as midnight, so midnight says nothing about the time of day.
-- "On or after" a procedure: a later day, or the same day unless both times are recorded
-  and show it was before (`on_or_after`).
+- "After" a procedure (`placed_after`, `on_or_after`): when both values have a time of day,
+  their instants are compared (time zones respected: 22:00-04:00 on the 19th is 02:00 UTC
+  on the 20th). Otherwise their calendar days are compared; a value on the procedure's own
+  day of which one side has no time cannot be placed before or after it (None).
+- A value dated after the time of the call is in the future (`is_future`): after the
+  instant of the call when both have a time, else a day after the call's day.
 - Months are calendar months, years are 365.25 days.
 """
 
@@ -23,10 +27,12 @@ __all__ = [
     "duration_text",
     "has_time",
     "instant_of",
+    "is_future",
     "months_between",
     "on_or_after",
     "parse_fhir_date",
     "parse_fhir_datetime",
+    "placed_after",
 ]
 
 DAYS_PER_YEAR = 365.25
@@ -100,16 +106,39 @@ def instant_of(value: date | datetime) -> datetime:
     return value
 
 
-def on_or_after(when: date | datetime | None, start: date | datetime | None) -> bool:
-    """On or after `start`: a later day, or the same day unless both times show it was before."""
+def placed_after(when: date | datetime | None, start: date | datetime | None) -> bool | None:
+    """Whether `when` is on or after `start`: True / False, or None when it cannot be placed.
+
+    Both with a time of day: their instants (time zones respected). Otherwise their calendar
+    days: a later day is after, an earlier day before, and the same day cannot be placed
+    (one of them says only the day). A missing value cannot be placed either.
+    """
     if when is None or start is None:
-        return False
-    day, start_day = day_of(when), day_of(start)
-    if day != start_day:
-        return day > start_day
+        return None
     if has_time(when) and has_time(start):
         return instant_of(when) >= instant_of(start)
-    return True
+    day, start_day = day_of(when), day_of(start)
+    if day == start_day:
+        return None
+    return day > start_day
+
+
+def on_or_after(when: date | datetime | None, start: date | datetime | None) -> bool:
+    """On or after `start`, as `placed_after` decides; a value that cannot be placed is not."""
+    return placed_after(when, start) is True
+
+
+def is_future(when: date | datetime | None, today: date, now: datetime | None = None) -> bool:
+    """Dated after the time of the call: after `now` when both have a time of day; else on a
+    day after `today` (the call's day, UTC): a value with a time of day by its UTC day, a
+    date-only value by its calendar day."""
+    if when is None:
+        return False
+    if has_time(when):
+        if now is not None:
+            return instant_of(when) > instant_of(now)
+        return instant_of(when).date() > today
+    return day_of(when) > today
 
 
 # ----------------------------------------------------------------------------- durations

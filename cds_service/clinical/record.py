@@ -1,12 +1,19 @@
 """One patient record per hook call, built from prefetched or fetched FHIR resources.
 
 The record holds only facts that some card concept asks for: resources are selected from
-the raw JSON by code first (cheap), and only the selected ones are validated with
-fhir.resources.R4B (expensive). Nothing here knows about HTTP or about card models.
+the raw JSON by code first (cheap), and of a selected resource only the elements the record
+reads are checked against their FHIR R4 datatype (`_ELEMENTS_READ`). An element the record
+does not read is never looked at: a client that sends `MedicationRequest.category` as an
+object instead of a list still gets its card. An element it reads that is not valid makes
+that input unreadable (never the whole record), and the log names the resource type and
+the element (never an identifier or a value). Nothing here knows about HTTP or card models.
 
 Which resources count (the rules, in one place):
 - Condition: any, unless verificationStatus is refuted / entered-in-error. The clinical
   status is kept on the fact; `PatientRecord.active_conditions` says what "active" means.
+  A Condition with an abatement and no clinicalStatus is read as "inactive": FHIR R4
+  invariant con-4 allows an abated Condition only inactive, resolved or remission, and
+  "inactive" is the code that covers all three.
 - Procedure: status completed only.
 - Observation: status final / amended / corrected only; the value read as the concept's
   value kind (cards/concepts.toml) and converted to its canonical unit; a value that
@@ -15,37 +22,36 @@ Which resources count (the rules, in one place):
   use). MedicationStatement: status active or intended.
 - Draft orders (context.draftOrders): ServiceRequest, Procedure and MedicationRequest
   entries that name a concept (any status but entered-in-error / cancelled / revoked).
+- A value dated after the time of the call (an Observation, a completed Procedure, a
+  Condition's onset or recorded date) is never used: it becomes an UnreadableInput of kind
+  "future" with the reason, so a card can list it.
 Build never raises on bad input: whatever cannot be read becomes an UnreadableInput that
-names the resource type, the concept and a reason, never an identifier or a value.
+names the resource type, the concept, the element and a reason, never an identifier or a
+value; it keeps the value's date when that could be read, so a card can tell that a newer
+value exists and could not be read (`PatientRecord.reading`).
 
 Which facts answer a card's question (the latest procedure, observations in a window or
 after a procedure, conditions after a procedure, current medications, unreadable inputs)
 is said by the `PatientRecord` queries, and only there; how dates and times are read and
-compared is in clinical_time.py.
+compared is in clinical/dates.py.
 """
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-
-from fhir.resources.R4B.condition import Condition
-from fhir.resources.R4B.medication import Medication
-from fhir.resources.R4B.medicationrequest import MedicationRequest
-from fhir.resources.R4B.medicationstatement import MedicationStatement
-from fhir.resources.R4B.observation import Observation
-from fhir.resources.R4B.procedure import Procedure
-from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from cds_service.clinical.dates import (
     DAYS_PER_YEAR,
     day_of,
     instant_of,
-    on_or_after,
+    is_future,
     parse_fhir_date,
     parse_fhir_datetime,
+    placed_after,
 )
 from cds_service.terminology import units
 from cds_service.terminology.concept_index import ConceptIndex, Match, ValueSpec
@@ -55,6 +61,7 @@ __all__ = [
     "Match",
     "MedicationFact",
     "ObservationFact",
+    "ObservationReading",
     "OrderFact",
     "PatientRecord",
     "ProcedureFact",
@@ -63,7 +70,13 @@ __all__ = [
     "iter_facts",
 ]
 
+log = logging.getLogger(__name__)
+
 ACTIVE_CLINICAL_STATUSES = ("active", "recurrence", "relapse")
+RECURRENCE_STATUSES = ("recurrence", "relapse")
+# Kinds of UnreadableInput.
+UNREADABLE = "unreadable"  # an element the record reads is not valid, or the value cannot be read
+FUTURE = "future"  # dated after the time of the call: never used
 NOT_CURRENT_USE = frozenset({"entered-in-error", "cancelled", "draft", "not-taken", "unknown"})
 
 
@@ -75,6 +88,7 @@ class ConditionFact:
     recorded: date | None  # recordedDate
     abatement: date | None  # abatementDateTime / abatementPeriod (start, else end)
     abated: bool = False  # any abatement[x] recorded, even one without a date
+    status_from_abatement: bool = False  # clinical_status "inactive" read from the abatement (con-4)
 
     @property
     def is_active(self) -> bool:
@@ -134,11 +148,35 @@ class OrderFact:
 
 @dataclass(frozen=True)
 class UnreadableInput:
-    """A resource the service needed but could not use. Carries no identifiers."""
+    """A resource the service needed but could not use. Carries no identifiers and no values."""
 
     resource_type: str
     concept: str | None
     reason: str
+    # What the problem is, is said by the three fields above (they compare); where and when
+    # it was met is said by these (they do not compare, so the same problem met twice is one).
+    element: str | None = field(default=None, compare=False)  # the FHIR element ("onsetDateTime")
+    when: datetime | None = field(default=None, compare=False)  # the value's date, when readable
+    kind: str = field(default=UNREADABLE, compare=False)  # unreadable | future
+
+
+@dataclass(frozen=True)
+class ObservationReading:
+    """The answer to "which value of this input is used?", with what was not used and why.
+
+    fact:             the value used (the newest that qualifies), or None.
+    newer_unreadable: values of the input dated after the one used (or, with none used, in
+                      the same window) that could not be read: the card says a newer value
+                      exists and could not be read, and which older value it used.
+    unplaced:         values on the procedure's own day that cannot be placed before or
+                      after it (one of the two has no time of day): not used as post-procedure.
+    future:           values dated after the time of the call: never used.
+    """
+
+    fact: ObservationFact | None
+    newer_unreadable: tuple[UnreadableInput, ...] = ()
+    unplaced: tuple[ObservationFact, ...] = ()
+    future: tuple[UnreadableInput, ...] = ()
 
 
 @dataclass
@@ -162,6 +200,10 @@ class PatientRecord:
     orders: dict[str, list[OrderFact]] = field(default_factory=dict)
     unreadable: list[UnreadableInput] = field(default_factory=list)
     unavailable: dict[str, str] = field(default_factory=dict)  # prefetch key -> reason
+    now: datetime | None = None  # the instant of the call, when known (else only `today`)
+    # Observation concepts taken during a procedure (concepts.toml `intraoperative`): on the
+    # procedure's own day a value belongs to it even when it cannot be placed by the clock.
+    intraoperative: frozenset[str] = frozenset()
 
     # -- conditions ------------------------------------------------------------------------
     def active_conditions(self, concept: str) -> list[ConditionFact]:
@@ -182,8 +224,29 @@ class PatientRecord:
         ]
 
     def earliest_onset(self, concept: str) -> date | None:
-        onsets = [c.onset for c in self.conditions.get(concept, ()) if c.onset is not None]
+        """The first recorded onset of the disease: the earliest onset of its Conditions, not
+        counting an entry recorded as a recurrence or relapse (its onset is the recurrence's,
+        not the disease's). None when no other entry has an onset."""
+        onsets = [
+            c.onset
+            for c in self.conditions.get(concept, ())
+            if c.onset is not None and c.clinical_status not in RECURRENCE_STATUSES
+        ]
         return min(onsets) if onsets else None
+
+    def conditions_unplaced(self, concept: str, procedure: ProcedureFact | None) -> list[ConditionFact]:
+        """Active (or recurrent, relapsed) Conditions that cannot be placed before or after the
+        procedure: no onset and no recorded date, or dated only on the procedure's own day.
+        A card cannot say the patient is free of the condition since the procedure."""
+        if procedure is None or procedure.performed is None:
+            return []
+        day = day_of(procedure.performed)
+        out = []
+        for c in self.active_conditions(concept):
+            dates = [d for d in (c.onset, c.recorded) if d is not None]
+            if not dates or max(dates) == day:
+                out.append(c)
+        return out
 
     # -- procedures ------------------------------------------------------------------------
     def latest_procedure(self, concept: str) -> ProcedureFact | None:
@@ -208,20 +271,27 @@ class PatientRecord:
         """Observations of the concept, latest first, undated last.
 
         `lookback_days`: only those dated in the window of that many days ending today.
-        `after`: only those on or after the procedure (`clinical_time.on_or_after`: a later
-        day, or the same day unless both times show the observation came first); none when
-        the procedure has no date. Either excludes undated observations.
+        `after`: only those on or after the procedure (`dates.on_or_after`: both with a time
+        of day, by instant; else a later calendar day; a value on the procedure's own day
+        without both times cannot be placed and is left out); none when the procedure has
+        no date. Either excludes undated observations.
         """
         facts = list(self.observations.get(concept, ()))
         if lookback_days is not None:
             since = self.today - timedelta(days=lookback_days)
             facts = [f for f in facts if f.effective is not None and since <= day_of(f.effective) <= self.today]
         if after is not None:
-            facts = [f for f in facts if on_or_after(f.effective, after.performed)]
+            facts = [f for f in facts if self._after(concept, f.effective, after.performed)]
         dated = sorted(
             (f for f in facts if f.effective is not None), key=lambda f: instant_of(f.effective), reverse=True
         )
         return dated + [f for f in facts if f.effective is None]
+
+    def _after(self, concept: str, when: datetime | None, start: datetime | None) -> bool:
+        placed = placed_after(when, start)
+        if placed is None and when is not None and start is not None and concept in self.intraoperative:
+            return True  # on the procedure's day: taken during it
+        return placed is True
 
     def latest_observation(
         self, concept: str, lookback_days: int | None = None, after: ProcedureFact | None = None
@@ -229,6 +299,41 @@ class PatientRecord:
         """The first of `observations_for` (same arguments), or None."""
         facts = self.observations_for(concept, lookback_days, after)
         return facts[0] if facts else None
+
+    def reading(
+        self, concept: str, lookback_days: int | None = None, after: ProcedureFact | None = None
+    ) -> ObservationReading:
+        """The value of the input used (as `latest_observation`), and the values not used:
+        newer ones that could not be read, ones on the procedure's day that cannot be placed,
+        and ones dated after the time of the call."""
+        fact = self.latest_observation(concept, lookback_days, after)
+
+        def in_scope(when: datetime | None) -> bool:
+            if when is None:
+                return False
+            if lookback_days is not None:
+                since = self.today - timedelta(days=lookback_days)
+                if not since <= day_of(when) <= self.today:
+                    return False
+            return after is None or self._after(concept, when, after.performed)
+
+        problems = [u for u in self.unreadable if u.concept == concept]
+        newer = tuple(
+            u
+            for u in problems
+            if u.kind == UNREADABLE
+            and in_scope(u.when)
+            and (fact is None or fact.effective is None or instant_of(u.when) > instant_of(fact.effective))
+        )
+        unplaced: tuple[ObservationFact, ...] = ()
+        if after is not None and after.performed is not None and concept not in self.intraoperative:
+            unplaced = tuple(
+                f
+                for f in self.observations.get(concept, ())
+                if f.effective is not None and placed_after(f.effective, after.performed) is None
+            )
+        future = tuple(u for u in problems if u.kind == FUTURE)
+        return ObservationReading(fact=fact, newer_unreadable=newer, unplaced=unplaced, future=future)
 
     # -- medications and orders --------------------------------------------------------------
     def current_medications(self, concept: str) -> list[MedicationFact]:
@@ -241,9 +346,22 @@ class PatientRecord:
 
     # -- inputs that could not be read ---------------------------------------------------------
     def unreadable_for(self, *concepts: str | None) -> list[UnreadableInput]:
-        """The unreadable inputs of any of these concepts, in the order met. An input of no
-        concept (a Patient element) belongs to none, and no concept (None) has any."""
+        """The unreadable inputs of any of these concepts, in the order met (also those not
+        used because they are dated after the call: kind "future"). An input of no concept
+        (a Patient element) belongs to none, and no concept (None) has any."""
         return [u for u in self.unreadable if u.concept is not None and u.concept in concepts]
+
+    def newer_unreadable(self, concept: str, than: ObservationFact | None) -> list[UnreadableInput]:
+        """Values of the concept dated after `than` (any dated one when `than` is None or
+        undated) that could not be read."""
+        return [
+            u
+            for u in self.unreadable
+            if u.concept == concept
+            and u.kind == UNREADABLE
+            and u.when is not None
+            and (than is None or than.effective is None or instant_of(u.when) > instant_of(than.effective))
+        ]
 
     # -- time ----------------------------------------------------------------------------------
     def years_since(self, when: date | None) -> float | None:
@@ -255,15 +373,6 @@ class PatientRecord:
 
 
 # =========================================================================== building
-_MODELS = {
-    "Condition": Condition,
-    "Procedure": Procedure,
-    "Observation": Observation,
-    "MedicationRequest": MedicationRequest,
-    "MedicationStatement": MedicationStatement,
-    "ServiceRequest": ServiceRequest,
-    "Medication": Medication,
-}
 CONDITION_KINDS = frozenset({"condition"})
 PROCEDURE_KINDS = frozenset({"procedure"})
 OBSERVATION_KINDS = frozenset({"observation"})
@@ -272,34 +381,132 @@ SERVICE_REQUEST_KINDS = frozenset({"procedure", "medication"})
 
 _OBSERVATION_STATUSES = ("final", "amended", "corrected")
 
-# Observations are by far the most numerous resources of a record (a Synthea chart has
-# dozens of pain scores), and validating a whole one costs ~0.2 ms. The record reads only
-# these elements of an Observation, so only these are validated: half the cost, and an
-# unreadable element elsewhere (a broken `performer`) does not discard a usable value.
-_OBSERVATION_ELEMENTS_READ = (
-    "resourceType",
-    "id",
-    "status",
-    "code",
-    "component",
-    "dataAbsentReason",
-    "issued",
-    "effectiveDateTime",
-    "effectivePeriod",
-    "effectiveInstant",
-    "effectiveTiming",
-    "valueQuantity",
-    "valueCodeableConcept",
-    "valueString",
-    "valueBoolean",
-    "valueInteger",
-    "valueRange",
-    "valueRatio",
-    "valueSampledData",
-    "valueTime",
-    "valueDateTime",
-    "valuePeriod",
+
+# -- the elements the record reads, and their FHIR R4 datatypes ------------------------------
+# Only these elements of a selected resource are checked (each against its datatype: the
+# parts of it that the record reads). Anything else in the resource is never looked at.
+# Observation values (value[x]) are checked where they are read (`_read_value`), against
+# the concept's value kind.
+def _is_string(value: object) -> bool:
+    return type(value) is str
+
+
+def _is_code(value: object) -> bool:
+    """FHIR code: a non-empty string without leading or trailing blanks."""
+    return type(value) is str and value != "" and value == value.strip()
+
+
+def _is_datetime(value: object) -> bool:
+    """FHIR date / dateTime / instant (a real calendar date and time)."""
+    return parse_fhir_datetime(value) is not None
+
+
+def _is_coding(value: object) -> bool:
+    if type(value) is not dict:
+        return False
+    system, code, display = value.get("system"), value.get("code"), value.get("display")
+    return (
+        (system is None or (type(system) is str and system != ""))
+        and (code is None or _is_code(code))
+        and (display is None or type(display) is str)
+    )
+
+
+def _is_codeable(value: object) -> bool:
+    """CodeableConcept: coding (a list of Codings) and text, as far as they are present."""
+    if type(value) is not dict:
+        return False
+    coding, text = value.get("coding"), value.get("text")
+    if coding is not None and (type(coding) is not list or not all(_is_coding(c) for c in coding)):
+        return False
+    return text is None or type(text) is str
+
+
+def _is_period(value: object) -> bool:
+    if type(value) is not dict:
+        return False
+    start, end = value.get("start"), value.get("end")
+    return (start is None or _is_datetime(start)) and (end is None or _is_datetime(end))
+
+
+def _is_reference(value: object) -> bool:
+    return type(value) is dict and (value.get("reference") is None or type(value.get("reference")) is str)
+
+
+def _is_number(value: object) -> bool:
+    return type(value) in (int, float)
+
+
+def _is_quantity(value: object) -> bool:
+    if type(value) is not dict:
+        return False
+    number = value.get("value")
+    return (
+        (number is None or _is_number(number))
+        and all(value.get(k) is None or type(value.get(k)) is str for k in ("unit", "system", "code"))
+        and (value.get("comparator") is None or _is_code(value.get("comparator")))
+    )
+
+
+# The value[x] elements the record reads, by their datatype.
+_VALUES_READ: tuple[tuple[str, _Check], ...] = (
+    ("valueQuantity", _is_quantity),
+    ("valueInteger", lambda v: type(v) is int),
+    ("valueString", lambda v: type(v) is str),
+    ("valueBoolean", lambda v: type(v) is bool),
+    ("valueCodeableConcept", _is_codeable),
 )
+
+
+def _is_components(value: object) -> bool:
+    return type(value) is list and all(type(c) is dict and _is_codeable(c.get("code")) for c in value)
+
+
+_Check = Callable[[object], bool]
+_ELEMENTS_READ: dict[str, tuple[tuple[str, _Check], ...]] = {
+    "Condition": (
+        ("code", _is_codeable),
+        ("clinicalStatus", _is_codeable),
+        ("verificationStatus", _is_codeable),
+        ("onsetDateTime", _is_datetime),
+        ("onsetPeriod", _is_period),
+        ("abatementDateTime", _is_datetime),
+        ("abatementPeriod", _is_period),
+        ("recordedDate", _is_datetime),
+    ),
+    "Procedure": (
+        ("code", _is_codeable),
+        ("status", _is_code),
+        ("performedDateTime", _is_datetime),
+        ("performedPeriod", _is_period),
+    ),
+    "Observation": (
+        ("code", _is_codeable),
+        ("status", _is_code),
+        ("component", _is_components),
+        ("effectiveDateTime", _is_datetime),
+        ("effectivePeriod", _is_period),
+        ("effectiveInstant", _is_datetime),
+        ("issued", _is_datetime),
+    ),
+    "MedicationRequest": (
+        ("status", _is_code),
+        ("medicationCodeableConcept", _is_codeable),
+        ("medicationReference", _is_reference),
+        ("authoredOn", _is_datetime),
+    ),
+    "MedicationStatement": (
+        ("status", _is_code),
+        ("medicationCodeableConcept", _is_codeable),
+        ("medicationReference", _is_reference),
+        ("effectiveDateTime", _is_datetime),
+        ("effectivePeriod", _is_period),
+        ("dateAsserted", _is_datetime),
+    ),
+    "ServiceRequest": (("code", _is_codeable), ("status", _is_code)),
+    "Medication": (("code", _is_codeable),),
+}
+
 _STATEMENT_STATUSES = ("active", "intended")
 _IGNORED_DRAFT_STATUSES = ("entered-in-error", "cancelled", "revoked")
 _GENDERS = ("male", "female", "other", "unknown")
@@ -308,6 +515,10 @@ _RAW_LIMIT = 60
 
 class _Unreadable(Exception):
     """A selected resource's value cannot be used; the message is a safe reason."""
+
+    def __init__(self, reason: str, element: str = "value[x]") -> None:
+        super().__init__(reason)
+        self.element = element
 
 
 def build_record(
@@ -318,6 +529,7 @@ def build_record(
     concepts: ConceptIndex,
     today: date,
     unavailable: dict[str, str] | None = None,
+    now: datetime | None = None,
 ) -> PatientRecord:
     """The patient record for one hook call.
 
@@ -328,8 +540,15 @@ def build_record(
     concepts:     the ConceptIndex from concepts.load_concepts.
     today:        the date the record is judged at (never taken from the clock here).
     unavailable:  prefetch key -> safe reason, kept on the record for the cards.
+    now:          the instant of the call (timezone-aware), when known: a value with a time
+                  of day after it is in the future; without it, a day after `today` is.
     """
-    record = PatientRecord(today=today, unavailable=dict(unavailable or {}))
+    record = PatientRecord(
+        today=today,
+        unavailable=dict(unavailable or {}),
+        now=now,
+        intraoperative=frozenset(c.id for c in concepts.concepts.values() if c.intraoperative),
+    )
     sources = list(resources.values()) if isinstance(resources, dict) else []
     collected = _collect(sources)
     drafts = _collect([draft_orders])
@@ -362,7 +581,7 @@ def build_record(
             _could_not_read(resource, record)
 
     _sort(record)
-    record.unreadable = list(dict.fromkeys(record.unreadable))
+    record.unreadable = list({(u, u.element, u.when, u.kind): u for u in record.unreadable}.values())
     return record
 
 
@@ -371,7 +590,9 @@ def _could_not_read(resource: dict, record: PatientRecord) -> None:
     kind = resource.get("resourceType")
     record.unreadable.append(
         UnreadableInput(
-            resource_type=kind if kind in _MODELS else "Resource", concept=None, reason="the resource could not be read"
+            resource_type=kind if kind in _READ_TYPES else "Resource",
+            concept=None,
+            reason="the resource could not be read",
         )
     )
 
@@ -462,7 +683,7 @@ def _read_condition(resource: dict, concepts: ConceptIndex, record: PatientRecor
         return
     if _status_code(resource.get("verificationStatus"), "condition-ver-status") in ("refuted", "entered-in-error"):
         return
-    if not _valid(resource, matches, record):
+    if not _readable(resource, matches, record):
         return
     clinical = _status_code(resource.get("clinicalStatus"), "condition-clinical")
     onset = parse_fhir_date(resource.get("onsetDateTime")) or parse_fhir_date(_get(resource, "onsetPeriod", "start"))
@@ -472,7 +693,18 @@ def _read_condition(resource: dict, concepts: ConceptIndex, record: PatientRecor
         or parse_fhir_date(_get(resource, "abatementPeriod", "end"))
     )
     abated = any(isinstance(key, str) and key.startswith("abatement") for key in resource)
+    from_abatement = clinical is None and abated
+    if from_abatement:
+        clinical = "inactive"  # con-4: an abated Condition is inactive, resolved or remission
     recorded = parse_fhir_date(resource.get("recordedDate"))
+    if onset is not None and is_future(onset, record.today, record.now):
+        _not_used_future(record, "Condition", matches, "onset[x]", "the onset is dated after the time of this call")
+        onset = None
+    if recorded is not None and is_future(recorded, record.today, record.now):
+        _not_used_future(
+            record, "Condition", matches, "recordedDate", "the recorded date is after the time of this call"
+        )
+        recorded = None
     for match in matches:
         record.conditions.setdefault(match.concept, []).append(
             ConditionFact(
@@ -482,6 +714,7 @@ def _read_condition(resource: dict, concepts: ConceptIndex, record: PatientRecor
                 recorded=recorded,
                 abatement=abatement,
                 abated=abated,
+                status_from_abatement=from_abatement,
             )
         )
 
@@ -491,13 +724,19 @@ def _read_procedure(resource: dict, concepts: ConceptIndex, record: PatientRecor
     matches = concepts.match_codeable(resource.get("code"), PROCEDURE_KINDS)
     if not matches or resource.get("status") != "completed":
         return
-    if not _valid(resource, matches, record):
+    if not _readable(resource, matches, record):
         return
     start = parse_fhir_datetime(resource.get("performedDateTime"))
     end = None
     if start is None:
         start = parse_fhir_datetime(_get(resource, "performedPeriod", "start"))
         end = parse_fhir_datetime(_get(resource, "performedPeriod", "end"))
+    performed = start if start is not None else end
+    if is_future(performed, record.today, record.now):
+        _not_used_future(
+            record, "Procedure", matches, "performed[x]", "a completed procedure dated after the time of this call"
+        )
+        return
     for match in matches:
         record.procedures.setdefault(match.concept, []).append(
             ProcedureFact(match=match, status="completed", start=start, end=end)
@@ -520,7 +759,7 @@ def _read_observation(resource: dict, concepts: ConceptIndex, record: PatientRec
     status = resource.get("status")
     if not isinstance(status, str) or status not in _OBSERVATION_STATUSES:
         return
-    if not _valid(resource, [m for m, _ in found], record):
+    if not _readable(resource, [m for m, _ in found], record):
         return
     effective = (
         parse_fhir_datetime(resource.get("effectiveDateTime"))
@@ -528,18 +767,26 @@ def _read_observation(resource: dict, concepts: ConceptIndex, record: PatientRec
         or parse_fhir_datetime(resource.get("effectiveInstant"))
         or parse_fhir_datetime(resource.get("issued"))
     )
+    if is_future(effective, record.today, record.now):
+        _not_used_future(
+            record, "Observation", [m for m, _ in found], "effective[x]", "dated after the time of this call", effective
+        )
+        return
     for match, holder in found:
         spec = concepts.concept(match.concept).value
         if spec is None:
             continue
         if not any(isinstance(key, str) and key.startswith("value") for key in holder):
             if "dataAbsentReason" not in holder:
-                record.unreadable.append(UnreadableInput("Observation", match.concept, "the observation has no value"))
+                record.unreadable.append(
+                    UnreadableInput("Observation", match.concept, "the observation has no value", "value[x]", effective)
+                )
             continue
         try:
             value, unit, raw = _read_value(holder, spec, match.concept, concepts)
         except _Unreadable as exc:
-            record.unreadable.append(UnreadableInput("Observation", match.concept, str(exc)))
+            _log_element("Observation", exc.element)
+            record.unreadable.append(UnreadableInput("Observation", match.concept, str(exc), exc.element, effective))
             continue
         record.observations.setdefault(match.concept, []).append(
             ObservationFact(match=match, effective=effective, value=value, unit=unit, raw=raw)
@@ -548,6 +795,10 @@ def _read_observation(resource: dict, concepts: ConceptIndex, record: PatientRec
 
 def _read_value(holder: dict, spec: ValueSpec, concept_id: str, concepts: ConceptIndex):
     """(value, unit, raw) of an Observation or component for the concept's value kind."""
+    for element, check in _VALUES_READ:
+        value = holder.get(element)
+        if value is not None and not check(value):
+            raise _Unreadable(f"the Observation's {element} is not valid FHIR R4", element)
     kind = spec.kind
     if kind == "quantity":
         if "valueQuantity" in holder:
@@ -679,9 +930,9 @@ def _read_medication_use(resource: dict, concepts: ConceptIndex, record: Patient
             return
     elif not isinstance(status, str) or status not in _STATEMENT_STATUSES:
         return
-    if not _valid(resource, matches, record):
+    if not _readable(resource, matches, record):
         return
-    if referenced is not None and not _valid(referenced, matches, record):
+    if referenced is not None and not _readable(referenced, matches, record):
         return
     when = (
         parse_fhir_date(resource.get("authoredOn"))
@@ -744,9 +995,9 @@ def _read_draft_order(
     status = resource.get("status")
     if isinstance(status, str) and status in _IGNORED_DRAFT_STATUSES:
         return
-    if not _valid(resource, matches, record):
+    if not _readable(resource, matches, record):
         return
-    if referenced is not None and not _valid(referenced, matches, record):
+    if referenced is not None and not _readable(referenced, matches, record):
         return
     rid = resource.get("id")
     ref = f"{kind}/{rid}" if isinstance(rid, str) and rid else (full_url or kind)
@@ -770,47 +1021,37 @@ def _selection_set(selections: Iterable[str] | None) -> frozenset[str] | None:
     return frozenset(out)
 
 
-# -- validation --------------------------------------------------------------------------------
-def _valid(resource: dict, matches: list[Match], record: PatientRecord) -> bool:
-    """Validate a selected resource with fhir.resources.R4B; record why not if it fails."""
+# -- checking the elements read ----------------------------------------------------------------
+def _readable(resource: dict, matches: list[Match], record: PatientRecord) -> bool:
+    """Check the elements the record reads of a selected resource; when one is not valid,
+    record each matched concept's input as unreadable (naming the element) and say no."""
     kind = resource.get("resourceType")
-    model = _MODELS.get(kind)
-    if model is None:
-        return False
-    if kind == "Observation":
-        resource = {key: resource[key] for key in _OBSERVATION_ELEMENTS_READ if key in resource}
-    try:
-        model.model_validate(resource)
-        return True
-    except Exception as exc:
-        reason = _validation_reason(kind, model, exc)
+    for element, check in _ELEMENTS_READ.get(kind, ()):
+        value = resource.get(element)
+        if value is not None and not check(value):
+            _log_element(kind, element)
+            reason = f"the {kind}'s {element} is not valid FHIR R4"
+            for concept in dict.fromkeys(m.concept for m in matches):
+                record.unreadable.append(UnreadableInput(kind, concept, reason, element))
+            return False
+    return True
+
+
+def _not_used_future(
+    record: PatientRecord,
+    kind: str,
+    matches: list[Match],
+    element: str,
+    reason: str,
+    when: datetime | None = None,
+) -> None:
     for concept in dict.fromkeys(m.concept for m in matches):
-        record.unreadable.append(UnreadableInput(kind, concept, reason))
-    return False
+        record.unreadable.append(UnreadableInput(kind, concept, f"{reason}: not used", element, when, FUTURE))
 
 
-def _validation_reason(kind: str, model, exc: Exception) -> str:
-    known = set(model.model_fields) | {f.alias for f in model.model_fields.values() if f.alias}
-    fields: list[str] = []
-    unknown = False
-    errors = exc.errors() if hasattr(exc, "errors") and callable(exc.errors) else []
-    try:
-        for error in errors:
-            loc = error.get("loc") or ()
-            head = loc[0] if loc else None
-            if isinstance(head, str) and head in known:
-                fields.append(head)
-            elif error.get("type") == "extra_forbidden":
-                unknown = True
-    except Exception:
-        pass
-    parts = []
-    if fields:
-        parts.append("invalid " + ", ".join(sorted(set(fields))[:5]))
-    if unknown:
-        parts.append("elements FHIR R4 does not define")
-    detail = f" ({'; '.join(parts)})" if parts else ""
-    return f"the {kind} is not valid FHIR R4{detail}"
+def _log_element(kind: str, element: str) -> None:
+    # The element name comes from _ELEMENTS_READ (ours), never from the data.
+    log.warning("unreadable FHIR element: %s.%s (that input is reported as unreadable)", kind, element)
 
 
 # -- small readers -----------------------------------------------------------------------------

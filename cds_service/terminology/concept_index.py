@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import date
 
 ICD10_FORMAT = "icd-10"
 KINDS = ("condition", "procedure", "medication", "observation")
@@ -55,6 +56,20 @@ class ConceptCode:
     prefix: bool = False  # ICD-10 family: every code starting with `code`
     checked: bool | None = None  # description confirmed against an official release
     site: bool = False  # added by the deployment's site overlay
+    value_set: str | None = None  # oid or url of the concept's value set it was read from
+
+
+@dataclass(frozen=True)
+class ValueSet:
+    """Provenance of a concept's codes: the published value set expansion they were read from."""
+
+    name: str
+    oid: str | None
+    url: str | None
+    version: str
+    expansion_date: date
+    source: str  # where the expansion was read
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +106,8 @@ class Concept:
     codes: tuple[ConceptCode, ...]
     text: tuple[str, ...] = ()  # free-text phrases (word-bounded, case-insensitive)
     value: ValueSpec | None = None  # observations only
+    value_sets: tuple[ValueSet, ...] = ()  # where the codes were read (provenance)
+    intraoperative: bool = False  # observations taken during a procedure (on its day, they belong to it)
 
 
 def normalise_icd10(code: str) -> str:

@@ -11,10 +11,12 @@ from cds_service.clinical.dates import (
     duration_text,
     has_time,
     instant_of,
+    is_future,
     months_between,
     on_or_after,
     parse_fhir_date,
     parse_fhir_datetime,
+    placed_after,
 )
 
 
@@ -63,13 +65,55 @@ def test_instants_compare_across_time_zones_and_with_dates():
         ("2024-05-02T23:59:00Z", "2024-05-03", False),
         ("2024-05-03T08:00:00Z", "2024-05-03T08:30:00Z", False),
         ("2024-05-03T08:30:00Z", "2024-05-03T08:30:00Z", True),
-        ("2024-05-03", "2024-05-03T08:30:00Z", True),
-        ("2024-05-03T06:00:00Z", "2024-05-03", True),
+        # EVIDENCE.md "Reading the record": a date-only value on the procedure's own day
+        # cannot be placed before or after it, so it is not "on or after" (it was True).
+        ("2024-05-03", "2024-05-03T08:30:00Z", False),
+        ("2024-05-03T06:00:00Z", "2024-05-03", False),
     ],
 )
-def test_on_or_after_counts_the_same_day_unless_both_times_say_before(when, start, expected):
+def test_on_or_after_counts_a_later_instant_or_a_later_day_never_an_unplaceable_same_day(when, start, expected):
     assert on_or_after(parse_fhir_datetime(when), parse_fhir_datetime(start)) is expected
     assert not on_or_after(None, parse_fhir_datetime(start)) and not on_or_after(parse_fhir_datetime(when), None)
+
+
+def test_a_grade_30_minutes_before_an_rfa_written_in_another_time_zone_is_before_it():
+    # RFA at 22:00 in UTC-4 on the 19th is 02:00 UTC on the 20th; the grade at 01:30 UTC on
+    # the 20th is a calendar day later as written, but 30 minutes earlier.
+    rfa, grade = parse_fhir_datetime("2026-06-19T22:00:00-04:00"), parse_fhir_datetime("2026-06-20T01:30:00Z")
+    assert placed_after(grade, rfa) is False and not on_or_after(grade, rfa)
+    assert placed_after(parse_fhir_datetime("2026-06-20T02:30:00Z"), rfa) is True
+
+
+@pytest.mark.parametrize(
+    ("when", "start"),
+    [("2026-06-19", "2026-06-19T22:00:00-04:00"), ("2026-06-19T23:00:00Z", "2026-06-19"), ("2026-06-19", "2026-06-19")],
+)
+def test_a_date_only_value_on_the_procedure_day_cannot_be_placed(when, start):
+    assert placed_after(parse_fhir_datetime(when), parse_fhir_datetime(start)) is None
+
+
+def test_a_date_only_value_is_placed_by_the_procedure_day_as_written_in_its_own_zone():
+    rfa = parse_fhir_datetime("2026-06-19T22:00:00-04:00")  # the 19th where it was done
+    assert placed_after(parse_fhir_datetime("2026-06-20"), rfa) is True
+    assert placed_after(parse_fhir_datetime("2026-06-18"), rfa) is False
+    assert placed_after(None, rfa) is None and placed_after(rfa, None) is None
+
+
+@pytest.mark.parametrize(
+    ("when", "now", "future"),
+    [
+        ("2025-01-16", None, True),  # a later day
+        ("2025-01-15", None, False),  # today
+        ("2025-01-15T23:59:00Z", None, False),  # today, no instant of the call known
+        ("2025-01-16T01:00:00+10:00", None, False),  # the 15th at 15:00 UTC
+        ("2025-01-15T12:00:00Z", "2025-01-15T11:00:00Z", True),  # an hour after the call
+        ("2025-01-15T10:00:00Z", "2025-01-15T11:00:00Z", False),
+        ("2025-01-15", "2025-01-15T11:00:00Z", False),  # a date-only value of the call's day
+        (None, None, False),
+    ],
+)
+def test_a_value_dated_after_the_time_of_the_call_is_in_the_future(when, now, future):
+    assert is_future(parse_fhir_datetime(when), date(2025, 1, 15), parse_fhir_datetime(now)) is future
 
 
 @pytest.mark.parametrize(
