@@ -18,8 +18,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from cds_service.clinical.evaluate import INTRAOPERATIVE, MISSING, UNREADABLE, USED, CardResult, InputValue
-from cds_service.content.templates import format_figure
+from cds_service.clinical.render import chosen
 from cds_service.content.chart_specs import ChartSpec, parse_ci
+from cds_service.content.templates import format_figure
 
 PAGE_VERSION = 1
 LINK_LABEL = "Evidence page: charts, data used and sources"
@@ -47,7 +48,7 @@ def page_data(
         "hook": result.hook,
         "charts": [chart_data(spec, result) for spec in (specs or {}).get(card.id, ())],
         "inputs": [_input_row(result, item) for item in result.inputs],
-        "caveats": [_fill(c, figures) for c in card.caveats],
+        "caveats": [_fill(c.text, figures) for c in (chosen(e.options, result) for e in card.caveats) if c is not None],
         "sources": _sources(result),
     }
 
@@ -138,7 +139,7 @@ def _marker(result: CardResult, spec, chart: dict, axis: str) -> dict | None:
 
 # ---------------------------------------------------------------------------- inputs, sources
 def _input_row(result: CardResult, item: InputValue) -> dict:
-    predictor = result.card.predictors.get(item.predictor)
+    predictor = result.card.predictor_by_id.get(item.predictor)
     how = predictor.how if predictor is not None else ""
     return {
         "label": item.label,

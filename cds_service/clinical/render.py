@@ -88,7 +88,7 @@ def _holds(when: When | None, result: CardResult) -> bool:
     return holds(when, item, result.estimate is not None, result.today)
 
 
-def _chosen(options: list, result: CardResult):
+def chosen(options: list, result: CardResult):
     """The first variant whose `when` holds (the last one is `otherwise`); None when it is omitted."""
     for variant in options:
         if variant.otherwise or _holds(variant.when, result):
@@ -98,7 +98,7 @@ def _chosen(options: list, result: CardResult):
 
 # ---------------------------------------------------------------------------- summary
 def _summary(result: CardResult, values: dict[str, str]) -> str:
-    text = _chosen(result.situation.summary_options, result).text
+    text = chosen(result.situation.summary_options, result).text
     summary = " ".join(_fill(text, values).split())
     if len(summary) >= SUMMARY_LIMIT:
         summary = summary[: SUMMARY_LIMIT - 2].rstrip() + "…"
@@ -110,14 +110,14 @@ def _detail(result: CardResult, values: dict[str, str]) -> str:
     card, s = result.card, result.situation
     parts = [_fill(s.lead, values)]
     for key in s.sections:
-        section = _chosen(card.sections[key].options, result)
+        section = chosen(card.sections[key].options, result)
         if section is not None:
             parts.append(f"### {_fill(section.heading, values)}\n\n{_fill(section.body, values)}")
     estimate_text = _estimate_section(result, values)
     if estimate_text:
         parts.append(estimate_text)
     parts.extend(_input_sections(result))
-    caveats = [c for c in (_chosen(entry.options, result) for entry in card.caveats) if c is not None]
+    caveats = [c for c in (chosen(entry.options, result) for entry in card.caveats) if c is not None]
     parts.append("### Strength of evidence\n\n" + "\n".join(f"- {_fill(c.text, values)}" for c in caveats))
     parts.append("### Sources\n\n" + "\n".join(f"- {_reference(r)}" for r in _sources(result)))
     parts.append(f"*{JUDGEMENT}*")

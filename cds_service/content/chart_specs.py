@@ -200,7 +200,7 @@ def _check(spec: ChartSpec, card: CardContent, where: str) -> None:
     predictors += [r.predictor for r in spec.rows if r.predictor]
     predictors += [spec.highlight] if spec.highlight else []
     for pid in predictors:
-        if pid not in card.predictors:
+        if pid not in card.predictor_by_id:
             raise ContentError(f"{where}: {card.id} has no predictor {pid!r}")
     for text in (spec.title, spec.end_note, *(s.label for s in spec.series)):
         for name in re.findall(r"\{([a-z0-9_]+)\}", text):
