@@ -7,6 +7,7 @@ import json
 from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
+from support.fhir import ICD10CM, condition, searchset, status
 from support.paths import REPO_ROOT, SHARED_DIR
 
 from cds_service.clinical.dates import day_of, months_between
@@ -29,7 +30,6 @@ SYNTHEA = SHARED_DIR / "fhir-samples" / "synthea"
 TODAY = date(2025, 1, 15)
 
 LOCAL = "https://hfs-cds.example.org/fhir/CodeSystem/hfs-local"
-ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 UCUM = "http://unitsofmeasure.org"
 SUBJECT = {"reference": "Patient/p1"}
 
@@ -41,10 +41,6 @@ def concepts():
 
 def bundle(name: str) -> dict:
     return json.loads((DATA / name).read_text(encoding="utf-8"))
-
-
-def searchset(*resources: dict) -> dict:
-    return {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in resources]}
 
 
 def build(concepts, resources, draft_orders=None, selections=None, today=TODAY, unavailable=None) -> PatientRecord:
@@ -63,20 +59,6 @@ def observation(code: str, status="final", when="2024-12-01", **value) -> dict:
     }
     resource.update(value)
     return resource
-
-
-def condition(code: str, **extra) -> dict:
-    resource = {
-        "resourceType": "Condition",
-        "code": {"coding": [{"system": ICD10CM, "code": code}]},
-        "subject": SUBJECT,
-    }
-    resource.update(extra)
-    return resource
-
-
-def status(code: str) -> dict:
-    return {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": code}]}
 
 
 def disease_duration(record: PatientRecord) -> float | None:
