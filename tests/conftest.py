@@ -53,3 +53,9 @@ def app(make_app, app_settings):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture
+def make_client(make_app):
+    """A test client of a fresh app built with these overrides (see `make_app`)."""
+    return lambda **overrides: make_app(**overrides).test_client()

@@ -186,7 +186,7 @@ class Chart:
         def of(kind: str) -> list[dict]:
             return [r for r in self.resources if r["resourceType"] == kind]
 
-        return fhir.prefetch(
+        return fhir.full_prefetch(
             next(r for r in self.resources if r["resourceType"] == "Patient"),
             conditions=of("Condition"),
             procedures=of("Procedure"),

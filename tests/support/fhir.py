@@ -262,7 +262,7 @@ def collection(*resources: dict) -> dict:
 PREFETCH_SEARCHES = ("conditions", "procedures", "observations", "medicationRequests", "medicationStatements")
 
 
-def prefetch(
+def full_prefetch(
     the_patient: dict,
     *,
     conditions=(),
@@ -337,15 +337,18 @@ def patient_view(
     observations=(),
     medications=(),
     the_patient: dict | None = None,
+    prefetch: dict | None = None,
     **request,
 ) -> dict:
-    """A patient-view request with the full prefetch built from these resources
-    (`medications` are MedicationRequests). Other keywords go to `hook_request`."""
-    data = prefetch(
-        the_patient or patient(patient_id, birth_date="1968-04-02"),
-        conditions=conditions,
-        procedures=procedures,
-        observations=observations,
-        medication_requests=medications,
-    )
-    return hook_request("patient-view", patient_id=patient_id, prefetch=data, **request)
+    """A patient-view request. Its prefetch is `prefetch` when given, else the full prefetch
+    built from these resources (`medications` are MedicationRequests). Other keywords go to
+    `hook_request` (fhir_server=..., encounterId=...)."""
+    if prefetch is None:
+        prefetch = full_prefetch(
+            the_patient or patient(patient_id, birth_date="1968-04-02"),
+            conditions=conditions,
+            procedures=procedures,
+            observations=observations,
+            medication_requests=medications,
+        )
+    return hook_request("patient-view", patient_id=patient_id, prefetch=prefetch, **request)
