@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 from support.fhir import ICD10CM, condition, searchset, status
-from support.paths import REPO_ROOT, SHARED_DIR
+from support.paths import REPO_ROOT, SYNTHEA_DIR
 
 from cds_service.clinical.dates import day_of, months_between
 from cds_service.clinical.record import (
@@ -26,7 +26,7 @@ from cds_service.terminology.concepts_file import load_concepts
 
 REPO = REPO_ROOT
 DATA = REPO / "tests" / "data" / "record"
-SYNTHEA = SHARED_DIR / "fhir-samples" / "synthea"
+SYNTHEA = SYNTHEA_DIR
 TODAY = date(2025, 1, 15)
 
 LOCAL = "https://hfs-cds.example.org/fhir/CodeSystem/hfs-local"
@@ -791,7 +791,7 @@ def test_dates_are_never_taken_from_the_clock(concepts):
 
 
 # ------------------------------------------------------------------ Synthea: realistic records without HFS
-SYNTHEA_FILES = sorted(SYNTHEA.glob("*.json")) if SYNTHEA.is_dir() else []
+SYNTHEA_FILES = sorted(SYNTHEA.glob("*.json"))
 HFS_CONCEPTS = {
     "hemifacial_spasm",
     "rfa_facial_nerve",
@@ -809,7 +809,6 @@ HFS_CONCEPTS = {
 }
 
 
-@pytest.mark.skipif(not SYNTHEA_FILES, reason="shared Synthea samples not present")
 @pytest.mark.parametrize("path", SYNTHEA_FILES, ids=lambda p: p.name.split("_")[0])
 def test_synthea_patients_have_no_hfs_facts_and_read_cleanly(concepts, path):
     record = build(concepts, {"everything": json.loads(path.read_text(encoding="utf-8"))})
@@ -822,7 +821,6 @@ def test_synthea_patients_have_no_hfs_facts_and_read_cleanly(concepts, path):
     assert [p.effective for p in pains] == sorted((p.effective for p in pains), reverse=True)
 
 
-@pytest.mark.skipif(not SYNTHEA_FILES, reason="shared Synthea samples not present")
 def test_synthea_patient_with_hypertension_and_type_2_diabetes(concepts):
     [path] = [p for p in SYNTHEA_FILES if p.name.startswith("Evelyn")]
     record = build(concepts, {"everything": json.loads(path.read_text(encoding="utf-8"))})

@@ -8,12 +8,11 @@ import math
 import re
 import tomllib
 from datetime import date
-from pathlib import Path
 
 import pytest
 from support import evidence
 from support.chart import Chart, all_cards
-from support.paths import SCENARIOS_DIR
+from support.paths import SCENARIOS_DIR, SYNTHEA_DIR
 
 from cds_service.clinical.evaluate import evaluate
 from cds_service.clinical.record import PatientRecord
@@ -27,7 +26,7 @@ from cds_service.content.cards import (
 )
 
 CARD_FILES = sorted(p for p in DEFAULT_CARDS_DIR.glob("*.toml") if p.name not in ("concepts.toml", "services.toml"))
-SYNTHEA = sorted(Path("/work/shared/fhir-samples/synthea").glob("*.json"))
+SYNTHEA = sorted(SYNTHEA_DIR.glob("*.json"))
 
 
 def raw(card_id: str) -> dict:

@@ -26,9 +26,9 @@ from support.openapi_support import (
     schema_errors,
     validator_at,
 )
-from support.paths import SHARED_DIR
+from support.paths import SPEC_EXAMPLES_DIR
 
-SPEC_EXAMPLES = SHARED_DIR / "cds-hooks-spec"
+SPEC_EXAMPLES = SPEC_EXAMPLES_DIR
 
 PATIENT_VIEW = "hfs-outcomes-patient-view"
 ORDER_SELECT = "hfs-outcomes-order-select"

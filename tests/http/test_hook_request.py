@@ -7,13 +7,13 @@ import json
 
 import pytest
 from support.fhir import hook_request
-from support.paths import SHARED_DIR
+from support.paths import SPEC_EXAMPLES_DIR
 
 from cds_service.content.services import PrefetchTemplate, ServiceDefinition
 from cds_service.errors import ApiError
 from cds_service.http.hook_request import parse_hook_request
 
-SPEC = SHARED_DIR / "cds-hooks-spec"
+SPEC = SPEC_EXAMPLES_DIR
 INSTANCE = "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea"
 
 
