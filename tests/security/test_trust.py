@@ -97,7 +97,7 @@ keys = [{json.dumps(jwks["keys"][0]).replace('":', '" =')}]
         ({"iss": ISS}, "needs keys"),
         ({"iss": ISS, "jwks": "not json"}, "not a JSON string"),
         ({"iss": ISS, "jwks": {"keys": []}}, "empty"),
-        ({"iss": ISS, "jwks_file": "/nonexistent/jwks.json"}, "cannot read jwks_file"),
+        ({"iss": ISS, "jwks_file": "no-such-folder/jwks.json"}, "cannot read jwks_file"),
         ({"iss": ISS, "jwks": {"keys": []}, "jwks_file": "x.json"}, "not both"),
         ({"iss": ISS, "jku_allowlist": ["ftp://x/jwks"]}, "not an http(s) URL"),
         ({"iss": ISS, "jku_allowlist": "https://x/jwks"}, "list of non-empty strings"),
