@@ -7,7 +7,8 @@ import json
 from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
-from support.paths import REPO_ROOT, SHARED_DIR
+from support.fhir import ICD10CM, condition, searchset, status
+from support.paths import REPO_ROOT, SYNTHEA_DIR
 
 from cds_service.clinical.dates import day_of, months_between
 from cds_service.clinical.record import (
@@ -25,11 +26,10 @@ from cds_service.terminology.concepts_file import load_concepts
 
 REPO = REPO_ROOT
 DATA = REPO / "tests" / "data" / "record"
-SYNTHEA = SHARED_DIR / "fhir-samples" / "synthea"
+SYNTHEA = SYNTHEA_DIR
 TODAY = date(2025, 1, 15)
 
 LOCAL = "https://hfs-cds.example.org/fhir/CodeSystem/hfs-local"
-ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 UCUM = "http://unitsofmeasure.org"
 SUBJECT = {"reference": "Patient/p1"}
 
@@ -41,10 +41,6 @@ def concepts():
 
 def bundle(name: str) -> dict:
     return json.loads((DATA / name).read_text(encoding="utf-8"))
-
-
-def searchset(*resources: dict) -> dict:
-    return {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in resources]}
 
 
 def build(concepts, resources, draft_orders=None, selections=None, today=TODAY, unavailable=None) -> PatientRecord:
@@ -63,20 +59,6 @@ def observation(code: str, status="final", when="2024-12-01", **value) -> dict:
     }
     resource.update(value)
     return resource
-
-
-def condition(code: str, **extra) -> dict:
-    resource = {
-        "resourceType": "Condition",
-        "code": {"coding": [{"system": ICD10CM, "code": code}]},
-        "subject": SUBJECT,
-    }
-    resource.update(extra)
-    return resource
-
-
-def status(code: str) -> dict:
-    return {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": code}]}
 
 
 def disease_duration(record: PatientRecord) -> float | None:
@@ -820,7 +802,7 @@ def test_dates_are_never_taken_from_the_clock(concepts):
 
 
 # ------------------------------------------------------------------ Synthea: realistic records without HFS
-SYNTHEA_FILES = sorted(SYNTHEA.glob("*.json")) if SYNTHEA.is_dir() else []
+SYNTHEA_FILES = sorted(SYNTHEA.glob("*.json"))
 HFS_CONCEPTS = {
     "hemifacial_spasm",
     "rfa_facial_nerve",
@@ -838,7 +820,6 @@ HFS_CONCEPTS = {
 }
 
 
-@pytest.mark.skipif(not SYNTHEA_FILES, reason="shared Synthea samples not present")
 @pytest.mark.parametrize("path", SYNTHEA_FILES, ids=lambda p: p.name.split("_")[0])
 def test_synthea_patients_have_no_hfs_facts_and_read_cleanly(concepts, path):
     record = build(concepts, {"everything": json.loads(path.read_text(encoding="utf-8"))})
@@ -851,7 +832,6 @@ def test_synthea_patients_have_no_hfs_facts_and_read_cleanly(concepts, path):
     assert [p.effective for p in pains] == sorted((p.effective for p in pains), reverse=True)
 
 
-@pytest.mark.skipif(not SYNTHEA_FILES, reason="shared Synthea samples not present")
 def test_synthea_patient_with_hypertension_and_type_2_diabetes(concepts):
     [path] = [p for p in SYNTHEA_FILES if p.name.startswith("Evelyn")]
     record = build(concepts, {"everything": json.loads(path.read_text(encoding="utf-8"))})

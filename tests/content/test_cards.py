@@ -8,12 +8,11 @@ import math
 import re
 import tomllib
 from datetime import date
-from pathlib import Path
 
 import pytest
 from support import evidence
 from support.chart import Chart, all_cards
-from support.paths import SCENARIOS_DIR
+from support.paths import SCENARIOS_DIR, SYNTHEA_DIR
 
 from cds_service.clinical.evaluate import evaluate
 from cds_service.clinical.record import PatientRecord
@@ -27,7 +26,7 @@ from cds_service.content.cards import (
 )
 
 CARD_FILES = sorted(p for p in DEFAULT_CARDS_DIR.glob("*.toml") if p.name not in ("concepts.toml", "services.toml"))
-SYNTHEA = sorted(Path("/work/shared/fhir-samples/synthea").glob("*.json"))
+SYNTHEA = sorted(SYNTHEA_DIR.glob("*.json"))
 
 
 def raw(card_id: str) -> dict:
@@ -45,9 +44,10 @@ def test_the_five_cards_load_with_their_ids_and_versions():
 
 
 @pytest.mark.parametrize("card_id", sorted(evidence.CARD_SECTION))
-def test_every_figure_of_a_card_is_a_number_its_evidence_section_gives(card_id):
-    letter = evidence.CARD_SECTION[card_id]
+def test_every_figure_of_a_card_is_the_one_the_evidence_register_gives(card_id):
     data = raw(card_id)
+    assert evidence.unregistered(card_id, data["figures"]) == {}
+    letter = evidence.CARD_SECTION[card_id]
     not_published = {name: value for name, value in data["figures"].items() if not evidence.published(letter, value)}
     assert not_published == {}
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import pytest
 from jsonschema import Draft202012Validator
 from schemathesis.specs.openapi.definitions import OPENAPI_31
+from support.fhir import hook_request, patient_view, searchset
 from support.openapi_support import (
     assert_documented,
     documented_operations,
@@ -25,9 +26,9 @@ from support.openapi_support import (
     schema_errors,
     validator_at,
 )
-from support.paths import SHARED_DIR
+from support.paths import SPEC_EXAMPLES_DIR
 
-SPEC_EXAMPLES = SHARED_DIR / "cds-hooks-spec"
+SPEC_EXAMPLES = SPEC_EXAMPLES_DIR
 
 PATIENT_VIEW = "hfs-outcomes-patient-view"
 ORDER_SELECT = "hfs-outcomes-order-select"
@@ -47,17 +48,6 @@ RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 
 
 # ------------------------------------------------------------------ patients
-
-
-def searchset(*resources: dict) -> dict:
-    return {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "total": len(resources),
-        "entry": [
-            {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": r, "search": {"mode": "match"}} for r in resources
-        ],
-    }
 
 
 def coded(system: str, code: str, display: str) -> dict:
@@ -87,6 +77,7 @@ def hfs_patient_prefetch(patient_id: str = "hfs-1") -> dict:
                 "code": coded(ICD10CM, "I10", "Essential (primary) hypertension"),
                 "onsetDateTime": "2015-01-10",
             },
+            server=True,
         ),
         "procedures": searchset(
             {
@@ -97,6 +88,7 @@ def hfs_patient_prefetch(patient_id: str = "hfs-1") -> dict:
                 "code": coded(ICD10PCS, "00NM0ZZ", "Release Facial Nerve, Open Approach"),
                 "performedPeriod": {"start": "2023-05-10T08:00:00Z", "end": "2023-05-10T11:30:00Z"},
             },
+            server=True,
         ),
         "observations": searchset(
             {
@@ -113,6 +105,7 @@ def hfs_patient_prefetch(patient_id: str = "hfs-1") -> dict:
                     "code": "{score}",
                 },
             },
+            server=True,
         ),
         "medicationRequests": searchset(
             {
@@ -124,6 +117,7 @@ def hfs_patient_prefetch(patient_id: str = "hfs-1") -> dict:
                 "authoredOn": "2017-07-01",
                 "medicationCodeableConcept": coded(RXNORM, "2002", "carbamazepine"),
             },
+            server=True,
         ),
         "medicationStatements": None,
     }
@@ -156,6 +150,7 @@ def synthea_like_prefetch(patient_id: str = "5c2f6a7e-1b0d-4c1e-9a63-0a2d2f1c9e1
                 "code": coded(SNOMED, "162864005", "Body mass index 30+ - obesity (finding)"),
                 "onsetDateTime": "2015-06-01T09:00:00+01:00",
             },
+            server=True,
         ),
         "procedures": searchset(
             {
@@ -166,6 +161,7 @@ def synthea_like_prefetch(patient_id: str = "5c2f6a7e-1b0d-4c1e-9a63-0a2d2f1c9e1
                 "code": coded(SNOMED, "430193006", "Medication Reconciliation (procedure)"),
                 "performedPeriod": {"start": "2019-03-01T09:00:00+01:00", "end": "2019-03-01T09:15:00+01:00"},
             },
+            server=True,
         ),
         "observations": searchset(
             {
@@ -177,9 +173,10 @@ def synthea_like_prefetch(patient_id: str = "5c2f6a7e-1b0d-4c1e-9a63-0a2d2f1c9e1
                 "effectiveDateTime": "2019-03-01T09:00:00+01:00",
                 "valueQuantity": {"value": 178.2, "unit": "cm", "system": "http://unitsofmeasure.org", "code": "cm"},
             },
+            server=True,
         ),
-        "medicationRequests": searchset(),
-        "medicationStatements": searchset(),
+        "medicationRequests": searchset(server=True),
+        "medicationStatements": searchset(server=True),
     }
 
 
@@ -202,21 +199,6 @@ def mvd_draft_orders(patient_id: str = "hfs-1") -> dict:
     }
 
 
-def hook_request(hook: str, *, prefetch: dict | None = None, **context) -> dict:
-    body = {
-        "hook": hook,
-        "hookInstance": str(uuid.uuid4()),
-        "context": {"userId": "Practitioner/example", "patientId": "hfs-1", **context},
-    }
-    if prefetch is not None:
-        body["prefetch"] = prefetch
-    return body
-
-
-def patient_view(prefetch: dict, patient_id: str) -> dict:
-    return hook_request("patient-view", prefetch=prefetch, patientId=patient_id, encounterId="enc-1")
-
-
 def order_select(prefetch: dict | None) -> dict:
     return hook_request(
         "order-select", prefetch=prefetch, selections=["ServiceRequest/mvd-order"], draftOrders=mvd_draft_orders()
@@ -233,24 +215,6 @@ def feedback_body(card_uuid: str, outcome: str = "overridden") -> dict:
 
 
 # ------------------------------------------------------------------ app
-
-
-@pytest.fixture
-def make_client(tmp_path):
-    """A test client of the real app in development mode; overrides go to create_app."""
-    from cds_service.http.app import create_app
-
-    def make(**overrides):
-        instance = tmp_path / f"instance-{len(list(tmp_path.iterdir()))}"
-        app = create_app(instance_path=instance, allow_unsigned=True, **overrides)
-        return app.test_client()
-
-    return make
-
-
-@pytest.fixture
-def client(make_client):
-    return make_client()
 
 
 def url(template: str, service_id: str = PATIENT_VIEW) -> str:
@@ -276,7 +240,7 @@ def _bad_token(template: str, method: str, body: dict | None = None):
 
 
 def _hfs_patient_view(make):
-    return make().post(url(CALL), json=patient_view(hfs_patient_prefetch(), "hfs-1"))
+    return make().post(url(CALL), json=patient_view("hfs-1", prefetch=hfs_patient_prefetch(), encounterId="enc-1"))
 
 
 def _order_select_without_prefetch(make):
@@ -284,7 +248,7 @@ def _order_select_without_prefetch(make):
 
 
 def _invalid_hook_request(make):
-    body = patient_view(hfs_patient_prefetch(), "hfs-1")
+    body = patient_view("hfs-1", prefetch=hfs_patient_prefetch(), encounterId="enc-1")
     del body["context"]["patientId"]
     return make().post(url(CALL), json=body)
 
@@ -369,7 +333,9 @@ SCENARIOS: dict[tuple[str, str, int], Scenario] = {
     (DISCOVERY, "OPTIONS", 200): _plain_options(DISCOVERY),
     (CALL, "POST", 200): _hfs_patient_view,
     (CALL, "POST", 400): _invalid_hook_request,
-    (CALL, "POST", 401): _bad_token(CALL, "POST", patient_view(hfs_patient_prefetch(), "hfs-1")),
+    (CALL, "POST", 401): _bad_token(
+        CALL, "POST", patient_view("hfs-1", prefetch=hfs_patient_prefetch(), encounterId="enc-1")
+    ),
     (CALL, "POST", 404): _unknown_service(CALL),
     (CALL, "POST", 412): _order_select_without_prefetch,
     (CALL, "POST", 413): _too_large(CALL),
@@ -431,7 +397,7 @@ def test_discovery_lists_every_service_with_its_hook_and_prefetch_templates(clie
 
 
 def test_a_chart_with_hemifacial_spasm_after_mvd_gets_cards_that_match_the_contract(client):
-    response = client.post(url(CALL), json=patient_view(hfs_patient_prefetch(), "hfs-1"))
+    response = client.post(url(CALL), json=patient_view("hfs-1", prefetch=hfs_patient_prefetch(), encounterId="enc-1"))
     assert response.status_code == 200, response.get_data(as_text=True)
     assert_documented(CALL, "POST", response)
     cards = response.get_json()["cards"]
@@ -441,7 +407,9 @@ def test_a_chart_with_hemifacial_spasm_after_mvd_gets_cards_that_match_the_contr
 
 def test_a_synthea_like_chart_without_hemifacial_spasm_answers_within_the_contract(client):
     patient_id = "5c2f6a7e-1b0d-4c1e-9a63-0a2d2f1c9e11"
-    response = client.post(url(CALL), json=patient_view(synthea_like_prefetch(patient_id), patient_id))
+    response = client.post(
+        url(CALL), json=patient_view(patient_id, prefetch=synthea_like_prefetch(patient_id), encounterId="enc-1")
+    )
     assert response.status_code == 200, response.get_data(as_text=True)
     assert_documented(CALL, "POST", response)
     summaries = " ".join(card["summary"] for card in response.get_json()["cards"]).lower()
@@ -479,14 +447,18 @@ def test_a_request_body_that_is_not_json_is_a_400_invalid_json(client):
 
 
 def test_a_hook_request_for_another_hook_is_a_400_invalid_request(client):
-    response = client.post(url(CALL, ORDER_SIGN), json=patient_view(hfs_patient_prefetch(), "hfs-1"))
+    response = client.post(
+        url(CALL, ORDER_SIGN), json=patient_view("hfs-1", prefetch=hfs_patient_prefetch(), encounterId="enc-1")
+    )
     assert response.status_code == 400
     assert_documented(CALL, "POST", response)
     assert response.get_json()["error"] == "invalid_request"
 
 
 def test_feedback_on_a_card_just_issued_is_stored(client):
-    cards = client.post(url(CALL), json=patient_view(hfs_patient_prefetch(), "hfs-1")).get_json()["cards"]
+    cards = client.post(
+        url(CALL), json=patient_view("hfs-1", prefetch=hfs_patient_prefetch(), encounterId="enc-1")
+    ).get_json()["cards"]
     card_uuid = cards[0]["uuid"] if cards else str(uuid.uuid4())
     body = {"feedback": [feedback_body(card_uuid)["feedback"][0], feedback_body(card_uuid, "accepted")["feedback"][0]]}
     response = client.post(url(FEEDBACK), json=body)
@@ -504,7 +476,9 @@ def test_feedback_that_is_not_json_is_a_400_invalid_json(client):
 
 def test_a_refused_token_gets_a_bare_401_with_a_bearer_challenge(client):
     response = client.post(
-        url(CALL), json=patient_view(hfs_patient_prefetch(), "hfs-1"), headers={"Authorization": "Bearer not-a-jwt"}
+        url(CALL),
+        json=patient_view("hfs-1", prefetch=hfs_patient_prefetch(), encounterId="enc-1"),
+        headers={"Authorization": "Bearer not-a-jwt"},
     )
     assert response.status_code == 401
     assert_documented(CALL, "POST", response)
@@ -531,10 +505,7 @@ def flask_operations(app) -> set[tuple[str, str]]:
     return operations
 
 
-def test_every_route_of_the_app_is_in_the_contract_and_every_operation_is_served(tmp_path):
-    from cds_service.http.app import create_app
-
-    app = create_app(instance_path=tmp_path, allow_unsigned=True)
+def test_every_route_of_the_app_is_in_the_contract_and_every_operation_is_served(app):
     assert flask_operations(app) == documented_operations()
 
 

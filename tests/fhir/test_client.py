@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+from support.fhir import condition, searchset
 from werkzeug import Response
 
 from cds_service.config import Settings
@@ -54,17 +55,6 @@ def patient() -> dict:
     return {"resourceType": "Patient", "id": PATIENT_ID, "birthDate": "1970-01-01"}
 
 
-def searchset(entries: list[dict], next_url: str | None = None) -> dict:
-    bundle = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in entries]}
-    if next_url:
-        bundle["link"] = [{"relation": "self", "url": "x"}, {"relation": "next", "url": next_url}]
-    return bundle
-
-
-def condition(n: int) -> dict:
-    return {"resourceType": "Condition", "id": f"c{n}", "subject": {"reference": f"Patient/{PATIENT_ID}"}}
-
-
 def assert_safe(reason: str) -> None:
     assert TOKEN not in reason
     assert PATIENT_ID not in reason
@@ -84,7 +74,9 @@ def test_a_read_sends_exactly_the_bearer_token_and_asks_for_fhir_json(session, f
 
 
 def test_without_a_token_no_authorization_header_is_sent(session, fhir_stub):
-    fhir_stub.expect_request("/fhir/Condition").respond_with_json(searchset([condition(1)]), content_type=FHIR)
+    fhir_stub.expect_request("/fhir/Condition").respond_with_json(
+        searchset(condition(id="c1", patient=PATIENT_ID)), content_type=FHIR
+    )
     make_client(session, fhir_stub, token=None).search(f"Condition?patient={PATIENT_ID}")
     ((request, _),) = fhir_stub.log
     assert "Authorization" not in request.headers
@@ -188,7 +180,7 @@ def test_a_body_declared_as_html_is_unavailable_even_if_it_parses(session, fhir_
 
 
 def test_a_read_answered_with_another_resource_type_is_unavailable(session, fhir_stub):
-    fhir_stub.expect_request("/fhir/Patient/p").respond_with_json(searchset([patient()]), content_type=FHIR)
+    fhir_stub.expect_request("/fhir/Patient/p").respond_with_json(searchset(patient()), content_type=FHIR)
     with pytest.raises(FhirUnavailable, match="a Bundle for a Patient read"):
         make_client(session, fhir_stub).read("Patient/p")
 
@@ -218,7 +210,7 @@ def test_a_search_must_answer_a_searchset_bundle(session, fhir_stub, answer):
 
 
 def test_a_body_declared_larger_than_the_cap_is_refused(session, fhir_stub):
-    big = json.dumps(searchset([condition(n) for n in range(5000)]))
+    big = json.dumps(searchset(*(condition(id=f"c{n}", patient=PATIENT_ID) for n in range(5000))))
     fhir_stub.expect_request("/fhir/Condition").respond_with_data(big, content_type=FHIR)
     with pytest.raises(FhirUnavailable, match="larger than the size limit"):
         make_client(session, fhir_stub, max_bytes=64 * 1024).search("Condition?patient=p")
@@ -229,7 +221,7 @@ def test_an_endless_streamed_body_is_cut_at_the_cap(session, fhir_stub):
 
     def endless():
         yield b'{"resourceType": "Bundle", "type": "searchset", "entry": ['
-        chunk = (json.dumps({"resource": condition(1)}) + ",").encode() * 100
+        chunk = (json.dumps({"resource": condition(id="c1", patient=PATIENT_ID)}) + ",").encode() * 100
         while sent["bytes"] < 50 * 1024 * 1024:
             sent["bytes"] += len(chunk)
             yield chunk
@@ -244,7 +236,7 @@ def test_an_endless_streamed_body_is_cut_at_the_cap(session, fhir_stub):
 
 
 def test_a_compressed_body_is_capped_after_decompression(session, fhir_stub):
-    inflated = json.dumps(searchset([condition(1)])).encode() + b" " * (4 * 1024 * 1024)
+    inflated = json.dumps(searchset(condition(id="c1", patient=PATIENT_ID))).encode() + b" " * (4 * 1024 * 1024)
     bomb = gzip.compress(inflated)
     assert len(bomb) < 64 * 1024
     fhir_stub.expect_request("/fhir/Condition").respond_with_data(
@@ -255,7 +247,7 @@ def test_a_compressed_body_is_capped_after_decompression(session, fhir_stub):
 
 
 def test_a_compressed_body_within_the_cap_is_read(session, fhir_stub):
-    body = searchset([condition(n) for n in range(50)])
+    body = searchset(*(condition(id=f"c{n}", patient=PATIENT_ID) for n in range(50)))
     fhir_stub.expect_request("/fhir/Condition").respond_with_data(
         gzip.compress(json.dumps(body).encode()), content_type=FHIR, headers={"Content-Encoding": "gzip"}
     )
@@ -324,13 +316,19 @@ def test_a_closed_port_is_unreachable(session):
 def test_pages_are_followed_and_merged_in_order(session, fhir_stub):
     url = fhir_stub.url_for("/fhir/Condition")
     fhir_stub.expect_request("/fhir/Condition", query_string={"patient": "p"}).respond_with_json(
-        searchset([condition(1), condition(2)], f"{url}?page=2"), content_type=FHIR
+        searchset(
+            condition(id="c1", patient=PATIENT_ID),
+            condition(id="c2", patient=PATIENT_ID),
+            next_url=f"{url}?page=2",
+            self_url="x",
+        ),
+        content_type=FHIR,
     )
     fhir_stub.expect_request("/fhir/Condition", query_string={"page": "2"}).respond_with_json(
-        searchset([condition(3)], f"{url}?page=3"), content_type=FHIR
+        searchset(condition(id="c3", patient=PATIENT_ID), next_url=f"{url}?page=3", self_url="x"), content_type=FHIR
     )
     fhir_stub.expect_request("/fhir/Condition", query_string={"page": "3"}).respond_with_json(
-        searchset([condition(4)]), content_type=FHIR
+        searchset(condition(id="c4", patient=PATIENT_ID)), content_type=FHIR
     )
     result = make_client(session, fhir_stub).search_pages("Condition?patient=p")
     assert [e["resource"]["id"] for e in result.bundle["entry"]] == ["c1", "c2", "c3", "c4"]
@@ -342,9 +340,16 @@ def test_pages_are_followed_and_merged_in_order(session, fhir_stub):
 def test_a_next_link_of_the_form_base_query_is_followed(session, fhir_stub):
     """HAPI-style paging: the next link is the base URL itself with _getpages."""
     fhir_stub.expect_request("/fhir/Condition").respond_with_json(
-        searchset([condition(1)], fhir_stub.url_for("/fhir") + "?_getpages=abc&_getpagesoffset=1"), content_type=FHIR
+        searchset(
+            condition(id="c1", patient=PATIENT_ID),
+            next_url=fhir_stub.url_for("/fhir") + "?_getpages=abc&_getpagesoffset=1",
+            self_url="x",
+        ),
+        content_type=FHIR,
     )
-    fhir_stub.expect_request("/fhir").respond_with_json(searchset([condition(2)]), content_type=FHIR)
+    fhir_stub.expect_request("/fhir").respond_with_json(
+        searchset(condition(id="c2", patient=PATIENT_ID)), content_type=FHIR
+    )
     bundle = make_client(session, fhir_stub).search("Condition?patient=p")
     assert [e["resource"]["id"] for e in bundle["entry"]] == ["c1", "c2"]
 
@@ -355,7 +360,11 @@ def test_endless_paging_stops_at_max_pages_and_says_so(session, fhir_stub):
     def page(request):
         counter["n"] += 1
         n = counter["n"]
-        body = searchset([condition(n)], fhir_stub.url_for("/fhir/Condition") + f"?page={n + 1}")
+        body = searchset(
+            condition(id=f"c{n}", patient=PATIENT_ID),
+            next_url=fhir_stub.url_for("/fhir/Condition") + f"?page={n + 1}",
+            self_url="x",
+        )
         return Response(json.dumps(body), content_type=FHIR)
 
     fhir_stub.expect_request("/fhir/Condition").respond_with_handler(page)
@@ -377,7 +386,9 @@ def test_endless_paging_stops_at_max_pages_and_says_so(session, fhir_stub):
 def test_a_next_link_outside_the_fhir_base_is_not_followed_and_the_token_stays_home(
     session, fhir_stub, elsewhere_stub, where
 ):
-    elsewhere_stub.expect_request("/fhir/Condition").respond_with_json(searchset([condition(9)]), content_type=FHIR)
+    elsewhere_stub.expect_request("/fhir/Condition").respond_with_json(
+        searchset(condition(id="c9", patient=PATIENT_ID)), content_type=FHIR
+    )
     root = fhir_stub.url_for("/").rstrip("/")
     next_url = {
         "other port": elsewhere_stub.url_for("/fhir/Condition?page=2"),
@@ -388,7 +399,7 @@ def test_a_next_link_outside_the_fhir_base_is_not_followed_and_the_token_stays_h
         "other scheme": root.replace("http://", "https://") + "/fhir/Condition?page=2",
     }[where]
     fhir_stub.expect_request("/fhir/Condition").respond_with_json(
-        searchset([condition(1)], next_url), content_type=FHIR
+        searchset(condition(id="c1", patient=PATIENT_ID), next_url=next_url, self_url="x"), content_type=FHIR
     )
     result = make_client(session, fhir_stub).search_pages("Condition?patient=p")
     assert [e["resource"]["id"] for e in result.bundle["entry"]] == ["c1"]
@@ -399,7 +410,12 @@ def test_a_next_link_outside_the_fhir_base_is_not_followed_and_the_token_stays_h
 
 def test_a_failing_later_page_makes_the_search_unavailable(session, fhir_stub):
     fhir_stub.expect_request("/fhir/Condition", query_string={"patient": "p"}).respond_with_json(
-        searchset([condition(1)], fhir_stub.url_for("/fhir/Condition") + "?page=2"), content_type=FHIR
+        searchset(
+            condition(id="c1", patient=PATIENT_ID),
+            next_url=fhir_stub.url_for("/fhir/Condition") + "?page=2",
+            self_url="x",
+        ),
+        content_type=FHIR,
     )
     fhir_stub.expect_request("/fhir/Condition", query_string={"page": "2"}).respond_with_data("", status=500)
     with pytest.raises(FhirUnavailable, match="answered 500"):

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
+from support.fhir import searchset
 from werkzeug import Response
 
 from cds_service.config import DEFAULT_CARDS_DIR, Settings
@@ -74,13 +75,6 @@ def service(*templates: tuple[str, str, bool]) -> ServiceDefinition:
 
 def base(server) -> str:
     return server.url_for("/fhir").rstrip("/")
-
-
-def searchset(*resources: dict, next_url: str | None = None) -> dict:
-    bundle = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in resources]}
-    if next_url:
-        bundle["link"] = [{"relation": "next", "url": next_url}]
-    return bundle
 
 
 def resource(kind: str, n: int = 1) -> dict:

@@ -7,7 +7,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from support.paths import SHARED_DIR
+from support.paths import SPEC_EXAMPLES_DIR
 
 from cds_service.errors import ApiError
 from cds_service.http.feedback import (
@@ -18,7 +18,7 @@ from cds_service.http.feedback import (
     parse_feedback,
 )
 
-SPEC = SHARED_DIR / "cds-hooks-spec"
+SPEC = SPEC_EXAMPLES_DIR
 CARD = "4e0a3a1e-3283-4575-ab82-028d55fe2719"
 
 

@@ -6,13 +6,14 @@ import copy
 import json
 
 import pytest
-from support.paths import SHARED_DIR
+from support.fhir import hook_request
+from support.paths import SPEC_EXAMPLES_DIR
 
 from cds_service.content.services import PrefetchTemplate, ServiceDefinition
 from cds_service.errors import ApiError
 from cds_service.http.hook_request import parse_hook_request
 
-SPEC = SHARED_DIR / "cds-hooks-spec"
+SPEC = SPEC_EXAMPLES_DIR
 INSTANCE = "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea"
 
 
@@ -34,14 +35,10 @@ def order_request(example: str, hook: str) -> dict:
     return {"hook": hook, "hookInstance": INSTANCE, "context": spec_json(example)["context"]}
 
 
-def patient_view(**changes) -> dict:
-    body = {
-        "hook": "patient-view",
-        "hookInstance": INSTANCE,
-        "context": {"userId": "Practitioner/example", "patientId": "1288992"},
-    }
-    body.update(changes)
-    return body
+def spec_request(**top_level) -> dict:
+    """The spec example patient's patient-view request, without prefetch (support.fhir);
+    `top_level` members replace the built ones, to make it invalid."""
+    return hook_request("patient-view", patient_id="1288992", instance=INSTANCE) | top_level
 
 
 def refusal(body, hook="patient-view") -> str:
@@ -75,25 +72,25 @@ def test_the_spec_order_sign_examples_are_accepted(example):
 
 
 def test_a_hook_other_than_the_services_is_refused():
-    assert "answers the 'patient-view' hook" in refusal(patient_view(hook="order-sign"))
+    assert "answers the 'patient-view' hook" in refusal(spec_request(hook="order-sign"))
 
 
 @pytest.mark.parametrize("instance", [None, 42, "", "not-a-uuid", "d1577c69"])
 def test_hook_instance_must_be_a_uuid(instance):
-    body = patient_view(hookInstance=instance)
+    body = spec_request(hookInstance=instance)
     assert "hookInstance" in refusal(body)
 
 
 @pytest.mark.parametrize("field", ["userId", "patientId"])
 def test_patient_view_requires_user_and_patient(field):
-    body = patient_view()
+    body = spec_request()
     del body["context"][field]
     assert f"context.{field} is required" in refusal(body)
 
 
 @pytest.mark.parametrize("patient_id", ["../Observation", "a b", "x" * 65, 12, "a&b=c"])
 def test_patient_id_must_be_a_fhir_id(patient_id):
-    body = patient_view()
+    body = spec_request()
     body["context"]["patientId"] = patient_id
     detail = refusal(body)
     assert "context.patientId must be a FHIR id" in detail
@@ -101,7 +98,7 @@ def test_patient_id_must_be_a_fhir_id(patient_id):
 
 
 def test_user_must_be_a_typed_reference_of_an_allowed_type():
-    body = patient_view()
+    body = spec_request()
     body["context"]["userId"] = "Device/1"
     assert "must name one of" in refusal(body)
     body["context"]["userId"] = "example"
@@ -146,7 +143,7 @@ def test_draft_orders_must_be_a_bundle_of_resources(draft):
 
 
 def test_fhir_authorization_needs_a_fhir_server():
-    body = patient_view(fhirAuthorization=spec_json("fhir-authorization.json")["fhirAuthorization"])
+    body = spec_request(fhirAuthorization=spec_json("fhir-authorization.json")["fhirAuthorization"])
     assert "'fhirServer' is required" in refusal(body)
 
 
@@ -160,28 +157,28 @@ def test_fhir_authorization_needs_a_fhir_server():
     ],
 )
 def test_fhir_authorization_must_carry_a_bearer_token(auth):
-    body = patient_view(fhirServer="https://ehr.example.org/fhir", fhirAuthorization=auth)
+    body = spec_request(fhirServer="https://ehr.example.org/fhir", fhirAuthorization=auth)
     detail = refusal(body)
     assert "fhirAuthorization" in detail
 
 
 @pytest.mark.parametrize("server", ["ftp://x", "not a url", "https://user:pw@ehr/fhir", 7, "https://ehr/fhir?x=1"])
 def test_fhir_server_must_be_an_http_base_url(server):
-    assert "fhirServer" in refusal(patient_view(fhirServer=server))
+    assert "fhirServer" in refusal(spec_request(fhirServer=server))
 
 
 def test_fhir_server_trailing_slash_is_dropped():
-    request = parse_hook_request(patient_view(fhirServer="https://ehr.example.org/fhir/"), service("patient-view"))
+    request = parse_hook_request(spec_request(fhirServer="https://ehr.example.org/fhir/"), service("patient-view"))
     assert request.fhir_server == "https://ehr.example.org/fhir"
 
 
 @pytest.mark.parametrize("prefetch", [[], "x", {"patient": "Patient/1"}, {"patient": [1]}])
 def test_prefetch_values_must_be_resources_or_null(prefetch):
-    assert "prefetch" in refusal(patient_view(prefetch=prefetch))
+    assert "prefetch" in refusal(spec_request(prefetch=prefetch))
 
 
 def test_null_prefetch_values_are_kept_as_no_data():
-    request = parse_hook_request(patient_view(prefetch={"patient": None}), service("patient-view"))
+    request = parse_hook_request(spec_request(prefetch={"patient": None}), service("patient-view"))
     assert request.prefetch == {"patient": None}
 
 

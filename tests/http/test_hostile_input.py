@@ -19,8 +19,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.chart import BONE_METASTASIS, LOINC, MVD, MWA_THORACIC, Chart
 
-from cds_service.http.app import create_app
-
 MAX_BODY = 1024 * 1024
 PATIENT_ID = "pt-hostile-5521"
 TOKEN = "tok-hostile-8c1d-secret"
@@ -51,16 +49,10 @@ LEAKS = re.compile(
 )
 
 
-@pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    app = create_app(
-        instance_path=tmp_path_factory.mktemp("hostile"),
-        allow_unsigned=True,
-        max_body_bytes=MAX_BODY,
-        fhir_server_allowlist=(FHIR_BASE,),
-    )
-    yield app.test_client()
-    app.extensions["cds_service"].fhir.close()
+@pytest.fixture
+def app_settings():
+    """The app of `client` (tests/conftest.py): a 1 MiB body limit, a FHIR server that refuses."""
+    return {"max_body_bytes": MAX_BODY, "fhir_server_allowlist": (FHIR_BASE,)}
 
 
 # ------------------------------------------------------------------------- requests
@@ -80,29 +72,7 @@ def chart() -> Chart:
 def valid_request(hook: str, c: Chart | None = None) -> dict:
     """A complete, valid request for `hook` (full prefetch; fhirServer and token given)."""
     c = c or chart()
-    context = {"userId": "Practitioner/dr-amsel", "patientId": c.patient_id}
-    if hook != "patient-view":
-        context["draftOrders"] = {
-            "resourceType": "Bundle",
-            "type": "collection",
-            "entry": [{"resource": r} for r in c.drafts],
-        }
-    if hook == "order-select":
-        context["selections"] = list(c.selections)
-    return {
-        "hook": hook,
-        "hookInstance": str(uuid.uuid4()),
-        "fhirServer": FHIR_BASE,
-        "fhirAuthorization": {
-            "access_token": TOKEN,
-            "token_type": "Bearer",
-            "expires_in": 300,
-            "scope": "patient/*.read",
-            "subject": "cds-service",
-        },
-        "context": context,
-        "prefetch": c.prefetch(),
-    }
+    return c.hook_request(hook, user="Practitioner/dr-amsel", fhir_server=FHIR_BASE, token=TOKEN)
 
 
 def valid_feedback() -> dict:
@@ -891,7 +861,12 @@ def assert_answered(response) -> None:
     assert_no_leak(response)
 
 
-@settings(max_examples=150, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=150,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(
     url=st.sampled_from(URLS + FEEDBACK_URLS),
     value=JSON_VALUES | st.dictionaries(REQUEST_KEYS, JSON_VALUES, max_size=6),
@@ -919,7 +894,12 @@ def replaced(value, path, new):
     return value
 
 
-@settings(max_examples=300, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=300,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(hook=st.sampled_from(ALL), data=st.data(), new=JSON_VALUES)
 def test_a_valid_request_with_any_one_part_replaced_by_any_json_gets_a_json_answer_below_500(client, hook, data, new):
     request = valid_request(hook)
@@ -928,7 +908,12 @@ def test_a_valid_request_with_any_one_part_replaced_by_any_json_gets_a_json_answ
     assert_answered(response)
 
 
-@settings(max_examples=100, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=100,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(data=st.data(), new=JSON_VALUES)
 def test_valid_feedback_with_any_one_part_replaced_gets_a_json_answer_below_500(client, data, new):
     feedback = {"feedback": [entry(), valid_feedback()["feedback"][0]]}
@@ -937,7 +922,12 @@ def test_valid_feedback_with_any_one_part_replaced_gets_a_json_answer_below_500(
     assert_answered(response)
 
 
-@settings(max_examples=100, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=100,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(url=st.sampled_from(URLS + FEEDBACK_URLS), data=st.binary(max_size=200))
 def test_any_bytes_posted_as_json_get_a_json_answer_below_500(client, url, data):
     assert_answered(post_raw(client, url, data))

@@ -151,7 +151,9 @@ def keys() -> dict[str, SigningKey]:
 
 
 @pytest.fixture
-def client(keys) -> Client:
+def ehr(keys) -> Client:
+    """The trusted EHR: signs tokens and verifies them against its trust configuration.
+    (Named `ehr`, not `client`: `client` is the app's test client, tests/conftest.py.)"""
     own = ["es384", "rs384", "es256", "es512", "ps256", "rs512", "eddsa"]
     trust = trust_for(
         [
@@ -169,44 +171,44 @@ def bearer(token: str) -> str:
 # --------------------------------------------------------------------------- accepted
 
 
-def test_a_valid_es384_token_from_a_trusted_ehr_identifies_the_client(client):
+def test_a_valid_es384_token_from_a_trusted_ehr_identifies_the_client(ehr):
     c = claims()
-    identity = client.verify(bearer(client.es384.sign(c)))
+    identity = ehr.verify(bearer(ehr.es384.sign(c)))
     assert identity == ClientIdentity(iss=ISS, sub="ehr-client-42", tenant="hospital-a", jti=c["jti"], kid="ehr-es384")
     assert not identity.anonymous
 
 
-def test_a_valid_rs384_token_is_accepted_and_its_jti_is_remembered_until_exp_plus_leeway(client):
+def test_a_valid_rs384_token_is_accepted_and_its_jti_is_remembered_until_exp_plus_leeway(ehr):
     c = claims(exp=int(NOW) + 120)
-    identity = client.verify(bearer(client.rs384.sign(c)))
+    identity = ehr.verify(bearer(ehr.rs384.sign(c)))
     assert identity.kid == "ehr-rs384"
-    assert client.replay.seen[(ISS, c["jti"])] == datetime.fromtimestamp(NOW + 120 + 30, tz=UTC)
+    assert ehr.replay.seen[(ISS, c["jti"])] == datetime.fromtimestamp(NOW + 120 + 30, tz=UTC)
 
 
 @pytest.mark.parametrize("name", ["es256", "es512", "ps256", "rs512", "eddsa"])
-def test_every_supported_asymmetric_algorithm_verifies(client, keys, name):
-    identity = client.verify(bearer(keys[name].sign(claims())))
+def test_every_supported_asymmetric_algorithm_verifies(ehr, keys, name):
+    identity = ehr.verify(bearer(keys[name].sign(claims())))
     assert identity.kid == keys[name].kid
 
 
-def test_aud_may_be_an_array_containing_the_endpoint_and_a_trailing_slash_is_tolerated(client):
-    assert client.verify(bearer(client.es384.sign(claims(aud=["https://x.example", SERVICE_AUD + "/"]))))
+def test_aud_may_be_an_array_containing_the_endpoint_and_a_trailing_slash_is_tolerated(ehr):
+    assert ehr.verify(bearer(ehr.es384.sign(claims(aud=["https://x.example", SERVICE_AUD + "/"]))))
 
 
-def test_clock_skew_within_the_leeway_is_tolerated(client):
-    token = client.es384.sign(claims(iat=int(NOW) + 20, exp=int(NOW) - 20, nbf=int(NOW) + 25))
-    assert client.verify(bearer(token)).iss == ISS
+def test_clock_skew_within_the_leeway_is_tolerated(ehr):
+    token = ehr.es384.sign(claims(iat=int(NOW) + 20, exp=int(NOW) - 20, nbf=int(NOW) + 25))
+    assert ehr.verify(bearer(token)).iss == ISS
 
 
-def test_the_bearer_scheme_is_case_insensitive(client):
-    assert client.verify("bearer  " + client.es384.sign(claims())).iss == ISS
+def test_the_bearer_scheme_is_case_insensitive(ehr):
+    assert ehr.verify("bearer  " + ehr.es384.sign(claims())).iss == ISS
 
 
-def test_the_same_jti_from_two_issuers_is_two_different_tokens(client, keys):
+def test_the_same_jti_from_two_issuers_is_two_different_tokens(ehr, keys):
     jti = "shared-nonce"
-    client.verify(bearer(client.es384.sign(claims(jti=jti))))
+    ehr.verify(bearer(ehr.es384.sign(claims(jti=jti))))
     other = keys["other"].sign(claims(iss=OTHER_ISS, jti=jti, tenant=DROP))
-    assert client.verify(bearer(other)).iss == OTHER_ISS
+    assert ehr.verify(bearer(other)).iss == OTHER_ISS
 
 
 def test_the_specification_example_token_verifies_inside_its_validity_window():
@@ -240,16 +242,16 @@ def test_the_specification_example_token_verifies_inside_its_validity_window():
 # --------------------------------------------------------------------------- refused
 
 
-def _replayed(client, keys):
-    token = client.es384.sign(claims())
-    client.verify(bearer(token))
+def _replayed(ehr, keys):
+    token = ehr.es384.sign(claims())
+    ehr.verify(bearer(token))
     return bearer(token)
 
 
-def _hs256_with_public_key_as_secret(client, keys):
+def _hs256_with_public_key_as_secret(ehr, keys):
     header = {"alg": "HS256", "typ": "JWT", "kid": "ehr-es384"}
     payload = claims()
-    secret = client.es384.private.public_key().public_bytes(
+    secret = ehr.es384.private.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     unsigned = hand_made_token(header, payload).rsplit(".", 1)[0]
@@ -257,39 +259,39 @@ def _hs256_with_public_key_as_secret(client, keys):
     return bearer(f"{unsigned}.{b64(signature)}")
 
 
-def _hs256_with_the_jwk_as_secret(client, keys):
+def _hs256_with_the_jwk_as_secret(ehr, keys):
     header = {"alg": "HS256", "kid": "ehr-es384"}
-    secret = json.dumps(client.es384.public_jwk).encode()
+    secret = json.dumps(ehr.es384.public_jwk).encode()
     unsigned = hand_made_token(header, claims()).rsplit(".", 1)[0]
     return bearer(f"{unsigned}.{b64(hmac.new(secret, unsigned.encode(), hashlib.sha256).digest())}")
 
 
-def _alg_none(client, keys):
+def _alg_none(ehr, keys):
     return bearer(hand_made_token({"alg": "none", "kid": "ehr-es384"}, claims()))
 
 
-def _alg_none_capitalised(client, keys):
+def _alg_none_capitalised(ehr, keys):
     return bearer(hand_made_token({"alg": "None", "kid": "ehr-es384"}, claims()))
 
 
-def _rs384_header_on_an_ec_key(client, keys):
+def _rs384_header_on_an_ec_key(ehr, keys):
     # kid names the EC key, the token is RS384 (signed with some RSA key)
     return bearer(keys["rs384"].sign(claims(), kid="ehr-es384"))
 
 
-def _es256_header_on_a_p384_key(client, keys):
+def _es256_header_on_a_p384_key(ehr, keys):
     other = ec_key("ehr-es384", ec.SECP256R1(), "ES256")
     return bearer(other.sign(claims()))
 
 
-def _eddsa_header_on_an_rsa_key(client, keys):
+def _eddsa_header_on_an_rsa_key(ehr, keys):
     return bearer(keys["eddsa"].sign(claims(), kid="ehr-rs384"))
 
 
-def _jwk_alg_differs_from_token_alg(client, keys):
+def _jwk_alg_differs_from_token_alg(ehr, keys):
     # PS384 token on the RSA key published with "alg": "RS384" in its JWK
     rsa = keys["rs384"]
-    client.trust = trust_for([{"iss": ISS, "jwks": {"keys": [{**rsa.public_jwk, "alg": "RS384"}]}}])
+    ehr.trust = trust_for([{"iss": ISS, "jwks": {"keys": [{**rsa.public_jwk, "alg": "RS384"}]}}])
     return bearer(rsa.sign(claims(), alg="PS384"))
 
 
@@ -369,14 +371,14 @@ REFUSALS = {
 }
 
 
-def _with_raw_claims(client, raw_member: str) -> str:
+def _with_raw_claims(ehr, raw_member: str) -> str:
     # PyJWT would not emit NaN; sign a hand-written payload with the trusted key.
     c = {k: v for k, v in claims().items() if k != "exp"}
     payload = json.dumps(c)[:-1] + ", " + raw_member + "}"
     header = b64(json.dumps({"alg": "ES384", "kid": "ehr-es384"}).encode())
     signing_input = f"{header}.{b64(payload.encode())}".encode()
     algorithm = ECAlgorithm(ECAlgorithm.SHA384)
-    return bearer(f"{signing_input.decode()}.{b64(algorithm.sign(signing_input, client.es384.private))}")
+    return bearer(f"{signing_input.decode()}.{b64(algorithm.sign(signing_input, ehr.es384.private))}")
 
 
 def _other_issuer_rs(keys):
@@ -390,11 +392,11 @@ def _swap_payload(token: str, payload: dict) -> str:
 
 
 @pytest.mark.parametrize("case", list(REFUSALS), ids=list(REFUSALS))
-def test_a_token_that_does_not_prove_a_trusted_client_is_refused(client, keys, case):
+def test_a_token_that_does_not_prove_a_trusted_client_is_refused(ehr, keys, case):
     make, reason = REFUSALS[case]
-    header = make(client, keys)
+    header = make(ehr, keys)
     with pytest.raises(ClientAuthError) as refused:
-        client.verify(header)
+        ehr.verify(header)
     assert refused.value.reason == reason
 
 
@@ -402,17 +404,17 @@ def test_the_negative_matrix_covers_the_required_attacks():
     assert len(REFUSALS) >= 12
 
 
-def test_a_refused_token_does_not_consume_its_jti(client):
+def test_a_refused_token_does_not_consume_its_jti(ehr):
     c = claims(aud=f"{BASE}/cds-services/other")
     with pytest.raises(ClientAuthError):
-        client.verify(bearer(client.es384.sign(c)))
-    assert client.verify(bearer(client.es384.sign(c)), audience=f"{BASE}/cds-services/other").jti == c["jti"]
+        ehr.verify(bearer(ehr.es384.sign(c)))
+    assert ehr.verify(bearer(ehr.es384.sign(c)), audience=f"{BASE}/cds-services/other").jti == c["jti"]
 
 
-def test_the_refusal_reason_never_contains_the_token_or_sub(client, caplog):
-    token = client.es384.sign(claims(sub="dr-jones", aud="https://elsewhere"))
+def test_the_refusal_reason_never_contains_the_token_or_sub(ehr, caplog):
+    token = ehr.es384.sign(claims(sub="dr-jones", aud="https://elsewhere"))
     with pytest.raises(ClientAuthError) as refused:
-        client.verify(bearer(token))
+        ehr.verify(bearer(token))
     text = str(refused.value)
     assert token not in text and "dr-jones" not in text
     assert text == f"wrong aud (iss={ISS!r})"
@@ -438,20 +440,20 @@ def test_audiences_follow_the_endpoint_called():
     )
 
 
-def test_feedback_accepts_a_token_for_the_feedback_url_or_for_its_service(client):
+def test_feedback_accepts_a_token_for_the_feedback_url_or_for_its_service(ehr):
     audience = audiences_for(BASE, "/cds-services/hfs-mvd-order/feedback")
-    assert client.verify(bearer(client.es384.sign(claims(aud=SERVICE_AUD + "/feedback"))), audience)
-    assert client.verify(bearer(client.es384.sign(claims(aud=SERVICE_AUD))), audience)
+    assert ehr.verify(bearer(ehr.es384.sign(claims(aud=SERVICE_AUD + "/feedback"))), audience)
+    assert ehr.verify(bearer(ehr.es384.sign(claims(aud=SERVICE_AUD))), audience)
     with pytest.raises(ClientAuthError):
-        client.verify(bearer(client.es384.sign(claims(aud=f"{BASE}/cds-services/other"))), audience)
+        ehr.verify(bearer(ehr.es384.sign(claims(aud=f"{BASE}/cds-services/other"))), audience)
 
 
-def test_a_token_for_discovery_cannot_be_used_on_a_service(client):
-    discovery = client.es384.sign(claims(aud=f"{BASE}/cds-services"))
-    assert client.verify(bearer(discovery), audiences_for(BASE, "/cds-services")).iss == ISS
+def test_a_token_for_discovery_cannot_be_used_on_a_service(ehr):
+    discovery = ehr.es384.sign(claims(aud=f"{BASE}/cds-services"))
+    assert ehr.verify(bearer(discovery), audiences_for(BASE, "/cds-services")).iss == ISS
     with pytest.raises(ClientAuthError) as refused:
-        client.verify(
-            bearer(client.es384.sign(claims(aud=f"{BASE}/cds-services"))),
+        ehr.verify(
+            bearer(ehr.es384.sign(claims(aud=f"{BASE}/cds-services"))),
             audiences_for(BASE, "/cds-services/hfs-mvd-order"),
         )
     assert refused.value.reason == "wrong aud"
@@ -473,14 +475,14 @@ def test_development_mode_accepts_a_request_without_a_token_as_anonymous():
     assert verify_client_jwt("", SERVICE_AUD, trust, MemoryReplayGuard()).anonymous
 
 
-def test_development_mode_still_verifies_a_token_that_is_sent(client, keys):
-    client.trust.allow_unsigned = True
-    assert client.verify(bearer(client.es384.sign(claims()))).iss == ISS
+def test_development_mode_still_verifies_a_token_that_is_sent(ehr, keys):
+    ehr.trust.allow_unsigned = True
+    assert ehr.verify(bearer(ehr.es384.sign(claims()))).iss == ISS
     with pytest.raises(ClientAuthError) as refused:
-        client.verify(bearer(keys["attacker"].sign(claims())))
+        ehr.verify(bearer(keys["attacker"].sign(claims())))
     assert refused.value.reason == "bad signature"
     with pytest.raises(ClientAuthError):
-        client.verify("Basic Zm9vOmJhcg==")
+        ehr.verify("Basic Zm9vOmJhcg==")
 
 
 def test_development_mode_is_announced_loudly(caplog):
@@ -619,16 +621,16 @@ def test_a_jku_on_another_issuers_allowlist_is_not_accepted(jwks_server, keys):
 # --------------------------------------------------------------------------- with the real store
 
 
-def test_replay_is_refused_by_the_database_backed_store(tmp_path, client):
+def test_replay_is_refused_by_the_database_backed_store(tmp_path, ehr):
     store_module = pytest.importorskip("cds_service.storage.store")
     store = store_module.Store(f"sqlite:///{tmp_path / 'auth.sqlite3'}")
     # Real time: the store forgets a jti once its token has expired by the wall clock.
     now = int(time.time())
-    token = bearer(client.es384.sign(claims(iat=now, exp=now + 300)))
-    identity = verify_client_jwt(token, SERVICE_AUD, client.trust, store)
+    token = bearer(ehr.es384.sign(claims(iat=now, exp=now + 300)))
+    identity = verify_client_jwt(token, SERVICE_AUD, ehr.trust, store)
     assert identity.iss == ISS
     # Another worker process would open the same database: a second Store instance.
     other_worker = store_module.Store(f"sqlite:///{tmp_path / 'auth.sqlite3'}")
     with pytest.raises(ClientAuthError) as refused:
-        verify_client_jwt(token, SERVICE_AUD, client.trust, other_worker)
+        verify_client_jwt(token, SERVICE_AUD, ehr.trust, other_worker)
     assert refused.value.reason == "replayed jti"

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from support.paths import SPEC_EXAMPLES_DIR
 from werkzeug import Response
 
 from cds_service.config import ConfigError, load_settings
@@ -27,7 +27,7 @@ from cds_service.security.trust import (
     trust_from_settings,
 )
 
-SHARED_SANDBOX_JWKS = Path("/work/shared/cds-hooks-spec/sandbox-jwks.json")
+PUBLISHED_SANDBOX_JWKS = SPEC_EXAMPLES_DIR / "sandbox-jwks.json"
 ISS = "https://ehr.example.org/fhir"
 
 
@@ -97,7 +97,7 @@ keys = [{json.dumps(jwks["keys"][0]).replace('":', '" =')}]
         ({"iss": ISS}, "needs keys"),
         ({"iss": ISS, "jwks": "not json"}, "not a JSON string"),
         ({"iss": ISS, "jwks": {"keys": []}}, "empty"),
-        ({"iss": ISS, "jwks_file": "/nonexistent/jwks.json"}, "cannot read jwks_file"),
+        ({"iss": ISS, "jwks_file": "no-such-folder/jwks.json"}, "cannot read jwks_file"),
         ({"iss": ISS, "jwks": {"keys": []}, "jwks_file": "x.json"}, "not both"),
         ({"iss": ISS, "jku_allowlist": ["ftp://x/jwks"]}, "not an http(s) URL"),
         ({"iss": ISS, "jku_allowlist": "https://x/jwks"}, "list of non-empty strings"),
@@ -192,9 +192,8 @@ def test_the_sandbox_issuer_is_added_only_when_asked(tmp_path):
     assert sandbox.static_keys["44823f3d-0b01-4a6c-a80e-b9d3e8a7226f"].accepts("ES384")
 
 
-@pytest.mark.skipif(not SHARED_SANDBOX_JWKS.exists(), reason="shared spec folder not present")
 def test_the_packaged_sandbox_key_set_is_the_published_one():
-    assert json.loads(SANDBOX_JWKS_PATH.read_text()) == json.loads(SHARED_SANDBOX_JWKS.read_text())
+    assert json.loads(SANDBOX_JWKS_PATH.read_text()) == json.loads(PUBLISHED_SANDBOX_JWKS.read_text())
 
 
 def test_settings_combine_the_trust_file_and_the_sandbox(tmp_path, jwks):

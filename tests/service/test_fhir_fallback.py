@@ -16,11 +16,11 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 import requests
+from support.fhir import hook_request
 from support.fhir_server_fixture import created_ids
 from werkzeug import Response
 
 from cds_service.config import DEFAULT_CARDS_DIR
-from cds_service.http.app import create_app
 
 pytestmark = pytest.mark.fhir_server
 
@@ -219,44 +219,12 @@ def synthea_like() -> Transaction:
 
 
 @pytest.fixture
-def client(tmp_path):
-    app = create_app(instance_path=tmp_path, allow_unsigned=True, fhir_time_budget_s=10.0)
-    yield app.test_client()
-    app.extensions["cds_service"].fhir.close()
+def app_settings():
+    """The app of `client` (tests/conftest.py): time enough for a real FHIR server."""
+    return {"fhir_time_budget_s": 10.0}
 
 
-def hook_request(
-    hook: str,
-    patient_id: str,
-    fhir_base: str,
-    token: str,
-    *,
-    prefetch: dict | None = None,
-    draft_orders: list[dict] | None = None,
-) -> dict:
-    context = {"userId": "Practitioner/dr-okafor", "patientId": patient_id}
-    if draft_orders is not None:
-        context["draftOrders"] = {
-            "resourceType": "Bundle",
-            "type": "collection",
-            "entry": [{"resource": r} for r in draft_orders],
-        }
-    body = {
-        "hook": hook,
-        "hookInstance": str(uuid.uuid4()),
-        "fhirServer": fhir_base,
-        "fhirAuthorization": {
-            "access_token": token,
-            "token_type": "Bearer",
-            "expires_in": 300,
-            "scope": "patient/*.read",
-            "subject": "cds-service",
-        },
-        "context": context,
-    }
-    if prefetch is not None:
-        body["prefetch"] = prefetch
-    return body
+USER = "Practitioner/dr-okafor"
 
 
 def mvd_order(patient_id: str) -> dict:
@@ -307,7 +275,11 @@ def test_opening_the_chart_of_an_hfs_patient_after_mvd_shows_the_recurrence_card
     mvd_day = months_ago(10, extra_days=3)
 
     response = call(
-        client, PATIENT_VIEW, hook_request("patient-view", patient_id, fhir_server.base_url, fhir_server.token)
+        client,
+        PATIENT_VIEW,
+        hook_request(
+            "patient-view", patient_id=patient_id, fhir_server=fhir_server.base_url, token=fhir_server.token, user=USER
+        ),
     )
 
     card = one_card(response, r"^MVD ")
@@ -329,7 +301,12 @@ def test_signing_an_mvd_order_lists_carbamazepine_and_the_fetched_observations_w
         client,
         ORDER_SIGN,
         hook_request(
-            "order-sign", patient_id, fhir_server.base_url, fhir_server.token, draft_orders=[mvd_order(patient_id)]
+            "order-sign",
+            patient_id=patient_id,
+            fhir_server=fhir_server.base_url,
+            token=fhir_server.token,
+            user=USER,
+            draft_orders=[mvd_order(patient_id)],
         ),
     )
 
@@ -353,7 +330,11 @@ def test_opening_the_chart_of_a_patient_with_a_painful_vertebral_metastasis_show
     patient_id = load(fhir_server, vertebral_metastasis_in_pain())
 
     response = call(
-        client, PATIENT_VIEW, hook_request("patient-view", patient_id, fhir_server.base_url, fhir_server.token)
+        client,
+        PATIENT_VIEW,
+        hook_request(
+            "patient-view", patient_id=patient_id, fhir_server=fhir_server.base_url, token=fhir_server.token, user=USER
+        ),
     )
 
     card = one_card(response, r"^Painful vertebral metastasis")
@@ -366,7 +347,9 @@ def test_opening_the_chart_of_a_patient_with_a_painful_vertebral_metastasis_show
 
 def test_an_unrelated_synthea_style_chart_gets_no_cards(fhir_server, client):
     patient_id = load(fhir_server, synthea_like())
-    body = hook_request("patient-view", patient_id, fhir_server.base_url, fhir_server.token)
+    body = hook_request(
+        "patient-view", patient_id=patient_id, fhir_server=fhir_server.base_url, token=fhir_server.token, user=USER
+    )
 
     response = call(client, PATIENT_VIEW, body)
 
@@ -384,7 +367,14 @@ def test_an_order_for_an_unrelated_patient_gets_no_cards_either(fhir_server, cli
         "code": {"coding": [{"system": SNOMED, "code": "80146002", "display": "Appendectomy"}]},
         "subject": {"reference": f"Patient/{patient_id}"},
     }
-    body = hook_request("order-sign", patient_id, fhir_server.base_url, fhir_server.token, draft_orders=[appendectomy])
+    body = hook_request(
+        "order-sign",
+        patient_id=patient_id,
+        fhir_server=fhir_server.base_url,
+        token=fhir_server.token,
+        user=USER,
+        draft_orders=[appendectomy],
+    )
 
     assert call(client, ORDER_SIGN, body).get_json() == {"cards": []}
 
@@ -392,7 +382,12 @@ def test_an_order_for_an_unrelated_patient_gets_no_cards_either(fhir_server, cli
 def test_an_mvd_order_for_a_patient_without_hfs_gets_no_amr_card(fhir_server, client):
     patient_id = load(fhir_server, synthea_like())
     body = hook_request(
-        "order-sign", patient_id, fhir_server.base_url, fhir_server.token, draft_orders=[mvd_order(patient_id)]
+        "order-sign",
+        patient_id=patient_id,
+        fhir_server=fhir_server.base_url,
+        token=fhir_server.token,
+        user=USER,
+        draft_orders=[mvd_order(patient_id)],
     )
 
     summaries = [c["summary"] for c in cards_of(call(client, ORDER_SIGN, body))]
@@ -413,9 +408,10 @@ def test_with_a_partial_prefetch_what_was_sent_is_used_and_only_the_rest_is_fetc
     assert len(conditions["entry"]) == 1
     body = hook_request(
         "patient-view",
-        patient_id,
-        fhir_server.base_url,
-        fhir_server.token,
+        patient_id=patient_id,
+        fhir_server=fhir_server.base_url,
+        token=fhir_server.token,
+        user=USER,
         prefetch={"patient": patient, "conditions": conditions},
     )
 
@@ -431,7 +427,7 @@ def test_with_a_partial_prefetch_what_was_sent_is_used_and_only_the_rest_is_fetc
 def test_a_wrong_token_is_412_naming_the_required_keys_without_the_token_or_patient(fhir_server, client):
     patient_id = load(fhir_server, hfs_after_mvd())
     wrong = "wrong-" + fhir_server.token[::-1]
-    body = hook_request("patient-view", patient_id, fhir_server.base_url, wrong)
+    body = hook_request("patient-view", patient_id=patient_id, fhir_server=fhir_server.base_url, token=wrong, user=USER)
 
     response = call(client, PATIENT_VIEW, body)
 
@@ -455,7 +451,14 @@ def test_a_wrong_token_with_the_required_keys_prefetched_still_answers_with_card
         ).json()
         for key, kind in (("conditions", "Condition"), ("procedures", "Procedure"))
     }
-    body = hook_request("patient-view", patient_id, fhir_server.base_url, "not-the-token", prefetch=prefetch)
+    body = hook_request(
+        "patient-view",
+        patient_id=patient_id,
+        fhir_server=fhir_server.base_url,
+        token="not-the-token",
+        user=USER,
+        prefetch=prefetch,
+    )
 
     card = one_card(call(client, PATIENT_VIEW, body), r"^MVD 10 months ago")
 
@@ -514,7 +517,14 @@ def test_a_prefetch_key_sent_as_null_is_no_data_and_is_not_fetched(fhir_stub, cl
     patient_id = "hfs-stub-17"
     stub_chart(fhir_stub, patient_id)
     base = fhir_stub.url_for("/fhir").rstrip("/")
-    body = hook_request("patient-view", patient_id, base, "stub-token-1", prefetch={"observations": None})
+    body = hook_request(
+        "patient-view",
+        patient_id=patient_id,
+        fhir_server=base,
+        token="stub-token-1",
+        user=USER,
+        prefetch={"observations": None},
+    )
 
     card = one_card(call(client, PATIENT_VIEW, body), r"^MVD 10 months ago")
 
@@ -534,7 +544,14 @@ def test_with_every_key_sent_as_null_nothing_is_fetched_and_no_card_fires(fhir_s
     stub_chart(fhir_stub, patient_id)
     base = fhir_stub.url_for("/fhir").rstrip("/")
     keys = ("patient", "conditions", "procedures", "observations", "medicationRequests", "medicationStatements")
-    body = hook_request("patient-view", patient_id, base, "stub-token-2", prefetch={k: None for k in keys})
+    body = hook_request(
+        "patient-view",
+        patient_id=patient_id,
+        fhir_server=base,
+        token="stub-token-2",
+        user=USER,
+        prefetch={k: None for k in keys},
+    )
 
     assert call(client, PATIENT_VIEW, body).get_json() == {"cards": []}
     assert fhir_stub.log == []

@@ -21,15 +21,13 @@ import re
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
+from support.fhir import hook_request, searchset
 from werkzeug import Request, Response
-
-from cds_service.http.app import create_app
 
 BUDGET_S = 0.5
 SLACK_S = 0.5
@@ -112,24 +110,12 @@ CHART = {
 }
 
 
-def searchset(entries: list[dict], next_url: str | None = None) -> dict:
-    bundle = {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "total": len(entries),
-        "entry": [{"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": r} for r in entries],
-    }
-    if next_url:
-        bundle["link"] = [{"relation": "self", "url": "ignored"}, {"relation": "next", "url": next_url}]
-    return bundle
-
-
 def fhir(body: dict, status: int = 200) -> Response:
     return Response(json.dumps(body), status=status, content_type=FHIR_JSON)
 
 
 def normal_answer(kind: str) -> Response:
-    return fhir(CHART["Patient"] if kind == "Patient" else searchset(CHART[kind]))
+    return fhir(CHART["Patient"] if kind == "Patient" else searchset(*CHART[kind], server=True))
 
 
 # ------------------------------------------------------------------------- faults
@@ -209,7 +195,7 @@ def html(request, kind, stage):
 
 def wrong_resource(request, kind, stage):
     # A search answered by a bare resource; a read answered by a Bundle.
-    return fhir(searchset(CHART["Condition"]) if kind == "Patient" else CHART["Patient"])
+    return fhir(searchset(*CHART["Condition"], server=True) if kind == "Patient" else CHART["Patient"])
 
 
 def json_array(request, kind, stage):
@@ -226,17 +212,24 @@ def operation_outcome(request, kind, stage):
 
 
 def next_to_itself(request, kind, stage):
-    return fhir(searchset(CHART[kind], next_url=request.url))
+    return fhir(searchset(*CHART[kind], next_url=request.url, self_url="ignored", server=True))
 
 
 def growing_pages(request, kind, stage):
     page = int(request.args.get("page", "1"))
     next_url = f"{request.base_url}?patient={PATIENT_ID}&page={page + 1}"
-    return fhir(searchset(CHART[kind], next_url=next_url))
+    return fhir(searchset(*CHART[kind], next_url=next_url, self_url="ignored", server=True))
 
 
 def next_elsewhere(request, kind, stage):
-    return fhir(searchset(CHART[kind], next_url=f"{stage.elsewhere}/{kind}?patient={PATIENT_ID}&page=2"))
+    return fhir(
+        searchset(
+            *CHART[kind],
+            next_url=f"{stage.elsewhere}/{kind}?patient={PATIENT_ID}&page=2",
+            self_url="ignored",
+            server=True,
+        )
+    )
 
 
 FAILURES = [
@@ -297,10 +290,9 @@ def cases(keys: tuple[str, ...], faults: list[Fault]):
 
 
 @pytest.fixture
-def client(tmp_path):
-    app = create_app(instance_path=tmp_path, allow_unsigned=True, fhir_time_budget_s=BUDGET_S)
-    yield app.test_client()
-    app.extensions["cds_service"].fhir.close()
+def app_settings():
+    """The app of `client` (tests/conftest.py) with this module's FHIR time budget."""
+    return {"fhir_time_budget_s": BUDGET_S}
 
 
 @pytest.fixture
@@ -308,14 +300,13 @@ def stage(fhir_stub, elsewhere_stub):
     hold = threading.Event()
     elsewhere_stub.expect_request(re.compile("^/fhir/")).respond_with_json(
         searchset(
-            [
-                {
-                    "resourceType": "Condition",
-                    "id": "not-this-patient",
-                    "subject": SUBJECT,
-                    "code": {"coding": [{"system": ICD10CM, "code": "G51.31"}]},
-                }
-            ]
+            {
+                "resourceType": "Condition",
+                "id": "not-this-patient",
+                "subject": SUBJECT,
+                "code": {"coding": [{"system": ICD10CM, "code": "G51.31"}]},
+            },
+            server=True,
         ),
         content_type=FHIR_JSON,
     )
@@ -350,23 +341,14 @@ def order_sign(fhir_base: str, token: str = TOKEN) -> dict:
         "code": {"coding": [{"system": ICD10PCS, "code": "00NM0ZZ"}]},
         "subject": SUBJECT,
     }
-    return {
-        "hook": "order-sign",
-        "hookInstance": str(uuid.uuid4()),
-        "fhirServer": fhir_base,
-        "fhirAuthorization": {
-            "access_token": token,
-            "token_type": "Bearer",
-            "expires_in": 300,
-            "scope": "patient/*.read",
-            "subject": "cds-service",
-        },
-        "context": {
-            "userId": "Practitioner/dr-lind",
-            "patientId": PATIENT_ID,
-            "draftOrders": {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": order}]},
-        },
-    }
+    return hook_request(
+        "order-sign",
+        patient_id=PATIENT_ID,
+        user="Practitioner/dr-lind",
+        fhir_server=fhir_base,
+        token=token,
+        draft_orders=[order],
+    )
 
 
 def timed_post(client, path: str, body: dict):
@@ -602,7 +584,7 @@ def test_a_chart_view_with_optional_data_missing_says_so_on_the_mvd_card(client,
         kind = request.path.split("/")[2]
         if kind == "Observation":
             return Response("down", status=502)
-        return fhir(chart["Patient"] if kind == "Patient" else searchset(chart[kind]))
+        return fhir(chart["Patient"] if kind == "Patient" else searchset(*chart[kind], server=True))
 
     fhir_stub.expect_request(f"/fhir/Patient/{PATIENT_ID}").respond_with_handler(answer)
     for kind in KINDS.values():

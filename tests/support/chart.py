@@ -22,19 +22,21 @@ from cds_service.clinical.render import render
 from cds_service.config import DEFAULT_CARDS_DIR
 from cds_service.content.cards import CardContent, load_cards
 from cds_service.terminology.concepts_file import load_concepts
+from support import fhir
+from support.fhir import (  # noqa: F401  (re-exported: card tests import the code systems from here)
+    CLINICAL,
+    CPT,
+    HCPCS,
+    ICD10CM,
+    ICD10PCS,
+    LOCAL,
+    LOINC,
+    RXNORM,
+    SNOMED,
+    UCUM,
+    VERIFICATION,
+)
 from support.paths import SCENARIOS_DIR
-
-ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
-ICD10PCS = "http://www.cms.gov/Medicare/Coding/ICD10"
-SNOMED = "http://snomed.info/sct"
-LOINC = "http://loinc.org"
-CPT = "http://www.ama-assn.org/go/cpt"
-HCPCS = "http://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets"
-RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
-LOCAL = "https://hfs-cds.example.org/fhir/CodeSystem/hfs-local"
-UCUM = "http://unitsofmeasure.org"
-CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
-VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
 
 # Codes from EVIDENCE.md "Codes the default mappings must recognise".
 HFS = (ICD10CM, "G51.31")
@@ -57,10 +59,7 @@ class Chart:
     def __init__(self, gender: str | None = "female", birth_date: str = "1962-04-12", patient_id: str = "p-1"):
         self.patient_id = patient_id
         self._ids = itertools.count(1)
-        patient = {"resourceType": "Patient", "id": patient_id, "birthDate": birth_date}
-        if gender is not None:
-            patient["gender"] = gender
-        self.resources: list[dict] = [patient]
+        self.resources: list[dict] = [fhir.patient(patient_id, gender=gender, birth_date=birth_date)]
         self.drafts: list[dict] = []
         self.selections: list[str] = []
 
@@ -78,9 +77,6 @@ class Chart:
     def _id(self, prefix: str) -> str:
         return f"{prefix}-{next(self._ids)}"
 
-    def _subject(self) -> dict:
-        return {"reference": f"Patient/{self.patient_id}"}
-
     # -- conditions -----------------------------------------------------------------------
     def condition(
         self,
@@ -92,24 +88,19 @@ class Chart:
         text: str | None = None,
         abatement: str | None = None,
     ) -> Chart:
-        resource = {
-            "resourceType": "Condition",
-            "id": self._id("cond"),
-            "verificationStatus": {"coding": [{"system": VERIFICATION, "code": verification}]},
-            "code": {"coding": [{"system": code[0], "code": code[1]}]},
-            "subject": self._subject(),
-        }
-        if status is not None:
-            resource["clinicalStatus"] = {"coding": [{"system": CLINICAL, "code": status}]}
-        if text:
-            resource["code"]["text"] = text
-        if onset:
-            resource["onsetDateTime"] = onset
-        if recorded:
-            resource["recordedDate"] = recorded
-        if abatement:
-            resource["abatementDateTime"] = abatement
-        self.resources.append(resource)
+        self.resources.append(
+            fhir.condition(
+                code,
+                id=self._id("cond"),
+                patient=self.patient_id,
+                status=status,
+                verification=verification,
+                onset=onset,
+                recorded=recorded,
+                abatement=abatement,
+                text=text,
+            )
+        )
         return self
 
     def hfs(self, onset: str | None = "2019-03-01", **kw) -> Chart:
@@ -122,18 +113,9 @@ class Chart:
     def procedure(
         self, code: tuple[str, str], start: str | None = None, end: str | None = None, status: str = "completed"
     ) -> Chart:
-        resource = {
-            "resourceType": "Procedure",
-            "id": self._id("proc"),
-            "status": status,
-            "code": {"coding": [{"system": code[0], "code": code[1]}]},
-            "subject": self._subject(),
-        }
-        if start and end:
-            resource["performedPeriod"] = {"start": start, "end": end}
-        elif start:
-            resource["performedDateTime"] = start
-        self.resources.append(resource)
+        self.resources.append(
+            fhir.procedure(code, start, end, id=self._id("proc"), patient=self.patient_id, status=status)
+        )
         return self
 
     def rfa(self, start: str | None, end: str | None = None, **kw) -> Chart:
@@ -145,26 +127,16 @@ class Chart:
     # -- observations ------------------------------------------------------------------------
     def observation(self, code: tuple[str, str], effective: str | None, status: str = "final", **value) -> Chart:
         """value: one FHIR value[x] element, e.g. valueQuantity={...}, valueInteger=3."""
-        resource = {
-            "resourceType": "Observation",
-            "id": self._id("obs"),
-            "status": status,
-            "code": {"coding": [{"system": code[0], "code": code[1]}]},
-            "subject": self._subject(),
-        }
-        if effective:
-            resource["effectiveDateTime"] = effective
-        resource.update(value)
-        self.resources.append(resource)
+        self.resources.append(
+            fhir.observation(code, effective, id=self._id("obs"), patient=self.patient_id, status=status, **value)
+        )
         return self
 
     def local_observation(self, code: str, effective: str | None, **value) -> Chart:
         return self.observation((LOCAL, code), effective, **value)
 
     def quantity(self, code: tuple[str, str], effective: str | None, value: float, unit: str) -> Chart:
-        return self.observation(
-            code, effective, valueQuantity={"value": value, "unit": unit, "system": UCUM, "code": unit}
-        )
+        return self.observation(code, effective, valueQuantity=fhir.quantity(value, unit))
 
     def pain(self, effective: str, score: float) -> Chart:
         return self.quantity(PAIN, effective, score, "{score}")
@@ -178,30 +150,14 @@ class Chart:
         status: str = "active",
         statement: bool = False,
     ) -> Chart:
-        medication = {}
-        if code:
-            medication["coding"] = [{"system": code[0], "code": code[1]}]
-        if text:
-            medication["text"] = text
         if statement:
-            resource = {
-                "resourceType": "MedicationStatement",
-                "id": self._id("ms"),
-                "status": status,
-                "medicationCodeableConcept": medication,
-                "subject": self._subject(),
-                "effectiveDateTime": authored,
-            }
+            resource = fhir.medication_statement(
+                code, text=text, id=self._id("ms"), patient=self.patient_id, status=status, effective=authored
+            )
         else:
-            resource = {
-                "resourceType": "MedicationRequest",
-                "id": self._id("mr"),
-                "status": status,
-                "intent": "order",
-                "medicationCodeableConcept": medication,
-                "subject": self._subject(),
-                "authoredOn": authored,
-            }
+            resource = fhir.medication_request(
+                code, text=text, id=self._id("mr"), patient=self.patient_id, status=status, authored=authored
+            )
         self.resources.append(resource)
         return self
 
@@ -209,16 +165,7 @@ class Chart:
     def order(self, code: tuple[str, str], selected: bool = True) -> Chart:
         """A draft ServiceRequest (order-select: listed in selections when `selected`)."""
         rid = self._id("sr")
-        self.drafts.append(
-            {
-                "resourceType": "ServiceRequest",
-                "id": rid,
-                "status": "draft",
-                "intent": "order",
-                "code": {"coding": [{"system": code[0], "code": code[1]}]},
-                "subject": self._subject(),
-            }
-        )
+        self.drafts.append(fhir.service_request(code, id=rid, patient=self.patient_id))
         if selected:
             self.selections.append(f"ServiceRequest/{rid}")
         return self
@@ -227,51 +174,49 @@ class Chart:
         self, code: tuple[str, str] | None = None, text: str | None = None, selected: bool = True
     ) -> Chart:
         rid = self._id("mr-draft")
-        medication = {}
-        if code:
-            medication["coding"] = [{"system": code[0], "code": code[1]}]
-        if text:
-            medication["text"] = text
-        self.drafts.append(
-            {
-                "resourceType": "MedicationRequest",
-                "id": rid,
-                "status": "draft",
-                "intent": "order",
-                "medicationCodeableConcept": medication,
-                "subject": self._subject(),
-            }
-        )
+        self.drafts.append(fhir.medication_request(code, text=text, id=rid, patient=self.patient_id, status="draft"))
         if selected:
             self.selections.append(f"MedicationRequest/{rid}")
         return self
 
     # -- running the cards -------------------------------------------------------------------
     def prefetch(self) -> dict:
-        def bundle(*types: str) -> dict:
-            return {
-                "resourceType": "Bundle",
-                "type": "searchset",
-                "entry": [{"resource": r} for r in self.resources if r["resourceType"] in types],
-            }
+        """The full prefetch of the HFS services: the Patient and one searchset per search."""
 
-        patient = next(r for r in self.resources if r["resourceType"] == "Patient")
-        return {
-            "patient": patient,
-            "conditions": bundle("Condition"),
-            "procedures": bundle("Procedure"),
-            "observations": bundle("Observation"),
-            "medicationRequests": bundle("MedicationRequest"),
-            "medicationStatements": bundle("MedicationStatement"),
-        }
+        def of(kind: str) -> list[dict]:
+            return [r for r in self.resources if r["resourceType"] == kind]
+
+        return fhir.full_prefetch(
+            next(r for r in self.resources if r["resourceType"] == "Patient"),
+            conditions=of("Condition"),
+            procedures=of("Procedure"),
+            observations=of("Observation"),
+            medication_requests=of("MedicationRequest"),
+            medication_statements=of("MedicationStatement"),
+        )
+
+    def draft_orders(self) -> dict:
+        return fhir.collection(*self.drafts)
+
+    def hook_request(self, hook: str, *, prefetch: bool = True, **request) -> dict:
+        """The CDS Hooks request a client sends for this chart: the full prefetch (unless
+        `prefetch=False`), the draft orders of an order hook, the selections of order-select.
+        Other keywords go to `support.fhir.hook_request` (fhir_server, token, user...)."""
+        if hook != "patient-view":
+            request.setdefault("draft_orders", self.draft_orders())
+        if hook == "order-select":
+            request.setdefault("selections", list(self.selections))
+        return fhir.hook_request(
+            hook, patient_id=self.patient_id, prefetch=self.prefetch() if prefetch else None, **request
+        )
 
     def bundle(self) -> dict:
-        return {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in self.resources]}
+        return fhir.collection(*self.resources)
 
     def record(
         self, hook: str, today: str | date, unavailable: dict | None = None, overlay: dict | None = None
     ) -> PatientRecord:
-        drafts = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in self.drafts]}
+        drafts = self.draft_orders()
         return build_record(
             self.prefetch(),
             draft_orders=drafts if hook != "patient-view" else None,

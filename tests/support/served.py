@@ -106,7 +106,9 @@ class ServedService:
             try:
                 requests.options(self.base_url + "/cds-services", timeout=0.5)
                 return self
-            except (requests.ConnectionError, requests.Timeout):  # workers still booting (a loaded machine)
+            except (requests.ConnectionError, requests.Timeout):
+                # Not listening yet, or a worker still starting on a loaded machine (its
+                # first answer can take longer than 0.5 s): try again until the deadline.
                 time.sleep(0.1)
         self.stop()
         raise RuntimeError("cds-service did not answer within 30 s")
