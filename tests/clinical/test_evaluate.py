@@ -20,7 +20,8 @@ def test_an_mvd_order_for_hfs_fires_the_order_situation_with_its_predictors_in_o
     result = mvd_candidate().result(CARD, "order-sign", TODAY)
     situation = result.situation
     assert "order-sign" in situation.hooks
-    assert [i.predictor for i in result.inputs] == list(situation.predictors)
+    # The situation's predictors in order, then the card's context predictors (read in every situation).
+    assert [i.predictor for i in result.inputs] == [*situation.predictors, *result.card.context_predictors]
     assert result.order is not None and result.procedure is None
     assert result.card_id == CARD and result.hook == "order-sign"
 

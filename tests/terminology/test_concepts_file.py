@@ -58,8 +58,8 @@ def test_a_site_overlay_cannot_invent_a_concept():
 @pytest.mark.parametrize(
     ("concept", "message"),
     [
-        ({"kind": "feeling"}, r"\[concepts.hemifacial_spasm\]: kind must be one of"),
-        ({"colour": "red"}, r"\[concepts.hemifacial_spasm\]: unknown keys \['colour'\]"),
+        ({"kind": "feeling"}, r"\[concepts.hemifacial_spasm\] kind: kind must be one of"),
+        ({"colour": "red"}, r"\[concepts.hemifacial_spasm\]: unknown key 'colour'"),
         ({"text": ["spasm"]}, "text patterns are allowed for medications only"),
         ({"unit": "mm"}, "unit apply to observations only"),
     ],
