@@ -161,6 +161,7 @@ def build_runtime(settings: Settings) -> Runtime:
     concepts = load_concepts(settings.cards_dir, overlay)
     cards = tuple(load_cards(settings.cards_dir, overlay, concepts))
     store = open_store(settings)
+    store.audit_writer.start()  # replays what an earlier run left in the spool
     return Runtime(
         settings=settings,
         services=services,

@@ -240,7 +240,7 @@ class AuditWriter:
 
     def submit(self, record: CallRecord) -> bool:
         """Hand over one row without waiting for the database; False if it was lost."""
-        self._ensure_thread()
+        self.start()
         with self._idle:
             try:
                 self._queue.put_nowait(record)
@@ -286,7 +286,8 @@ class AuditWriter:
 
     # -- background side
 
-    def _ensure_thread(self) -> None:
+    def start(self) -> None:
+        """Start the background thread of this process (once; again after a fork)."""
         if self._thread_pid == os.getpid() and self._thread is not None:
             return
         with self._start_lock:

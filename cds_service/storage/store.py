@@ -105,7 +105,7 @@ class StoreOptions:
     keepalives_interval_s: int = 5
     keepalives_count: int = 3
     retry_after_s: float = 2.0
-    migrations: str = "auto"  # "auto": upgrade on open; "manual": refuse an old schema
+    migrations: str = "auto"  # "auto": upgrade on open; "manual": refuse an old schema; "none": leave it
     instance_id: str = ""  # which instance answered, in each audit row; "" = host:pid
     spool_dir: Path | None = None  # local audit spool; None: rows the store refuses are lost
     audit_queue_size: int = 1000
@@ -548,7 +548,10 @@ class Store:
         attempts = 6
         for attempt in range(attempts):
             try:
-                if self.options.migrations == "manual":
+                if self.options.migrations == "none":
+                    with self.engine.connect() as conn:
+                        conn.execute(sa.text("SELECT 1"))
+                elif self.options.migrations == "manual":
                     current, head = migrate.pending(self.engine)
                     if current != head:
                         raise StoreError(
