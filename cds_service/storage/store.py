@@ -464,6 +464,15 @@ def _is_final(exc: BaseException) -> bool:
     )
 
 
+class _Probe:
+    __slots__ = ("done", "ok", "pid")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.ok = False
+        self.pid = os.getpid()
+
+
 class _Op:
     __slots__ = ("aborted", "dbapi", "deadline")
 
@@ -529,6 +538,8 @@ class Store:
             os.register_at_fork(after_in_child=lambda ref=weakref.ref(self.engine): _dispose_in_child(ref))
         self._local = threading.local()
         self._down_until = 0.0
+        self._ping_lock = threading.Lock()
+        self._ping_probe: _Probe | None = None
         event.listen(self.engine, "checkout", self._on_checkout)
         self._next_prune = 0.0
         self._open_schema()
@@ -599,7 +610,7 @@ class Store:
             yield
         except IntegrityError:
             raise
-        except (DBAPIError, PoolTimeout) as exc:
+        except (DBAPIError, PoolTimeout, OSError) as exc:
             self._mark_down()
             kind = "timed out" if op.aborted else _failure_kind(exc)
             log.warning("store unavailable: operation=%s reason=%s", what, kind)
@@ -648,14 +659,28 @@ class Store:
     def ping(self, timeout_s: float = 1.0) -> bool:
         """True if the database answers `SELECT 1` within `timeout_s` (for /readyz).
 
-        Never raises; never waits more than about `timeout_s` (plus the connect timeout
-        when no pooled connection is left)."""
+        Never raises and never waits longer than `timeout_s`: the probe runs on its own
+        thread (one at a time; a probe still running is waited for, not duplicated), itself
+        bounded by the connect timeout and the statement deadline."""
+        with self._ping_lock:
+            probe = self._ping_probe
+            if probe is not None and probe.pid != os.getpid():
+                probe = None  # started before a fork: its thread is not in this process
+            if probe is None or probe.done.is_set():
+                probe = _Probe()
+                self._ping_probe = probe
+                threading.Thread(target=self._probe, args=(probe,), name="db-ping", daemon=True).start()
+        return probe.done.wait(timeout_s) and probe.ok
+
+    def _probe(self, probe: _Probe) -> None:
         try:
-            with self._bounded("ping", deadline_s=timeout_s), self.engine.connect() as conn:
+            with self._bounded("ping", deadline_s=self.options.deadline_s), self.engine.connect() as conn:
                 conn.execute(sa.text("SELECT 1"))
-            return True
+            probe.ok = True
         except (StoreUnavailable, SQLAlchemyError, OSError):
-            return False
+            probe.ok = False
+        finally:
+            probe.done.set()
 
     # -- audit writer (for /metrics and shutdown)
 

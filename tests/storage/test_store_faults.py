@@ -216,3 +216,44 @@ def test_the_jti_check_may_fall_back_to_memory_when_allowed_and_says_so(tmp_path
     assert client.get("/cds-services", headers=headers).status_code == 401
     assert client.get("/cds-services", headers=auth(signer, "/cds-services")).status_code == 200
     app.extensions["cds_service"].store.close()
+
+
+def test_ping_answers_within_its_timeout_whatever_the_database_does(proxy):
+    from cds_service.storage.store import Store, StoreOptions
+
+    store = Store(proxy.database_url, StoreOptions(statement_timeout_s=0.5, connect_timeout_s=2, retry_after_s=1.0))
+    try:
+        assert store.ping(2.0)
+        for fault in ("blackhole", "cut"):
+            getattr(proxy, fault)()
+            for _ in range(3):
+                started = time.monotonic()
+                assert store.ping(0.3) is False
+                assert time.monotonic() - started < 0.6
+            proxy.restore()
+            deadline = time.monotonic() + 10
+            while not store.ping(0.5) and time.monotonic() < deadline:
+                pass
+            assert store.ping(0.5)
+    finally:
+        store.close()
+
+
+def test_postgresql_connections_carry_the_statement_timeout_and_keepalives(postgres_url):
+    from cds_service.storage.store import Store, StoreOptions
+
+    with Store(postgres_url, StoreOptions(statement_timeout_s=0.75, keepalives_idle_s=7)) as store:
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("SHOW statement_timeout").scalar_one() == "750ms"
+            assert conn.exec_driver_sql("SHOW lock_timeout").scalar_one() == "750ms"
+            # The schema confinement given in the URL's own options is kept.
+            assert conn.exec_driver_sql("SHOW search_path").scalar_one().startswith("cds_test_")
+            info = conn.connection.dbapi_connection.info
+            params = info.get_parameters()
+            assert params["keepalives"] == "1" and params["keepalives_idle"] == "7"
+        # A statement that runs longer than the timeout is stopped: 503, not a hang.
+        started = time.monotonic()
+        with pytest.raises(Exception) as caught:
+            store._run("sleep", lambda conn: conn.exec_driver_sql("SELECT pg_sleep(5)"), fail_fast=False)
+        assert getattr(caught.value, "status", None) == 503
+        assert time.monotonic() - started < 2.0
