@@ -257,3 +257,19 @@ def test_postgresql_connections_carry_the_statement_timeout_and_keepalives(postg
             store._run("sleep", lambda conn: conn.exec_driver_sql("SELECT pg_sleep(5)"), fail_fast=False)
         assert getattr(caught.value, "status", None) == 503
         assert time.monotonic() - started < 2.0
+
+
+@pytest.mark.parametrize("fault", ["cut", "blackhole"])
+def test_feedback_answers_503_with_retry_after_when_the_database_is_away(tmp_path, proxy, fault):
+    app = unsigned_app(tmp_path / "instance", proxy)
+    client = app.test_client()
+    assert client.post(SERVICE + "/feedback", json=feedback_body()).status_code == 200
+    getattr(proxy, fault)()
+    for _ in range(3):
+        response, seconds = timed(lambda: client.post(SERVICE + "/feedback", json=feedback_body()))
+        assert response.status_code == 503 and int(response.headers["Retry-After"]) >= 1
+        assert seconds < BOUND_S
+    proxy.restore()
+    time.sleep(FAST["db_retry_after_s"] + 0.1)
+    assert client.post(SERVICE + "/feedback", json=feedback_body()).status_code == 200
+    app.extensions["cds_service"].store.close()
