@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, Engine
+
+# Alembic is imported only when a migration or a check needs it (it costs most of a
+# second of start-up, in every worker, for a schema that is nearly always current).
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 BASELINE_REVISION = "0001"
@@ -31,7 +31,9 @@ MIGRATION_LOCK_WAIT_S = 60.0
 _LEGACY_TABLES = {"service_calls", "returned_cards", "feedback", "used_jti"}
 
 
-def _config(connection: Connection | None = None) -> Config:
+def _config(connection: Connection | None = None):
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     if connection is not None:
@@ -39,12 +41,17 @@ def _config(connection: Connection | None = None) -> Config:
     return config
 
 
+@functools.cache
 def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(_config()).get_current_head() or ""
 
 
 def current_revision(connection: Connection) -> str | None:
     """The store's revision; BASELINE for a 0.1.0 store never migrated; None when empty."""
+    from alembic.runtime.migration import MigrationContext
+
     revision = MigrationContext.configure(connection).get_current_revision()
     if revision is None and set(sa.inspect(connection).get_table_names()) >= _LEGACY_TABLES:
         return BASELINE_REVISION
@@ -77,6 +84,14 @@ def _file_lock(engine: Engine) -> Iterator[None]:
 
 def upgrade(engine: Engine, target: str = "head") -> tuple[str | None, str]:
     """Bring the store to `target`; returns (revision before, revision after)."""
+    if target == "head":
+        # The common case (every worker start): already current; no lock, no Alembic run.
+        current = _recorded_revision(engine)
+        if current is not None and current == head_revision():
+            return current, current
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+
     with _file_lock(engine), engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
@@ -87,6 +102,14 @@ def upgrade(engine: Engine, target: str = "head") -> tuple[str | None, str]:
         command.upgrade(config, target)
         after = MigrationContext.configure(conn).get_current_revision() or ""
     return before, after
+
+
+def _recorded_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        if not sa.inspect(conn).has_table("alembic_version"):
+            return None
+        rows = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all()
+    return rows[0] if len(rows) == 1 else None
 
 
 def pending(engine: Engine) -> tuple[str | None, str]:
