@@ -22,6 +22,7 @@ setup(
     package_data={
         "cds_service.security": ["trust_sandbox_jwks.json"],
         "cds_service.demo": ["patients/*.json", "patients/*.toml"],
+        "cds_service.storage.migrations": ["script.py.mako"],
         **{name: ["*.toml", "*.json"] for name in card_packages},
     },
 )

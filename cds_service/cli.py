@@ -1,10 +1,17 @@
-"""Console entry point: `cds-service serve` (gunicorn) and `cds-service report`."""
+"""Console entry point: `cds-service serve` (gunicorn), `report`, `db upgrade`, `audit prune`.
+
+Every mistake an operator can make at start-up (settings, trust file, instance folder,
+database URL, database unreachable or missing) ends with one line on stderr
+(`cds-service: ...`) and exit status 2, never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
+from datetime import UTC, datetime, timedelta
 
 from cds_service.config import ConfigError, load_settings
 from cds_service.storage.store import StoreError
@@ -42,18 +49,42 @@ def main(argv: list[str] | None = None) -> int:
     )
     demo.add_argument("--instance", help="instance folder (default: a temporary folder, removed at the end)")
     demo.add_argument("--no-wait", action="store_true", help="stop after printing the cards (no Ctrl-C needed)")
+    db = commands.add_parser("db", help="the store's schema")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    upgrade = db_commands.add_parser("upgrade", help="migrate the store's schema to this version (Alembic)")
+    _store_arguments(upgrade)
+
+    audit = commands.add_parser("audit", help="the audit trail")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    prune = audit_commands.add_parser("prune", help="delete audit rows older than audit_retention_days")
+    _store_arguments(prune)
+    prune.add_argument("--days", type=int, help="retention in days (default: the setting audit_retention_days)")
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         if args.command == "serve":
             return _serve(args)
         if args.command == "demo":
             return _demo(args)
+        if args.command == "db":
+            return _db_upgrade(args)
+        if args.command == "audit":
+            return _audit_prune(args)
         return _report(args)
     except (ConfigError, StoreError) as exc:
         print(f"cds-service: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # anything the checks above did not foresee, still without a traceback
+        print(f"cds-service: {exc.strerror or type(exc).__name__}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2
+
+
+def _store_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--database-url", help="store URL (default: the configured store)")
+    parser.add_argument("--instance", help="instance folder (default ./instance)")
+    parser.add_argument("--config", help="TOML settings file (else CDS_CONFIG)")
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -81,6 +112,12 @@ def _serve(args: argparse.Namespace) -> int:
             atoms = super().atoms(resp, req, environ, request_time)
             atoms["U"] = redact_path(atoms.get("U", ""))  # no evidence page token in the log
             return atoms
+    def worker_exit(_arbiter, worker) -> None:
+        # Write (or spool) the audit rows still queued in this worker before it goes.
+        app = getattr(worker, "wsgi", None)
+        runtime = getattr(app, "extensions", {}).get("cds_service") if app is not None else None
+        if runtime is not None:
+            runtime.store.close()
 
     class Server(BaseApplication):
         def load_config(self) -> None:
@@ -94,6 +131,7 @@ def _serve(args: argparse.Namespace) -> int:
             self.cfg.set("access_log_format", '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms')
             self.cfg.set("logger_class", AccessLogger)
             self.cfg.set("post_worker_init", lambda worker: freeze_startup_objects())
+            self.cfg.set("worker_exit", worker_exit)
 
         def load(self):
             return create_app(settings)
@@ -103,10 +141,62 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from cds_service.startup import store_options
     from cds_service.storage.report import run_report
 
     settings = load_settings(_overrides(args))
-    print(run_report(args.database_url or settings.resolved_database_url))
+    options = dataclasses.replace(store_options(settings), spool_dir=None)
+    print(run_report(args.database_url or settings.resolved_database_url, options=options))
+    return 0
+
+
+def _open_store(args: argparse.Namespace, **changes):
+    from cds_service.startup import check_instance_folder, store_options
+    from cds_service.storage.store import Store
+
+    overrides = _overrides(args)
+    if args.database_url:
+        overrides["database_url"] = args.database_url
+    settings = load_settings(overrides)
+    options = dataclasses.replace(store_options(settings), spool_dir=None, **changes)
+    if not settings.database_url:
+        check_instance_folder(settings.instance_path)
+    return settings, Store(settings.resolved_database_url, options)
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from cds_service.storage import migrate
+
+    # Open without migrating, then migrate here so the command can say what it did.
+    _settings, store = _open_store(args, migrations="none")
+    try:
+        before, after = store.upgrade_schema()
+    finally:
+        store.close()
+    if before == after:
+        print(f"the store is at revision {after} (current); nothing to do")
+    else:
+        print(f"the store was migrated from revision {before or 'none (empty)'} to {after}")
+    return 0 if after == migrate.head_revision() else 2
+
+
+def _audit_prune(args: argparse.Namespace) -> int:
+    settings, store = _open_store(args)
+    days = settings.audit_retention_days if args.days is None else args.days
+    if days < 0:
+        print("cds-service: --days must be 0 or more", file=sys.stderr)
+        store.close()
+        return 2
+    if days == 0:
+        store.close()
+        print("audit_retention_days is 0: audit rows are kept forever; nothing pruned")
+        return 0
+    cutoff = datetime.now(UTC) - timedelta(days=days)
+    try:
+        removed = store.prune_audit(cutoff)
+    finally:
+        store.close()
+    print(f"audit rows older than {days} days (before {cutoff:%Y-%m-%d %H:%M} UTC) deleted: {removed}")
     return 0
 
 

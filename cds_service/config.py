@@ -1,18 +1,21 @@
-"""Service configuration: embedded defaults, then an optional TOML file, then the environment.
+"""Service configuration, declared once (pydantic v2): defaults, then an optional TOML file,
+then the environment, then explicit overrides (the command line).
 
 Every setting has one name. In the TOML file (path in `CDS_CONFIG`) it is the lower-case
 key (`fhir_time_budget_s = 2.0`); in the environment it is `CDS_` + the upper-case key
-(`CDS_FHIR_TIME_BUDGET_S=2.0`). `DATABASE_URL` is also honoured for the store.
+(`CDS_FHIR_TIME_BUDGET_S=2.0`). `DATABASE_URL` is also honoured for the store. A value that
+cannot be used stops start-up with ConfigError naming the setting and saying why.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.resources
 import os
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,8 +36,15 @@ class ConfigError(ValueError):
     """A setting that cannot be used; raised at start-up, never during a request."""
 
 
-@dataclass(frozen=True)
-class Settings:
+_Seconds = Annotated[float, Field(gt=0)]
+_Count = Annotated[int, Field(ge=1)]
+# Settings whose values are never repeated in an error message.
+_SECRET_SETTINGS = frozenset({"database_url", "audit_hash_key"})
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=False)
+
     instance_path: Path = Path("instance")
     # Store: SQLite file in the instance folder unless DATABASE_URL says otherwise.
     database_url: str = ""
@@ -42,8 +52,8 @@ class Settings:
     # against it), e.g. "https://cds.example.org". Empty: derived from the request.
     public_base_url: str = ""
     # FHIR access during one hook call.
-    fhir_time_budget_s: float = 2.0
-    fhir_max_pages: int = 10
+    fhir_time_budget_s: _Seconds = 2.0
+    fhir_max_pages: _Count = 10
     fhir_max_workers: int = 6
     # Allowed fhirServer base URLs (prefixes). Empty: any http(s) URL.
     fhir_server_allowlist: tuple[str, ...] = ()
@@ -61,9 +71,77 @@ class Settings:
     audit_hash_key: str = ""
     # CORS for browser-based CDS clients.
     cors_origins: tuple[str, ...] = ()
+    extra: dict = Field(default_factory=dict)
+
     # Evidence pages (GET /evidence/<token>): hours a page stays open, then its data is deleted.
-    evidence_page_ttl_h: float = 24.0
-    extra: dict = field(default_factory=dict)
+    evidence_page_ttl_h: Annotated[float, Field(gt=0)] = 24.0
+
+    # ---- Store: time bounds (every database operation is bounded; see storage/store.py).
+    # Connecting (PostgreSQL `connect_timeout`; libpq counts whole seconds, at least 2).
+    db_connect_timeout_s: _Seconds = 3.0
+    # One statement (PostgreSQL `statement_timeout` and `lock_timeout`; SQLite busy
+    # timeout). The client also abandons an operation this long (+0.5 s) after it started,
+    # even if the server never answers (a network partition).
+    db_statement_timeout_s: _Seconds = 2.0
+    # Waiting for a free pooled connection.
+    db_pool_timeout_s: _Seconds = 1.0
+    db_pool_size: _Count = 5
+    db_max_overflow: Annotated[int, Field(ge=0)] = 10
+    # TCP keepalives on PostgreSQL connections (libpq keepalives_idle/interval/count).
+    db_keepalives_idle_s: _Count = 10
+    db_keepalives_interval_s: _Count = 5
+    db_keepalives_count: _Count = 3
+    # After a store failure, requests that need the store answer 503 at once, with this
+    # Retry-After, for this long; the audit spool is replayed on the same period.
+    db_retry_after_s: _Seconds = 2.0
+    # "auto": migrate the schema on start; "manual": refuse to start on an old schema
+    # (then run `cds-service db upgrade`).
+    db_migrations: Literal["auto", "manual"] = "auto"
+    # Which instance answered, written in every audit row. Empty: "<host name>:<pid>".
+    # Never put patient data here.
+    instance_id: Annotated[str, Field(max_length=200)] = ""
+    # ---- Audit trail.
+    # Rows wait for the background writer in a queue of this many; beyond it, and whenever
+    # the store cannot be written, they go to the local spool (<instance>/audit-spool/).
+    audit_queue_size: _Count = 1000
+    # Upper bound of the local spool; when full, new hook calls are refused (503) rather
+    # than answered unaudited.
+    audit_spool_max_bytes: _Count = 64 * 1024 * 1024
+    # Audit rows older than this many days are deleted by `cds-service audit prune`.
+    # 0: keep them forever.
+    audit_retention_days: Annotated[int, Field(ge=0)] = 0
+    # ---- JWT replay check (jti) when the store cannot be reached: false (default) answers
+    # 503 (fails closed). true: fall back to a per-process memory of jtis, which cannot
+    # see a replay through another worker or instance; logged at WARNING while in use.
+    jti_memory_fallback: bool = False
+
+    @field_validator("allow_unsigned", "trust_sandbox", "jti_memory_fallback", mode="before")
+    @classmethod
+    def _flag(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError("expected true or false")
+        return value
+
+    @field_validator("fhir_server_allowlist", "cors_origins", mode="before")
+    @classmethod
+    def _list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(x.strip() for x in value.split(",") if x.strip())
+        if isinstance(value, list):
+            return tuple(str(x) for x in value)
+        return value
+
+    @field_validator("site_overlay", "trust_file", mode="before")
+    @classmethod
+    def _optional_path(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
 
     @property
     def resolved_database_url(self) -> str:
@@ -72,71 +150,54 @@ class Settings:
         return f"sqlite:///{(self.instance_path / 'cds-service.sqlite3').resolve()}"
 
 
+SETTING_NAMES = tuple(name for name in Settings.model_fields if name != "extra")
 _ENV_ALIASES = {"database_url": ("DATABASE_URL",)}
 
 
-def _coerce(name: str, raw, kind):
-    text_kinds = {str: str, Path: Path}
-    try:
-        if kind in (bool, "bool"):
-            if isinstance(raw, bool):
-                return raw
-            value = str(raw).strip().lower()
-            if value in ("1", "true", "yes", "on"):
-                return True
-            if value in ("0", "false", "no", "off", ""):
-                return False
-            raise ValueError(raw)
-        if kind in (int, "int"):
-            return int(raw)
-        if kind in (float, "float"):
-            return float(raw)
-        if kind in ("tuple[str, ...]",):
-            if isinstance(raw, (list, tuple)):
-                return tuple(str(x) for x in raw)
-            return tuple(x.strip() for x in str(raw).split(",") if x.strip())
-        if kind in ("Path | None",):
-            return Path(raw) if str(raw).strip() else None
-        if kind in ("Path",):
-            return Path(raw)
-        if kind in ("str",):
-            return str(raw)
-        if kind in text_kinds:
-            return text_kinds[kind](raw)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"setting {name}: cannot read {raw!r}") from exc
-    raise ConfigError(f"setting {name}: unsupported type")
+def _explain(error: ValidationError, source: dict[str, Any]) -> ConfigError:
+    """The first problem, as `setting NAME: cannot read VALUE (why)`; secrets not repeated."""
+    problems = []
+    for item in error.errors(include_url=False):
+        name = str(item["loc"][0]) if item["loc"] else "?"
+        why = item["msg"].replace("Input should be", "expected").replace("Value error, ", "")
+        raw = source.get(name)
+        shown = "" if name in _SECRET_SETTINGS or raw is None else f" {raw!r}"
+        if name == "fhir_time_budget_s" and item["type"] == "greater_than":
+            problems.append("fhir_time_budget_s must be positive")
+        elif name == "fhir_max_pages" and item["type"] == "greater_than_equal":
+            problems.append("fhir_max_pages must be at least 1")
+        elif name == "evidence_page_ttl_h" and item["type"] == "greater_than":
+            problems.append("evidence_page_ttl_h must be positive")
+        else:
+            problems.append(f"setting {name}: cannot read{shown} ({why})")
+    return ConfigError("; ".join(problems))
 
 
 def load_settings(overrides: dict | None = None, environ: dict | None = None) -> Settings:
     """Defaults < TOML file named by CDS_CONFIG < environment < explicit overrides."""
     env = os.environ if environ is None else environ
-    fields = {f.name: f for f in dataclasses.fields(Settings) if f.name != "extra"}
-    values: dict = {}
+    values: dict[str, Any] = {}
     config_path = (overrides or {}).get("config") or env.get("CDS_CONFIG")
     if config_path:
         try:
             file_values = tomllib.loads(Path(config_path).read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"config file {config_path}: {exc}") from exc
-        unknown = set(file_values) - set(fields)
+        except OSError as exc:
+            raise ConfigError(f"config file {config_path}: cannot read it ({exc.strerror})") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {config_path}: not valid TOML ({exc})") from None
+        unknown = set(file_values) - set(SETTING_NAMES)
         if unknown:
             raise ConfigError(f"config file {config_path}: unknown settings {sorted(unknown)}")
         values.update(file_values)
-    for name in fields:
+    for name in SETTING_NAMES:
         for key in ("CDS_" + name.upper(), *_ENV_ALIASES.get(name, ())):
             if key in env:
                 values[name] = env[key]
                 break
     for name, value in (overrides or {}).items():
-        if name in fields and value is not None:
+        if name in SETTING_NAMES and value is not None:
             values[name] = value
-    coerced = {name: _coerce(name, raw, fields[name].type) for name, raw in values.items()}
-    settings = Settings(**coerced)
-    if settings.fhir_time_budget_s <= 0:
-        raise ConfigError("fhir_time_budget_s must be positive")
-    if settings.fhir_max_pages < 1:
-        raise ConfigError("fhir_max_pages must be at least 1")
-    if not settings.evidence_page_ttl_h > 0:
-        raise ConfigError("evidence_page_ttl_h must be positive")
-    return settings
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        raise _explain(exc, values) from None

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, error: str, detail: str) -> None:
+    def __init__(self, status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(f"{status} {error}: {detail}")
         self.status = status
         self.error = error
         self.detail = detail
+        self.headers = dict(headers or {})  # e.g. Retry-After on a 503
 
     def body(self) -> dict:
         return {"error": self.error, "detail": self.detail}

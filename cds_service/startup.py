@@ -6,6 +6,7 @@ create_app() builds one Runtime and keeps it in `app.extensions["cds_service"]`.
 from __future__ import annotations
 
 import logging
+import tempfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +16,10 @@ from cds_service.content.cards import CardContent, content_versions, load_cards
 from cds_service.content.services import ServiceDefinition, load_services
 from cds_service.errors import ApiError
 from cds_service.fhir.client import FhirAccess
+from cds_service.security.client_auth import StoreReplayGuard
 from cds_service.security.trust import TrustConfig, trust_from_settings
 from cds_service.storage.audit import audit_key, build_call_record, patient_hash
-from cds_service.storage.store import Store
+from cds_service.storage.store import Store, StoreOptions, StoreUnavailable
 from cds_service.terminology.concept_index import ConceptIndex
 from cds_service.terminology.concepts_file import load_concepts
 
@@ -44,12 +46,15 @@ class Runtime:
     fhir: FhirAccess
     concepts: ConceptIndex
     cards: tuple[CardContent, ...]
+    replay_guard: StoreReplayGuard | None = None
 
     @property
     def content_version(self) -> str:
         return self._content_version
 
     def __post_init__(self) -> None:
+        if self.replay_guard is None:
+            self.replay_guard = StoreReplayGuard(self.store, memory_fallback=self.settings.jti_memory_fallback)
         self._content_version = content_versions(list(self.cards))
         self._cards_by_hook = {
             hook: tuple(card for card in self.cards if hook in card.hooks)
@@ -71,7 +76,9 @@ class Runtime:
     def audit(self, notes) -> None:
         """Keep one audit row per call to a known service, whatever its outcome.
 
-        A store failure is logged and does not turn an answered call into an error.
+        The row is handed to the store's background writer (never waits for the database);
+        when the store cannot take it, it is spooled in the instance folder and replayed
+        later (storage/audit_spool.py).
         """
         record = build_call_record(
             service_id=notes.service_id,
@@ -84,25 +91,83 @@ class Runtime:
             client_iss=notes.client_iss,
             cards=notes.cards,
         )
-        try:
-            self.store.record_call(record)
-        except Exception as exc:
-            log.error("audit trail write failed: %s", type(exc).__name__)
+        self.store.submit_call(record)
+
+    def check_audit_capacity(self) -> None:
+        """Refuse a hook call (503) that could not be audited: the local spool is full."""
+        spool = self.store.audit_writer.spool
+        if spool is not None and self.store.is_down() and spool.size_bytes() >= spool.max_bytes:
+            raise StoreUnavailable(
+                "the service cannot keep its audit trail (database down, local spool full); retry later",
+                retry_after_s=self.settings.db_retry_after_s,
+            )
+
+    def audit_spool_depth(self) -> int:
+        """Audit rows waiting in the local spool for the database (all workers; for /metrics)."""
+        return self.store.audit_spool_depth()
+
+    def audit_queue_depth(self) -> int:
+        """Audit rows queued in this process for the background writer (for /metrics)."""
+        return self.store.audit_queue_depth()
+
+
+def check_instance_folder(path: Path) -> Path:
+    """The instance folder, created if needed and writable; ConfigError saying why not."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"instance folder {path} is a file, not a folder; give a folder (--instance, instance_path)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"instance folder {path} cannot be created ({exc.strerror})") from None
+    try:
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"instance folder {path} is not writable ({exc.strerror})") from None
+    return path
+
+
+def store_options(settings: Settings) -> StoreOptions:
+    return StoreOptions(
+        connect_timeout_s=settings.db_connect_timeout_s,
+        statement_timeout_s=settings.db_statement_timeout_s,
+        pool_timeout_s=settings.db_pool_timeout_s,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        keepalives_idle_s=settings.db_keepalives_idle_s,
+        keepalives_interval_s=settings.db_keepalives_interval_s,
+        keepalives_count=settings.db_keepalives_count,
+        retry_after_s=settings.db_retry_after_s,
+        migrations=settings.db_migrations,
+        instance_id=settings.instance_id,
+        spool_dir=settings.instance_path / "audit-spool",
+        audit_queue_size=settings.audit_queue_size,
+        audit_spool_max_bytes=settings.audit_spool_max_bytes,
+    )
+
+
+def open_store(settings: Settings) -> Store:
+    """The store the settings name (migrated unless db_migrations is manual)."""
+    check_instance_folder(settings.instance_path)
+    return Store(settings.resolved_database_url, store_options(settings))
 
 
 def build_runtime(settings: Settings) -> Runtime:
-    settings.instance_path.mkdir(parents=True, exist_ok=True)
+    check_instance_folder(settings.instance_path)
+    trust = trust_from_settings(settings)
     services = load_services(settings.cards_dir / "services.toml")
     overlay = load_overlay(settings.site_overlay)
     concepts = load_concepts(settings.cards_dir, overlay)
     cards = tuple(load_cards(settings.cards_dir, overlay, concepts))
-    store = Store(settings.resolved_database_url)
+    store = open_store(settings)
+    store.audit_writer.start()  # replays what an earlier run left in the spool
     return Runtime(
         settings=settings,
         services=services,
         store=store,
         audit_key=audit_key(settings),
-        trust=trust_from_settings(settings),
+        trust=trust,
         fhir=FhirAccess(settings),
         concepts=concepts,
         cards=cards,

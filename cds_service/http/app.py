@@ -48,7 +48,7 @@ def register_error_handlers(app: Flask) -> None:
         if error.status == 401:
             # A refused client learns nothing that would help it; the log has the reason.
             return jsonify({"error": "unauthorized"}), 401, {"WWW-Authenticate": "Bearer"}
-        return jsonify(error.body()), error.status
+        return jsonify(error.body()), error.status, getattr(error, "headers", None) or {}
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):

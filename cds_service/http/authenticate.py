@@ -19,7 +19,7 @@ def authenticate(rt: Runtime, request) -> ClientIdentity:
     base = rt.settings.public_base_url or request.host_url
     try:
         return verify_client_jwt(
-            request.headers.get("Authorization"), audiences_for(base, request.path), rt.trust, rt.store
+            request.headers.get("Authorization"), audiences_for(base, request.path), rt.trust, rt.replay_guard
         )
     except ClientAuthError as exc:
         log.warning("client authentication refused: %s", exc)

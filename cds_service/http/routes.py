@@ -40,6 +40,7 @@ def call_service(service_id: str) -> Response:
     rt = runtime()
     started = time.perf_counter()
     service = rt.service(service_id)
+    rt.check_audit_capacity()
     # From here on the call is audited whatever its outcome (see write_audit).
     g.audit = notes = hook_call.AuditNotes(service_id=service.id, hook=service.hook, started=started)
     notes.client_iss = authenticate(rt, request).iss

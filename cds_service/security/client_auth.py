@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import re
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from jwt.api_jws import PyJWS
 from jwt.exceptions import InvalidSignatureError, PyJWTError
 from jwt.utils import base64url_decode
 
+from cds_service.errors import ApiError
 from cds_service.security.trust import SUPPORTED_ALGORITHMS, KeyResolutionError, TrustConfig
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,63 @@ class ReplayGuard(Protocol):
     def claim_jti(self, issuer: str, jti: str, expires_at: datetime) -> bool:
         """Record (issuer, jti) until `expires_at`; True if it was not seen before."""
         ...
+
+
+class MemoryReplayGuard:
+    """JWT ids seen by this process only (thread-safe); forgotten once expired."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], datetime] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def seen(self, issuer: str, jti: str) -> bool:
+        return (issuer, jti) in self._seen
+
+    def claim_jti(self, issuer: str, jti: str, expires_at: datetime) -> bool:
+        now = datetime.now(UTC)
+        with self._lock:
+            if len(self._seen) > 1000:
+                self._seen = {key: exp for key, exp in self._seen.items() if exp >= now}
+            if (issuer, jti) in self._seen:
+                return False
+            self._seen[(issuer, jti)] = expires_at
+            return True
+
+
+class StoreReplayGuard:
+    """The jti replay check on the store, failing CLOSED when the store cannot answer.
+
+    The store raises an ApiError 503 (with Retry-After) when it cannot be reached; that
+    refusal reaches the client as is. With `memory_fallback` (setting
+    `jti_memory_fallback`), the check falls back to this process's memory instead and logs
+    a WARNING every time it does: a replay through another worker or instance then goes
+    unnoticed. JWT ids claimed in memory stay refused after the store is back.
+    """
+
+    def __init__(self, store: ReplayGuard, *, memory_fallback: bool = False, logger: logging.Logger | None = None):
+        self._store = store
+        self._memory_fallback = memory_fallback
+        self._memory = MemoryReplayGuard()
+        self._log = logger or log
+        self.fallback_uses = 0
+
+    def claim_jti(self, issuer: str, jti: str, expires_at: datetime) -> bool:
+        if len(self._memory) and self._memory.seen(issuer, jti):
+            return False
+        try:
+            return self._store.claim_jti(issuer, jti, expires_at)
+        except ApiError as exc:
+            if exc.status != 503 or not self._memory_fallback:
+                raise
+        self.fallback_uses += 1
+        self._log.warning(
+            "!!! jti replay check: the store is unreachable; using this process's memory "
+            "(jti_memory_fallback is on: replays through other workers or instances are NOT detected) !!!"
+        )
+        return self._memory.claim_jti(issuer, jti, expires_at)
 
 
 def audiences_for(base_url: str, path: str) -> tuple[str, ...]:

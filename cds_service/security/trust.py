@@ -33,12 +33,13 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt import PyJWK
 from jwt.exceptions import PyJWTError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cds_service.config import ConfigError, Settings
 
@@ -71,16 +72,6 @@ JWKS_MAX_AGE_S = 3600.0
 MIN_RSA_BITS = 2048
 
 _PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
-_ISSUER_KEYS = {
-    "iss",
-    "jwks",
-    "jwks_file",
-    "jku_allowlist",
-    "tenants",
-    "algorithms",
-    "jwks_min_refresh_s",
-    "jwks_max_age_s",
-}
 _EC_CURVE_FOR_ALG = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
 
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey
@@ -297,6 +288,97 @@ class TrustConfig:
         return self.issuers.get(iss)
 
 
+class TrustDocument(BaseModel):
+    """The trust file: `[[issuers]]` tables (each checked by IssuerEntry)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    issuers: list[Any] = Field(default_factory=list)
+
+
+def _non_empty_strings(name: str):
+    def check(value: Any) -> Any:
+        if value is not None and (not isinstance(value, list) or not all(isinstance(x, str) and x for x in value)):
+            raise ValueError(f"'{name}' must be a list of non-empty strings")
+        return value
+
+    return check
+
+
+def _positive_seconds(name: str):
+    def check(value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ValueError(f"'{name}' must be a positive number of seconds")
+        return float(value)
+
+    return check
+
+
+class IssuerEntry(BaseModel):
+    """One `[[issuers]]` table as written; the key material is checked after (parse_jwks)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    iss: str
+    jwks: Any = None
+    jwks_file: Any = None
+    jku_allowlist: Annotated[list[str] | None, BeforeValidator(_non_empty_strings("jku_allowlist"))] = None
+    tenants: Annotated[list[str] | None, BeforeValidator(_non_empty_strings("tenants"))] = None
+    algorithms: Annotated[list[str] | None, BeforeValidator(_non_empty_strings("algorithms"))] = None
+    jwks_min_refresh_s: Annotated[float, BeforeValidator(_positive_seconds("jwks_min_refresh_s"))] = JWKS_MIN_REFRESH_S
+    jwks_max_age_s: Annotated[float, BeforeValidator(_positive_seconds("jwks_max_age_s"))] = JWKS_MAX_AGE_S
+
+    @field_validator("iss", mode="before")
+    @classmethod
+    def _iss(cls, value: Any) -> Any:
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError("'iss' is required (the exact iss claim of the client's JWTs)")
+        return value
+
+    @field_validator("jku_allowlist")
+    @classmethod
+    def _http_urls(cls, value: list[str] | None) -> list[str] | None:
+        for url in value or ():
+            if not url.startswith(("https://", "http://")):
+                raise ValueError(f"jku_allowlist entry {url!r} is not an http(s) URL")
+        return value
+
+    @field_validator("algorithms")
+    @classmethod
+    def _algorithms(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        refused = set(value) - SUPPORTED_ALGORITHMS
+        if refused:
+            raise ValueError(
+                f"algorithms {sorted(refused)} are not allowed; choose from {sorted(SUPPORTED_ALGORITHMS)}"
+            )
+        if not value:
+            raise ValueError("'algorithms' must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _key_sources(self) -> IssuerEntry:
+        if self.jwks is not None and self.jwks_file is not None:
+            raise ValueError("give 'jwks' or 'jwks_file', not both")
+        if self.jwks is None and self.jwks_file is None and not self.jku_allowlist:
+            raise ValueError("needs keys: 'jwks', 'jwks_file' and/or 'jku_allowlist'")
+        return self
+
+
+def _why(error: ValidationError) -> str:
+    """The clearest single reason in a pydantic error, in the trust file's own terms."""
+    errors = error.errors(include_url=False)
+    unknown = sorted(str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden")
+    if unknown:
+        return f"unknown keys {unknown}"
+    for item in errors:
+        if item["loc"] and item["loc"][0] == "iss":
+            return "'iss' is required (the exact iss claim of the client's JWTs)"
+    item = errors[0]
+    return item["msg"].removeprefix("Value error, ")
+
+
 def parse_trust(
     document: Mapping[str, Any],
     *,
@@ -306,15 +388,16 @@ def parse_trust(
     source: str = "trust file",
 ) -> dict[str, Issuer]:
     """The `[[issuers]]` of a parsed trust file -> issuers by iss. Raises ConfigError."""
-    unknown = set(document) - {"issuers"}
-    if unknown:
-        raise ConfigError(f"{source}: unknown top-level keys {sorted(unknown)}")
-    entries = document.get("issuers", [])
-    if not isinstance(entries, list):
-        raise ConfigError(f"{source}: 'issuers' must be an array of tables ([[issuers]])")
+    try:
+        parsed = TrustDocument.model_validate(document)
+    except ValidationError as exc:
+        unknown = sorted(str(e["loc"][0]) for e in exc.errors() if e["type"] == "extra_forbidden")
+        if unknown:
+            raise ConfigError(f"{source}: unknown top-level keys {unknown}") from None
+        raise ConfigError(f"{source}: 'issuers' must be an array of tables ([[issuers]])") from None
     session = session or _jwks_session()
     issuers: dict[str, Issuer] = {}
-    for index, entry in enumerate(entries):
+    for index, entry in enumerate(parsed.issuers):
         where = f"{source}: issuers[{index}]"
         issuer = _parse_issuer(entry, where, base_dir, session, clock)
         if issuer.iss in issuers:
@@ -323,21 +406,18 @@ def parse_trust(
     return issuers
 
 
-def _parse_issuer(entry: Any, where: str, base_dir: Path, session, clock) -> Issuer:
-    if not isinstance(entry, dict):
+def _parse_issuer(raw: Any, where: str, base_dir: Path, session, clock) -> Issuer:
+    if not isinstance(raw, dict):
         raise ConfigError(f"{where}: must be a table")
-    unknown = set(entry) - _ISSUER_KEYS
-    if unknown:
-        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
-    iss = entry.get("iss")
-    if not isinstance(iss, str) or not iss.strip():
-        raise ConfigError(f"{where}: 'iss' is required (the exact iss claim of the client's JWTs)")
-    where = f"{where} ({iss})"
-    if "jwks" in entry and "jwks_file" in entry:
-        raise ConfigError(f"{where}: give 'jwks' or 'jwks_file', not both")
+    if isinstance(raw.get("iss"), str) and raw["iss"].strip():
+        where = f"{where} ({raw['iss']})"
+    try:
+        entry = IssuerEntry.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: {_why(exc)}") from None
 
     static_keys: dict[str, TrustedKey] = {}
-    if "jwks" in entry or "jwks_file" in entry:
+    if entry.jwks is not None or entry.jwks_file is not None:
         document = _read_jwks_entry(entry, where, base_dir)
         try:
             static_keys = parse_jwks(document, strict=True)
@@ -346,41 +426,24 @@ def _parse_issuer(entry: Any, where: str, base_dir: Path, session, clock) -> Iss
         if not static_keys:
             raise ConfigError(f"{where}: the key set is empty")
 
-    allowlist = _string_list(entry, "jku_allowlist", where)
-    for url in allowlist or ():
-        if not url.startswith(("https://", "http://")):
-            raise ConfigError(f"{where}: jku_allowlist entry {url!r} is not an http(s) URL")
-    if not static_keys and not allowlist:
-        raise ConfigError(f"{where}: needs keys: 'jwks', 'jwks_file' and/or 'jku_allowlist'")
-    min_refresh = _positive_number(entry, "jwks_min_refresh_s", JWKS_MIN_REFRESH_S, where)
-    max_age = _positive_number(entry, "jwks_max_age_s", JWKS_MAX_AGE_S, where)
     remote_sets = {
-        url: RemoteKeySet(url, session=session, min_refresh_s=min_refresh, max_age_s=max_age, clock=clock)
-        for url in allowlist or ()
+        url: RemoteKeySet(
+            url, session=session, min_refresh_s=entry.jwks_min_refresh_s, max_age_s=entry.jwks_max_age_s, clock=clock
+        )
+        for url in entry.jku_allowlist or ()
     }
-
-    tenants = _string_list(entry, "tenants", where)
-    algorithms = _string_list(entry, "algorithms", where)
-    if algorithms is not None:
-        refused = set(algorithms) - SUPPORTED_ALGORITHMS
-        if refused:
-            raise ConfigError(
-                f"{where}: algorithms {sorted(refused)} are not allowed; choose from {sorted(SUPPORTED_ALGORITHMS)}"
-            )
-        if not algorithms:
-            raise ConfigError(f"{where}: 'algorithms' must not be empty")
     return Issuer(
-        iss=iss,
+        iss=entry.iss,
         static_keys=static_keys,
         remote_sets=remote_sets,
-        tenants=frozenset(tenants) if tenants is not None else None,
-        algorithms=frozenset(algorithms) if algorithms is not None else SUPPORTED_ALGORITHMS,
+        tenants=frozenset(entry.tenants) if entry.tenants is not None else None,
+        algorithms=frozenset(entry.algorithms) if entry.algorithms is not None else SUPPORTED_ALGORITHMS,
     )
 
 
-def _read_jwks_entry(entry: dict, where: str, base_dir: Path) -> Any:
-    if "jwks_file" in entry:
-        raw_path = entry["jwks_file"]
+def _read_jwks_entry(entry: IssuerEntry, where: str, base_dir: Path) -> Any:
+    if entry.jwks_file is not None:
+        raw_path = entry.jwks_file
         if not isinstance(raw_path, str) or not raw_path:
             raise ConfigError(f"{where}: 'jwks_file' must be a path")
         path = Path(raw_path)
@@ -390,9 +453,9 @@ def _read_jwks_entry(entry: dict, where: str, base_dir: Path) -> Any:
             return json.loads(path.read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"{where}: cannot read jwks_file {path}: {exc.strerror}") from exc
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{where}: jwks_file {path} is not JSON") from exc
-    value = entry["jwks"]
+    value = entry.jwks
     if isinstance(value, str):
         try:
             return json.loads(value)
@@ -401,22 +464,6 @@ def _read_jwks_entry(entry: dict, where: str, base_dir: Path) -> Any:
     if isinstance(value, dict):
         return value
     raise ConfigError(f"{where}: 'jwks' must be a JSON string or a table with 'keys'")
-
-
-def _string_list(entry: dict, name: str, where: str) -> list[str] | None:
-    if name not in entry:
-        return None
-    value = entry[name]
-    if not isinstance(value, list) or not all(isinstance(x, str) and x for x in value):
-        raise ConfigError(f"{where}: '{name}' must be a list of non-empty strings")
-    return value
-
-
-def _positive_number(entry: dict, name: str, default: float, where: str) -> float:
-    value = entry.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ConfigError(f"{where}: '{name}' must be a positive number of seconds")
-    return float(value)
 
 
 def _jwks_session() -> requests.Session:
@@ -444,6 +491,8 @@ def load_trust_file(path: Path, **kwargs) -> dict[str, Issuer]:
         raise ConfigError(f"trust file {path}: cannot read it ({exc.strerror})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"trust file {path}: not valid TOML ({exc})") from exc
+    except UnicodeDecodeError:
+        raise ConfigError(f"trust file {path}: not UTF-8 text") from None
     return parse_trust(document, base_dir=Path(path).parent, source=f"trust file {path}", **kwargs)
 
 

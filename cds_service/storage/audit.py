@@ -50,6 +50,35 @@ class CallRecord:
     client_iss: str | None = None  # JWT issuer, None when unauthenticated
     cards: tuple[ReturnedCard, ...] | list[ReturnedCard] = ()
     called_at: datetime = field(default_factory=_utcnow)
+    instance_id: str | None = None  # which service instance answered (setting instance_id)
+    record_id: str | None = None  # unique per row: a spooled row is replayed once, not twice
+
+    def to_json(self) -> dict:
+        """The record as JSON values, for the local audit spool (storage/audit_spool.py)."""
+        return {
+            "service_id": self.service_id,
+            "hook": self.hook,
+            "hook_instance": self.hook_instance,
+            "outcome_status": self.outcome_status,
+            "duration_ms": self.duration_ms,
+            "patient_hash": self.patient_hash,
+            "content_version": self.content_version,
+            "client_iss": self.client_iss,
+            "cards": [list(card) for card in self.cards],
+            "called_at": self.called_at.isoformat(),
+            "instance_id": self.instance_id,
+            "record_id": self.record_id,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> CallRecord:
+        return cls(
+            **{
+                **data,
+                "cards": tuple(ReturnedCard(*card) for card in data.get("cards", ())),
+                "called_at": datetime.fromisoformat(data["called_at"]),
+            }
+        )
 
 
 AUDIT_KEY_FILE = "audit-hash.key"

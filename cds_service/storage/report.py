@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from cds_service.storage.store import Report, Store
+from cds_service.storage.store import Report, Store, StoreOptions
 
 _COLUMNS = ("card", "shown", "feedback", "accepted", "overridden", "accept %", "override %")
 
@@ -66,9 +66,9 @@ def format_report(report: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_report(database_url: str, since: datetime | None = None) -> str:
+def run_report(database_url: str, since: datetime | None = None, options: StoreOptions | None = None) -> str:
     """Open the store, build the usage report, and return it as text."""
-    store = Store(database_url)
+    store = Store(database_url, options)
     try:
         return format_report(store.usage_report(since=since))
     finally:

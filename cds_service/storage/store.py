@@ -2,8 +2,18 @@
 
 SQLite by default (a file in the instance folder, WAL journal, busy timeout, so several
 gunicorn workers can share it); PostgreSQL when the URL says `postgresql://...` (driven by
-psycopg 3). Tables are created when a Store opens; that is idempotent and safe when two
-workers start at the same time.
+psycopg 3). The schema is migrated with Alembic when a Store opens (storage/migrate.py),
+or checked only when the setting `db_migrations = "manual"`.
+
+Every database operation is bounded in time (StoreOptions): the connection (connect
+timeout, TCP keepalives), the pool wait, the statement (PostgreSQL `statement_timeout`;
+SQLite busy timeout), and, on top, a client-side deadline: a watchdog thread closes the
+socket of (PostgreSQL) or interrupts (SQLite) an operation that has not finished in time,
+because a database that stops answering (a partition: sockets open, no replies) never
+sends the server-side timeout. A store that failed answers StoreUnavailable (503 with
+Retry-After) at once for `retry_after_s`, instead of making every request wait again.
+
+Audit rows are written off the request path (`submit_call`; see audit_spool.py).
 
 Tables:
 - `service_calls`: one row per hook call (the audit trail). The patient appears only as a
@@ -15,10 +25,17 @@ Tables:
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
+import logging
+import math
 import os
+import socket
+import threading
 import time
+import uuid
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -28,16 +45,20 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import StaticPool
 
+from cds_service.errors import ApiError
+from cds_service.storage import migrate
 from cds_service.storage.audit import CallRecord, ReturnedCard
+from cds_service.storage.audit_spool import AuditSpool, AuditWriter
 from cds_service.storage.feedback import FeedbackEntry, OverrideReason
+
+log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
 JTI_PRUNE_INTERVAL_S = 300.0
-# pg_advisory_xact_lock key serialising table creation between workers ("cdsstore").
-_SCHEMA_LOCK_KEY = 0x6364_7373_746F_7265 & 0x7FFF_FFFF_FFFF_FFFF
 
 # Bounds for values stored in VARCHAR columns (client-controlled text is cut, not refused:
 # the audit trail must never turn a call into an error).
@@ -52,6 +73,8 @@ _LEN_SUMMARY = 1000
 _LEN_CODE = 256
 _LEN_SYSTEM = 1024
 _LEN_DISPLAY = 1024
+_LEN_INSTANCE = 200
+_LEN_RECORD_ID = 64
 # used_jti key parts, in UTF-8 bytes (PostgreSQL btree rows must stay well under 2.7 kB).
 _JTI_ISSUER_BYTES = 1000
 _JTI_BYTES = 255
@@ -59,6 +82,43 @@ _JTI_BYTES = 255
 
 class StoreError(RuntimeError):
     """The database cannot be opened or used; raised at start-up."""
+
+
+class StoreUnavailable(ApiError, StoreError):
+    """The database did not answer in time or refused: 503 with Retry-After, never a 500."""
+
+    def __init__(self, detail: str = "the service's database is unavailable; retry later", retry_after_s=2.0):
+        ApiError.__init__(self, 503, "store_unavailable", detail)
+        self.headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))}
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """Time bounds and behaviour of a Store (from the settings `db_*`, `audit_*`)."""
+
+    connect_timeout_s: float = 5.0
+    statement_timeout_s: float = 5.0
+    pool_timeout_s: float = 2.0
+    pool_size: int = 5
+    max_overflow: int = 10
+    keepalives_idle_s: int = 10
+    keepalives_interval_s: int = 5
+    keepalives_count: int = 3
+    retry_after_s: float = 2.0
+    migrations: str = "auto"  # "auto": upgrade on open; "manual": refuse an old schema; "none": leave it
+    instance_id: str = ""  # which instance answered, in each audit row; "" = host:pid
+    spool_dir: Path | None = None  # local audit spool; None: rows the store refuses are lost
+    audit_queue_size: int = 1000
+    audit_spool_max_bytes: int = 64 * 1024 * 1024
+
+    @property
+    def deadline_s(self) -> float:
+        """Client-side bound on one operation once it holds a connection."""
+        return self.statement_timeout_s + 0.5
+
+
+def default_instance_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class UtcDateTime(sa.types.TypeDecorator):
@@ -108,6 +168,9 @@ service_calls = sa.Table(
     sa.Column("duration_ms", sa.Float(), nullable=False),
     sa.Column("content_version", sa.Text(), nullable=False),
     sa.Column("client_iss", sa.String(_LEN_ISSUER), nullable=True),
+    # Added in 0.2.0 (migration 0002): which instance answered; the row's unique id.
+    sa.Column("instance_id", sa.String(_LEN_INSTANCE), nullable=True),
+    sa.Column("record_id", sa.String(_LEN_RECORD_ID), nullable=True, unique=True, index=True),
 )
 
 returned_cards = sa.Table(
@@ -264,9 +327,10 @@ def _database_url(database_url: str) -> URL:
     raise StoreError(f"unsupported database backend {backend!r}: use sqlite or postgresql")
 
 
-def _sqlite_engine(url: URL) -> Engine:
+def _sqlite_engine(url: URL, options: StoreOptions) -> Engine:
     database = url.database or ""
     in_memory = database in ("", ":memory:") or database.startswith("file::memory:")
+    busy_ms = int(options.statement_timeout_s * 1000)
     if in_memory:
         engine = sa.create_engine(
             url,
@@ -274,19 +338,23 @@ def _sqlite_engine(url: URL) -> Engine:
             connect_args={"check_same_thread": False},
         )
     else:
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(database).expanduser().parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"the SQLite database folder {folder} cannot be created ({exc.strerror})") from None
         engine = sa.create_engine(
             url,
-            pool_pre_ping=True,
-            pool_size=5,
-            max_overflow=10,
-            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            pool_size=options.pool_size,
+            max_overflow=options.max_overflow,
+            pool_timeout=options.pool_timeout_s,
+            connect_args={"timeout": busy_ms / 1000, "check_same_thread": False},
         )
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection, _record):
         cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
         if not in_memory:
             cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute("PRAGMA synchronous = NORMAL")
@@ -296,18 +364,41 @@ def _sqlite_engine(url: URL) -> Engine:
     return engine
 
 
-def _postgresql_engine(url: URL) -> Engine:
+def _postgresql_engine(url: URL, options: StoreOptions) -> Engine:
     connect_args: dict = {}
-    if "connect_timeout" not in url.query:
-        connect_args["connect_timeout"] = 5
-    if "application_name" not in url.query:
+    query = dict(url.query)
+    if "connect_timeout" not in query:
+        # libpq counts whole seconds; psycopg treats less than 2 as 2.
+        connect_args["connect_timeout"] = max(2, math.ceil(options.connect_timeout_s))
+    if "application_name" not in query:
         connect_args["application_name"] = "cds-service"
+    # TCP keepalives: a peer that vanished is noticed on an idle pooled connection.
+    for key, value in (
+        ("keepalives", 1),
+        ("keepalives_idle", options.keepalives_idle_s),
+        ("keepalives_interval", options.keepalives_interval_s),
+        ("keepalives_count", options.keepalives_count),
+        ("tcp_user_timeout", int(options.deadline_s * 1000)),
+    ):
+        if key not in query:
+            connect_args[key] = value
+    # Server-side bounds on every statement and lock wait, added to any options in the URL
+    # (the tests confine a store to a schema with `options=-csearch_path=...`).
+    timeout_ms = int(options.statement_timeout_s * 1000)
+    server_options = f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}"
+    given = query.get("options")
+    if isinstance(given, tuple):
+        given = " ".join(given)
+    if given:
+        server_options = f"{given} {server_options}"
+    url = url.difference_update_query(["options"])
+    connect_args["options"] = server_options
     return sa.create_engine(
         url,
-        pool_pre_ping=True,
-        pool_size=5,
-        max_overflow=10,
-        pool_timeout=10,
+        pool_pre_ping=False,  # a ping could hang on a silent server; the watchdog bounds it
+        pool_size=options.pool_size,
+        max_overflow=options.max_overflow,
+        pool_timeout=options.pool_timeout_s,
         pool_recycle=1800,
         connect_args=connect_args,
     )
@@ -320,45 +411,180 @@ def _dispose_in_child(engine_ref: weakref.ref) -> None:
         engine.dispose(close=False)
 
 
+def _abort_connection(dbapi_connection) -> None:
+    """Make an operation blocked on this DBAPI connection fail now (from another thread)."""
+    if hasattr(dbapi_connection, "interrupt"):  # sqlite3
+        dbapi_connection.interrupt()
+        return
+    try:
+        fd = os.dup(dbapi_connection.fileno())
+    except (OSError, AttributeError, ValueError, Exception):
+        return
+    sock = socket.socket(fileno=fd)
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+def _failure_kind(exc: BaseException) -> str:
+    """A short, log-safe name for why the database failed (never the driver's message)."""
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).lower()
+    if isinstance(exc, PoolTimeout):
+        return "no free database connection in time"
+    if "does not exist" in text and "database" in text:
+        return "database does not exist"
+    if "connection refused" in text:
+        return "connection refused"
+    if "password authentication failed" in text or "authentication" in text:
+        return "authentication failed"
+    if "could not translate host name" in text or "name or service not known" in text:
+        return "host name not found"
+    if "timeout" in text or "timed out" in text or "canceling statement" in text:
+        return "timed out"
+    if "unable to open database file" in text:
+        return "the database file cannot be opened"
+    if "readonly" in text or "read-only" in text:
+        return "the database is read-only"
+    return type(orig).__name__
+
+
+def _is_final(exc: BaseException) -> bool:
+    """A failure that retrying at start-up cannot cure (unlike a race between workers)."""
+    return _failure_kind(exc) in (
+        "connection refused",
+        "database does not exist",
+        "authentication failed",
+        "host name not found",
+        "the database file cannot be opened",
+        "timed out",
+    )
+
+
+class _Probe:
+    __slots__ = ("done", "ok", "pid")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.ok = False
+        self.pid = os.getpid()
+
+
+class _Op:
+    __slots__ = ("aborted", "dbapi", "deadline")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.dbapi = None
+        self.aborted = False
+
+
+class _Watchdog:
+    """One thread per process that aborts database operations past their deadline."""
+
+    def __init__(self) -> None:
+        self._ops: dict[int, _Op] = {}
+        self._lock = threading.Lock()
+        self._pid = 0
+        self._wake = threading.Event()
+
+    def add(self, op: _Op) -> None:
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._ops = {}
+                    self._pid = os.getpid()
+                    threading.Thread(target=self._run, name="db-watchdog", daemon=True).start()
+        with self._lock:
+            self._ops[id(op)] = op
+
+    def remove(self, op: _Op) -> None:
+        with self._lock:
+            self._ops.pop(id(op), None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(0.05)
+            now = time.monotonic()
+            with self._lock:
+                late = [op for op in self._ops.values() if op.deadline <= now and not op.aborted]
+            for op in late:
+                if op.dbapi is not None:
+                    op.aborted = True
+                    _abort_connection(op.dbapi)
+
+
+_watchdog = _Watchdog()
+
+
 # --------------------------------------------------------------------------- store
 
 
 class Store:
     """The database behind the service. One per process; thread-safe (pooled engine)."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, options: StoreOptions | None = None) -> None:
+        self.options = options = options or StoreOptions()
         url = _database_url(database_url)
         self.backend = url.get_backend_name()
-        self.engine: Engine = _sqlite_engine(url) if self.backend == "sqlite" else _postgresql_engine(url)
+        self.instance_id = (options.instance_id or default_instance_id())[:_LEN_INSTANCE]
+        self.engine: Engine = (
+            _sqlite_engine(url, options) if self.backend == "sqlite" else _postgresql_engine(url, options)
+        )
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=lambda ref=weakref.ref(self.engine): _dispose_in_child(ref))
+        self._local = threading.local()
+        self._down_until = 0.0
+        self._ping_lock = threading.Lock()
+        self._ping_probe: _Probe | None = None
+        event.listen(self.engine, "checkout", self._on_checkout)
         self._next_prune = 0.0
-        self._create_tables()
+        self._open_schema()
+        spool = AuditSpool(options.spool_dir, options.audit_spool_max_bytes) if options.spool_dir else None
+        self.audit_writer = AuditWriter(
+            self.record_calls,
+            spool,
+            queue_size=options.audit_queue_size,
+            retry_s=options.retry_after_s,
+            store_down=self.is_down,
+        )
 
     # -- lifecycle
 
-    def _create_tables(self) -> None:
-        """create_all, serialised between processes; a lost race is retried (then a no-op)."""
+    def _open_schema(self) -> None:
+        """Migrate to the current schema (or, with manual migrations, check it is current)."""
         attempts = 6
         for attempt in range(attempts):
             try:
-                with self.engine.begin() as conn:
-                    if self.backend == "postgresql":
-                        conn.execute(
-                            sa.text("SELECT pg_advisory_xact_lock(:key)"),
-                            {"key": _SCHEMA_LOCK_KEY},
+                if self.options.migrations == "none":
+                    with self.engine.connect() as conn:
+                        conn.execute(sa.text("SELECT 1"))
+                elif self.options.migrations == "manual":
+                    current, head = migrate.pending(self.engine)
+                    if current != head:
+                        raise StoreError(
+                            f"the {self.backend} database schema is at revision {current or 'none (empty)'} "
+                            f"and this version needs {head}; db_migrations is 'manual': "
+                            "run `cds-service db upgrade` first"
                         )
-                    metadata.create_all(conn, checkfirst=True)
+                else:
+                    before, after = migrate.upgrade(self.engine)
+                    if before != after:
+                        log.info("store schema migrated: %s -> %s", before or "empty", after)
                 return
-            except DBAPIError as exc:
-                if attempt == attempts - 1:
-                    raise StoreError(
-                        f"cannot open the {self.backend} database "
-                        f"({type(exc.orig).__name__ if exc.orig else type(exc).__name__})"
-                    ) from exc
+            except (DBAPIError, PoolTimeout) as exc:
+                if attempt == attempts - 1 or not isinstance(exc, DBAPIError) or _is_final(exc):
+                    raise StoreError(f"cannot open the {self.backend} database ({_failure_kind(exc)})") from None
                 time.sleep(0.05 * (attempt + 1))
 
+    def upgrade_schema(self) -> tuple[str | None, str]:
+        return migrate.upgrade(self.engine)
+
     def close(self) -> None:
+        self.audit_writer.close()
         self.engine.dispose()
 
     def __enter__(self) -> Store:
@@ -366,6 +592,120 @@ class Store:
 
     def __exit__(self, *_exc) -> None:
         self.close()
+
+    # -- time bounds and failures
+
+    def _on_checkout(self, dbapi_connection, _record, _proxy) -> None:
+        op = getattr(self._local, "op", None)
+        if op is not None:
+            op.dbapi = dbapi_connection
+
+    @contextlib.contextmanager
+    def _bounded(self, what: str, deadline_s: float | None = None):
+        """Run one database operation within the deadline; StoreUnavailable otherwise."""
+        op = _Op(time.monotonic() + (deadline_s or self.options.deadline_s) + self.options.pool_timeout_s)
+        self._local.op = op
+        _watchdog.add(op)
+        try:
+            yield
+        except IntegrityError:
+            raise
+        except (DBAPIError, PoolTimeout, OSError) as exc:
+            self._mark_down()
+            kind = "timed out" if op.aborted else _failure_kind(exc)
+            log.warning("store unavailable: operation=%s reason=%s", what, kind)
+            raise StoreUnavailable(retry_after_s=self.options.retry_after_s) from None
+        else:
+            self._down_until = 0.0
+        finally:
+            _watchdog.remove(op)
+            self._local.op = None
+
+    def _mark_down(self) -> None:
+        self._down_until = time.monotonic() + self.options.retry_after_s
+
+    def is_down(self) -> bool:
+        """True for `retry_after_s` after a failure: requests get a 503 without waiting."""
+        return time.monotonic() < self._down_until
+
+    def _fail_fast(self) -> None:
+        if self.is_down():
+            raise StoreUnavailable(retry_after_s=max(1.0, self._down_until - time.monotonic()))
+
+    def _run(self, what: str, operation, *, write: bool = True, fail_fast: bool = True):
+        """`operation(conn)` in one bounded transaction (StoreUnavailable when it cannot).
+
+        Tried once more when the pooled connection was dead (the server restarted), never
+        after the deadline. `fail_fast`: answer at once while the store is known down."""
+        if fail_fast:
+            self._fail_fast()
+        for attempt in (1, 2):
+            stale = False
+            try:
+                with self._bounded(what):
+                    try:
+                        with self.engine.begin() if write else self.engine.connect() as conn:
+                            return operation(conn)
+                    except DBAPIError as exc:
+                        op = self._local.op
+                        stale = bool(exc.connection_invalidated) and not (op and op.aborted) and attempt == 1
+                        raise
+            except StoreUnavailable:
+                if not stale:
+                    raise
+                self._down_until = 0.0
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def ping(self, timeout_s: float = 1.0) -> bool:
+        """True if the database answers `SELECT 1` within `timeout_s` (for /readyz).
+
+        Never raises and never waits longer than `timeout_s`: the probe runs on its own
+        thread (one at a time; a probe still running is waited for, not duplicated), itself
+        bounded by the connect timeout and the statement deadline."""
+        with self._ping_lock:
+            probe = self._ping_probe
+            if probe is not None and probe.pid != os.getpid():
+                probe = None  # started before a fork: its thread is not in this process
+            if probe is None or probe.done.is_set():
+                probe = _Probe()
+                self._ping_probe = probe
+                threading.Thread(target=self._probe, args=(probe,), name="db-ping", daemon=True).start()
+        return probe.done.wait(timeout_s) and probe.ok
+
+    def _probe(self, probe: _Probe) -> None:
+        try:
+            with self._bounded("ping", deadline_s=self.options.deadline_s), self.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            probe.ok = True
+        except (StoreUnavailable, SQLAlchemyError, OSError):
+            probe.ok = False
+        finally:
+            probe.done.set()
+
+    # -- audit writer (for /metrics and shutdown)
+
+    def submit_call(self, call: CallRecord) -> bool:
+        """Queue one audit row for the background writer; never waits for the database.
+
+        False only when the row could be neither queued nor spooled (logged at ERROR)."""
+        if call.record_id is None or call.instance_id is None:
+            call = dataclasses.replace(
+                call,
+                record_id=call.record_id or uuid.uuid4().hex,
+                instance_id=call.instance_id or self.instance_id,
+            )
+        return self.audit_writer.submit(call)
+
+    def flush_audit(self, timeout_s: float = 5.0) -> bool:
+        return self.audit_writer.flush(timeout_s)
+
+    def audit_spool_depth(self) -> int:
+        """Audit rows waiting in the local spool (every process of this instance folder)."""
+        return self.audit_writer.spool_depth()
+
+    def audit_queue_depth(self) -> int:
+        """Audit rows queued in this process, not yet written."""
+        return self.audit_writer.queue_depth()
 
     # -- feedback
 
@@ -390,15 +730,13 @@ class Store:
                 }
             )
         if rows:
-            with self.engine.begin() as conn:
-                conn.execute(feedback.insert(), rows)
+            self._run("record_feedback", lambda conn: conn.execute(feedback.insert(), rows))
         return len(rows)
 
     def feedback_for(self, card_uuid: str) -> list[StoredFeedback]:
         """Feedback received about one card, oldest first."""
         query = sa.select(feedback).where(feedback.c.card_uuid == card_uuid.lower()).order_by(feedback.c.id)
-        with self.engine.connect() as conn:
-            rows = conn.execute(query).mappings().all()
+        rows = self._run("feedback_for", lambda conn: conn.execute(query).mappings().all(), write=False)
         return [
             StoredFeedback(
                 id=row["id"],
@@ -423,36 +761,81 @@ class Store:
     # -- audit trail
 
     def record_call(self, call: CallRecord) -> int:
-        """Write one hook call and the cards it returned, atomically; returns the call id."""
-        with self.engine.begin() as conn:
-            result = conn.execute(
-                service_calls.insert().values(
-                    called_at=call.called_at,
-                    service_id=_clean(call.service_id, _LEN_SERVICE_ID),
-                    hook=_clean(call.hook, _LEN_HOOK),
-                    hook_instance=_clean(call.hook_instance, _LEN_HOOK_INSTANCE),
-                    patient_hash=_clean(call.patient_hash, _LEN_HASH),
-                    outcome_status=int(call.outcome_status),
-                    duration_ms=float(call.duration_ms),
-                    content_version=_clean(call.content_version or ""),
-                    client_iss=_clean(call.client_iss, _LEN_ISSUER),
-                )
+        """Write one hook call and the cards it returned, atomically; returns the call id.
+
+        Synchronous (tests, tools). Hook calls use `submit_call`, off the request path."""
+        return self._run("record_call", lambda conn: self._insert_call(conn, call), fail_fast=False)
+
+    def record_calls(self, calls: list[CallRecord]) -> int:
+        """Write audit rows (the background writer, the spool replay); returns rows written.
+
+        Idempotent: a row whose `record_id` is already stored is skipped, so a spooled row
+        replayed twice is kept once. StoreUnavailable when the store cannot be written."""
+
+        def write_all(conn) -> int:
+            for call in calls:
+                self._insert_call(conn, call)
+            return len(calls)
+
+        try:
+            return self._run("record_calls", write_all, fail_fast=False)
+        except IntegrityError:
+            pass
+        written = 0
+        for call in calls:
+            try:
+                self._run("record_calls", lambda conn, call=call: self._insert_call(conn, call), fail_fast=False)
+                written += 1
+            except IntegrityError:
+                continue  # already stored (same record_id)
+        return written
+
+    @staticmethod
+    def _insert_call(conn, call: CallRecord) -> int:
+        result = conn.execute(
+            service_calls.insert().values(
+                called_at=call.called_at,
+                service_id=_clean(call.service_id, _LEN_SERVICE_ID),
+                hook=_clean(call.hook, _LEN_HOOK),
+                hook_instance=_clean(call.hook_instance, _LEN_HOOK_INSTANCE),
+                patient_hash=_clean(call.patient_hash, _LEN_HASH),
+                outcome_status=int(call.outcome_status),
+                duration_ms=float(call.duration_ms),
+                content_version=_clean(call.content_version or ""),
+                client_iss=_clean(call.client_iss, _LEN_ISSUER),
+                instance_id=_clean(call.instance_id, _LEN_INSTANCE),
+                record_id=_clean(call.record_id, _LEN_RECORD_ID),
             )
-            call_id = int(result.inserted_primary_key[0])
-            if call.cards:
-                conn.execute(
-                    returned_cards.insert(),
-                    [
-                        {
-                            "call_id": call_id,
-                            "card_uuid": _clean(card.card_uuid.lower(), _LEN_CARD_UUID),
-                            "card_id": _clean(card.card_id, _LEN_CARD_ID),
-                            "summary": _clean(card.summary, _LEN_SUMMARY),
-                        }
-                        for card in (ReturnedCard(*c) for c in call.cards)
-                    ],
-                )
+        )
+        call_id = int(result.inserted_primary_key[0])
+        if call.cards:
+            conn.execute(
+                returned_cards.insert(),
+                [
+                    {
+                        "call_id": call_id,
+                        "card_uuid": _clean(card.card_uuid.lower(), _LEN_CARD_UUID),
+                        "card_id": _clean(card.card_id, _LEN_CARD_ID),
+                        "summary": _clean(card.summary, _LEN_SUMMARY),
+                    }
+                    for card in (ReturnedCard(*c) for c in call.cards)
+                ],
+            )
         return call_id
+
+    def prune_audit(self, older_than: datetime) -> int:
+        """Delete audit rows (calls and the cards they returned) from before `older_than`.
+
+        Feedback rows are kept (they are the clinicians' answers, not the audit trail).
+        Returns how many calls went."""
+
+        def prune(conn) -> int:
+            old_calls = sa.select(service_calls.c.id).where(service_calls.c.called_at < older_than)
+            conn.execute(returned_cards.delete().where(returned_cards.c.call_id.in_(old_calls)))
+            result = conn.execute(service_calls.delete().where(service_calls.c.called_at < older_than))
+            return result.rowcount or 0
+
+        return self._run("prune_audit", prune, fail_fast=False)
 
     def issued_card(self, card_uuid: str) -> IssuedCard | None:
         """The call that returned this card uuid, or None if this service never did."""
@@ -468,8 +851,7 @@ class Store:
             .order_by(returned_cards.c.id)
             .limit(1)
         )
-        with self.engine.connect() as conn:
-            row = conn.execute(query).first()
+        row = self._run("issued_card", lambda conn: conn.execute(query).first(), write=False)
         return IssuedCard(*row) if row else None
 
     # -- JWT replay protection
@@ -479,19 +861,20 @@ class Store:
 
         Atomic across processes: the unique constraint decides, not a prior read. Keep the
         row at least until the token can no longer pass the expiry check (exp + leeway).
+        StoreUnavailable (503) when the store cannot answer: the check fails closed.
         """
         now = _utcnow()
         if time.monotonic() >= self._next_prune:
             self._next_prune = time.monotonic() + JTI_PRUNE_INTERVAL_S
-            self.prune_expired_jti(now)
+            with contextlib.suppress(StoreUnavailable):
+                self.prune_expired_jti(now)
         row = {
             "issuer": _jti_key_part(issuer, _JTI_ISSUER_BYTES),
             "jti": _jti_key_part(jti, _JTI_BYTES),
             "expires_at": expires_at,
         }
         try:
-            with self.engine.begin() as conn:
-                conn.execute(used_jti.insert(), row)
+            self._run("claim_jti", lambda conn: conn.execute(used_jti.insert(), row))
         except IntegrityError:
             return False
         return True
@@ -499,8 +882,7 @@ class Store:
     def prune_expired_jti(self, now: datetime | None = None) -> int:
         """Forget JWT ids whose tokens have expired; returns how many rows went."""
         now = now or _utcnow()
-        with self.engine.begin() as conn:
-            result = conn.execute(used_jti.delete().where(used_jti.c.expires_at < now))
+        result = self._run("prune_jti", lambda conn: conn.execute(used_jti.delete().where(used_jti.c.expires_at < now)))
         return result.rowcount or 0
 
     # -- usage report
@@ -557,7 +939,7 @@ class Store:
             unlinked_q = unlinked_q.where(feedback.c.received_at >= since)
             status_q = status_q.where(service_calls.c.called_at >= since)
 
-        with self.engine.connect() as conn:
+        with self._bounded("usage_report", deadline_s=10 * self.options.deadline_s), self.engine.connect() as conn:
             shown = {card_id: n for card_id, n in conn.execute(shown_q)}
             outcomes: dict[str, dict[str, int]] = {}
             for card_id, outcome, n in conn.execute(outcomes_q):

@@ -3,10 +3,21 @@ configuration mistakes that stop `serve` before it binds a port."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
 from support.scenario_requests import hfs_after_mvd_patient_view
 
 from cds_service.cli import main
 from cds_service.http.app import create_app
+from cds_service.storage.audit import CallRecord, ReturnedCard
+from cds_service.storage.store import Store
 
 SERVICE = "/cds-services/hfs-outcomes-patient-view"
 
@@ -61,3 +72,143 @@ def test_report_on_a_store_it_cannot_open_says_so_without_a_traceback(capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("cds-service: ") and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- start-up errors
+
+
+def _run_cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_") and k != "DATABASE_URL"}
+    env.update(env_extra or {})
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "cds-service"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+def _one_clear_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("cds-service: ")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_an_instance_path_that_is_a_file_is_refused_clearly(tmp_path):
+    path = tmp_path / "instance"
+    path.write_text("not a folder")
+    line = _one_clear_line(_run_cli("serve", "--instance", str(path), "--port", "1"))
+    assert "is a file, not a folder" in line
+
+
+def test_an_unwritable_instance_folder_is_refused_clearly(tmp_path):
+    if os.geteuid() == 0:
+        folder = Path("/proc/self")  # a folder even root cannot create files in
+    else:
+        folder = tmp_path / "locked"
+        folder.mkdir()
+        folder.chmod(0o500)
+    line = _one_clear_line(_run_cli("serve", "--instance", str(folder), "--port", "1"))
+    assert "is not writable" in line or "cannot be created" in line
+
+
+def test_an_instance_folder_that_cannot_be_created_is_refused_clearly(tmp_path):
+    (tmp_path / "file").write_text("x")
+    line = _one_clear_line(_run_cli("serve", "--instance", str(tmp_path / "file" / "instance"), "--port", "1"))
+    assert "cannot be created" in line
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("not a url hunter2", "the database URL cannot be read"),
+        ("mysql://root:hunter2@localhost/x", "unsupported database backend"),
+        ("postgresql://cds:hunter2@127.0.0.1:1/cds", "connection refused"),
+    ],
+)
+def test_database_mistakes_each_have_their_own_message(tmp_path, url, message):
+    line = _one_clear_line(
+        _run_cli("serve", "--instance", str(tmp_path / "i"), "--port", "1", env_extra={"DATABASE_URL": url})
+    )
+    assert message in line and "hunter2" not in line
+
+
+@pytest.mark.postgres
+def test_a_database_that_does_not_exist_is_told_apart_from_a_refused_connection(tmp_path, postgres_url):
+    missing = make_url(postgres_url).set(database=f"no_such_db_{uuid.uuid4().hex[:8]}")
+    line = _one_clear_line(
+        _run_cli(
+            "serve",
+            "--instance",
+            str(tmp_path / "i"),
+            "--port",
+            "1",
+            env_extra={"DATABASE_URL": missing.render_as_string(hide_password=False)},
+        )
+    )
+    assert "database does not exist" in line and "connection refused" not in line
+
+
+def test_a_bad_trust_file_stops_start_up_clearly(tmp_path):
+    trust = tmp_path / "trust.toml"
+    trust.write_text('[[issuers]]\niss = "https://x"\nalgorithms = ["HS256"]\njku_allowlist = ["https://x/k"]\n')
+    line = _one_clear_line(
+        _run_cli("serve", "--instance", str(tmp_path / "i"), "--port", "1", env_extra={"CDS_TRUST_FILE": str(trust)})
+    )
+    assert "trust file" in line and "HS256" in line
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("db_statement_timeout_s = -1\n", "db_statement_timeout_s"),
+        ('db_migrations = "sometimes"\n', "db_migrations"),
+        ("[[[ not toml\n", "not valid TOML"),
+    ],
+)
+def test_a_bad_settings_file_stops_start_up_clearly(tmp_path, text, message):
+    config = tmp_path / "settings.toml"
+    config.write_text(text)
+    line = _one_clear_line(_run_cli("serve", "--config", str(config), "--instance", str(tmp_path / "i"), "--port", "1"))
+    assert message in line
+
+
+def test_a_missing_settings_file_stops_start_up_clearly(tmp_path):
+    line = _one_clear_line(_run_cli("serve", "--config", str(tmp_path / "missing.toml"), "--port", "1"))
+    assert "cannot read" in line
+
+
+# --------------------------------------------------------------------------- audit retention
+
+
+def test_audit_prune_deletes_rows_older_than_the_retention_and_keeps_the_rest(store_url, tmp_path, capsys):
+    now = datetime.now(UTC)
+    with Store(store_url) as store:
+        for days, uuid_suffix in ((40, "1"), (31, "2"), (29, "3"), (0, "4")):
+            store.record_call(
+                CallRecord(
+                    "svc",
+                    "patient-view",
+                    f"call-{days}",
+                    200,
+                    1.0,
+                    cards=(ReturnedCard(f"00000000-0000-4000-8000-00000000000{uuid_suffix}", "c", "s"),),
+                    called_at=now - timedelta(days=days, minutes=1),
+                )
+            )
+    config = tmp_path / "settings.toml"
+    config.write_text("audit_retention_days = 30\n")
+    assert main(["audit", "prune", "--config", str(config), "--database-url", store_url]) == 0
+    assert "deleted: 2" in capsys.readouterr().out
+    with Store(store_url) as store, store.engine.connect() as conn:
+        kept = conn.exec_driver_sql("SELECT hook_instance FROM service_calls ORDER BY id").scalars().all()
+        cards = conn.exec_driver_sql("SELECT count(*) FROM returned_cards").scalar_one()
+    assert kept == ["call-29", "call-0"] and cards == 2
+    # --days overrides the setting; 0 (the default setting) keeps everything.
+    assert main(["audit", "prune", "--database-url", store_url, "--days", "0"]) == 0
+    assert "kept forever" in capsys.readouterr().out
+    assert main(["audit", "prune", "--database-url", store_url, "--days", "1"]) == 0
+    assert "deleted: 1" in capsys.readouterr().out

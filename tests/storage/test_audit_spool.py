@@ -1,0 +1,124 @@
+"""The audit spool and background writer: rows never wait for the database on the request
+path, survive a restart in the spool, are replayed once, and the spool is bounded."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+from support.scenario_requests import hfs_after_mvd_patient_view
+
+from cds_service.http.app import create_app
+from cds_service.storage.audit import CallRecord, ReturnedCard
+from cds_service.storage.audit_spool import AuditSpool, AuditWriter, SpoolFull
+from cds_service.storage.store import Store
+
+
+def record(n: int) -> CallRecord:
+    return CallRecord(
+        "svc",
+        "patient-view",
+        f"call-{n}",
+        200,
+        1.5,
+        patient_hash="ab" * 32,
+        cards=(ReturnedCard(str(uuid.uuid4()), "mvd-recurrence", "summary"),),
+        instance_id="node-1",
+        record_id=uuid.uuid4().hex,
+    )
+
+
+def stored_instances(store: Store) -> list[str]:
+    with store.engine.connect() as conn:
+        return conn.exec_driver_sql("SELECT hook_instance FROM service_calls ORDER BY hook_instance").scalars().all()
+
+
+def test_spooled_rows_survive_a_restart_and_are_replayed_into_the_store_once(tmp_path, store_url):
+    rows = [record(n) for n in range(5)]
+    AuditSpool(tmp_path / "spool", 1 << 20).append(rows[:3])
+    AuditSpool(tmp_path / "spool", 1 << 20).append(rows[3:])
+    reopened = AuditSpool(tmp_path / "spool", 1 << 20)  # a new process
+    assert reopened.depth(max_age_s=0) == 5
+    with Store(store_url) as store:
+        store.record_calls(rows[:2])  # written once already before a crash
+        assert reopened.replay(store.record_calls) == 5
+        assert reopened.depth(max_age_s=0) == 0
+        assert stored_instances(store) == [f"call-{n}" for n in range(5)]
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM returned_cards").scalar_one() == 5
+
+
+def test_a_replay_that_fails_keeps_the_rows_for_the_next_attempt(tmp_path):
+    spool = AuditSpool(tmp_path / "spool", 1 << 20)
+    spool.append([record(1), record(2)])
+
+    def refuse(_batch):
+        raise ConnectionError("down")
+
+    with pytest.raises(ConnectionError):
+        spool.replay(refuse)
+    assert spool.depth(max_age_s=0) == 2
+    spool.append([record(3)])
+    written = []
+    assert spool.replay(written.extend) == 3
+    assert sorted(r.hook_instance for r in written) == ["call-1", "call-2", "call-3"]
+
+
+def test_the_spool_is_bounded(tmp_path):
+    spool = AuditSpool(tmp_path / "spool", 2000)
+    spool.append([record(1)])
+    with pytest.raises(SpoolFull):
+        spool.append([record(n) for n in range(20)])
+    assert spool.depth(max_age_s=0) == 1
+
+
+def test_a_full_queue_spills_to_the_spool_without_blocking_the_caller(tmp_path):
+    release = threading.Event()
+    written: list[CallRecord] = []
+
+    def slow_write(batch):
+        release.wait(10)
+        written.extend(batch)
+
+    writer = AuditWriter(slow_write, AuditSpool(tmp_path / "spool", 1 << 20), queue_size=3, retry_s=0.2)
+    started = time.monotonic()
+    assert all(writer.submit(record(n)) for n in range(20))
+    assert time.monotonic() - started < 1.0
+    # At most one batch is held by the blocked writer and 3 rows wait in the queue: the
+    # rest waits in the spool.
+    assert writer.spool.depth(max_age_s=0) >= 20 - 3 - 4
+    release.set()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(written) < 20:
+        time.sleep(0.05)
+    writer.close()
+    assert sorted(r.hook_instance for r in written) == sorted(f"call-{n}" for n in range(20))
+
+
+def test_rows_neither_writable_nor_spoolable_are_counted_and_logged_as_lost(tmp_path, caplog):
+    def refuse(_batch):
+        raise ConnectionError("down")
+
+    writer = AuditWriter(refuse, AuditSpool(tmp_path / "spool", 10), queue_size=10, retry_s=0.2)
+    writer.submit(record(1))
+    assert writer.flush(5)
+    writer.close()
+    assert writer.lost == 1
+    assert any("AUDIT ROWS LOST" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
+
+
+def test_hook_calls_are_refused_with_503_when_the_store_is_down_and_the_spool_is_full(tmp_path):
+    app = create_app(instance_path=tmp_path / "instance", allow_unsigned=True, audit_spool_max_bytes=10)
+    client = app.test_client()
+    runtime = app.extensions["cds_service"]
+    assert (
+        client.post("/cds-services/hfs-outcomes-patient-view", json=hfs_after_mvd_patient_view("p")).status_code == 200
+    )
+    runtime.store.audit_writer.spool.folder.joinpath("audit-spool.jsonl").write_text('{"x": 1}\n' * 3)
+    runtime.store._mark_down()
+    refused = client.post("/cds-services/hfs-outcomes-patient-view", json=hfs_after_mvd_patient_view("p"))
+    assert refused.status_code == 503 and "Retry-After" in refused.headers
+    assert "audit" in refused.get_json()["detail"]
+    runtime.store.close()
