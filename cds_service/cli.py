@@ -112,6 +112,7 @@ def _serve(args: argparse.Namespace) -> int:
             atoms = super().atoms(resp, req, environ, request_time)
             atoms["U"] = redact_path(atoms.get("U", ""))  # no evidence page token in the log
             return atoms
+
     def worker_exit(_arbiter, worker) -> None:
         # Write (or spool) the audit rows still queued in this worker before it goes.
         app = getattr(worker, "wsgi", None)
