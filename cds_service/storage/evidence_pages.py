@@ -6,8 +6,8 @@ pages. When a page expires its data is deleted at once (data set to NULL) and on
 tombstone (hash, expiry) stays for TOMBSTONE_DAYS so that an expired link says "expired"
 (410) rather than "unknown" (404); then the row goes too.
 
-Table `evidence_pages` (declared on the store's MetaData, so create_all and the Alembic
-migrations see it):
+Table `evidence_pages` (declared on the store's MetaData; created by the Alembic revision
+0003, which the Store applies when it opens):
     token_sha256  CHAR-like VARCHAR(64) primary key   hex SHA-256 of the token
     card_id       VARCHAR(200) not null               which card file (for the report)
     data          TEXT null                           the page data as JSON; NULL once expired
@@ -89,18 +89,6 @@ class EvidencePages:
         self.engine = engine
         self.ttl_s = float(ttl_s)
         self._next_purge = 0.0
-        self._create_table()
-
-    def _create_table(self) -> None:
-        for attempt in range(6):
-            try:
-                evidence_pages.create(self.engine, checkfirst=True)
-                return
-            except DBAPIError:
-                # Another worker created it between the check and the CREATE: check again.
-                if attempt == 5:
-                    raise
-                time.sleep(0.05 * (attempt + 1))
 
     def save(self, data: dict, ttl_s: float | None = None, token: str | None = None) -> str:
         """Keep `data` (JSON-ready) for ttl_s seconds; returns the page's token."""
