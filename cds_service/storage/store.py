@@ -598,3 +598,26 @@ class Store:
             generated_at=_utcnow(),
             since=since,
         )
+
+
+# -- placeholder until storeops' bounded Store.ping is merged (theirs wins) ------------
+def _ping(self: Store, timeout_s: float) -> bool:
+    """True when the store answers `SELECT 1` within `timeout_s` (checked in a thread)."""
+    import concurrent.futures
+
+    def probe() -> None:
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        pool.submit(probe).result(timeout=timeout_s)
+        return True
+    except Exception:
+        return False
+    finally:
+        pool.shutdown(wait=False)
+
+
+if not hasattr(Store, "ping"):
+    Store.ping = _ping
