@@ -10,6 +10,7 @@ from werkzeug.exceptions import HTTPException
 
 from cds_service.config import Settings, load_settings
 from cds_service.errors import ApiError
+from cds_service.http import operations
 from cds_service.http.cors import install_cors
 from cds_service.http.routes import blueprint
 from cds_service.security.client_auth import log_dev_mode_warning
@@ -34,6 +35,7 @@ def create_app(settings: Settings | None = None, **overrides) -> Flask:
     app.extensions["cds_service"] = build_runtime(settings)
     install_cors(app, settings.cors_origins)
     app.register_blueprint(blueprint)
+    app.register_blueprint(operations.blueprint)
     register_error_handlers(app)
     if settings.allow_unsigned:
         log_dev_mode_warning(log)
@@ -46,6 +48,9 @@ def register_error_handlers(app: Flask) -> None:
         if error.status == 401:
             # A refused client learns nothing that would help it; the log has the reason.
             return jsonify({"error": "unauthorized"}), 401, {"WWW-Authenticate": "Bearer"}
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is not None:
+            return jsonify(error.body()), error.status, {"Retry-After": str(retry_after)}
         return jsonify(error.body()), error.status
 
     @app.errorhandler(HTTPException)

@@ -58,6 +58,10 @@ class ServedService:
     workers: int = 2
     database_url: str | None = None
     port: int = field(default_factory=free_port)
+    # Extra environment for the service (settings as CDS_*); the drain delay after SIGTERM
+    # is 0 unless given here, so that stopping a test service is quick.
+    env: dict = field(default_factory=dict)
+    threads: int | None = None
     process: subprocess.Popen | None = None
 
     @property
@@ -84,6 +88,8 @@ class ServedService:
         )
         if self.database_url:
             env["DATABASE_URL"] = self.database_url
+        env["CDS_DRAIN_DELAY_S"] = "0"
+        env.update(self.env)
         command = [
             str(Path(sys.executable).parent / "cds-service"),
             "serve",
@@ -96,6 +102,8 @@ class ServedService:
             "--instance",
             str(self.folder / "instance"),
         ]
+        if self.threads:
+            command += ["--threads", str(self.threads)]
         log_guard.watch_file(self.log_path)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
