@@ -90,6 +90,10 @@ def _serve(args: argparse.Namespace) -> int:
     lifecycle.clear_markers(instance)
     create_app(settings).extensions["cds_service"].store.close()  # fail fast on bad config
 
+    def _worker_ready(worker) -> None:
+        freeze_startup_objects()
+        worker.log.info("worker ready (pid: %s)", worker.pid)
+
     class DrainingArbiter(Arbiter):
         """SIGTERM: readiness off (marker), keep serving `drain_delay_s`, then stop gracefully."""
 
@@ -123,7 +127,7 @@ def _serve(args: argparse.Namespace) -> int:
             self.cfg.set("accesslog", "-")
             # The access log shows method, path, status and timing; never headers or queries.
             self.cfg.set("access_log_format", '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms')
-            self.cfg.set("post_worker_init", lambda worker: freeze_startup_objects())
+            self.cfg.set("post_worker_init", _worker_ready)
             self.cfg.set("child_exit", lambda server, worker: metrics.mark_process_dead(worker.pid))
 
         def load(self):

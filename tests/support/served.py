@@ -105,6 +105,7 @@ class ServedService:
         if self.threads:
             command += ["--threads", str(self.threads)]
         log_guard.watch_file(self.log_path)
+        self._log_start = len(self.log_path.read_text(errors="replace")) if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
@@ -113,11 +114,17 @@ class ServedService:
                 raise RuntimeError(f"cds-service exited early:\n{self.log_path.read_text()[-3000:]}")
             try:
                 requests.options(self.base_url + "/cds-services", timeout=0.5)
-                return self
-            except requests.ConnectionError:
+                if self._workers_ready() >= self.workers:  # every worker has loaded the app
+                    return self
+                time.sleep(0.1)
+            except (requests.ConnectionError, requests.Timeout):  # workers still booting
                 time.sleep(0.1)
         self.stop()
         raise RuntimeError("cds-service did not answer within 30 s")
+
+    def _workers_ready(self) -> int:
+        text = self.log_path.read_text(errors="replace")
+        return len(text[self._log_start :].split("worker ready (pid:")) - 1
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
