@@ -31,12 +31,12 @@ def _runtime():
     return current_app.extensions["cds_service"]
 
 
-@blueprint.get("/healthz")
+@blueprint.get("/healthz", provide_automatic_options=False)
 def healthz() -> Response:
     return jsonify({"status": "alive"}), 200, _NO_STORE
 
 
-@blueprint.get("/readyz")
+@blueprint.get("/readyz", provide_automatic_options=False)
 def readyz() -> Response:
     rt = _runtime()
     checks: dict[str, str] = {}
@@ -68,7 +68,7 @@ def _store_answers(rt) -> bool:
     return ok
 
 
-@blueprint.get("/metrics")
+@blueprint.get("/metrics", provide_automatic_options=False)
 def scrape() -> Response:
     rt = _runtime()
     token = rt.settings.metrics_token
