@@ -3,8 +3,8 @@
 The gunicorn worker (http/gunicorn_worker.py) stamps, in the handling thread, the moment
 the connection's request was queued for a thread and whether it was put on the shedding
 lane because more requests were waiting than there are threads. Without that worker (any
-other WSGI server, the Flask test client) a call counts as accepted when the app sees it
-and is never shed.
+other WSGI server, the Flask test client) the budget counts from the prefetch step, as
+before, and a call is never shed.
 
 A hook call that is shed, or that waited in the queue longer than
 `admission_max_wait_s`, is answered 503 + Retry-After at once: the CDS client can retry
@@ -51,12 +51,13 @@ class Overloaded(ApiError):
         self.retry_after = retry_after
 
 
-def admit(max_wait_s: float) -> float:
-    """The monotonic time the call was accepted, or Overloaded if it must not start."""
+def admit(max_wait_s: float) -> float | None:
+    """The monotonic time the worker accepted the call (None without the stamping worker:
+    the budget then counts from the prefetch step), or Overloaded if it must not start."""
     now = time.monotonic()
     current_stamp = current()
     if current_stamp is None:
-        return now
+        return None
     if current_stamp.shed:
         raise Overloaded("the service is saturated; retry shortly")
     if now - current_stamp.accepted > max_wait_s:

@@ -25,7 +25,7 @@ from gunicorn.workers.gthread import ThreadWorker
 from cds_service.http import admission
 
 SHED_THREADS = 2
-ACCEPT_PAUSE_S = 0.05
+ACCEPT_PAUSE_S = 0.2
 
 
 class AdmissionWorker(ThreadWorker):
