@@ -114,6 +114,23 @@ class Settings(BaseModel):
     # 503 (fails closed). true: fall back to a per-process memory of jtis, which cannot
     # see a replay through another worker or instance; logged at WARNING while in use.
     jti_memory_fallback: bool = False
+    # -- Operations (httpops): threads, admission, health, drain, metrics --------------
+    # Request threads per worker (`cds-service serve --threads` sets it). The FHIR pool is
+    # sized for this many concurrent calls, each fetching all its prefetch keys at once.
+    http_threads: _Count = 4
+    # Admission control: a hook call that waited longer than this in the worker's queue
+    # before a thread took it, or that arrives while more calls wait than there are
+    # threads, is answered 503 + Retry-After at once instead of queueing past the budget.
+    admission_max_wait_s: _Seconds = 0.5
+    # /readyz: how long the store may take to answer its ping.
+    readiness_store_timeout_s: _Seconds = 1.0
+    # SIGTERM: /readyz answers 503 for this long (the load balancer stops sending), then
+    # the workers drain in-flight calls for up to `graceful_timeout_s`.
+    drain_delay_s: Annotated[float, Field(ge=0)] = 5.0
+    graceful_timeout_s: _Seconds = 30.0
+    # /metrics (Prometheus): off unless a bearer token is set; an operator scrapes with
+    # `Authorization: Bearer <metrics_token>`.
+    metrics_token: str = ""
 
     @field_validator("allow_unsigned", "trust_sandbox", "jti_memory_fallback", mode="before")
     @classmethod

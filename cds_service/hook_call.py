@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING
 
+from cds_service import metrics
 from cds_service.clinical.evaluate import evaluate
 from cds_service.clinical.record import build_record
 from cds_service.clinical.render import render
@@ -33,6 +34,9 @@ class AuditNotes:
     client_iss: str | None = None
     status: int | None = None
     cards: list[tuple[str, str, str]] = field(default_factory=list)  # (uuid, card id, summary)
+    # time.monotonic() when the call was accepted (queued for a thread): the FHIR time
+    # budget counts from here. None: from when the prefetch step starts.
+    accepted: float | None = None
 
     @property
     def duration_ms(self) -> float:
@@ -43,7 +47,8 @@ def answer(rt: Runtime, service: ServiceDefinition, request: HookRequest, notes:
     notes.hook_instance = request.hook_instance
     notes.patient_hash = rt.hash_patient(request.patient_id)
 
-    prefetched = resolve(service, request, rt.fhir)
+    deadline = rt.fhir.new_deadline(notes.accepted) if rt.fhir is not None and notes.accepted is not None else None
+    prefetched = resolve(service, request, rt.fhir, deadline=deadline)
 
     record = build_record(
         prefetched.data,
@@ -58,6 +63,8 @@ def answer(rt: Runtime, service: ServiceDefinition, request: HookRequest, notes:
     fired = [result for result in results if result is not None]
     cards = [render(result) for result in fired]
     notes.cards = [(card["uuid"], result.card_id, card["summary"]) for card, result in zip(cards, fired)]
+    for result in fired:
+        metrics.CARDS_FIRED.labels(card=result.card_id, situation=result.situation.id).inc()
     return cards
 
 

@@ -168,7 +168,7 @@ def build_runtime(settings: Settings) -> Runtime:
         store=store,
         audit_key=audit_key(settings),
         trust=trust,
-        fhir=FhirAccess(settings),
+        fhir=FhirAccess(settings, prefetch_keys=max((len(s.prefetch) for s in services.values()), default=1)),
         concepts=concepts,
         cards=cards,
     )

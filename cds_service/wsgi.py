@@ -2,7 +2,10 @@
 
 Settings come from the environment / CDS_CONFIG file (see config.py). The console command
 `cds-service serve` is the usual way to run the service; this module is for deployments
-that bring their own server configuration.
+that bring their own server configuration. To keep what `serve` adds, run gunicorn with
+`-k cds_service.http.gunicorn_worker.AdmissionWorker --no-control-socket` (admission
+control, budget from acceptance; one control socket per host otherwise) and set
+PROMETHEUS_MULTIPROC_DIR to an empty folder for /metrics across workers.
 """
 
 from cds_service.http.app import create_app

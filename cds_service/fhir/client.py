@@ -28,6 +28,7 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
+from cds_service import metrics
 from cds_service.config import Settings
 
 log = logging.getLogger(__name__)
@@ -181,6 +182,13 @@ class FhirClient:
         says why.
         """
         first = self._searchset(self._get(self._absolute(relative_url), read=False))
+        return self.follow_pages(first)
+
+    def follow_pages(self, first: dict) -> SearchResult:
+        """The rest of a search whose first page is `first` (fetched here or prefetched by
+        the CDS client): Bundle.link[next] followed under the base URL, up to max_pages
+        pages in all. A page that cannot be read raises FhirUnavailable."""
+        first = self._searchset(first)
         entries = list(first.get("entry") or [])
         pages = 1
         incomplete = None
@@ -235,6 +243,25 @@ class FhirClient:
         return remaining
 
     def _get(self, url: str, *, read: bool) -> dict:
+        kind = "read" if read else "search"
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            value = self._get_unmetered(url, read=read)
+            outcome = "ok"
+            return value
+        except FhirNotFound:
+            outcome = "not_found"
+            raise
+        except FhirUnavailable:
+            if time.monotonic() >= self.deadline:
+                outcome = "timeout"
+            raise
+        finally:
+            metrics.FHIR_REQUESTS.labels(kind=kind, outcome=outcome).inc()
+            metrics.FHIR_LATENCY.labels(kind=kind).observe(time.perf_counter() - started)
+
+    def _get_unmetered(self, url: str, *, read: bool) -> dict:
         remaining = self._remaining()
         try:
             response = self._session.get(
@@ -342,9 +369,13 @@ class FhirAccess:
         session: requests.Session | None = None,
         *,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        prefetch_keys: int = 1,
     ) -> None:
         self.settings = settings
-        workers = max(1, settings.fhir_max_workers)
+        # Sized so that every request thread can fetch all its keys at once: a call never
+        # waits for a pool thread another call holds (its budget would run out unsent).
+        workers = max(1, settings.fhir_max_workers, settings.http_threads * max(1, prefetch_keys))
+        self.pool_size = workers
         self.session = session or new_session(pool_size=workers * 2)
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fhir-prefetch")
         self.max_response_bytes = max_response_bytes
@@ -353,8 +384,11 @@ class FhirAccess:
     def time_budget_s(self) -> float:
         return self.settings.fhir_time_budget_s
 
-    def new_deadline(self) -> float:
-        return time.monotonic() + self.settings.fhir_time_budget_s
+    def new_deadline(self, accepted: float | None = None) -> float:
+        """The end of the FHIR time budget of a call accepted at `accepted` (monotonic; now
+        if not given): the budget counts from acceptance, not from the first request."""
+        start = time.monotonic() if accepted is None else accepted
+        return start + self.settings.fhir_time_budget_s
 
     def client(self, base_url: str, access_token: str | None, deadline: float) -> FhirClient:
         """A client for one hook call; FhirUnavailable if the fhirServer may not be used."""

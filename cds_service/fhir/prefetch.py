@@ -139,6 +139,33 @@ def _describe(template: PrefetchTemplate) -> str:
     return f"{template.key} ({_resource_type(template)} {kind})"
 
 
+_FIRST_PAGE_ONLY = "the client sent the first page only; the rest could not be read: "
+
+
+def _has_next_page(value: dict) -> bool:
+    """A searchset Bundle (as the client prefetched it) that says more pages exist."""
+    if value.get("resourceType") != "Bundle" or value.get("type", "searchset") != "searchset":
+        return False
+    links = value.get("link")
+    return isinstance(links, list) and any(isinstance(link, dict) and link.get("relation") == "next" for link in links)
+
+
+def _take_continuation(future: Future, key: str, data: dict, incomplete: dict, template: PrefetchTemplate) -> None:
+    """Merge the followed pages of a prefetched searchset, or keep its first page and say so."""
+    try:
+        result = future.result()
+    except FhirUnavailable as exc:
+        incomplete[key] = _FIRST_PAGE_ONLY + exc.reason
+        return
+    except Exception as exc:  # a bug, not the server: keep the text out of the reason
+        log.error("prefetch %s: unexpected %s following pages", _describe(template), type(exc).__name__)
+        incomplete[key] = _FIRST_PAGE_ONLY + "FHIR request failed"
+        return
+    data[key] = result.bundle
+    if result.incomplete:
+        incomplete[key] = result.incomplete
+
+
 def _fetch(client: FhirClient, query: str) -> tuple[dict | None, str | None]:
     if _is_read(query):
         try:
@@ -167,6 +194,7 @@ def resolve(
     sent = request.prefetch or {}
     data: dict[str, dict | None] = {}
     missing: dict[str, str] = {}  # key -> why it must be fetched
+    paged: list[str] = []  # prefetched searchsets with a next page to follow
     for template in service.prefetch:
         if template.key in sent:
             value = sent[template.key]
@@ -175,6 +203,8 @@ def resolve(
                 continue
             if is_fhir_resource(value) and value["resourceType"] != "OperationOutcome":
                 data[template.key] = value
+                if _has_next_page(value):
+                    paged.append(template.key)
                 continue
             missing[template.key] = (
                 "the client sent an OperationOutcome"
@@ -183,7 +213,7 @@ def resolve(
             )
         else:
             missing[template.key] = "not prefetched"
-    if not missing:
+    if not missing and not paged:
         return PrefetchResult(data=data, unavailable={}, fetched=())
 
     templates = {t.key: t for t in service.prefetch}
@@ -198,13 +228,17 @@ def resolve(
             failures[key] = f"cannot build the query: {exc.reason}"
 
     client = None
-    if queries:
+    if queries or paged:
         if not request.fhir_server:
             for key in queries:
                 failures[key] = f"{missing[key]} and no fhirServer was given to fetch it from"
+            for key in paged:
+                incomplete[key] = "the client sent the first page only and no fhirServer to read the rest from"
         elif fhir is None:
             for key in queries:
                 failures[key] = f"{missing[key]} and this service has no FHIR access configured"
+            for key in paged:
+                incomplete[key] = "the client sent the first page only and this service has no FHIR access"
         else:
             if deadline is None:
                 deadline = fhir.new_deadline()
@@ -213,18 +247,28 @@ def resolve(
             except FhirUnavailable as exc:
                 for key in queries:
                     failures[key] = exc.reason
+                for key in paged:
+                    incomplete[key] = f"the client sent the first page only; the rest could not be read: {exc.reason}"
 
     if client is not None:
         futures: dict[Future, str] = {
             fhir.executor.submit(_fetch, client, query): key for key, query in queries.items()
         }
+        continued: dict[Future, str] = {fhir.executor.submit(client.follow_pages, data[key]): key for key in paged}
+        futures.update(continued)
         remaining = max(0.0, deadline - time.monotonic()) + _DEADLINE_GRACE_S
         done, not_done = wait(futures, timeout=remaining)
         for future in not_done:
             future.cancel()
-            failures[futures[future]] = "FHIR server did not answer within the time budget"
+            if future in continued:
+                incomplete[continued[future]] = _FIRST_PAGE_ONLY + "FHIR server did not answer within the time budget"
+            else:
+                failures[futures[future]] = "FHIR server did not answer within the time budget"
         for future in done:
             key = futures[future]
+            if future in continued:
+                _take_continuation(future, key, data, incomplete, templates[key])
+                continue
             try:
                 value, partial = future.result()
             except FhirUnavailable as exc:
@@ -240,6 +284,9 @@ def resolve(
                 incomplete[key] = partial
                 log.warning("prefetch %s: incomplete: %s", _describe(templates[key]), partial)
 
+    for key in paged:
+        if key in incomplete:
+            log.warning("prefetch %s: incomplete: %s", _describe(templates[key]), incomplete[key])
     for key, reason in failures.items():
         log.warning("prefetch %s unavailable: %s", _describe(templates[key]), reason)
     required = [t for t in service.prefetch if t.key in failures and t.required]

@@ -10,6 +10,7 @@ from werkzeug.exceptions import HTTPException
 
 from cds_service.config import Settings, load_settings
 from cds_service.errors import ApiError
+from cds_service.http import operations
 from cds_service.http.cors import install_cors
 from cds_service.http.evidence_page import install_evidence_pages
 from cds_service.http.routes import blueprint
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None, **overrides) -> Flask:
     install_cors(app, settings.cors_origins)
     app.register_blueprint(blueprint)
     install_evidence_pages(app)
+    app.register_blueprint(operations.blueprint)
     register_error_handlers(app)
     if settings.allow_unsigned:
         log_dev_mode_warning(log)
@@ -48,7 +50,11 @@ def register_error_handlers(app: Flask) -> None:
         if error.status == 401:
             # A refused client learns nothing that would help it; the log has the reason.
             return jsonify({"error": "unauthorized"}), 401, {"WWW-Authenticate": "Bearer"}
-        return jsonify(error.body()), error.status, getattr(error, "headers", None) or {}
+        headers = dict(getattr(error, "headers", None) or {})
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is not None:
+            headers.setdefault("Retry-After", str(retry_after))
+        return jsonify(error.body()), error.status, headers
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):

@@ -12,8 +12,9 @@ import time
 import orjson
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from cds_service import hook_call
+from cds_service import hook_call, metrics
 from cds_service.errors import ApiError
+from cds_service.http import admission
 from cds_service.http.authenticate import authenticate
 from cds_service.http.feedback import parse_feedback
 from cds_service.http.hook_request import parse_hook_request
@@ -43,6 +44,11 @@ def call_service(service_id: str) -> Response:
     rt.check_audit_capacity()
     # From here on the call is audited whatever its outcome (see write_audit).
     g.audit = notes = hook_call.AuditNotes(service_id=service.id, hook=service.hook, started=started)
+    try:
+        notes.accepted = admission.admit(rt.settings.admission_max_wait_s)
+    except admission.Overloaded:
+        metrics.ADMISSION_REFUSED.labels(reason="saturated").inc()
+        raise
     notes.client_iss = authenticate(rt, request).iss
     hook_request = parse_hook_request(read_json_body(), service)
     cards = hook_call.answer(rt, service, hook_request, notes)
@@ -65,6 +71,8 @@ def write_audit(response: Response) -> Response:
     notes = g.pop("audit", None)
     if notes is not None:
         notes.status = response.status_code
+        metrics.HOOK_CALLS.labels(service=notes.service_id, hook=notes.hook, status=str(notes.status)).inc()
+        metrics.HOOK_LATENCY.labels(service=notes.service_id, hook=notes.hook).observe(notes.duration_ms / 1000.0)
         runtime().audit(notes)
     return response
 

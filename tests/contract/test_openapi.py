@@ -37,6 +37,7 @@ CALL = "/cds-services/{service_id}"
 FEEDBACK = "/cds-services/{service_id}/feedback"
 DISCOVERY = "/cds-services"
 EVIDENCE = "/evidence/{token}"
+HEALTHZ, READYZ, METRICS = "/healthz", "/readyz", "/metrics"
 EHR_ORIGIN = "https://ehr.example.org"
 
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
@@ -326,7 +327,42 @@ def _plain_options(template: str):
     return run
 
 
+def _saturated(make):
+    from cds_service.http import admission
+
+    client = make()
+    admission.stamp(0.0, shed=True)  # as the gunicorn worker marks a call beyond capacity
+    try:
+        return client.post(url(CALL), json=patient_view(hfs_patient_prefetch(), "hfs-1"))
+    finally:
+        admission.clear()
+
+
+def _get(path: str, **overrides):
+    def run(make):
+        return make(**overrides).get(path)
+
+    return run
+
+
+def _not_ready(make):
+    from cds_service.http import lifecycle
+
+    client = make()
+    lifecycle.set_draining(True)
+    try:
+        return client.get(READYZ)
+    finally:
+        lifecycle.set_draining(False)
+
+
 SCENARIOS: dict[tuple[str, str, int], Scenario] = {
+    (CALL, "POST", 503): _saturated,
+    (HEALTHZ, "GET", 200): _get(HEALTHZ),
+    (READYZ, "GET", 200): _get(READYZ),
+    (READYZ, "GET", 503): _not_ready,
+    (METRICS, "GET", 401): _get(METRICS, metrics_token="scrape-secret"),
+    (METRICS, "GET", 404): _get(METRICS),
     (DISCOVERY, "GET", 200): _discovery,
     (DISCOVERY, "GET", 401): _bad_token(DISCOVERY, "GET"),
     (DISCOVERY, "OPTIONS", 204): _preflight(DISCOVERY),
@@ -357,6 +393,8 @@ SCENARIOS: dict[tuple[str, str, int], Scenario] = {
 
 # A 500 is documented (its body shape is part of the contract) but no scenario may cause one.
 NOT_PROVOKED = {500}
+# Answers that are not JSON, checked by their own test below.
+TEXT_ANSWERS = {(METRICS, "GET", 200)}
 
 
 @pytest.mark.parametrize("path, method, status", sorted(SCENARIOS), ids=lambda v: str(v))
@@ -376,7 +414,17 @@ def test_the_scenarios_cover_every_documented_status():
         for status in operation["responses"]
         if int(status) not in NOT_PROVOKED
     }
-    assert documented == set(SCENARIOS)
+    assert documented == set(SCENARIOS) | TEXT_ANSWERS
+
+
+def test_a_metrics_scrape_with_the_token_is_the_documented_text_exposition(make_client):
+    response = make_client(metrics_token="scrape-secret").get(
+        METRICS, headers={"Authorization": "Bearer scrape-secret"}
+    )
+    assert response.status_code == 200
+    documented = load_contract()["paths"][METRICS]["get"]["responses"]["200"]["content"]
+    assert response.mimetype in documented
+    assert "# TYPE cds_hook_calls_total counter" in response.get_data(as_text=True)
 
 
 # ------------------------------------------------------------------ the clinical calls
@@ -524,8 +572,12 @@ def test_every_operation_documents_json_errors_with_the_error_schema():
             if "text/html" in operation["responses"]["200"].get("content", {}):
                 continue  # a page for people (the evidence page): HTML answers, no client JWT
             statuses = {int(s) for s in operation["responses"]}
-            assert {200, 401, 500} <= statuses, (path, method)
+            # Operations without authentication (security: [], e.g. /healthz) have no 401.
+            authenticated = operation.get("security") != []
+            assert ({200, 401, 500} if authenticated else {200, 500}) <= statuses, (path, method)
             for status in statuses - {200, 401}:
+                if path == READYZ and status == 503:
+                    continue  # the Readiness body, not an error: checked by its scenario
                 assert response_errors(path, method, status, {"error": "x", "detail": "y"}) != [], (
                     f"{method} {path} {status} should restrict the error code"
                 )

@@ -58,6 +58,10 @@ class ServedService:
     workers: int = 2
     database_url: str | None = None
     port: int = field(default_factory=free_port)
+    # Extra environment for the service (settings as CDS_*); the drain delay after SIGTERM
+    # is 0 unless given here, so that stopping a test service is quick.
+    env: dict = field(default_factory=dict)
+    threads: int | None = None
     process: subprocess.Popen | None = None
 
     @property
@@ -84,6 +88,8 @@ class ServedService:
         )
         if self.database_url:
             env["DATABASE_URL"] = self.database_url
+        env["CDS_DRAIN_DELAY_S"] = "0"
+        env.update(self.env)
         command = [
             str(Path(sys.executable).parent / "cds-service"),
             "serve",
@@ -96,7 +102,10 @@ class ServedService:
             "--instance",
             str(self.folder / "instance"),
         ]
+        if self.threads:
+            command += ["--threads", str(self.threads)]
         log_guard.watch_file(self.log_path)
+        self._log_start = len(self.log_path.read_text(errors="replace")) if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
@@ -105,13 +114,17 @@ class ServedService:
                 raise RuntimeError(f"cds-service exited early:\n{self.log_path.read_text()[-3000:]}")
             try:
                 requests.options(self.base_url + "/cds-services", timeout=0.5)
-                return self
-            except (requests.ConnectionError, requests.Timeout):
-                # Not listening yet, or a worker still starting on a loaded machine (its
-                # first answer can take longer than 0.5 s): try again until the deadline.
+                if self._workers_ready() >= self.workers:  # every worker has loaded the app
+                    return self
+                time.sleep(0.1)
+            except (requests.ConnectionError, requests.Timeout):  # workers still booting
                 time.sleep(0.1)
         self.stop()
         raise RuntimeError("cds-service did not answer within 30 s")
+
+    def _workers_ready(self) -> int:
+        text = self.log_path.read_text(errors="replace")
+        return len(text[self._log_start :].split("worker ready (pid:")) - 1
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

@@ -1,0 +1,90 @@
+"""Operations endpoints: /healthz (alive), /readyz (ready for calls), /metrics (Prometheus).
+
+None needs a CDS client JWT and none says anything about a patient. /metrics is off (404)
+unless `metrics_token` is set, and then needs `Authorization: Bearer <metrics_token>`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from cds_service import metrics
+from cds_service.http import lifecycle
+
+log = logging.getLogger(__name__)
+
+blueprint = Blueprint("operations", __name__)
+
+# One thread for store pings: a ping that hangs past its timeout keeps it busy, so the
+# next /readyz cannot pile up threads and also answers "not ready" in bounded time.
+_ping_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="readyz-ping")
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+def _runtime():
+    return current_app.extensions["cds_service"]
+
+
+@blueprint.get("/healthz", provide_automatic_options=False)
+def healthz() -> Response:
+    return jsonify({"status": "alive"}), 200, _NO_STORE
+
+
+@blueprint.get("/readyz", provide_automatic_options=False)
+def readyz() -> Response:
+    rt = _runtime()
+    checks: dict[str, str] = {}
+    checks["content"] = "ok" if rt.services and rt.cards else "not loaded"
+    checks["store"] = "ok" if _store_answers(rt) else "unreachable"
+    draining = lifecycle.is_draining(rt.settings.instance_path)
+    checks["draining"] = "yes" if draining else "no"
+    ready = checks["content"] == "ok" and checks["store"] == "ok" and not draining
+    body = {"status": "ready" if ready else "not ready", "checks": checks}
+    headers = dict(_NO_STORE)
+    if not ready:
+        headers["Retry-After"] = "1"
+    return jsonify(body), 200 if ready else 503, headers
+
+
+def _store_answers(rt) -> bool:
+    timeout = rt.settings.readiness_store_timeout_s
+    started = time.monotonic()
+    try:
+        ok = bool(_ping_pool.submit(rt.store.ping, timeout).result(timeout=timeout + 0.1))
+    except FutureTimeout:
+        ok = False
+    except Exception as exc:
+        log.warning("readiness: store ping failed: %s", type(exc).__name__)
+        ok = False
+    if not ok:
+        metrics.store_error("ping")
+        log.warning("readiness: store did not answer within %.1f s", max(timeout, time.monotonic() - started))
+    return ok
+
+
+@blueprint.get("/metrics", provide_automatic_options=False)
+def scrape() -> Response:
+    rt = _runtime()
+    token = rt.settings.metrics_token
+    if not token:
+        return jsonify({"error": "not_found", "detail": "metrics are not enabled on this service"}), 404
+    offered = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(offered.encode(), f"Bearer {token}".encode()):
+        return jsonify({"error": "unauthorized"}), 401, {"WWW-Authenticate": "Bearer"}
+    _update_spool_depth(rt)
+    body, content_type = metrics.exposition()
+    return Response(body, status=200, content_type=content_type, headers=_NO_STORE)
+
+
+def _update_spool_depth(rt) -> None:
+    """The audit spool's depth (rows waiting for the store), across the instance's workers."""
+    try:
+        metrics.SPOOL_DEPTH.set(rt.audit_spool_depth())
+    except Exception as exc:
+        log.warning("metrics: spool depth unavailable: %s", type(exc).__name__)
