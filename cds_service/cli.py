@@ -178,7 +178,7 @@ def _learn(args: argparse.Namespace) -> int:
     except (LearnError, BackendAuthError) as exc:
         print(f"cds-service learn: {exc.reason}", file=sys.stderr)
         return 2
-    print(f"{result.status}: {result.message}")
+    print(result.message)
     print(f"report: {result.report_json} and {result.report_html}")
     if result.overlay is not None:
         print(f"overlay entry: {result.overlay}")

@@ -290,3 +290,25 @@ def test_an_rsa_key_cannot_sign_es384_and_says_so():
     )
     with pytest.raises(BackendAuthError, match="ES384 a P-384 key"):
         source.assertion("http://127.0.0.1:9/t")
+
+
+def test_cli_exits_3_and_names_the_rule_when_the_cohort_is_too_small(fhir_stub, tmp_path, capsys):
+    from cds_service.cli import main
+
+    generator = Generator(seed=5)
+    generator.btxa(40)
+    _serve_population(fhir_stub, generator)
+    code = main(["learn", "btxa-response", "--fhir-base", fhir_stub.url_for("/fhir"), "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 3
+    assert out.startswith("Refused: the data cannot support this model under the minimum-sample-size rule")
+    assert "Riley criterion iii" in out
+    assert not (tmp_path / "btxa-response.overlay.toml").exists()
+
+
+def test_cli_exits_2_with_a_clear_message_for_an_unknown_card(tmp_path, capsys):
+    from cds_service.cli import main
+
+    code = main(["learn", "no-such-card", "--fhir-base", "http://127.0.0.1:9/fhir", "--out", str(tmp_path)])
+    assert code == 2
+    assert "no-such-card.toml: cannot read the learning definition" in capsys.readouterr().err
