@@ -140,6 +140,7 @@ def learn(card: str, base: str, key: Path, out: Path, bootstrap: int) -> dict:
         "wall_s": round(wall, 1),
         "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # Linux: kilobytes
         "status": report["status"],
+        "timings_s": {k: round(v, 1) for k, v in report["provenance"].get("timings_s", {}).items()},
         "patients_scanned": report["counts"]["patients_scanned"],
         "included": report["counts"]["included"],
         "events": report["counts"]["events"],

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import platform
+import time
 import tomllib
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -90,6 +91,8 @@ def learn(options: LearnOptions, auth=None) -> LearnResult:
         poll_initial_s=options.poll_initial_s,
     )
     today = datetime.now(UTC).date()
+    clock = time.perf_counter()
+    timings: dict[str, float] = {}
     staging = Staging(options.staging_dir)
     try:
         try:
@@ -98,7 +101,9 @@ def learn(options: LearnOptions, auth=None) -> LearnResult:
                 staging.add(resource)
         except BulkError as exc:
             raise LearnError(f"extraction failed: {exc.reason}") from None
+        timings["extraction"] = time.perf_counter() - clock
         rows, counts = derive_rows(staging.patients(), definition, concepts, today)
+        timings["derivation"] = time.perf_counter() - clock - timings["extraction"]
     finally:
         staging.close()
     base = {
@@ -125,9 +130,14 @@ def learn(options: LearnOptions, auth=None) -> LearnResult:
                 "resources": dict(sorted(extraction.counts.items())),
             },
             "versions": _versions(),
+            "timings_s": timings,
         },
     }
-    return _analyse(base, rows, counts, definition, card, concepts, options)
+    clock = time.perf_counter()
+    result = _analyse(base, rows, counts, definition, card, concepts, options)
+    timings["fit_and_validation"] = time.perf_counter() - clock
+    result.report_json.write_text(reporting.report_json(result.report), encoding="utf-8")
+    return result
 
 
 # ---------------------------------------------------------------------------- preparing
