@@ -109,7 +109,11 @@ def learn(options: LearnOptions, auth=None) -> LearnResult:
     base = {
         "format": reporting.REPORT_FORMAT,
         "card": {"id": card.id, "version": card.version},
-        "definition": {"path": str(def_path), "version": definition.version, "sha256": sha256},
+        "definition": {
+            "path": _shown_path(def_path, options.cards_dir),
+            "version": definition.version,
+            "sha256": sha256,
+        },
         "model": {
             "kind": definition.kind,
             "outcome": definition.outcome_label,
@@ -219,7 +223,7 @@ def _analyse(base, rows: list[Row], counts: CohortCounts, definition: LearningDe
     except fitting.FitFailed as exc:
         return _write(report, "refused", f"Refused: {exc}. No model was fitted.", None, options)
     report.update(extra)
-    report["coefficients"] = _coefficients(model, definition, card)
+    report["coefficients"] = _coefficients(model, definition, card, concepts)
     v = definition.validation
     report["performance"] = {
         "c_statistic_apparent": performance.c_apparent,
@@ -327,7 +331,8 @@ def _fit(design: fitting.Design, definition: LearningDefinition, options: LearnO
     return model, performance, extra
 
 
-def _coefficients(model, definition: LearningDefinition, card: CardContent) -> list[dict]:
+def _coefficients(model, definition: LearningDefinition, card: CardContent, concepts) -> list[dict]:
+    units = {p.id: _unit(p, concepts) for p in definition.predictors}
     out = []
     ci = model.ci if definition.kind == "cox" else model.ci[1:]
     se = model.se if definition.kind == "cox" else model.se[1:]
@@ -346,7 +351,7 @@ def _coefficients(model, definition: LearningDefinition, card: CardContent) -> l
                 "predictor": p.id,
                 "label": card.predictors[p.id].label,
                 "coding": None if p.coding is None else {"scale": p.coding.scale, "offset": p.coding.offset},
-                "coding_text": "yes = 1, no = 0" if p.coding is None else _coding_text(p),
+                "coding_text": "yes = 1, no = 0" if p.coding is None else _coding_text(p, units.get(p.id)),
                 "estimate": beta,
                 "se": float(se[i]),
                 "ci_low": float(ci[i, 0]),
@@ -434,9 +439,18 @@ def _unit(p, concepts) -> str | None:
     return None
 
 
-def _coding_text(p) -> str:
-    text = f"per {p.coding.scale:g}"
-    return text + (f" above {p.coding.offset:g}" if p.coding.offset else "")
+def _coding_text(p, unit: str | None) -> str:
+    u = f" {unit}" if unit else ""
+    text = f"per {p.coding.scale:g}{u}"
+    return text + (f" above {p.coding.offset:g}{u}" if p.coding.offset else "")
+
+
+def _shown_path(path: Path, cards_dir: Path) -> str:
+    """The definition's path from the cards folder's parent ("cards/learning/x.toml")."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(cards_dir).resolve().parent))
+    except ValueError:
+        return Path(path).name
 
 
 def _now() -> str:

@@ -18,7 +18,7 @@ from cds_service.learning.run import LearnOptions, learn
 from cds_service.security.smart_backend import BackendClient, BackendTokenSource
 
 pytestmark = pytest.mark.fhir_server
-BOOTSTRAP = 40
+BOOTSTRAP = 25
 
 
 def _learn(smart_fhir, card: str, out: Path, *, group: str | None = None, alg: str = "RS384"):
@@ -167,6 +167,8 @@ def test_the_report_json_carries_what_the_card_needs(rfa):
     assert report["provenance"]["fhir_server"] == rfa.report["provenance"]["fhir_server"]
     assert report["provenance"]["extraction"]["transaction_time"]
     assert report["card"]["version"] and report["definition"]["sha256"]
+    assert report["definition"]["path"] == "cards/learning/rfa-recurrence.toml"
+    assert _coefficient(report, "operation_time")["coding_text"] == "per 10 min"
     assert "<svg" in rfa.report_html.read_text(encoding="utf-8")
     assert "<script" not in rfa.report_html.read_text(encoding="utf-8")
 
