@@ -165,7 +165,7 @@ def _prepare(options: LearnOptions):
         if concept not in concepts:
             raise DefinitionError(f"{path}: concept {concept!r} is not in concepts.toml")
     for p in definition.predictors:
-        if p.id not in card.predictors:
+        if p.id not in _card_predictors(card):
             raise DefinitionError(f"{path}: predictor {p.id!r} is not a predictor of card {card.id}")
     return definition, sha256, card, concepts, path
 
@@ -310,7 +310,7 @@ def _fit(design: fitting.Design, definition: LearningDefinition, options: LearnO
     horizon = definition.validation.calibration_horizon
     risk = 1.0 - np.exp(-model.cumhaz(design.x, horizon))
     label = ", ".join(
-        f"{card.predictors[p.id].label} {_short(reference_raw[p.id])}"
+        f"{_card_predictors(card)[p.id].label} {_short(reference_raw[p.id])}"
         + (f" {_unit(p, concepts)}" if _unit(p, concepts) else "")
         for p in definition.predictors
     )
@@ -349,7 +349,7 @@ def _coefficients(model, definition: LearningDefinition, card: CardContent, conc
         out.append(
             {
                 "predictor": p.id,
-                "label": card.predictors[p.id].label,
+                "label": _card_predictors(card)[p.id].label,
                 "coding": None if p.coding is None else {"scale": p.coding.scale, "offset": p.coding.offset},
                 "coding_text": "yes = 1, no = 0" if p.coding is None else _coding_text(p, units.get(p.id)),
                 "estimate": beta,
@@ -443,6 +443,13 @@ def _coding_text(p, unit: str | None) -> str:
     u = f" {unit}" if unit else ""
     text = f"per {p.coding.scale:g}{u}"
     return text + (f" above {p.coding.offset:g}{u}" if p.coding.offset else "")
+
+
+def _card_predictors(card) -> dict:
+    """The card's predictors by id. The card format is changing from a dict of predictors to
+    a list with `predictor_by_id`; this reads either, so the learner follows the merge."""
+    by_id = getattr(card, "predictor_by_id", None)
+    return by_id if by_id is not None else card.predictors
 
 
 def _shown_path(path: Path, cards_dir: Path) -> str:
