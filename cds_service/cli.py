@@ -1,4 +1,5 @@
-"""Console entry point: `cds-service serve` (gunicorn), `report`, `db upgrade`, `audit prune`.
+"""Console entry point: `cds-service serve` (gunicorn), `report`, `db upgrade`, `audit prune`,
+`demo` and `learn`.
 
 Every mistake an operator can make at start-up (settings, trust file, instance folder,
 database URL, database unreachable or missing) ends with one line on stderr
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     prune = audit_commands.add_parser("prune", help="delete audit rows older than audit_retention_days")
     _store_arguments(prune)
     prune.add_argument("--days", type=int, help="retention in days (default: the setting audit_retention_days)")
+    _add_learn_parser(commands)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -74,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
             return _db_upgrade(args)
         if args.command == "audit":
             return _audit_prune(args)
+        if args.command == "learn":
+            return _learn(args)
         return _report(args)
     except (ConfigError, StoreError) as exc:
         print(f"cds-service: {exc}", file=sys.stderr)
@@ -269,6 +273,96 @@ def _demo(args: argparse.Namespace) -> int:
 
     instance = Path(args.instance) if args.instance else None
     return run_demo(host=args.host, port=args.port, instance=instance, wait=not args.no_wait)
+
+
+# ------------------------------------------------------------------------------ learn
+LEARN_EXIT = {"passed": 0, "refused": 3, "failed": 4}
+
+
+def _add_learn_parser(commands) -> None:
+    learn = commands.add_parser(
+        "learn",
+        help="learn a card's model from the site's FHIR server (Bulk Data) and write its report and overlay entry",
+        description="Extract the cohort a card's learning definition (cards/learning/<card>.toml) describes, fit "
+        "and validate the model, and write <card>.report.json, <card>.report.html and <card>.overlay.toml. "
+        "Exit status: 0 passed, 3 refused (minimum sample size), 4 fitted but failing the validation minimums, "
+        "2 configuration or extraction error.",
+    )
+    learn.add_argument("card", help="card id: rfa-recurrence, amr-persistence or btxa-response")
+    learn.add_argument("--fhir-base", required=True, help="FHIR base URL of the site's server")
+    learn.add_argument("--group", help="export one Group's patients (Group/<id>/$export) instead of the system")
+    learn.add_argument("--out", default=".", help="folder for the report and overlay entry (default .)")
+    learn.add_argument("--cards-dir", help="cards folder (default: the configured one)")
+    learn.add_argument("--site-overlay", help="site overlay TOML whose local codes apply (default: the configured one)")
+    learn.add_argument("--config", help="TOML settings file (else CDS_CONFIG)")
+    learn.add_argument("--label", help="model label shown on the card (default 'Site-learned <card> model')")
+    learn.add_argument("--model-version", help="model version (default: today's date)")
+    learn.add_argument("--bootstrap", type=int, help="bootstrap resamples (default: the definition's)")
+    learn.add_argument("--seed", type=int, default=20251126, help="random seed of the bootstrap")
+    learn.add_argument("--max-wait", type=float, default=3600.0, help="bound on the export wait, seconds")
+    learn.add_argument("--no-bulk", action="store_true", help="use paged searches even if $export is offered")
+    auth = learn.add_argument_group("authentication (SMART Backend Services, or a bearer token)")
+    auth.add_argument("--client-id", help="SMART Backend Services client id")
+    auth.add_argument("--private-key", help="PEM file of the client's private key (RSA for RS384, P-384 for ES384)")
+    auth.add_argument("--alg", default="RS384", choices=["RS384", "ES384"], help="assertion signing algorithm")
+    auth.add_argument("--kid", help="key id of the client's registered public key")
+    auth.add_argument("--scope", default="system/*.read", help="scopes requested (default system/*.read)")
+    auth.add_argument("--token-url", help="token endpoint (default: from .well-known/smart-configuration)")
+    auth.add_argument(
+        "--token-env", help="name of an environment variable holding a bearer token (never on the command line)"
+    )
+
+
+def _learn(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from cds_service.learning.run import LearnError, LearnOptions, learn
+    from cds_service.security.smart_backend import BackendAuthError, BackendClient, BackendTokenSource, StaticBearer
+
+    settings = load_settings({"config": args.config})
+    try:
+        auth = None
+        if args.client_id or args.private_key:
+            if not (args.client_id and args.private_key):
+                raise ConfigError("SMART Backend Services needs both --client-id and --private-key")
+            client = BackendClient.from_key_file(
+                args.client_id,
+                Path(args.private_key),
+                algorithm=args.alg,
+                kid=args.kid,
+                scope=args.scope,
+                token_url=args.token_url,
+            )
+            auth = BackendTokenSource(client, args.fhir_base)
+        elif args.token_env:
+            auth = StaticBearer(os.environ.get(args.token_env, ""))
+        overlay = args.site_overlay or settings.site_overlay
+        result = learn(
+            LearnOptions(
+                card_id=args.card,
+                cards_dir=Path(args.cards_dir) if args.cards_dir else settings.cards_dir,
+                fhir_base=args.fhir_base,
+                out_dir=Path(args.out),
+                group=args.group,
+                site_overlay=Path(overlay) if overlay else None,
+                model_label=args.label,
+                model_version=args.model_version,
+                bootstrap=args.bootstrap,
+                seed=args.seed,
+                max_wait_s=args.max_wait,
+                prefer_bulk=not args.no_bulk,
+            ),
+            auth,
+        )
+    except (LearnError, BackendAuthError) as exc:
+        print(f"cds-service learn: {exc.reason}", file=sys.stderr)
+        return 2
+    print(result.message)
+    print(f"report: {result.report_json} and {result.report_html}")
+    if result.overlay is not None:
+        print(f"overlay entry: {result.overlay}")
+    return LEARN_EXIT[result.status]
 
 
 if __name__ == "__main__":

@@ -71,6 +71,7 @@ SPECIFIED = [
     ("mri_neurovascular_contact", LOCAL, "mri-neurovascular-contact", None),
     ("daily_morphine_dose", LOCAL, "daily-morphine-dose", None),
     ("operation_time", LOCAL, "operation-time", None),
+    ("cohen_response", LOCAL, "cohen-response", None),
 ]
 
 SHARED_IDS = {
@@ -93,6 +94,7 @@ SHARED_IDS = {
         "mri_neurovascular_contact",
         "daily_morphine_dose",
         "operation_time",
+        "cohen_response",
     },
 }
 
