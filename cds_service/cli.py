@@ -115,11 +115,9 @@ def _serve(args: argparse.Namespace) -> int:
     from gunicorn.glogging import Logger
 
     settings = load_settings(_overrides(args))
-    instance = settings.instance_path.resolve()
-    try:
-        instance.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"instance folder {instance}: {exc.strerror or type(exc).__name__}") from None
+    from cds_service.startup import check_instance_folder
+
+    instance = check_instance_folder(settings.instance_path).resolve()
     # Prometheus multiprocess mode: every worker writes its samples here; the folder is
     # emptied at start (old files would add a previous run's counts). Must be set before
     # prometheus_client is imported (by the app below).
