@@ -368,13 +368,14 @@ def _observation(p: Predictor, r: Reading) -> InputValue:
 
 def _sex(p: Predictor, r: Reading) -> InputValue:
     sex = r.record.sex
+    # the note is `how`, a colon and what it found: "recorded sex: female"
     if sex in ("male", "female"):
         return InputValue(
-            p.id, p.label, USED, value=sex == "male", display="yes" if sex == "male" else "no", note=f"{p.how} {sex}"
+            p.id, p.label, USED, value=sex == "male", display="yes" if sex == "male" else "no", note=f"{p.how}: {sex}"
         )
     if sex:
-        return _missing(p, f"{p.how} is {sex!r}")
-    return _missing(p, f"{p.how} not recorded")
+        return _missing(p, f"{p.how}: {sex!r}")
+    return _missing(p, f"{p.how}: not recorded")
 
 
 def _age(p: Predictor, r: Reading) -> InputValue:

@@ -61,7 +61,10 @@ KINDS: dict[str, DerivationKind] = {
             "placed before or after it, so it is not used",
         },
     ),
-    "sex": DerivationKind("the patient's administrative gender (male = yes); the note names `how`", yes_no=True),
+    "sex": DerivationKind(
+        "the patient's administrative gender (male = yes); the note is `how`, a colon and the gender found",
+        yes_no=True,
+    ),
     "age": DerivationKind("age in whole years at the date of the call, from the patient's birth date"),
     "disease_duration": DerivationKind(
         "years since the earliest onset of the concept's Condition",
