@@ -151,7 +151,7 @@ def metastasis_with_pain(older: float, newer: dict) -> Chart:
 def test_on_opening_the_chart_the_card_says_a_newer_pain_score_could_not_be_read_and_which_it_used():
     card = metastasis_with_pain(6, {"valueString": "severe"}).show(CARD, "patient-view", TODAY)
     assert card["summary"] == (
-        "Painful vertebral metastasis (pain 6/10; a newer score unreadable): cohort pain fell 6 to 3/10 after ablation"
+        "Painful vertebral metastasis (pain 6/10), a newer score unreadable: cohort pain fell 6 to 3/10 after ablation"
     )
     assert (
         "- **Latest pain score (0-10)**: 6/10, recorded 2025-05-10; the latest readable score: a newer pain score "
