@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
-from cds_service.clinical.dates import day_of, duration_text, has_time, months_between
+from cds_service.clinical.dates import day_of, duration_text, has_time, months_between, placed_after
 from cds_service.clinical.record import (
+    FUTURE,
     ConditionFact,
     ObservationFact,
     OrderFact,
@@ -66,6 +67,7 @@ class InputValue:
     by_text: bool = False  # matched by free text only
     matched_text: str | None = None
     fact: Any = None  # the record's fact behind the value (a procedure or order a situation acts on)
+    newer_unreadable: tuple[date, ...] = ()  # dates of newer values that could not be read (value is older)
 
     @property
     def recorded(self) -> bool:
@@ -167,6 +169,8 @@ def holds(when: When, item: InputValue | None, has_estimate: bool, today: date) 
         return has_estimate == when.estimate
     if when.present is not None:
         return (item.status in (USED, UNREADABLE)) == when.present
+    if when.newer_unreadable is not None:
+        return (item.status == USED and bool(item.newer_unreadable)) == when.newer_unreadable
     if when.recorded is not None:
         return item.recorded == when.recorded
     if not item.recorded:
@@ -227,10 +231,14 @@ def _missing(p: Predictor, note: str | None = None) -> InputValue:
 def _unreadable(p: Predictor, record: PatientRecord) -> InputValue | None:
     """The predictor as unreadable, when the record has an unreadable input of its concept."""
     for u in record.unreadable_for(*p.concepts):
-        return InputValue(
-            p.id, p.label, UNREADABLE, display="recorded but unreadable", note=f"{u.resource_type}: {u.reason}"
-        )
+        return _unreadable_input(p, u)
     return None
+
+
+def _unreadable_input(p: Predictor, u: UnreadableInput) -> InputValue:
+    # a value dated after the call could be read but is never used (EVIDENCE.md "Reading the record")
+    display = "recorded but unreadable" if u.kind != FUTURE else "dated in the future: not used"
+    return InputValue(p.id, p.label, UNREADABLE, display=display, note=f"{u.resource_type}: {u.reason}")
 
 
 def _condition(p: Predictor, r: Reading) -> InputValue:
@@ -299,10 +307,20 @@ def _medication(p: Predictor, r: Reading) -> InputValue:
 
 def _observation(p: Predictor, r: Reading) -> InputValue:
     record, procedure = r.record, r.procedure
-    facts = record.observations_for(p.concept, p.lookback_days, procedure if p.after_procedure else None)
-    if not facts:
-        return _unreadable(p, record) or _missing(p)
-    fact = facts[0]
+    reading = record.reading(p.concept, p.lookback_days, procedure if p.after_procedure else None)
+    fact = reading.fact
+    if fact is None:
+        # Only what concerns this reading: values in its window (or after its procedure) that
+        # could not be read, values that cannot be placed, values dated after the call, and
+        # unreadable ones without a date (they may be in the window); else it is missing.
+        undated = [u for u in record.unreadable_for(p.concept) if u.kind != FUTURE and u.when is None]
+        for u in (*reading.newer_unreadable, *undated):
+            return _unreadable_input(p, u)
+        if reading.unplaced:  # on the procedure's own day, before or after it: not used
+            return _missing(p, p.note("unplaced"))
+        for u in reading.future:
+            return _unreadable_input(p, u)
+        return _missing(p)
     day = day_of(fact.effective) if fact.effective is not None else None
     if fact.value is None:
         return InputValue(
@@ -331,6 +349,10 @@ def _observation(p: Predictor, r: Reading) -> InputValue:
             notes.append("recorded on the day of the procedure, time not recorded")
         if p.annotate_procedure and day < pday:
             notes.append(f"recorded before the procedure of {pday.isoformat()}")
+    # reading.newer_unreadable holds only dated values (a newer one is one with a later date)
+    newer = tuple(sorted({day_of(u.when) for u in reading.newer_unreadable if u.when is not None}))
+    if newer:
+        notes.append(f"{p.note('newer_unreadable')} {', '.join(d.isoformat() for d in newer)}")
     return InputValue(
         p.id,
         p.label,
@@ -339,19 +361,21 @@ def _observation(p: Predictor, r: Reading) -> InputValue:
         display=_observation_display(fact, p),
         date=day,
         note="; ".join(notes),
+        newer_unreadable=newer,
         **_text_match(fact.match),
     )
 
 
 def _sex(p: Predictor, r: Reading) -> InputValue:
     sex = r.record.sex
+    # the note is `how`, a colon and what it found: "recorded sex: female"
     if sex in ("male", "female"):
         return InputValue(
-            p.id, p.label, USED, value=sex == "male", display="yes" if sex == "male" else "no", note=f"{p.how} {sex}"
+            p.id, p.label, USED, value=sex == "male", display="yes" if sex == "male" else "no", note=f"{p.how}: {sex}"
         )
     if sex:
-        return _missing(p, f"{p.how} is {sex!r}")
-    return _missing(p, f"{p.how} not recorded")
+        return _missing(p, f"{p.how}: {sex!r}")
+    return _missing(p, f"{p.how}: not recorded")
 
 
 def _age(p: Predictor, r: Reading) -> InputValue:
@@ -452,6 +476,20 @@ def _procedure(p: Predictor, r: Reading) -> InputValue:
     return InputValue(p.id, p.label, USED, value=True, display="yes", date=day, date_label="performed", fact=fact)
 
 
+def _later_procedure(p: Predictor, r: Reading) -> InputValue:
+    # The latest completed procedure of each concept: if it is not placed after the
+    # situation's procedure (same day without times: cannot be placed), no earlier one is.
+    start = r.procedure.performed if r.procedure is not None else None
+    for concept in p.concepts:
+        fact = r.record.latest_procedure(concept)
+        if fact is not None and fact is not r.procedure and placed_after(fact.performed, start) is True:
+            day = day_of(fact.performed)
+            return InputValue(
+                p.id, p.label, USED, value=True, display="yes", date=day, date_label="performed", fact=fact
+            )
+    return _missing(p)
+
+
 def _order(p: Predictor, r: Reading) -> InputValue:
     # order-select concerns the orders just selected; order-sign every order being signed.
     for concept in p.concepts:
@@ -474,6 +512,7 @@ DERIVE: dict[str, Callable[[Predictor, Reading], InputValue]] = {
     "time_since_procedure": _time_since,
     "intraoperative": _intraoperative,
     "procedure": _procedure,
+    "later_procedure": _later_procedure,
     "order": _order,
 }
 

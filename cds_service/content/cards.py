@@ -10,7 +10,8 @@ The card language:
 - a predicate (`when`) tests one predictor: `{ predictor = "x", equals = ... }`, or
   `below`, `at_least` (a number, or the name of a numeric figure), `recorded` (a usable
   value: true / false), `present` (in the record, readable or not), `within_months` (recorded,
-  and dated no more than N months before the call, when dated); or `{ estimate = true }`
+  and dated no more than N months before the call, when dated), `newer_unreadable` (a value
+  is used and a newer one could not be read); or `{ estimate = true }`
   (a site-model estimate was computed).
 - a situation fires when every predicate of its `requires` holds. A predictor of kind
   `procedure` in `requires` gives the situation its procedure (what `after_procedure`,
@@ -153,6 +154,9 @@ class When(Table):
     recorded: Flag | None = Field(None, description="true: a usable value; false: missing or unreadable")
     present: Flag | None = Field(None, description="true: in the record, readable or not")
     within_months: Number | None = Field(None, description="recorded, and dated at most this many months ago")
+    newer_unreadable: Flag | None = Field(
+        None, description="true: a value is used and a newer one of the input could not be read"
+    )
     estimate: Flag | None = Field(None, description="true: a site-model estimate was computed")
 
     @model_validator(mode="after")
@@ -164,7 +168,9 @@ class When(Table):
         if self.predictor is None:
             raise ValueError("name the predictor it tests (or test the estimate)")
         if len(self.tests) != 1:
-            raise ValueError("give exactly one of equals / below / at_least / recorded / present / within_months")
+            raise ValueError(
+                "give exactly one of equals / below / at_least / recorded / present / within_months / newer_unreadable"
+            )
         if self.within_months is not None and self.within_months <= 0:
             raise ValueError("within_months must be a positive number")
         return self
@@ -173,7 +179,7 @@ class When(Table):
     def tests(self) -> list[str]:
         return [
             k
-            for k in ("equals", "below", "at_least", "recorded", "present", "within_months")
+            for k in ("equals", "below", "at_least", "recorded", "present", "within_months", "newer_unreadable")
             if getattr(self, k) is not None
         ]
 

@@ -53,8 +53,18 @@ KINDS: dict[str, DerivationKind] = {
         "the latest Observation of the concept",
         concept_kinds=("observation",),
         options=OBSERVATION_OPTIONS,
+        notes={
+            # the value used is older than one that could not be read; followed by that one's date
+            "newer_unreadable": "this older value is used: a newer one could not be read, dated",
+            # no value used; one on the procedure's own day cannot be placed before or after it
+            "unplaced": "a value recorded on the day of the procedure without a time of day cannot be "
+            "placed before or after it, so it is not used",
+        },
     ),
-    "sex": DerivationKind("the patient's administrative gender (male = yes); the note names `how`", yes_no=True),
+    "sex": DerivationKind(
+        "the patient's administrative gender (male = yes); the note is `how`, a colon and the gender found",
+        yes_no=True,
+    ),
     "age": DerivationKind("age in whole years at the date of the call, from the patient's birth date"),
     "disease_duration": DerivationKind(
         "years since the earliest onset of the concept's Condition",
@@ -83,6 +93,13 @@ KINDS: dict[str, DerivationKind] = {
         concept_kinds=("procedure",),
         yes_no=True,
         is_procedure=True,
+    ),
+    "later_procedure": DerivationKind(
+        "a completed Procedure of the concept(s) performed after the situation's procedure (yes / not recorded)",
+        concept_kinds=("procedure",),
+        yes_no=True,
+        needs_procedure=True,
+        several_concepts=True,
     ),
     "order": DerivationKind(
         "a draft order of the concept(s) being selected (order-select) or signed (order-sign)",

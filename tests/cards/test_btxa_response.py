@@ -9,11 +9,16 @@ import math
 
 import pytest
 from support import evidence
-from support.chart import ALCOHOL, CHEMODENERVATION, DIABETES, HCPCS, Chart
+from support.chart import ALCOHOL, CHEMODENERVATION, DIABETES, HCPCS, ICD10CM, SNOMED, Chart
 
 CARD = "btxa-response"
 TODAY = "2025-06-01"
 BOTOX_TEXT = "onabotulinumtoxinA 100 unit injection"
+
+
+def lead(detail: str) -> str:
+    """The detail before its first heading: the patient's situation and the figure that matters."""
+    return detail.split("\n### ", 1)[0]
 
 
 def section(detail: str, heading: str) -> str:
@@ -25,20 +30,22 @@ def section(detail: str, heading: str) -> str:
 def test_btxa_ordered_for_a_patient_with_hypertension_states_the_factor_and_the_odds_ratio():
     chart = Chart(gender="female").hfs().hypertension(onset="2014-02-01").order_medication(text=BOTOX_TEXT)
     card = chart.show(CARD, "order-select", TODAY)
+    # issue 9: the point for this patient (hypertension, its odds ratio) in plain words
     assert card["summary"] == (
-        "BTX-A for HFS: patient has hypertension, adjusted OR 5.847 for poor response; cohort 91.53 % effective"
+        "Botulinum toxin A: hypertension recorded, a risk factor for poor response (odds ratio 5.847); "
+        "cohort 91.53 % effective"
     )
     detail = card["detail"]
-    # EVIDENCE.md C: "57 complete relief, 51 significant, 7 partial, 3 no improvement"
-    for row in (
-        "| Complete relief | 57 |",
-        "| Significant relief | 51 |",
-        "| Partial relief | 7 |",
-        "| No improvement | 3 |",
-    ):
-        assert row in detail
-    assert "Overall effective rate 91.53 % (108/118)" in detail
-    assert "about 8.5 % (10/118)" in detail
+    assert lead(detail).startswith(
+        "Botulinum toxin type A is being ordered for this patient's hemifacial spasm. "
+        "Hypertension in this patient's record: **yes (active)**."
+    )
+    # EVIDENCE.md C: "57 complete relief, 51 significant, 7 partial, 3 no improvement" (the
+    # cohort table became one sentence of the lead: issue 9)
+    assert "57 had complete relief, 51 significant relief, 7 partial relief and 3 no improvement" in lead(detail)
+    assert "effective in 91.53 % (108/118)" in lead(detail)
+    assert "about 8.5 % (10/118)" in lead(detail)
+    assert "**cohort figures**, not this patient's probability" in lead(detail)
     assert "adjusted odds ratio 5.847 (P < 0.05; its confidence interval was not published)" in detail
     for figure in ("91.53", "8.5", "5.847", "118"):
         assert evidence.published("C", figure)
@@ -46,7 +53,7 @@ def test_btxa_ordered_for_a_patient_with_hypertension_states_the_factor_and_the_
     used = section(detail, "### Patient data used")
     assert f'- **Order being selected**: MedicationRequest "{BOTOX_TEXT}"; matched by text only, not by a code' in used
     assert "- **Hypertension**: yes (active), onset 2014-02-01" in used
-    assert "- **Male sex**: no; Patient.gender female" in used
+    assert "- **Male sex**: no; recorded sex: female" in used  # issue 9: no FHIR element names
     missing = section(detail, "### Patient data missing")
     assert "- **Drinking (alcohol use)**: not recorded" in missing and "- **Diabetes**: not recorded" in missing
     assert card["source"]["url"] == "https://pubmed.ncbi.nlm.nih.gov/38312606/"
@@ -57,7 +64,7 @@ def test_without_hypertension_recorded_the_card_says_so_and_lists_the_univariate
     chart = Chart(gender="male").hfs().condition(DIABETES, onset="2010-01-01").condition(ALCOHOL, onset="2005-01-01")
     card = chart.order_medication(text=BOTOX_TEXT).show(CARD, "order-sign", TODAY)
     assert card["summary"] == (
-        "BTX-A for HFS: 91.53 % effective in a cohort (n=118); hypertension not recorded (OR 5.847 for poor response)"
+        "Botulinum toxin A: effective in 91.53 % of a cohort; no hypertension recorded (risk factor for poor response)"
     )
     detail = card["detail"]
     used = section(detail, "### Patient data used")
@@ -71,14 +78,14 @@ def test_without_hypertension_recorded_the_card_says_so_and_lists_the_univariate
 def test_hypertension_recorded_as_resolved_is_shown_as_such():
     chart = Chart().hfs().hypertension(status="resolved", abatement="2022-01-01").order_medication(text=BOTOX_TEXT)
     card = chart.show(CARD, "order-sign", TODAY)
-    assert "hypertension recorded as resolved or inactive" in card["summary"]
+    assert card["summary"] == "Botulinum toxin A: effective in 91.53 % of a cohort; hypertension recorded as resolved"
     assert "- **Hypertension**: recorded as resolved, onset 2015-06-01" in card["detail"]
 
 
 def test_unknown_sex_is_missing_not_assumed():
     chart = Chart(gender=None).hfs().order_medication(text=BOTOX_TEXT)
     detail = chart.show(CARD, "order-sign", TODAY)["detail"]
-    assert "- **Male sex**: not recorded (Patient.gender not recorded); not assumed" in detail
+    assert "- **Male sex**: not recorded (recorded sex: not recorded); not assumed" in detail
 
 
 @pytest.mark.parametrize(
@@ -123,7 +130,7 @@ def test_with_a_site_intercept_the_card_shows_a_probability_from_the_published_o
     # logit = -3 + ln(5.847) -> p = 0.22547
     p = 1 / (1 + math.exp(-(-3.0 + math.log(5.847))))
     assert f"{p * 100:.1f} %" == "22.5 %"
-    assert card["summary"] == "BTX-A for HFS: site model estimates 22.5 %; cohort 8.5 % poor response"
+    assert card["summary"] == "Botulinum toxin A: site model estimates 22.5 % poor response; 8.5 % in the study cohort"
     detail = card["detail"]
     assert 'site-configured model "Example Hospital BTX-A model" (version 3)' in detail
     assert "Estimated probability of poor short-term response (partial relief or no improvement): **22.5 %**" in detail
@@ -161,3 +168,97 @@ def test_a_site_model_needing_sex_gives_no_estimate_when_sex_is_unknown():
     model = overlay(intercept=-2.0, coefficients={"hypertension": 1.0, "male_sex": 0.5})
     detail = chart.show(CARD, "order-select", TODAY, overlay=model)["detail"]
     assert "it needs Male sex, which is not available" in detail
+
+
+# -- EVIDENCE.md C and the code table: hypertension as problem lists code it ------------------------
+@pytest.mark.parametrize(
+    "code",
+    [
+        (SNOMED, "38341003"),
+        (SNOMED, "59621000"),  # essential hypertension
+        (SNOMED, "1201005"),
+        (SNOMED, "10725009"),
+        (SNOMED, "78975002"),
+        (SNOMED, "70272006"),
+        (SNOMED, "31992008"),
+        (SNOMED, "56218007"),
+        (SNOMED, "48146000"),
+        (SNOMED, "64715009"),
+        (SNOMED, "38481006"),
+        (SNOMED, "86234004"),
+        (ICD10CM, "I10"),
+        (ICD10CM, "I11.9"),
+        (ICD10CM, "I15.0"),
+    ],
+    ids=lambda c: c[1],
+)
+def test_each_hypertension_code_of_the_specification_shows_as_hypertension(code):
+    chart = Chart().hfs().condition(code, onset="2014-02-01").order_medication(text=BOTOX_TEXT)
+    card = chart.show(CARD, "order-select", TODAY)
+    assert card["summary"].startswith("Botulinum toxin A: hypertension recorded, a risk factor for poor response")
+    assert "Hypertension in this patient's record: **yes (active)**." in lead(card["detail"])
+
+
+def test_elevated_blood_pressure_without_a_diagnosis_is_not_hypertension():
+    chart = Chart().hfs().condition((SNOMED, "371622005"), onset="2014-02-01").order_medication(text=BOTOX_TEXT)
+    card = chart.show(CARD, "order-select", TODAY)
+    assert "no hypertension recorded" in card["summary"]
+    assert "- **Hypertension**: not recorded" in section(card["detail"], "### Patient data missing")
+
+
+def test_hypertension_recorded_but_unreadable_is_not_called_not_recorded():
+    chart = Chart().hfs().hypertension().order_medication(text=BOTOX_TEXT)
+    chart.resources[-1]["clinicalStatus"] = "active"  # a string where R4 has a CodeableConcept
+    card = chart.show(CARD, "order-select", TODAY)
+    assert (
+        card["summary"] == "Botulinum toxin A: effective in 91.53 % of a cohort; hypertension recorded but unreadable"
+    )
+    assert "no hypertension recorded" not in card["summary"]
+    assert "- **Hypertension**: recorded but unreadable" in section(card["detail"], "### Recorded but unreadable")
+
+
+def test_a_hypertension_onset_dated_in_the_future_is_not_shown_and_is_listed_with_the_reason():
+    chart = Chart().hfs().hypertension(onset="2026-02-01").order_medication(text=BOTOX_TEXT)
+    detail = chart.show(CARD, "order-select", TODAY)["detail"]
+    assert "2026-02-01" not in detail
+    assert "the onset is dated after the time of this call: not used" in section(detail, "### Recorded but unreadable")
+
+
+def test_the_univariate_factors_are_each_shown_with_the_patients_status():
+    chart = Chart(gender="male").hfs().hypertension().condition(ALCOHOL, onset="2005-01-01")
+    detail = chart.order_medication(text=BOTOX_TEXT).show(CARD, "order-select", TODAY)["detail"]
+    assert "In univariate analysis male sex, drinking, diabetes and hypertension were associated" in detail
+    used = section(detail, "### Patient data used")
+    for line in (
+        "- **Hypertension**: yes (active), onset 2015-06-01",
+        "- **Male sex**: yes; recorded sex: male",
+        "- **Drinking (alcohol use)**: yes (active), onset 2005-01-01",
+    ):
+        assert line in used
+    assert "- **Diabetes**: not recorded" in section(detail, "### Patient data missing")
+
+
+# -- issue 9: a card read at the point of care --------------------------------------------------------
+POINT_OF_CARE = {
+    "hypertension": lambda: Chart().hfs().hypertension(),
+    "none-recorded": lambda: Chart(gender="male").hfs(),
+    "resolved": lambda: Chart().hfs().hypertension(status="resolved", abatement="2022-01-01"),
+    "child": lambda: Chart(birth_date="2014-03-01").hfs(),
+}
+
+
+@pytest.mark.parametrize("scenario", sorted(POINT_OF_CARE))
+def test_summary_and_lead_are_short_and_plain_and_name_no_fhir_element(scenario):
+    card = POINT_OF_CARE[scenario]().order_medication(text=BOTOX_TEXT).show(CARD, "order-select", TODAY)
+    assert len(card["summary"]) < 140
+    assert "HFS" not in card["summary"] and "BTX-A" not in card["summary"]  # spelled out
+    assert len(lead(card["detail"]).split()) <= 120
+    before_inputs = card["detail"][: card["detail"].index("### Patient data used")]
+    for fhir_word in ("Patient.gender", "Condition", "ICD-10", "SNOMED", "clinicalStatus", "None"):
+        assert fhir_word not in card["summary"] + before_inputs
+    assert "Patient.gender" not in card["detail"] and "ICD-10" not in card["detail"]
+
+
+def test_a_patient_under_18_gets_the_age_caveat():
+    card = POINT_OF_CARE["child"]().order_medication(text=BOTOX_TEXT).show(CARD, "order-select", TODAY)
+    assert "This patient is under 18: none of the sources describes children" in card["detail"]

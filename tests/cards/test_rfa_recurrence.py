@@ -23,6 +23,11 @@ def cohort_figures_shown(text: str) -> None:
         assert f"{figure} %" in text
 
 
+def lead(detail: str) -> str:
+    """The detail before its first heading: the patient's situation and the figure that matters."""
+    return detail.split("\n### ", 1)[0]
+
+
 def no_patient_specific_figure(detail: str) -> None:
     assert "No patient-specific risk" in detail
     assert "Relative hazard of" not in detail and "Estimated recurrence" not in detail
@@ -33,10 +38,11 @@ def no_patient_specific_figure(detail: str) -> None:
 def test_an_rfa_order_for_a_patient_with_hfs_shows_the_cohort_curve_and_what_drives_durability():
     card = Chart().hfs(onset="2021-05-01").order(RFA).show(CARD, "order-select", TODAY)
     assert card is not None
-    assert card["summary"] == (
-        "RFA for HFS: recurrence 20.2 % at 3, 36.4 % at 6, 71.9 % at 12 months in one cohort (n=99)"
-    )
+    # issue 9: the point in plain words, the one figure that matters at ordering
+    assert card["summary"] == "RFA for hemifacial spasm: spasm had returned in 71.9 % of the study cohort by 12 months"
     detail = card["detail"]
+    assert lead(detail).startswith("Radiofrequency ablation (RFA) of the facial nerve is being ordered")
+    assert "**71.9 % by 12 months**" in lead(detail)
     cohort_figures_shown(detail)
     assert "cohort average" in detail and "99 patients" in detail and "Jiaxing" in detail
     # EVIDENCE.md A: HR exp(-0.619) = 0.538 and exp(-2.589) = 0.075, direction: LOWER recurrence
@@ -45,7 +51,10 @@ def test_an_rfa_order_for_a_patient_with_hfs_shows_the_cohort_curve_and_what_dri
     assert "Longer operation time went with LOWER recurrence risk" in detail
     assert "higher facial paralysis grade after the procedure went with LOWER recurrence risk" in detail
     assert "coding of X1 and X2 was **not published**" in detail
-    assert "likelihood ratio chi-squared 55.769" in detail
+    # issue 9 / EVIDENCE.md "At the point of care": the Cox formula and the model's test
+    # statistic belong to the evidence page, not to an order card (the card kept them before).
+    for model_text in ("h(t)", "h0(t)", "exp(", "chi-squared", "55.769"):
+        assert model_text not in detail
     no_patient_specific_figure(detail)
     assert "only known after the RFA" in detail
     assert card["indicator"] == "info"
@@ -81,15 +90,24 @@ def test_a_refuted_hfs_diagnosis_does_not_make_the_patient_an_hfs_patient():
 # -- after a completed RFA --------------------------------------------------------------------------
 def test_after_rfa_the_card_lists_operation_time_post_procedure_grade_and_time_since():
     card = Chart.from_bundle("hfs_after_rfa.json").show(CARD, "patient-view", TODAY)
-    assert card["summary"] == (
-        "RFA 4 months ago: cohort recurrence 20.2/36.4/71.9 % at 3/6/12 months; most within a year"
+    # EVIDENCE.md A follow-up wording: never "most recurrences come within a year" (the old
+    # summary said "most within a year"); issue 9: no "20.2/36.4/71.9 % at 3/6/12 months".
+    assert (
+        card["summary"]
+        == "RFA 4 months ago: spasm had returned in 36.4 % of the study cohort by 6 months, 71.9 % by 12"
     )
     detail = card["detail"]
+    assert lead(detail).startswith(
+        "This patient had radiofrequency ablation (RFA) of the facial nerve for hemifacial spasm 4 months ago."
+    )
+    assert "operation time 45 min; facial paralysis (House-Brackmann) grade after the RFA: Grade III (= 3)" in lead(
+        detail
+    )
     cohort_figures_shown(detail)
     used = detail[detail.index("### Patient data used") : detail.index("### Strength of evidence")]
     assert "- **Time since the RFA**: 4 months, performed 2025-01-10" in used
     assert (
-        "- **Operation time of the RFA (X1)**: 45 min, performed 2025-01-10; from the procedure's performedPeriod"
+        "- **Operation time of the RFA (X1)**: 45 min, performed 2025-01-10; from the RFA's recorded start and end times"
         in used
     )
     # the grade recorded the day AFTER the RFA (III) is used, not the one before it (I)
@@ -101,7 +119,8 @@ def test_after_rfa_the_card_lists_operation_time_post_procedure_grade_and_time_s
     assert "### Patient data missing" not in detail
     no_patient_specific_figure(detail)
     assert "cannot be turned into a risk" in detail
-    assert "most recurrences came within the first 12 months" in detail
+    assert "recurrences were still increasing when follow-up ended at 12 months" in detail
+    assert "most recurrences" not in detail.lower()
     assert "Beyond the study's follow-up" not in detail
 
 
@@ -122,8 +141,8 @@ def test_an_operation_time_observation_stands_in_for_a_missing_performed_period(
     )
     detail = chart.show(CARD, "patient-view", TODAY)["detail"]
     assert (
-        "**Operation time of the RFA (X1)**: 0.5 h (= 30 min), recorded 2025-02-03; from an operation-time "
-        "Observation of the procedure day" in detail
+        "**Operation time of the RFA (X1)**: 0.5 h (= 30 min), recorded 2025-02-03; from an operation time "
+        "recorded on the day of the RFA" in detail
     )
 
 
@@ -140,7 +159,11 @@ def test_a_grade_on_the_day_of_the_rfa_without_a_time_is_not_taken_as_the_post_p
     chart = Chart().hfs().rfa("2025-02-03T09:00:00Z", "2025-02-03T09:40:00Z")
     chart.local_observation("house-brackmann-grade", "2025-02-03", valueString="IV")
     detail = chart.show(CARD, "patient-view", TODAY)["detail"]
-    assert "IV (= 4)" not in detail  # that the card says why is an xfail in test_real_world_charts.py
+    assert "IV (= 4)" not in detail
+    assert (
+        "- **Facial paralysis (House-Brackmann) grade after the RFA (X2)**: not recorded (a grade recorded on the "
+        "RFA's day without a time of day cannot be placed before or after it: not used); not assumed" in detail
+    )
 
 
 def test_an_unreadable_grade_is_reported_as_recorded_but_unreadable():
@@ -155,8 +178,12 @@ def test_an_unreadable_grade_is_reported_as_recorded_but_unreadable():
 
 def test_past_the_studys_follow_up_the_card_says_there_are_no_figures_beyond_12_months():
     card = Chart().hfs().rfa("2024-03-01").show(CARD, "patient-view", TODAY)
-    assert card["summary"].startswith("RFA 15 months ago")
+    # EVIDENCE.md A: past 12 months say the study did not follow patients that long
+    assert (
+        card["summary"] == "RFA 15 months ago: the study followed patients only to 12 months, when 71.9 % had recurred"
+    )
     assert "longer than the cohort's follow-up (3-12 months)" in card["detail"]
+    assert "the study did not follow patients that long" in card["detail"]
 
 
 def test_an_rfa_more_than_two_years_ago_no_longer_raises_a_card():
@@ -237,3 +264,113 @@ def test_before_the_rfa_a_site_model_cannot_be_applied_and_no_estimate_is_shown(
     card = Chart().hfs().order(RFA).show(CARD, "order-select", TODAY, overlay=SITE)
     assert "No patient-specific risk is shown" in card["detail"]
     assert "Relative hazard of" not in card["detail"]
+
+
+# -- EVIDENCE.md A: when the card speaks, and how it words follow-up ----------------------------------
+def test_after_a_later_mvd_the_after_rfa_card_no_longer_fires():
+    chart = Chart().hfs().rfa("2025-01-10T08:00:00Z", "2025-01-10T08:45:00Z").mvd("2025-04-02")
+    assert chart.show(CARD, "patient-view", TODAY) is None
+
+
+def test_an_mvd_timed_later_on_the_day_of_the_rfa_also_stops_the_card():
+    chart = Chart().hfs().rfa("2025-01-10T08:00:00Z", "2025-01-10T08:45:00Z")
+    chart.mvd("2025-01-10T15:00:00Z", "2025-01-10T17:30:00Z")
+    assert chart.show(CARD, "patient-view", TODAY) is None
+
+
+def test_an_mvd_before_the_rfa_does_not_stop_the_card():
+    chart = Chart().hfs().mvd("2022-05-01").rfa("2025-01-10T08:00:00Z", "2025-01-10T08:45:00Z")
+    assert chart.show(CARD, "patient-view", TODAY) is not None
+
+
+def test_a_planned_mvd_after_the_rfa_does_not_stop_the_card():
+    chart = Chart().hfs().rfa("2025-01-10T08:00:00Z").mvd("2025-05-20", status="preparation")
+    assert chart.show(CARD, "patient-view", TODAY) is not None
+
+
+def test_an_rfa_ordered_after_an_earlier_mvd_still_gets_the_order_card():
+    chart = Chart().hfs().mvd("2022-05-01").order(RFA)
+    assert chart.show(CARD, "order-select", TODAY) is not None
+
+
+@pytest.mark.parametrize(
+    ("rfa_day", "months"),
+    [
+        ("2025-04-20", "42 days"),
+        ("2025-01-10", "4 months"),
+        ("2024-09-20", "8 months"),
+        ("2024-03-01", "15 months"),
+        ("2023-07-01", "23 months"),
+    ],
+)
+def test_no_time_point_says_most_recurrences_come_within_a_year(rfa_day, months):
+    # EVIDENCE.md A: follow-up ended at 12 months while the curve was still rising
+    card = Chart().hfs().rfa(rfa_day).show(CARD, "patient-view", TODAY)
+    assert card["summary"].startswith(f"RFA {months} ago")
+    text = (card["summary"] + card["detail"]).lower()
+    assert "most recurrences" not in text and "most within" not in text and "within a year" not in text
+
+
+def test_between_6_and_12_months_the_summary_gives_the_12_month_figure():
+    card = Chart().hfs().rfa("2024-09-20").show(CARD, "patient-view", TODAY)
+    assert card["summary"] == "RFA 8 months ago: spasm had returned in 71.9 % of the study cohort by 12 months"
+    assert "Beyond the study's follow-up" not in card["detail"]
+
+
+def test_the_order_card_never_says_most_recurrences_come_within_a_year():
+    card = Chart().hfs().order(RFA).show(CARD, "order-sign", TODAY)
+    assert "most recurrences" not in (card["summary"] + card["detail"]).lower()
+    assert "recurrences were still increasing when follow-up ended" in card["detail"]
+
+
+# -- EVIDENCE.md "Reading the record" -----------------------------------------------------------------
+def test_a_future_dated_grade_is_not_used_and_is_listed_with_the_reason():
+    chart = Chart().hfs().rfa("2025-02-03T09:00:00Z", "2025-02-03T09:40:00Z")
+    chart.local_observation("house-brackmann-grade", "2026-01-15", valueInteger=4)
+    detail = chart.show(CARD, "patient-view", TODAY)["detail"]
+    used = detail[detail.index("### Patient data used") : detail.index("### Recorded but unreadable")]
+    assert "House-Brackmann" not in used  # never used
+    assert "grade after the RFA: dated in the future: not used." in lead(detail)
+    unusable = detail[detail.index("### Recorded but unreadable") :]
+    assert (
+        "- **Facial paralysis (House-Brackmann) grade after the RFA (X2)**: recorded but unreadable "
+        "(Observation: dated after the time of this call: not used)" in unusable
+    )
+
+
+def test_a_newer_unreadable_grade_is_named_and_the_older_readable_one_is_used():
+    chart = Chart().hfs().rfa("2025-02-03T09:00:00Z", "2025-02-03T09:40:00Z")
+    chart.local_observation("house-brackmann-grade", "2025-02-04", valueString="III")
+    chart.local_observation("house-brackmann-grade", "2025-03-10", valueString="quite weak")
+    detail = chart.show(CARD, "patient-view", TODAY)["detail"]
+    assert (
+        "- **Facial paralysis (House-Brackmann) grade after the RFA (X2)**: III (= 3), recorded 2025-02-04; "
+        "the latest readable grade: a newer one could not be read, dated 2025-03-10" in detail
+    )
+
+
+def test_a_grade_timed_after_the_rfa_on_the_same_day_is_the_post_rfa_grade():
+    chart = Chart().hfs().rfa("2025-02-03T09:00:00Z", "2025-02-03T09:40:00Z")
+    chart.local_observation("house-brackmann-grade", "2025-02-03T16:00:00+02:00", valueString="IV")
+    detail = chart.show(CARD, "patient-view", TODAY)["detail"]
+    assert "grade after the RFA (X2)**: IV (= 4), recorded 2025-02-03" in detail
+
+
+# -- issue 9: a card read at the point of care --------------------------------------------------------
+POINT_OF_CARE = {
+    "ordered": (lambda: Chart().hfs().order(RFA), "order-select"),
+    "after-4-months": (lambda: Chart.from_bundle("hfs_after_rfa.json"), "patient-view"),
+    "after-15-months": (lambda: Chart().hfs().rfa("2024-03-01"), "patient-view"),
+    "with-site-model": (lambda: Chart.from_bundle("hfs_after_rfa.json"), "patient-view"),
+}
+
+
+@pytest.mark.parametrize("scenario", sorted(POINT_OF_CARE))
+def test_summary_and_lead_are_short_and_plain_and_name_no_fhir_element(scenario):
+    make, hook = POINT_OF_CARE[scenario]
+    card = make().show(CARD, hook, TODAY, overlay=SITE if scenario == "with-site-model" else None)
+    assert len(card["summary"]) < 140
+    assert "/" not in card["summary"].replace("n/a", "")  # no "20.2/36.4/71.9 % at 3/6/12 months"
+    assert len(lead(card["detail"]).split()) <= 120
+    for fhir_word in ("performedPeriod", "Patient.gender", "Observation of", "Procedure's", "HFS"):
+        assert fhir_word not in card["summary"] + card["detail"]

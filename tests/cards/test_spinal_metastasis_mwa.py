@@ -5,11 +5,17 @@ median VAS 6 / 5 / 4 / 3 / 3 / 3; mean daily morphine 77.8 / 34.5 / 28.7 / 24.6 
 21.0 mg; local control 94.8 %; cement leakage 30 % (42/140); grade 3 neural injury 1.1 %.
 """
 
+import pytest
 from support import evidence
-from support.chart import AUGMENTATION_CPT, BONE_METASTASIS, LOCAL, MWA_THORACIC, RFA, Chart
+from support.chart import AUGMENTATION_CPT, BONE_METASTASIS, LOCAL, MWA_THORACIC, PAIN, RFA, Chart
 
 CARD = "spinal-metastasis-mwa"
 TODAY = "2025-06-01"
+
+
+def lead(detail: str) -> str:
+    """The detail before its first heading: the patient's situation and the figure that matters."""
+    return detail.split("\n### ", 1)[0]
 
 
 def cohort_outcomes_shown(detail: str) -> None:
@@ -34,10 +40,17 @@ def cohort_outcomes_shown(detail: str) -> None:
 def test_mwa_ordered_shows_cohort_outcomes_next_to_the_patients_pain_and_morphine():
     chart = Chart.from_bundle("vertebral_metastasis_pain.json").order(MWA_THORACIC)
     card = chart.show(CARD, "order-select", TODAY)
+    # issue 9: the cohort figure that matters next to this patient's own pain, in plain words
     assert card["summary"] == (
-        "MWA + augmentation: median pain 6 -> 3/10 at 1 month, local control 94.8 % (cohort, n=91)"
+        "MWA + augmentation: cohort median pain fell from 6 to 3/10 by 1 month; this patient's latest pain 7/10"
     )
     detail = card["detail"]
+    assert lead(detail).startswith(
+        "Microwave ablation (MWA) of a vertebra is being ordered. This patient's latest pain score: **7/10**; "
+        "daily morphine: **60 mg/d**."
+    )
+    assert "**cohort outcomes**, not a prediction for this patient" in lead(detail)
+    assert "Local tumour control was 94.8 % of treated vertebrae at 6 months" in lead(detail)
     cohort_outcomes_shown(detail)
     assert "This patient: latest pain score 7/10; daily morphine dose 60 mg/d" in detail
     assert "- **Latest pain score (0-10)**: 7/10, recorded 2025-05-25" in detail
@@ -50,7 +63,7 @@ def test_mwa_ordered_shows_cohort_outcomes_next_to_the_patients_pain_and_morphin
 def test_a_painful_vertebral_metastasis_raises_the_card_on_opening_the_chart():
     card = Chart.from_bundle("vertebral_metastasis_pain.json").show(CARD, "patient-view", TODAY)
     assert card["summary"] == (
-        "Painful vertebral metastasis (pain 7/10): MWA + augmentation cohort, median pain 6 -> 3/10 at 1 month"
+        "Painful vertebral metastasis (pain 7/10): after MWA + augmentation, cohort median pain fell from 6 to 3/10"
     )
     cohort_outcomes_shown(card["detail"])
 
@@ -127,3 +140,110 @@ def test_morphine_in_another_unit_is_converted_and_both_are_shown():
         "- **Daily morphine dose**: 0.09 g/d (= 90 mg/d), recorded 2025-05-28"
         in chart.show(CARD, "order-sign", TODAY)["detail"]
     )
+
+
+# -- EVIDENCE.md "Reading the record": the newest pain score cannot be read ----------------------------
+def metastasis_with_pain(older: float, newer: dict) -> Chart:
+    chart = Chart().condition(BONE_METASTASIS, onset="2024-01-01").pain("2025-05-10", older)
+    return chart.observation(PAIN, "2025-05-28", **newer)
+
+
+def test_on_opening_the_chart_the_card_says_a_newer_pain_score_could_not_be_read_and_which_it_used():
+    card = metastasis_with_pain(6, {"valueString": "severe"}).show(CARD, "patient-view", TODAY)
+    assert card["summary"] == (
+        "Painful vertebral metastasis (pain 6/10), a newer score unreadable: cohort pain fell 6 to 3/10 after ablation"
+    )
+    assert (
+        "- **Latest pain score (0-10)**: 6/10, recorded 2025-05-10; the latest readable score: a newer pain score "
+        "could not be read, dated 2025-05-28" in card["detail"]
+    )
+
+
+def test_at_ordering_the_card_says_a_newer_pain_score_could_not_be_read():
+    chart = metastasis_with_pain(6, {"valueQuantity": {"value": 14, "unit": "{score}"}}).order(MWA_THORACIC)
+    card = chart.show(CARD, "order-select", TODAY)
+    assert card["summary"] == (
+        "MWA + augmentation: cohort median pain fell from 6 to 3/10 by 1 month; this patient's newest pain score "
+        "unreadable"
+    )
+    assert (
+        "recorded 2025-05-10; the latest readable score: a newer pain score could not be read, dated 2025-05-28"
+        in (card["detail"])
+    )
+
+
+def test_a_newer_unreadable_score_after_an_older_one_below_four_raises_no_card_on_opening_the_chart():
+    # firing depends on the score: the newest readable one is below 4, so the card does not fire
+    assert metastasis_with_pain(3, {"valueString": "severe"}).show(CARD, "patient-view", TODAY) is None
+
+
+def test_only_an_unreadable_pain_score_raises_no_card_on_opening_the_chart():
+    chart = Chart().condition(BONE_METASTASIS, onset="2024-01-01").observation(PAIN, "2025-05-28", valueString="bad")
+    assert chart.show(CARD, "patient-view", TODAY) is None
+    card = chart.order(MWA_THORACIC).show(CARD, "order-sign", TODAY)
+    assert card["summary"].endswith("this patient's pain score not usable")
+    assert "- **Latest pain score (0-10)**: recorded but unreadable" in card["detail"]
+
+
+def test_an_unreadable_pain_score_older_than_30_days_is_not_this_months_pain():
+    chart = Chart().condition(BONE_METASTASIS, onset="2024-01-01").observation(PAIN, "2025-03-01", valueString="bad")
+    card = chart.order(MWA_THORACIC).show(CARD, "order-sign", TODAY)
+    assert card["summary"].endswith("no pain score in the last 30 days")
+    assert "- **Latest pain score (0-10)**: not recorded" in card["detail"]
+
+
+def test_a_newer_unreadable_morphine_dose_is_named_too():
+    chart = Chart().condition(BONE_METASTASIS, onset="2024-01-01").pain("2025-05-28", 7).order(MWA_THORACIC)
+    chart.quantity((LOCAL, "daily-morphine-dose"), "2025-05-10", 60, "mg/d")
+    chart.quantity((LOCAL, "daily-morphine-dose"), "2025-05-20", 60, "mL")
+    detail = chart.show(CARD, "order-sign", TODAY)["detail"]
+    assert (
+        "- **Daily morphine dose**: 60 mg/d, recorded 2025-05-10; the latest readable dose: a newer dose could not "
+        "be read, dated 2025-05-20" in detail
+    )
+
+
+# -- EVIDENCE.md "Reading the record": a value dated in the future is never used -----------------------
+def test_a_pain_score_dated_in_the_future_does_not_raise_the_card_and_is_listed_as_not_used():
+    chart = Chart().condition(BONE_METASTASIS, onset="2024-01-01").pain("2025-06-20", 8)
+    assert chart.show(CARD, "patient-view", TODAY) is None
+    detail = chart.order(MWA_THORACIC).show(CARD, "order-sign", TODAY)["detail"]
+    assert "This patient's latest pain score: **dated in the future: not used**" in lead(detail)
+    assert (
+        "- **Latest pain score (0-10)**: recorded but unreadable (Observation: dated after the time of this call: "
+        "not used)" in detail
+    )
+    assert "8/10" not in detail
+
+
+def test_a_future_pain_score_does_not_hide_the_latest_real_one():
+    chart = Chart().condition(BONE_METASTASIS, onset="2024-01-01").pain("2025-05-28", 7).pain("2025-07-01", 2)
+    card = chart.show(CARD, "patient-view", TODAY)
+    assert card["summary"].startswith("Painful vertebral metastasis (pain 7/10)")
+    assert "dated after the time of this call: not used" in card["detail"]
+
+
+# -- issue 9: a card read at the point of care --------------------------------------------------------
+POINT_OF_CARE = {
+    "mwa-ordered": (lambda: Chart.from_bundle("vertebral_metastasis_pain.json").order(MWA_THORACIC), "order-select"),
+    "augmentation-ordered": (
+        lambda: Chart().condition(BONE_METASTASIS, onset="2024-12-01").order(AUGMENTATION_CPT),
+        "order-sign",
+    ),
+    "painful-metastasis": (lambda: Chart.from_bundle("vertebral_metastasis_pain.json"), "patient-view"),
+    "newer-unreadable": (lambda: metastasis_with_pain(6, {"valueString": "severe"}), "patient-view"),
+}
+
+
+@pytest.mark.parametrize("scenario", sorted(POINT_OF_CARE))
+def test_summary_and_lead_are_short_and_plain_and_name_no_fhir_element(scenario):
+    make, hook = POINT_OF_CARE[scenario]
+    card = make().show(CARD, hook, TODAY)
+    assert len(card["summary"]) < 140
+    assert " -> " not in card["summary"]
+    assert len(lead(card["detail"]).split()) <= 120
+    assert "cohort" in card["summary"]  # labelled as cohort outcomes
+    before_inputs = card["detail"][: card["detail"].index("### Patient data used")]
+    for fhir_word in ("Condition", "Observation", "ICD-10", "C79.51", "LOINC"):
+        assert fhir_word not in card["summary"] + before_inputs
+    assert "ICD-10" not in card["detail"]
