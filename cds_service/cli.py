@@ -14,7 +14,7 @@ import logging
 import sys
 from datetime import UTC, datetime, timedelta
 
-from cds_service.config import ConfigError, load_settings
+from cds_service.config import ConfigError, check_instance_folder, load_settings
 from cds_service.storage.store import StoreError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -115,12 +115,11 @@ def _serve(args: argparse.Namespace) -> int:
     from gunicorn.glogging import Logger
 
     settings = load_settings(_overrides(args))
-    from cds_service.startup import check_instance_folder
-
     instance = check_instance_folder(settings.instance_path).resolve()
     # Prometheus multiprocess mode: every worker writes its samples here; the folder is
     # emptied at start (old files would add a previous run's counts). Must be set before
-    # prometheus_client is imported (by the app below).
+    # prometheus_client is imported (by the app below: keep cds_service.startup and
+    # cds_service.metrics imports after this).
     metrics_dir = instance / "prometheus"
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True, exist_ok=True)
@@ -215,7 +214,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _open_store(args: argparse.Namespace, **changes):
-    from cds_service.startup import check_instance_folder, store_options
+    from cds_service.startup import store_options
     from cds_service.storage.store import Store
 
     overrides = _overrides(args)

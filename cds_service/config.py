@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.resources
 import os
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -218,3 +219,20 @@ def load_settings(overrides: dict | None = None, environ: dict | None = None) ->
         return Settings(**values)
     except ValidationError as exc:
         raise _explain(exc, values) from None
+
+
+def check_instance_folder(path: Path) -> Path:
+    """The instance folder, created if needed and writable; ConfigError saying why not."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"instance folder {path} is a file, not a folder; give a folder (--instance, instance_path)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"instance folder {path} cannot be created ({exc.strerror})") from None
+    try:
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"instance folder {path} is not writable ({exc.strerror})") from None
+    return path

@@ -6,12 +6,11 @@ create_app() builds one Runtime and keeps it in `app.extensions["cds_service"]`.
 from __future__ import annotations
 
 import logging
-import tempfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from cds_service.config import ConfigError, Settings
+from cds_service.config import ConfigError, Settings, check_instance_folder
 from cds_service.content.cards import CardContent, content_versions, load_cards
 from cds_service.content.services import ServiceDefinition, load_services
 from cds_service.errors import ApiError
@@ -109,23 +108,6 @@ class Runtime:
     def audit_queue_depth(self) -> int:
         """Audit rows queued in this process for the background writer (for /metrics)."""
         return self.store.audit_queue_depth()
-
-
-def check_instance_folder(path: Path) -> Path:
-    """The instance folder, created if needed and writable; ConfigError saying why not."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"instance folder {path} is a file, not a folder; give a folder (--instance, instance_path)")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"instance folder {path} cannot be created ({exc.strerror})") from None
-    try:
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
-            pass
-    except OSError as exc:
-        raise ConfigError(f"instance folder {path} is not writable ({exc.strerror})") from None
-    return path
 
 
 def store_options(settings: Settings) -> StoreOptions:

@@ -49,7 +49,6 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemy
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import StaticPool
 
-from cds_service import metrics
 from cds_service.errors import ApiError
 from cds_service.storage import migrate
 from cds_service.storage.audit import CallRecord, ReturnedCard
@@ -615,6 +614,10 @@ class Store:
             self._mark_down()
             kind = "timed out" if op.aborted else _failure_kind(exc)
             log.warning("store unavailable: operation=%s reason=%s", what, kind)
+            # Imported here, not at the top: the CLI imports this module before `serve` sets
+            # PROMETHEUS_MULTIPROC_DIR, and prometheus-client fixes its mode when first imported.
+            from cds_service import metrics
+
             metrics.store_error(what)
             raise StoreUnavailable(retry_after_s=self.options.retry_after_s) from None
         else:

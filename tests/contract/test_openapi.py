@@ -333,7 +333,7 @@ def _saturated(make):
     client = make()
     admission.stamp(0.0, shed=True)  # as the gunicorn worker marks a call beyond capacity
     try:
-        return client.post(url(CALL), json=patient_view(hfs_patient_prefetch(), "hfs-1"))
+        return client.post(url(CALL), json=patient_view("hfs-1", prefetch=hfs_patient_prefetch(), encounterId="enc-1"))
     finally:
         admission.clear()
 

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from cds_service.config import DEFAULT_CARDS_DIR, ConfigError, Settings, load_settings
 
@@ -96,5 +97,5 @@ def test_a_config_file_that_cannot_be_read_is_a_start_up_error_naming_it(tmp_pat
 
 def test_settings_cannot_be_changed_once_loaded():
     settings = load_settings(environ={})
-    with pytest.raises(AttributeError):
+    with pytest.raises(ValidationError, match="frozen"):
         settings.allow_unsigned = True  # type: ignore[misc]
