@@ -33,7 +33,7 @@ def test_seven_months_after_mvd_without_spasm_since_the_one_year_figure_leads():
     card = chart.show(CARD, "patient-view", TODAY)
     assert (
         card["summary"]
-        == "MVD 7 months ago, no spasm since: recurrence by 1 year in 1.0 % of a cohort after successful MVD"
+        == "MVD 7 months ago, no spasm recorded since: recurrence by 1 year in 1.0 % of a cohort after successful MVD"
     )
     detail = card["detail"]
     lead = detail.split("\n\n")[0]
@@ -57,7 +57,7 @@ def test_eighteen_months_after_mvd_without_spasm_since_the_two_year_figure_leads
     card = Chart().hfs(status="resolved").mvd("2023-12-01").show(CARD, "patient-view", TODAY)
     assert (
         card["summary"]
-        == "MVD 18 months ago, no spasm since: recurrence by 2 years in 1.7 % of a cohort after successful MVD"
+        == "MVD 18 months ago, no spasm recorded since: recurrence by 2 years in 1.7 % of a cohort after successful MVD"
     )
     assert "**1.7 %** had a delayed recurrence by 2 years" in card["detail"].split("\n\n")[0]
 
@@ -67,7 +67,7 @@ def test_eighteen_months_after_mvd_without_spasm_since_the_two_year_figure_leads
 def test_more_than_two_years_after_mvd_the_five_year_figure_leads_and_the_remaining_risk_is_about_one_percent():
     card = Chart().hfs(status="resolved").mvd("2021-03-15").show(CARD, "patient-view", TODAY)
     assert card["summary"] == (
-        "MVD 4.2 years ago, no spasm since: recurrence by 5 years in 2.9 % of a cohort after successful MVD"
+        "MVD 4.2 years ago, no spasm recorded since: recurrence by 5 years in 2.9 % of a cohort after successful MVD"
     )
     lead = card["detail"].split("\n\n")[0]
     assert "**2.9 %** had a delayed recurrence by 5 years" in lead
@@ -118,7 +118,7 @@ def test_an_undated_hfs_entry_past_five_years_after_the_mvd_does_not_fire():
 def test_after_two_mvds_without_spasm_since_the_summary_says_the_figures_are_for_first_mvds():
     card = Chart().hfs(status="resolved").mvd("2018-04-01").mvd("2025-01-15").show(CARD, "patient-view", TODAY)
     assert card["summary"] == (
-        "Revision MVD 4 months ago, no spasm since: recurrence figures are for first MVDs and may not apply"
+        "Revision MVD 4 months ago, no spasm recorded since: recurrence figures are for first MVDs and may not apply"
     )
     assert "### This was a revision" in card["detail"]
     assert "2 MVDs recorded: this was a revision" in card["detail"]
