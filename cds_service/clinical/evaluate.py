@@ -286,10 +286,11 @@ def _condition_since(p: Predictor, r: Reading) -> InputValue:
     after = record.conditions_after(p.concept, procedure)
     unplaced = record.conditions_unplaced(p.concept, procedure)
     active = record.active_conditions(p.concept)
-    if not after and not unplaced and active and (procedure is None or procedure.performed is None):
-        unplaced = active  # an undated procedure: nothing can be placed relative to it
+    undated = procedure is None or procedure.performed is None
     if after:
         answer, note, fact = "after", "after", after[0]
+    elif active and undated:  # nothing can be placed relative to an undated procedure
+        answer, note, fact = "unclear", "procedure_undated", _earliest(active)
     elif unplaced:
         answer, note, fact = "unclear", "unplaced", unplaced[0]
     elif active:

@@ -84,6 +84,7 @@ KINDS: dict[str, DerivationKind] = {
             "unplaced": "recorded without a date that places it before or after the procedure",
             "ongoing": "still active since before the procedure, with no end date",
             "none": "none active since the procedure",
+            "procedure_undated": "present; the procedure has no date to place it against",
         },
     ),
     "procedure_count": DerivationKind(

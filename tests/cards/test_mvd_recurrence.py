@@ -140,6 +140,10 @@ def test_an_undated_mvd_gives_the_figures_without_matching_them_to_time():
     )
     assert "### Time since surgery unknown" in card["detail"]
     assert "about 1 %" not in card["detail"]  # an active HFS cannot be placed after an undated MVD
+    assert (
+        "- **Hemifacial spasm since the MVD**: present; the MVD has no date to place it against (active)"
+        in card["detail"]
+    )
     assert "- **Time since the MVD**: not recorded (the procedure has no performed date); not assumed" in card["detail"]
 
 
