@@ -284,6 +284,51 @@ def _condition_after(p: Predictor, r: Reading) -> InputValue:
     )
 
 
+def _condition_since(p: Predictor, r: Reading) -> InputValue:
+    """Where the concept's active Conditions stand relative to the situation's procedure, as
+    a coded answer: "after" (dated after it), "unclear" (no date that places it, or active
+    since before it with no end date: the note says which), or "none" (none active)."""
+    record, procedure = r.record, r.procedure
+    if not record.conditions.get(p.concept):
+        return _unreadable(p, record) or _missing(p)
+    after = record.conditions_after(p.concept, procedure)
+    unplaced = record.conditions_unplaced(p.concept, procedure)
+    active = record.active_conditions(p.concept)
+    undated = procedure is None or procedure.performed is None
+    if after:
+        answer, note, fact = "after", "after", after[0]
+    elif active and undated:  # nothing can be placed relative to an undated procedure
+        answer, note, fact = "unclear", "procedure_undated", _earliest(active)
+    elif unplaced:
+        answer, note, fact = "unclear", "unplaced", unplaced[0]
+    elif active:
+        answer, note, fact = "unclear", "ongoing", _earliest(active)
+    else:
+        return InputValue(p.id, p.label, USED, value="none", display=p.note("none"))
+    dates = _condition_dates(fact)
+    return InputValue(
+        p.id,
+        p.label,
+        USED,
+        value=answer,
+        display=f"{p.note(note)} ({_status(fact)})",
+        **dates,
+        **_text_match(fact.match),
+    )
+
+
+def _procedure_count(p: Predictor, r: Reading) -> InputValue:
+    record = r.record
+    done = [
+        f
+        for f in record.procedures.get(p.concept, ())
+        if f.status == "completed" and (f.performed is None or day_of(f.performed) <= record.today)
+    ]
+    if not done:
+        return _unreadable(p, record) or _missing(p)
+    return InputValue(p.id, p.label, USED, value=len(done), display=str(len(done)))
+
+
 def _medication(p: Predictor, r: Reading) -> InputValue:
     facts = r.record.current_medications(p.concept)
     if not facts:
@@ -509,6 +554,8 @@ DERIVE: dict[str, Callable[[Predictor, Reading], InputValue]] = {
     "age": _age,
     "disease_duration": _disease_duration,
     "operation_time": _operation_time,
+    "condition_since_procedure": _condition_since,
+    "procedure_count": _procedure_count,
     "time_since_procedure": _time_since,
     "intraoperative": _intraoperative,
     "procedure": _procedure,

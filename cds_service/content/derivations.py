@@ -83,6 +83,24 @@ KINDS: dict[str, DerivationKind] = {
             "from_observation": "from an Observation of the procedure day",
         },
     ),
+    "condition_since_procedure": DerivationKind(
+        "where the concept's active Conditions stand relative to the situation's procedure: "
+        "'after' (dated after it), 'unclear' (no date that places it, or only the procedure's day "
+        "(note 'unplaced'); dated before it with no end (note 'ongoing')), 'none' (none active)",
+        concept_kinds=("condition",),
+        needs_procedure=True,
+        notes={
+            "after": "recorded after the procedure",
+            "unplaced": "recorded without a date that places it before or after the procedure",
+            "ongoing": "still active since before the procedure, with no end date",
+            "none": "none active since the procedure",
+            "procedure_undated": "present; the procedure has no date to place it against",
+        },
+    ),
+    "procedure_count": DerivationKind(
+        "how many completed Procedures of the concept the record holds (not dated after today)",
+        concept_kinds=("procedure",),
+    ),
     "time_since_procedure": DerivationKind("months since the situation's procedure", needs_procedure=True),
     "intraoperative": DerivationKind(
         "only known during the operation: always listed as not yet known",

@@ -90,7 +90,8 @@ def test_every_card_fires_somewhere_and_names_the_hooks_of_the_brief():
     assert hooks["rfa-recurrence"] == {"order-select", "order-sign", "patient-view"}
     assert hooks["amr-persistence"] == {"order-select", "order-sign", "patient-view"}
     assert hooks["btxa-response"] == {"order-select", "order-sign"}
-    assert hooks["mvd-recurrence"] == {"patient-view"}
+    # EVIDENCE.md E: a revision MVD ordered for HFS after an earlier MVD gets the revision guidance
+    assert hooks["mvd-recurrence"] == {"order-select", "order-sign", "patient-view"}
     assert hooks["spinal-metastasis-mwa"] == {"order-select", "order-sign", "patient-view"}
 
 

@@ -283,13 +283,14 @@ def test_opening_the_chart_of_an_hfs_patient_after_mvd_shows_the_recurrence_card
     )
 
     card = one_card(response, r"^MVD ")
-    assert card["summary"].startswith("MVD 10 months ago: recurrence in up to 10 %, 86 % of them within 2 years")
+    # EVIDENCE.md E time points: under 1 year since the MVD the Chang 1-year figure leads
+    assert card["summary"].startswith("MVD 10 months ago, no spasm recorded since: recurrence by 1 year in 1.0 %")
     labels = card_labels("mvd_recurrence.toml")
     used = used_lines(card)
     assert used[labels["months_since_mvd"]].startswith(f"10 months, performed {mvd_day.isoformat()}")
     assert used[labels["hypertension"]].startswith("yes (active), onset 2014-06-01")
     assert "This patient: hypertension yes (active)." in card["detail"]
-    assert "The MVD was 10 months ago." in card["detail"]
+    assert "This patient had microvascular decompression (MVD) 10 months ago" in card["detail"]
     assert "Data that could not be retrieved" not in card["detail"]
     assert card["source"]["label"] and card["indicator"] == "info"
 
