@@ -203,10 +203,7 @@ def test_after_mvd_every_time_point_cites_thirumala_2020_as_the_source():
 
 
 # EVIDENCE.md "Reading the record": the newest value unreadable -> say that a newer value
-# exists and could not be read, and which older value was used (with its date). The record
-# offers it (PatientRecord.reading: newer_unreadable); the observation derivation and the
-# input lines of clinical/render.py do not show it yet (render is cardux's).
-@pytest.mark.xfail(strict=True, reason="needs engine/render: the used input says a newer value could not be read")
+# exists and could not be read, and which older value was used (with its date).
 def test_a_newer_unreadable_cohen_grade_is_named_with_the_older_grade_used():
     chart = Chart().hfs(onset="2019-05-01").order(MVD)
     chart.local_observation("cohen-spasm-grade", "2025-03-01", valueInteger=3)
