@@ -13,6 +13,7 @@ import importlib.resources
 import os
 import tempfile
 import tomllib
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -132,6 +133,21 @@ class Settings(BaseModel):
     # /metrics (Prometheus): off unless a bearer token is set; an operator scrapes with
     # `Authorization: Bearer <metrics_token>`.
     metrics_token: str = ""
+    # Development and demos only: judge every record as of this date (YYYY-MM-DD) instead of
+    # today, so fixed scenario charts do not go stale. Empty (the default): off. Logged
+    # loudly at start-up when set.
+    as_of_date: str = ""
+
+    @field_validator("as_of_date")
+    @classmethod
+    def _as_of(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            try:
+                date.fromisoformat(value)
+            except ValueError:
+                raise ValueError("as_of_date must be a date like 2025-06-01 (or empty: off)") from None
+        return value
 
     @field_validator("allow_unsigned", "trust_sandbox", "jti_memory_fallback", mode="before")
     @classmethod
@@ -160,6 +176,11 @@ class Settings(BaseModel):
         if isinstance(value, str) and not value.strip():
             return None
         return value
+
+    @property
+    def as_of(self) -> date | None:
+        """The as-of date (development and demos), or None when off."""
+        return date.fromisoformat(self.as_of_date.strip()) if self.as_of_date.strip() else None
 
     @property
     def resolved_database_url(self) -> str:

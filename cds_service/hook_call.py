@@ -8,12 +8,14 @@ keeps about the call; they never hold a token or a raw patient identifier.
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING
 
 from cds_service import metrics
-from cds_service.clinical.evaluate import evaluate
+from cds_service.clinical.evaluate import CardResult, evaluate
+from cds_service.clinical.evidence import evidence_link
 from cds_service.clinical.record import build_record
 from cds_service.clinical.render import render
 from cds_service.fhir.prefetch import resolve
@@ -43,29 +45,53 @@ class AuditNotes:
         return (time.perf_counter() - self.started) * 1000.0
 
 
-def answer(rt: Runtime, service: ServiceDefinition, request: HookRequest, notes: AuditNotes) -> list[dict]:
+def answer(
+    rt: Runtime, service: ServiceDefinition, request: HookRequest, notes: AuditNotes, base_url: str = ""
+) -> list[dict]:
+    """The cards for one hook call. `base_url`: the service's public root URL (the setting
+    public_base_url, else the request's root), for the evidence page links."""
     notes.hook_instance = request.hook_instance
     notes.patient_hash = rt.hash_patient(request.patient_id)
 
     deadline = rt.fhir.new_deadline(notes.accepted) if rt.fhir is not None and notes.accepted is not None else None
     prefetched = resolve(service, request, rt.fhir, deadline=deadline)
 
+    instant = call_instant(rt.settings.as_of)
     record = build_record(
         prefetched.data,
         draft_orders=request.draft_orders,
         selections=request.selections,
         concepts=rt.concepts,
-        today=today(),
+        today=instant.date(),
         unavailable=prefetched.gaps,
+        now=instant,
     )
 
     results = [evaluate(card, record, request.hook) for card in rt.cards_for(request.hook)]
     fired = [result for result in results if result is not None]
-    cards = [render(result) for result in fired]
+    cards = [_card(rt, result, request.patient_id, base_url) for result in fired]
     notes.cards = [(card["uuid"], result.card_id, card["summary"]) for card, result in zip(cards, fired)]
     for result in fired:
         metrics.CARDS_FIRED.labels(card=result.card_id, situation=result.situation.id).inc()
     return cards
+
+
+def _card(rt: Runtime, result: CardResult, patient_id: str, base_url: str) -> dict:
+    card = render(result, patient_id=patient_id, card_uuid=str(uuid.uuid4()))
+    if rt.evidence is not None and base_url:
+        # The page data is made here; the store write happens off the request path.
+        link = evidence_link(result, rt.evidence.chart_specs, rt.evidence.save, base_url, card["summary"])
+        card["links"].insert(0, link)
+    return card
+
+
+def call_instant(as_of: date | None = None) -> datetime:
+    """The instant the record is judged at: now, or (development and demos) the as-of date
+    at the current time of day."""
+    now = datetime.now(UTC)
+    if as_of is None:
+        return now
+    return datetime.combine(as_of, now.timetz())
 
 
 def today() -> date:

@@ -10,6 +10,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from cds_service.clinical.render import issued_suggestions
 from cds_service.config import ConfigError, Settings, check_instance_folder
 from cds_service.content.cards import CardContent, content_versions, load_cards
 from cds_service.content.services import ServiceDefinition, load_services
@@ -18,6 +19,7 @@ from cds_service.fhir.client import FhirAccess
 from cds_service.security.client_auth import StoreReplayGuard
 from cds_service.security.trust import TrustConfig, trust_from_settings
 from cds_service.storage.audit import audit_key, build_call_record, patient_hash
+from cds_service.storage.evidence_pages import EvidenceSetup, build_evidence_setup
 from cds_service.storage.store import Store, StoreOptions, StoreUnavailable
 from cds_service.terminology.concept_index import ConceptIndex
 from cds_service.terminology.concepts_file import load_concepts
@@ -46,6 +48,7 @@ class Runtime:
     concepts: ConceptIndex
     cards: tuple[CardContent, ...]
     replay_guard: StoreReplayGuard | None = None
+    evidence: EvidenceSetup | None = None  # evidence pages: page store and chart specs
 
     @property
     def content_version(self) -> str:
@@ -68,6 +71,15 @@ class Runtime:
         if service is None:
             raise ApiError(404, "unknown_service", "no CDS service with this id; GET /cds-services lists them")
         return service
+
+    def issued_suggestions(self, card_uuid: str) -> dict[str, str] | None:
+        """Suggestion uuid -> card file suggestion id for a card this service returned, or
+        None when it has no record of returning that card (or no longer has its card file)."""
+        issued = self.store.issued_card(card_uuid)
+        if issued is None:
+            return None
+        card = next((c for c in self.cards if c.id == issued.card_id), None)
+        return issued_suggestions(card, card_uuid) if card is not None else {}
 
     def hash_patient(self, patient_id: str) -> str:
         return patient_hash(patient_id, self.audit_key)
@@ -144,6 +156,12 @@ def build_runtime(settings: Settings) -> Runtime:
     cards = tuple(load_cards(settings.cards_dir, overlay, concepts))
     store = open_store(settings)
     store.audit_writer.start()  # replays what an earlier run left in the spool
+    if settings.as_of_date:
+        log.warning(
+            "!!! AS-OF DATE: every hook call judges the record as of %s, not today "
+            "(as_of_date is for development and demos only; never use it in production)",
+            settings.as_of_date,
+        )
     return Runtime(
         settings=settings,
         services=services,
@@ -153,4 +171,5 @@ def build_runtime(settings: Settings) -> Runtime:
         fhir=FhirAccess(settings, prefetch_keys=max((len(s.prefetch) for s in services.values()), default=1)),
         concepts=concepts,
         cards=cards,
+        evidence=build_evidence_setup(settings, store.engine, cards),
     )

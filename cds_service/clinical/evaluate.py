@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from typing import Any
 
@@ -67,7 +67,9 @@ class InputValue:
     by_text: bool = False  # matched by free text only
     matched_text: str | None = None
     fact: Any = None  # the record's fact behind the value (a procedure or order a situation acts on)
-    newer_unreadable: tuple[date, ...] = ()  # dates of newer values that could not be read (value is older)
+    # Values of the input the record holds but did not use (record.reading / unreadable_for):
+    newer_unreadable: tuple[date | None, ...] = ()  # dates of newer values that could not be read
+    future: tuple[date | None, ...] = ()  # dates of values dated after the call (never used)
 
     @property
     def recorded(self) -> bool:
@@ -219,7 +221,15 @@ class Reading:
 
 
 def derive(p: Predictor, reading: Reading) -> InputValue:
-    return DERIVE[p.derive](p, reading)
+    item = DERIVE[p.derive](p, reading)
+    future = tuple(
+        dict.fromkeys(
+            day_of(u.when) if u.when is not None else None
+            for u in reading.record.unreadable_for(*p.concepts)
+            if u.kind == FUTURE
+        )
+    )
+    return replace(item, future=future) if future and not item.future else item
 
 
 def _missing(p: Predictor, note: str | None = None) -> InputValue:
@@ -334,7 +344,7 @@ def _medication(p: Predictor, r: Reading) -> InputValue:
     if not facts:
         return _unreadable(p, r.record) or _missing(p)
     fact = max(facts, key=lambda m: m.date or date.min)
-    note = f"{fact.resource_type}, status {fact.status}"
+    note = f"{_MEDICATION_WORDS.get(fact.resource_type, 'recorded')}, {fact.status}"
     if fact.match.display and not fact.match.by_text:
         note = f"{fact.match.display}; {note}"
     return InputValue(
@@ -634,6 +644,9 @@ def _estimate(
 
 
 # ---------------------------------------------------------------------------- small facts
+_MEDICATION_WORDS = {"MedicationRequest": "prescribed", "MedicationStatement": "reported as taken"}
+
+
 def _earliest(facts: list[ConditionFact]) -> ConditionFact:
     return min(facts, key=lambda c: c.onset or c.recorded or date.max)
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from cds_service.clinical.evaluate import INTRAOPERATIVE, MISSING, UNREADABLE, USED, CardResult, InputValue
-from cds_service.clinical.render import chosen
+from cds_service.clinical.render import chosen, lead_text, page_sections, strength_line
 from cds_service.content.chart_specs import ChartSpec, parse_ci
 from cds_service.content.templates import format_figure
 
@@ -46,6 +46,9 @@ def page_data(
         "summary": summary or "",
         "situation": result.situation.id,
         "hook": result.hook,
+        "lead": lead_text(result),
+        "sections": page_sections(result),
+        "strength": strength_line(result),
         "charts": [chart_data(spec, result) for spec in (specs or {}).get(card.id, ())],
         "inputs": [_input_row(result, item) for item in result.inputs],
         "caveats": [_fill(c.text, figures) for c in (chosen(e.options, result) for e in card.caveats) if c is not None],
@@ -149,8 +152,18 @@ def _input_row(result: CardResult, item: InputValue) -> dict:
         "date": item.date.isoformat() if item.date else "",
         "date_label": item.date_label if item.date else "",
         "how": how,
-        "note": item.note + (f'; matched by text only ("{item.matched_text}")' if item.by_text else ""),
+        "note": "; ".join(x for x in (item.note, _free_text(item), _not_used(item)) if x),
     }
+
+
+def _free_text(item: InputValue) -> str:
+    return f'recorded as free text ("{item.matched_text}")' if item.by_text else ""
+
+
+def _not_used(item: InputValue) -> str:
+    notes = [f"a newer value{f' from {d.isoformat()}' if d else ''} could not be read" for d in item.newer_unreadable]
+    notes += [f"not used: dated after today{f' ({d.isoformat()})' if d else ''}" for d in item.future]
+    return "; ".join(notes)
 
 
 def _unit(item: InputValue, predictor) -> str:

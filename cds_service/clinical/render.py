@@ -1,21 +1,30 @@
 """Render a CardResult as a CDS Hooks 2.0 card (JSON-ready dict).
 
 The renderer computes no risk: it fills the card file's texts with the card's figures and
-the patient's values as evaluate.py found them, and lays out the detail in Markdown:
-situation, evidence sections, patient-specific estimate (or why there is none), inputs
-used / missing / unreadable, evidence caveats, sources, and the reminder that the card
-informs and does not replace clinical judgement. Text that comes from the patient record
-is escaped, so a record cannot inject Markdown links or HTML into a card. No field is
-empty or null.
+the patient's values as evaluate.py found them. The card is made to be read at a glance:
+the `detail` (Markdown) is the situation's lead, the inputs used and missing in clinical
+words (value, unit, date; values not used because they are dated after today or a newer
+one could not be read, with their dates), and one line of evidence strength. The sections,
+the site model's estimate, every caveat and every source are for the evidence page
+(clinical/evidence.py uses `page_sections`, `strength_line`, `lead_text`). `links` hold
+the evidence page (added by hook_call) and the primary source; `suggestions` are the card
+file's `[[suggestions]]` whose situation and `when` hold, each a FHIR resource to create,
+with a uuid derived from the card's (`suggestion_uuid`), so feedback can be checked against
+the suggestions issued with that card; `overrideReasons` are the card file's coded reasons.
+Text that comes from the patient record is escaped, so a record cannot inject Markdown
+links or HTML into a card. No field is empty or null.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 import string
 import uuid
+from datetime import timedelta
 from typing import Any
 
+from cds_service.clinical.dates import day_of
 from cds_service.clinical.evaluate import (
     INTRAOPERATIVE,
     MISSING,
@@ -29,7 +38,7 @@ from cds_service.clinical.evaluate import (
     percent,
     ratio,
 )
-from cds_service.clinical.record import OrderFact
+from cds_service.clinical.record import FUTURE, OrderFact
 from cds_service.content.cards import Reference, When
 from cds_service.content.templates import SUMMARY_LIMIT, format_figure
 
@@ -46,17 +55,80 @@ _MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~])")  # inline Markdown / HTML; "(" is
 _PATIENT_TEXT_LIMIT = 120
 
 
-def render(result: CardResult) -> dict:
+def render(
+    result: CardResult,
+    *,
+    links: list[dict] | tuple[dict, ...] = (),
+    patient_id: str | None = None,
+    card_uuid: str | None = None,
+) -> dict:
+    """The CDS Hooks card. `links` come first (the evidence page), then the primary source;
+    `patient_id` (context.patientId) is the subject of the suggested resources."""
     card, s = result.card, result.situation
     values = _values(result)
     source = s.source or card.source
-    return {
-        "uuid": str(uuid.uuid4()),
+    card_uuid = card_uuid or str(uuid.uuid4())
+    out: dict[str, Any] = {
+        "uuid": card_uuid,
         "summary": _summary(result, values),
         "indicator": s.indicator or card.indicator,
         "detail": _detail(result, values),
         "source": {"label": source.label, "url": source.url},
     }
+    suggestions = suggestions_for(result, card_uuid, patient_id)
+    if suggestions:
+        out["suggestions"] = suggestions
+        out["selectionBehavior"] = "at-most-one"
+    if card.override_reasons:
+        out["overrideReasons"] = [
+            {"code": r.code, "system": r.system, "display": r.display} for r in card.override_reasons
+        ]
+    out["links"] = [*links, {"label": f"Source: {source.label}", "url": source.url, "type": "absolute"}]
+    return out
+
+
+# ---------------------------------------------------------------------------- suggestions
+def suggestion_uuid(card_uuid: str, suggestion_id: str) -> str:
+    """The suggestion's uuid: derived from the card's, so feedback can be checked against the
+    suggestions issued with that card without storing them."""
+    return str(uuid.uuid5(uuid.UUID(card_uuid), suggestion_id))
+
+
+def issued_suggestions(card, card_uuid: str) -> dict[str, str]:
+    """uuid -> suggestion id, for every suggestion the card file can issue with this card uuid."""
+    return {suggestion_uuid(card_uuid, g.id): g.id for g in card.suggestions}
+
+
+def suggestions_for(result: CardResult, card_uuid: str, patient_id: str | None) -> list[dict]:
+    out = []
+    for g in result.card.suggestions:
+        if result.situation.id not in g.situations or not all(_holds(w, result) for w in g.when):
+            continue
+        resource = copy.deepcopy(g.resource)
+        if patient_id:
+            resource["subject"] = {"reference": f"Patient/{patient_id}"}
+        if g.occurrence_months_after_procedure is not None:
+            due = _due_date(result, g.occurrence_months_after_procedure)
+            if due is None:
+                continue
+            resource["occurrenceDateTime"] = due.isoformat()
+        out.append(
+            {
+                "label": g.label,
+                "uuid": suggestion_uuid(card_uuid, g.id),
+                "isRecommended": False,
+                "actions": [{"type": "create", "description": g.description, "resource": resource}],
+            }
+        )
+    return out
+
+
+def _due_date(result: CardResult, months: float):
+    procedure = result.procedure
+    if procedure is None or procedure.performed is None:
+        return None
+    due = day_of(procedure.performed) + timedelta(days=round(months * 30.4375))
+    return max(due, result.today)
 
 
 # ---------------------------------------------------------------------------- values
@@ -107,24 +179,67 @@ def _summary(result: CardResult, values: dict[str, str]) -> str:
 
 # ---------------------------------------------------------------------------- detail
 def _detail(result: CardResult, values: dict[str, str]) -> str:
-    card, s = result.card, result.situation
-    parts = [_fill(s.lead, values)]
-    for key in s.sections:
-        section = chosen(card.sections[key].options, result)
-        if section is not None:
-            parts.append(f"### {_fill(section.heading, values)}\n\n{_fill(section.body, values)}")
-    estimate_text = _estimate_section(result, values)
-    if estimate_text:
-        parts.append(estimate_text)
+    """The lead, the inputs used and missing in clinical words, one line of evidence strength.
+    Everything else (sections, estimate, all caveats, sources) is on the evidence page."""
+    parts = [_fill(result.situation.lead, values)]
     parts.extend(_input_sections(result))
-    caveats = [c for c in (chosen(entry.options, result) for entry in card.caveats) if c is not None]
-    parts.append("### Strength of evidence\n\n" + "\n".join(f"- {_fill(c.text, values)}" for c in caveats))
-    parts.append("### Sources\n\n" + "\n".join(f"- {_reference(r)}" for r in _sources(result)))
+    strength = strength_line(result, values)
+    if strength:
+        parts.append(f"**Strength of evidence:** {strength}")
     parts.append(f"*{JUDGEMENT}*")
     return "\n\n".join(p.strip() for p in parts if p.strip())
 
 
-def _sources(result: CardResult) -> list[Reference]:
+def strength_line(result: CardResult, values: dict[str, str] | None = None) -> str:
+    """The card's one line of evidence strength: the card file's [strength] line, else the
+    first caveat shown; then any caveat chosen for this patient by a `when` (a patient-
+    specific caveat, such as the one for children, stays on the card)."""
+    values = values if values is not None else _figure_values(result)
+    card = result.card
+    texts = []
+    options = [card.strength] if card.strength is not None else list(card.caveats)
+    for entry in options:
+        picked = chosen(entry.options, result)
+        if picked is not None:
+            texts.append(_fill(picked.text, values))
+            break
+    for entry in card.caveats:
+        picked = chosen(entry.options, result)
+        if picked is not None and picked.when is not None:
+            texts.append(_fill(picked.text, values))
+    return " ".join(dict.fromkeys(texts))
+
+
+def caveat_texts(result: CardResult) -> list[str]:
+    values = _figure_values(result)
+    return [_fill(c.text, values) for c in (chosen(e.options, result) for e in result.card.caveats) if c is not None]
+
+
+def page_sections(result: CardResult) -> list[dict]:
+    """The situation's sections, filled, in the order the card file gives them, then the
+    patient-specific estimate (or why there is none): what the evidence page shows."""
+    card, s = result.card, result.situation
+    values = _values(result)
+    out = []
+    for key in s.sections:
+        section = chosen(card.sections[key].options, result)
+        if section is not None:
+            out.append({"key": key, "heading": _fill(section.heading, values), "body": _fill(section.body, values)})
+    estimate_text = _estimate_section(result, values)
+    if estimate_text:
+        out.append({"key": "estimate", "heading": "Patient-specific estimate", "body": estimate_text})
+    return out
+
+
+def lead_text(result: CardResult) -> str:
+    return _fill(result.situation.lead, _values(result))
+
+
+def _figure_values(result: CardResult) -> dict[str, str]:
+    return {name: format_figure(v) for name, v in result.card.figures.items()}
+
+
+def sources(result: CardResult) -> list[Reference]:
     card, s = result.card, result.situation
     refs = [s.source or card.source, card.source, *card.references]
     seen, out = set(), []
@@ -136,24 +251,19 @@ def _sources(result: CardResult) -> list[Reference]:
     return out
 
 
-def _reference(r: Reference) -> str:
-    return f"{r.label}: <{r.url}>" if r.url else r.label
-
-
 def _estimate_section(result: CardResult, values: dict[str, str]) -> str:
     card, s = result.card, result.situation
-    heading = "### Patient-specific estimate\n\n"
     no_estimate = _fill(card.texts[s.no_estimate], values).strip() if s.no_estimate else ""
     if result.estimate is not None:
-        return heading + _fill(card.texts["site_estimate"], values).strip() + "\n\n" + _estimate_lines(result.estimate)
+        return _fill(card.texts["site_estimate"], values).strip() + "\n\n" + _estimate_lines(result.estimate)
     if result.site_model is not None and result.estimate_problem:
         site = result.site_model
         problem = (
             f'The site-configured model "{escape(site.label)}" (version {escape(site.version)}) '
             f"gives no estimate for this patient: {result.estimate_problem}."
         )
-        return heading + problem + ("\n\n" + no_estimate if no_estimate else "")
-    return heading + no_estimate if no_estimate else ""
+        return problem + ("\n\n" + no_estimate if no_estimate else "")
+    return no_estimate
 
 
 def _estimate_lines(e: Estimate) -> str:
@@ -179,8 +289,9 @@ def _estimate_lines(e: Estimate) -> str:
 
 
 def _input_sections(result: CardResult) -> list[str]:
+    card = result.card
     used = [i for i in result.inputs if i.status == USED]
-    context = {i.predictor for i in result.inputs if result.card.predictor(i.predictor).context}
+    context = {i.predictor for i in result.inputs if card.predictor(i.predictor).context}
     missing = [i for i in result.inputs if i.status in (MISSING, INTRAOPERATIVE)]
     unreadable = [i for i in result.inputs if i.status == UNREADABLE]
     lines = [_order_line(result.order, result.hook)] if result.order is not None else []
@@ -191,16 +302,15 @@ def _input_sections(result: CardResult) -> list[str]:
     parts = ["### Patient data used\n\n" + "\n".join(lines)]
     if missing:
         parts.append("### Patient data missing or not yet known\n\n" + "\n".join(_missing_line(i) for i in missing))
-    lines = [f"- **{i.label}**: recorded but unreadable ({escape(i.note)})" for i in unreadable]
-    covered = {i.note for i in unreadable}
-    labels = {c: p.label for p in result.card.predictors for c in p.concepts}
+    lines = [_unreadable_line(i) for i in unreadable]
+    shown = {i.predictor for i in result.inputs if i.status == UNREADABLE or i.future or i.newer_unreadable}
+    labels = {c: p.label for p in card.predictors for c in p.concepts}
+    by_concept = {c: p.id for p in card.predictors for c in p.concepts}
     for u in result.unreadable:
-        note = f"{u.resource_type}: {u.reason}"
-        if note not in covered:
-            lines.append(
-                f"- **{labels.get(u.concept, (u.concept or 'input').replace('_', ' '))}**: recorded but "
-                f"unreadable ({escape(note)})"
-            )
+        if u.kind == FUTURE or by_concept.get(u.concept) in shown:
+            continue
+        label = labels.get(u.concept, (u.concept or "input").replace("_", " "))
+        lines.append(f"- **{label}**: recorded but unreadable ({escape(u.reason)})")
     if lines:
         parts.append("### Recorded but unreadable\n\n" + "\n".join(dict.fromkeys(lines)))
     if result.unavailable:
@@ -214,14 +324,27 @@ def _input_sections(result: CardResult) -> list[str]:
 
 
 def _order_line(order: OrderFact, hook: str) -> str:
-    line = f"- **Order being {'signed' if hook == 'order-sign' else 'selected'}**: {order.resource_type}"
-    if order.match.display:
-        line += f' "{escape(order.match.display)}"'
+    line = f"- **Order being {'signed' if hook == 'order-sign' else 'selected'}**"
+    shown = [f'"{escape(order.match.display)}"'] if order.match.display else []
     if order.match.code and not order.match.by_text:
-        line += f", code {escape(order.match.code)}"
+        shown.append(f"code {escape(order.match.code)}")
+    if shown:
+        line += ": " + ", ".join(shown)
     if order.match.by_text:
-        line += "; matched by text only, not by a code"
+        line += "; recorded as free text"
     return line
+
+
+def _dates_not_used(i: InputValue) -> str:
+    notes = []
+    for day in i.newer_unreadable:
+        newer = f"a newer value{f' from {day.isoformat()}' if day else ''} could not be read"
+        if i.status == USED and i.date is not None:
+            newer += f"; the value from {i.date.isoformat()} was used"
+        notes.append(newer)
+    for day in i.future:
+        notes.append(f"not used: dated after today{f' ({day.isoformat()})' if day else ''}")
+    return "; ".join(notes)
 
 
 def _used_line(i: InputValue) -> str:
@@ -231,14 +354,31 @@ def _used_line(i: InputValue) -> str:
     if i.note:
         line += f"; {escape(i.note)}"
     if i.by_text:
-        line += f'; matched by text only ("{escape(i.matched_text or "")}"), not by a code'
-    return line
+        line += f'; recorded as free text ("{escape(i.matched_text or "")}")'
+    others = _dates_not_used(i)
+    return line + (f"; {others}" if others else "")
 
 
 def _missing_line(i: InputValue) -> str:
+    others = _dates_not_used(i)
     if i.status == INTRAOPERATIVE:
-        return f"- **{i.label}**: {i.display} ({escape(i.note)})"
-    return f"- **{i.label}**: not recorded ({escape(i.note)}); not assumed"
+        return f"- **{i.label}**: {i.display}"
+    if i.future and not i.newer_unreadable:
+        return f"- **{i.label}**: {others}"
+    return f"- **{i.label}**: not recorded ({escape(i.note)}); not assumed" + (f"; {others}" if others else "")
+
+
+def _unreadable_line(i: InputValue) -> str:
+    if i.future and not i.note and not i.newer_unreadable:  # only values dated after the call
+        return f"- **{i.label}**: {_dates_not_used(i)}"
+    line = f"- **{i.label}**: recorded but unreadable"
+    reason = i.note.split(": ", 1)[-1] if i.note else ""  # the reason, without the resource type
+    if reason or i.date is not None:
+        line += (
+            f" ({', '.join(x for x in (escape(reason) if reason else '', i.date.isoformat() if i.date else '') if x)})"
+        )
+    others = _dates_not_used(i)
+    return line + (f"; {others}" if others else "")
 
 
 def escape(text: Any) -> str:

@@ -23,6 +23,11 @@ The card language:
 - a predictor with `context = true` is read in every situation of the card and listed with
   its inputs, but is not one of the card's factors ({factors_total}).
 
+Also declared per card (issue 9): `[strength]` (the one line of evidence strength on the
+card; else the first caveat), `[[suggestions]]` (an action where the evidence supports one:
+situations, `when` predicates, a FHIR R4 resource template and where its codes come from)
+and `[[override_reasons]]` (coded reasons for dismissing the card).
+
 Everything is checked at start-up: a typo in a placeholder, a predicate naming an unknown
 predictor, a concept of the wrong kind, a summary without a point... raises ContentError with
 the file, the card id and the place, so a mistake never reaches a hook call. The JSON Schema
@@ -412,6 +417,49 @@ class ModelSpec(Table):
         return tuple(self.coefficients) or tuple(self.odds_ratios)
 
 
+class SuggestionSpec(Table):
+    """An action the card offers where the evidence supports one: a FHIR R4 resource to create.
+
+    Offered in the listed situations when every predicate of `when` holds. The engine adds
+    the patient reference (`subject`) and, with `occurrence_months_after_procedure`, the
+    due date counted from the situation's procedure; everything else is the template."""
+
+    id: Text = Field(description="lower-case id, stable across versions (the report counts acceptances by it)")
+    label: Text = Field(description="the suggestion's label as the clinician sees it")
+    situations: list[Text] = Field(description="the situations in which it is offered")
+    when: list[When] = Field(default_factory=list, description="every predicate must hold")
+    description: Text = Field(description="the action's description")
+    resource: dict[str, Any] = Field(description="the FHIR R4 resource to create (without subject)")
+    occurrence_months_after_procedure: Number | None = Field(
+        None, description="due date: this many months after the situation's procedure (occurrenceDateTime)"
+    )
+    codes_source: Text = Field(description="where the resource's codes were verified (published source)")
+
+    @field_validator("id")
+    @classmethod
+    def _id_shape(cls, value: str) -> str:
+        if not _ID.fullmatch(value):
+            raise ValueError(f"suggestion id {value!r} must be lower-case letters, digits, '-' or '_'")
+        return value
+
+    @field_validator("resource")
+    @classmethod
+    def _a_resource(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(value.get("resourceType"), str):
+            raise ValueError("the resource needs a resourceType")
+        if "subject" in value or "patient" in value:
+            raise ValueError("the engine sets the patient reference; leave subject out of the template")
+        return value
+
+
+class OverrideReasonSpec(Table):
+    """One coded reason a clinician may give for dismissing the card (CDS Hooks 2.0 Coding)."""
+
+    code: Text
+    system: Text = Field(description="the CodeSystem URI (the project's local CodeSystem of concepts.toml)")
+    display: Text
+
+
 # ---------------------------------------------------------------------------- the card
 class CardContent(Table):
     """One card file."""
@@ -435,6 +483,13 @@ class CardContent(Table):
     sections: dict[str, Section]
     texts: dict[str, Text] = Field(default_factory=dict)
     caveats: list[TextChoice] = Field(description="the strength of the evidence, one entry per caveat")
+    strength: TextChoice | None = Field(
+        None, description="the one line of evidence strength on the card (else the first caveat shown)"
+    )
+    suggestions: list[SuggestionSpec] = Field(default_factory=list)
+    override_reasons: list[OverrideReasonSpec] = Field(
+        default_factory=list, description="coded reasons offered when the card is dismissed"
+    )
 
     _path: str = PrivateAttr(default="")
     _site_model: Any = PrivateAttr(default=None)
@@ -587,12 +642,21 @@ def _check_card(card: CardContent) -> None:
     for i, caveat in enumerate(card.caveats):
         for v in caveat.options:
             check_when(v.when, context, f"[[caveats]] #{i + 1} variant (a context predictor)", use_model=False)
+    if card.strength is not None:
+        for v in card.strength.options:
+            check_when(v.when, context, "[strength] variant (a context predictor)", use_model=False)
+            if v.text is not None:
+                check_template(v.text, set(card.figures), "[strength]")
     if not card.situations:
         raise ValueError("at least one situation (trigger) is required")
     if len({s.id for s in card.situations}) != len(card.situations):
         raise ValueError("situation ids must be unique")
     for s in card.situations:
         _check_situation(card, s, predictors, context, check_when)
+
+    _check_suggestions(card, check_when)
+    if len({(r.system, r.code) for r in card.override_reasons}) != len(card.override_reasons):
+        raise ValueError("[[override_reasons]]: a reason is listed twice")
 
     names = set(card.figures) | set(predictors) | DYNAMIC_NAMES
     clash = set(card.figures) & (set(predictors) | DYNAMIC_NAMES)
@@ -669,6 +733,24 @@ def _check_situation(card: CardContent, s: Situation, predictors: dict, context:
         if v.omit:
             raise ValueError(f"{where} summary variant #{i + 1}: a summary is never omitted")
         check_when(v.when, set(reads), f"{where} summary variant #{i + 1}", use_model=s.use_model)
+
+
+def _check_suggestions(card: CardContent, check_when) -> None:
+    situations = {s.id: s for s in card.situations}
+    if len({g.id for g in card.suggestions}) != len(card.suggestions):
+        raise ValueError("[[suggestions]]: ids must be unique")
+    for g in card.suggestions:
+        where = f"suggestion {g.id}"
+        if not g.situations:
+            raise ValueError(f"{where}: name the situations in which it is offered")
+        for sid in g.situations:
+            s = situations.get(sid)
+            if s is None:
+                raise ValueError(f"{where}: situation {sid!r} is not defined in this card")
+            if g.occurrence_months_after_procedure is not None and card.trigger_predictor(s, "is_procedure") is None:
+                raise ValueError(f"{where}: a due date after the procedure needs a situation with a procedure")
+            for i, w in enumerate(g.when):
+                check_when(w, set(card.situation_predictors(s)), f"{where} when #{i + 1} in {sid}", use_model=False)
 
 
 # ---------------------------------------------------------------------------- loading

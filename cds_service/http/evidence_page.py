@@ -78,6 +78,14 @@ def render_page(data: dict) -> str:
     parts.append("</header><main>")
     for i, chart in enumerate(data.get("charts", [])):
         parts.append(_chart_section(chart, f"chart-{i + 1}"))
+    if data.get("lead"):
+        parts.append(f'<section id="lead"><p>{_e(data["lead"])}</p></section>')
+    for section in data.get("sections", []):
+        # The bodies are the card file's Markdown, shown as text (escaped), line breaks kept.
+        parts.append(
+            f'<section class="evidence-section"><h2>{_e(section.get("heading", ""))}</h2>'
+            f'<div class="md">{_e(section.get("body", ""))}</div></section>'
+        )
     parts.append(_inputs_section(data.get("inputs", [])))
     caveats = "".join(f"<li>{_e(c)}</li>" for c in data.get("caveats", []))
     parts.append(f'<section id="caveats"><h2>Strength of evidence and caveats</h2><ul>{caveats}</ul></section>')
@@ -171,6 +179,7 @@ def _e(text: object) -> str:
 CSS = f"""
 :root {{ color-scheme: light; }}
 * {{ box-sizing: border-box; }}
+.md {{ white-space: pre-wrap; overflow-wrap: anywhere; }}
 body {{ margin: 0 auto; max-width: 60rem; padding: 1rem; font: 16px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif;
   color: {PALETTE["text"]}; background: #ffffff; }}
 h1 {{ font-size: 1.5rem; margin: .25rem 0 .5rem; }}

@@ -17,6 +17,8 @@ Rules beyond the letter of the spec, chosen to keep the store honest:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -167,6 +169,34 @@ def _entry(value: Any, where: str) -> FeedbackEntry:
         user_comment=comment,
         outcome_timestamp=timestamp,
     )
+
+
+def check_accepted_suggestions(
+    entries: list[FeedbackEntry], issued: Callable[[str], dict[str, str] | None]
+) -> list[FeedbackEntry]:
+    """Accepted suggestions must be ones issued with that card.
+
+    `issued(card_uuid)` gives the suggestions the service issued with a card it returned
+    (suggestion uuid -> the card file's suggestion id), or None for a card this service has
+    no record of returning (its feedback is kept as it is, as unlinked feedback). The entries
+    come back with the card file's suggestion ids, which the report counts."""
+    out = []
+    for i, entry in enumerate(entries):
+        if entry.outcome != "accepted":
+            out.append(entry)
+            continue
+        known = issued(entry.card_uuid)
+        if known is None:
+            out.append(entry)
+            continue
+        ids = []
+        for j, suggestion in enumerate(entry.accepted_suggestions):
+            declared = known.get(suggestion.lower())
+            if declared is None:
+                raise _invalid(f"feedback[{i}].acceptedSuggestions[{j}].id is not a suggestion issued with this card")
+            ids.append(declared)
+        out.append(replace(entry, accepted_suggestions=tuple(ids)))
+    return out
 
 
 def parse_feedback(body: Any) -> list[FeedbackEntry]:

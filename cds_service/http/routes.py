@@ -16,7 +16,7 @@ from cds_service import hook_call, metrics
 from cds_service.errors import ApiError
 from cds_service.http import admission
 from cds_service.http.authenticate import authenticate
-from cds_service.http.feedback import parse_feedback
+from cds_service.http.feedback import check_accepted_suggestions, parse_feedback
 from cds_service.http.hook_request import parse_hook_request
 from cds_service.startup import Runtime
 
@@ -51,7 +51,8 @@ def call_service(service_id: str) -> Response:
         raise
     notes.client_iss = authenticate(rt, request).iss
     hook_request = parse_hook_request(read_json_body(), service)
-    cards = hook_call.answer(rt, service, hook_request, notes)
+    base_url = rt.settings.public_base_url or request.url_root
+    cards = hook_call.answer(rt, service, hook_request, notes, base_url)
     return jsonify({"cards": cards})
 
 
@@ -60,7 +61,7 @@ def feedback(service_id: str) -> Response:
     rt = runtime()
     service = rt.service(service_id)
     authenticate(rt, request)
-    entries = parse_feedback(read_json_body())
+    entries = check_accepted_suggestions(parse_feedback(read_json_body()), rt.issued_suggestions)
     stored = rt.store.record_feedback(service.id, entries)
     log.info("feedback stored: service=%s entries=%d", service.id, stored)
     return jsonify({"accepted": stored})

@@ -3,9 +3,12 @@ what clinicians did with it (accepted / overridden, and why)."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
-from cds_service.storage.store import Report, Store, StoreOptions
+import sqlalchemy as sa
+
+from cds_service.storage.store import Report, Store, StoreOptions, feedback, returned_cards
 
 _COLUMNS = ("card", "shown", "feedback", "accepted", "overridden", "accept %", "override %")
 
@@ -21,8 +24,32 @@ def _reason_label(code: str | None, system: str | None, display: str | None) -> 
     return f"{label} {display}" if display else label
 
 
-def format_report(report: Report) -> str:
-    """A plain-text table, one row per card file, override reasons listed under each."""
+def accepted_suggestions(store: Store, since: datetime | None = None) -> dict[str, dict[str, int]]:
+    """Card file id -> suggestion id -> times accepted (the ids the feedback endpoint stored)."""
+    card_of_uuid = (
+        sa.select(returned_cards.c.card_uuid, sa.func.min(returned_cards.c.card_id).label("card_id"))
+        .group_by(returned_cards.c.card_uuid)
+        .subquery("card_of_uuid")
+    )
+    query = (
+        sa.select(card_of_uuid.c.card_id, feedback.c.accepted_suggestions)
+        .select_from(feedback.join(card_of_uuid, card_of_uuid.c.card_uuid == feedback.c.card_uuid))
+        .where(feedback.c.outcome == "accepted")
+    )
+    if since is not None:
+        query = query.where(feedback.c.received_at >= since)
+    counts: dict[str, dict[str, int]] = {}
+    with store.engine.connect() as conn:
+        for card_id, ids in conn.execute(query):
+            for suggestion in json.loads(ids or "[]"):
+                per_card = counts.setdefault(card_id, {})
+                per_card[suggestion] = per_card.get(suggestion, 0) + 1
+    return counts
+
+
+def format_report(report: Report, accepted: dict[str, dict[str, int]] | None = None) -> str:
+    """A plain-text table, one row per card file, override reasons and accepted suggestions
+    listed under each."""
     lines = [f"CDS service usage report, generated {report.generated_at.isoformat(timespec='seconds')}"]
     if report.since is not None:
         lines.append(f"Since {report.since.isoformat(timespec='seconds')}")
@@ -59,6 +86,8 @@ def format_report(report: Report) -> str:
             for reason in card.override_reasons:
                 label = _reason_label(reason.code, reason.system, reason.display)
                 lines.append(f"    overridden {reason.count}x: {label}")
+            for suggestion, n in sorted((accepted or {}).get(card.card_id, {}).items(), key=lambda kv: (-kv[1], kv[0])):
+                lines.append(f"    accepted {n}x: suggestion {suggestion}")
         lines.append("")
         lines.append("accept % and override % are shares of the feedback received for the card.")
     if report.unlinked_feedback:
@@ -70,6 +99,6 @@ def run_report(database_url: str, since: datetime | None = None, options: StoreO
     """Open the store, build the usage report, and return it as text."""
     store = Store(database_url, options)
     try:
-        return format_report(store.usage_report(since=since))
+        return format_report(store.usage_report(since=since), accepted_suggestions(store, since))
     finally:
         store.close()

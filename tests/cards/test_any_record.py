@@ -7,10 +7,11 @@ from datetime import UTC, date, datetime, timedelta
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support.chart import all_cards
+from support.chart import all_cards, page_text
 from support.site_overlays import RFA_SITE
 
 from cds_service.clinical.evaluate import evaluate
+from cds_service.clinical.evidence import page_data
 from cds_service.clinical.record import (
     ConditionFact,
     Match,
@@ -143,7 +144,10 @@ records = st.builds(
 
 
 def check_card(card: dict) -> None:
-    assert set(card) == {"uuid", "summary", "indicator", "detail", "source"}
+    required = {"uuid", "summary", "indicator", "detail", "source", "links"}
+    assert required <= set(card) <= required | {"suggestions", "selectionBehavior", "overrideReasons"}
+    assert all(link["type"] == "absolute" and link["url"].startswith("https://") for link in card["links"])
+    assert ("suggestions" in card) == ("selectionBehavior" in card)
     assert 0 < len(card["summary"]) < 140 and card["summary"].strip() == card["summary"]
     assert card["indicator"] in ("info", "warning", "critical")
     assert card["detail"].strip() and card["source"]["label"].strip() and card["source"]["url"].startswith("https://")
@@ -165,5 +169,5 @@ def test_any_record_gives_complete_cards_or_none(record, hook, with_site):
         if not with_site:
             assert result.estimate is None
             assert "site-configured" not in card["detail"]
-        if result.estimate is not None:
-            assert "site-configured model" in card["detail"]
+        if result.estimate is not None:  # said on the evidence page, where the estimate is
+            assert "site-configured model" in page_text(page_data(result))

@@ -30,6 +30,7 @@ def section(detail: str, heading: str) -> str:
 def test_btxa_ordered_for_a_patient_with_hypertension_states_the_factor_and_the_odds_ratio():
     chart = Chart(gender="female").hfs().hypertension(onset="2014-02-01").order_medication(text=BOTOX_TEXT)
     card = chart.show(CARD, "order-select", TODAY)
+    page = chart.evidence(CARD, "order-select", TODAY)
     # issue 9: the point for this patient (hypertension, its odds ratio) in plain words
     assert card["summary"] == (
         "Botulinum toxin A: hypertension recorded, a risk factor for poor response (odds ratio 5.847); "
@@ -49,9 +50,9 @@ def test_btxa_ordered_for_a_patient_with_hypertension_states_the_factor_and_the_
     assert "adjusted odds ratio 5.847 (P < 0.05; its confidence interval was not published)" in detail
     for figure in ("91.53", "8.5", "5.847", "118"):
         assert evidence.published("C", figure)
-    assert "No patient-specific probability is shown" in detail
+    assert "No patient-specific probability is shown" in page
     used = section(detail, "### Patient data used")
-    assert f'- **Order being selected**: MedicationRequest "{BOTOX_TEXT}"; matched by text only, not by a code' in used
+    assert f'- **Order being selected**: "{BOTOX_TEXT}"; recorded as free text' in used
     assert "- **Hypertension**: yes (active), onset 2014-02-01" in used
     assert "- **Male sex**: no; recorded sex: female" in used  # issue 9: no FHIR element names
     missing = section(detail, "### Patient data missing")
@@ -72,7 +73,7 @@ def test_without_hypertension_recorded_the_card_says_so_and_lists_the_univariate
     assert "- **Diabetes**: yes (active), onset 2010-01-01" in used
     assert "- **Drinking (alcohol use)**: yes (active), onset 2005-01-01" in used
     assert "- **Hypertension**: not recorded" in section(detail, "### Patient data missing")
-    assert "male sex, drinking, diabetes and hypertension" in detail
+    assert "male sex, drinking, diabetes and hypertension" in chart.evidence(CARD, "order-sign", TODAY)
 
 
 def test_hypertension_recorded_as_resolved_is_shown_as_such():
@@ -140,7 +141,7 @@ def test_with_a_site_intercept_the_card_shows_a_probability_from_the_published_o
 
 def test_with_a_site_intercept_and_no_hypertension_recorded_the_assumption_is_stated():
     chart = Chart().hfs().order_medication(text=BOTOX_TEXT)
-    detail = chart.show(CARD, "order-select", TODAY, overlay=overlay(intercept=-3.0))["detail"]
+    detail = chart.evidence(CARD, "order-select", TODAY, overlay=overlay(intercept=-3.0))
     p0 = 1 / (1 + math.exp(3.0))
     assert f"**{p0 * 100:.1f} %**" in detail  # 4.7 %
     assert "Not recorded and taken as absent: Hypertension" in detail
@@ -150,7 +151,7 @@ def test_with_a_site_intercept_and_no_hypertension_recorded_the_assumption_is_st
 def test_a_site_model_without_an_intercept_shows_no_probability():
     chart = Chart().hfs().hypertension().order_medication(text=BOTOX_TEXT)
     card = chart.show(CARD, "order-select", TODAY, overlay=overlay())
-    detail = card["detail"]
+    detail = chart.evidence(CARD, "order-select", TODAY, overlay=overlay())
     assert "gives no estimate for this patient: the site model gives no intercept" in detail
     assert "Estimated probability" not in detail
     assert "site model estimates" not in card["summary"]
@@ -166,7 +167,7 @@ def test_a_site_model_with_its_own_coefficients_uses_them():
 def test_a_site_model_needing_sex_gives_no_estimate_when_sex_is_unknown():
     chart = Chart(gender=None).hfs().hypertension().order_medication(text=BOTOX_TEXT)
     model = overlay(intercept=-2.0, coefficients={"hypertension": 1.0, "male_sex": 0.5})
-    detail = chart.show(CARD, "order-select", TODAY, overlay=model)["detail"]
+    detail = chart.evidence(CARD, "order-select", TODAY, overlay=model)
     assert "it needs Male sex, which is not available" in detail
 
 

@@ -31,6 +31,7 @@ def test_seven_months_after_mvd_without_spasm_since_the_one_year_figure_leads():
         .mvd("2024-10-02T08:00:00Z", "2024-10-02T11:00:00Z")
     )
     card = chart.show(CARD, "patient-view", TODAY)
+    page = chart.evidence(CARD, "patient-view", TODAY)
     assert (
         card["summary"]
         == "MVD 7 months ago, no spasm recorded since: recurrence by 1 year in 1.0 % of a cohort after successful MVD"
@@ -42,11 +43,11 @@ def test_seven_months_after_mvd_without_spasm_since_the_one_year_figure_leads():
     assert "after 2 recurrence-free years the risk is about 1 %" in detail
     # EVIDENCE.md E (Chang 2012): 1.0 % at 1 year, 1.7 % at 2 years, 2.9 % at 5 years
     for row in ("| 1 year | 1.0 % |", "| 2 years | 1.7 % |", "| 5 years | 2.9 % |"):
-        assert row in detail
+        assert row in page
     for figure in ("1.0", "1.7", "2.9", "587", "0.036", "86"):
         assert evidence.published("E", figure)
-    assert "associated with late recurrence (p = 0.036" in detail
-    assert "This patient: hypertension yes (active)." in detail
+    assert "associated with late recurrence (p = 0.036" in page
+    assert "This patient: hypertension yes (active)." in page
     assert "- **Hypertension**: yes (active), onset 2011-03-01" in detail
     assert "- **Time since the MVD**: 7 months, performed 2024-10-02" in detail
     assert "- **Hemifacial spasm since the MVD**: not active since the MVD" in detail
@@ -153,24 +154,24 @@ def test_recurrent_hfs_after_mvd_gives_revision_guidance_and_the_mri_finding():
         "HFS after MVD with neurovascular contact on MRI: revision MVD, 20 of 23 spasm-free at 1 year"
     )
     detail = card["detail"]
+    page = Chart.from_bundle("hfs_recurrent_after_mvd.json").evidence(CARD, "patient-view", TODAY)
     assert (
         "Among more than 2500 MVDs for hemifacial spasm at Kyung Hee University Hospital, Korea, 23 patients "
         "had a revision MVD"
-    ) in detail
+    ) in page
     assert (
-        "incomplete decompression in 8, Teflon away from the root exit zone in 12, severe Teflon adhesion in 3"
-        in detail
+        "incomplete decompression in 8, Teflon away from the root exit zone in 12, severe Teflon adhesion in 3" in page
     )
-    assert "19 excellent immediately after surgery, 20 spasm-free at 1 year, 3 with persistent spasm" in detail
-    assert "Neurovascular contact on MRI for this patient: yes." in detail
+    assert "19 excellent immediately after surgery, 20 spasm-free at 1 year, 3 with persistent spasm" in page
+    assert "Neurovascular contact on MRI for this patient: yes." in page
     assert "- **Neurovascular contact seen on MRI (3D TOF MRA)**: yes, recorded 2024-10-02" in detail
     assert "- **Hemifacial spasm since the MVD**: present after the MVD (recurrence), onset 2024-09-01" in detail
     assert card["source"] == {
         "label": "Park CK et al., World Neurosurg 2019: revision MVD for persistent or recurrent hemifacial spasm",
         "url": "https://doi.org/10.1016/j.wneu.2019.07.191",
     }
-    # the other publications are cited in the detail
-    assert "Payner TD, Tew JM" in detail and "Chang WS et al. Acta Neurochir 2012;154:1613-1619" in detail
+    # the other publications are cited on the evidence page
+    assert "Payner TD, Tew JM" in page and "Chang WS et al. Acta Neurochir 2012;154:1613-1619" in page
 
 
 def test_persistent_hfs_without_an_mri_result_asks_whether_contact_was_seen():
@@ -180,7 +181,8 @@ def test_persistent_hfs_without_an_mri_result_asks_whether_contact_was_seen():
         "HFS after MVD: was neurovascular contact seen on MRI? Revision MVD: 20 of 23 spasm-free at 1 year"
     )
     detail = card["detail"]
-    assert "**Was neurovascular contact at the facial nerve root exit zone seen on MRI (3D TOF MRA)?**" in detail
+    page = chart.evidence(CARD, "patient-view", TODAY)
+    assert "**Was neurovascular contact at the facial nerve root exit zone seen on MRI (3D TOF MRA)?**" in page
     assert "- **Neurovascular contact seen on MRI (3D TOF MRA)**: not recorded" in detail
 
 

@@ -57,7 +57,7 @@ def test_mwa_ordered_shows_cohort_outcomes_next_to_the_patients_pain_and_morphin
     assert "- **Daily morphine dose**: 60 mg/d, recorded 2025-05-25" in detail
     assert "- **Vertebral (bone) metastasis**: yes (active), onset 2024-12-01" in detail
     assert card["source"]["url"] == "https://doi.org/10.3174/ajnr.A7415"
-    assert "not a prediction model" in detail
+    assert "not a prediction model" in detail  # the card's one line of evidence strength
 
 
 def test_a_painful_vertebral_metastasis_raises_the_card_on_opening_the_chart():
@@ -65,7 +65,7 @@ def test_a_painful_vertebral_metastasis_raises_the_card_on_opening_the_chart():
     assert card["summary"] == (
         "Painful vertebral metastasis (pain 7/10): after MWA + augmentation, cohort median pain fell from 6 to 3/10"
     )
-    cohort_outcomes_shown(card["detail"])
+    cohort_outcomes_shown(Chart.from_bundle("vertebral_metastasis_pain.json").evidence(CARD, "patient-view", TODAY))
 
 
 def test_pain_below_four_does_not_raise_the_card_even_if_it_was_higher_before():
@@ -97,7 +97,8 @@ def test_missing_morphine_and_pain_are_listed_when_the_procedure_is_ordered():
     detail = chart.show(CARD, "order-sign", TODAY)["detail"]
     assert "- **Daily morphine dose**: not recorded" in detail
     assert "- **Latest pain score (0-10)**: not recorded" in detail
-    assert "This patient: latest pain score not recorded; daily morphine dose not recorded" in detail
+    page = chart.evidence(CARD, "order-sign", TODAY)
+    assert "This patient: latest pain score not recorded; daily morphine dose not recorded" in page
 
 
 def test_an_unreadable_pain_score_is_reported_not_used():
@@ -105,8 +106,7 @@ def test_an_unreadable_pain_score_is_reported_not_used():
     chart.quantity(("http://loinc.org", "72514-3"), "2025-05-28", 14, "{score}")  # outside 0-10
     detail = chart.show(CARD, "order-sign", TODAY)["detail"]
     assert (
-        "- **Latest pain score (0-10)**: recorded but unreadable (Observation: the value is outside the "
-        "valid range 0-10)" in detail
+        "- **Latest pain score (0-10)**: recorded but unreadable (the value is outside the valid range 0-10)" in detail
     )
 
 

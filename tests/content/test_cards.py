@@ -15,6 +15,7 @@ from support.chart import Chart, all_cards
 from support.paths import SCENARIOS_DIR, SYNTHEA_DIR
 
 from cds_service.clinical.evaluate import evaluate
+from cds_service.clinical.evidence import page_data
 from cds_service.clinical.record import PatientRecord
 from cds_service.clinical.render import render
 from cds_service.config import DEFAULT_CARDS_DIR
@@ -167,13 +168,18 @@ def test_rendered_cards_are_complete_cds_hooks_cards(bundle, card_id, hook, toda
         chart.order(("http://www.cms.gov/Medicare/Coding/ICD10", "00NM0ZZ"))
     card = chart.show(card_id, hook, today)
     _no_empty_values(card)
-    assert set(card) == {"uuid", "summary", "indicator", "detail", "source"}
+    required = {"uuid", "summary", "indicator", "detail", "source", "links"}
+    assert required <= set(card) <= required | {"suggestions", "selectionBehavior", "overrideReasons"}
     assert len(card["summary"]) < 140
     assert card["indicator"] == "info"  # advisory, unvalidated results (EVIDENCE.md conventions)
     assert set(card["source"]) == {"label", "url"} and card["source"]["url"].startswith("https://")
     detail = card["detail"]
-    for heading in ("### Patient data used", "### Strength of evidence", "### Sources"):
+    for heading in ("### Patient data used", "**Strength of evidence:**"):
         assert heading in detail
+    # the sources are links (and on the evidence page)
+    assert {"label": f"Source: {card['source']['label']}", "url": card["source"]["url"], "type": "absolute"} in card[
+        "links"
+    ]
     assert detail.rstrip().endswith("*This card informs and does not replace clinical judgement.*")
     json.dumps(card)  # JSON-serialisable as it is
 
@@ -188,8 +194,14 @@ def test_a_card_shows_no_number_its_evidence_section_does_not_give(bundle, card_
     shown = card["summary"] + "\n" + card["detail"] + "\n" + card["source"]["label"]
     # The patient's own values and dates are not evidence: take them out first.
     cut = shown.index("### Patient data used")
-    end = shown.index("### Strength of evidence")
+    end = shown.index("**Strength of evidence:**")
     shown = shown[:cut] + shown[end:]
+    # ... and the evidence page's texts (without its inputs table) are checked the same way.
+    page = page_data(result)
+    shown += "\n".join(
+        [page["lead"], page["strength"], *page["caveats"], *(s["heading"] + "\n" + s["body"] for s in page["sections"])]
+    )
+    shown += "\n".join(s["label"] for s in page["sources"])
     for item in result.inputs:
         shown = re.sub(rf"(?<![\w.]){re.escape(item.display)}(?![\w.])", " ", shown)
     # Scale names a card uses to label inputs (Cohen 0-4, pain 0-10, VAS 0-10).
@@ -208,7 +220,7 @@ def test_patient_text_cannot_inject_markdown_links_or_html_into_a_card():
     chart.medication(text="carbamazepine [click here](https://evil.example) <img src=x onerror=alert(1)>")
     chart.order(("http://www.cms.gov/Medicare/Coding/ICD10", "00NM0ZZ"))
     detail = chart.show("amr-persistence", "order-sign", "2025-06-01")["detail"]
-    assert "matched by text only" in detail
+    assert "recorded as free text" in detail
     assert not re.search(r"(?<!\\)\]\(https://evil", detail)  # no live link
     assert not re.search(r"(?<!\\)<img", detail)  # no live HTML
     assert r"\[click here\]" in detail
@@ -309,10 +321,12 @@ def test_the_example_site_overlay_file_loads_and_drives_both_site_models():
     assert cards["btxa-response"].site_model.coefficients == (math.log(5.847),)
     assert cards["amr-persistence"].site_model is None
     rfa = Chart.from_bundle("hfs_after_rfa.json").show("rfa-recurrence", "patient-view", "2025-06-01", overlay)
-    assert "Example Hospital RFA recurrence model" in rfa["detail"] and "site model estimates" in rfa["summary"]
+    rfa_page = Chart.from_bundle("hfs_after_rfa.json").evidence("rfa-recurrence", "patient-view", "2025-06-01", overlay)
+    assert "Example Hospital RFA recurrence model" in rfa_page and "site model estimates" in rfa["summary"]
     # a local HFS code from the overlay makes the patient an HFS patient for the cards
     chart = Chart().condition(("https://hospital.example/fhir/CodeSystem/problems", "HFS-1"), onset="2020-01-01")
     chart.hypertension().order_medication(text="onabotulinumtoxinA 50 units")
     btxa = chart.show("btxa-response", "order-select", "2025-06-01", overlay)
-    assert "Example Hospital BTX-A response model" in btxa["detail"] and "22.5 %" in btxa["summary"]
+    btxa_page = chart.evidence("btxa-response", "order-select", "2025-06-01", overlay)
+    assert "Example Hospital BTX-A response model" in btxa_page and "22.5 %" in btxa["summary"]
     assert chart.show("btxa-response", "order-select", "2025-06-01") is None  # without the overlay's code

@@ -39,7 +39,7 @@ def charts_firing_every_card(birth_date: str | None) -> dict[str, tuple[Chart, s
 
 
 def strength_of_evidence(detail: str) -> str:
-    return detail[detail.index("### Strength of evidence") : detail.index("### Sources")]
+    return detail[detail.index("**Strength of evidence:**") : detail.index("*This card informs")]
 
 
 def test_every_derivation_kind_has_one_evaluate_function_of_the_same_name():
@@ -135,7 +135,7 @@ def test_a_new_derivation_kind_needs_one_registry_entry_and_one_function(monkeyp
     assert result.input("condition_count").value == 1
     detail = render(result)["detail"]
     assert "- **Recognised conditions**: 1; conditions recognised in the record" in detail
-    assert "- Several conditions." in strength_of_evidence(detail)
+    assert "Several conditions." in strength_of_evidence(detail)
 
     card = card_from_data(_card_with_a_condition_count(2), "rfa_recurrence.toml", concepts())
     assert "Several conditions." not in render(evaluate(card, chart.record(hook, TODAY), hook))["detail"]

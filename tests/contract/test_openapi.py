@@ -508,11 +508,19 @@ def test_feedback_on_a_card_just_issued_is_stored(client):
         url(CALL), json=patient_view("hfs-1", prefetch=hfs_patient_prefetch(), encounterId="enc-1")
     ).get_json()["cards"]
     card_uuid = cards[0]["uuid"] if cards else str(uuid.uuid4())
-    body = {"feedback": [feedback_body(card_uuid)["feedback"][0], feedback_body(card_uuid, "accepted")["feedback"][0]]}
+    # an acceptance names a suggestion issued with its card; a card this service has no record
+    # of returning is kept as unlinked feedback
+    not_issued_card = str(uuid.uuid4())
+    body = {
+        "feedback": [feedback_body(card_uuid)["feedback"][0], feedback_body(not_issued_card, "accepted")["feedback"][0]]
+    }
     response = client.post(url(FEEDBACK), json=body)
     assert response.status_code == 200, response.get_data(as_text=True)
     assert_documented(FEEDBACK, "POST", response)
     assert response.get_json() == {"accepted": 2}
+    refused = client.post(url(FEEDBACK), json=feedback_body(card_uuid, "accepted"))
+    assert refused.status_code == 400 and refused.get_json()["error"] == "invalid_feedback"
+    assert_documented(FEEDBACK, "POST", refused)
 
 
 def test_feedback_that_is_not_json_is_a_400_invalid_json(client):

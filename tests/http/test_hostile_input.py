@@ -657,7 +657,8 @@ def test_a_broken_patient_resource_is_not_a_refusal(client, patient):
 
 def unreadable_section(card: dict) -> str:
     assert "### Recorded but unreadable" in card["detail"], card["detail"]
-    return card["detail"].split("### Recorded but unreadable", 1)[1].split("\n### ", 1)[0]
+    section = card["detail"].split("### Recorded but unreadable", 1)[1]
+    return section.split("\n### ", 1)[0].split("\n**Strength of evidence:**", 1)[0]
 
 
 def yesterday() -> str:
@@ -722,7 +723,9 @@ def test_a_newer_unreadable_pain_score_is_reported_next_to_the_readable_one_used
     assert response.status_code == 200
     (card,) = [c for c in response.get_json()["cards"] if c["summary"].startswith("Painful vertebral metastasis")]
     assert "(pain 7/10)" in card["summary"]
-    assert "**Latest pain score (0-10)**: recorded but unreadable" in unreadable_section(card)
+    used = (datetime.now(UTC).date() - timedelta(days=3)).isoformat()
+    assert f"**Latest pain score (0-10)**: 7/10, recorded {used}; a newer value from " in card["detail"]
+    assert f"could not be read; the value from {used} was used" in card["detail"]
 
 
 @pytest.mark.parametrize(

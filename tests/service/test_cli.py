@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
-from support.scenario_requests import hfs_after_mvd_patient_view
+from support.scenario_requests import condition, hfs_after_mvd_patient_view, patient_view, procedure
 
 from cds_service.cli import main
 from cds_service.http.app import create_app
@@ -25,7 +25,18 @@ SERVICE = "/cds-services/hfs-outcomes-patient-view"
 def test_report_prints_card_counts_acceptance_and_override_reasons(store_url, tmp_path, capsys):
     app = create_app(instance_path=tmp_path / "instance", allow_unsigned=True, database_url=store_url)
     client = app.test_client()
-    cards = [client.post(SERVICE, json=hfs_after_mvd_patient_view(f"cli-{n}")).get_json()["cards"][0] for n in range(3)]
+    cards = [client.post(SERVICE, json=hfs_after_mvd_patient_view(f"cli-{n}")).get_json()["cards"][0] for n in range(2)]
+    # spasm again 9 months after the MVD, no MRI result: the card offers the MRI, which is accepted
+    persistent = patient_view(
+        "cli-2",
+        conditions=[
+            condition("cli-2", "G51.31", "2019-05-01", status="resolved"),
+            condition("cli-2", "G51.31", "2026-03-10", status="recurrence"),
+        ],
+        procedures=[procedure("cli-2", "00NM0ZZ", "2025-06-10T08:00:00Z", "2025-06-10T10:10:00Z")],
+    )
+    cards.insert(1, client.post(SERVICE, json=persistent).get_json()["cards"][0])
+    assert cards[1]["suggestions"], cards[1]
     feedback = [
         {
             "card": cards[0]["uuid"],
@@ -39,9 +50,12 @@ def test_report_prints_card_counts_acceptance_and_override_reasons(store_url, tm
             "card": cards[1]["uuid"],
             "outcome": "accepted",
             "outcomeTimestamp": "2026-11-22T09:01:00Z",
-            "acceptedSuggestions": [{"id": "6c0f1e4e-7a4e-4f8e-9a51-3b1b8f0d2c11"}],
+            "acceptedSuggestions": [{"id": cards[1]["suggestions"][0]["uuid"]}],
         },
     ]
+    not_issued = [{**feedback[1], "acceptedSuggestions": [{"id": "6c0f1e4e-7a4e-4f8e-9a51-3b1b8f0d2c11"}]}]
+    refused = client.post(SERVICE + "/feedback", json={"feedback": not_issued})
+    assert refused.status_code == 400 and "not a suggestion issued with this card" in refused.get_json()["detail"]
     assert client.post(SERVICE + "/feedback", json={"feedback": feedback}).status_code == 200
     app.extensions["cds_service"].store.close()
 
@@ -50,6 +64,7 @@ def test_report_prints_card_counts_acceptance_and_override_reasons(store_url, tm
     row = next(line for line in out.splitlines() if line.startswith("mvd-recurrence"))
     assert row.split()[1:4] == ["3", "2", "1"]  # shown, feedback, accepted
     assert "Already known" in out
+    assert "accepted 1x: suggestion mri-tof-mra-root-exit-zone" in out
     assert "Hook calls: 3 (200: 3)" in out
 
 

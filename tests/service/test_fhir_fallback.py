@@ -270,6 +270,14 @@ def used_lines(card: dict) -> dict[str, str]:
 # ------------------------------------------------------------------------- scenarios
 
 
+def evidence_page(client, card: dict) -> str:
+    """The card's evidence page (its first link), as the clinician opens it."""
+    url = card["links"][0]["url"]
+    response = client.get(url[url.index("/evidence/") :])
+    assert response.status_code == 200
+    return response.get_data(as_text=True)
+
+
 def test_opening_the_chart_of_an_hfs_patient_after_mvd_shows_the_recurrence_card_from_fetched_data(fhir_server, client):
     patient_id = load(fhir_server, hfs_after_mvd())
     mvd_day = months_ago(10, extra_days=3)
@@ -289,7 +297,7 @@ def test_opening_the_chart_of_an_hfs_patient_after_mvd_shows_the_recurrence_card
     used = used_lines(card)
     assert used[labels["months_since_mvd"]].startswith(f"10 months, performed {mvd_day.isoformat()}")
     assert used[labels["hypertension"]].startswith("yes (active), onset 2014-06-01")
-    assert "This patient: hypertension yes (active)." in card["detail"]
+    assert "This patient: hypertension yes (active)." in evidence_page(client, card)
     assert "This patient had microvascular decompression (MVD) 10 months ago" in card["detail"]
     assert "Data that could not be retrieved" not in card["detail"]
     assert card["source"]["label"] and card["indicator"] == "info"
@@ -318,7 +326,7 @@ def test_signing_an_mvd_order_lists_carbamazepine_and_the_fetched_observations_w
     labels = card_labels("amr_persistence.toml")
     used = used_lines(card)
     assert used[labels["carbamazepine"]].startswith(f"yes, dated {months_ago(60).isoformat()}")
-    assert "MedicationRequest" in used[labels["carbamazepine"]]
+    assert "prescribed, active" in used[labels["carbamazepine"]]  # a MedicationRequest, in clinical words
     assert used[labels["cohen_grade"]] == f"3, recorded {(today() - timedelta(days=20)).isoformat()}"
     assert used[labels["vessel_count"]] == f"2, recorded {(today() - timedelta(days=12)).isoformat()}"
     assert used[labels["disease_duration"]].startswith(f"6.0 years, onset {months_ago(72).isoformat()}")
@@ -343,7 +351,7 @@ def test_opening_the_chart_of_a_patient_with_a_painful_vertebral_metastasis_show
     labels = card_labels("spinal_metastasis_mwa.toml")
     used = used_lines(card)
     assert used[labels["pain"]] == f"7/10, recorded {(today() - timedelta(days=1)).isoformat()}"
-    assert "This patient: latest pain score 7/10" in card["detail"]
+    assert "This patient: latest pain score 7/10" in evidence_page(client, card)
 
 
 def test_an_unrelated_synthea_style_chart_gets_no_cards(fhir_server, client):
@@ -422,7 +430,7 @@ def test_with_a_partial_prefetch_what_was_sent_is_used_and_only_the_rest_is_fetc
     used = used_lines(card)
     assert used[labels["months_since_mvd"]].startswith(f"10 months, performed {months_ago(10, 3).isoformat()}")
     assert labels["hypertension"] not in used
-    assert "This patient: hypertension not recorded." in card["detail"]
+    assert "This patient: hypertension not recorded." in evidence_page(client, card)
 
 
 def test_a_wrong_token_is_412_naming_the_required_keys_without_the_token_or_patient(fhir_server, client):

@@ -384,7 +384,8 @@ def factors_recorded(card: dict) -> int:
 
 def could_not_be_retrieved(card: dict) -> str:
     assert "### Data that could not be retrieved" in card["detail"], card["detail"]
-    return card["detail"].split("### Data that could not be retrieved", 1)[1].split("\n### ", 1)[0]
+    section = card["detail"].split("### Data that could not be retrieved", 1)[1]
+    return section.split("\n### ", 1)[0].split("\n**Strength of evidence:**", 1)[0]
 
 
 def assert_partly_retrieved_as_said(card: dict, key: str, fault: Fault) -> None:

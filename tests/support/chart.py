@@ -17,6 +17,7 @@ import json
 from datetime import date
 
 from cds_service.clinical.evaluate import CardResult, evaluate
+from cds_service.clinical.evidence import page_data
 from cds_service.clinical.record import PatientRecord, build_record
 from cds_service.clinical.render import render
 from cds_service.config import DEFAULT_CARDS_DIR
@@ -238,6 +239,15 @@ class Chart:
         result = self.result(card_id, hook, today, overlay, unavailable)
         return render(result) if result is not None else None
 
+    def evidence(
+        self, card_id: str, hook: str, today: str | date, overlay: dict | None = None, unavailable: dict | None = None
+    ) -> str:
+        """The card's evidence page data as Markdown text (what moved off the card: lead,
+        sections, estimate, strength, caveats, sources, the inputs' notes)."""
+        result = self.result(card_id, hook, today, overlay, unavailable)
+        assert result is not None, f"{card_id} does not fire"
+        return page_text(page_data(result))
+
 
 _CONCEPTS: dict[str, object] = {}
 _CARDS: dict[str, dict[str, CardContent]] = {}
@@ -261,3 +271,15 @@ def card(card_id: str, overlay: dict | None = None) -> CardContent:
 def all_cards(overlay: dict | None = None) -> list[CardContent]:
     card("rfa-recurrence", overlay)
     return list(_CARDS[json.dumps(overlay, sort_keys=True, default=str)].values())
+
+
+def page_text(page: dict) -> str:
+    """Evidence page data as Markdown: lead, sections (### heading + body), the strength
+    line, caveats, sources and the inputs' notes."""
+    parts = [page["lead"]]
+    parts += [f"### {s['heading']}\n\n{s['body']}" for s in page["sections"]]
+    parts.append(page["strength"])
+    parts += [f"- {c}" for c in page["caveats"]]
+    parts += [f"- {s['label']}: <{s['url']}>" for s in page["sources"]]
+    parts += [f"- {i['label']}: {i['note']}" for i in page["inputs"]]
+    return "\n\n".join(parts)
