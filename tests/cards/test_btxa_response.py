@@ -47,7 +47,7 @@ def test_btxa_ordered_for_a_patient_with_hypertension_states_the_factor_and_the_
     assert "effective in 91.53 % (108/118)" in lead(detail)
     assert "about 8.5 % (10/118)" in lead(detail)
     assert "**cohort figures**, not this patient's probability" in lead(detail)
-    assert "adjusted odds ratio 5.847 (P < 0.05; its confidence interval was not published)" in detail
+    assert "adjusted odds ratio 5.847 (P < 0.05; its confidence interval was not published)" in page
     for figure in ("91.53", "8.5", "5.847", "118"):
         assert evidence.published("C", figure)
     assert "No patient-specific probability is shown" in page
@@ -132,11 +132,11 @@ def test_with_a_site_intercept_the_card_shows_a_probability_from_the_published_o
     p = 1 / (1 + math.exp(-(-3.0 + math.log(5.847))))
     assert f"{p * 100:.1f} %" == "22.5 %"
     assert card["summary"] == "Botulinum toxin A: site model estimates 22.5 % poor response; 8.5 % in the study cohort"
-    detail = card["detail"]
-    assert 'site-configured model "Example Hospital BTX-A model" (version 3)' in detail
-    assert "Estimated probability of poor short-term response (partial relief or no improvement): **22.5 %**" in detail
-    assert "Hypertension = 1 (yes = 1, no = 0)" in detail
-    assert "No patient-specific probability is shown" not in detail
+    page = chart.evidence(CARD, "order-select", TODAY, overlay=overlay(intercept=-3.0))  # issue 9: the estimate section
+    assert 'site-configured model "Example Hospital BTX-A model" (version 3)' in page
+    assert "Estimated probability of poor short-term response (partial relief or no improvement): **22.5 %**" in page
+    assert "Hypertension = 1 (yes = 1, no = 0)" in page
+    assert "No patient-specific probability is shown" not in page
 
 
 def test_with_a_site_intercept_and_no_hypertension_recorded_the_assumption_is_stated():
@@ -221,14 +221,19 @@ def test_hypertension_recorded_but_unreadable_is_not_called_not_recorded():
 def test_a_hypertension_onset_dated_in_the_future_is_not_shown_and_is_listed_with_the_reason():
     chart = Chart().hfs().hypertension(onset="2026-02-01").order_medication(text=BOTOX_TEXT)
     detail = chart.show(CARD, "order-select", TODAY)["detail"]
-    assert "2026-02-01" not in detail
-    assert "the onset is dated after the time of this call: not used" in section(detail, "### Recorded but unreadable")
+    # never shown as the onset; the date may appear only as the date of the value not used
+    assert "2026-02-01" not in detail.replace("dated after today (2026-02-01)", "")
+    # listed with the reason, on the hypertension line (issue 9 wording of values dated after the call)
+    hypertension = [line for line in detail.splitlines() if line.startswith("- **Hypertension**:")]
+    assert len(hypertension) == 1 and "not used: dated after today" in hypertension[0]
+    assert hypertension[0] in section(detail, "### Patient data used")
 
 
 def test_the_univariate_factors_are_each_shown_with_the_patients_status():
     chart = Chart(gender="male").hfs().hypertension().condition(ALCOHOL, onset="2005-01-01")
     detail = chart.order_medication(text=BOTOX_TEXT).show(CARD, "order-select", TODAY)["detail"]
-    assert "In univariate analysis male sex, drinking, diabetes and hypertension were associated" in detail
+    page = chart.evidence(CARD, "order-select", TODAY)  # issue 9: the factors section is on the evidence page
+    assert "In univariate analysis male sex, drinking, diabetes and hypertension were associated" in page
     used = section(detail, "### Patient data used")
     for line in (
         "- **Hypertension**: yes (active), onset 2015-06-01",

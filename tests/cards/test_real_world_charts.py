@@ -51,7 +51,8 @@ def test_the_sandbox_btxa_order_with_category_as_an_object_gets_card_c():
     card = chart.show("btxa-response", "order-select", "2025-06-01")
     assert card is not None
     assert card["summary"].startswith("Botulinum toxin A: hypertension recorded")
-    assert "- **Order being selected**: MedicationRequest, code J0585" in card["detail"]
+    # issue 9: the order line names no resource type or code system
+    assert "- **Order being selected**: code J0585" in section(card["detail"], "### Patient data used")
 
 
 @pytest.mark.parametrize(
@@ -67,7 +68,11 @@ def test_a_btxa_order_named_by_its_display_or_text_gets_card_c_and_says_text_mat
     chart = btxa_order(Chart().hfs(), coding=coding, text=text)
     card = chart.show("btxa-response", "order-select", "2025-06-01")
     assert card is not None and card["summary"].startswith("Botulinum toxin A:")
-    assert "matched by text only, not by a code" in section(card["detail"], "### Patient data used")
+    # issue 9 wording of a text-only match: the order as written, "recorded as free text"
+    name = coding["display"] if coding else text
+    assert f'- **Order being selected**: "{name}"; recorded as free text' in section(
+        card["detail"], "### Patient data used"
+    )
 
 
 def test_essential_hypertension_coded_in_snomed_shows_as_hypertension_on_card_c():
@@ -190,7 +195,8 @@ def test_at_4_months_cards_b_and_e_do_not_give_contradicting_advice():
     assert chart.show("amr-persistence", "patient-view", "2025-06-01") is not None
     assert "Revision MVD" not in chart.show("mvd-recurrence", "patient-view", "2025-06-01")["summary"]
     # both say the same: relief may take about 3 months; a second operation only after 6-12 months
-    amr = chart.show("amr-persistence", "patient-view", "2025-06-01")["detail"]
+    # card B's follow-up section is on its evidence page (issue 9); card E says it in its lead
+    amr = chart.evidence("amr-persistence", "patient-view", "2025-06-01")
     mvd = chart.show("mvd-recurrence", "patient-view", "2025-06-01")["detail"]
     assert "about 3 months" in amr and "no improvement after 6-12 months, consider a second operation" in amr
     assert "about 3 months" in mvd and "without improvement for 6-12 months" in mvd
@@ -213,9 +219,11 @@ def test_six_years_after_mvd_without_hfs_the_card_stays_silent():
 
 def test_after_two_mvds_the_card_says_this_was_a_revision():
     chart = Chart().hfs(onset="2015-01-01", status="resolved").mvd("2019-03-01").mvd("2023-03-01")
-    detail = chart.show("mvd-recurrence", "patient-view", "2025-06-01")["detail"]
-    assert "primary" in detail.lower() and "this was a revision" in detail.lower()
-    assert "- **MVDs recorded**: 2" in detail
+    card = chart.show("mvd-recurrence", "patient-view", "2025-06-01")
+    assert "revision" in card["summary"].lower() and "may not apply" in card["summary"]
+    page = chart.evidence("mvd-recurrence", "patient-view", "2025-06-01")  # issue 9: the section moved there
+    assert "primary" in page.lower() and "this was a revision" in page.lower()
+    assert "- **MVDs recorded**: 2" in card["detail"]
 
 
 def test_a_revision_mvd_ordered_for_hfs_after_an_earlier_mvd_gets_revision_guidance():
@@ -224,7 +232,7 @@ def test_a_revision_mvd_ordered_for_hfs_after_an_earlier_mvd_gets_revision_guida
     card = chart.show("mvd-recurrence", "order-select", "2025-06-01")
     assert card is not None and "20 of 23" in card["summary"]
     assert card["source"]["url"] == "https://doi.org/10.1016/j.wneu.2019.07.191"
-    assert "### Revision MVD (Park et al. 2019)" in card["detail"]
+    assert "### Revision MVD (Park et al. 2019)" in chart.evidence("mvd-recurrence", "order-select", "2025-06-01")
 
 
 def test_the_after_rfa_card_stops_after_a_later_mvd():
