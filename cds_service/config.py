@@ -131,6 +131,11 @@ class Settings(BaseModel):
     # /metrics (Prometheus): off unless a bearer token is set; an operator scrapes with
     # `Authorization: Bearer <metrics_token>`.
     metrics_token: str = ""
+    # -- Learned site models (issue 11) ---------------------------------------------------
+    # A site model learned by `cds-service learn` whose report did not pass its validation
+    # minimums stops start-up. true: start anyway (logged at WARNING at start-up; the card
+    # labels such a model). Not for production.
+    allow_unvalidated_site_models: bool = False
 
     @field_validator("allow_unsigned", "trust_sandbox", "jti_memory_fallback", mode="before")
     @classmethod

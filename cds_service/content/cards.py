@@ -685,7 +685,9 @@ def card_from_data(data: dict, where: str = "card", concepts: Any = None) -> Car
     return card
 
 
-def load_cards(cards_dir: Path, overlay: dict | None = None, concepts: Any = None) -> list[CardContent]:
+def load_cards(
+    cards_dir: Path, overlay: dict | None = None, concepts: Any = None, overlay_dir: Path | None = None
+) -> list[CardContent]:
     """Every card file in cards_dir (not concepts.toml / services.toml), checked, with the
     overlay's site models attached. Without `concepts` the concepts file of cards_dir is
     loaded (when there is one) to check the concept ids the cards name."""
@@ -711,7 +713,7 @@ def load_cards(cards_dir: Path, overlay: dict | None = None, concepts: Any = Non
     for card_id in ids:
         if ids.count(card_id) > 1:
             raise ContentError(f"{cards_dir}: card id {card_id!r} is used by more than one file")
-    return attach_site_models(cards, overlay)
+    return attach_site_models(cards, overlay, overlay_dir)
 
 
 def content_versions(cards: list[CardContent]) -> str:
