@@ -58,7 +58,7 @@ from pydantic import (
 
 from cds_service.content.derivations import KINDS, ORDER_HOOKS, DerivationKind
 from cds_service.content.errors import TAG_PREFIX, ContentError, content_error
-from cds_service.content.templates import DYNAMIC_NAMES, check_summary_length, check_template
+from cds_service.content.templates import DYNAMIC_NAMES, TEXT_FILLED_NAMES, check_summary_length, check_template
 
 HOOKS = ("patient-view", "order-select", "order-sign")
 NOT_CARD_FILES = frozenset({"concepts.toml", "services.toml"})
@@ -604,7 +604,9 @@ def _check_card(card: CardContent) -> None:
                 check_template(v.heading, names, f"[sections.{key}] heading")
                 check_template(v.body, names, f"[sections.{key}] body")
     for key, text in card.texts.items():
-        check_template(text, names, f"[texts] {key}")
+        # the texts that fill the estimate's placeholders cannot use those placeholders
+        inner = key.startswith("estimate_") and key != "estimate_headline"
+        check_template(text, names - TEXT_FILLED_NAMES if inner else names, f"[texts] {key}")
     for caveat in card.caveats:
         for v in caveat.options:
             if v.text is not None:

@@ -25,6 +25,8 @@ ESTIMATE_NAMES = frozenset(
         "estimate_withheld",
     }
 )
+# Filled from [texts] estimate_*: those texts cannot use them.
+TEXT_FILLED_NAMES = frozenset({"estimate_by", "estimate_provenance", "estimate_withheld"})
 DYNAMIC_NAMES = (
     frozenset({"site_label", "site_version", "estimate_headline", "factors_recorded", "factors_total"}) | ESTIMATE_NAMES
 )
