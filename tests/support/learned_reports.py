@@ -7,6 +7,9 @@ import copy
 import json
 from pathlib import Path
 
+from support.synthetic_cohort import Generator
+
+NO_BULK = {"resourceType": "CapabilityStatement", "rest": [{"mode": "server"}]}
 RFA_COEFFICIENTS = {"operation_time": -0.55, "paralysis_grade_after": -0.9}
 
 RFA_LEARNED = {
@@ -78,3 +81,31 @@ def learned_overlay(tmp_path: Path, report: dict, entry: dict | None = None, car
     model = copy.deepcopy(entry if entry is not None else RFA_LEARNED)
     model["report"] = str(path)
     return {"models": {card_id: model}}
+
+
+def serve_population(stub, generator: Generator) -> None:
+    """The generator's patients as a FHIR server without Bulk Data (one page per type)."""
+    by_type: dict[str, list[dict]] = {}
+    for i, resources in enumerate(generator.population.patients):
+        for j, r in enumerate(resources):
+            r = {k: v for k, v in r.items() if k != "_fullUrl"}
+            if r["resourceType"] == "Patient":
+                r["id"] = f"p{i}"
+            else:
+                r["id"] = f"r{i}-{j}"
+                r["subject"] = {"reference": f"Patient/p{i}"}
+            by_type.setdefault(r["resourceType"], []).append(r)
+    stub.expect_request("/fhir/metadata").respond_with_json(NO_BULK)
+    for rtype in (
+        "Patient",
+        "Condition",
+        "Procedure",
+        "Observation",
+        "Encounter",
+        "MedicationRequest",
+        "MedicationStatement",
+    ):
+        entries = [{"resource": r} for r in by_type.get(rtype, [])]
+        stub.expect_request(f"/fhir/{rtype}").respond_with_json(
+            {"resourceType": "Bundle", "type": "searchset", "entry": entries}
+        )
