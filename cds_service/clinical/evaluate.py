@@ -668,16 +668,7 @@ def estimate_values(result: CardResult, values: dict[str, str]) -> dict[str, str
     outside its training data. A missing text, or no estimate: empty."""
     site = result.site_model
     learned = site.learned if site is not None else None
-    out = {
-        "model_patients": str(learned.patients) if learned else NOT_AVAILABLE,
-        "model_events": str(learned.events) if learned else NOT_AVAILABLE,
-        "model_c_statistic": _two(learned.c_statistic) if learned else NOT_AVAILABLE,
-        "model_calibration_slope": _two(learned.calibration_slope) if learned else NOT_AVAILABLE,
-        "model_fitted_on": learned.generated_at[:10] if learned else NOT_AVAILABLE,
-        "model_server": _inert(learned.fhir_host) if learned else NOT_AVAILABLE,
-        "outside_range": "; ".join(f"{o.label} {_inert(o.value)} ({o.training})" for o in result.outside_range)
-        or "none",
-    }
+    out = model_values(result)
     filled = {**values, **out}
     texts = result.card.texts
     origin = None
@@ -689,6 +680,22 @@ def estimate_values(result: CardResult, values: dict[str, str]) -> dict[str, str
         _fill_text(texts.get("estimate_outside_range", ""), filled) if result.outside_range else ""
     )
     return out
+
+
+def model_values(result: CardResult) -> dict[str, str]:
+    """The learned model's report figures and the inputs outside its training data, as text."""
+    site = result.site_model
+    learned = site.learned if site is not None else None
+    return {
+        "model_patients": str(learned.patients) if learned else NOT_AVAILABLE,
+        "model_events": str(learned.events) if learned else NOT_AVAILABLE,
+        "model_c_statistic": _two(learned.c_statistic) if learned else NOT_AVAILABLE,
+        "model_calibration_slope": _two(learned.calibration_slope) if learned else NOT_AVAILABLE,
+        "model_fitted_on": learned.generated_at[:10] if learned else NOT_AVAILABLE,
+        "model_server": _inert(learned.fhir_host) if learned else NOT_AVAILABLE,
+        "outside_range": "; ".join(f"{o.label} {_inert(o.value)} ({o.training})" for o in result.outside_range)
+        or "none",
+    }
 
 
 def _inert(text: str) -> str:
