@@ -392,9 +392,17 @@ class ModelSpec(Table):
     time_unit: Text | None = None
     coefficients: dict[str, Number] = Field(default_factory=dict, description="published Cox coefficients")
     odds_ratios: dict[str, Number] = Field(default_factory=dict, description="published odds ratios (logistic)")
+    site_model: Literal["logistic"] | None = Field(
+        None, description="evidence-only card: the kind of model a site may learn for it (cds-service learn)"
+    )
+    site_predictors: list[Text] = Field(default_factory=list, description="with site_model: the predictor ids")
 
     @model_validator(mode="after")
     def _numbers_fit_the_kind(self) -> ModelSpec:
+        if (self.site_model is not None or self.site_predictors) and (
+            self.kind != "evidence" or self.site_model is None or not self.site_predictors
+        ):
+            raise ValueError("site_model and site_predictors go together, on an evidence-only card")
         if self.kind == "cox" and (not self.coefficients or self.odds_ratios):
             raise ValueError("a Cox model lists its published coefficients (and no odds_ratios)")
         if self.kind == "logistic" and (not self.odds_ratios or self.coefficients):
@@ -409,7 +417,13 @@ class ModelSpec(Table):
 
     @property
     def predictor_ids(self) -> tuple[str, ...]:
-        return tuple(self.coefficients) or tuple(self.odds_ratios)
+        return tuple(self.coefficients) or tuple(self.odds_ratios) or tuple(self.site_predictors)
+
+    @property
+    def site_kind(self) -> str | None:
+        """The kind of model a site may supply: the card's own, or an evidence-only card's
+        site_model; None: the card takes no site model."""
+        return self.kind if self.kind != "evidence" else self.site_model
 
 
 # ---------------------------------------------------------------------------- the card
@@ -617,11 +631,11 @@ def _check_card(card: CardContent) -> None:
             check_summary_length(v.text, card.figures, f"situation {s.id}")
         check_template(s.lead, names, f"situation {s.id} lead")
     if (
-        card.model.kind != "evidence"
+        card.model.site_kind is not None
         and any(s.use_model for s in card.situations)
         and "site_estimate" not in card.texts
     ):
-        raise ValueError(f"a card with a {card.model.kind} model needs [texts] site_estimate")
+        raise ValueError(f"a card with a {card.model.site_kind} model needs [texts] site_estimate")
 
 
 def _check_situation(card: CardContent, s: Situation, predictors: dict, context: set[str], check_when) -> None:
@@ -657,7 +671,7 @@ def _check_situation(card: CardContent, s: Situation, predictors: dict, context:
             raise ValueError(f"{where}: section {key!r} is not defined under [sections]")
         for v in card.sections[key].options:
             check_when(v.when, set(reads), f"{where}: section {key}", use_model=s.use_model)
-    if s.use_model and card.model.kind == "evidence":
+    if s.use_model and card.model.site_kind is None:
         raise ValueError(f"{where}: use_model = true, but the card's model is evidence-only")
     if s.use_model:
         missing = [n for n in card.model.predictor_ids if n not in s.predictors]

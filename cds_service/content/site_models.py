@@ -90,9 +90,14 @@ class SiteModelFile(Table):
     @model_validator(mode="after")
     def _fits_the_card(self, info: ValidationInfo) -> SiteModelFile:
         card: CardContent = info.context["card"]
-        kind = card.model.kind
-        if kind == "evidence":
+        kind = card.model.site_kind
+        if kind is None:
             raise ValueError(f"card {card.id} is evidence-only; it has no model a site can parameterise")
+        if card.model.kind == "evidence" and set(self.coefficients) != set(card.model.predictor_ids):
+            raise ValueError(
+                f"coefficients: card {card.id} publishes none, so give one for each of "
+                f"{list(card.model.predictor_ids)} (its [model] site_predictors)"
+            )
         if not any(s.use_model for s in card.situations):
             raise ValueError(f"no situation of card {card.id} uses a model")
         names = self.names(card)
@@ -387,6 +392,7 @@ def site_model_from_data(card: CardContent, raw: object, overlay_dir: Path | Non
     except ValidationError as exc:
         raise content_error(exc, where, raw) from None
     names = spec.names(card)
+    kind = card.model.site_kind
     if spec.coefficients:
         coefficients = tuple(spec.coefficients[n] for n in names)
     elif card.model.kind == "cox":
@@ -403,14 +409,14 @@ def site_model_from_data(card: CardContent, raw: object, overlay_dir: Path | Non
         learned = read_report(report_path, card, names, coefficients, spec.intercept)
     return SiteModel(
         card_id=card.id,
-        kind=card.model.kind,
+        kind=kind,
         label=spec.label,
         version=spec.version,
         names=names,
         coefficients=coefficients,
         coding=coding,
         intercept=spec.intercept,
-        reference=spec.reference if card.model.kind == "cox" else None,
+        reference=spec.reference if kind == "cox" else None,
         reference_label=spec.reference_label,
         baseline_survival=dict(sorted((float(h), s) for h, s in spec.baseline_survival.items())),
         coefficients_from_site=bool(spec.coefficients),
