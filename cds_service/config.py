@@ -149,6 +149,12 @@ class Settings(BaseModel):
                 raise ValueError("as_of_date must be a date like 2025-06-01 (or empty: off)") from None
         return value
 
+    # -- Learned site models (issue 11) ---------------------------------------------------
+    # A site model learned by `cds-service learn` whose report did not pass its validation
+    # minimums stops start-up. true: start anyway (logged at WARNING at start-up; the card
+    # labels such a model). Not for production.
+    allow_unvalidated_site_models: bool = False
+
     @field_validator("allow_unsigned", "trust_sandbox", "jti_memory_fallback", mode="before")
     @classmethod
     def _flag(cls, value: Any) -> Any:

@@ -14,6 +14,7 @@ from cds_service.clinical.render import issued_suggestions
 from cds_service.config import ConfigError, Settings, check_instance_folder
 from cds_service.content.cards import CardContent, content_versions, load_cards
 from cds_service.content.services import ServiceDefinition, load_services
+from cds_service.content.site_models import check_learned_models
 from cds_service.errors import ApiError
 from cds_service.fhir.client import FhirAccess
 from cds_service.security.client_auth import StoreReplayGuard
@@ -153,7 +154,10 @@ def build_runtime(settings: Settings) -> Runtime:
     services = load_services(settings.cards_dir / "services.toml")
     overlay = load_overlay(settings.site_overlay)
     concepts = load_concepts(settings.cards_dir, overlay)
-    cards = tuple(load_cards(settings.cards_dir, overlay, concepts))
+    overlay_dir = Path(settings.site_overlay).parent if settings.site_overlay else None
+    cards = tuple(load_cards(settings.cards_dir, overlay, concepts, overlay_dir))
+    for warning in check_learned_models(cards, settings.allow_unvalidated_site_models):
+        log.warning(warning)
     store = open_store(settings)
     store.audit_writer.start()  # replays what an earlier run left in the spool
     if settings.as_of_date:

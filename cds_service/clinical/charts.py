@@ -13,7 +13,10 @@ Chart kinds:
 - points: categorical time points, series with optional 95 % CIs, an optional horizontal
   reference level (the patient's own value) and an optionally highlighted series;
 - ratios: published hazard / odds ratios on a log axis around 1, with the patient's value
-  of each factor written beside it.
+  of each factor written beside it;
+- calibration: a learned site model's calibration groups (mean predicted risk against the
+  observed risk, both in %) with the line of perfect calibration; its numbers come from
+  the model's report, not from a publication.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ def render_chart(chart: dict, chart_id: str = "chart") -> str:
         body, height = _points(chart), HEIGHT
     elif kind == "ratios":
         body, height = _ratios(chart)
+    elif kind == "calibration":
+        body, height = _calibration(chart), HEIGHT
     else:
         raise ValueError(f"unknown chart kind {kind!r}")
     title_id, desc_id = f"{chart_id}-title", f"{chart_id}-desc"
@@ -63,6 +68,13 @@ def render_chart(chart: dict, chart_id: str = "chart") -> str:
 def describe(chart: dict) -> str:
     """The chart in words (the SVG <desc>): every published point and the patient's marker."""
     parts = []
+    if chart.get("kind") == "calibration":
+        for g in chart.get("groups", []):
+            parts.append(f"{g['n']} patients: predicted {g['predicted_text']}, observed {g['observed_text']}.")
+        parts.extend(chart.get("notes", []))
+        if chart.get("end_note"):
+            parts.append(chart["end_note"])
+        return " ".join(parts)
     if chart.get("kind") == "ratios":
         for row in chart.get("rows", []):
             parts.append(
@@ -83,6 +95,14 @@ def describe(chart: dict) -> str:
 
 def chart_table(chart: dict) -> tuple[list[str], list[list[str]]]:
     """The chart's numbers as a table: (column headers, rows of cells)."""
+    if chart.get("kind") == "calibration":
+        return (
+            ["Group", "Patients", chart.get("x_label") or "Predicted", chart.get("y_label") or "Observed"],
+            [
+                [str(i + 1), str(g["n"]), g["predicted_text"], g["observed_text"]]
+                for i, g in enumerate(chart.get("groups", []))
+            ],
+        )
     if chart.get("kind") == "ratios":
         return (
             ["Factor", chart.get("measure", "Ratio"), "This patient"],
@@ -256,6 +276,30 @@ def _ratios(chart: dict) -> tuple[str, int]:
 
 
 # ---------------------------------------------------------------------------- pieces
+def _calibration(chart: dict) -> str:
+    groups = [g for g in chart.get("groups", []) if g.get("observed") is not None]
+    top = max([10.0, *(g["predicted"] for g in groups), *(g["observed"] for g in groups)])
+    y_max = min(100.0, math.ceil(top * 1.1 / 10) * 10)
+    plot = _Plot(0.0, y_max, y_max, HEIGHT)
+    out = [_frame(plot, chart, y_max)]
+    for v in _y_ticks(y_max):
+        px = plot.x(v)
+        out.append(
+            f'<text x="{px:.1f}" y="{plot.bottom + 19:.1f}" text-anchor="middle" fill="{PALETTE["text"]}">{_t(_num(v))}</text>'
+        )
+    out.append(
+        f'<line class="perfect" x1="{plot.x(0):.1f}" y1="{plot.y(0):.1f}" x2="{plot.x(y_max):.1f}" y2="{plot.y(y_max):.1f}" '
+        f'stroke="{PALETTE["grid"]}" stroke-width="1.5" stroke-dasharray="6 4"/>'
+    )
+    colour = _colour(0)
+    for g in groups:
+        out.append(
+            f'<circle class="point" cx="{plot.x(g["predicted"]):.1f}" cy="{plot.y(g["observed"]):.1f}" r="5" '
+            f'fill="{colour}" data-predicted="{g["predicted"]:.2f}" data-observed="{g["observed"]:.2f}"/>'
+        )
+    return "".join(out)
+
+
 class _Plot:
     def __init__(self, x0: float, x1: float, y_max: float, height: int) -> None:
         self.x0, self.x1, self.y_max = x0, x1, y_max

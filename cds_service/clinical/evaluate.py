@@ -19,12 +19,19 @@ Rules kept here, for every card:
   surgery;
 - a patient-specific figure is computed only from a complete site model, and only when
   every numeric input is present. A yes/no condition that is not recorded is taken as
-  absent for the site model, and the card says so.
+  absent for the site model, and the card says so;
+- a learned model's figure is withheld when an input lies outside the values the model
+  was fitted on (its report's predictor ranges): a numeric value below the training
+  minimum or above the maximum, or a yes/no value no training patient had. The model's
+  validation (C-statistic, calibration) says nothing about such a patient, so no figure
+  is shown next to it; the card says which input and the training range (`outside_range`).
 """
 
 from __future__ import annotations
 
 import math
+import re
+import string
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
@@ -43,7 +50,7 @@ from cds_service.clinical.record import (
 from cds_service.clinical.risk_models import ModelIncomplete, cox_model, logistic_model
 from cds_service.content.cards import CardContent, Predictor, Situation, When
 from cds_service.content.derivations import KINDS
-from cds_service.content.site_models import SiteModel
+from cds_service.content.site_models import LearnedFrom, SiteModel
 
 # Input status values.
 USED = "used"
@@ -92,6 +99,7 @@ class Estimate:
     coded_inputs: tuple[tuple[str, float, str], ...] = ()  # (label, coded value, coding text)
     assumptions: tuple[str, ...] = ()  # labels of yes/no inputs taken as absent
     alternatives: tuple[tuple[str, float], ...] = ()  # (label, probability if that input were present)
+    learned: LearnedFrom | None = None  # the model's report summary; None: a hand-typed site model
 
     @property
     def headline(self) -> str:
@@ -101,6 +109,26 @@ class Estimate:
             horizon, p = self.event_probabilities[-1]
             return f"{percent(p)} by {number(horizon)} {self.time_unit}"
         return f"relative hazard {ratio(self.relative_hazard)} vs the site reference"
+
+
+@dataclass(frozen=True)
+class OutsideRange:
+    """An input whose value lies outside the values a learned model was fitted on."""
+
+    predictor: str
+    label: str
+    value: str  # as shown on the card
+    low: float | None = None  # numeric: the training minimum and maximum, in `unit`
+    high: float | None = None
+    unit: str | None = None
+
+    @property
+    def training(self) -> str:
+        """The training values in words: "20 to 60 min", or "no" / "yes" (all patients)."""
+        if self.low is None or self.high is None:
+            return "none" if self.value == "yes" else "all"
+        u = f" {self.unit}" if self.unit else ""
+        return f"{number(round(self.low, 2))} to {number(round(self.high, 2))}{u}"
 
 
 @dataclass(frozen=True)
@@ -117,6 +145,7 @@ class CardResult:
     estimate_problem: str | None = None  # why the site model gave no estimate
     procedure: ProcedureFact | None = None  # the situation's procedure, when it has one
     order: OrderFact | None = None  # the draft order that triggered the card
+    outside_range: tuple[OutsideRange, ...] = ()  # inputs beyond a learned model's training data
 
     @property
     def card_id(self) -> str:
@@ -127,6 +156,10 @@ class CardResult:
             if item.predictor == predictor_id:
                 return item
         raise KeyError(predictor_id)
+
+    def estimate_values(self, values: dict[str, str]) -> dict[str, str]:
+        """The estimate's placeholders (content/templates.py ESTIMATE_NAMES) for the card's texts."""
+        return estimate_values(self, values)
 
 
 # ---------------------------------------------------------------------------- entry point
@@ -147,7 +180,7 @@ def evaluate(
             continue
         order_id = card.trigger_predictor(situation, "is_order")
         inputs = tuple(value(pid) for pid in card.situation_predictors(situation))
-        estimate, problem = _estimate(card, situation, site_model, {i.predictor: i for i in inputs})
+        estimate, problem, outside = _estimate(card, situation, site_model, {i.predictor: i for i in inputs})
         return CardResult(
             card=card,
             situation=situation,
@@ -161,6 +194,7 @@ def evaluate(
             estimate_problem=problem,
             procedure=values.procedure,
             order=value(order_id).fact if order_id is not None else None,
+            outside_range=outside,
         )
     return None
 
@@ -577,9 +611,40 @@ DERIVE: dict[str, Callable[[Predictor, Reading], InputValue]] = {
 # ---------------------------------------------------------------------------- site model
 def _estimate(
     card: CardContent, s: Situation, site: SiteModel | None, inputs: dict[str, InputValue]
-) -> tuple[Estimate | None, str | None]:
+) -> tuple[Estimate | None, str | None, tuple[OutsideRange, ...]]:
     if not s.use_model or site is None:
-        return None, None
+        return None, None, ()
+    estimate, problem = _site_estimate(card, site, inputs)
+    outside = _outside_range(card, site, inputs) if estimate is not None else ()
+    if outside:
+        words = "; ".join(f"{o.label} {o.value} (fitted on: {o.training})" for o in outside)
+        return None, f"the inputs lie outside the values the model was fitted on: {words}", outside
+    return estimate, problem, ()
+
+
+def _outside_range(card: CardContent, site: SiteModel, inputs: dict[str, InputValue]) -> tuple[OutsideRange, ...]:
+    """The inputs of a learned model beyond its training data (report predictor_ranges)."""
+    if site.learned is None:
+        return ()
+    out = []
+    for name in site.names:
+        seen = site.learned.ranges.get(name)
+        item = inputs[name]
+        if seen is None or item.status != USED:
+            continue  # only recorded values are compared (a yes/no not recorded is taken as absent)
+        if card.predictor(name).binary:
+            never = (seen.prevalence == 0.0 and item.value) or (seen.prevalence == 1.0 and not item.value)
+            if seen.prevalence is not None and never:
+                out.append(OutsideRange(name, card.predictor(name).label, "yes" if item.value else "no"))
+        elif _is_number(item.value) and seen.min is not None and seen.max is not None:
+            if not seen.min <= float(item.value) <= seen.max:
+                out.append(OutsideRange(name, card.predictor(name).label, item.display, seen.min, seen.max, seen.unit))
+    return tuple(out)
+
+
+def _site_estimate(
+    card: CardContent, site: SiteModel, inputs: dict[str, InputValue]
+) -> tuple[Estimate | None, str | None]:
     x: list[float] = []
     coded: list[tuple[str, float, str]] = []
     assumed: list[str] = []
@@ -612,6 +677,7 @@ def _estimate(
         outcome=card.model.outcome,
         coded_inputs=tuple(coded),
         assumptions=tuple(assumed),
+        learned=site.learned,
     )
     try:
         if site.kind == "cox":
@@ -641,6 +707,65 @@ def _estimate(
         ), None
     except (ModelIncomplete, ValueError, OverflowError) as exc:
         return None, f"the site model could not be applied ({exc})"
+
+
+# ---------------------------------------------------------------------------- estimate placeholders
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~])")
+NOT_AVAILABLE = "not available"
+
+
+def estimate_values(result: CardResult, values: dict[str, str]) -> dict[str, str]:
+    """Values of the estimate placeholders. The numbers come from the learned model's report;
+    the wording from the card file's [texts], chosen by where the model comes from:
+    `learned` (learned, its report passed), `unvalidated` (learned, its report did not pass;
+    deployed by the setting allow_unvalidated_site_models) or `configured` (typed by hand):
+    [texts] estimate_by_<origin> fills {estimate_by} (short, for a summary) and
+    estimate_<origin> fills {estimate_provenance}; estimate_outside_range fills
+    {estimate_withheld} when a learned model's figure is withheld because an input lies
+    outside its training data. A missing text, or no estimate: empty."""
+    site = result.site_model
+    learned = site.learned if site is not None else None
+    out = model_values(result)
+    filled = {**values, **out}
+    texts = result.card.texts
+    origin = None
+    if result.estimate is not None:
+        origin = "configured" if learned is None else ("learned" if learned.passed else "unvalidated")
+    out["estimate_by"] = _fill_text(texts.get(f"estimate_by_{origin}", ""), filled) if origin else ""
+    out["estimate_provenance"] = _fill_text(texts.get(f"estimate_{origin}", ""), filled) if origin else ""
+    out["estimate_withheld"] = (
+        _fill_text(texts.get("estimate_outside_range", ""), filled) if result.outside_range else ""
+    )
+    return out
+
+
+def model_values(result: CardResult) -> dict[str, str]:
+    """The learned model's report figures and the inputs outside its training data, as text."""
+    site = result.site_model
+    learned = site.learned if site is not None else None
+    return {
+        "model_patients": str(learned.patients) if learned else NOT_AVAILABLE,
+        "model_events": str(learned.events) if learned else NOT_AVAILABLE,
+        "model_c_statistic": _two(learned.c_statistic) if learned else NOT_AVAILABLE,
+        "model_calibration_slope": _two(learned.calibration_slope) if learned else NOT_AVAILABLE,
+        "model_fitted_on": learned.generated_at[:10] if learned else NOT_AVAILABLE,
+        "model_server": _inert(learned.fhir_host) if learned else NOT_AVAILABLE,
+        "outside_range": "; ".join(f"{o.label} {_inert(o.value)} ({o.training})" for o in result.outside_range)
+        or "none",
+    }
+
+
+def _inert(text: str) -> str:
+    """Text from a record or a report as inert Markdown (as render.escape does)."""
+    return _MD_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+
+
+def _fill_text(text: str, values: dict[str, str]) -> str:
+    return " ".join(string.Formatter().vformat(text, (), values).split())
+
+
+def _two(x: float | None) -> str:
+    return NOT_AVAILABLE if x is None or not math.isfinite(x) else f"{x:.2f}"
 
 
 # ---------------------------------------------------------------------------- small facts

@@ -17,7 +17,15 @@ import string
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from cds_service.clinical.evaluate import INTRAOPERATIVE, MISSING, UNREADABLE, USED, CardResult, InputValue
+from cds_service.clinical.evaluate import (
+    INTRAOPERATIVE,
+    MISSING,
+    UNREADABLE,
+    USED,
+    CardResult,
+    InputValue,
+    model_values,
+)
 from cds_service.clinical.render import chosen, lead_text, page_sections, strength_line
 from cds_service.content.chart_specs import ChartSpec, parse_ci
 from cds_service.content.templates import format_figure
@@ -49,7 +57,7 @@ def page_data(
         "lead": lead_text(result),
         "sections": page_sections(result),
         "strength": strength_line(result),
-        "charts": [chart_data(spec, result) for spec in (specs or {}).get(card.id, ())],
+        "charts": [c for c in (chart_data(spec, result) for spec in (specs or {}).get(card.id, ())) if c is not None],
         "inputs": [_input_row(result, item) for item in result.inputs],
         "caveats": [_fill(c.text, figures) for c in (chosen(e.options, result) for e in card.caveats) if c is not None],
         "sources": _sources(result),
@@ -73,8 +81,11 @@ def page_link(token: str, base_url: str) -> dict:
 
 
 # ---------------------------------------------------------------------------- charts
-def chart_data(spec: ChartSpec, result: CardResult) -> dict:
-    """One chart: the published points named by the spec, and this patient's marker."""
+def chart_data(spec: ChartSpec, result: CardResult) -> dict | None:
+    """One chart: the published points named by the spec, and this patient's marker (a
+    calibration chart: the learned model's calibration groups; None without one)."""
+    if spec.kind == "calibration":
+        return calibration_chart(spec, result)
     card = result.card
     figures = card.figures
     labels = {name: format_figure(v) for name, v in figures.items()}
@@ -118,6 +129,35 @@ def chart_data(spec: ChartSpec, result: CardResult) -> dict:
     if spec.reference:
         chart["reference"] = _marker(result, spec.reference, chart, "y")
     return chart
+
+
+def calibration_chart(spec: ChartSpec, result: CardResult) -> dict | None:
+    """The learned site model's calibration (its report's groups) with N, events, C-statistic
+    and calibration slope in the spec's notes; None when the card has no learned model."""
+    site = result.site_model
+    learned = site.learned if site is not None else None
+    if learned is None or not learned.calibration_groups:
+        return None
+    labels = {name: format_figure(v) for name, v in result.card.figures.items()}
+    labels.update(model_values(result))
+    return {
+        "kind": "calibration",
+        "title": _fill(spec.title, labels),
+        "x_label": spec.x_label,
+        "y_label": spec.y_label,
+        "end_note": _fill(spec.end_note, labels),
+        "notes": [],
+        "groups": [
+            {
+                "n": g.n,
+                "predicted": 100 * g.predicted,
+                "observed": None if g.observed is None else 100 * g.observed,
+                "predicted_text": f"{100 * g.predicted:.1f} %",
+                "observed_text": "not available" if g.observed is None else f"{100 * g.observed:.1f} %",
+            }
+            for g in learned.calibration_groups
+        ],
+    }
 
 
 def _point(p, figures: dict, labels: dict, percent: bool) -> dict:

@@ -143,6 +143,7 @@ def _values(result: CardResult) -> dict[str, str]:
     values["site_label"] = escape(site.label) if site else "none"
     values["site_version"] = escape(site.version) if site else "none"
     values["estimate_headline"] = result.estimate.headline if result.estimate else "not available"
+    values.update(result.estimate_values(values))  # issue 11: the estimate's provenance placeholders
     factors = [i for i in result.inputs if i.status != INTRAOPERATIVE and not card.predictor(i.predictor).context]
     values["factors_recorded"] = str(sum(1 for i in factors if i.status == USED))
     values["factors_total"] = str(len(factors))

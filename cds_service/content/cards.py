@@ -63,7 +63,7 @@ from pydantic import (
 
 from cds_service.content.derivations import KINDS, ORDER_HOOKS, DerivationKind
 from cds_service.content.errors import TAG_PREFIX, ContentError, content_error
-from cds_service.content.templates import DYNAMIC_NAMES, check_summary_length, check_template
+from cds_service.content.templates import DYNAMIC_NAMES, TEXT_FILLED_NAMES, check_summary_length, check_template
 
 HOOKS = ("patient-view", "order-select", "order-sign")
 NOT_CARD_FILES = frozenset({"concepts.toml", "services.toml"})
@@ -397,9 +397,17 @@ class ModelSpec(Table):
     time_unit: Text | None = None
     coefficients: dict[str, Number] = Field(default_factory=dict, description="published Cox coefficients")
     odds_ratios: dict[str, Number] = Field(default_factory=dict, description="published odds ratios (logistic)")
+    site_model: Literal["logistic"] | None = Field(
+        None, description="evidence-only card: the kind of model a site may learn for it (cds-service learn)"
+    )
+    site_predictors: list[Text] = Field(default_factory=list, description="with site_model: the predictor ids")
 
     @model_validator(mode="after")
     def _numbers_fit_the_kind(self) -> ModelSpec:
+        if (self.site_model is not None or self.site_predictors) and (
+            self.kind != "evidence" or self.site_model is None or not self.site_predictors
+        ):
+            raise ValueError("site_model and site_predictors go together, on an evidence-only card")
         if self.kind == "cox" and (not self.coefficients or self.odds_ratios):
             raise ValueError("a Cox model lists its published coefficients (and no odds_ratios)")
         if self.kind == "logistic" and (not self.odds_ratios or self.coefficients):
@@ -414,7 +422,13 @@ class ModelSpec(Table):
 
     @property
     def predictor_ids(self) -> tuple[str, ...]:
-        return tuple(self.coefficients) or tuple(self.odds_ratios)
+        return tuple(self.coefficients) or tuple(self.odds_ratios) or tuple(self.site_predictors)
+
+    @property
+    def site_kind(self) -> str | None:
+        """The kind of model a site may supply: the card's own, or an evidence-only card's
+        site_model; None: the card takes no site model."""
+        return self.kind if self.kind != "evidence" else self.site_model
 
 
 class SuggestionSpec(Table):
@@ -668,7 +682,9 @@ def _check_card(card: CardContent) -> None:
                 check_template(v.heading, names, f"[sections.{key}] heading")
                 check_template(v.body, names, f"[sections.{key}] body")
     for key, text in card.texts.items():
-        check_template(text, names, f"[texts] {key}")
+        # the texts that fill the estimate's placeholders cannot use those placeholders
+        inner = key.startswith("estimate_") and key != "estimate_headline"
+        check_template(text, names - TEXT_FILLED_NAMES if inner else names, f"[texts] {key}")
     for caveat in card.caveats:
         for v in caveat.options:
             if v.text is not None:
@@ -679,11 +695,11 @@ def _check_card(card: CardContent) -> None:
             check_summary_length(v.text, card.figures, f"situation {s.id}")
         check_template(s.lead, names, f"situation {s.id} lead")
     if (
-        card.model.kind != "evidence"
+        card.model.site_kind is not None
         and any(s.use_model for s in card.situations)
         and "site_estimate" not in card.texts
     ):
-        raise ValueError(f"a card with a {card.model.kind} model needs [texts] site_estimate")
+        raise ValueError(f"a card with a {card.model.site_kind} model needs [texts] site_estimate")
 
 
 def _check_situation(card: CardContent, s: Situation, predictors: dict, context: set[str], check_when) -> None:
@@ -719,7 +735,7 @@ def _check_situation(card: CardContent, s: Situation, predictors: dict, context:
             raise ValueError(f"{where}: section {key!r} is not defined under [sections]")
         for v in card.sections[key].options:
             check_when(v.when, set(reads), f"{where}: section {key}", use_model=s.use_model)
-    if s.use_model and card.model.kind == "evidence":
+    if s.use_model and card.model.site_kind is None:
         raise ValueError(f"{where}: use_model = true, but the card's model is evidence-only")
     if s.use_model:
         missing = [n for n in card.model.predictor_ids if n not in s.predictors]
@@ -767,7 +783,9 @@ def card_from_data(data: dict, where: str = "card", concepts: Any = None) -> Car
     return card
 
 
-def load_cards(cards_dir: Path, overlay: dict | None = None, concepts: Any = None) -> list[CardContent]:
+def load_cards(
+    cards_dir: Path, overlay: dict | None = None, concepts: Any = None, overlay_dir: Path | None = None
+) -> list[CardContent]:
     """Every card file in cards_dir (not concepts.toml / services.toml), checked, with the
     overlay's site models attached. Without `concepts` the concepts file of cards_dir is
     loaded (when there is one) to check the concept ids the cards name."""
@@ -793,7 +811,7 @@ def load_cards(cards_dir: Path, overlay: dict | None = None, concepts: Any = Non
     for card_id in ids:
         if ids.count(card_id) > 1:
             raise ContentError(f"{cards_dir}: card id {card_id!r} is used by more than one file")
-    return attach_site_models(cards, overlay)
+    return attach_site_models(cards, overlay, overlay_dir)
 
 
 def content_versions(cards: list[CardContent]) -> str:

@@ -16,7 +16,19 @@ from typing import Any
 from cds_service.content.cards import CardContent, ContentError
 
 CHARTS_FILE = Path("evidence") / "charts.toml"
-KINDS = ("curve", "points", "ratios")
+KINDS = ("curve", "points", "ratios", "calibration")
+# A calibration chart draws a learned site model's report (no figure of the card file); its
+# title and notes may name the report's numbers (content/templates.py ESTIMATE_NAMES).
+CALIBRATION_NAMES = frozenset(
+    {
+        "model_patients",
+        "model_events",
+        "model_c_statistic",
+        "model_calibration_slope",
+        "model_fitted_on",
+        "model_server",
+    }
+)
 _CI = re.compile(r"\s*(\d+(?:\.\d+)?)\s*-\s*(\d+(?:\.\d+)?)\s*")
 
 
@@ -163,7 +175,7 @@ def _chart(raw: dict, where: str) -> ChartSpec:
     )
     if kind == "ratios" and not rows:
         raise ContentError(f"{where}: a ratios chart needs rows")
-    if kind != "ratios" and not any(s.points for s in series):
+    if kind not in ("ratios", "calibration") and not any(s.points for s in series):
         raise ContentError(f"{where}: a {kind} chart needs series with points")
     if kind == "curve" and any(p.at is None for s in series for p in s.points):
         raise ContentError(f"{where}: every point of a curve needs `at` (its published time point)")
@@ -202,9 +214,10 @@ def _check(spec: ChartSpec, card: CardContent, where: str) -> None:
     for pid in predictors:
         if pid not in card.predictor_by_id:
             raise ContentError(f"{where}: {card.id} has no predictor {pid!r}")
+    allowed = set(figures) | (CALIBRATION_NAMES if spec.kind == "calibration" else set())
     for text in (spec.title, spec.end_note, *(s.label for s in spec.series)):
         for name in re.findall(r"\{([a-z0-9_]+)\}", text):
-            if name not in figures:
+            if name not in allowed:
                 raise ContentError(f"{where}: {card.id} has no figure {name!r} (placeholder in a label)")
 
 

@@ -20,6 +20,14 @@ codes, read by terminology/concepts_file.py), it may give a complete model for a
     "3" = 0.85                                  # in the card's time unit (months)
     "12" = 0.40
 
+A model learned by `cds-service learn` names its report: `report = "rfa-recurrence.report.json"`
+(a path relative to the overlay file). Its summary (status, patients, events, optimism-
+corrected C-statistic and calibration slope, when and from which server, the predictor
+ranges, the calibration groups) is loaded into the SiteModel (`learned`); the report must
+be about this card and give the overlay's coefficients. Without `report` the model is
+"site-configured" (typed by hand), as before. Start-up refuses a learned model whose
+report did not pass (check_learned_models), unless `allow_unvalidated_site_models`.
+
 Without `coefficients` the published ones are used (Cox coefficients; ln(OR) for a
 logistic model). Every numeric predictor a site model uses needs a coding; yes/no
 predictors are coded 1 / 0. The format is declared once below (SiteModelFile); what it
@@ -28,12 +36,16 @@ must agree with in the card is checked with the card as validation context.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
+from cds_service.config import ConfigError
 from cds_service.content.cards import CardContent, Number, Table, Text
 from cds_service.content.errors import ContentError, content_error
 
@@ -73,13 +85,19 @@ class SiteModelFile(Table):
     reference: dict[str, Number] | None = None
     reference_label: Text | None = None
     baseline_survival: dict[str, Number] = Field(default_factory=dict)
+    report: Text | None = None  # a learned model's report (JSON), relative to the overlay file
 
     @model_validator(mode="after")
     def _fits_the_card(self, info: ValidationInfo) -> SiteModelFile:
         card: CardContent = info.context["card"]
-        kind = card.model.kind
-        if kind == "evidence":
+        kind = card.model.site_kind
+        if kind is None:
             raise ValueError(f"card {card.id} is evidence-only; it has no model a site can parameterise")
+        if card.model.kind == "evidence" and set(self.coefficients) != set(card.model.predictor_ids):
+            raise ValueError(
+                f"coefficients: card {card.id} publishes none, so give one for each of "
+                f"{list(card.model.predictor_ids)} (its [model] site_predictors)"
+            )
         if not any(s.use_model for s in card.situations):
             raise ValueError(f"no situation of card {card.id} uses a model")
         names = self.names(card)
@@ -132,6 +150,196 @@ class SiteModelFile(Table):
         return tuple(self.coefficients) or card.model.predictor_ids
 
 
+# ---------------------------------------------------------------------------- a learned model's report
+class _ReportPart(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class ReportCard(_ReportPart):
+    id: str
+
+
+class ReportCounts(_ReportPart):
+    included: int = Field(ge=0)
+    events: int = Field(ge=0)
+
+
+class ReportPerformance(_ReportPart):
+    c_statistic_optimism_corrected: float | None = None
+    calibration_slope_optimism_corrected: float | None = None
+
+
+class ReportProvenance(_ReportPart):
+    fhir_server: str
+    generated_at: str
+
+
+class ReportRange(_ReportPart):
+    """A numeric predictor's training range (raw, in the predictor's unit), or a yes/no
+    predictor's prevalence."""
+
+    n: int = Field(ge=0)
+    min: float | None = None
+    max: float | None = None
+    unit: str | None = None
+    prevalence: float | None = Field(None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ReportRange:
+        if self.prevalence is None and (self.min is None or self.max is None or self.min > self.max):
+            raise ValueError("give min <= max (numeric) or prevalence (yes/no)")
+        return self
+
+
+class ReportGroup(_ReportPart):
+    n: int = Field(ge=0)
+    predicted: float = Field(ge=0, le=1)
+    observed: float | None = Field(None, ge=0, le=1)
+
+
+class ReportCalibration(_ReportPart):
+    horizon: float | None = None
+    groups: list[ReportGroup] = Field(default_factory=list)
+
+
+class ReportCheck(_ReportPart):
+    name: str
+    value: Any = None
+    required: str
+    passed: bool
+
+
+class ReportMinimums(_ReportPart):
+    checks: list[ReportCheck] = Field(default_factory=list)
+
+
+class ReportCoefficient(_ReportPart):
+    predictor: str
+    estimate: float
+
+
+class ReportIntercept(_ReportPart):
+    estimate: float
+
+
+class ReportFile(_ReportPart):
+    """What the service reads of a `cds-service learn` report (the rest is for people)."""
+
+    status: Literal["passed", "failed", "refused"]
+    message: str = ""
+    card: ReportCard
+    counts: ReportCounts
+    provenance: ReportProvenance
+    minimums: ReportMinimums = ReportMinimums()
+    performance: ReportPerformance = ReportPerformance()
+    predictor_ranges: dict[str, ReportRange] = Field(default_factory=dict)
+    calibration: ReportCalibration = ReportCalibration()
+    coefficients: list[ReportCoefficient] = Field(default_factory=list)
+    intercept: ReportIntercept | None = None
+
+
+@dataclass(frozen=True)
+class LearnedFrom:
+    """The summary of a learned model's report that the card and the evidence page show."""
+
+    report_path: str
+    status: str  # passed | failed | refused
+    failed_checks: tuple[str, ...]  # "name = value, needs required" of each minimum not met
+    patients: int
+    events: int
+    c_statistic: float | None  # optimism-corrected
+    calibration_slope: float | None  # optimism-corrected
+    generated_at: str
+    fhir_host: str  # the FHIR server's host only (no path, user or query)
+    ranges: dict[str, ReportRange]
+    calibration_horizon: float | None = None
+    calibration_groups: tuple[ReportGroup, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+
+def _check_words(c: ReportCheck) -> str:
+    value = f"{c.value:.3g}" if isinstance(c.value, float) else str(c.value)
+    return f"{c.name} = {value}, needs {c.required}"
+
+
+def read_report(path: Path, card: CardContent, names: tuple[str, ...], coefficients, intercept) -> LearnedFrom:
+    """The report's summary; ContentError when it cannot be read, is about another card, or
+    does not give the overlay's coefficients (then it does not describe this model)."""
+    where = f"site overlay [models.{card.id}] report {path}"
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ContentError(f"{where}: cannot read it ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ContentError(f"{where}: not valid JSON ({exc})") from None
+    try:
+        report = ReportFile.model_validate(raw)
+    except ValidationError as exc:
+        raise content_error(exc, where, raw) from None
+    if report.card.id != card.id:
+        raise ContentError(f"{where}: the report is about card {report.card.id!r}, not {card.id!r}")
+    if report.status == "refused":
+        raise ContentError(f"{where}: the report says no model was fitted ({report.message})")
+    learned = {c.predictor: c.estimate for c in report.coefficients}
+    for name, value in zip(names, coefficients, strict=True):
+        if name not in learned or not math.isclose(learned[name], value, rel_tol=1e-5, abs_tol=1e-6):
+            raise ContentError(
+                f"{where}: coefficient {name!r} of the overlay ({value}) is not the report's "
+                f"({learned.get(name, 'none')}): the report does not describe this model"
+            )
+    if intercept is not None and (
+        report.intercept is None or not math.isclose(report.intercept.estimate, intercept, rel_tol=1e-5, abs_tol=1e-6)
+    ):
+        raise ContentError(
+            f"{where}: the overlay's intercept is not the report's: the report does not describe this model"
+        )
+    server = urlsplit(report.provenance.fhir_server)
+    return LearnedFrom(
+        report_path=str(path),
+        status=report.status,
+        failed_checks=tuple(_check_words(c) for c in report.minimums.checks if not c.passed),
+        patients=report.counts.included,
+        events=report.counts.events,
+        c_statistic=report.performance.c_statistic_optimism_corrected,
+        calibration_slope=report.performance.calibration_slope_optimism_corrected,
+        generated_at=report.provenance.generated_at,
+        fhir_host=server.hostname or "unknown server",
+        ranges=dict(report.predictor_ranges),
+        calibration_horizon=report.calibration.horizon,
+        calibration_groups=tuple(report.calibration.groups),
+    )
+
+
+def check_learned_models(cards, allow_unvalidated: bool) -> list[str]:
+    """Start-up rule: a learned model whose report did not pass its minimums stops the
+    service (ConfigError naming the card and the minimums not met), unless the setting
+    allow_unvalidated_site_models allows it; then the warnings to log are returned."""
+    warnings = []
+    for card in cards:
+        site = card.site_model
+        if site is None or site.learned is None or site.learned.passed:
+            continue
+        learned = site.learned
+        failed = "; ".join(learned.failed_checks) or "no minimum is named as failed"
+        text = (
+            f"site overlay [models.{card.id}]: the learned model's report ({learned.report_path}) has status "
+            f"{learned.status!r}, not 'passed': {failed}"
+        )
+        if not allow_unvalidated:
+            raise ConfigError(
+                text + ". The service does not start with a learned model that failed its validation minimums: "
+                "review the report and learn again, remove the model from the overlay, or set "
+                "allow_unvalidated_site_models = true to deploy it anyway."
+            )
+        warnings.append(
+            "UNVALIDATED SITE MODEL IN USE (allow_unvalidated_site_models = true): " + text + "; the card labels it."
+        )
+    return warnings
+
+
 # ---------------------------------------------------------------------------- what the engine uses
 @dataclass(frozen=True)
 class Coding:
@@ -170,15 +378,21 @@ class SiteModel:
     reference_label: str | None = None
     baseline_survival: dict[float, float] = field(default_factory=dict)
     coefficients_from_site: bool = False
+    learned: LearnedFrom | None = None  # from the report of `cds-service learn`; None: typed by hand
+
+    @property
+    def origin(self) -> str:
+        return "learned" if self.learned is not None else "site-configured"
 
 
-def site_model_from_data(card: CardContent, raw: object) -> SiteModel:
+def site_model_from_data(card: CardContent, raw: object, overlay_dir: Path | None = None) -> SiteModel:
     where = f"site overlay [models.{card.id}]"
     try:
         spec = SiteModelFile.model_validate(raw, context={"card": card})
     except ValidationError as exc:
         raise content_error(exc, where, raw) from None
     names = spec.names(card)
+    kind = card.model.site_kind
     if spec.coefficients:
         coefficients = tuple(spec.coefficients[n] for n in names)
     elif card.model.kind == "cox":
@@ -189,24 +403,32 @@ def site_model_from_data(card: CardContent, raw: object) -> SiteModel:
         name: Coding(cutoffs=tuple(c.cutoffs)) if c.cutoffs else Coding(scale=c.scale, offset=c.offset or 0.0)
         for name, c in spec.coding.items()
     }
+    learned = None
+    if spec.report is not None:
+        report_path = Path(overlay_dir or ".") / spec.report
+        learned = read_report(report_path, card, names, coefficients, spec.intercept)
     return SiteModel(
         card_id=card.id,
-        kind=card.model.kind,
+        kind=kind,
         label=spec.label,
         version=spec.version,
         names=names,
         coefficients=coefficients,
         coding=coding,
         intercept=spec.intercept,
-        reference=spec.reference if card.model.kind == "cox" else None,
+        reference=spec.reference if kind == "cox" else None,
         reference_label=spec.reference_label,
         baseline_survival=dict(sorted((float(h), s) for h, s in spec.baseline_survival.items())),
         coefficients_from_site=bool(spec.coefficients),
+        learned=learned,
     )
 
 
-def attach_site_models(cards: list[CardContent], overlay: dict | None) -> list[CardContent]:
-    """The cards, each with the overlay's model for it (if any) attached."""
+def attach_site_models(
+    cards: list[CardContent], overlay: dict | None, overlay_dir: Path | None = None
+) -> list[CardContent]:
+    """The cards, each with the overlay's model for it (if any) attached. `overlay_dir`: the
+    overlay file's folder, against which a model's `report` path is read."""
     if not overlay:
         return cards
     models: Any = overlay.get("models", {})
@@ -217,7 +439,7 @@ def attach_site_models(cards: list[CardContent], overlay: dict | None) -> list[C
         if card_id not in by_id:
             raise ContentError(f"site overlay [models.{card_id}]: no card with this id (cards: {sorted(by_id)})")
     return [
-        card.with_site_model(site_model_from_data(card, models[card.id])) if card.id in models else card
+        card.with_site_model(site_model_from_data(card, models[card.id], overlay_dir)) if card.id in models else card
         for card in cards
     ]
 

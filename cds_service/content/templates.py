@@ -8,7 +8,28 @@ from typing import Any
 
 SUMMARY_LIMIT = 140  # CDS Hooks: summary SHOULD be under 140 characters
 # Placeholders every text may use besides figures and predictor ids.
-DYNAMIC_NAMES = frozenset({"site_label", "site_version", "estimate_headline", "factors_recorded", "factors_total"})
+# The estimate's names (clinical/evaluate.py estimate_values): a learned model's report
+# figures, the inputs outside its training data, and the card texts chosen by the model's
+# origin ({estimate_by}, {estimate_provenance}) or by a withheld figure ({estimate_withheld}).
+ESTIMATE_NAMES = frozenset(
+    {
+        "model_patients",
+        "model_events",
+        "model_c_statistic",
+        "model_calibration_slope",
+        "model_fitted_on",
+        "model_server",
+        "outside_range",
+        "estimate_by",
+        "estimate_provenance",
+        "estimate_withheld",
+    }
+)
+# Filled from [texts] estimate_*: those texts cannot use them.
+TEXT_FILLED_NAMES = frozenset({"estimate_by", "estimate_provenance", "estimate_withheld"})
+DYNAMIC_NAMES = (
+    frozenset({"site_label", "site_version", "estimate_headline", "factors_recorded", "factors_total"}) | ESTIMATE_NAMES
+)
 _TYPICAL = "xxxxxxxxxx"  # a typical patient or dynamic value, for the summary length check
 
 

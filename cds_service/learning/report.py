@@ -29,6 +29,8 @@ def overlay_text(report: dict) -> str:
         f"[models.{card}]",
         f"label = {_str(model['label'])}",
         f"version = {_str(model['version'])}",
+        "# The model's report, relative to the overlay file (keep them together, or edit the path).",
+        f"report = {_str(report['files']['report_json'])}",
     ]
     coefficients = ", ".join(f"{_key(c['predictor'])} = {_num(c['estimate'])}" for c in report["coefficients"])
     lines.append(f"coefficients = {{ {coefficients} }}")

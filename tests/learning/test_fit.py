@@ -75,7 +75,7 @@ def test_the_overlay_text_escapes_a_label_with_quotes():
         "model": {"kind": "logistic", "label": 'Site "A" model', "version": "1"},
         "provenance": {"generated_at": "now", "fhir_server": "http://x"},
         "status": "passed",
-        "files": {"report_html": "r.html"},
+        "files": {"report_html": "r.html", "report_json": "r.json"},
         "coefficients": [{"predictor": "hypertension", "estimate": 1.5, "coding": None}],
         "intercept": {"estimate": -2.0},
     }
@@ -83,6 +83,7 @@ def test_the_overlay_text_escapes_a_label_with_quotes():
     assert parsed == {
         "label": 'Site "A" model',
         "version": "1",
+        "report": "r.json",
         "coefficients": {"hypertension": 1.5},
         "intercept": -2.0,
     }

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from support.chart import CHEMODENERVATION, CLINICAL, HFS, LOCAL, RFA
+from support.learned_reports import NO_BULK, serve_population
 from support.synthetic_cohort import Generator
 
 from cds_service.config import DEFAULT_CARDS_DIR
@@ -19,7 +20,6 @@ from cds_service.learning.staging import Staging
 from cds_service.security.smart_backend import BackendAuthError, BackendClient, BackendTokenSource
 from cds_service.terminology.concepts_file import load_concepts
 
-NO_BULK = {"resourceType": "CapabilityStatement", "rest": [{"mode": "server"}]}
 TODAY = date(2026, 1, 1)
 CONCEPTS = load_concepts(DEFAULT_CARDS_DIR)
 
@@ -165,38 +165,10 @@ def test_a_patient_without_the_index_procedure_is_not_in_the_cohort():
 
 
 # ---------------------------------------------------------------------------- end to end, search fallback
-def _serve_population(stub, generator: Generator) -> None:
-    """The generator's patients as a FHIR server without Bulk Data (one page per type)."""
-    by_type: dict[str, list[dict]] = {}
-    for i, resources in enumerate(generator.population.patients):
-        for j, r in enumerate(resources):
-            r = {k: v for k, v in r.items() if k != "_fullUrl"}
-            if r["resourceType"] == "Patient":
-                r["id"] = f"p{i}"
-            else:
-                r["id"] = f"r{i}-{j}"
-                r["subject"] = {"reference": f"Patient/p{i}"}
-            by_type.setdefault(r["resourceType"], []).append(r)
-    stub.expect_request("/fhir/metadata").respond_with_json(NO_BULK)
-    for rtype in (
-        "Patient",
-        "Condition",
-        "Procedure",
-        "Observation",
-        "Encounter",
-        "MedicationRequest",
-        "MedicationStatement",
-    ):
-        entries = [{"resource": r} for r in by_type.get(rtype, [])]
-        stub.expect_request(f"/fhir/{rtype}").respond_with_json(
-            {"resourceType": "Bundle", "type": "searchset", "entry": entries}
-        )
-
-
 def test_too_few_events_for_the_predictors_is_refused_naming_the_rule_and_no_model_is_written(fhir_stub, tmp_path):
     generator = Generator(seed=3)
     generator.rfa(25)
-    _serve_population(fhir_stub, generator)
+    serve_population(fhir_stub, generator)
     result = learn(
         LearnOptions(
             card_id="rfa-recurrence",
@@ -297,7 +269,7 @@ def test_cli_exits_3_and_names_the_rule_when_the_cohort_is_too_small(fhir_stub, 
 
     generator = Generator(seed=5)
     generator.btxa(40)
-    _serve_population(fhir_stub, generator)
+    serve_population(fhir_stub, generator)
     code = main(["learn", "btxa-response", "--fhir-base", fhir_stub.url_for("/fhir"), "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 3

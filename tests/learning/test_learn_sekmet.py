@@ -136,7 +136,10 @@ def test_a_cohort_with_no_effect_is_refused_or_shows_a_c_statistic_near_one_half
 def test_the_overlay_entries_load_with_todays_site_overlay_format(rfa, btxa):
     overlay = {"models": {}}
     for result in (rfa, btxa):
-        overlay["models"].update(tomllib.loads(result.overlay.read_text(encoding="utf-8"))["models"])
+        models = tomllib.loads(result.overlay.read_text(encoding="utf-8"))["models"]
+        for entry in models.values():  # each names its report next to its own overlay file
+            entry["report"] = str(result.overlay.parent / entry["report"])
+        overlay["models"].update(models)
     cards = {c.id: c for c in load_cards(DEFAULT_CARDS_DIR, overlay)}
     rfa_model = cards["rfa-recurrence"].site_model
     assert set(rfa_model.names) == {"operation_time", "paralysis_grade_after"}
@@ -144,6 +147,7 @@ def test_the_overlay_entries_load_with_todays_site_overlay_format(rfa, btxa):
     btxa_model = cards["btxa-response"].site_model
     assert btxa_model.intercept == pytest.approx(btxa.report["intercept"]["estimate"], abs=1e-6)
     assert set(btxa_model.names) == {"hypertension", "male_sex", "drinking", "diabetes"}
+    assert rfa_model.learned.status == rfa.status and rfa_model.learned.patients == rfa.report["counts"]["included"]
 
 
 def test_no_patient_identifier_reaches_the_report_or_the_overlay(smart_fhir, rfa, btxa):
