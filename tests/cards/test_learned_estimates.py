@@ -28,7 +28,8 @@ def test_a_learned_estimate_is_labelled_with_n_c_statistic_and_calibration_slope
         "cohort average 71.9 % by 12 months"
     )
     assert len(card["summary"]) < 140
-    detail = card["detail"]
+    # the estimate's provenance is on the evidence page (issue 9: the card keeps the labelled summary)
+    detail = Chart.from_bundle("hfs_after_rfa.json").evidence(CARD, "patient-view", TODAY, overlay=overlay)
     assert "Example Hospital learned RFA model (version 2026-11-26)" in detail
     assert "learned from this hospital's records (fhir.example-hospital.org, 2026-11-26)" in detail
     assert "fitted on 412 patients (187 recurrences or repeat treatments), C-statistic 0.74" in detail
@@ -41,7 +42,8 @@ def test_an_unvalidated_learned_model_allowed_by_the_setting_is_labelled_as_unva
     overlay = learned_overlay(tmp_path, rfa_report("failed"))
     card = Chart.from_bundle("hfs_after_rfa.json").show(CARD, "patient-view", TODAY, overlay=overlay)
     assert card["summary"].startswith("After RFA: UNVALIDATED site model estimates ")
-    assert "did NOT meet its validation minimums" in card["detail"]
+    page = Chart.from_bundle("hfs_after_rfa.json").evidence(CARD, "patient-view", TODAY, overlay=overlay)
+    assert "did NOT meet its validation minimums" in page
 
 
 def test_an_input_outside_the_training_range_withholds_the_estimate_and_names_the_range(tmp_path):

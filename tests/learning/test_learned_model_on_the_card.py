@@ -4,8 +4,10 @@ model's provenance; its evidence page shows the model's calibration."""
 
 from __future__ import annotations
 
+import html
 import re
 import tomllib
+from urllib.parse import urlsplit
 
 import pytest
 from support.chart import CARBAMAZEPINE, CHEMODENERVATION, LOCAL, MVD, Chart
@@ -52,12 +54,14 @@ def test_a_model_learned_by_learn_is_loaded_by_the_app_and_the_hook_call_shows_i
         r"\d+\.\d % poor response; 8\.5 % in the study cohort",
         card["summary"],
     ), card["summary"]
-    assert "Example Hospital BTX-A model" in card["detail"]
-    assert (
-        f"learned from this hospital's records (127.0.0.1, {report['provenance']['generated_at'][:10]})"
-        in (card["detail"])
-    )
-    assert f"fitted on {n} patients ({report['counts']['events']} poor responses)" in card["detail"]
+    # the estimate's provenance is on the card's evidence page (issue 9), opened from its link
+    link = next(x for x in card["links"] if "/evidence/" in x["url"])
+    page = app.test_client().get(urlsplit(link["url"]).path)
+    assert page.status_code == 200
+    text = html.unescape(page.get_data(as_text=True))
+    assert "Example Hospital BTX-A model" in text
+    assert f"learned from this hospital's records (127.0.0.1, {report['provenance']['generated_at'][:10]})" in text
+    assert f"fitted on {n} patients ({report['counts']['events']} poor responses)" in text
 
 
 # -- card B: an evidence-only card that accepts a learned logistic model ----------------------------
