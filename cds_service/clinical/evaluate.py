@@ -256,14 +256,25 @@ class Reading:
 
 def derive(p: Predictor, reading: Reading) -> InputValue:
     item = DERIVE[p.derive](p, reading)
-    future = tuple(
+    future = _future_days(p, reading.record)
+    return replace(item, future=future) if future and not item.future else item
+
+
+def not_used_future(days: tuple[date | None, ...]) -> str:
+    """The one wording of values dated after the call (never used), as the card and its
+    lead show them: "not used: dated after today (2026-03-01)"."""
+    dated = ", ".join(d.isoformat() for d in days if d is not None)
+    return f"not used: dated after today{f' ({dated})' if dated else ''}"
+
+
+def _future_days(p: Predictor, record: PatientRecord) -> tuple[date | None, ...]:
+    return tuple(
         dict.fromkeys(
             day_of(u.when) if u.when is not None else None
-            for u in reading.record.unreadable_for(*p.concepts)
+            for u in record.unreadable_for(*p.concepts)
             if u.kind == FUTURE
         )
     )
-    return replace(item, future=future) if future and not item.future else item
 
 
 def _missing(p: Predictor, note: str | None = None) -> InputValue:
@@ -273,16 +284,23 @@ def _missing(p: Predictor, note: str | None = None) -> InputValue:
 
 
 def _unreadable(p: Predictor, record: PatientRecord) -> InputValue | None:
-    """The predictor as unreadable, when the record has an unreadable input of its concept."""
-    for u in record.unreadable_for(*p.concepts):
-        return _unreadable_input(p, u)
+    """The predictor as unreadable, when the record has an unreadable input of its concept
+    (one that could not be read first; else values dated after the call, never used)."""
+    problems = sorted(record.unreadable_for(*p.concepts), key=lambda u: u.kind == FUTURE)
+    for u in problems:
+        return _unreadable_input(p, u, record)
     return None
 
 
-def _unreadable_input(p: Predictor, u: UnreadableInput) -> InputValue:
-    # a value dated after the call could be read but is never used (EVIDENCE.md "Reading the record")
-    display = "recorded but unreadable" if u.kind != FUTURE else "dated in the future: not used"
-    return InputValue(p.id, p.label, UNREADABLE, display=display, note=f"{u.resource_type}: {u.reason}")
+def _unreadable_input(p: Predictor, u: UnreadableInput, record: PatientRecord) -> InputValue:
+    if u.kind == FUTURE:
+        # Could be read but is never used (EVIDENCE.md "Reading the record"): the reason is
+        # the dates, said once, in the words of `not_used_future` (render lists it so too).
+        days = _future_days(p, record)
+        return InputValue(p.id, p.label, UNREADABLE, display=not_used_future(days), future=days)
+    return InputValue(
+        p.id, p.label, UNREADABLE, display="recorded but unreadable", note=f"{u.resource_type}: {u.reason}"
+    )
 
 
 def _condition(p: Predictor, r: Reading) -> InputValue:
@@ -404,11 +422,11 @@ def _observation(p: Predictor, r: Reading) -> InputValue:
         # unreadable ones without a date (they may be in the window); else it is missing.
         undated = [u for u in record.unreadable_for(p.concept) if u.kind != FUTURE and u.when is None]
         for u in (*reading.newer_unreadable, *undated):
-            return _unreadable_input(p, u)
+            return _unreadable_input(p, u, record)
         if reading.unplaced:  # on the procedure's own day, before or after it: not used
             return _missing(p, p.note("unplaced"))
         for u in reading.future:
-            return _unreadable_input(p, u)
+            return _unreadable_input(p, u, record)
         return _missing(p)
     day = day_of(fact.effective) if fact.effective is not None else None
     if fact.value is None:
@@ -438,10 +456,9 @@ def _observation(p: Predictor, r: Reading) -> InputValue:
             notes.append("recorded on the day of the procedure, time not recorded")
         if p.annotate_procedure and day < pday:
             notes.append(f"recorded before the procedure of {pday.isoformat()}")
-    # reading.newer_unreadable holds only dated values (a newer one is one with a later date)
+    # reading.newer_unreadable holds only dated values (a newer one is one with a later date);
+    # render says so once, with the value used ("a newer value from ... could not be read").
     newer = tuple(sorted({day_of(u.when) for u in reading.newer_unreadable if u.when is not None}))
-    if newer:
-        notes.append(f"{p.note('newer_unreadable')} {', '.join(d.isoformat() for d in newer)}")
     return InputValue(
         p.id,
         p.label,

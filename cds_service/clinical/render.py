@@ -34,6 +34,7 @@ from cds_service.clinical.evaluate import (
     Estimate,
     InputValue,
     holds,
+    not_used_future,
     number,
     percent,
     ratio,
@@ -337,15 +338,24 @@ def _order_line(order: OrderFact, hook: str) -> str:
 
 
 def _dates_not_used(i: InputValue) -> str:
+    """The input's values not used, said once each: newer ones that could not be read (with
+    the value used instead) and ones dated after today (the words of `not_used_future`)."""
     notes = []
-    for day in i.newer_unreadable:
-        newer = f"a newer value{f' from {day.isoformat()}' if day else ''} could not be read"
+    if i.newer_unreadable:
+        days = [d.isoformat() for d in i.newer_unreadable if d is not None]
+        plural = len(days) > 1
+        newer = f"{'newer values' if plural else 'a newer value'}{f' from {join_words(days)}' if days else ''}"
+        newer += " could not be read"
         if i.status == USED and i.date is not None:
             newer += f"; the value from {i.date.isoformat()} was used"
         notes.append(newer)
-    for day in i.future:
-        notes.append(f"not used: dated after today{f' ({day.isoformat()})' if day else ''}")
+    if i.future:
+        notes.append(not_used_future(i.future))
     return "; ".join(notes)
+
+
+def join_words(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def _used_line(i: InputValue) -> str:
@@ -371,7 +381,7 @@ def _missing_line(i: InputValue) -> str:
 
 def _unreadable_line(i: InputValue) -> str:
     if i.future and not i.note and not i.newer_unreadable:  # only values dated after the call
-        return f"- **{i.label}**: {_dates_not_used(i)}"
+        return f"- **{i.label}**: {not_used_future(i.future)}"
     line = f"- **{i.label}**: recorded but unreadable"
     reason = i.note.split(": ", 1)[-1] if i.note else ""  # the reason, without the resource type
     if reason or i.date is not None:

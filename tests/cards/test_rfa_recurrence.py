@@ -43,20 +43,23 @@ def test_an_rfa_order_for_a_patient_with_hfs_shows_the_cohort_curve_and_what_dri
     detail = card["detail"]
     assert lead(detail).startswith("Radiofrequency ablation (RFA) of the facial nerve is being ordered")
     assert "**71.9 % by 12 months**" in lead(detail)
-    cohort_figures_shown(detail)
-    assert "cohort average" in detail and "99 patients" in detail and "Jiaxing" in detail
+    assert "cohort average" in lead(detail) and "99 patients" in lead(detail) and "Jiaxing" in lead(detail)
+    assert "known only after the procedure" in lead(detail)
+    # issue 9: the curve, the hazard ratios and why there is no estimate are on the evidence page
+    page = Chart().hfs(onset="2021-05-01").order(RFA).evidence(CARD, "order-select", TODAY)
+    cohort_figures_shown(page)
     # EVIDENCE.md A: HR exp(-0.619) = 0.538 and exp(-2.589) = 0.075, direction: LOWER recurrence
-    assert "hazard ratio 0.538 per unit of X1's coding" in detail
-    assert "hazard ratio 0.075 per unit of X2's coding" in detail
-    assert "Longer operation time went with LOWER recurrence risk" in detail
-    assert "higher facial paralysis grade after the procedure went with LOWER recurrence risk" in detail
-    assert "coding of X1 and X2 was **not published**" in detail
+    assert "hazard ratio 0.538 per unit of X1's coding" in page
+    assert "hazard ratio 0.075 per unit of X2's coding" in page
+    assert "Longer operation time went with LOWER recurrence risk" in page
+    assert "higher facial paralysis grade after the procedure went with LOWER recurrence risk" in page
+    assert "coding of X1 and X2 was **not published**" in page
     # issue 9 / EVIDENCE.md "At the point of care": the Cox formula and the model's test
     # statistic belong to the evidence page, not to an order card (the card kept them before).
-    for model_text in ("h(t)", "h0(t)", "exp(", "chi-squared", "55.769"):
+    for model_text in ("h(t)", "h0(t)", "exp(", "chi-squared", "55.769", "hazard ratio"):
         assert model_text not in detail
-    no_patient_specific_figure(detail)
-    assert "only known after the RFA" in detail
+    no_patient_specific_figure(page)
+    assert "only known after the RFA" in page
     assert card["indicator"] == "info"
     assert card["source"] == {
         "label": "Pain Physician 2022;25(8):E1249-E1255 (Jiaxing RFA cohort, PMID 36375197)",
@@ -104,8 +107,8 @@ def test_after_rfa_the_card_lists_operation_time_post_procedure_grade_and_time_s
     assert "operation time 45 min; facial paralysis (House-Brackmann) grade after the RFA: Grade III (= 3)" in lead(
         detail
     )
-    cohort_figures_shown(detail)
-    used = detail[detail.index("### Patient data used") : detail.index("### Strength of evidence")]
+    cohort_figures_shown(lead(detail))
+    used = detail[detail.index("### Patient data used") : detail.index("**Strength of evidence:**")]
     assert "- **Time since the RFA**: 4 months, performed 2025-01-10" in used
     assert (
         "- **Operation time of the RFA (X1)**: 45 min, performed 2025-01-10; from the RFA's recorded start and end times"
@@ -118,11 +121,13 @@ def test_after_rfa_the_card_lists_operation_time_post_procedure_grade_and_time_s
     )
     assert "Grade I " not in used and "Grade I," not in used
     assert "### Patient data missing" not in detail
-    no_patient_specific_figure(detail)
-    assert "cannot be turned into a risk" in detail
-    assert "recurrences were still increasing when follow-up ended at 12 months" in detail
-    assert "most recurrences" not in detail.lower()
-    assert "Beyond the study's follow-up" not in detail
+    assert "recurrences were still increasing when follow-up ended at 12 months" in lead(detail)
+    page = Chart.from_bundle("hfs_after_rfa.json").evidence(CARD, "patient-view", TODAY)
+    no_patient_specific_figure(page)
+    assert "Relative hazard of" not in detail and "Estimated recurrence" not in detail
+    assert "cannot be turned into a risk" in page
+    assert "most recurrences" not in (detail + page).lower()
+    assert "Beyond the study's follow-up" not in detail + page
 
 
 def test_after_rfa_with_missing_operation_time_and_grade_both_are_listed_as_missing():
@@ -183,8 +188,10 @@ def test_past_the_studys_follow_up_the_card_says_there_are_no_figures_beyond_12_
     assert (
         card["summary"] == "RFA 15 months ago: the study followed patients only to 12 months, when 71.9 % had recurred"
     )
-    assert "longer than the cohort's follow-up (3-12 months)" in card["detail"]
-    assert "the study did not follow patients that long" in card["detail"]
+    page = Chart().hfs().rfa("2024-03-01").evidence(CARD, "patient-view", TODAY)
+    assert "longer than the cohort's follow-up (3-12 months)" in page
+    assert "the study did not follow patients that long" in page
+    assert "still increasing when follow-up ended at 12 months" in lead(card["detail"])
 
 
 def test_an_rfa_more_than_two_years_ago_no_longer_raises_a_card():
@@ -264,8 +271,10 @@ def test_a_site_model_without_baseline_survival_gives_a_relative_hazard_only():
 
 def test_before_the_rfa_a_site_model_cannot_be_applied_and_no_estimate_is_shown():
     card = Chart().hfs().order(RFA).show(CARD, "order-select", TODAY, overlay=SITE)
-    assert "No patient-specific risk is shown" in card["detail"]
-    assert "Relative hazard of" not in card["detail"]
+    page = Chart().hfs().order(RFA).evidence(CARD, "order-select", TODAY, overlay=SITE)
+    assert "No patient-specific risk is shown" in page
+    assert "Relative hazard of" not in card["detail"] and "Relative hazard of" not in page
+    assert "site model estimates" not in card["summary"]
 
 
 # -- EVIDENCE.md A: when the card speaks, and how it words follow-up ----------------------------------
@@ -332,12 +341,13 @@ def test_a_future_dated_grade_is_not_used_and_is_listed_with_the_reason():
     detail = chart.show(CARD, "patient-view", TODAY)["detail"]
     used = detail[detail.index("### Patient data used") : detail.index("### Recorded but unreadable")]
     assert "House-Brackmann" not in used  # never used
-    assert "grade after the RFA: dated in the future: not used." in lead(detail)
+    assert "grade after the RFA: not used: dated after today (2026-01-15)." in lead(detail)
     unusable = detail[detail.index("### Recorded but unreadable") :]
     assert (
-        "- **Facial paralysis (House-Brackmann) grade after the RFA (X2)**: recorded but unreadable "
-        "(Observation: dated after the time of this call: not used)" in unusable
+        "- **Facial paralysis (House-Brackmann) grade after the RFA (X2)**: not used: dated after today (2026-01-15)"
+        in unusable
     )
+    assert detail.count("dated after today") == 2  # the lead's value and its input line, nothing else
 
 
 def test_a_newer_unreadable_grade_is_named_and_the_older_readable_one_is_used():
@@ -347,8 +357,9 @@ def test_a_newer_unreadable_grade_is_named_and_the_older_readable_one_is_used():
     detail = chart.show(CARD, "patient-view", TODAY)["detail"]
     assert (
         "- **Facial paralysis (House-Brackmann) grade after the RFA (X2)**: III (= 3), recorded 2025-02-04; "
-        "the latest readable grade: a newer one could not be read, dated 2025-03-10" in detail
+        "a newer value from 2025-03-10 could not be read; the value from 2025-02-04 was used" in detail
     )
+    assert detail.count("could not be read") == 1  # said once
 
 
 def test_a_grade_timed_after_the_rfa_on_the_same_day_is_the_post_rfa_grade():

@@ -51,8 +51,10 @@ def test_mwa_ordered_shows_cohort_outcomes_next_to_the_patients_pain_and_morphin
     )
     assert "**cohort outcomes**, not a prediction for this patient" in lead(detail)
     assert "Local tumour control was 94.8 % of treated vertebrae at 6 months" in lead(detail)
-    cohort_outcomes_shown(detail)
-    assert "This patient: latest pain score 7/10; daily morphine dose 60 mg/d" in detail
+    # issue 9: the outcome table, complications and the patient's values beside them are on the evidence page
+    page = Chart.from_bundle("vertebral_metastasis_pain.json").order(MWA_THORACIC).evidence(CARD, "order-select", TODAY)
+    cohort_outcomes_shown(page)
+    assert "This patient: latest pain score 7/10; daily morphine dose 60 mg/d" in page
     assert "- **Latest pain score (0-10)**: 7/10, recorded 2025-05-25" in detail
     assert "- **Daily morphine dose**: 60 mg/d, recorded 2025-05-25" in detail
     assert "- **Vertebral (bone) metastasis**: yes (active), onset 2024-12-01" in detail
@@ -154,9 +156,10 @@ def test_on_opening_the_chart_the_card_says_a_newer_pain_score_could_not_be_read
         "Painful vertebral metastasis (pain 6/10), a newer score unreadable: cohort pain fell 6 to 3/10 after ablation"
     )
     assert (
-        "- **Latest pain score (0-10)**: 6/10, recorded 2025-05-10; the latest readable score: a newer pain score "
-        "could not be read, dated 2025-05-28" in card["detail"]
+        "- **Latest pain score (0-10)**: 6/10, recorded 2025-05-10; a newer value from 2025-05-28 could not be "
+        "read; the value from 2025-05-10 was used" in card["detail"]
     )
+    assert card["detail"].count("could not be read") == 1  # said once
 
 
 def test_at_ordering_the_card_says_a_newer_pain_score_could_not_be_read():
@@ -167,8 +170,8 @@ def test_at_ordering_the_card_says_a_newer_pain_score_could_not_be_read():
         "unreadable"
     )
     assert (
-        "recorded 2025-05-10; the latest readable score: a newer pain score could not be read, dated 2025-05-28"
-        in (card["detail"])
+        "recorded 2025-05-10; a newer value from 2025-05-28 could not be read; the value from 2025-05-10 was used"
+        in card["detail"]
     )
 
 
@@ -198,8 +201,8 @@ def test_a_newer_unreadable_morphine_dose_is_named_too():
     chart.quantity((LOCAL, "daily-morphine-dose"), "2025-05-20", 60, "mL")
     detail = chart.show(CARD, "order-sign", TODAY)["detail"]
     assert (
-        "- **Daily morphine dose**: 60 mg/d, recorded 2025-05-10; the latest readable dose: a newer dose could not "
-        "be read, dated 2025-05-20" in detail
+        "- **Daily morphine dose**: 60 mg/d, recorded 2025-05-10; a newer value from 2025-05-20 could not be read; "
+        "the value from 2025-05-10 was used" in detail
     )
 
 
@@ -208,11 +211,9 @@ def test_a_pain_score_dated_in_the_future_does_not_raise_the_card_and_is_listed_
     chart = Chart().condition(BONE_METASTASIS, onset="2024-01-01").pain("2025-06-20", 8)
     assert chart.show(CARD, "patient-view", TODAY) is None
     detail = chart.order(MWA_THORACIC).show(CARD, "order-sign", TODAY)["detail"]
-    assert "This patient's latest pain score: **dated in the future: not used**" in lead(detail)
-    assert (
-        "- **Latest pain score (0-10)**: recorded but unreadable (Observation: dated after the time of this call: "
-        "not used)" in detail
-    )
+    assert "This patient's latest pain score: **not used: dated after today (2025-06-20)**" in lead(detail)
+    assert "- **Latest pain score (0-10)**: not used: dated after today (2025-06-20)" in detail
+    assert detail.count("dated after today") == 2  # the lead's value and its input line, nothing else
     assert "8/10" not in detail
 
 
@@ -220,7 +221,11 @@ def test_a_future_pain_score_does_not_hide_the_latest_real_one():
     chart = Chart().condition(BONE_METASTASIS, onset="2024-01-01").pain("2025-05-28", 7).pain("2025-07-01", 2)
     card = chart.show(CARD, "patient-view", TODAY)
     assert card["summary"].startswith("Painful vertebral metastasis (pain 7/10)")
-    assert "dated after the time of this call: not used" in card["detail"]
+    assert (
+        "- **Latest pain score (0-10)**: 7/10, recorded 2025-05-28; not used: dated after today (2025-07-01)"
+        in card["detail"]
+    )
+    assert "2/10" not in card["detail"]
 
 
 # -- issue 9: a card read at the point of care --------------------------------------------------------

@@ -178,7 +178,8 @@ def amr_result():
 def test_a_rendered_card_has_the_cds_hooks_fields_and_the_cards_source():
     result = amr_result()
     card = render(result)
-    assert list(card) == ["uuid", "summary", "indicator", "detail", "source"]
+    # issue 9: coded override reasons on every card, and links (the primary source last)
+    assert list(card) == ["uuid", "summary", "indicator", "detail", "source", "overrideReasons", "links"]
     source = result.situation.source or result.card.source
     assert card["source"] == {"label": source.label, "url": source.url}
     assert card["indicator"] == (result.situation.indicator or result.card.indicator)
@@ -196,7 +197,11 @@ def test_used_and_missing_inputs_are_listed_and_a_missing_one_is_never_assumed()
     missing = result.input("carbamazepine")
     assert f"- **{missing.label}**: not recorded (" in detail and "; not assumed" in detail
     during_surgery = result.input("retraction_depth")
-    assert f"- **{during_surgery.label}**: not known before surgery (" in detail
+    assert f"- **{during_surgery.label}**: not known before surgery" in detail
+    assert during_surgery.status == "intraoperative" and during_surgery.value is None  # never assumed
+    # how it is measured is on the evidence page now
+    page = Chart().hfs(onset="2019-03-01").order(MVD).evidence("amr-persistence", "order-sign", TODAY)
+    assert f"- {during_surgery.label}: {during_surgery.note}" in page and during_surgery.note
     assert result.input("disease_duration").display in detail
 
 
