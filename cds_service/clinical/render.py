@@ -234,7 +234,8 @@ def page_sections(result: CardResult) -> list[dict]:
 
 
 def lead_text(result: CardResult) -> str:
-    return _fill(result.situation.lead, _values(result))
+    # strip: a lead may end with placeholders that are empty for this patient
+    return _fill(result.situation.lead, _values(result)).strip()
 
 
 def _figure_values(result: CardResult) -> dict[str, str]:
