@@ -508,6 +508,9 @@ def test_feedback_on_a_card_just_issued_is_stored(client):
         url(CALL), json=patient_view("hfs-1", prefetch=hfs_patient_prefetch(), encounterId="enc-1")
     ).get_json()["cards"]
     card_uuid = cards[0]["uuid"] if cards else str(uuid.uuid4())
+    assert client.application.extensions["cds_service"].store.flush_audit(
+        5.0
+    )  # issued cards are audited off the request path
     # an acceptance names a suggestion issued with its card; a card this service has no record
     # of returning is kept as unlinked feedback
     not_issued_card = str(uuid.uuid4())

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
-from support.scenario_requests import condition, hfs_after_mvd_patient_view, patient_view, procedure
+from support.fhir import ICD10PCS, condition, new_id, patient_view, procedure
+from support.scenario_requests import hfs_after_mvd_patient_view
 
 from cds_service.cli import main
 from cds_service.http.app import create_app
@@ -30,12 +31,23 @@ def test_report_prints_card_counts_acceptance_and_override_reasons(store_url, tm
     persistent = patient_view(
         "cli-2",
         conditions=[
-            condition("cli-2", "G51.31", "2019-05-01", status="resolved"),
-            condition("cli-2", "G51.31", "2026-03-10", status="recurrence"),
+            condition("G51.31", id=new_id("cond"), patient="cli-2", status="resolved", onset="2019-05-01"),
+            condition("G51.31", id=new_id("cond"), patient="cli-2", status="recurrence", onset="2026-03-10"),
         ],
-        procedures=[procedure("cli-2", "00NM0ZZ", "2025-06-10T08:00:00Z", "2025-06-10T10:10:00Z")],
+        procedures=[
+            procedure(
+                (ICD10PCS, "00NM0ZZ"),
+                "2025-06-10T08:00:00Z",
+                "2025-06-10T10:10:00Z",
+                id=new_id("proc"),
+                patient="cli-2",
+            )
+        ],
     )
     cards.insert(1, client.post(SERVICE, json=persistent).get_json()["cards"][0])
+    # audit rows (which cards were issued) are written off the request path; feedback is
+    # checked against them once they are in the store
+    assert app.extensions["cds_service"].store.flush_audit(5.0)
     assert cards[1]["suggestions"], cards[1]
     feedback = [
         {
