@@ -1,7 +1,7 @@
 """Benchmark: a full-prefetch patient-view call for a ~1,100-resource Synthea record.
 
 Plain harness (not a timed test): builds the request from the largest Synthea bundle in
-../shared/fhir-samples/synthea (810 Observations), adds a hemifacial spasm Condition and a
+tests/data/synthea (810 Observations), adds a hemifacial spasm Condition and a
 completed MVD so that cards fire, and posts it N times through the real Flask app (JSON
 parsing, validation, prefetch resolution, record, models, rendering, audit write).
 
@@ -25,7 +25,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SYNTHEA = ROOT.parent / "shared" / "fhir-samples" / "synthea"
+# The records the tests ship (tests/data/synthea, Apache-2.0), else ../shared beside a checkout.
+SYNTHEA = next(
+    (
+        p
+        for p in (ROOT / "tests" / "data" / "synthea", ROOT.parent / "shared" / "fhir-samples" / "synthea")
+        if p.is_dir()
+    ),
+    ROOT / "tests" / "data" / "synthea",
+)
 
 PREFETCH_KEYS = {
     "Condition": "conditions",

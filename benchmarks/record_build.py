@@ -23,7 +23,15 @@ from cds_service.clinical import record as record_module  # noqa: E402
 from cds_service.clinical.record import build_record, iter_facts  # noqa: E402
 from cds_service.terminology.concepts_file import load_concepts  # noqa: E402
 
-SYNTHEA = REPO.parent / "shared" / "fhir-samples" / "synthea"
+# The records the tests ship (tests/data/synthea, Apache-2.0), else ../shared beside a checkout.
+SYNTHEA = next(
+    (
+        p
+        for p in (REPO / "tests" / "data" / "synthea", REPO.parent / "shared" / "fhir-samples" / "synthea")
+        if p.is_dir()
+    ),
+    REPO / "tests" / "data" / "synthea",
+)
 RUNS = 200
 
 
