@@ -186,9 +186,13 @@ def test_every_call_answered_while_the_database_was_refused_is_audited_after_it_
     with caplog.at_level(logging.INFO, logger="cds_service.storage.audit_spool"):
         restarted = unsigned_app(folder, proxy, instance_id="node-a")
         runtime = restarted.extensions["cds_service"]
+        # the replay runs on the writer's thread: wait for the spool to empty and the rows
+        # to be readable (on a loaded machine the first replay can be deferred once)
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and runtime.audit_spool_depth():
+        rows = []
+        while time.monotonic() < deadline and (runtime.audit_spool_depth() or len(rows) < proxy_calls):
             time.sleep(0.2)
+            rows = audit_rows(proxy.direct_url)
     assert runtime.audit_spool_depth() == 0
     rows = audit_rows(proxy.direct_url)
     assert len(rows) == proxy_calls
