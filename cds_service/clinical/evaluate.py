@@ -429,24 +429,13 @@ def _observation(p: Predictor, r: Reading) -> InputValue:
             return _unreadable_input(p, u, record)
         return _missing(p)
     day = day_of(fact.effective) if fact.effective is not None else None
+    why_unreadable = None
     if fact.value is None:
-        return InputValue(
-            p.id,
-            p.label,
-            UNREADABLE,
-            display="recorded but unreadable",
-            date=day,
-            note="the Observation has no usable value",
-        )
-    if p.values and fact.value not in p.values:
-        return InputValue(
-            p.id,
-            p.label,
-            UNREADABLE,
-            display="recorded but unreadable",
-            date=day,
-            note=f"the value is not one of {', '.join(p.values)}",
-        )
+        why_unreadable = "the Observation has no usable value"
+    elif p.values and fact.value not in p.values:
+        why_unreadable = f"the value is not one of {', '.join(p.values)}"
+    if why_unreadable is not None:
+        return InputValue(p.id, p.label, UNREADABLE, display="recorded but unreadable", date=day, note=why_unreadable)
     notes = []
     if day is None:
         notes.append("date not recorded")
