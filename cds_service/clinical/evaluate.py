@@ -77,6 +77,9 @@ class InputValue:
     # Values of the input the record holds but did not use (record.reading / unreadable_for):
     newer_unreadable: tuple[date | None, ...] = ()  # dates of newer values that could not be read
     future: tuple[date | None, ...] = ()  # dates of values dated after the call (never used)
+    # What those dates are, when they are a date of a fact that is itself used (a Condition's
+    # onset or recorded date) rather than values: "onset", "recorded date"; "" for values.
+    future_what: str = ""
 
     @property
     def recorded(self) -> bool:
@@ -257,14 +260,22 @@ class Reading:
 def derive(p: Predictor, reading: Reading) -> InputValue:
     item = DERIVE[p.derive](p, reading)
     future = _future_days(p, reading.record)
-    return replace(item, future=future) if future and not item.future else item
+    if future and not item.future:
+        return replace(item, future=future, future_what=_future_what(p, reading.record))
+    return item
 
 
-def not_used_future(days: tuple[date | None, ...]) -> str:
-    """The one wording of values dated after the call (never used), as the card and its
-    lead show them: "not used: dated after today (2026-03-01)"."""
+def not_used_future(days: tuple[date | None, ...], what: str = "") -> str:
+    """The one wording of values dated after the call (never used), as the card, its lead
+    and its evidence page show them: "not used: dated after today (2026-03-01)"; for the
+    date of a fact that is used ("onset"): "not used: onset dated after today (...)"."""
     dated = ", ".join(d.isoformat() for d in days if d is not None)
-    return f"not used: dated after today{f' ({dated})' if dated else ''}"
+    return f"not used: {what + ' ' if what else ''}dated after today{f' ({dated})' if dated else ''}"
+
+
+# The elements whose future date leaves the fact itself in use (record.py: a Condition with an
+# onset or recorded date after the call is still on the problem list; only the date is not used).
+_DATE_NOT_FACT = {("Condition", "onset[x]"): "onset", ("Condition", "recordedDate"): "recorded date"}
 
 
 def _future_days(p: Predictor, record: PatientRecord) -> tuple[date | None, ...]:
@@ -275,6 +286,16 @@ def _future_days(p: Predictor, record: PatientRecord) -> tuple[date | None, ...]
             if u.kind == FUTURE
         )
     )
+
+
+def _future_what(p: Predictor, record: PatientRecord) -> str:
+    """ "onset" / "recorded date" when every future item of the predictor is such a date."""
+    words = [
+        _DATE_NOT_FACT.get((u.resource_type, u.element)) for u in record.unreadable_for(*p.concepts) if u.kind == FUTURE
+    ]
+    if not words or None in words:
+        return ""
+    return " or ".join(dict.fromkeys(w for w in words if w))
 
 
 def _missing(p: Predictor, note: str | None = None) -> InputValue:
@@ -297,7 +318,8 @@ def _unreadable_input(p: Predictor, u: UnreadableInput, record: PatientRecord) -
         # Could be read but is never used (EVIDENCE.md "Reading the record"): the reason is
         # the dates, said once, in the words of `not_used_future` (render lists it so too).
         days = _future_days(p, record)
-        return InputValue(p.id, p.label, UNREADABLE, display=not_used_future(days), future=days)
+        what = _future_what(p, record)
+        return InputValue(p.id, p.label, UNREADABLE, display=not_used_future(days, what), future=days, future_what=what)
     return InputValue(
         p.id, p.label, UNREADABLE, display="recorded but unreadable", note=f"{u.resource_type}: {u.reason}"
     )
@@ -802,7 +824,7 @@ def _condition_dates(fact: ConditionFact) -> dict:
     if fact.abatement:
         parts.append(f"abated {fact.abatement.isoformat()}")
     if day is None:
-        parts.append("no onset or recorded date")
+        parts.append("no usable onset or recorded date")
     return {"date": day, "date_label": label, "note": ", ".join(parts)}
 
 

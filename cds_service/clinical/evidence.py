@@ -25,6 +25,7 @@ from cds_service.clinical.evaluate import (
     CardResult,
     InputValue,
     model_values,
+    not_used_future,
 )
 from cds_service.clinical.render import chosen, lead_text, page_sections, strength_line
 from cds_service.content.chart_specs import ChartSpec, parse_ci
@@ -202,7 +203,8 @@ def _free_text(item: InputValue) -> str:
 
 def _not_used(item: InputValue) -> str:
     notes = [f"a newer value{f' from {d.isoformat()}' if d else ''} could not be read" for d in item.newer_unreadable]
-    notes += [f"not used: dated after today{f' ({d.isoformat()})' if d else ''}" for d in item.future]
+    if item.future:
+        notes.append(not_used_future(item.future, item.future_what))
     return "; ".join(notes)
 
 

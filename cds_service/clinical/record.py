@@ -156,7 +156,7 @@ class UnreadableInput:
     # What the problem is, is said by the three fields above (they compare); where and when
     # it was met is said by these (they do not compare, so the same problem met twice is one).
     element: str | None = field(default=None, compare=False)  # the FHIR element ("onsetDateTime")
-    when: datetime | None = field(default=None, compare=False)  # the value's date, when readable
+    when: date | datetime | None = field(default=None, compare=False)  # the value's date, when readable
     kind: str = field(default=UNREADABLE, compare=False)  # unreadable | future
 
 
@@ -698,11 +698,13 @@ def _read_condition(resource: dict, concepts: ConceptIndex, record: PatientRecor
         clinical = "inactive"  # con-4: an abated Condition is inactive, resolved or remission
     recorded = parse_fhir_date(resource.get("recordedDate"))
     if onset is not None and is_future(onset, record.today, record.now):
-        _not_used_future(record, "Condition", matches, "onset[x]", "the onset is dated after the time of this call")
+        _not_used_future(
+            record, "Condition", matches, "onset[x]", "the onset is dated after the time of this call", onset
+        )
         onset = None
     if recorded is not None and is_future(recorded, record.today, record.now):
         _not_used_future(
-            record, "Condition", matches, "recordedDate", "the recorded date is after the time of this call"
+            record, "Condition", matches, "recordedDate", "the recorded date is after the time of this call", recorded
         )
         recorded = None
     for match in matches:
@@ -734,7 +736,12 @@ def _read_procedure(resource: dict, concepts: ConceptIndex, record: PatientRecor
     performed = start if start is not None else end
     if is_future(performed, record.today, record.now):
         _not_used_future(
-            record, "Procedure", matches, "performed[x]", "a completed procedure dated after the time of this call"
+            record,
+            "Procedure",
+            matches,
+            "performed[x]",
+            "a completed procedure dated after the time of this call",
+            performed,
         )
         return
     for match in matches:
@@ -1043,8 +1050,9 @@ def _not_used_future(
     matches: list[Match],
     element: str,
     reason: str,
-    when: datetime | None = None,
+    when: date | datetime | None = None,
 ) -> None:
+    """Values dated after the call are never used; the card names them with their date."""
     for concept in dict.fromkeys(m.concept for m in matches):
         record.unreadable.append(UnreadableInput(kind, concept, f"{reason}: not used", element, when, FUTURE))
 

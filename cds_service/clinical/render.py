@@ -351,7 +351,7 @@ def _dates_not_used(i: InputValue) -> str:
             newer += f"; the value from {i.date.isoformat()} was used"
         notes.append(newer)
     if i.future:
-        notes.append(not_used_future(i.future))
+        notes.append(not_used_future(i.future, i.future_what))
     return "; ".join(notes)
 
 
@@ -382,7 +382,7 @@ def _missing_line(i: InputValue) -> str:
 
 def _unreadable_line(i: InputValue) -> str:
     if i.future and not i.note and not i.newer_unreadable:  # only values dated after the call
-        return f"- **{i.label}**: {not_used_future(i.future)}"
+        return f"- **{i.label}**: {not_used_future(i.future, i.future_what)}"
     line = f"- **{i.label}**: recorded but unreadable"
     reason = i.note.split(": ", 1)[-1] if i.note else ""  # the reason, without the resource type
     if reason or i.date is not None:

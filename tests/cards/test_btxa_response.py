@@ -222,10 +222,10 @@ def test_a_hypertension_onset_dated_in_the_future_is_not_shown_and_is_listed_wit
     chart = Chart().hfs().hypertension(onset="2026-02-01").order_medication(text=BOTOX_TEXT)
     detail = chart.show(CARD, "order-select", TODAY)["detail"]
     # never shown as the onset; the date may appear only as the date of the value not used
-    assert "2026-02-01" not in detail.replace("dated after today (2026-02-01)", "")
+    assert "2026-02-01" not in detail.replace("onset dated after today (2026-02-01)", "")
     # listed with the reason, on the hypertension line (issue 9 wording of values dated after the call)
     hypertension = [line for line in detail.splitlines() if line.startswith("- **Hypertension**:")]
-    assert len(hypertension) == 1 and "not used: dated after today" in hypertension[0]
+    assert len(hypertension) == 1 and "not used: onset dated after today (2026-02-01)" in hypertension[0]
     assert hypertension[0] in section(detail, "### Patient data used")
 
 

@@ -273,7 +273,9 @@ def test_an_hfs_recurrence_with_an_onset_next_year_is_not_placed_after_the_mvd()
     for text in (card["detail"], chart.evidence(CARD, "patient-view", TODAY)):
         assert "about 1 %" not in text
     line = next(x for x in card["detail"].splitlines() if x.startswith("- **Hemifacial spasm since the MVD**"))
-    assert "no date that places it before or after the MVD" in line and "not used: dated after today" in line
+    assert "no date that places it before or after the MVD" in line
+    # The Condition is used; only its onset is not, and the card says which date that is.
+    assert "not used: onset dated after today (2026-01-01)" in line
 
 
 # issue 9: the summary is the point in plain words, well under 140 characters; the lead

@@ -293,7 +293,15 @@ def test_an_onset_dated_after_the_call_is_not_used_but_the_condition_is():
     record = build(hfs(clinicalStatus=status("active"), onsetDateTime="2026-01-01"))
     [fact] = record.conditions["hemifacial_spasm"]
     assert fact.onset is None and fact.is_active
-    assert [u.kind for u in record.unreadable] == [FUTURE]
+    assert [(u.kind, u.element, u.when) for u in record.unreadable] == [(FUTURE, "onset[x]", date(2026, 1, 1))]
+
+
+def test_a_procedure_and_a_recorded_date_after_the_call_carry_their_dates_for_the_card():
+    record = build(mvd(performedDateTime="2025-03-01"), hfs(recordedDate="2025-02-01"))
+    assert {(u.element, u.when) for u in record.unreadable} == {
+        ("performed[x]", datetime(2025, 3, 1, tzinfo=UTC)),
+        ("recordedDate", date(2025, 2, 1)),
+    }
 
 
 # ------------------------------------------------------------------ after the procedure
