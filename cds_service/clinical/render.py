@@ -193,13 +193,15 @@ def _detail(result: CardResult, values: dict[str, str]) -> str:
 
 
 def strength_line(result: CardResult, values: dict[str, str] | None = None) -> str:
-    """The card's one line of evidence strength: the card file's [strength] line, else the
-    first caveat shown; then any caveat chosen for this patient by a `when` (a patient-
-    specific caveat, such as the one for children, stays on the card)."""
+    """The card's one line of evidence strength: the situation's `strength` (its figures come
+    from another source), else the card file's [strength] line, else the first caveat shown;
+    then any caveat chosen for this patient by a `when` (a patient-specific caveat, such as
+    the one for children, stays on the card)."""
     values = values if values is not None else _figure_values(result)
     card = result.card
     texts = []
-    options = [card.strength] if card.strength is not None else list(card.caveats)
+    own = result.situation.strength or card.strength
+    options = [own] if own is not None else list(card.caveats)
     for entry in options:
         picked = chosen(entry.options, result)
         if picked is not None:

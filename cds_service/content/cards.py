@@ -24,7 +24,8 @@ The card language:
   its inputs, but is not one of the card's factors ({factors_total}).
 
 Also declared per card (issue 9): `[strength]` (the one line of evidence strength on the
-card; else the first caveat), `[[suggestions]]` (an action where the evidence supports one:
+card; else the first caveat; a situation whose figures come from another source gives its
+own `strength`), `[[suggestions]]` (an action where the evidence supports one:
 situations, `when` predicates, a FHIR R4 resource template and where its codes come from)
 and `[[override_reasons]]` (coded reasons for dismissing the card).
 
@@ -376,6 +377,11 @@ class Situation(Table):
     no_estimate: Text | None = Field(None, description="key in [texts]: why no patient-specific figure is shown")
     source: Reference | None = None
     indicator: Literal["info", "warning", "critical"] | None = None
+    strength: TextChoice | None = Field(
+        None,
+        description="this situation's line of evidence strength, when its figures come from another source "
+        "than the card's [strength] line describes",
+    )
 
     @field_validator("hooks")
     @classmethod
@@ -733,6 +739,11 @@ def _check_situation(card: CardContent, s: Situation, predictors: dict, context:
     for key in s.sections:
         if key not in card.sections:
             raise ValueError(f"{where}: section {key!r} is not defined under [sections]")
+    if s.strength is not None:
+        for v in s.strength.options:
+            check_when(v.when, context, f"{where} strength variant (a context predictor)", use_model=False)
+            if v.text is not None:
+                check_template(v.text, set(card.figures), f"{where} strength")
         for v in card.sections[key].options:
             check_when(v.when, set(reads), f"{where}: section {key}", use_model=s.use_model)
     if s.use_model and card.model.site_kind is None:

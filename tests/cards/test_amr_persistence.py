@@ -212,6 +212,20 @@ def test_after_mvd_every_time_point_cites_thirumala_2020_as_the_source():
         assert card["source"]["label"].startswith("Thirumala PD et al., Neurosurgery 2020")
 
 
+def strength(detail: str) -> str:
+    return detail.split("**Strength of evidence:**", 1)[1].split("\n", 1)[0]
+
+
+def test_the_strength_line_names_the_source_of_the_figures_the_card_shows():
+    """Before MVD the figures are Zhou's cohort; after MVD they are Thirumala's pooled ones."""
+    before = Chart().hfs(onset="2019-05-01").order(MVD).show(CARD, "order-select", TODAY)
+    assert "Zhou 2025" in strength(before["detail"]) and "Thirumala" not in strength(before["detail"])
+    for mvd_day in ("2025-04-20", "2025-01-20", "2024-03-01"):
+        line = strength(amr_chart(mvd_day, "persisted").show(CARD, "patient-view", TODAY)["detail"])
+        assert line.strip().startswith("Thirumala 2020: meta-analysis of"), mvd_day
+        assert "Zhou" not in line and "AUC" not in line, mvd_day
+
+
 # EVIDENCE.md "Reading the record": the newest value unreadable -> say that a newer value
 # exists and could not be read, and which older value was used (with its date).
 def test_a_newer_unreadable_cohen_grade_is_named_with_the_older_grade_used():
