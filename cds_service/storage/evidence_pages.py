@@ -40,6 +40,7 @@ from sqlalchemy.exc import DBAPIError
 
 from cds_service.content.chart_specs import ChartSpec, load_chart_specs
 from cds_service.storage.store import UtcDateTime, metadata
+from cds_service.storage.write_gate import write_gate
 
 if TYPE_CHECKING:
     from cds_service.config import Settings
@@ -97,18 +98,30 @@ class EvidencePages:
         return token
 
     def _write(self, token: str, data: dict, ttl_s: float | None, now: datetime | None = None) -> None:
-        now = now or _utcnow()
-        ttl = self.ttl_s if ttl_s is None else float(ttl_s)
-        row = {
-            "token_sha256": token_hash(token),
-            "card_id": str(data.get("card_id", ""))[:_LEN_CARD_ID],
-            "data": json.dumps(data, ensure_ascii=False, separators=(",", ":")),
-            "created_at": now,
-            "expires_at": now + timedelta(seconds=ttl),
-        }
-        with self.engine.begin() as conn:
-            conn.execute(evidence_pages.insert(), row)
-        self._maybe_purge(now)
+        self._write_many([(token, data, ttl_s, now or _utcnow())])
+
+    def _write_many(self, pages: list[tuple[str, dict, float | None, datetime]]) -> None:
+        """Several pages (token, data, ttl_s or None, created) in one statement and one
+        transaction: the write lock is held once per batch, not once per page."""
+        rows = []
+        for token, data, ttl_s, created in pages:
+            ttl = self.ttl_s if ttl_s is None else float(ttl_s)
+            rows.append(
+                {
+                    "token_sha256": token_hash(token),
+                    "card_id": str(data.get("card_id", ""))[:_LEN_CARD_ID],
+                    "data": json.dumps(data, ensure_ascii=False, separators=(",", ":")),
+                    "created_at": created,
+                    "expires_at": created + timedelta(seconds=ttl),
+                }
+            )
+        if not rows:
+            return
+        # One multi-row INSERT (one statement step), not executemany (a step per row): on a
+        # busy worker each step waits for the GIL while the write lock is held.
+        with write_gate(self.engine, _GATE_WAIT_S), self.engine.begin() as conn:
+            conn.execute(evidence_pages.insert().values(rows))
+        self._maybe_purge(max(created for *_, created in pages))
 
     def get(self, token: str, now: datetime | None = None) -> PageLookup:
         """The page data for a token, or why there is none (expired or unknown)."""
@@ -130,7 +143,7 @@ class EvidencePages:
     def purge_expired(self, now: datetime | None = None) -> int:
         """Delete the data of expired pages (and old tombstones); returns pages emptied."""
         now = now or _utcnow()
-        with self.engine.begin() as conn:
+        with write_gate(self.engine, _GATE_WAIT_S), self.engine.begin() as conn:
             emptied = conn.execute(
                 evidence_pages.update()
                 .where(evidence_pages.c.expires_at <= now, evidence_pages.c.data.is_not(None))
@@ -146,8 +159,14 @@ class EvidencePages:
             self._next_purge = time.monotonic() + PURGE_INTERVAL_S
             try:
                 self.purge_expired(now)
-            except DBAPIError as exc:
+            except (DBAPIError, TimeoutError) as exc:
                 log.warning("evidence page purge failed: %s", type(exc).__name__)
+
+
+_BATCH = 100  # pages per write at most
+_ATTEMPTS = 3  # writes of one batch before its pages are dropped
+_RETRY_S = 0.5  # pause before the next attempt, times the attempt number
+_GATE_WAIT_S = 10.0  # wait for this process's other writers (background thread: no caller waits)
 
 
 class BackgroundSaver:
@@ -206,17 +225,29 @@ class BackgroundSaver:
 
     def _run(self, q: queue.Queue[str]) -> None:
         while True:
-            token = q.get()
-            with self._lock:
-                item = self._pending.get(token)
-            if item is not None:
-                data, ttl_s, created = item
+            tokens = [q.get()]  # then whatever else is waiting, written together
+            while len(tokens) < _BATCH:
                 try:
-                    self.pages._write(token, data, ttl_s, created)
-                except Exception as exc:  # a lost page must not kill the writer
-                    log.error("evidence page write failed: %s", type(exc).__name__)
+                    tokens.append(q.get_nowait())
+                except queue.Empty:
+                    break
             with self._lock:
-                self._pending.pop(token, None)
+                items = [(t, *self._pending[t]) for t in tokens if t in self._pending]
+            for attempt in range(1, _ATTEMPTS + 1):
+                try:
+                    self.pages._write_many(items)
+                    break
+                except Exception as exc:  # a lost page must not kill the writer
+                    # The page is served from memory meanwhile (`get`): a busy database (the
+                    # write lock held by another writer) is retried before a page is dropped.
+                    if attempt == _ATTEMPTS:
+                        log.error("evidence page write failed: %s (%d pages)", type(exc).__name__, len(items))
+                    else:
+                        log.warning("evidence page write failed: %s; retrying", type(exc).__name__)
+                        time.sleep(_RETRY_S * attempt)
+            with self._lock:
+                for token in tokens:
+                    self._pending.pop(token, None)
 
 
 def _utcnow() -> datetime:

@@ -54,6 +54,7 @@ from cds_service.storage import migrate
 from cds_service.storage.audit import CallRecord, ReturnedCard
 from cds_service.storage.audit_spool import AuditSpool, AuditWriter
 from cds_service.storage.feedback import FeedbackEntry, OverrideReason
+from cds_service.storage.write_gate import write_gate
 
 log = logging.getLogger(__name__)
 
@@ -649,7 +650,10 @@ class Store:
             try:
                 with self._bounded(what):
                     try:
-                        with self.engine.begin() if write else self.engine.connect() as conn:
+                        if not write:
+                            with self.engine.connect() as conn:
+                                return operation(conn)
+                        with write_gate(self.engine, self.options.deadline_s), self.engine.begin() as conn:
                             return operation(conn)
                     except DBAPIError as exc:
                         op = self._local.op
@@ -778,8 +782,7 @@ class Store:
         replayed twice is kept once. StoreUnavailable when the store cannot be written."""
 
         def write_all(conn) -> int:
-            for call in calls:
-                self._insert_call(conn, call)
+            self._insert_calls(conn, calls)
             return len(calls)
 
         try:
@@ -797,36 +800,52 @@ class Store:
 
     @staticmethod
     def _insert_call(conn, call: CallRecord) -> int:
+        return Store._insert_calls(conn, [call])[0]
+
+    @staticmethod
+    def _insert_calls(conn, calls: list[CallRecord]) -> list[int]:
+        """The rows of `calls` and of the cards they returned, in two statements whatever the
+        number of calls (executemany with RETURNING, in the calls' order).
+
+        One statement per row kept the transaction, and on SQLite the database's only write
+        lock, open for as long as it took the writer thread to get the GIL back after each
+        statement: with request threads busy that was up to 0.8 s per batch, and the
+        evidence-page writer (and a jti claim) waiting behind it ran into the busy timeout."""
+        if not calls:
+            return []
         result = conn.execute(
-            service_calls.insert().values(
-                called_at=call.called_at,
-                service_id=_clean(call.service_id, _LEN_SERVICE_ID),
-                hook=_clean(call.hook, _LEN_HOOK),
-                hook_instance=_clean(call.hook_instance, _LEN_HOOK_INSTANCE),
-                patient_hash=_clean(call.patient_hash, _LEN_HASH),
-                outcome_status=int(call.outcome_status),
-                duration_ms=float(call.duration_ms),
-                content_version=_clean(call.content_version or ""),
-                client_iss=_clean(call.client_iss, _LEN_ISSUER),
-                instance_id=_clean(call.instance_id, _LEN_INSTANCE),
-                record_id=_clean(call.record_id, _LEN_RECORD_ID),
-            )
+            service_calls.insert().returning(service_calls.c.id, sort_by_parameter_order=True),
+            [
+                {
+                    "called_at": call.called_at,
+                    "service_id": _clean(call.service_id, _LEN_SERVICE_ID),
+                    "hook": _clean(call.hook, _LEN_HOOK),
+                    "hook_instance": _clean(call.hook_instance, _LEN_HOOK_INSTANCE),
+                    "patient_hash": _clean(call.patient_hash, _LEN_HASH),
+                    "outcome_status": int(call.outcome_status),
+                    "duration_ms": float(call.duration_ms),
+                    "content_version": _clean(call.content_version or ""),
+                    "client_iss": _clean(call.client_iss, _LEN_ISSUER),
+                    "instance_id": _clean(call.instance_id, _LEN_INSTANCE),
+                    "record_id": _clean(call.record_id, _LEN_RECORD_ID),
+                }
+                for call in calls
+            ],
         )
-        call_id = int(result.inserted_primary_key[0])
-        if call.cards:
-            conn.execute(
-                returned_cards.insert(),
-                [
-                    {
-                        "call_id": call_id,
-                        "card_uuid": _clean(card.card_uuid.lower(), _LEN_CARD_UUID),
-                        "card_id": _clean(card.card_id, _LEN_CARD_ID),
-                        "summary": _clean(card.summary, _LEN_SUMMARY),
-                    }
-                    for card in (ReturnedCard(*c) for c in call.cards)
-                ],
-            )
-        return call_id
+        ids = [int(row[0]) for row in result]
+        cards = [
+            {
+                "call_id": call_id,
+                "card_uuid": _clean(card.card_uuid.lower(), _LEN_CARD_UUID),
+                "card_id": _clean(card.card_id, _LEN_CARD_ID),
+                "summary": _clean(card.summary, _LEN_SUMMARY),
+            }
+            for call_id, call in zip(ids, calls, strict=True)
+            for card in (ReturnedCard(*c) for c in call.cards)
+        ]
+        if cards:
+            conn.execute(returned_cards.insert().values(cards))
+        return ids
 
     def prune_audit(self, older_than: datetime) -> int:
         """Delete audit rows (calls and the cards they returned) from before `older_than`.

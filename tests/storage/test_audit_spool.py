@@ -122,3 +122,20 @@ def test_hook_calls_are_refused_with_503_when_the_store_is_down_and_the_spool_is
     assert refused.status_code == 503 and "Retry-After" in refused.headers
     assert "audit" in refused.get_json()["detail"]
     runtime.store.close()
+
+
+def test_a_batch_is_written_with_each_card_linked_to_its_own_call(store_url):
+    """The batch goes in as two statements (calls with RETURNING, then cards): every card must
+    still hang off the call that returned it, including calls with no or several cards."""
+    calls = []
+    for n in range(30):
+        cards = tuple(ReturnedCard(str(uuid.uuid4()), f"card-{n}-{k}", f"summary {n}.{k}") for k in range(n % 3))
+        calls.append(CallRecord("svc", "patient-view", f"call-{n:02d}", 200, 1.0, cards=cards, record_id=f"r{n}"))
+    with Store(store_url) as store:
+        assert store.record_calls(calls) == 30
+        with store.engine.connect() as conn:
+            rows = conn.exec_driver_sql(
+                "SELECT c.hook_instance, r.card_id FROM returned_cards r JOIN service_calls c ON c.id = r.call_id"
+            ).all()
+    expected = {(f"call-{n:02d}", f"card-{n}-{k}") for n in range(30) for k in range(n % 3)}
+    assert set(map(tuple, rows)) == expected and len(rows) == len(expected)

@@ -3,6 +3,7 @@ on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,6 +17,7 @@ from cds_service.storage.evidence_pages import (
     token_hash,
 )
 from cds_service.storage.store import Store
+from cds_service.storage.write_gate import write_gate
 
 PAGE = {"card_id": "rfa-recurrence", "title": "Recurrence after RFA", "charts": [], "inputs": []}
 
@@ -105,3 +107,40 @@ def test_the_background_saver_answers_at_once_and_writes_the_page_for_every_proc
 def test_a_non_positive_lifetime_is_refused(tmp_path):
     with Store(f"sqlite:///{tmp_path / 'x.sqlite3'}") as store, pytest.raises(ValueError):
         EvidencePages(store.engine, ttl_s=0)
+
+
+def test_pages_waiting_together_are_written_in_one_statement(store_url, monkeypatch):
+    with Store(store_url) as store:
+        pages = EvidencePages(store.engine)
+        saver = BackgroundSaver(pages)
+        batches = []
+        write_many = pages._write_many
+        monkeypatch.setattr(pages, "_write_many", lambda items: (batches.append(len(items)), write_many(items)))
+        with write_gate(store.engine, 5.0):  # hold the writer back while 20 pages queue up (SQLite)
+            tokens = [saver.save({**PAGE, "n": i}) for i in range(20)]
+            if store.backend == "sqlite":
+                time.sleep(0.2)
+        assert saver.flush(5.0)
+        assert [pages.get(t).data["n"] for t in tokens] == list(range(20))
+        assert sum(batches) == 20 and (store.backend != "sqlite" or len(batches) <= 2)
+
+
+def test_a_write_the_database_refuses_once_is_retried_and_the_page_is_kept(store_url, monkeypatch, caplog):
+    """A busy database ("database is locked") must not lose the page its card links to."""
+    monkeypatch.setattr("cds_service.storage.evidence_pages._RETRY_S", 0.01)
+    with Store(store_url) as store:
+        pages = EvidencePages(store.engine)
+        saver = BackgroundSaver(pages)
+        write_many = pages._write_many
+        failures = [sa.exc.OperationalError("INSERT", {}, Exception("database is locked"))]
+
+        def flaky(items):
+            if failures:
+                raise failures.pop()
+            return write_many(items)
+
+        monkeypatch.setattr(pages, "_write_many", flaky)
+        token = saver.save(PAGE)
+        assert saver.flush(5.0)
+        assert EvidencePages(store.engine).get(token).data == PAGE
+        assert "retrying" in caplog.text and "database is locked" not in caplog.text

@@ -1,0 +1,50 @@
+"""One SQLite write transaction at a time per process, waited for in Python.
+
+SQLite has one write lock per database. Threads of one process that wait for it in SQLite's
+busy handler poll it with sleeps and are not served in turn: the audit writer, committing
+batch after batch, could keep the evidence-page writer (or a jti claim) out until its busy
+timeout ran out ("database is locked"). Taking this lock first makes the threads of a
+process queue for the database in Python, woken as soon as the writer before them commits;
+SQLite's busy timeout is then only met between processes (gunicorn workers). PostgreSQL
+locks rows, not the database: no gate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import weakref
+from collections.abc import Iterator
+
+from sqlalchemy.engine import Engine
+
+_locks: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
+_guard = threading.Lock()
+
+
+class WriteGateTimeout(TimeoutError):
+    """The other writers of this process held the database past the wait allowed."""
+
+
+def _lock_for(engine: Engine) -> threading.Lock:
+    with _guard:
+        lock = _locks.get(engine)
+        if lock is None:
+            lock = _locks[engine] = threading.Lock()
+        return lock
+
+
+@contextlib.contextmanager
+def write_gate(engine: Engine, timeout_s: float) -> Iterator[None]:
+    """Hold this process's write turn on a SQLite `engine` (no-op for other databases);
+    WriteGateTimeout after `timeout_s`."""
+    if engine.dialect.name != "sqlite":
+        yield
+        return
+    lock = _lock_for(engine)
+    if not lock.acquire(timeout=max(0.0, timeout_s)):
+        raise WriteGateTimeout("another write of this process held the database")
+    try:
+        yield
+    finally:
+        lock.release()
