@@ -547,7 +547,7 @@ def build_record(
         today=today,
         unavailable=dict(unavailable or {}),
         now=now,
-        intraoperative=frozenset(c.id for c in concepts.concepts.values() if c.intraoperative),
+        intraoperative=concepts.intraoperative,
     )
     sources = list(resources.values()) if isinstance(resources, dict) else []
     collected = _collect(sources)
@@ -617,6 +617,7 @@ def _collect(sources: Iterable[object]) -> list[tuple[dict, str | None]]:
     level), de-duplicated by type+id (the first one wins)."""
     out: list[tuple[dict, str | None]] = []
     seen: set[tuple[str, str]] = set()
+    read_types = _READ_TYPES
     for source in sources:
         if type(source) is not dict:
             continue
@@ -624,14 +625,17 @@ def _collect(sources: Iterable[object]) -> list[tuple[dict, str | None]]:
             entries = source.get("entry")
             if type(entries) is not list:
                 continue
-            pairs = ((e.get("resource"), e.get("fullUrl")) for e in entries if type(e) is dict)
         else:
-            pairs = ((source, None),)
-        for resource, full_url in pairs:
+            entries = ({"resource": source},)
+        # One flat loop: this runs for every resource of the call (hundreds in a real chart).
+        for entry in entries:
+            if type(entry) is not dict:
+                continue
+            resource = entry.get("resource")
             if type(resource) is not dict:
                 continue
             kind = resource.get("resourceType")
-            if type(kind) is not str or kind not in _READ_TYPES:
+            if type(kind) is not str or kind not in read_types:
                 continue
             rid = resource.get("id")
             if type(rid) is str:
@@ -639,6 +643,7 @@ def _collect(sources: Iterable[object]) -> list[tuple[dict, str | None]]:
                 if key in seen:
                     continue
                 seen.add(key)
+            full_url = entry.get("fullUrl")
             out.append((resource, full_url if type(full_url) is str else None))
     return out
 

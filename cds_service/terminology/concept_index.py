@@ -155,6 +155,8 @@ class ConceptIndex:
         self._prefix = {k: tuple(v) for k, v in prefix.items()}
         self._prefix_lengths = {k: tuple(sorted(v)) for k, v in prefix_lengths.items()}
         self._kind = {c.id: c.kind for c in self.concepts.values()}
+        # Observation concepts taken during a procedure (`intraoperative`), for the record.
+        self.intraoperative = frozenset(c.id for c in self.concepts.values() if c.intraoperative)
         self._text = tuple((c.id, c.kind, text_pattern(c.text)) for c in self.concepts.values() if c.text)
         self._text_kinds = frozenset(kind for _, kind, _ in self._text)
         self._answers: dict[str, tuple[dict[tuple[str, str], Answer], dict[str, Answer]]] = {}

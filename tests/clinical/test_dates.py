@@ -5,8 +5,12 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cds_service.clinical.dates import (
+    _DATETIME,
+    _build,
     day_of,
     duration_text,
     has_time,
@@ -144,3 +148,39 @@ def test_calendar_months(start, end, months):
 def test_time_since_as_a_clinician_says_it(days, text):
     start = date(2021, 3, 15)
     assert duration_text(start, start + timedelta(days=days)) == text
+
+
+# The fast path (the regex validates, datetime.fromisoformat builds) must read every value
+# exactly as the field-by-field reading does, and refuse the same ones.
+_digits = lambda n: st.text("0123456789", min_size=n, max_size=n)  # noqa: E731
+_zone = st.one_of(
+    st.just(""),
+    st.just("Z"),
+    st.tuples(st.sampled_from("+-"), _digits(2), _digits(2)).map(lambda t: f"{t[0]}{t[1]}:{t[2]}"),
+)
+_fhir_like = st.one_of(
+    _digits(4),
+    st.tuples(_digits(4), _digits(2)).map("-".join),
+    st.tuples(_digits(4), _digits(2), _digits(2)).map("-".join),
+    st.tuples(
+        _digits(4),
+        _digits(2),
+        _digits(2),
+        _digits(2),
+        _digits(2),
+        st.one_of(st.just(""), _digits(2).map(":{}".format)),
+        st.one_of(st.just(""), st.integers(1, 9).flatmap(_digits).map(".{}".format)),
+        _zone,
+    ).map(lambda t: f"{t[0]}-{t[1]}-{t[2]}T{t[3]}:{t[4]}{t[5]}{t[6] if t[5] else ''}{t[7]}"),
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(_fhir_like, st.text(max_size=30)))
+def test_the_fast_reading_of_a_date_time_is_the_field_by_field_reading(value):
+    match = _DATETIME.fullmatch(value) if len(value) <= 40 else None
+    expected = _build(match) if match else None
+    got = parse_fhir_datetime(value)
+    assert got == expected
+    if got is not None:
+        assert got.utcoffset() == expected.utcoffset()
