@@ -39,6 +39,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
 from cds_service.content.chart_specs import ChartSpec, load_chart_specs
+from cds_service.storage.audit_spool import BATCH_LINGER_S
 from cds_service.storage.store import UtcDateTime, metadata
 from cds_service.storage.write_gate import write_gate
 
@@ -225,10 +226,11 @@ class BackgroundSaver:
 
     def _run(self, q: queue.Queue[str]) -> None:
         while True:
-            tokens = [q.get()]  # then whatever else is waiting, written together
+            tokens = [q.get()]  # then what arrives within the linger, written together
+            linger_until = time.monotonic() + BATCH_LINGER_S
             while len(tokens) < _BATCH:
                 try:
-                    tokens.append(q.get_nowait())
+                    tokens.append(q.get(timeout=max(0.0, linger_until - time.monotonic())))
                 except queue.Empty:
                     break
             with self._lock:
