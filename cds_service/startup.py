@@ -122,6 +122,15 @@ class Runtime:
         """Audit rows queued in this process for the background writer (for /metrics)."""
         return self.store.audit_queue_depth()
 
+    def close(self) -> None:
+        """Stop what this runtime started: the FHIR pool and session, the evidence page
+        writer and the audit writer (what they hold is written first, bounded in time), and
+        the store's connections. For a process that builds more than one app (tests)."""
+        self.fhir.close()
+        if self.evidence is not None:
+            self.evidence.saver.close()
+        self.store.close()
+
 
 def store_options(settings: Settings) -> StoreOptions:
     return StoreOptions(

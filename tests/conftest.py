@@ -30,7 +30,10 @@ def app_settings() -> dict:
 @pytest.fixture
 def make_app(tmp_path):
     """Build apps of the real service in development mode (unsigned clients accepted), each
-    with its own instance folder; overrides go to create_app. Closed after the test."""
+    with its own instance folder; overrides go to create_app. Closed after the test: its
+    threads (audit writer, evidence page writer, FHIR pool) stop and its store closes, so a
+    long session does not pile up threads and objects that make every full garbage
+    collection, and with it any timed call, slower."""
     apps = []
 
     def make(**overrides):
@@ -42,7 +45,7 @@ def make_app(tmp_path):
 
     yield make
     for app in apps:
-        app.extensions["cds_service"].fhir.close()
+        app.extensions["cds_service"].close()
 
 
 @pytest.fixture

@@ -226,7 +226,8 @@ class AuditWriter:
     ) -> None:
         self._write = write
         self.spool = spool
-        self._queue: queue.Queue[CallRecord] = queue.Queue(maxsize=queue_size)
+        # None on the queue only wakes the thread (close): it is not a row.
+        self._queue: queue.Queue[CallRecord | None] = queue.Queue(maxsize=queue_size)
         self._retry_s = retry_s
         self._store_down = store_down
         self._thread: threading.Thread | None = None
@@ -274,13 +275,19 @@ class AuditWriter:
         if self._thread is not None and self._thread.is_alive() and self._thread_pid == os.getpid():
             self.flush(timeout_s)
             self._stop.set()
+            with contextlib.suppress(queue.Full):  # full: the thread is not waiting for rows
+                self._queue.put_nowait(None)  # wake it now rather than at its next poll
             self._thread.join(timeout_s)
+        # Closed: exit has nothing left to do here (and no longer keeps this writer alive).
+        atexit.unregister(self.close)
         leftover = []
         while True:
             try:
-                leftover.append(self._queue.get_nowait())
+                record = self._queue.get_nowait()
             except queue.Empty:
                 break
+            if record is not None:
+                leftover.append(record)
         if leftover:
             with self._idle:
                 self._pending -= len(leftover)
@@ -316,6 +323,8 @@ class AuditWriter:
             first = self._queue.get(timeout=min(0.5, self._retry_s))
         except queue.Empty:
             return []
+        if first is None:  # close() woke the thread: nothing to write
+            return []
         # Then what arrives within a short linger: one transaction per batch rather than per
         # call (the per-transaction cost is most of a row's, and it is paid on a thread that
         # shares the GIL with the requests); the rows are not visible for that long.
@@ -323,9 +332,11 @@ class AuditWriter:
         linger_until = time.monotonic() + BATCH_LINGER_S
         while len(batch) < BATCH_ROWS and not self._stop.is_set():
             try:
-                batch.append(self._queue.get(timeout=max(0.0, linger_until - time.monotonic())))
+                record = self._queue.get(timeout=max(0.0, linger_until - time.monotonic()))
             except queue.Empty:
                 break
+            if record is not None:
+                batch.append(record)
         return batch
 
     def _deliver(self, batch: list[CallRecord]) -> None:

@@ -183,7 +183,8 @@ class BackgroundSaver:
         self.max_pending = max_pending
         self._lock = threading.Lock()
         self._pending: dict[str, tuple[dict, float | None, datetime]] = {}
-        self._queue: queue.Queue[str] | None = None
+        self._queue: queue.Queue[str | None] | None = None
+        self._thread: threading.Thread | None = None
         self._pid: int | None = None
 
     def save(self, data: dict, ttl_s: float | None = None) -> str:
@@ -194,7 +195,8 @@ class BackgroundSaver:
                 log.warning("evidence page dropped: the write queue is full")
                 return token
             self._pending[token] = (data, ttl_s, _utcnow())
-        self._queue.put(token)
+            q = self._queue
+        q.put(token)
         return token
 
     def get(self, token: str, now: datetime | None = None) -> PageLookup:
@@ -216,23 +218,45 @@ class BackgroundSaver:
             time.sleep(0.01)
         return False
 
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Write the pages still waiting (at most `timeout_s`) and stop the writer thread."""
+        with self._lock:
+            if self._pid != os.getpid() or self._queue is None:
+                return
+        self.flush(timeout_s)
+        with self._lock:
+            q, thread = self._queue, self._thread
+            self._queue, self._thread, self._pid = None, None, None
+        q.put(None)
+        if thread is not None:
+            thread.join(timeout_s)
+
     def _ensure_thread(self) -> None:
         if self._pid == os.getpid() and self._queue is not None:
             return
         self._pid = os.getpid()
         self._pending.clear()
         self._queue = queue.Queue()
-        threading.Thread(target=self._run, args=(self._queue,), name="evidence-pages", daemon=True).start()
+        self._thread = threading.Thread(target=self._run, args=(self._queue,), name="evidence-pages", daemon=True)
+        self._thread.start()
 
-    def _run(self, q: queue.Queue[str]) -> None:
-        while True:
-            tokens = [q.get()]  # then what arrives within the linger, written together
+    def _run(self, q: queue.Queue[str | None]) -> None:
+        stopping = False
+        while not stopping:
+            first = q.get()
+            if first is None:  # close()
+                return
+            tokens = [first]  # then what arrives within the linger, written together
             linger_until = time.monotonic() + BATCH_LINGER_S
             while len(tokens) < _BATCH:
                 try:
-                    tokens.append(q.get(timeout=max(0.0, linger_until - time.monotonic())))
+                    token = q.get(timeout=max(0.0, linger_until - time.monotonic()))
                 except queue.Empty:
                     break
+                if token is None:  # close(): write this batch, then stop
+                    stopping = True
+                    break
+                tokens.append(token)
             with self._lock:
                 items = [(t, *self._pending[t]) for t in tokens if t in self._pending]
             for attempt in range(1, _ATTEMPTS + 1):
