@@ -347,7 +347,9 @@ def _condition(p: Predictor, r: Reading) -> InputValue:
             p.label,
             USED,
             value=False,
-            display=f"recorded as {fact.clinical_status}",
+            # not active: a status that says so, or none and an abatement (record.py reads that
+            # as inactive; a record built otherwise must not show "None")
+            display=f"recorded as {fact.clinical_status}" if fact.clinical_status else "recorded as abated",
             **_condition_dates(fact),
             **_text_match(fact.match),
         )

@@ -61,3 +61,18 @@ def test_the_same_record_and_card_give_the_same_result_when_evaluated_directly()
     chart = mvd_candidate()
     direct = evaluate(card(CARD), chart.record("order-sign", TODAY), "order-sign")
     assert direct.inputs == chart.result(CARD, "order-sign", TODAY).inputs
+
+
+def test_a_condition_that_abated_without_a_clinical_status_reads_as_abated_not_none():
+    """record.py reads such a Condition as inactive; a record built otherwise (the property
+    test builds records directly) must still never show the word None."""
+    from dataclasses import replace
+
+    chart = Chart().hfs().hypertension(onset="2015-06-01", status="resolved", abatement="2020-01-01")
+    chart.order_medication(text="Botox (onabotulinumtoxinA) 100 units injection")
+    record = chart.record("order-select", TODAY)
+    [fact] = record.conditions["hypertension"]
+    record.conditions["hypertension"] = [replace(fact, clinical_status=None, abated=True)]
+    result = evaluate(card("btxa-response"), record, "order-select")
+    [value] = [i for i in result.inputs if i.predictor == "hypertension"]
+    assert value.display == "recorded as abated" and value.value is False
