@@ -12,14 +12,19 @@ locks rows, not the database: no gate.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import weakref
 from collections.abc import Iterator
 
 from sqlalchemy.engine import Engine
 
-_locks: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
+# engine -> (the process that made the lock, the lock). A forked worker makes its own: a lock
+# copied while a thread of the parent held it would stay held in the child for ever.
+_locks: weakref.WeakKeyDictionary[Engine, tuple[int, threading.Lock]] = weakref.WeakKeyDictionary()
 _guard = threading.Lock()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: globals().update(_guard=threading.Lock()))
 
 
 class WriteGateTimeout(TimeoutError):
@@ -27,11 +32,12 @@ class WriteGateTimeout(TimeoutError):
 
 
 def _lock_for(engine: Engine) -> threading.Lock:
+    pid = os.getpid()
     with _guard:
-        lock = _locks.get(engine)
-        if lock is None:
-            lock = _locks[engine] = threading.Lock()
-        return lock
+        entry = _locks.get(engine)
+        if entry is None or entry[0] != pid:
+            entry = _locks[engine] = (pid, threading.Lock())
+        return entry[1]
 
 
 @contextlib.contextmanager

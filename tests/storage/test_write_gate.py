@@ -4,6 +4,7 @@ others out until their busy timeout ran out."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -75,3 +76,20 @@ def test_each_database_has_its_own_turns_and_postgresql_none(sqlite_engine, tmp_
     ):
         pass
     other.dispose()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_worker_forked_while_a_thread_held_the_gate_has_its_own_gate(sqlite_engine):
+    """gunicorn forks workers from a master that may be writing: the child must not inherit
+    a gate that no thread of its own will ever release."""
+    with write_gate(sqlite_engine, 1.0):
+        pid = os.fork()
+        if pid == 0:  # the child: take the gate at once, or fail
+            try:
+                with write_gate(sqlite_engine, 0.5):
+                    pass
+                os._exit(0)
+            except BaseException:
+                os._exit(1)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
