@@ -22,6 +22,7 @@ rows still waiting, so a page opened at once is found in the same process.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
@@ -220,6 +221,7 @@ class BackgroundSaver:
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Write the pages still waiting (at most `timeout_s`) and stop the writer thread."""
+        atexit.unregister(self.close)
         with self._lock:
             if self._pid != os.getpid() or self._queue is None:
                 return
@@ -239,6 +241,8 @@ class BackgroundSaver:
         self._queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, args=(self._queue,), name="evidence-pages", daemon=True)
         self._thread.start()
+        # A normal stop (SIGTERM) writes the pages still waiting (their links stay good).
+        atexit.register(self.close, 3.0)
 
     def _run(self, q: queue.Queue[str | None]) -> None:
         stopping = False

@@ -144,3 +144,24 @@ def test_a_write_the_database_refuses_once_is_retried_and_the_page_is_kept(store
         assert saver.flush(5.0)
         assert EvidencePages(store.engine).get(token).data == PAGE
         assert "retrying" in caplog.text and "database is locked" not in caplog.text
+
+
+def test_pages_still_waiting_when_the_process_stops_normally_are_written(tmp_path):
+    """SIGTERM ends a worker through atexit: the pages of the last calls must not be lost."""
+    import subprocess
+    import sys
+    import textwrap
+
+    url = f"sqlite:///{tmp_path / 'pages.sqlite3'}"
+    script = textwrap.dedent(
+        f"""
+        from cds_service.storage.evidence_pages import BackgroundSaver, EvidencePages
+        from cds_service.storage.store import Store
+        store = Store({url!r})
+        saver = BackgroundSaver(EvidencePages(store.engine))
+        print(saver.save({{"card_id": "rfa-recurrence", "n": 1}}))
+        """
+    )
+    token = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60)
+    with Store(url) as store:
+        assert EvidencePages(store.engine).get(token.stdout.strip()).data == {"card_id": "rfa-recurrence", "n": 1}
