@@ -38,7 +38,7 @@ def make_app(tmp_path):
 
     def make(**overrides):
         overrides.setdefault("allow_unsigned", True)
-        instance = tmp_path / f"instance-{len(apps)}"
+        instance = overrides.pop("instance_path", None) or tmp_path / f"instance-{len(apps)}"
         app = create_app(instance_path=instance, **overrides)
         apps.append(app)
         return app

@@ -170,14 +170,12 @@ def test_following_pages_stays_within_the_time_budget(fhir_stub, access):
     assert "time budget" in result.incomplete["observations"]
 
 
-def test_the_card_names_the_search_a_client_sent_only_the_first_page_of(tmp_path):
+def test_the_card_names_the_search_a_client_sent_only_the_first_page_of(make_app):
     from support.scenario_requests import hfs_after_mvd_patient_view
-
-    from cds_service.http.app import create_app
 
     body = hfs_after_mvd_patient_view(PATIENT_ID)
     body["prefetch"]["observations"] = page(range(0, 20), "https://ehr.example.org/fhir/page/2")
-    app = create_app(instance_path=tmp_path, allow_unsigned=True)
+    app = make_app()
     answer = app.test_client().post("/cds-services/hfs-outcomes-patient-view", json=body)
     assert answer.status_code == 200, answer.get_json()
     cards = answer.get_json()["cards"]

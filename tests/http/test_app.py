@@ -20,7 +20,7 @@ def test_the_app_holds_one_runtime_built_from_its_settings(tmp_path):
         assert app.config["MAX_CONTENT_LENGTH"] == 4096
         assert app.instance_path == str((tmp_path / "inst").resolve())
     finally:
-        app.extensions["cds_service"].fhir.close()
+        app.extensions["cds_service"].close()
 
 
 def test_overrides_are_settings(make_app):

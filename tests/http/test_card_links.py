@@ -10,7 +10,6 @@ import pytest
 from support.scenario_requests import hfs_after_mvd_patient_view
 
 from cds_service.config import ConfigError, load_settings
-from cds_service.http.app import create_app
 
 SERVICE = "/cds-services/hfs-outcomes-patient-view"
 
@@ -21,8 +20,8 @@ def first_card(client, body: dict) -> dict:
     return response.get_json()["cards"][0]
 
 
-def test_a_card_links_its_evidence_page_at_the_requests_root_and_its_source(tmp_path):
-    client = create_app(instance_path=tmp_path / "i", allow_unsigned=True).test_client()
+def test_a_card_links_its_evidence_page_at_the_requests_root_and_its_source(make_app):
+    client = make_app().test_client()
     card = first_card(client, hfs_after_mvd_patient_view("links-1"))
     evidence, source = card["links"]
     assert evidence["type"] == "absolute" and evidence["url"].startswith("http://localhost/evidence/")
@@ -33,15 +32,15 @@ def test_a_card_links_its_evidence_page_at_the_requests_root_and_its_source(tmp_
     assert card["summary"] in html and 'class="evidence-section"' in html
 
 
-def test_the_public_base_url_setting_names_the_evidence_page_host(tmp_path):
-    app = create_app(instance_path=tmp_path / "i", allow_unsigned=True, public_base_url="https://cds.example.org/base")
+def test_the_public_base_url_setting_names_the_evidence_page_host(make_app):
+    app = make_app(public_base_url="https://cds.example.org/base")
     card = first_card(app.test_client(), hfs_after_mvd_patient_view("links-2"))
     assert card["links"][0]["url"].startswith("https://cds.example.org/base/evidence/")
 
 
-def test_an_as_of_date_judges_the_record_as_of_that_date_and_is_logged_loudly(tmp_path, caplog):
+def test_an_as_of_date_judges_the_record_as_of_that_date_and_is_logged_loudly(make_app, caplog):
     with caplog.at_level(logging.WARNING):
-        app = create_app(instance_path=tmp_path / "i", allow_unsigned=True, as_of_date="2025-08-10")
+        app = make_app(as_of_date="2025-08-10")
     assert any("AS-OF DATE" in r.getMessage() and "2025-08-10" in r.getMessage() for r in caplog.records)
     card = first_card(app.test_client(), hfs_after_mvd_patient_view("links-3"))
     # the MVD of 2025-06-10 is 2 months before the as-of date (about 17 months before today)

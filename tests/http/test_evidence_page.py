@@ -10,15 +10,12 @@ import pytest
 from support.chart import Chart
 
 from cds_service.clinical.evidence import page_data
-from cds_service.http.app import create_app
 from cds_service.storage.evidence_pages import evidence_pages
 
 
 @pytest.fixture
-def app(tmp_path):
-    app = create_app(instance_path=tmp_path / "instance", allow_unsigned=True, evidence_page_ttl_h=1)
-    yield app
-    app.extensions["cds_service"].store.close()
+def app(make_app):
+    return make_app(evidence_page_ttl_h=1)
 
 
 def rfa_page(app, today: str = "2025-08-01", **chart_kw) -> str:

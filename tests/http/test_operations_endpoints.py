@@ -8,16 +8,15 @@ import pytest
 from support.scenario_requests import hfs_after_mvd_patient_view
 
 from cds_service.http import admission, lifecycle
-from cds_service.http.app import create_app
 
 PATIENT_ID = "ops-pt-5521"
 SECRET = "scrape-7f3e-secret"
 
 
 @pytest.fixture
-def app(tmp_path):
+def app(make_app):
     # Signed mode (no allow_unsigned): the operations endpoints must not need a JWT.
-    return create_app(instance_path=tmp_path, metrics_token=SECRET)
+    return make_app(allow_unsigned=False, metrics_token=SECRET)
 
 
 def test_healthz_answers_alive_without_a_jwt(app):
@@ -32,8 +31,8 @@ def test_readyz_is_ready_when_content_is_loaded_and_the_store_answers(app):
     assert answer.get_json() == {"status": "ready", "checks": {"content": "ok", "store": "ok", "draining": "no"}}
 
 
-def test_readyz_is_503_within_its_timeout_when_the_store_does_not_answer(tmp_path, monkeypatch):
-    app = create_app(instance_path=tmp_path, readiness_store_timeout_s=0.3)
+def test_readyz_is_503_within_its_timeout_when_the_store_does_not_answer(make_app, monkeypatch):
+    app = make_app(allow_unsigned=False, readiness_store_timeout_s=0.3)
     store = app.extensions["cds_service"].store
     monkeypatch.setattr(store, "ping", lambda timeout_s: time.sleep(3) or True)
     started = time.monotonic()
@@ -54,8 +53,8 @@ def test_readyz_is_503_while_draining(app):
     assert answer.get_json()["checks"]["draining"] == "yes"
 
 
-def test_metrics_are_off_unless_a_token_is_set(tmp_path):
-    assert create_app(instance_path=tmp_path).test_client().get("/metrics").status_code == 404
+def test_metrics_are_off_unless_a_token_is_set(make_app):
+    assert make_app(allow_unsigned=False).test_client().get("/metrics").status_code == 404
 
 
 def test_metrics_need_the_scrape_token(app):
@@ -65,8 +64,8 @@ def test_metrics_need_the_scrape_token(app):
     assert client.get("/metrics", headers={"Authorization": f"Bearer {SECRET}"}).status_code == 200
 
 
-def test_metrics_count_calls_and_cards_and_carry_no_patient_data(tmp_path):
-    app = create_app(instance_path=tmp_path, metrics_token=SECRET, allow_unsigned=True)
+def test_metrics_count_calls_and_cards_and_carry_no_patient_data(make_app):
+    app = make_app(metrics_token=SECRET)
     client = app.test_client()
     answer = client.post("/cds-services/hfs-outcomes-patient-view", json=hfs_after_mvd_patient_view(PATIENT_ID))
     assert answer.status_code == 200 and answer.get_json()["cards"]
@@ -77,8 +76,8 @@ def test_metrics_count_calls_and_cards_and_carry_no_patient_data(tmp_path):
     assert PATIENT_ID not in text and SECRET not in text
 
 
-def test_a_call_that_waited_too_long_for_a_thread_is_503_with_retry_after(tmp_path):
-    app = create_app(instance_path=tmp_path, allow_unsigned=True, admission_max_wait_s=0.5)
+def test_a_call_that_waited_too_long_for_a_thread_is_503_with_retry_after(make_app):
+    app = make_app(admission_max_wait_s=0.5)
     admission.stamp(time.monotonic() - 0.8)
     try:
         answer = app.test_client().post(
@@ -91,8 +90,8 @@ def test_a_call_that_waited_too_long_for_a_thread_is_503_with_retry_after(tmp_pa
     assert answer.get_json()["error"] == "service_unavailable"
 
 
-def test_a_call_on_the_shedding_lane_is_503_but_health_is_answered(tmp_path):
-    app = create_app(instance_path=tmp_path, allow_unsigned=True)
+def test_a_call_on_the_shedding_lane_is_503_but_health_is_answered(make_app):
+    app = make_app()
     admission.stamp(time.monotonic(), shed=True)
     try:
         client = app.test_client()

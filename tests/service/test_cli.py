@@ -16,15 +16,14 @@ from support.fhir import ICD10PCS, condition, new_id, patient_view, procedure
 from support.scenario_requests import hfs_after_mvd_patient_view
 
 from cds_service.cli import main
-from cds_service.http.app import create_app
 from cds_service.storage.audit import CallRecord, ReturnedCard
 from cds_service.storage.store import Store
 
 SERVICE = "/cds-services/hfs-outcomes-patient-view"
 
 
-def test_report_prints_card_counts_acceptance_and_override_reasons(store_url, tmp_path, capsys):
-    app = create_app(instance_path=tmp_path / "instance", allow_unsigned=True, database_url=store_url)
+def test_report_prints_card_counts_acceptance_and_override_reasons(store_url, tmp_path, capsys, make_app):
+    app = make_app(database_url=store_url)
     client = app.test_client()
     cards = [client.post(SERVICE, json=hfs_after_mvd_patient_view(f"cli-{n}")).get_json()["cards"][0] for n in range(2)]
     # spasm again 9 months after the MVD, no MRI result: the card offers the MRI, which is accepted

@@ -160,12 +160,10 @@ def test_the_audit_row_in_the_database_carries_only_the_hash(store_url):
     assert issued.called_at == called_at
 
 
-def test_calls_to_a_known_service_are_audited_whatever_their_outcome_and_unknown_ids_are_not(tmp_path):
+def test_calls_to_a_known_service_are_audited_whatever_their_outcome_and_unknown_ids_are_not(make_app):
     from support.scenario_requests import hfs_after_mvd_patient_view
 
-    from cds_service.http.app import create_app
-
-    app = create_app(instance_path=tmp_path / "instance")  # signed JWTs required
+    app = make_app(allow_unsigned=False)  # signed JWTs required
     client = app.test_client()
     body = hfs_after_mvd_patient_view("audit-rule-patient")
     assert client.post("/cds-services/no-such-service", json=body).status_code == 404

@@ -10,7 +10,6 @@ import uuid
 import pytest
 from support.scenario_requests import hfs_after_mvd_patient_view
 
-from cds_service.http.app import create_app
 from cds_service.storage.audit import CallRecord, ReturnedCard
 from cds_service.storage.audit_spool import AuditSpool, AuditWriter, SpoolFull
 from cds_service.storage.store import Store
@@ -112,8 +111,8 @@ def test_rows_neither_writable_nor_spoolable_are_counted_and_logged_as_lost(tmp_
     assert any("AUDIT ROWS LOST" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
 
 
-def test_hook_calls_are_refused_with_503_when_the_store_is_down_and_the_spool_is_full(tmp_path):
-    app = create_app(instance_path=tmp_path / "instance", allow_unsigned=True, audit_spool_max_bytes=10)
+def test_hook_calls_are_refused_with_503_when_the_store_is_down_and_the_spool_is_full(make_app):
+    app = make_app(audit_spool_max_bytes=10)
     client = app.test_client()
     runtime = app.extensions["cds_service"]
     assert (
