@@ -16,8 +16,10 @@ Table `evidence_pages` (declared on the store's MetaData; created by the Alembic
 
 `EvidencePages.save` writes in the caller's thread (about a millisecond on SQLite).
 `BackgroundSaver` wraps it to take the write off the hook call's path: the token is made
-at once and the row is written by one daemon thread per process; `get` also looks at the
-rows still waiting, so a page opened at once is found in the same process.
+at once and the rows are written by one daemon thread per process, in batches (what
+arrives within BATCH_LINGER_S, one INSERT per batch, retried before a page is dropped;
+pages still waiting are written at a normal stop); `get` also looks at the rows still
+waiting, so a page opened at once is found in the same process.
 """
 
 from __future__ import annotations
