@@ -68,6 +68,7 @@ class AuditSpool:
         self._path = self.folder / SPOOL_FILE
         self._lock = threading.Lock()
         self._depth_cache: tuple[float, int] = (0.0, 0)
+        self._changes = 0  # appends and replays in this process: a count made meanwhile is not cached
 
     # -- writing (request threads and the writer thread)
 
@@ -88,6 +89,7 @@ class AuditSpool:
                         continue
                     os.write(fd, data)
                     os.fsync(fd)
+                    self._changes += 1
                     self._depth_cache = (0.0, 0)
                     return
                 except FileNotFoundError:
@@ -111,11 +113,23 @@ class AuditSpool:
         now = time.monotonic()
         if checked_at and now - checked_at < max_age_s:
             return depth
-        depth = 0
-        for path in self._files():
-            with contextlib.suppress(FileNotFoundError), open(path, "rb") as handle:
-                depth += sum(chunk.count(b"\n") for chunk in iter(lambda h=handle: h.read(1 << 16), b""))
-        self._depth_cache = (now, depth)
+        changes = self._changes
+        # A file renamed for replay (here or by another process) between the listing and the
+        # open would be counted as empty: list again then, so the depth never reads 0 for
+        # rows that are only being moved.
+        for _attempt in range(5):
+            depth, moved = 0, False
+            for path in self._files():
+                try:
+                    with open(path, "rb") as handle:
+                        depth += sum(chunk.count(b"\n") for chunk in iter(lambda h=handle: h.read(1 << 16), b""))
+                except FileNotFoundError:
+                    moved = True
+                    break
+            if not moved:
+                break
+        if changes == self._changes:
+            self._depth_cache = (now, depth)
         return depth
 
     def _files(self) -> list[Path]:
@@ -160,6 +174,7 @@ class AuditSpool:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
                 _fsync_dir(self.folder)
+                self._changes += 1
                 self._depth_cache = (0.0, 0)
         return written
 

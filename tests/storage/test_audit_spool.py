@@ -141,3 +141,24 @@ def test_a_batch_is_written_with_each_card_linked_to_its_own_call(store_url):
             ).all()
     expected = {(f"call-{n:02d}", f"card-{n}-{k}") for n in range(30) for k in range(n % 3)}
     assert set(map(tuple, rows)) == expected and len(rows) == len(expected)
+
+
+def test_the_depth_counts_rows_that_are_being_moved_for_replay(tmp_path, monkeypatch):
+    """A replay renames the spool file; a count that listed the old name just before must
+    not read the spool as empty (a stale 0 hid 12 spooled rows from /metrics and a test)."""
+    spool = AuditSpool(tmp_path / "spool", 1 << 20)
+    spool.append([record(n) for n in range(4)])
+    listed = spool._files()
+    real_files = spool._files
+    calls = []
+
+    def listing_then_rename():
+        calls.append(1)
+        if len(calls) == 1:  # listed, then the replayer renames the file before it is opened
+            for path in listed:
+                path.rename(path.with_name("replaying-1-1.jsonl"))
+            return listed
+        return real_files()
+
+    monkeypatch.setattr(spool, "_files", listing_then_rename)
+    assert spool.depth(max_age_s=0) == 4
