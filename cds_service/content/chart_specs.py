@@ -14,21 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from cds_service.content.cards import CardContent, ContentError
+from cds_service.content.templates import MODEL_REPORT_NAMES
 
 CHARTS_FILE = Path("evidence") / "charts.toml"
 KINDS = ("curve", "points", "ratios", "calibration")
 # A calibration chart draws a learned site model's report (no figure of the card file); its
-# title and notes may name the report's numbers (content/templates.py ESTIMATE_NAMES).
-CALIBRATION_NAMES = frozenset(
-    {
-        "model_patients",
-        "model_events",
-        "model_c_statistic",
-        "model_calibration_slope",
-        "model_fitted_on",
-        "model_server",
-    }
-)
+# title and notes may name the report's numbers.
+CALIBRATION_NAMES = MODEL_REPORT_NAMES
 _CI = re.compile(r"\s*(\d+(?:\.\d+)?)\s*-\s*(\d+(?:\.\d+)?)\s*")
 
 

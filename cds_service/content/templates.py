@@ -11,7 +11,8 @@ SUMMARY_LIMIT = 140  # CDS Hooks: summary SHOULD be under 140 characters
 # The estimate's names (clinical/evaluate.py estimate_values): a learned model's report
 # figures, the inputs outside its training data, and the card texts chosen by the model's
 # origin ({estimate_by}, {estimate_provenance}) or by a withheld figure ({estimate_withheld}).
-ESTIMATE_NAMES = frozenset(
+# A learned model's report figures (also what a calibration chart's title and notes may name).
+MODEL_REPORT_NAMES = frozenset(
     {
         "model_patients",
         "model_events",
@@ -19,12 +20,9 @@ ESTIMATE_NAMES = frozenset(
         "model_calibration_slope",
         "model_fitted_on",
         "model_server",
-        "outside_range",
-        "estimate_by",
-        "estimate_provenance",
-        "estimate_withheld",
     }
 )
+ESTIMATE_NAMES = MODEL_REPORT_NAMES | {"outside_range", "estimate_by", "estimate_provenance", "estimate_withheld"}
 # Filled from [texts] estimate_*: those texts cannot use them.
 TEXT_FILLED_NAMES = frozenset({"estimate_by", "estimate_provenance", "estimate_withheld"})
 DYNAMIC_NAMES = (
