@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass, field
 
 import pytest
+from support.fhir import validated_request
 from support.fhir_server_fixture import created_ids
 from support.paths import DATA_DIR
 
@@ -20,16 +20,6 @@ pytestmark = pytest.mark.fhir_server
 
 HFS_PATIENT = DATA_DIR / "fhir" / "hfs_patient_transaction.json"
 PATIENT_VIEW = load_services(DEFAULT_CARDS_DIR / "services.toml")["hfs-outcomes-patient-view"]
-
-
-@dataclass(frozen=True)
-class Request:
-    context: dict
-    fhir_server: str | None
-    access_token: str | None
-    prefetch: dict = field(default_factory=dict)
-    hook: str = "patient-view"
-    hook_instance: str = "0b6a3a4e-5d51-4a4f-8f2e-3c8d9e1f2a7b"
 
 
 @pytest.fixture
@@ -57,7 +47,7 @@ def entries(bundle: dict, resource_type: str) -> list[dict]:
 
 
 def test_with_no_prefetch_every_key_is_fetched_from_the_fhir_server(fhir_server, hfs_patient_id, access):
-    request = Request(
+    request = validated_request(
         context={"patientId": hfs_patient_id, "userId": "Practitioner/example"},
         fhir_server=fhir_server.base_url,
         access_token=fhir_server.token,
@@ -84,7 +74,7 @@ def test_with_no_prefetch_every_key_is_fetched_from_the_fhir_server(fhir_server,
 
 def test_only_this_patients_resources_are_fetched(fhir_server, hfs_patient_id, access):
     (other_id,) = created_ids(fhir_server.load(hfs_bundle()), "Patient")
-    request = Request(
+    request = validated_request(
         context={"patientId": hfs_patient_id}, fhir_server=fhir_server.base_url, access_token=fhir_server.token
     )
     result = resolve(PATIENT_VIEW, request, access)
@@ -99,7 +89,7 @@ def test_only_this_patients_resources_are_fetched(fhir_server, hfs_patient_id, a
 
 def test_what_was_prefetched_is_kept_and_an_operation_outcome_is_refetched(fhir_server, hfs_patient_id, access):
     sent_procedures = {"resourceType": "Bundle", "type": "searchset", "entry": []}
-    request = Request(
+    request = validated_request(
         context={"patientId": hfs_patient_id},
         fhir_server=fhir_server.base_url,
         access_token=fhir_server.token,
@@ -132,7 +122,7 @@ def test_real_next_links_are_followed_and_pages_merged(fhir_server, access):
         description="d",
         prefetch=(PrefetchTemplate("conditions", "Condition?patient={{context.patientId}}&_count=1", True),),
     )
-    request = Request(
+    request = validated_request(
         context={"patientId": patient_id}, fhir_server=fhir_server.base_url, access_token=fhir_server.token
     )
     result = resolve(svc, request, access)
@@ -150,7 +140,7 @@ def test_real_next_links_are_followed_and_pages_merged(fhir_server, access):
 
 
 def test_an_unknown_patient_has_no_data_rather_than_an_error(fhir_server, access):
-    request = Request(
+    request = validated_request(
         context={"patientId": "no-such-patient"}, fhir_server=fhir_server.base_url, access_token=fhir_server.token
     )
     result = resolve(PATIENT_VIEW, request, access)
@@ -160,7 +150,7 @@ def test_an_unknown_patient_has_no_data_rather_than_an_error(fhir_server, access
 
 
 def test_a_wrong_token_fails_the_required_keys_with_412(fhir_server, hfs_patient_id, access):
-    request = Request(
+    request = validated_request(
         context={"patientId": hfs_patient_id}, fhir_server=fhir_server.base_url, access_token="not-" + fhir_server.token
     )
     with pytest.raises(ApiError) as caught:
@@ -173,6 +163,8 @@ def test_a_wrong_token_fails_the_required_keys_with_412(fhir_server, hfs_patient
 
 
 def test_no_token_at_all_is_refused_by_the_server_and_reported(fhir_server, hfs_patient_id, access):
-    request = Request(context={"patientId": hfs_patient_id}, fhir_server=fhir_server.base_url, access_token=None)
+    request = validated_request(
+        context={"patientId": hfs_patient_id}, fhir_server=fhir_server.base_url, access_token=None
+    )
     with pytest.raises(ApiError, match="answered 401"):
         resolve(PATIENT_VIEW, request, access)

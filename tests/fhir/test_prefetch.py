@@ -6,14 +6,13 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from hypothesis import given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
-from support.fhir import searchset
+from support.fhir import searchset, validated_request
 from werkzeug import Response
 
 from cds_service.config import DEFAULT_CARDS_DIR, Settings
@@ -28,18 +27,6 @@ FHIR = "application/fhir+json"
 SERVICES = load_services(DEFAULT_CARDS_DIR / "services.toml")
 PATIENT_VIEW = SERVICES["hfs-outcomes-patient-view"]
 SEARCH_KEYS = ("conditions", "procedures", "observations", "medicationRequests", "medicationStatements")
-
-
-@dataclass(frozen=True)
-class Request:
-    """What hooks.HookRequest carries (only the attributes prefetch reads matter)."""
-
-    context: dict
-    fhir_server: str | None = None
-    access_token: str | None = None
-    prefetch: dict = field(default_factory=dict)
-    hook: str = "patient-view"
-    hook_instance: str = "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea"
 
 
 @pytest.fixture
@@ -230,7 +217,9 @@ def test_a_template_without_tokens_is_left_alone():
 
 def test_a_fully_prefetched_request_uses_the_data_as_sent_and_fetches_nothing(fhir_stub, access):
     sent = full_prefetch()
-    request = Request(context={"patientId": PATIENT_ID}, fhir_server=base(fhir_stub), access_token=TOKEN, prefetch=sent)
+    request = validated_request(
+        context={"patientId": PATIENT_ID}, fhir_server=base(fhir_stub), access_token=TOKEN, prefetch=sent
+    )
     result = resolve(PATIENT_VIEW, request, access())
     assert result == PrefetchResult(data=sent, unavailable={}, fetched=())
     assert all(result.data[key] is sent[key] for key in sent)
@@ -238,13 +227,15 @@ def test_a_fully_prefetched_request_uses_the_data_as_sent_and_fetches_nothing(fh
 
 
 def test_a_fully_prefetched_request_needs_neither_a_fhir_server_nor_fhir_access():
-    request = Request(context={"patientId": PATIENT_ID}, prefetch=full_prefetch())
+    request = validated_request(context={"patientId": PATIENT_ID}, prefetch=full_prefetch())
     assert resolve(PATIENT_VIEW, request, None).data == full_prefetch()
 
 
 def test_null_means_no_data_and_is_not_fetched_again(fhir_stub, access):
     sent = {**full_prefetch(), "conditions": None, "patient": None}
-    request = Request(context={"patientId": PATIENT_ID}, fhir_server=base(fhir_stub), access_token=TOKEN, prefetch=sent)
+    request = validated_request(
+        context={"patientId": PATIENT_ID}, fhir_server=base(fhir_stub), access_token=TOKEN, prefetch=sent
+    )
     result = resolve(PATIENT_VIEW, request, access())
     assert result.data["conditions"] is None and result.data["patient"] is None
     assert result.fetched == () and fhir_stub.log == []
@@ -252,7 +243,7 @@ def test_null_means_no_data_and_is_not_fetched_again(fhir_stub, access):
 
 def test_a_required_key_sent_as_null_is_not_a_412():
     sent = {**full_prefetch(), "conditions": None, "procedures": None}
-    result = resolve(PATIENT_VIEW, Request(context={"patientId": PATIENT_ID}, prefetch=sent), None)
+    result = resolve(PATIENT_VIEW, validated_request(context={"patientId": PATIENT_ID}, prefetch=sent), None)
     assert result.data["conditions"] is None and result.unavailable == {}
 
 
@@ -269,7 +260,9 @@ def test_a_required_key_sent_as_null_is_not_a_412():
 def test_an_operation_outcome_or_a_non_resource_is_fetched_instead(fhir_stub, access, sent_value):
     serve_everything(fhir_stub)
     sent = {**full_prefetch(), "conditions": sent_value}
-    request = Request(context={"patientId": PATIENT_ID}, fhir_server=base(fhir_stub), access_token=TOKEN, prefetch=sent)
+    request = validated_request(
+        context={"patientId": PATIENT_ID}, fhir_server=base(fhir_stub), access_token=TOKEN, prefetch=sent
+    )
     result = resolve(PATIENT_VIEW, request, access())
     assert result.fetched == ("conditions",)
     assert result.data["conditions"]["entry"][0]["resource"]["resourceType"] == "Condition"
@@ -279,7 +272,7 @@ def test_an_operation_outcome_or_a_non_resource_is_fetched_instead(fhir_stub, ac
 
 def test_every_absent_key_is_fetched_with_the_bearer_token(fhir_stub, access):
     serve_everything(fhir_stub)
-    request = Request(
+    request = validated_request(
         context={"patientId": PATIENT_ID, "userId": "Practitioner/doc-1"},
         fhir_server=base(fhir_stub) + "/",
         access_token=TOKEN,
@@ -295,7 +288,7 @@ def test_every_absent_key_is_fetched_with_the_bearer_token(fhir_stub, access):
 
 def test_without_an_access_token_the_fetch_carries_no_authorization(fhir_stub, access):
     serve_everything(fhir_stub)
-    request = Request(context={"patientId": PATIENT_ID}, fhir_server=base(fhir_stub), access_token=None)
+    request = validated_request(context={"patientId": PATIENT_ID}, fhir_server=base(fhir_stub), access_token=None)
     resolve(PATIENT_VIEW, request, access())
     assert fhir_stub.log and all("Authorization" not in r.headers for r, _ in fhir_stub.log)
 
@@ -306,7 +299,7 @@ def test_without_an_access_token_the_fetch_carries_no_authorization(fhir_stub, a
 def test_a_required_key_neither_sent_nor_fetchable_is_412_naming_the_key():
     sent = {k: v for k, v in full_prefetch().items() if k != "procedures"}
     with pytest.raises(ApiError) as caught:
-        resolve(PATIENT_VIEW, Request(context={"patientId": PATIENT_ID}, prefetch=sent), None)
+        resolve(PATIENT_VIEW, validated_request(context={"patientId": PATIENT_ID}, prefetch=sent), None)
     error = caught.value
     assert (error.status, error.error) == (412, "prefetch_unavailable")
     assert "procedures (Procedure search)" in error.detail and "no fhirServer" in error.detail
@@ -315,7 +308,7 @@ def test_a_required_key_neither_sent_nor_fetchable_is_412_naming_the_key():
 
 def test_an_optional_key_that_cannot_be_had_is_recorded_and_the_call_goes_on():
     sent = {k: v for k, v in full_prefetch().items() if k not in ("observations", "patient")}
-    result = resolve(PATIENT_VIEW, Request(context={"patientId": PATIENT_ID}, prefetch=sent), None)
+    result = resolve(PATIENT_VIEW, validated_request(context={"patientId": PATIENT_ID}, prefetch=sent), None)
     assert set(result.unavailable) == {"patient", "observations"}
     assert result.unavailable["observations"] == "not prefetched and no fhirServer was given to fetch it from"
     assert "observations" not in result.data and result.data["conditions"] == sent["conditions"]
@@ -332,7 +325,9 @@ def test_a_required_search_the_server_refuses_is_412_with_a_safe_reason(fhir_stu
         content_type=FHIR,
     )
     sent = {k: v for k, v in full_prefetch().items() if k != "conditions"}
-    request = Request(context={"patientId": PATIENT_ID}, fhir_server=base(fhir_stub), access_token=TOKEN, prefetch=sent)
+    request = validated_request(
+        context={"patientId": PATIENT_ID}, fhir_server=base(fhir_stub), access_token=TOKEN, prefetch=sent
+    )
     caplog.set_level(logging.DEBUG)
     with pytest.raises(ApiError) as caught:
         resolve(PATIENT_VIEW, request, access())
@@ -346,7 +341,7 @@ def test_a_required_search_the_server_refuses_is_412_with_a_safe_reason(fhir_stu
 
 def test_an_optional_key_the_server_fails_on_is_unavailable_and_the_rest_is_fetched(fhir_stub, access):
     serve_everything(fhir_stub, statuses={"Observation": 503})
-    request = Request(context={"patientId": PATIENT_ID}, fhir_server=base(fhir_stub), access_token=TOKEN)
+    request = validated_request(context={"patientId": PATIENT_ID}, fhir_server=base(fhir_stub), access_token=TOKEN)
     result = resolve(PATIENT_VIEW, request, access())
     assert result.unavailable == {"observations": "FHIR server answered 503"}
     assert result.fetched == ("patient", "conditions", "procedures", "medicationRequests", "medicationStatements")
@@ -355,7 +350,9 @@ def test_an_optional_key_the_server_fails_on_is_unavailable_and_the_rest_is_fetc
 def test_a_patient_read_answered_404_is_no_data(fhir_stub, access):
     fhir_stub.expect_request(f"/fhir/Patient/{PATIENT_ID}").respond_with_data("", status=404)
     sent = {k: v for k, v in full_prefetch().items() if k != "patient"}
-    request = Request(context={"patientId": PATIENT_ID}, fhir_server=base(fhir_stub), access_token=TOKEN, prefetch=sent)
+    request = validated_request(
+        context={"patientId": PATIENT_ID}, fhir_server=base(fhir_stub), access_token=TOKEN, prefetch=sent
+    )
     result = resolve(PATIENT_VIEW, request, access())
     assert result.data["patient"] is None
     assert result.fetched == ("patient",) and result.unavailable == {}
@@ -366,7 +363,7 @@ def test_a_template_that_cannot_be_rendered_makes_its_key_unavailable(fhir_stub,
         ("draft", "MedicationRequest?_id={{context.draftOrders}}", False),
         ("sel", "MedicationRequest?_id={{context.selections}}", True),
     )
-    request = Request(
+    request = validated_request(
         context={"patientId": "1", "selections": ["MedicationRequest/1"], "draftOrders": {"resourceType": "Bundle"}},
         fhir_server=base(fhir_stub),
         access_token=TOKEN,
@@ -382,7 +379,7 @@ def test_a_template_that_cannot_be_rendered_makes_its_key_unavailable(fhir_stub,
 
 def test_a_fhir_server_off_the_allowlist_is_not_contacted(fhir_stub, access):
     serve_everything(fhir_stub)
-    request = Request(context={"patientId": PATIENT_ID}, fhir_server=base(fhir_stub), access_token=TOKEN)
+    request = validated_request(context={"patientId": PATIENT_ID}, fhir_server=base(fhir_stub), access_token=TOKEN)
     with pytest.raises(ApiError) as caught:
         resolve(PATIENT_VIEW, request, access(fhir_server_allowlist=("https://ehr.example.org/fhir",)))
     assert "conditions (Condition search): fhirServer is not on this service's allowlist" in caught.value.detail
@@ -390,7 +387,7 @@ def test_a_fhir_server_off_the_allowlist_is_not_contacted(fhir_stub, access):
 
 
 def test_a_fhir_server_that_is_not_http_is_refused():
-    request = Request(context={"patientId": PATIENT_ID}, fhir_server="file:///etc", access_token=TOKEN)
+    request = validated_request(context={"patientId": PATIENT_ID}, fhir_server="file:///etc", access_token=TOKEN)
     with pytest.raises(ApiError, match="not an http"):
         resolve(PATIENT_VIEW, request, FhirAccess(Settings()))
 
@@ -401,7 +398,9 @@ def test_a_fhir_server_that_is_not_http_is_refused():
 def test_missing_keys_are_fetched_concurrently(fhir_stub, access, hold):
     serve_everything(fhir_stub, delay=0.5, hold=hold)
     sent = {"patient": patient(), "conditions": searchset()}
-    request = Request(context={"patientId": PATIENT_ID}, fhir_server=base(fhir_stub), access_token=TOKEN, prefetch=sent)
+    request = validated_request(
+        context={"patientId": PATIENT_ID}, fhir_server=base(fhir_stub), access_token=TOKEN, prefetch=sent
+    )
     started = time.monotonic()
     result = resolve(PATIENT_VIEW, request, access())
     elapsed = time.monotonic() - started
@@ -411,7 +410,7 @@ def test_missing_keys_are_fetched_concurrently(fhir_stub, access, hold):
 
 def test_a_server_slower_than_the_budget_ends_the_call_within_the_budget(fhir_stub, access, hold):
     serve_everything(fhir_stub, delay=5.0, hold=hold)
-    request = Request(context={"patientId": PATIENT_ID}, fhir_server=base(fhir_stub), access_token=TOKEN)
+    request = validated_request(context={"patientId": PATIENT_ID}, fhir_server=base(fhir_stub), access_token=TOKEN)
     started = time.monotonic()
     with pytest.raises(ApiError) as caught:
         resolve(PATIENT_VIEW, request, access(fhir_time_budget_s=0.6))
@@ -432,7 +431,7 @@ def test_the_budget_is_one_deadline_for_the_whole_call(fhir_stub, access, hold):
 
     fhir_stub.expect_request("/fhir/Condition").respond_with_handler(page)
     svc = service(("conditions", "Condition?patient={{context.patientId}}", True))
-    request = Request(context={"patientId": PATIENT_ID}, fhir_server=base(fhir_stub), access_token=TOKEN)
+    request = validated_request(context={"patientId": PATIENT_ID}, fhir_server=base(fhir_stub), access_token=TOKEN)
     started = time.monotonic()
     with pytest.raises(ApiError, match="time budget"):
         resolve(svc, request, access(fhir_time_budget_s=0.5))
@@ -441,7 +440,7 @@ def test_the_budget_is_one_deadline_for_the_whole_call(fhir_stub, access, hold):
 
 def test_an_explicit_deadline_from_the_caller_is_honoured(fhir_stub, access, hold):
     serve_everything(fhir_stub, delay=1.0, hold=hold)
-    request = Request(context={"patientId": PATIENT_ID}, fhir_server=base(fhir_stub), access_token=TOKEN)
+    request = validated_request(context={"patientId": PATIENT_ID}, fhir_server=base(fhir_stub), access_token=TOKEN)
     started = time.monotonic()
     with pytest.raises(ApiError):
         resolve(PATIENT_VIEW, request, access(fhir_time_budget_s=30), deadline=time.monotonic() + 0.3)
@@ -469,7 +468,7 @@ def conditions_only():
 
 def test_search_pages_are_followed_and_merged(fhir_stub, access):
     paged_conditions(fhir_stub, pages=3)
-    request = Request(context={"patientId": PATIENT_ID}, fhir_server=base(fhir_stub), access_token=TOKEN)
+    request = validated_request(context={"patientId": PATIENT_ID}, fhir_server=base(fhir_stub), access_token=TOKEN)
     result = resolve(conditions_only(), request, access())
     ids = [e["resource"]["id"] for e in result.data["conditions"]["entry"]]
     assert ids == [f"condition-{n}" for n in range(1, 7)]
@@ -479,7 +478,7 @@ def test_search_pages_are_followed_and_merged(fhir_stub, access):
 
 def test_paging_is_bounded_by_max_pages_and_recorded_as_incomplete(fhir_stub, access):
     paged_conditions(fhir_stub, pages=50)
-    request = Request(context={"patientId": PATIENT_ID}, fhir_server=base(fhir_stub), access_token=TOKEN)
+    request = validated_request(context={"patientId": PATIENT_ID}, fhir_server=base(fhir_stub), access_token=TOKEN)
     result = resolve(conditions_only(), request, access(fhir_max_pages=3))
     assert len(result.data["conditions"]["entry"]) == 6
     assert len(fhir_stub.log) == 3
@@ -495,7 +494,7 @@ def test_a_next_link_to_another_server_is_not_followed_and_gets_no_token(fhir_st
         searchset(resource("Condition", 1), next_url=elsewhere_stub.url_for("/fhir/Condition?page=2")),
         content_type=FHIR,
     )
-    request = Request(context={"patientId": PATIENT_ID}, fhir_server=base(fhir_stub), access_token=TOKEN)
+    request = validated_request(context={"patientId": PATIENT_ID}, fhir_server=base(fhir_stub), access_token=TOKEN)
     result = resolve(conditions_only(), request, access())
     assert [e["resource"]["id"] for e in result.data["conditions"]["entry"]] == ["condition-1"]
     assert result.incomplete == {"conditions": "next page link points outside the FHIR server; not followed"}
@@ -508,7 +507,7 @@ def test_a_next_link_to_another_server_is_not_followed_and_gets_no_token(fhir_st
 def test_resolving_a_fully_prefetched_request_is_cheap():
     big = searchset(*(resource("Observation", n) for n in range(1100)))
     sent = {**full_prefetch(), "observations": big}
-    request = Request(context={"patientId": PATIENT_ID}, prefetch=sent)
+    request = validated_request(context={"patientId": PATIENT_ID}, prefetch=sent)
     started = time.perf_counter()
     for _ in range(1000):
         resolve(PATIENT_VIEW, request, None)

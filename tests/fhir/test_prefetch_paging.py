@@ -8,28 +8,21 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import dataclass, field
 
 import pytest
+from support.fhir import validated_request
 from werkzeug import Response
 
 from cds_service.config import DEFAULT_CARDS_DIR, Settings
 from cds_service.content.services import load_services
 from cds_service.fhir.client import FhirAccess
 from cds_service.fhir.prefetch import resolve
+from cds_service.http.hook_request import HookRequest
 
 TOKEN = "at-paging-7c1d-secret"
 PATIENT_ID = "hfs-pat-paged"
 FHIR = "application/fhir+json"
 PATIENT_VIEW = load_services(DEFAULT_CARDS_DIR / "services.toml")["hfs-outcomes-patient-view"]
-
-
-@dataclass(frozen=True)
-class Request:
-    context: dict
-    fhir_server: str | None = None
-    access_token: str | None = None
-    prefetch: dict = field(default_factory=dict)
 
 
 def observation(n: int) -> dict:
@@ -73,8 +66,8 @@ def base(server) -> str:
     return server.url_for("/fhir").rstrip("/")
 
 
-def request_for(server, observations: dict, *, with_server: bool = True) -> Request:
-    return Request(
+def request_for(server, observations: dict, *, with_server: bool = True) -> HookRequest:
+    return validated_request(
         context={"patientId": PATIENT_ID, "userId": "Practitioner/1"},
         fhir_server=base(server) if with_server else None,
         access_token=TOKEN,

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import uuid
 
+from cds_service.http.hook_request import HookRequest
+
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 ICD10PCS = "http://www.cms.gov/Medicare/Coding/ICD10"
 SNOMED = "http://snomed.info/sct"
@@ -327,6 +329,25 @@ def hook_request(
     if prefetch is not None:
         body["prefetch"] = prefetch
     return body
+
+
+def validated_request(
+    context: dict,
+    fhir_server: str | None = None,
+    access_token: str | None = None,
+    prefetch: dict | None = None,
+    hook: str = "patient-view",
+) -> HookRequest:
+    """A hook request as the validation step hands it on (http/hook_request.HookRequest),
+    for tests of the prefetch step that start after validation."""
+    return HookRequest(
+        hook=hook,
+        hook_instance=str(uuid.uuid4()),
+        context=context,
+        fhir_server=fhir_server,
+        access_token=access_token,
+        prefetch=prefetch if prefetch is not None else {},
+    )
 
 
 def patient_view(
