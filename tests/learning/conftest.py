@@ -8,20 +8,17 @@ Two SMART clients are registered: one RS384 (RSA) and one ES384 (P-384) key.
 
 from __future__ import annotations
 
-import os
 import secrets
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import requests
-import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from support import log_guard
-from support.fhir_server_fixture import _free_port, _sekmet_executable, _wait_until_up, created_ids
+from support.fhir_server_fixture import _free_port, created_ids, running_sekmet
 from support.synthetic_cohort import BtxaTruth, Generator
 
 SEED = 11
@@ -75,56 +72,27 @@ def smart_fhir(tmp_path_factory) -> SmartServer:
     ec_key = ec.generate_private_key(ec.SECP384R1())
     _write_key(rsa_key, workdir / "learn-rsa.pem")
     _write_key(ec_key, workdir / "learn-ec.pem")
-    base_url = f"http://127.0.0.1:{port}/fhir"
-    settings = {
-        "base_url": base_url,
-        "host": "127.0.0.1",
-        "port": port,
-        "data_dir": str(workdir / "data"),
-        "own_private_key_path": str(workdir / "keys" / "sekmet_private.pem"),
-        "server_auth": {
-            "types": ["bearer", "smart"],
-            "tokens": [token],
-            "smart_clients": [
-                {
-                    "client_id": "cds-learn-rsa",
-                    "jwks": {"keys": [_jwk(rsa_key.public_key(), "RS384", "rsa-1")]},
-                    "scopes": "system/*.read",
-                },
-                {
-                    "client_id": "cds-learn-ec",
-                    "jwks": {"keys": [_jwk(ec_key.public_key(), "ES384", "ec-1")]},
-                    "scopes": "system/*.read",
-                },
-            ],
-        },
-        "simulator": {"enabled": False, "delay_seconds": 0.2},
-        "validation": {"inbound": "strict"},
-        "log_inbound": False,
+    server_auth = {
+        "types": ["bearer", "smart"],
+        "tokens": [token],
+        "smart_clients": [
+            {
+                "client_id": "cds-learn-rsa",
+                "jwks": {"keys": [_jwk(rsa_key.public_key(), "RS384", "rsa-1")]},
+                "scopes": "system/*.read",
+            },
+            {
+                "client_id": "cds-learn-ec",
+                "jwks": {"keys": [_jwk(ec_key.public_key(), "ES384", "ec-1")]},
+                "scopes": "system/*.read",
+            },
+        ],
     }
-    (workdir / "settings.yaml").write_text(yaml.safe_dump(settings), encoding="utf-8")
-    log_path = workdir / "sekmet.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEKMET_")}
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(
-            [_sekmet_executable(), "serve", "-c", str(workdir / "settings.yaml")],
-            cwd=workdir,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        _wait_until_up(process, base_url, log_path)
+    simulator = {"enabled": False, "delay_seconds": 0.2}
+    with running_sekmet(workdir, port, server_auth, simulator) as base_url:
         server = SmartServer(base_url, token, workdir / "learn-rsa.pem", workdir / "learn-ec.pem")
         _load(server)
         yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 def _load(server: SmartServer) -> None:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,15 +87,11 @@ def _sekmet_executable() -> str:
     )
 
 
-@pytest.fixture(scope="session")
-def fhir_server(tmp_path_factory) -> SekmetServer:
-    executable = _sekmet_executable()
-    workdir = tmp_path_factory.mktemp("sekmet")
-    port = _free_port()
-    token = secrets.token_urlsafe(24)
-    from support import log_guard  # the plugin (tests/conftest.py); imported here so pytest loads it first
-
-    log_guard.sensitive(token, "fhir-token")
+@contextlib.contextmanager
+def running_sekmet(workdir: Path, port: int, server_auth: dict, simulator: dict | None = None) -> Iterator[str]:
+    """The sekmet FHIR server on 127.0.0.1:`port` for the with-block, its state in `workdir`
+    (settings.yaml, data, keys, sekmet.log); yields its /fhir base URL once it answers, and
+    stops it (terminate, then kill) afterwards."""
     base_url = f"http://127.0.0.1:{port}/fhir"
     settings = {
         "base_url": base_url,
@@ -101,8 +99,8 @@ def fhir_server(tmp_path_factory) -> SekmetServer:
         "port": port,
         "data_dir": str(workdir / "data"),
         "own_private_key_path": str(workdir / "keys" / "sekmet_private.pem"),
-        "server_auth": {"types": ["bearer"], "tokens": [token]},
-        "simulator": {"enabled": False},
+        "server_auth": server_auth,
+        "simulator": simulator or {"enabled": False},
         "validation": {"inbound": "strict"},
         "log_inbound": False,
     }
@@ -112,7 +110,7 @@ def fhir_server(tmp_path_factory) -> SekmetServer:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEKMET_")}
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
-            [executable, "serve", "-c", str(settings_path)],
+            [_sekmet_executable(), "serve", "-c", str(settings_path)],
             cwd=workdir,
             env=env,
             stdout=log_file,
@@ -120,7 +118,7 @@ def fhir_server(tmp_path_factory) -> SekmetServer:
         )
     try:
         _wait_until_up(process, base_url, log_path)
-        yield SekmetServer(base_url=base_url, token=token, log_path=log_path)
+        yield base_url
     finally:
         process.terminate()
         try:
@@ -128,6 +126,17 @@ def fhir_server(tmp_path_factory) -> SekmetServer:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def fhir_server(tmp_path_factory) -> SekmetServer:
+    workdir = tmp_path_factory.mktemp("sekmet")
+    token = secrets.token_urlsafe(24)
+    from support import log_guard  # the plugin (tests/conftest.py); imported here so pytest loads it first
+
+    log_guard.sensitive(token, "fhir-token")
+    with running_sekmet(workdir, _free_port(), {"types": ["bearer"], "tokens": [token]}) as base_url:
+        yield SekmetServer(base_url=base_url, token=token, log_path=workdir / "sekmet.log")
 
 
 def _wait_until_up(process: subprocess.Popen, base_url: str, log_path: Path) -> None:
