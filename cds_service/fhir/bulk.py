@@ -131,10 +131,7 @@ class BulkClient:
         response = self._request("GET", f"{self.base}/metadata")
         if response.status_code != 200:
             raise BulkError(f"the FHIR server's CapabilityStatement could not be read ({response.status_code})")
-        try:
-            body = response.json()
-        except ValueError:
-            raise BulkError("the FHIR server's CapabilityStatement is not JSON") from None
+        body = _json_of(response, "the FHIR server's CapabilityStatement")
         if not isinstance(body, dict) or body.get("resourceType") != "CapabilityStatement":
             raise BulkError("the FHIR server's /metadata is not a CapabilityStatement")
         return body
@@ -203,10 +200,7 @@ class BulkClient:
             response = self._request("GET", status_url)
             polls += 1
             if response.status_code == 200:
-                try:
-                    manifest = response.json()
-                except ValueError:
-                    raise BulkError("the $export manifest is not JSON") from None
+                manifest = _json_of(response, "the $export manifest")
                 if not isinstance(manifest, dict):
                     raise BulkError("the $export manifest is not a JSON object")
                 return manifest, polls
@@ -286,10 +280,7 @@ class BulkClient:
         response = self._request("GET", f"{self.base}/Group/{group}")
         if response.status_code != 200:
             raise BulkError(f"the Group could not be read ({response.status_code})")
-        try:
-            body = response.json()
-        except ValueError:
-            raise BulkError("the Group is not JSON") from None
+        body = _json_of(response, "the Group")
         members = []
         for member in body.get("member") or [] if isinstance(body, dict) else []:
             ref = (member.get("entity") or {}).get("reference") if isinstance(member, dict) else None
@@ -304,10 +295,7 @@ class BulkClient:
             response = self._request("GET", url)
             if response.status_code != 200:
                 raise BulkError(f"a {rtype} search failed ({response.status_code})")
-            try:
-                bundle = response.json()
-            except ValueError:
-                raise BulkError(f"a {rtype} search page is not JSON") from None
+            bundle = _json_of(response, f"a {rtype} search page")
             for entry in bundle.get("entry") or [] if isinstance(bundle, dict) else []:
                 resource = entry.get("resource") if isinstance(entry, dict) else None
                 if isinstance(resource, dict) and resource.get("resourceType") == rtype:
@@ -327,6 +315,14 @@ def _is_export(op: object) -> bool:
     name = op.get("name")
     definition = op.get("definition") if isinstance(op.get("definition"), str) else ""
     return name in ("export", "$export") or definition.endswith("/export")
+
+
+def _json_of(response: requests.Response, what: str) -> object:
+    """The JSON body of an answer, or BulkError("<what> is not JSON")."""
+    try:
+        return response.json()
+    except ValueError:
+        raise BulkError(f"{what} is not JSON") from None
 
 
 def _retry_after(value: str | None) -> float | None:
