@@ -259,10 +259,10 @@ class Reading:
 
 def derive(p: Predictor, reading: Reading) -> InputValue:
     item = DERIVE[p.derive](p, reading)
-    future = _future_days(p, reading.record)
-    if future and not item.future:
-        return replace(item, future=future, future_what=_future_what(p, reading.record))
-    return item
+    if item.future:
+        return item
+    days, what = _future(p, reading.record)
+    return replace(item, future=days, future_what=what) if days else item
 
 
 def not_used_future(days: tuple[date | None, ...], what: str = "") -> str:
@@ -278,24 +278,14 @@ def not_used_future(days: tuple[date | None, ...], what: str = "") -> str:
 _DATE_NOT_FACT = {("Condition", "onset[x]"): "onset", ("Condition", "recordedDate"): "recorded date"}
 
 
-def _future_days(p: Predictor, record: PatientRecord) -> tuple[date | None, ...]:
-    return tuple(
-        dict.fromkeys(
-            day_of(u.when) if u.when is not None else None
-            for u in record.unreadable_for(*p.concepts)
-            if u.kind == FUTURE
-        )
-    )
-
-
-def _future_what(p: Predictor, record: PatientRecord) -> str:
-    """ "onset" / "recorded date" when every future item of the predictor is such a date."""
-    words = [
-        _DATE_NOT_FACT.get((u.resource_type, u.element)) for u in record.unreadable_for(*p.concepts) if u.kind == FUTURE
-    ]
-    if not words or None in words:
-        return ""
-    return " or ".join(dict.fromkeys(w for w in words if w))
+def _future(p: Predictor, record: PatientRecord) -> tuple[tuple[date | None, ...], str]:
+    """The predictor's values dated after the call: their days (once each), and what they
+    are when every one is such a date of a fact in use ("onset", "recorded date"), else ""."""
+    future = [u for u in record.unreadable_for(*p.concepts) if u.kind == FUTURE]
+    days = tuple(dict.fromkeys(day_of(u.when) if u.when is not None else None for u in future))
+    words = [_DATE_NOT_FACT.get((u.resource_type, u.element)) for u in future]
+    what = "" if not words or None in words else " or ".join(dict.fromkeys(words))
+    return days, what
 
 
 def _missing(p: Predictor, note: str | None = None) -> InputValue:
@@ -317,8 +307,7 @@ def _unreadable_input(p: Predictor, u: UnreadableInput, record: PatientRecord) -
     if u.kind == FUTURE:
         # Could be read but is never used (EVIDENCE.md "Reading the record"): the reason is
         # the dates, said once, in the words of `not_used_future` (render lists it so too).
-        days = _future_days(p, record)
-        what = _future_what(p, record)
+        days, what = _future(p, record)
         return InputValue(p.id, p.label, UNREADABLE, display=not_used_future(days, what), future=days, future_what=what)
     return InputValue(
         p.id, p.label, UNREADABLE, display="recorded but unreadable", note=f"{u.resource_type}: {u.reason}"
