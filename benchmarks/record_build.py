@@ -19,8 +19,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cds_service.clinical import record as record_module  # noqa: E402
-from cds_service.clinical.record import build_record, iter_facts  # noqa: E402
+from cds_service.clinical import record_build as record_module  # noqa: E402
+from cds_service.clinical.record import iter_facts  # noqa: E402
+from cds_service.clinical.record_build import build_record  # noqa: E402
 from cds_service.terminology.concepts_file import load_concepts  # noqa: E402
 
 # The records the tests ship (tests/data/synthea, Apache-2.0), else ../shared beside a checkout.

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from cds_service import metrics
 from cds_service.clinical.evaluate import CardResult, evaluate
 from cds_service.clinical.evidence import evidence_link
-from cds_service.clinical.record import build_record
+from cds_service.clinical.record_build import build_record
 from cds_service.clinical.render import render
 from cds_service.fhir.prefetch import resolve
 

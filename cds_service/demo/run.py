@@ -39,7 +39,7 @@ from werkzeug.serving import make_server
 from cds_service import hook_call
 from cds_service.clinical.evaluate import evaluate
 from cds_service.clinical.evidence import page_data
-from cds_service.clinical.record import build_record
+from cds_service.clinical.record_build import build_record
 from cds_service.clinical.render import render
 from cds_service.config import load_settings
 from cds_service.demo.patients import DemoCall, load_calls

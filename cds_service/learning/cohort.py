@@ -1,7 +1,7 @@
 """One analysis row per patient: the index event, the predictors at the decision time and
 the outcome, as the learning definition says.
 
-Every fact is read by the hook path's record code (`clinical.record.build_record` with the
+Every fact is read by the hook path's record code (`clinical.record_build.build_record` with the
 site's ConceptIndex): the same codes, value kinds, units, ranges and status rules as at the
 point of care, so training and serving do not differ in how a value is read. What is
 decided here is only what the definition adds: which procedure is the index, what the
@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 
 from cds_service.clinical.dates import DAYS_PER_YEAR, day_of, instant_of, on_or_after, parse_fhir_date
-from cds_service.clinical.record import NOT_CURRENT_USE, PatientRecord, ProcedureFact, build_record
+from cds_service.clinical.record import NOT_CURRENT_USE, PatientRecord, ProcedureFact
+from cds_service.clinical.record_build import build_record
 from cds_service.learning.definition import LearningDefinition, PredictorRead
 from cds_service.terminology.concept_index import ConceptIndex
 

@@ -11,7 +11,8 @@ from datetime import UTC, date, datetime
 import pytest
 from support.paths import REPO_ROOT
 
-from cds_service.clinical.record import FUTURE, UNREADABLE, PatientRecord, build_record
+from cds_service.clinical.record import FUTURE, UNREADABLE, PatientRecord
+from cds_service.clinical.record_build import build_record
 from cds_service.terminology.concepts_file import load_concepts
 
 TODAY = date(2025, 1, 15)
@@ -221,7 +222,7 @@ READ_ELEMENTS_BROKEN = [
 def test_an_unreadable_element_that_is_read_makes_that_input_unreadable_and_the_log_names_it(
     caplog, kind, element, make, concept
 ):
-    with caplog.at_level(logging.WARNING, logger="cds_service.clinical.record"):
+    with caplog.at_level(logging.WARNING, logger="cds_service.clinical.record_build"):
         record = build(make())
     [problem] = record.unreadable
     assert (problem.resource_type, problem.concept, problem.element, problem.kind) == (

@@ -18,9 +18,9 @@ from cds_service.clinical.record import (
     PatientRecord,
     ProcedureFact,
     UnreadableInput,
-    build_record,
     iter_facts,
 )
+from cds_service.clinical.record_build import build_record
 from cds_service.terminology.concept_index import Match
 from cds_service.terminology.concepts_file import load_concepts
 

@@ -19,9 +19,9 @@ from cds_service.clinical.record import (
     OrderFact,
     PatientRecord,
     ProcedureFact,
-    build_record,
     iter_facts,
 )
+from cds_service.clinical.record_build import build_record
 from cds_service.terminology.concept_index import text_pattern
 from cds_service.terminology.concepts_file import load_concepts
 

@@ -18,7 +18,8 @@ from datetime import date
 
 from cds_service.clinical.evaluate import CardResult, evaluate
 from cds_service.clinical.evidence import page_data
-from cds_service.clinical.record import PatientRecord, build_record
+from cds_service.clinical.record import PatientRecord
+from cds_service.clinical.record_build import build_record
 from cds_service.clinical.render import render
 from cds_service.config import DEFAULT_CARDS_DIR
 from cds_service.content.cards import CardContent, load_cards

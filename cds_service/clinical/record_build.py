@@ -1,0 +1,514 @@
+"""Building the patient record of one hook call from prefetched or fetched FHIR resources.
+
+
+The record holds only facts that some card concept asks for: resources are selected from
+the raw JSON by code first (cheap), and of a selected resource only the elements the record
+reads are checked against their FHIR R4 datatype (`_ELEMENTS_READ`). An element the record
+does not read is never looked at: a client that sends `MedicationRequest.category` as an
+object instead of a list still gets its card. An element it reads that is not valid makes
+that input unreadable (never the whole record), and the log names the resource type and
+the element (never an identifier or a value). Nothing here knows about HTTP or card models.
+
+Which resources count (the rules, in one place):
+- Condition: any, unless verificationStatus is refuted / entered-in-error. The clinical
+  status is kept on the fact; `PatientRecord.active_conditions` says what "active" means.
+  A Condition with an abatement and no clinicalStatus is read as "inactive": FHIR R4
+  invariant con-4 allows an abated Condition only inactive, resolved or remission, and
+  "inactive" is the code that covers all three.
+- Procedure: status completed only.
+- Observation: status final / amended / corrected only; the value read as the concept's
+  value kind (cards/concepts.toml) and converted to its canonical unit; a value that
+  cannot be read or is out of range is not used and is reported as unreadable.
+- MedicationRequest: status active only (completed, stopped, on-hold... are not current
+  use). MedicationStatement: status active or intended.
+- Draft orders (context.draftOrders): ServiceRequest, Procedure and MedicationRequest
+  entries that name a concept (any status but entered-in-error / cancelled / revoked).
+- A value dated after the time of the call (an Observation, a completed Procedure, a
+  Condition's onset or recorded date) is never used: it becomes an UnreadableInput of kind
+  "future" with the reason, so a card can list it.
+Build never raises on bad input: whatever cannot be read becomes an UnreadableInput that
+names the resource type, the concept, the element and a reason, never an identifier or a
+value; it keeps the value's date when that could be read, so a card can tell that a newer
+value exists and could not be read (`PatientRecord.reading`).
+
+Which facts answer a card's question (the latest procedure, observations in a window or
+after a procedure, conditions after a procedure, current medications, unreadable inputs)
+is said by the `PatientRecord` queries, and only there; how dates and times are read and
+compared is in clinical/dates.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import UTC, date, datetime
+
+from cds_service.clinical.dates import is_future, parse_fhir_date, parse_fhir_datetime
+from cds_service.clinical.fhir_elements import ELEMENTS_READ, as_list, get_sub, status_code, type_and_id
+from cds_service.clinical.observation_values import Unreadable, read_value
+from cds_service.clinical.record import (
+    FUTURE,
+    ConditionFact,
+    MedicationFact,
+    ObservationFact,
+    OrderFact,
+    PatientRecord,
+    ProcedureFact,
+    UnreadableInput,
+)
+from cds_service.terminology.concept_index import ConceptIndex, Match
+
+__all__ = ["build_record"]
+
+log = logging.getLogger(__name__)
+
+# =========================================================================== building
+CONDITION_KINDS = frozenset({"condition"})
+PROCEDURE_KINDS = frozenset({"procedure"})
+OBSERVATION_KINDS = frozenset({"observation"})
+MEDICATION_KINDS = frozenset({"medication"})
+SERVICE_REQUEST_KINDS = frozenset({"procedure", "medication"})
+
+_OBSERVATION_STATUSES = ("final", "amended", "corrected")
+
+
+_STATEMENT_STATUSES = ("active", "intended")
+_IGNORED_DRAFT_STATUSES = ("entered-in-error", "cancelled", "revoked")
+_GENDERS = ("male", "female", "other", "unknown")
+RAW_LIMIT = 60
+
+
+def build_record(
+    resources: dict[str, dict | None] | None,
+    draft_orders: dict | None = None,
+    selections: Iterable[str] | None = None,
+    *,
+    concepts: ConceptIndex,
+    today: date,
+    unavailable: dict[str, str] | None = None,
+    now: datetime | None = None,
+) -> PatientRecord:
+    """The patient record for one hook call.
+
+    resources:    prefetch data by key: a Resource, a Bundle (entry[].resource), or None.
+    draft_orders: context.draftOrders (a Bundle), or None.
+    selections:   context.selections ("Type/id"); None means every draft order is selected
+                  (order-sign).
+    concepts:     the ConceptIndex from concepts.load_concepts.
+    today:        the date the record is judged at (never taken from the clock here).
+    unavailable:  prefetch key -> safe reason, kept on the record for the cards.
+    now:          the instant of the call (timezone-aware), when known: a value with a time
+                  of day after it is in the future; without it, a day after `today` is.
+    """
+    record = PatientRecord(
+        today=today,
+        unavailable=dict(unavailable or {}),
+        now=now,
+        intraoperative=concepts.intraoperative,
+    )
+    sources = list(resources.values()) if isinstance(resources, dict) else []
+    collected = _collect(sources)
+    drafts = _collect([draft_orders])
+    medications = _medication_index(collected + drafts)
+
+    patient = next((r for r, _ in collected if r.get("resourceType") == "Patient"), None)
+    if patient is not None:
+        _read_patient(patient, record)
+
+    readers = {
+        "Condition": _read_condition,
+        "Procedure": _read_procedure,
+        "Observation": _read_observation,
+        "MedicationRequest": _read_medication_use,
+        "MedicationStatement": _read_medication_use,
+    }
+    for resource, _ in collected:
+        reader = readers.get(resource["resourceType"])
+        if reader is not None:
+            try:
+                reader(resource, concepts, record, medications)
+            except Exception:
+                _could_not_read(resource, record)
+
+    selected = _selection_set(selections)
+    for resource, full_url in drafts:
+        try:
+            _read_draft_order(resource, concepts, record, medications, full_url, selected)
+        except Exception:
+            _could_not_read(resource, record)
+
+    _sort(record)
+    record.unreadable = list({(u, u.element, u.when, u.kind): u for u in record.unreadable}.values())
+    return record
+
+
+def _could_not_read(resource: dict, record: PatientRecord) -> None:
+    """Last line of defence: the reason is ours, never the exception's text."""
+    kind = resource.get("resourceType")
+    record.unreadable.append(
+        UnreadableInput(
+            resource_type=kind if kind in _READ_TYPES else "Resource",
+            concept=None,
+            reason="the resource could not be read",
+        )
+    )
+
+
+# -- collecting ---------------------------------------------------------------------------
+_READ_TYPES = frozenset(
+    {
+        "Patient",
+        "Condition",
+        "Procedure",
+        "Observation",
+        "MedicationRequest",
+        "MedicationStatement",
+        "Medication",
+        "ServiceRequest",
+    }
+)
+
+
+def _collect(sources: Iterable[object]) -> list[tuple[dict, str | None]]:
+    """The resources of the types the record reads, from the sources (Bundles unpacked one
+    level), de-duplicated by type+id (the first one wins)."""
+    out: list[tuple[dict, str | None]] = []
+    seen: set[tuple[str, str]] = set()
+    read_types = _READ_TYPES
+    for source in sources:
+        if type(source) is not dict:
+            continue
+        if source.get("resourceType") == "Bundle":
+            entries = source.get("entry")
+            if type(entries) is not list:
+                continue
+        else:
+            entries = ({"resource": source},)
+        # One flat loop: this runs for every resource of the call (hundreds in a real chart).
+        for entry in entries:
+            if type(entry) is not dict:
+                continue
+            resource = entry.get("resource")
+            if type(resource) is not dict:
+                continue
+            kind = resource.get("resourceType")
+            if type(kind) is not str or kind not in read_types:
+                continue
+            rid = resource.get("id")
+            if type(rid) is str:
+                key = (kind, rid)
+                if key in seen:
+                    continue
+                seen.add(key)
+            full_url = entry.get("fullUrl")
+            out.append((resource, full_url if type(full_url) is str else None))
+    return out
+
+
+def _medication_index(resources: list[tuple[dict, str | None]]) -> dict[str, dict]:
+    index: dict[str, dict] = {}
+    for resource, full_url in resources:
+        if resource.get("resourceType") != "Medication":
+            continue
+        rid = resource.get("id")
+        if isinstance(rid, str):
+            index.setdefault(f"Medication/{rid}", resource)
+        if full_url:
+            index.setdefault(full_url, resource)
+    return index
+
+
+# -- Patient -------------------------------------------------------------------------------
+def _read_patient(patient: dict, record: PatientRecord) -> None:
+    # Only two primitives are read; each is checked against its FHIR definition here
+    # (gender: required value set; birthDate: FHIR date) instead of validating the whole
+    # Patient, which is the largest resource of a record.
+    gender = patient.get("gender")
+    if gender is not None:
+        if isinstance(gender, str) and gender in _GENDERS:
+            record.sex = gender
+        else:
+            record.unreadable.append(UnreadableInput("Patient", None, "gender is not a FHIR gender code"))
+    birth = patient.get("birthDate")
+    if birth is not None:
+        parsed = parse_fhir_date(birth)
+        if parsed is None:
+            record.unreadable.append(UnreadableInput("Patient", None, "birthDate is not a FHIR date"))
+        else:
+            record.birth_date = parsed
+
+
+# -- Condition ---------------------------------------------------------------------------------
+def _read_condition(resource: dict, concepts: ConceptIndex, record: PatientRecord, _meds) -> None:
+    matches = concepts.match_codeable(resource.get("code"), CONDITION_KINDS)
+    if not matches:
+        return
+    if status_code(resource.get("verificationStatus"), "condition-ver-status") in ("refuted", "entered-in-error"):
+        return
+    if not _readable(resource, matches, record):
+        return
+    clinical = status_code(resource.get("clinicalStatus"), "condition-clinical")
+    onset = parse_fhir_date(resource.get("onsetDateTime")) or parse_fhir_date(get_sub(resource, "onsetPeriod", "start"))
+    abatement = (
+        parse_fhir_date(resource.get("abatementDateTime"))
+        or parse_fhir_date(get_sub(resource, "abatementPeriod", "start"))
+        or parse_fhir_date(get_sub(resource, "abatementPeriod", "end"))
+    )
+    abated = any(isinstance(key, str) and key.startswith("abatement") for key in resource)
+    from_abatement = clinical is None and abated
+    if from_abatement:
+        clinical = "inactive"  # con-4: an abated Condition is inactive, resolved or remission
+    recorded = parse_fhir_date(resource.get("recordedDate"))
+    if onset is not None and is_future(onset, record.today, record.now):
+        _not_used_future(
+            record, "Condition", matches, "onset[x]", "the onset is dated after the time of this call", onset
+        )
+        onset = None
+    if recorded is not None and is_future(recorded, record.today, record.now):
+        _not_used_future(
+            record, "Condition", matches, "recordedDate", "the recorded date is after the time of this call", recorded
+        )
+        recorded = None
+    for match in matches:
+        record.conditions.setdefault(match.concept, []).append(
+            ConditionFact(
+                match=match,
+                clinical_status=clinical,
+                onset=onset,
+                recorded=recorded,
+                abatement=abatement,
+                abated=abated,
+                status_from_abatement=from_abatement,
+            )
+        )
+
+
+# -- Procedure ---------------------------------------------------------------------------------
+def _read_procedure(resource: dict, concepts: ConceptIndex, record: PatientRecord, _meds) -> None:
+    matches = concepts.match_codeable(resource.get("code"), PROCEDURE_KINDS)
+    if not matches or resource.get("status") != "completed":
+        return
+    if not _readable(resource, matches, record):
+        return
+    start = parse_fhir_datetime(resource.get("performedDateTime"))
+    end = None
+    if start is None:
+        start = parse_fhir_datetime(get_sub(resource, "performedPeriod", "start"))
+        end = parse_fhir_datetime(get_sub(resource, "performedPeriod", "end"))
+    performed = start if start is not None else end
+    if is_future(performed, record.today, record.now):
+        _not_used_future(
+            record,
+            "Procedure",
+            matches,
+            "performed[x]",
+            "a completed procedure dated after the time of this call",
+            performed,
+        )
+        return
+    for match in matches:
+        record.procedures.setdefault(match.concept, []).append(
+            ProcedureFact(match=match, status="completed", start=start, end=end)
+        )
+
+
+# -- Observation -------------------------------------------------------------------------------
+def _read_observation(resource: dict, concepts: ConceptIndex, record: PatientRecord, _meds) -> None:
+    found: list[tuple[Match, dict]] = []
+    for m in concepts.match_codeable(resource.get("code"), OBSERVATION_KINDS):
+        found.append((m, resource))
+    components = resource.get("component")
+    if type(components) is list:
+        for component in components:
+            if type(component) is dict:
+                for m in concepts.match_codeable(component.get("code"), OBSERVATION_KINDS):
+                    found.append((m, component))
+    if not found:
+        return
+    status = resource.get("status")
+    if not isinstance(status, str) or status not in _OBSERVATION_STATUSES:
+        return
+    if not _readable(resource, [m for m, _ in found], record):
+        return
+    effective = (
+        parse_fhir_datetime(resource.get("effectiveDateTime"))
+        or parse_fhir_datetime(get_sub(resource, "effectivePeriod", "start"))
+        or parse_fhir_datetime(resource.get("effectiveInstant"))
+        or parse_fhir_datetime(resource.get("issued"))
+    )
+    if is_future(effective, record.today, record.now):
+        _not_used_future(
+            record, "Observation", [m for m, _ in found], "effective[x]", "dated after the time of this call", effective
+        )
+        return
+    for match, holder in found:
+        spec = concepts.concept(match.concept).value
+        if spec is None:
+            continue
+        if not any(isinstance(key, str) and key.startswith("value") for key in holder):
+            if "dataAbsentReason" not in holder:
+                record.unreadable.append(
+                    UnreadableInput("Observation", match.concept, "the observation has no value", "value[x]", effective)
+                )
+            continue
+        try:
+            value, unit, raw = read_value(holder, spec, match.concept, concepts)
+        except Unreadable as exc:
+            _log_element("Observation", exc.element)
+            record.unreadable.append(UnreadableInput("Observation", match.concept, str(exc), exc.element, effective))
+            continue
+        record.observations.setdefault(match.concept, []).append(
+            ObservationFact(match=match, effective=effective, value=value, unit=unit, raw=raw)
+        )
+
+
+# -- medications -------------------------------------------------------------------------------
+def _read_medication_use(resource: dict, concepts: ConceptIndex, record: PatientRecord, medications: dict) -> None:
+    kind = resource["resourceType"]
+    codeable, referenced = _medication_codeable(resource, medications)
+    matches = concepts.match_codeable(codeable, MEDICATION_KINDS)
+    if not matches:
+        return
+    status = resource.get("status")
+    if kind == "MedicationRequest":
+        if status != "active":
+            return
+    elif not isinstance(status, str) or status not in _STATEMENT_STATUSES:
+        return
+    if not _readable(resource, matches, record):
+        return
+    if referenced is not None and not _readable(referenced, matches, record):
+        return
+    when = (
+        parse_fhir_date(resource.get("authoredOn"))
+        or parse_fhir_date(resource.get("effectiveDateTime"))
+        or parse_fhir_date(get_sub(resource, "effectivePeriod", "start"))
+        or parse_fhir_date(resource.get("dateAsserted"))
+    )
+    for match in matches:
+        record.medications.setdefault(match.concept, []).append(
+            MedicationFact(match=match, resource_type=kind, status=status, date=when)
+        )
+
+
+def _medication_codeable(resource: dict, medications: dict) -> tuple[object, dict | None]:
+    """The medication's CodeableConcept, and the separate Medication resource it came from."""
+    codeable = resource.get("medicationCodeableConcept")
+    if codeable is not None:
+        return codeable, None
+    reference = get_sub(resource, "medicationReference", "reference")
+    if not isinstance(reference, str) or not reference:
+        return None, None
+    if reference.startswith("#"):
+        for contained in as_list(resource.get("contained")):
+            if (
+                isinstance(contained, dict)
+                and contained.get("resourceType") == "Medication"
+                and contained.get("id") == reference[1:]
+            ):
+                return contained.get("code"), None  # validated with its container
+        return None, None
+    target = medications.get(reference) or medications.get(type_and_id(reference))
+    if target is None:
+        return None, None
+    return target.get("code"), target
+
+
+# -- draft orders ------------------------------------------------------------------------------
+def _read_draft_order(
+    resource: dict,
+    concepts: ConceptIndex,
+    record: PatientRecord,
+    medications: dict,
+    full_url: str | None,
+    selected: frozenset[str] | None,
+) -> None:
+    kind = resource.get("resourceType")
+    if kind == "ServiceRequest":
+        matches = concepts.match_codeable(resource.get("code"), SERVICE_REQUEST_KINDS)
+        referenced = None
+    elif kind == "Procedure":
+        matches = concepts.match_codeable(resource.get("code"), PROCEDURE_KINDS)
+        referenced = None
+    elif kind == "MedicationRequest":
+        codeable, referenced = _medication_codeable(resource, medications)
+        matches = concepts.match_codeable(codeable, MEDICATION_KINDS)
+    else:
+        return
+    if not matches:
+        return
+    status = resource.get("status")
+    if isinstance(status, str) and status in _IGNORED_DRAFT_STATUSES:
+        return
+    if not _readable(resource, matches, record):
+        return
+    if referenced is not None and not _readable(referenced, matches, record):
+        return
+    rid = resource.get("id")
+    ref = f"{kind}/{rid}" if isinstance(rid, str) and rid else (full_url or kind)
+    is_selected = selected is None or ref in selected or (full_url is not None and full_url in selected)
+    for match in matches:
+        record.orders.setdefault(match.concept, []).append(
+            OrderFact(match=match, resource_type=kind, resource_ref=ref, selected=is_selected)
+        )
+
+
+def _selection_set(selections: Iterable[str] | None) -> frozenset[str] | None:
+    if selections is None:
+        return None
+    if isinstance(selections, str) or not isinstance(selections, Iterable):
+        return frozenset()
+    out: set[str] = set()
+    for item in selections:
+        if isinstance(item, str) and item:
+            out.add(item)
+            out.add(type_and_id(item))
+    return frozenset(out)
+
+
+# -- checking the elements read ----------------------------------------------------------------
+def _readable(resource: dict, matches: list[Match], record: PatientRecord) -> bool:
+    """Check the elements the record reads of a selected resource; when one is not valid,
+    record each matched concept's input as unreadable (naming the element) and say no."""
+    kind = resource.get("resourceType")
+    for element, check in ELEMENTS_READ.get(kind, ()):
+        value = resource.get(element)
+        if value is not None and not check(value):
+            _log_element(kind, element)
+            reason = f"the {kind}'s {element} is not valid FHIR R4"
+            for concept in dict.fromkeys(m.concept for m in matches):
+                record.unreadable.append(UnreadableInput(kind, concept, reason, element))
+            return False
+    return True
+
+
+def _not_used_future(
+    record: PatientRecord,
+    kind: str,
+    matches: list[Match],
+    element: str,
+    reason: str,
+    when: date | datetime | None = None,
+) -> None:
+    """Values dated after the call are never used; the card names them with their date."""
+    for concept in dict.fromkeys(m.concept for m in matches):
+        record.unreadable.append(UnreadableInput(kind, concept, f"{reason}: not used", element, when, FUTURE))
+
+
+def _log_element(kind: str, element: str) -> None:
+    # The element name comes from ELEMENTS_READ (ours), never from the data.
+    log.warning("unreadable FHIR element: %s.%s (that input is reported as unreadable)", kind, element)
+
+
+def _sort(record: PatientRecord) -> None:
+    earliest = datetime.min.replace(tzinfo=UTC)
+
+    def newest_first(when: datetime | None) -> tuple[bool, datetime]:
+        return (when is not None, when or earliest)
+
+    for facts in record.observations.values():
+        facts.sort(key=lambda f: newest_first(f.effective), reverse=True)
+    for facts in record.procedures.values():
+        facts.sort(key=lambda f: newest_first(f.performed), reverse=True)
+    for facts in record.medications.values():
+        facts.sort(key=lambda f: (f.date is not None, f.date or date.min), reverse=True)
