@@ -5,7 +5,7 @@ its figures may not apply to a child (EVIDENCE.md "How risk is presented")."""
 import tomllib
 
 import pytest
-from support.chart import MVD, MWA_THORACIC, Chart, concepts
+from support.chart import BONE_METASTASIS, MVD, MWA_THORACIC, Chart, concepts
 
 from cds_service.clinical import evaluate as evaluate_module
 from cds_service.clinical.evaluate import USED, InputValue, evaluate
@@ -34,7 +34,7 @@ def charts_firing_every_card(birth_date: str | None) -> dict[str, tuple[Chart, s
         "amr-persistence": (chart().hfs().order(MVD), "order-sign"),
         "btxa-response": (chart().hfs().order_medication(text=BOTOX_TEXT), "order-select"),
         "mvd-recurrence": (chart().hfs().mvd("2024-09-01"), "patient-view"),
-        "spinal-metastasis-mwa": (chart().order(MWA_THORACIC), "order-sign"),
+        "spinal-metastasis-mwa": (chart().condition(BONE_METASTASIS).order(MWA_THORACIC), "order-sign"),
     }
 
 
