@@ -148,6 +148,7 @@ class CardResult:
     estimate_problem: str | None = None  # why the site model gave no estimate
     procedure: ProcedureFact | None = None  # the situation's procedure, when it has one
     order: OrderFact | None = None  # the draft order that triggered the card
+    order_note: str = ""  # why that order counts (an order predictor with an `indication`)
     outside_range: tuple[OutsideRange, ...] = ()  # inputs beyond a learned model's training data
 
     @property
@@ -197,6 +198,7 @@ def evaluate(
             estimate_problem=problem,
             procedure=values.procedure,
             order=value(order_id).fact if order_id is not None else None,
+            order_note=value(order_id).note if order_id is not None else "",
             outside_range=outside,
         )
     return None
@@ -665,10 +667,19 @@ def _daily_morphine(p: Predictor, r: Reading) -> InputValue:
     record = r.record
     observed_concept, drug, *others = p.concepts
     observed = _observation(p.model_copy(update={"concept": observed_concept}), r)
-    prescriptions = [m for m in record.current_medications(drug) if m.dose is not None]
+    # a prescription authored after the time of the call is not yet current use (never used)
+    current = [m for m in record.current_medications(drug) if m.date is None or m.date <= record.today]
+    prescriptions = [m for m in current if m.dose is not None]
     readable = [m for m in prescriptions if m.dose.mg_per_day is not None]
     unread = [m for m in prescriptions if m.dose.mg_per_day is None]
-    named = sorted({m.match.display or m.match.concept for c in others for m in record.current_medications(c)})
+    named = sorted(
+        {
+            m.match.display or m.match.concept
+            for c in others
+            for m in record.current_medications(c)
+            if m.date is None or m.date <= record.today
+        }
+    )
     also = f"{', '.join(named)} also prescribed, {p.note('others')}" if named else ""
     problems = "; ".join(f"{p.note('not_read')}: {m.dose.problem}" for m in unread)
     if readable:

@@ -247,3 +247,217 @@ def vertebral_order(
 
 MWA_THORACIC = (ICD10PCS, "0P543ZZ", "Destruction of Thoracic Vertebra, Percutaneous Approach")
 KYPHOPLASTY_LUMBAR = (CPT, "22514", "Percutaneous vertebral augmentation; lumbar")
+
+
+# ----------------------------------------------------------------------------- the review charts
+# Charts of the clinician-style review of issue 15 (card D), each as a pain physician would
+# meet it: resources of the chart, draft orders, the hook, and what a careful clinician expects
+# ("fires": whether card D should fire; "expect": fragments the card must show; "never":
+# fragments it must not show). TODAY is the day of the call.
+TODAY = "2025-06-01"
+LOCAL_SYSTEM = "https://hfs-cds.example.org/fhir/CodeSystem/hfs-local"
+MS_CONTIN_BID = epic_dosage(
+    15, frequency=1, period=12, period_unit="h", text="Take 1 tablet (15 mg total) by mouth every 12 (twelve) hours."
+)
+
+
+def _with_ids(resources: list[dict], prefix: str) -> list[dict]:
+    return [{"id": f"{prefix}-{i}", **r} if "id" not in r else r for i, r in enumerate(resources, 1)]
+
+
+REVIEW_CHARTS: dict[str, dict] = {
+    "t12-coded-pain7-ms-contin": {
+        "story": "Breast cancer, T12 metastasis (SNOMED body site), pain 7/10 last week, MS Contin 15 mg every 12 hours",
+        "resources": [
+            bone_metastasis("2024-11-20", T12),
+            pain("2025-05-27", 7),
+            morphine_request("2025-05-02", MS_CONTIN_BID),
+        ],
+        "hook": "patient-view",
+        "fires": True,
+        "expect": [
+            "Painful vertebral metastasis (pain 7/10)",
+            "daily morphine: **30 mg/d**",
+            "in the spine (T12 vertebra)",
+            "15 mg every 12 hours",
+            "cement leakage in 30 %",
+            "grade 3 neural injury in 1.1 %",
+        ],
+    },
+    "femur-coded-pain8": {
+        "story": "Prostate cancer, metastasis to the left femur (body site coded), pain 8/10",
+        "resources": [bone_metastasis("2025-01-10", FEMUR), pain("2025-05-30", 8)],
+        "hook": "patient-view",
+        "fires": False,
+    },
+    "humerus-coded-pain6-oxycodone": {
+        "story": "Myeloma-like picture coded C79.51 at the humerus, pain 6/10, oxycodone",
+        "resources": [
+            bone_metastasis("2025-02-01", HUMERUS),
+            pain("2025-05-29", 6),
+            opioid_request("2025-05-01", "oxyCODONE Hydrochloride 5 MG Oral Tablet"),
+        ],
+        "hook": "patient-view",
+        "fires": False,
+    },
+    "rib-text-pain5": {
+        "story": "Lung cancer, rib metastasis written as text only, pain 5/10",
+        "resources": [bone_metastasis("2025-03-01", RIB_TEXT), pain("2025-05-30", 5)],
+        "hook": "patient-view",
+        "fires": False,
+    },
+    "l3-text-pain6-bid-code": {
+        "story": "Renal cell cancer, 'L3 vertebral body' written as text, pain 6/10, morphine 10 mg timing code BID only",
+        "resources": [
+            bone_metastasis("2025-01-15", L3_TEXT),
+            pain("2025-05-28", 6),
+            morphine_request(
+                "2025-05-20",
+                epic_dosage(10, frequency=None, period=None, code="BID"),
+                display="morphine sulfate 10 MG Oral Tablet",
+            ),
+        ],
+        "hook": "patient-view",
+        "fires": True,
+        "expect": [
+            "Painful vertebral metastasis (pain 6/10)",
+            "in the spine (L3 vertebral body)",
+            "daily morphine: **20 mg/d**",
+        ],
+    },
+    "no-site-pain5": {
+        "story": "Bone metastasis on the problem list without a body site, pain 5/10",
+        "resources": [bone_metastasis("2024-12-01"), pain("2025-05-31", 5)],
+        "hook": "patient-view",
+        "fires": True,
+        "expect": ["Painful bone metastasis, site not recorded (pain 5/10)", "bone metastasis, site not recorded"],
+        "never": ["vertebral metastasis (", "This patient has a vertebral metastasis"],
+    },
+    "t12-newest-pain-unreadable": {
+        "story": "T12 metastasis, pain 7/10 two weeks ago, today's score recorded as the word 'severe'",
+        "resources": [
+            bone_metastasis("2024-11-20", T12),
+            pain("2025-05-15", 7),
+            pain("2025-05-31", valueString="severe"),
+        ],
+        "hook": "patient-view",
+        "fires": False,
+    },
+    "t12-newest-pain-unreadable-at-ordering": {
+        "story": "The same patient: kyphoplasty is ordered (no stated reason)",
+        "resources": [
+            bone_metastasis("2024-11-20", T12),
+            pain("2025-05-15", 7),
+            pain("2025-05-31", valueString="severe"),
+        ],
+        "drafts": [vertebral_order(KYPHOPLASTY_LUMBAR)],
+        "hook": "order-sign",
+        "fires": True,
+        "expect": ["newest pain score unreadable", "a newer value from 2025-05-31 could not be read"],
+    },
+    "mwa-ordered-for-osteoporotic-fracture": {
+        "story": "Femoral metastasis on file; MWA of T11 ordered with the stated reason osteoporotic vertebral fracture",
+        "resources": [bone_metastasis("2025-01-10", FEMUR), condition(*OSTEOPOROTIC_FRACTURE, "2025-05-01")],
+        "drafts": [vertebral_order(MWA_THORACIC, reason=OSTEOPOROTIC_FRACTURE)],
+        "hook": "order-select",
+        "fires": False,
+    },
+    "mwa-no-reason-osteoporosis-only": {
+        "story": "Osteoporotic T12 fracture, no cancer; vertebral ablation ordered without a stated reason",
+        "resources": [condition(*OSTEOPOROTIC_FRACTURE, "2025-05-01"), pain("2025-05-30", 8)],
+        "drafts": [vertebral_order(MWA_THORACIC)],
+        "hook": "order-sign",
+        "fires": False,
+    },
+    "mwa-for-benign-lesion-with-metastasis-elsewhere": {
+        "story": "T12 metastasis on file, but this MWA order states a benign vertebral lesion (D16.6) as its reason",
+        "resources": [bone_metastasis("2024-11-20", T12), pain("2025-05-30", 6)],
+        "drafts": [vertebral_order(MWA_THORACIC, reason=HEMANGIOMA_BENIGN)],
+        "hook": "order-sign",
+        "fires": False,
+    },
+    "mwa-for-primary-bone-tumour": {
+        "story": "Primary malignant tumour of the vertebral column (C41.2) stated as the reason of an MWA order",
+        "resources": [condition(*PRIMARY_BONE_TUMOUR, "2025-04-01", rid="cond-primary")],
+        "drafts": [vertebral_order(MWA_THORACIC, reason_ref="Condition/cond-primary")],
+        "hook": "order-select",
+        "fires": False,
+    },
+    "kyphoplasty-reason-metastasis-not-on-problem-list": {
+        "story": "Kyphoplasty ordered with the stated reason C79.51; the metastasis is not on the problem list yet",
+        "resources": [pain("2025-05-30", 7)],
+        "drafts": [vertebral_order(KYPHOPLASTY_LUMBAR, reason=BONE_METASTASIS_CODE)],
+        "hook": "order-select",
+        "fires": True,
+        "expect": [
+            "Vertebral augmentation for metastasis",
+            "ordered for a bone metastasis (its stated reason)",
+            "cement leakage in 30 %",
+        ],
+    },
+    "kyphoplasty-reason-reference-lumbar-metastasis": {
+        "story": "Kyphoplasty ordered with reasonReference to the lumbar-spine metastasis on the problem list; morphine PRN only",
+        "resources": [
+            {**bone_metastasis("2025-02-01", LUMBAR_SPINE), "id": "cond-met"},
+            pain("2025-05-30", 8),
+            morphine_request(
+                "2025-05-10",
+                epic_dosage(5, frequency=1, period=4, period_unit="h", as_needed=True),
+                display="morphine sulfate 5 MG Oral Tablet",
+            ),
+        ],
+        "drafts": [vertebral_order(KYPHOPLASTY_LUMBAR, reason_ref="Condition/cond-met")],
+        "hook": "order-sign",
+        "fires": True,
+        "expect": [
+            "in the spine (Lumbar spine)",
+            "taken as needed: no fixed daily dose",
+            "daily morphine: **recorded but unreadable**",
+        ],
+    },
+    "mwa-reason-back-pain-metastasis-on-file": {
+        "story": "MWA ordered with the stated reason 'pain in thoracic spine' (not a known condition); T12 metastasis on file; fentanyl patch",
+        "resources": [
+            bone_metastasis("2024-11-20", T12),
+            pain("2025-05-30", 7),
+            opioid_request("2025-05-01", "fentanyl 25 MCG/HR Transdermal System"),
+        ],
+        "drafts": [vertebral_order(MWA_THORACIC, reason=BACK_PAIN)],
+        "hook": "order-select",
+        "fires": True,
+        "expect": ["fentanyl 25 MCG/HR Transdermal System also prescribed, not converted to morphine"],
+    },
+    "recorded-daily-dose-newer-than-prescription": {
+        "story": "T12 metastasis, pain 6/10; MS Contin 15 mg every 12 hours from April, a recorded daily dose of 60 mg/d last week",
+        "resources": [
+            bone_metastasis("2024-11-20", T12),
+            pain("2025-05-30", 6),
+            morphine_request("2025-04-01", MS_CONTIN_BID),
+            daily_morphine_observation("2025-05-26", 60, LOCAL_SYSTEM),
+        ],
+        "hook": "patient-view",
+        "fires": True,
+        "expect": ["daily morphine: **60 mg/d**"],
+    },
+    "iv-morphine-pca-inpatient": {
+        "story": "Inpatient with a T12 metastasis, pain 8/10, morphine 2 mg IV every 2 hours",
+        "resources": [
+            bone_metastasis("2024-11-20", T12),
+            pain("2025-05-31", 8),
+            morphine_request(
+                "2025-05-30",
+                epic_dosage(2, frequency=1, period=2, period_unit="h", route="Intravenous", tablets=None),
+                display="morphine sulfate 2 MG/ML Injectable Solution",
+            ),
+        ],
+        "hook": "patient-view",
+        "fires": True,
+        "expect": ["another route than by mouth (Intravenous)"],
+    },
+}
+
+
+def review_chart(name: str) -> tuple[list[dict], list[dict]]:
+    """The chart's resources and draft orders, with ids."""
+    chart = REVIEW_CHARTS[name]
+    return _with_ids(chart["resources"], "r"), _with_ids(chart.get("drafts", []), "draft")
