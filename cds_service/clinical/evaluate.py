@@ -687,7 +687,7 @@ def _daily_morphine(p: Predictor, r: Reading) -> InputValue:
         if observed.status == USED and observed.date is not None and (newest is None or observed.date > newest):
             return _with_note(observed, problems, also)
         total = sum(m.dose.mg_per_day for m in readable)
-        said = "; ".join(f"{_drug_name(m)} {m.dose.said}" for m in readable)
+        said = "; ".join(f"{_drug_name(m)}: {m.dose.said}" for m in readable)
         older = p.note("older_observation") if observed.status == USED else ""
         return InputValue(
             p.id,
@@ -706,10 +706,10 @@ def _daily_morphine(p: Predictor, r: Reading) -> InputValue:
             p.id,
             p.label,
             UNREADABLE,
-            display="recorded but unreadable",
+            display=p.note("prescribed_unread"),
             note="; ".join(x for x in (problems, also) if x),
         )
-    return _missing(p, f"no morphine prescription or recorded daily dose; {also}")
+    return replace(_missing(p, f"{p.note('none')}; {also}"), display=p.note("others_only"))
 
 
 def _with_note(item: InputValue, *notes: str) -> InputValue:

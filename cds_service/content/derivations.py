@@ -163,6 +163,10 @@ KINDS: dict[str, DerivationKind] = {
             "not_read": "a prescription's daily dose could not be read",
             "others": "not converted to morphine (the source reports morphine)",
             "older_observation": "a recorded daily dose is older than the prescription",
+            # shown as the value (in a lead): a prescription whose dose cannot be read; only other drugs
+            "prescribed_unread": "prescribed, daily dose not readable",
+            "others_only": "none recorded; another opioid prescribed (not converted)",
+            "none": "no prescription or recorded daily dose of the drug",
         },
     ),
 }

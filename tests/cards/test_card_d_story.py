@@ -178,7 +178,7 @@ def test_the_daily_morphine_dose_comes_from_the_active_prescription_in_every_hoo
     assert "daily morphine: **30 mg/d**" in lead(detail)
     assert (
         "- **Daily morphine dose**: 30 mg/d, prescribed 2025-05-02; morphine sulfate 15 MG Extended Release Oral "
-        "Tablet 15 mg every 12 hours" in detail
+        "Tablet: 15 mg every 12 hours" in detail
     )
 
 
@@ -221,7 +221,7 @@ def test_a_newer_recorded_daily_dose_wins_and_an_older_one_does_not():
 def test_other_opioids_are_named_and_never_converted(hook):
     oxy = opioid_request("2025-05-01", "oxyCODONE Hydrochloride 10 MG Oral Tablet")
     detail = chart_of(metastasis_in_pain(oxy), [vertebral_order(MWA_THORACIC)]).show(CARD, hook, TODAY)["detail"]
-    assert "daily morphine: **not recorded**" in lead(detail)
+    assert "daily morphine: **no morphine recorded; another opioid prescribed (not converted)**" in lead(detail)
     assert "oxyCODONE Hydrochloride 10 MG Oral Tablet also prescribed, not converted to morphine" in detail
     assert "mg/d" not in lead(detail)
 
@@ -238,7 +238,7 @@ def test_an_unreadable_or_ambiguous_dosage_says_why(dosage, why):
     detail = chart_of(metastasis_in_pain(morphine_request("2025-05-02", dosage))).show(CARD, "patient-view", TODAY)[
         "detail"
     ]
-    assert "daily morphine: **recorded but unreadable**" in lead(detail)
+    assert "daily morphine: **morphine prescribed, daily dose not readable**" in lead(detail)
     assert why in detail
 
 

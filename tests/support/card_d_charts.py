@@ -412,7 +412,7 @@ REVIEW_CHARTS: dict[str, dict] = {
         "expect": [
             "in the spine (Lumbar spine)",
             "taken as needed: no fixed daily dose",
-            "daily morphine: **recorded but unreadable**",
+            "daily morphine: **morphine prescribed, daily dose not readable**",
         ],
     },
     "mwa-reason-back-pain-metastasis-on-file": {
