@@ -118,12 +118,14 @@ def test_an_unreadable_body_site_is_said_and_does_not_fire_on_opening_the_chart(
 @pytest.mark.parametrize("hook", ORDER_HOOKS)
 def test_at_ordering_the_card_names_the_metastasis_site_and_never_calls_an_unsited_one_vertebral(hook):
     unsited = chart_of([bone_metastasis("2025-01-01")], [vertebral_order(MWA_THORACIC)]).show(CARD, hook, TODAY)
-    assert "for a bone metastasis (**site not recorded, active**)" in unsited["detail"]
+    assert "for a bone metastasis; on record: **site not recorded, active**" in unsited["detail"]
     assert "vertebral metastasis" not in unsited["detail"]
     femur = chart_of([bone_metastasis("2025-01-01", FEMUR)], [vertebral_order(KYPHOPLASTY_LUMBAR)]).show(
         CARD, hook, TODAY
     )
-    assert "for a bone metastasis (**at a site other than the spine (Left femur), active**)" in femur["detail"]
+    assert (
+        "for a bone metastasis; on record: **at a site other than the spine (Left femur), active**" in femur["detail"]
+    )
 
 
 # ------------------------------------------------------------------ 2. the order's indication

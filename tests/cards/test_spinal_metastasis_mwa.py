@@ -48,8 +48,8 @@ def test_mwa_ordered_shows_cohort_outcomes_next_to_the_patients_pain_and_morphin
     detail = card["detail"]
     # issue 15: the bundle's metastasis has no body site: "site not recorded", never "vertebral"
     assert lead(detail).startswith(
-        "Microwave ablation (MWA) of a vertebra is being ordered for a bone metastasis (**site not recorded, "
-        "active**). This patient's latest pain score: **7/10**; daily morphine: **60 mg/d**."
+        "Microwave ablation (MWA) of a vertebra is being ordered for a bone metastasis; on record: **site not "
+        "recorded, active**. This patient's latest pain score: **7/10**; daily morphine: **60 mg/d**."
     )
     assert "vertebral metastasis" not in detail
     assert "**cohort outcomes**, not a prediction for this patient" in lead(detail)
