@@ -321,8 +321,12 @@ class Predictor(Table):
             raise ValueError(f"{where}: derive = {self.derive!r} reads no concept")
         if isinstance(self.concept, list) and not (kind.several_concepts and self.concept):
             raise ValueError(f"{where}: derive = {self.derive!r} reads one concept")
-        for concept in self.concepts:
-            _check_concept(info.context, concept, kind.concept_kinds, where)
+        roles = kind.concept_roles
+        if roles and len(self.concepts) < len(roles):
+            raise ValueError(f"{where}: derive = {self.derive!r} needs concepts of kinds {', '.join(roles)}")
+        for i, concept in enumerate(self.concepts):
+            wanted = (roles[min(i, len(roles) - 1)],) if roles else kind.concept_kinds
+            _check_concept(info.context, concept, wanted, where)
         options = ("lookback_days", "after_procedure", "annotate_procedure", "values", "site", "indication")
         used = {k for k in options if getattr(self, k)}
         if used - kind.options:

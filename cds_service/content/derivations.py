@@ -28,6 +28,9 @@ class DerivationKind:
     notes: dict[str, str] = field(default_factory=dict)  # note key -> generic wording; a card may word it
     is_procedure: bool = False  # the fact it finds is the situation's procedure
     is_order: bool = False  # the fact it finds is the draft order that triggers the card
+    # the kind of concept each position of `concept` must be (the last repeats): several
+    # concepts with different roles, e.g. ("observation", "medication"); () = any of concept_kinds
+    concept_roles: tuple[str, ...] = ()
 
 
 KINDS: dict[str, DerivationKind] = {
@@ -157,6 +160,7 @@ KINDS: dict[str, DerivationKind] = {
         "concepts: other drugs of the class, named and never converted",
         concept_kinds=("observation", "medication"),
         several_concepts=True,
+        concept_roles=("observation", "medication"),
         options=frozenset({"lookback_days"}),
         notes={
             "prescribed": "prescribed",
