@@ -669,9 +669,8 @@ def _daily_morphine(p: Predictor, r: Reading) -> InputValue:
     observed = _observation(p.model_copy(update={"concept": observed_concept}), r)
     # a prescription authored after the time of the call is not yet current use (never used)
     current = [m for m in record.current_medications(drug) if m.date is None or m.date <= record.today]
-    prescriptions = [m for m in current if m.dose is not None]
-    readable = [m for m in prescriptions if m.dose.mg_per_day is not None]
-    unread = [m for m in prescriptions if m.dose.mg_per_day is None]
+    readable = [m for m in current if m.dose is not None and m.dose.mg_per_day is not None]
+    unread = [m for m in current if m.dose is None or m.dose.mg_per_day is None]
     named = sorted(
         {
             m.match.display or m.match.concept
@@ -681,7 +680,7 @@ def _daily_morphine(p: Predictor, r: Reading) -> InputValue:
         }
     )
     also = f"{', '.join(named)} also prescribed, {p.note('others')}" if named else ""
-    problems = "; ".join(f"{p.note('not_read')}: {m.dose.problem}" for m in unread)
+    problems = "; ".join(f"{p.note('not_read')}: {m.dose.problem if m.dose else p.note('no_dosage')}" for m in unread)
     if readable:
         newest = max((m.date for m in readable if m.date is not None), default=None)
         if observed.status == USED and observed.date is not None and (newest is None or observed.date > newest):

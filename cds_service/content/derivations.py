@@ -167,6 +167,7 @@ KINDS: dict[str, DerivationKind] = {
             "not_read": "a prescription's daily dose could not be read",
             "others": "not converted to morphine (the source reports morphine)",
             "older_observation": "a recorded daily dose is older than the prescription",
+            "no_dosage": "no dosage recorded",
             # shown as the value (in a lead): a prescription whose dose cannot be read; only other drugs
             "prescribed_unread": "prescribed, daily dose not readable",
             "others_only": "none recorded; another opioid prescribed (not converted)",

@@ -312,3 +312,11 @@ def test_a_value_dated_after_the_call_never_changes_card_d(name, later):
     if before is not None:
         assert before.situation.id == after.situation.id
         assert _used(before) == _used(after)
+
+
+def test_a_morphine_prescription_without_any_dosage_is_named_not_dropped():
+    rx = morphine_request("2025-05-02")  # no dosageInstruction
+    rx.pop("dosageInstruction")
+    detail = chart_of(metastasis_in_pain(rx)).show(CARD, "patient-view", TODAY)["detail"]
+    assert "daily morphine: **morphine prescribed, daily dose not readable**" in lead(detail)
+    assert "- **Daily morphine dose**: recorded but unreadable (no dosage recorded)" in detail
