@@ -148,6 +148,7 @@ class CardResult:
     estimate_problem: str | None = None  # why the site model gave no estimate
     procedure: ProcedureFact | None = None  # the situation's procedure, when it has one
     order: OrderFact | None = None  # the draft order that triggered the card
+    order_note: str = ""  # why that order counts (an order predictor with an `indication`)
     outside_range: tuple[OutsideRange, ...] = ()  # inputs beyond a learned model's training data
 
     @property
@@ -197,6 +198,7 @@ def evaluate(
             estimate_problem=problem,
             procedure=values.procedure,
             order=value(order_id).fact if order_id is not None else None,
+            order_note=value(order_id).note if order_id is not None else "",
             outside_range=outside,
         )
     return None
@@ -600,11 +602,122 @@ def _later_procedure(p: Predictor, r: Reading) -> InputValue:
 
 def _order(p: Predictor, r: Reading) -> InputValue:
     # order-select concerns the orders just selected; order-sign every order being signed.
+    refused = None
     for concept in p.concepts:
-        orders = r.record.orders_for(concept, selected_only=r.hook == "order-select")
-        if orders:
-            return InputValue(p.id, p.label, USED, value=True, display="yes", fact=orders[0])
-    return _missing(p)
+        for order in r.record.orders_for(concept, selected_only=r.hook == "order-select"):
+            if p.indication is None:
+                return InputValue(p.id, p.label, USED, value=True, display="yes", fact=order)
+            note, counts = _order_indication(p, order, r.record)
+            if counts:
+                return InputValue(p.id, p.label, USED, value=True, display="yes", note=note, fact=order)
+            refused = refused or note
+    return _missing(p, refused)
+
+
+def _order_indication(p: Predictor, order: OrderFact, record: PatientRecord) -> tuple[str, bool]:
+    """Whether an order is for the predictor's indication (EVIDENCE.md "The patient's story",
+    Site): its stated reason names it; or it states no reason of a known condition and the
+    patient has the indication active. A stated reason of another known condition (a benign
+    lesion, an osteoporotic fracture) does not count, whatever else the patient has."""
+    if p.indication in order.reasons:
+        return p.note("for_indication"), True
+    if order.reasons:
+        return p.note("other_reason"), False
+    if record.has_active_condition(p.indication):
+        return p.note("patient_has_indication"), True
+    return p.note("no_indication"), False
+
+
+def _condition_site(p: Predictor, r: Reading) -> InputValue:
+    """Where the concept's active Conditions are sited: at the predictor's site (by code or
+    text), site not recorded, or elsewhere; a site that could not be read is unreadable."""
+    record = r.record
+    active = record.active_conditions(p.concept)
+    if not active:
+        item = _condition(p, r)
+        return replace(item, value="inactive") if item.status == USED else item
+    at_site = [c for c in active if p.site in c.sites]
+    unsited = [c for c in active if not c.sited]
+    unreadable = [c for c in active if c.site_unreadable]
+    if at_site:
+        answer, fact = "at_site", _earliest(at_site)
+    elif unsited:
+        answer, fact = "site_not_recorded", _earliest(unsited)
+    elif unreadable:
+        return InputValue(p.id, p.label, UNREADABLE, display="recorded but unreadable", note=p.note("site_unreadable"))
+    else:
+        answer, fact = "elsewhere", _earliest(active)
+    words = p.note(answer)
+    where = f" ({fact.site_text})" if answer != "site_not_recorded" and fact.site_text else ""
+    return InputValue(
+        p.id,
+        p.label,
+        USED,
+        value=answer,
+        display=f"{words}{where}, {_status(fact)}",
+        **_condition_dates(fact),
+        **_text_match(fact.match),
+    )
+
+
+def _daily_morphine(p: Predictor, r: Reading) -> InputValue:
+    """The daily dose: the newest of a recorded daily-dose Observation (concept [0]) and the
+    structured dosage of the current prescriptions of the drug (concept [1], summed); other
+    drugs of the class (further concepts) are named, never converted."""
+    record = r.record
+    observed_concept, drug, *others = p.concepts
+    observed = _observation(p.model_copy(update={"concept": observed_concept}), r)
+    # a prescription authored after the time of the call is not yet current use (never used)
+    current = [m for m in record.current_medications(drug) if m.date is None or m.date <= record.today]
+    readable = [m for m in current if m.dose is not None and m.dose.mg_per_day is not None]
+    unread = [m for m in current if m.dose is None or m.dose.mg_per_day is None]
+    named = sorted(
+        {
+            m.match.display or m.match.concept
+            for c in others
+            for m in record.current_medications(c)
+            if m.date is None or m.date <= record.today
+        }
+    )
+    also = f"{', '.join(named)} also prescribed, {p.note('others')}" if named else ""
+    problems = "; ".join(f"{p.note('not_read')}: {m.dose.problem if m.dose else p.note('no_dosage')}" for m in unread)
+    if readable:
+        newest = max((m.date for m in readable if m.date is not None), default=None)
+        if observed.status == USED and observed.date is not None and (newest is None or observed.date > newest):
+            return _with_note(observed, problems, also)
+        total = sum(m.dose.mg_per_day for m in readable)
+        said = "; ".join(f"{_drug_name(m)}: {m.dose.said}" for m in readable)
+        older = p.note("older_observation") if observed.status == USED else ""
+        return InputValue(
+            p.id,
+            p.label,
+            USED,
+            value=total,
+            display=f"{number(round(total, 1))} {p.unit}",
+            date=newest,
+            date_label=p.note("prescribed"),
+            note="; ".join(x for x in (said, problems, older, also) if x),
+        )
+    if observed.status in (USED, UNREADABLE) or not (unread or named):
+        return _with_note(observed, problems, also)
+    if unread:
+        return InputValue(
+            p.id,
+            p.label,
+            UNREADABLE,
+            display=p.note("prescribed_unread"),
+            note="; ".join(x for x in (problems, also) if x),
+        )
+    return replace(_missing(p, f"{p.note('none')}; {also}"), display=p.note("others_only"))
+
+
+def _with_note(item: InputValue, *notes: str) -> InputValue:
+    joined = "; ".join(x for x in (item.note, *notes) if x)
+    return replace(item, note=joined)
+
+
+def _drug_name(m) -> str:
+    return m.match.display if m.match.display else "prescription"
 
 
 # One function per derivation kind of content/derivations.py (KINDS), under the same name.
@@ -624,6 +737,8 @@ DERIVE: dict[str, Callable[[Predictor, Reading], InputValue]] = {
     "procedure": _procedure,
     "later_procedure": _later_procedure,
     "order": _order,
+    "condition_site": _condition_site,
+    "daily_morphine": _daily_morphine,
 }
 
 

@@ -52,6 +52,9 @@ def _is_codeable(value: object) -> bool:
     return text is None or type(text) is str
 
 
+is_codeable = _is_codeable  # for the elements read outside ELEMENTS_READ (bodySite, reasonCode)
+
+
 def _is_period(value: object) -> bool:
     if type(value) is not dict:
         return False

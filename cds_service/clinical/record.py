@@ -21,6 +21,7 @@ from cds_service.clinical.dates import (
     instant_of,
     placed_after,
 )
+from cds_service.clinical.dosage import DailyDose
 from cds_service.terminology.concept_index import Match
 
 __all__ = [
@@ -55,6 +56,12 @@ class ConditionFact:
     abatement: date | None  # abatementDateTime / abatementPeriod (start, else end)
     abated: bool = False  # any abatement[x] recorded, even one without a date
     status_from_abatement: bool = False  # clinical_status "inactive" read from the abatement (con-4)
+    # bodySite: the body-site concepts it names (concepts.toml kind "body_site"), and the site as
+    # recorded, for display; sited = False: no bodySite; site_unreadable: one that is not valid.
+    sites: tuple[str, ...] = ()
+    site_text: str | None = None
+    sited: bool = False
+    site_unreadable: bool = False
 
     @property
     def is_active(self) -> bool:
@@ -100,6 +107,7 @@ class MedicationFact:
     resource_type: str  # MedicationRequest | MedicationStatement
     status: str
     date: date | None  # authoredOn / effective[x] / dateAsserted
+    dose: DailyDose | None = None  # the daily dose from dosageInstruction / dosage; None: no dosage
 
 
 @dataclass(frozen=True)
@@ -110,6 +118,10 @@ class OrderFact:
     resource_type: str
     resource_ref: str  # "ServiceRequest/abc" as given in the draft bundle
     selected: bool  # order-select: listed in context.selections
+    # The order's stated reason (reasonCode, reasonReference to a Condition): the condition
+    # concepts it names, and whether any reason is stated at all (one of no known concept too).
+    reasons: tuple[str, ...] = ()
+    reason_stated: bool = False
 
 
 @dataclass(frozen=True)

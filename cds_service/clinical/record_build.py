@@ -44,7 +44,16 @@ from collections.abc import Iterable
 from datetime import UTC, date, datetime
 
 from cds_service.clinical.dates import is_future, parse_fhir_date, parse_fhir_datetime
-from cds_service.clinical.fhir_elements import ELEMENTS_READ, as_list, get_sub, status_code, type_and_id
+from cds_service.clinical.dosage import read_daily_dose
+from cds_service.clinical.fhir_elements import (
+    ELEMENTS_READ,
+    as_list,
+    get_sub,
+    is_codeable,
+    short_text,
+    status_code,
+    type_and_id,
+)
 from cds_service.clinical.observation_values import Unreadable, read_value
 from cds_service.clinical.record import (
     FUTURE,
@@ -68,6 +77,7 @@ PROCEDURE_KINDS = frozenset({"procedure"})
 OBSERVATION_KINDS = frozenset({"observation"})
 MEDICATION_KINDS = frozenset({"medication"})
 SERVICE_REQUEST_KINDS = frozenset({"procedure", "medication"})
+BODY_SITE_KINDS = frozenset({"body_site"})
 
 _OBSERVATION_STATUSES = ("final", "amended", "corrected")
 
@@ -110,6 +120,7 @@ def build_record(
     collected = _collect(sources)
     drafts = _collect([draft_orders])
     medications = _medication_index(collected + drafts)
+    conditions = _condition_index(collected + drafts)
 
     patient = next((r for r, _ in collected if r.get("resourceType") == "Patient"), None)
     if patient is not None:
@@ -133,7 +144,7 @@ def build_record(
     selected = _selection_set(selections)
     for resource, full_url in drafts:
         try:
-            _read_draft_order(resource, concepts, record, medications, full_url, selected)
+            _read_draft_order(resource, concepts, record, medications, full_url, selected, conditions)
         except Exception:
             _could_not_read(resource, record)
 
@@ -205,6 +216,20 @@ def _collect(sources: Iterable[object]) -> list[tuple[dict, str | None]]:
     return out
 
 
+def _condition_index(resources: list[tuple[dict, str | None]]) -> dict[str, dict]:
+    """Conditions by "Condition/<id>" and fullUrl: what an order's reasonReference names."""
+    index: dict[str, dict] = {}
+    for resource, full_url in resources:
+        if resource.get("resourceType") != "Condition":
+            continue
+        rid = resource.get("id")
+        if isinstance(rid, str):
+            index.setdefault(f"Condition/{rid}", resource)
+        if full_url:
+            index.setdefault(full_url, resource)
+    return index
+
+
 def _medication_index(resources: list[tuple[dict, str | None]]) -> dict[str, dict]:
     index: dict[str, dict] = {}
     for resource, full_url in resources:
@@ -269,6 +294,7 @@ def _read_condition(resource: dict, concepts: ConceptIndex, record: PatientRecor
             record, "Condition", matches, "recordedDate", "the recorded date is after the time of this call", recorded
         )
         recorded = None
+    site = _body_site(resource.get("bodySite"), concepts)
     for match in matches:
         record.conditions.setdefault(match.concept, []).append(
             ConditionFact(
@@ -279,8 +305,40 @@ def _read_condition(resource: dict, concepts: ConceptIndex, record: PatientRecor
                 abatement=abatement,
                 abated=abated,
                 status_from_abatement=from_abatement,
+                **site,
             )
         )
+
+
+def _body_site(body_site: object, concepts: ConceptIndex) -> dict:
+    """Condition.bodySite (0..* CodeableConcept): the body-site concepts it names (by code, or
+    by its text or a display), the site as recorded (for display), and whether one is recorded.
+    A bodySite that is not a list of CodeableConcepts is recorded but unreadable; the rest of
+    the Condition is still read."""
+    if body_site is None or body_site == []:
+        return {}
+    if type(body_site) is not list or not all(type(b) is dict and is_codeable(b) for b in body_site):
+        return {"sited": True, "site_unreadable": True}
+    sites: dict[str, None] = {}
+    shown = None
+    for codeable in body_site:
+        for match in concepts.match_codeable(codeable, BODY_SITE_KINDS):
+            sites.setdefault(match.concept)
+        shown = shown or _codeable_text(codeable)
+    return {"sites": tuple(sites), "site_text": shown, "sited": True}
+
+
+def _codeable_text(codeable: dict) -> str | None:
+    """A CodeableConcept as a person wrote it: its text, else its first display, else its code."""
+    text = codeable.get("text")
+    if isinstance(text, str) and text.strip():
+        return short_text(text)
+    codings = [c for c in as_list(codeable.get("coding")) if isinstance(c, dict)]
+    for key in ("display", "code"):
+        for coding in codings:
+            if isinstance(coding.get(key), str) and coding[key].strip():
+                return short_text(coding[key])
+    return None
 
 
 # -- Procedure ---------------------------------------------------------------------------------
@@ -385,9 +443,10 @@ def _read_medication_use(resource: dict, concepts: ConceptIndex, record: Patient
         or parse_fhir_date(get_sub(resource, "effectivePeriod", "start"))
         or parse_fhir_date(resource.get("dateAsserted"))
     )
+    dose = read_daily_dose(resource.get("dosageInstruction" if kind == "MedicationRequest" else "dosage"))
     for match in matches:
         record.medications.setdefault(match.concept, []).append(
-            MedicationFact(match=match, resource_type=kind, status=status, date=when)
+            MedicationFact(match=match, resource_type=kind, status=status, date=when, dose=dose)
         )
 
 
@@ -422,6 +481,7 @@ def _read_draft_order(
     medications: dict,
     full_url: str | None,
     selected: frozenset[str] | None,
+    conditions: dict[str, dict],
 ) -> None:
     kind = resource.get("resourceType")
     if kind == "ServiceRequest":
@@ -447,10 +507,41 @@ def _read_draft_order(
     rid = resource.get("id")
     ref = f"{kind}/{rid}" if isinstance(rid, str) and rid else (full_url or kind)
     is_selected = selected is None or ref in selected or (full_url is not None and full_url in selected)
+    reasons, stated = _order_reasons(resource, concepts, conditions) if kind != "MedicationRequest" else ((), False)
     for match in matches:
         record.orders.setdefault(match.concept, []).append(
-            OrderFact(match=match, resource_type=kind, resource_ref=ref, selected=is_selected)
+            OrderFact(
+                match=match,
+                resource_type=kind,
+                resource_ref=ref,
+                selected=is_selected,
+                reasons=reasons,
+                reason_stated=stated,
+            )
         )
+
+
+def _order_reasons(resource: dict, concepts: ConceptIndex, conditions: dict[str, dict]) -> tuple[tuple[str, ...], bool]:
+    """The condition concepts an order's stated reason names (ServiceRequest / Procedure
+    reasonCode, and reasonReference to a Condition of the record or the draft bundle), and
+    whether a reason is stated at all. A reason that is not valid FHIR is not a stated reason."""
+    found: dict[str, None] = {}
+    stated = False
+    for codeable in as_list(resource.get("reasonCode")):
+        if type(codeable) is dict and is_codeable(codeable):
+            stated = True
+            for match in concepts.match_codeable(codeable, CONDITION_KINDS):
+                found.setdefault(match.concept)
+    for reference in as_list(resource.get("reasonReference")):
+        target = reference.get("reference") if type(reference) is dict else None
+        if not isinstance(target, str) or not target:
+            continue
+        stated = True
+        condition = conditions.get(target) or conditions.get(type_and_id(target))
+        if condition is not None:
+            for match in concepts.match_codeable(condition.get("code"), CONDITION_KINDS):
+                found.setdefault(match.concept)
+    return tuple(found), stated
 
 
 def _selection_set(selections: Iterable[str] | None) -> frozenset[str] | None:

@@ -299,7 +299,7 @@ def _input_sections(result: CardResult) -> list[str]:
     context = {i.predictor for i in result.inputs if card.predictor(i.predictor).context}
     missing = [i for i in result.inputs if i.status in (MISSING, INTRAOPERATIVE)]
     unreadable = [i for i in result.inputs if i.status == UNREADABLE]
-    lines = [_order_line(result.order, result.hook)] if result.order is not None else []
+    lines = [_order_line(result.order, result.hook, result.order_note)] if result.order is not None else []
     lines += [_used_line(i) for i in used if i.predictor not in context] or [
         "- None of this card's other inputs is recorded."
     ]
@@ -328,7 +328,7 @@ def _input_sections(result: CardResult) -> list[str]:
     return parts
 
 
-def _order_line(order: OrderFact, hook: str) -> str:
+def _order_line(order: OrderFact, hook: str, note: str = "") -> str:
     line = f"- **Order being {'signed' if hook == 'order-sign' else 'selected'}**"
     shown = [f'"{escape(order.match.display)}"'] if order.match.display else []
     if order.match.code and not order.match.by_text:
@@ -337,6 +337,8 @@ def _order_line(order: OrderFact, hook: str) -> str:
         line += ": " + ", ".join(shown)
     if order.match.by_text:
         line += "; recorded as free text"
+    if note:  # why the order counts (its stated reason, or the patient's record)
+        line += f"; {escape_note(note)}"
     return line
 
 
@@ -366,7 +368,7 @@ def _used_line(i: InputValue) -> str:
     if i.date is not None:
         line += f", {i.date_label} {i.date.isoformat()}"
     if i.note:
-        line += f"; {escape(i.note)}"
+        line += f"; {escape_note(i.note)}"
     if i.by_text:
         line += f'; recorded as free text ("{escape(i.matched_text or "")}")'
     others = _dates_not_used(i)
@@ -379,7 +381,7 @@ def _missing_line(i: InputValue) -> str:
         return f"- **{i.label}**: {i.display}"
     if i.future and not i.newer_unreadable:
         return f"- **{i.label}**: {others}"
-    return f"- **{i.label}**: not recorded ({escape(i.note)}); not assumed" + (f"; {others}" if others else "")
+    return f"- **{i.label}**: not recorded ({escape_note(i.note)}); not assumed" + (f"; {others}" if others else "")
 
 
 def _unreadable_line(i: InputValue) -> str:
@@ -393,6 +395,12 @@ def _unreadable_line(i: InputValue) -> str:
         )
     others = _dates_not_used(i)
     return line + (f"; {others}" if others else "")
+
+
+def escape_note(note: str) -> str:
+    """A note of several parts ("a; b"): each part bounded and escaped on its own, so a long
+    first part does not cut off the next (a daily dose and the opioids not converted)."""
+    return "; ".join(escape(part) for part in note.split("; "))
 
 
 def escape(text: Any) -> str:

@@ -300,6 +300,10 @@ class Predictor(Table):
     after_procedure: Flag = False
     annotate_procedure: Flag = False
     values: list[Text] = Field(default_factory=list, description="a coded observation's allowed answers")
+    site: Text | None = Field(None, description="condition_site: the body-site concept that is the site asked for")
+    indication: Text | None = Field(
+        None, description="order: the condition concept an order must be for (its stated reason, or the patient's)"
+    )
     notes: dict[str, Text] = Field(default_factory=dict, description="the kind's notes, worded for this card")
     context: Flag = Field(False, description="read in every situation; listed, not counted as a factor")
 
@@ -317,14 +321,24 @@ class Predictor(Table):
             raise ValueError(f"{where}: derive = {self.derive!r} reads no concept")
         if isinstance(self.concept, list) and not (kind.several_concepts and self.concept):
             raise ValueError(f"{where}: derive = {self.derive!r} reads one concept")
-        for concept in self.concepts:
-            _check_concept(info.context, concept, kind.concept_kinds, where)
-        used = {k for k in ("lookback_days", "after_procedure", "annotate_procedure", "values") if getattr(self, k)}
+        roles = kind.concept_roles
+        if roles and len(self.concepts) < len(roles):
+            raise ValueError(f"{where}: derive = {self.derive!r} needs concepts of kinds {', '.join(roles)}")
+        for i, concept in enumerate(self.concepts):
+            wanted = (roles[min(i, len(roles) - 1)],) if roles else kind.concept_kinds
+            _check_concept(info.context, concept, wanted, where)
+        options = ("lookback_days", "after_procedure", "annotate_procedure", "values", "site", "indication")
+        used = {k for k in options if getattr(self, k)}
         if used - kind.options:
             raise ValueError(
-                f"{where}: after_procedure / annotate_procedure / values / lookback_days "
-                f"apply to derive = 'observation' only"
+                f"{where}: {', '.join(sorted(used - kind.options))} do not apply to derive = {self.derive!r}"
             )
+        if "site" in kind.options and not self.site:
+            raise ValueError(f"{where}: derive = {self.derive!r} needs a site (a body_site concept)")
+        if self.site:
+            _check_concept(info.context, self.site, ("body_site",), where)
+        if self.indication:
+            _check_concept(info.context, self.indication, ("condition",), where)
         unknown = set(self.notes) - set(kind.notes)
         if unknown:
             raise ValueError(

@@ -28,6 +28,9 @@ class DerivationKind:
     notes: dict[str, str] = field(default_factory=dict)  # note key -> generic wording; a card may word it
     is_procedure: bool = False  # the fact it finds is the situation's procedure
     is_order: bool = False  # the fact it finds is the draft order that triggers the card
+    # the kind of concept each position of `concept` must be (the last repeats): several
+    # concepts with different roles, e.g. ("observation", "medication"); () = any of concept_kinds
+    concept_roles: tuple[str, ...] = ()
 
 
 KINDS: dict[str, DerivationKind] = {
@@ -120,11 +123,56 @@ KINDS: dict[str, DerivationKind] = {
         several_concepts=True,
     ),
     "order": DerivationKind(
-        "a draft order of the concept(s) being selected (order-select) or signed (order-sign)",
+        "a draft order of the concept(s) being selected (order-select) or signed (order-sign); with "
+        "`indication` (a condition concept), only an order for it: its stated reason (reasonCode / "
+        "reasonReference) names the indication, or it states no reason of a known concept and the "
+        "patient has the indication active; an order whose stated reason is another known condition "
+        "does not count",
         concept_kinds=("procedure", "medication"),
         yes_no=True,
         several_concepts=True,
         is_order=True,
+        options=frozenset({"indication"}),
+        notes={
+            "for_indication": "ordered for the indication (its stated reason)",
+            "patient_has_indication": "no stated reason of a known condition; the patient has the indication",
+            "other_reason": "an order was placed, but its stated reason is another condition",
+            "no_indication": "an order was placed, but it states no reason and the patient has no active indication",
+        },
+    ),
+    "condition_site": DerivationKind(
+        "where the concept's active Conditions are sited (Condition.bodySite), as an answer: "
+        "'at_site' (a body site of the `site` concept, by code or by text), 'site_not_recorded' "
+        "(no body site recorded), 'elsewhere' (only other sites); 'inactive' when none is active",
+        concept_kinds=("condition",),
+        options=frozenset({"site"}),
+        notes={
+            "at_site": "",  # the answer's wording, followed by the site as recorded
+            "site_not_recorded": "",
+            "elsewhere": "",
+            "site_unreadable": "its body site could not be read",
+        },
+    ),
+    "daily_morphine": DerivationKind(
+        "the daily dose of a drug: concept [0] a recorded daily-dose Observation (the latest in "
+        "`lookback_days`), concept [1] the drug's current prescriptions, whose structured dosage "
+        "gives the daily dose (summed over prescriptions; a newer Observation wins), further "
+        "concepts: other drugs of the class, named and never converted",
+        concept_kinds=("observation", "medication"),
+        several_concepts=True,
+        concept_roles=("observation", "medication"),
+        options=frozenset({"lookback_days"}),
+        notes={
+            "prescribed": "prescribed",
+            "not_read": "a prescription's daily dose could not be read",
+            "others": "not converted to morphine (the source reports morphine)",
+            "older_observation": "a recorded daily dose is older than the prescription",
+            "no_dosage": "no dosage recorded",
+            # shown as the value (in a lead): a prescription whose dose cannot be read; only other drugs
+            "prescribed_unread": "prescribed, daily dose not readable",
+            "others_only": "none recorded; another opioid prescribed (not converted)",
+            "none": "no prescription or recorded daily dose of the drug",
+        },
     ),
 }
 

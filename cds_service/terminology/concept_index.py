@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import date
 
 ICD10_FORMAT = "icd-10"
-KINDS = ("condition", "procedure", "medication", "observation")
+KINDS = ("condition", "procedure", "medication", "observation", "body_site")
 VALUE_KINDS = ("quantity", "ordinal", "count", "coded", "boolean")
 
 # Free text longer than this is only searched in its first part: a medication name sits at
@@ -102,7 +102,7 @@ class ValueSpec:
 class Concept:
     id: str
     label: str
-    kind: str  # condition | procedure | medication | observation
+    kind: str  # condition | procedure | medication | observation | body_site
     codes: tuple[ConceptCode, ...]
     text: tuple[str, ...] = ()  # free-text phrases (word-bounded, case-insensitive)
     value: ValueSpec | None = None  # observations only

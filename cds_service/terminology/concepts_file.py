@@ -232,10 +232,11 @@ class ConceptEntry(_Model):
     """[concepts.<id>]: one clinical concept, the codes that name it and how its value is read."""
 
     label: NonEmpty
-    kind: Literal["condition", "procedure", "medication", "observation"]
+    kind: Literal["condition", "procedure", "medication", "observation", "body_site"]
     codes: list[CodeEntry]
     text: list[NonEmpty] | None = Field(
-        None, description="free-text phrases (medications only) matched in CodeableConcept.text and displays"
+        None,
+        description="free-text phrases (medications and body sites only) matched in CodeableConcept.text and displays",
     )
     value_sets: list[ValueSetEntry] = Field(default_factory=list, description="provenance of the codes")
     value: Literal["quantity", "ordinal", "count", "coded", "boolean"] | None = None
@@ -262,8 +263,8 @@ class ConceptEntry(_Model):
     @model_validator(mode="after")
     def _consistent(self) -> ConceptEntry:
         if self.text is not None:
-            if self.kind != "medication":
-                raise ValueError("text patterns are allowed for medications only")
+            if self.kind not in ("medication", "body_site"):
+                raise ValueError("text patterns are allowed for medications and body sites only")
             if not self.text:
                 raise ValueError("text is empty")
         if not self.codes and not self.text:

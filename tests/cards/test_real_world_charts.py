@@ -14,6 +14,7 @@ from support.chart import (
     HYPERTENSION,
     LOCAL,
     MVD,
+    MWA_THORACIC,
     PAIN,
     RXNORM,
     SNOMED,
@@ -248,7 +249,10 @@ def test_the_after_rfa_card_never_says_most_recurrences_come_within_a_year():
 def test_card_d_says_a_newer_pain_score_could_not_be_read_and_which_older_one_it_used():
     chart = Chart().condition(BONE_METASTASIS, onset="2024-01-01").pain("2025-05-10", 6)
     chart.observation(PAIN, "2025-05-28", valueString="severe")
-    detail = chart.show("spinal-metastasis-mwa", "patient-view", "2025-06-01")["detail"]
+    # on opening the chart the card does not fire on the older score (firing depends on it, issue 15);
+    # at ordering it fires on the order and says which score it used
+    assert chart.show("spinal-metastasis-mwa", "patient-view", "2025-06-01") is None
+    detail = chart.order(MWA_THORACIC).show("spinal-metastasis-mwa", "order-sign", "2025-06-01")["detail"]
     assert (
         "- **Latest pain score (0-10)**: 6/10, recorded 2025-05-10; a newer value from 2025-05-28 could not be "
         "read; the value from 2025-05-10 was used" in detail

@@ -7,6 +7,7 @@ median VAS 6 / 5 / 4 / 3 / 3 / 3; mean daily morphine 77.8 / 34.5 / 28.7 / 24.6 
 
 import pytest
 from support import evidence
+from support.card_d_charts import T12
 from support.chart import AUGMENTATION_CPT, BONE_METASTASIS, LOCAL, MWA_THORACIC, PAIN, RFA, Chart
 
 CARD = "spinal-metastasis-mwa"
@@ -45,10 +46,12 @@ def test_mwa_ordered_shows_cohort_outcomes_next_to_the_patients_pain_and_morphin
         "MWA + augmentation: cohort median pain fell from 6 to 3/10 by 1 month; this patient's latest pain 7/10"
     )
     detail = card["detail"]
+    # issue 15: the bundle's metastasis has no body site: "site not recorded", never "vertebral"
     assert lead(detail).startswith(
-        "Microwave ablation (MWA) of a vertebra is being ordered. This patient's latest pain score: **7/10**; "
-        "daily morphine: **60 mg/d**."
+        "Microwave ablation (MWA) of a vertebra is being ordered for a bone metastasis; on record: **site not "
+        "recorded, active**. This patient's latest pain score: **7/10**; daily morphine: **60 mg/d**."
     )
+    assert "vertebral metastasis" not in detail
     assert "**cohort outcomes**, not a prediction for this patient" in lead(detail)
     assert "Local tumour control was 94.8 % of treated vertebrae at 6 months" in lead(detail)
     # issue 9: the outcome table, complications and the patient's values beside them are on the evidence page
@@ -57,16 +60,26 @@ def test_mwa_ordered_shows_cohort_outcomes_next_to_the_patients_pain_and_morphin
     assert "This patient: latest pain score 7/10; daily morphine dose 60 mg/d" in page
     assert "- **Latest pain score (0-10)**: 7/10, recorded 2025-05-25" in detail
     assert "- **Daily morphine dose**: 60 mg/d, recorded 2025-05-25" in detail
-    assert "- **Vertebral (bone) metastasis**: yes (active), onset 2024-12-01" in detail
+    assert "- **Bone metastasis, site**: site not recorded, active, onset 2024-12-01" in detail
     assert card["source"]["url"] == "https://doi.org/10.3174/ajnr.A7415"
     assert "not a prediction model" in detail  # the card's one line of evidence strength
 
 
 def test_a_painful_vertebral_metastasis_raises_the_card_on_opening_the_chart():
-    card = Chart.from_bundle("vertebral_metastasis_pain.json").show(CARD, "patient-view", TODAY)
+    chart = Chart().condition(BONE_METASTASIS, onset="2024-12-01", bodySite=[T12]).pain("2025-05-25", 7)
+    card = chart.show(CARD, "patient-view", TODAY)
     assert card["summary"] == (
         "Painful vertebral metastasis (pain 7/10): after MWA + augmentation, cohort median pain fell from 6 to 3/10"
     )
+    cohort_outcomes_shown(chart.evidence(CARD, "patient-view", TODAY))
+
+
+def test_a_painful_bone_metastasis_without_a_site_is_not_called_vertebral():
+    card = Chart.from_bundle("vertebral_metastasis_pain.json").show(CARD, "patient-view", TODAY)
+    assert card["summary"] == (
+        "Painful bone metastasis, site not recorded (pain 7/10): if spinal, cohort pain fell 6 to 3/10 after ablation"
+    )
+    assert "vertebral metastasis" not in card["detail"]
     cohort_outcomes_shown(Chart.from_bundle("vertebral_metastasis_pain.json").evidence(CARD, "patient-view", TODAY))
 
 
@@ -146,20 +159,18 @@ def test_morphine_in_another_unit_is_converted_and_both_are_shown():
 
 # -- EVIDENCE.md "Reading the record": the newest pain score cannot be read ----------------------------
 def metastasis_with_pain(older: float, newer: dict) -> Chart:
-    chart = Chart().condition(BONE_METASTASIS, onset="2024-01-01").pain("2025-05-10", older)
+    chart = Chart().condition(BONE_METASTASIS, onset="2024-01-01", bodySite=[T12]).pain("2025-05-10", older)
     return chart.observation(PAIN, "2025-05-28", **newer)
 
 
-def test_on_opening_the_chart_the_card_says_a_newer_pain_score_could_not_be_read_and_which_it_used():
-    card = metastasis_with_pain(6, {"valueString": "severe"}).show(CARD, "patient-view", TODAY)
-    assert card["summary"] == (
-        "Painful vertebral metastasis (pain 6/10), a newer score unreadable: cohort pain fell 6 to 3/10 after ablation"
-    )
-    assert (
-        "- **Latest pain score (0-10)**: 6/10, recorded 2025-05-10; a newer value from 2025-05-28 could not be "
-        "read; the value from 2025-05-10 was used" in card["detail"]
-    )
-    assert card["detail"].count("could not be read") == 1  # said once
+def test_on_opening_the_chart_a_newer_unreadable_pain_score_keeps_the_card_from_firing_on_an_older_one():
+    # EVIDENCE.md "Reading the record": firing depends on the score (>= 4/10), and the newest
+    # one could not be read: the card does not fire on the older 6/10 (issue 15)
+    assert metastasis_with_pain(6, {"valueString": "severe"}).show(CARD, "patient-view", TODAY) is None
+    no_site = Chart().condition(BONE_METASTASIS, onset="2024-01-01").pain("2025-05-10", 8)
+    assert no_site.show(CARD, "patient-view", TODAY) is not None
+    no_site.observation(PAIN, "2025-05-28", valueString="severe")
+    assert no_site.show(CARD, "patient-view", TODAY) is None
 
 
 def test_at_ordering_the_card_says_a_newer_pain_score_could_not_be_read():
@@ -218,7 +229,8 @@ def test_a_pain_score_dated_in_the_future_does_not_raise_the_card_and_is_listed_
 
 
 def test_a_future_pain_score_does_not_hide_the_latest_real_one():
-    chart = Chart().condition(BONE_METASTASIS, onset="2024-01-01").pain("2025-05-28", 7).pain("2025-07-01", 2)
+    chart = Chart().condition(BONE_METASTASIS, onset="2024-01-01", bodySite=[T12]).pain("2025-05-28", 7)
+    chart.pain("2025-07-01", 2)
     card = chart.show(CARD, "patient-view", TODAY)
     assert card["summary"].startswith("Painful vertebral metastasis (pain 7/10)")
     assert (
@@ -236,7 +248,7 @@ POINT_OF_CARE = {
         "order-sign",
     ),
     "painful-metastasis": (lambda: Chart.from_bundle("vertebral_metastasis_pain.json"), "patient-view"),
-    "newer-unreadable": (lambda: metastasis_with_pain(6, {"valueString": "severe"}), "patient-view"),
+    "newer-unreadable": (lambda: metastasis_with_pain(6, {"valueString": "severe"}).order(MWA_THORACIC), "order-sign"),
 }
 
 

@@ -839,4 +839,7 @@ def test_synthea_patient_with_hypertension_and_type_2_diabetes(concepts):
     # type 2 diabetes, and its neuropathy (in the VSAC Diabetes expansion); not prediabetes 15777000
     assert {c.match.code for c in record.conditions["diabetes"]} == {"44054006", "368581000119106"}
     assert set(record.conditions) == {"hypertension", "diabetes"}
-    assert record.procedures == {} and record.medications == {} and record.orders == {}
+    assert record.procedures == {} and record.orders == {}
+    # her active oxycodone/acetaminophen prescription is an opioid other than morphine (card D names it)
+    assert set(record.medications) == {"opioid_other"}
+    assert record.medications["opioid_other"][0].match.display.startswith("Acetaminophen 325 MG / oxyCODONE")

@@ -5,7 +5,7 @@ its figures may not apply to a child (EVIDENCE.md "How risk is presented")."""
 import tomllib
 
 import pytest
-from support.chart import MVD, MWA_THORACIC, Chart, concepts
+from support.chart import BONE_METASTASIS, MVD, MWA_THORACIC, Chart, concepts
 
 from cds_service.clinical import evaluate as evaluate_module
 from cds_service.clinical.evaluate import USED, InputValue, evaluate
@@ -34,7 +34,7 @@ def charts_firing_every_card(birth_date: str | None) -> dict[str, tuple[Chart, s
         "amr-persistence": (chart().hfs().order(MVD), "order-sign"),
         "btxa-response": (chart().hfs().order_medication(text=BOTOX_TEXT), "order-select"),
         "mvd-recurrence": (chart().hfs().mvd("2024-09-01"), "patient-view"),
-        "spinal-metastasis-mwa": (chart().order(MWA_THORACIC), "order-sign"),
+        "spinal-metastasis-mwa": (chart().condition(BONE_METASTASIS).order(MWA_THORACIC), "order-sign"),
     }
 
 
@@ -139,3 +139,12 @@ def test_a_new_derivation_kind_needs_one_registry_entry_and_one_function(monkeyp
 
     card = card_from_data(_card_with_a_condition_count(2), "rfa_recurrence.toml", concepts())
     assert "Several conditions." not in render(evaluate(card, chart.record(hook, TODAY), hook))["detail"]
+
+
+def test_daily_morphine_reads_a_recorded_dose_first_and_then_the_prescriptions():
+    # issue 15: concept [0] is the recorded daily dose, [1] the drug prescribed; swapped is refused
+    data = tomllib.loads((DEFAULT_CARDS_DIR / "spinal_metastasis_mwa.toml").read_text(encoding="utf-8"))
+    morphine = next(p for p in data["predictors"] if p["id"] == "morphine")
+    morphine["concept"] = ["morphine", "daily_morphine_dose"]
+    with pytest.raises(ContentError, match="is a medication, expected observation"):
+        card_from_data(data, concepts=concepts())

@@ -346,8 +346,10 @@ def test_opening_the_chart_of_a_patient_with_a_painful_vertebral_metastasis_show
         ),
     )
 
-    card = one_card(response, r"^Painful vertebral metastasis")
+    # issue 15: C79.51 without a body site is a bone metastasis, site not recorded, never "vertebral"
+    card = one_card(response, r"^Painful bone metastasis, site not recorded")
     assert "(pain 7/10)" in card["summary"]
+    assert "vertebral metastasis" not in card["detail"]
     labels = card_labels("spinal_metastasis_mwa.toml")
     used = used_lines(card)
     assert used[labels["pain"]] == f"7/10, recorded {(today() - timedelta(days=1)).isoformat()}"

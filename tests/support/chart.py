@@ -89,7 +89,9 @@ class Chart:
         verification: str = "confirmed",
         text: str | None = None,
         abatement: str | None = None,
+        **extra,
     ) -> Chart:
+        """extra: further elements as given (bodySite=[...])."""
         self.resources.append(
             fhir.condition(
                 code,
@@ -101,6 +103,7 @@ class Chart:
                 recorded=recorded,
                 abatement=abatement,
                 text=text,
+                **extra,
             )
         )
         return self
@@ -179,6 +182,25 @@ class Chart:
         self.drafts.append(fhir.medication_request(code, text=text, id=rid, patient=self.patient_id, status="draft"))
         if selected:
             self.selections.append(f"MedicationRequest/{rid}")
+        return self
+
+    # -- resources written by hand (issue 15: charts coded as EHRs send them) -------------------
+    def raw(self, resource: dict) -> Chart:
+        """A resource as given (an id and the subject are added when it has none)."""
+        prefix = {"Condition": "cond", "MedicationRequest": "mr", "Observation": "obs"}.get(
+            resource["resourceType"], "res"
+        )
+        self.resources.append(
+            {"id": self._id(prefix), "subject": {"reference": f"Patient/{self.patient_id}"}, **resource}
+        )
+        return self
+
+    def raw_order(self, resource: dict, selected: bool = True) -> Chart:
+        """A draft order as given (an id and the subject are added when it has none)."""
+        order = {"id": self._id("sr"), "subject": {"reference": f"Patient/{self.patient_id}"}, **resource}
+        self.drafts.append(order)
+        if selected:
+            self.selections.append(f"{order['resourceType']}/{order['id']}")
         return self
 
     # -- running the cards -------------------------------------------------------------------

@@ -75,7 +75,15 @@ SPECIFIED = [
 ]
 
 SHARED_IDS = {
-    "condition": {"hemifacial_spasm", "hypertension", "diabetes", "alcohol_use", "vertebral_metastasis"},
+    "condition": {
+        "hemifacial_spasm",
+        "hypertension",
+        "diabetes",
+        "alcohol_use",
+        "vertebral_metastasis",
+        "vertebral_lesion_not_metastatic",
+    },
+    "body_site": {"spinal_structure"},
     "procedure": {
         "rfa_facial_nerve",
         "mvd_facial_nerve",
@@ -83,7 +91,7 @@ SHARED_IDS = {
         "vertebral_microwave_ablation",
         "vertebral_augmentation",
     },
-    "medication": {"botulinum_toxin_a", "carbamazepine"},
+    "medication": {"botulinum_toxin_a", "carbamazepine", "morphine", "opioid_other"},
     "observation": {
         "pain_score",
         "house_brackmann_grade",
@@ -388,7 +396,7 @@ def mutated_default(tmp_path: Path, old: str, new: str) -> Path:
         ('unit = "min"', 'unit = "minutes of surgery"', "not a UCUM unit"),
         ("range = [1, 6]", "range = [6, 1]", "low <= high"),
         ("range = [0, 4]", "range = [0, 4.5]", "whole numbers"),
-        ("[concepts.alcohol_use]", '[concepts.alcohol_use]\ntext = ["beer"]', "medications only"),
+        ("[concepts.alcohol_use]", '[concepts.alcohol_use]\ntext = ["beer"]', "medications and body sites only"),
         ('uri = "http://loinc.org"', 'uri = "loinc"', "absolute URI"),
         ("[concepts.operation_time]", "[concepts.Operation-Time]", "concept id"),
         ('name = "RxNorm"', 'name = "RxNorm"\nextra = 1', "unknown key"),

@@ -60,7 +60,7 @@ def test_a_site_overlay_cannot_invent_a_concept():
     [
         ({"kind": "feeling"}, r"\[concepts.hemifacial_spasm\] kind: kind must be one of"),
         ({"colour": "red"}, r"\[concepts.hemifacial_spasm\]: unknown key 'colour'"),
-        ({"text": ["spasm"]}, "text patterns are allowed for medications only"),
+        ({"text": ["spasm"]}, "text patterns are allowed for medications and body sites only"),
         ({"unit": "mm"}, "unit apply to observations only"),
     ],
 )
