@@ -292,7 +292,14 @@ def resolve(
     required = [t for t in service.prefetch if t.key in failures and t.required]
     if required:
         detail = "; ".join(f"{_describe(t)}: {failures[t.key]}" for t in required)
-        raise ApiError(412, "prefetch_unavailable", f"required data could not be obtained: {detail}")
+        keys = ", ".join(repr(t.key) for t in required)
+        raise ApiError(
+            412,
+            "prefetch_unavailable",
+            f"required data could not be obtained: {detail}",
+            diagnostics=f"CDS Hooks prefetch key {keys} was absent and could not be fetched",
+            expression=tuple(f"prefetch.{t.key}" for t in required),
+        )
     order = [t.key for t in service.prefetch]
     return PrefetchResult(
         data=data,

@@ -66,7 +66,10 @@ def test_report_prints_card_counts_acceptance_and_override_reasons(store_url, tm
     ]
     not_issued = [{**feedback[1], "acceptedSuggestions": [{"id": "6c0f1e4e-7a4e-4f8e-9a51-3b1b8f0d2c11"}]}]
     refused = client.post(SERVICE + "/feedback", json={"feedback": not_issued})
-    assert refused.status_code == 400 and "not a suggestion issued with this card" in refused.get_json()["detail"]
+    assert (
+        refused.status_code == 400
+        and "not a suggestion issued with this card" in refused.get_json()["issue"][0]["details"]["text"]
+    )
     assert client.post(SERVICE + "/feedback", json={"feedback": feedback}).status_code == 200
     app.extensions["cds_service"].store.close()
 
