@@ -10,7 +10,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from cds_service.clinical.render import issued_suggestions
+from cds_service.clinical.render import issued_suggestions, offered_reasons
 from cds_service.config import ConfigError, Settings, check_instance_folder
 from cds_service.content.cards import CardContent, content_versions, load_cards
 from cds_service.content.services import ServiceDefinition, load_services
@@ -81,6 +81,13 @@ class Runtime:
             return None
         card = next((c for c in self.cards if c.id == issued.card_id), None)
         return issued_suggestions(card, card_uuid) if card is not None else {}
+
+    def offered_reasons(self, card_uuid: str, hook: str) -> frozenset[tuple[str, str]]:
+        """(system, code) of the override reasons offered with a card this service returned;
+        for a card it has no record of, those any card of the hook can offer."""
+        issued = self.store.issued_card(card_uuid)
+        cards = [c for c in self.cards if c.id == issued.card_id] if issued is not None else self.cards_for(hook)
+        return frozenset().union(*(offered_reasons(c) for c in cards))
 
     def hash_patient(self, patient_id: str) -> str:
         return patient_hash(patient_id, self.audit_key)

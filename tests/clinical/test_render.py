@@ -107,7 +107,7 @@ def test_every_card_links_its_primary_source_and_shows_coded_override_reasons():
         "url": card["source"]["url"],
         "type": "absolute",
     }
-    assert {"code", "system", "display"} == set(card["overrideReasons"][0])
+    assert {"code", "system", "display", "extension"} == set(card["overrideReasons"][0])  # + the HL7 category
 
 
 def test_the_detail_is_lead_inputs_and_one_line_of_evidence_strength():
