@@ -76,6 +76,8 @@ def render(
         "detail": _detail(result, values),
         "source": {"label": source.label, "url": source.url},
     }
+    if card.topic is not None:
+        out["source"]["topic"] = {"system": card.topic.system, "code": card.topic.code, "display": card.topic.display}
     suggestions = suggestions_for(result, card_uuid, patient_id)
     if suggestions:
         out["suggestions"] = suggestions

@@ -485,6 +485,15 @@ class OverrideReasonSpec(Table):
     category_display: Text | None = Field(None, description="that code's display, as the CodeSystem gives it")
 
 
+class TopicSpec(Table):
+    """The card's topic (CDS Hooks `source.topic`, a Coding): what the card is about, so an
+    EHR can filter, group and count cards."""
+
+    system: Text = Field(description="the CodeSystem URI (the project's local CodeSystem of concepts.toml)")
+    code: Text
+    display: Text
+
+
 class CodeSystemRef(Table):
     """A published CodeSystem the card's codes are read from."""
 
@@ -508,6 +517,7 @@ class CardContent(Table):
     title: Text
     indicator: Literal["info", "warning", "critical"]
     source: Reference
+    topic: TopicSpec | None = Field(None, description="the card's topic, sent as source.topic")
     references: list[Reference] = Field(default_factory=list)
     figures: dict[str, Figure] = Field(description="numbers and texts exactly as the evidence gives them")
     model: ModelSpec
