@@ -18,6 +18,7 @@ from cds_service.clinical.evaluate import CardResult, evaluate
 from cds_service.clinical.evidence import evidence_link
 from cds_service.clinical.record import build_record
 from cds_service.clinical.render import render
+from cds_service.content.configuration import read_configuration, within_budget
 from cds_service.fhir.prefetch import resolve
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ def answer(
     public_base_url, else the request's root), for the evidence page links."""
     notes.hook_instance = request.hook_instance
     notes.patient_hash = rt.hash_patient(request.patient_id)
+    configuration = read_configuration(request.extension, rt.configuration_options(request.hook))
 
     deadline = rt.fhir.new_deadline(notes.accepted) if rt.fhir is not None and notes.accepted is not None else None
     prefetched = resolve(service, request, rt.fhir, deadline=deadline)
@@ -67,8 +69,10 @@ def answer(
         now=instant,
     )
 
-    results = [evaluate(card, record, request.hook) for card in rt.cards_for(request.hook)]
-    fired = [result for result in results if result is not None]
+    cards_on = [card for card in rt.cards_for(request.hook) if configuration.shows_card(card.id)]
+    results = [evaluate(card, record, request.hook) for card in cards_on]
+    fired = [r for r in results if r is not None and configuration.shows(r.card_id, r.situation.id)]
+    fired = within_budget(fired, [r.situation.indicator or r.card.indicator for r in fired], configuration)
     cards = [_card(rt, result, request.patient_id, base_url) for result in fired]
     notes.cards = [(card["uuid"], result.card_id, card["summary"]) for card, result in zip(cards, fired)]
     for result in fired:

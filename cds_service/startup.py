@@ -13,6 +13,7 @@ from pathlib import Path
 from cds_service.clinical.render import issued_suggestions, offered_reasons
 from cds_service.config import ConfigError, Settings, check_instance_folder
 from cds_service.content.cards import CardContent, content_versions, load_cards
+from cds_service.content.configuration import OPTIONS_EXTENSION, Option, options_for
 from cds_service.content.services import ServiceDefinition, load_services
 from cds_service.content.site_models import check_learned_models
 from cds_service.errors import ApiError
@@ -64,8 +65,21 @@ class Runtime:
             for hook in {s.hook for s in self.services.values()}
         }
 
+        self._options_by_hook = {hook: options_for(cards, hook) for hook, cards in self._cards_by_hook.items()}
+
     def cards_for(self, hook: str) -> tuple[CardContent, ...]:
         return self._cards_by_hook.get(hook, ())
+
+    def configuration_options(self, hook: str) -> tuple[Option, ...]:
+        """The card switches and the card budget a client of this hook may set (issue 19)."""
+        return self._options_by_hook.get(hook, ())
+
+    def discovery_entry(self, service: ServiceDefinition) -> dict:
+        entry = service.discovery_entry()
+        options = self.configuration_options(service.hook)
+        if options:
+            entry["extension"] = {OPTIONS_EXTENSION: [o.discovery_entry() for o in options]}
+        return entry
 
     def service(self, service_id: str) -> ServiceDefinition:
         service = self.services.get(service_id)

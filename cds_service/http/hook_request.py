@@ -64,6 +64,7 @@ class HookRequest:
     fhir_server: str | None  # base URL without trailing slash
     access_token: str | None  # fhirAuthorization.access_token
     prefetch: dict  # as sent; a key absent here was not sent
+    extension: dict | None = None  # as sent (e.g. the card switches, content/configuration.py)
 
     @property
     def patient_id(self) -> str:
@@ -111,6 +112,7 @@ def parse_hook_request(body: Any, service: ServiceDefinition) -> HookRequest:
         fhir_server=fhir_server,
         access_token=access_token,
         prefetch=prefetch,
+        extension=extension,
     )
 
 

@@ -33,7 +33,7 @@ def runtime() -> Runtime:
 def discovery() -> Response:
     rt = runtime()
     authenticate(rt, request)
-    return jsonify({"services": [s.discovery_entry() for s in rt.services.values()]})
+    return jsonify({"services": [rt.discovery_entry(s) for s in rt.services.values()]})
 
 
 @blueprint.post("/cds-services/<service_id>")

@@ -34,7 +34,7 @@ def test_overrides_are_settings(make_app):
 
 def test_discovery_keeps_the_order_of_the_cds_hooks_fields(client):
     service = client.get("/cds-services").get_json()["services"][0]
-    assert list(service) == ["hook", "id", "title", "description", "prefetch", "version", "hookVersion"]
+    assert list(service) == ["hook", "id", "title", "description", "prefetch", "version", "hookVersion", "extension"]
     assert service["version"] == "3.0.0-ballot" and service["hookVersion"] == "1.0"
 
 
