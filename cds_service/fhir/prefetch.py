@@ -23,6 +23,7 @@ from urllib.parse import quote
 from cds_service.content.services import PrefetchTemplate, ServiceDefinition
 from cds_service.errors import ApiError
 from cds_service.fhir.client import FhirAccess, FhirClient, FhirNotFound, FhirUnavailable, is_fhir_resource
+from cds_service.fhir.scopes import parse_scope
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ def _describe(template: PrefetchTemplate) -> str:
 
 
 _FIRST_PAGE_ONLY = "the client sent the first page only; the rest could not be read: "
+_KIND = {"r": "read", "s": "search"}
 
 
 def _has_next_page(value: dict) -> bool:
@@ -226,6 +228,17 @@ def resolve(
             queries[key] = render_template(templates[key].query, request.context or {})
         except TemplateError as exc:
             failures[key] = f"cannot build the query: {exc.reason}"
+
+    grants = parse_scope(getattr(request, "scope", None))
+    for key in list(queries):
+        kind = "r" if _is_read(queries[key]) else "s"
+        if not grants.allows(_resource_type(templates[key]), kind):
+            del queries[key]
+            failures[key] = f"{missing[key]} and the access token's scope does not allow this {_KIND[kind]}"
+    for key in list(paged):
+        if not grants.allows(_resource_type(templates[key]), "s"):
+            paged.remove(key)
+            incomplete[key] = _FIRST_PAGE_ONLY + "the access token's scope does not allow this search"
 
     client = None
     if queries or paged:
