@@ -73,20 +73,31 @@ def answer(
     results = [evaluate(card, record, request.hook) for card in cards_on]
     fired = [r for r in results if r is not None and configuration.shows(r.card_id, r.situation.id)]
     fired = within_budget(fired, [r.situation.indicator or r.card.indicator for r in fired], configuration)
-    cards = [_card(rt, result, request.patient_id, base_url) for result in fired]
+    issuer = rt.trust.issuer(notes.client_iss) if notes.client_iss else None
+    smart_launch = issuer.evidence_smart_launch_url if issuer is not None else None
+    cards = [_card(rt, result, request.patient_id, base_url, smart_launch) for result in fired]
     notes.cards = [(card["uuid"], result.card_id, card["summary"]) for card, result in zip(cards, fired)]
     for result in fired:
         metrics.CARDS_FIRED.labels(card=result.card_id, situation=result.situation.id).inc()
     return cards
 
 
-def _card(rt: Runtime, result: CardResult, patient_id: str, base_url: str) -> dict:
+def _card(rt: Runtime, result: CardResult, patient_id: str, base_url: str, smart_launch: str | None = None) -> dict:
     card = render(result, patient_id=patient_id, card_uuid=str(uuid.uuid4()))
     if rt.evidence is not None and base_url:
         # The page data is made here; the store write happens off the request path.
         link = evidence_link(result, rt.evidence.chart_specs, rt.evidence.save, base_url, card["summary"])
+        if smart_launch:
+            link = smart_app_link(link, smart_launch)
         card["links"].insert(0, link)
     return card
+
+
+def smart_app_link(link: dict, launch_url: str) -> dict:
+    """The evidence page link for an EHR that launches SMART apps rather than opening URLs
+    (configured per issuer): the app's launch URL, the page token as appContext."""
+    token = link["url"].rstrip("/").rsplit("/", 1)[1]
+    return {"label": link["label"], "url": launch_url, "type": "smart", "appContext": token}
 
 
 def call_instant(as_of: date | None = None) -> datetime:

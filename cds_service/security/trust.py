@@ -15,6 +15,7 @@ Trust is configuration. A TOML trust file (setting `trust_file`) lists the issue
     audiences = ["https://cds.example.org/cds-services/hfs-outcomes-order-sign"]  # optional
     max_lifetime_s = 900            # optional: longest exp - iat accepted (setting jwt_max_lifetime_s)
     nbf_before_iat_s = 300          # optional: how long before iat nbf may be (default 0)
+    evidence_smart_launch_url = "https://cds.example.org/evidence-app/launch"  # optional
 
 An issuer needs at least one key source: static keys (`jwks` or `jwks_file`, public keys
 only) and/or `jku_allowlist`. A remote key set is only ever fetched from a URL on the
@@ -28,7 +29,9 @@ to that), sets `nbf` 5 minutes before `iat` (accepted: `nbf_before_iat_s` 300) a
 the endpoint the health system typed into Epic (give it in `audiences` when it is not the URL
 the service sees). `preset = "oracle-health"`: `iss` must be the https URL Oracle Health
 names as the issuer, and its tenants (the `tenant` claim) should be listed. `audiences`
-are accepted as `aud` besides the URL of the endpoint called.
+are accepted as `aud` besides the URL of the endpoint called. `evidence_smart_launch_url`:
+this issuer's EHR launches apps rather than opening URLs, so the evidence page link on its
+cards is a SMART app link (`type: "smart"`, that launch URL, `appContext` = the page token).
 
 `trust_sandbox = true` adds the public CDS Hooks Sandbox (its public key set is shipped in
 the package as `trust_sandbox_jwks.json`).
@@ -278,6 +281,7 @@ class Issuer:
     max_lifetime_s: float | None = None  # None: the setting jwt_max_lifetime_s
     nbf_before_iat_s: float = 0.0  # how long before `iat` an `nbf` may be
     preset: str | None = None
+    evidence_smart_launch_url: str | None = None  # evidence link as a SMART app link
 
     @property
     def jku_allowlist(self) -> tuple[str, ...]:
@@ -356,6 +360,14 @@ class IssuerEntry(BaseModel):
     audiences: Annotated[list[str] | None, BeforeValidator(_non_empty_strings("audiences"))] = None
     max_lifetime_s: Annotated[float | None, BeforeValidator(_positive_seconds("max_lifetime_s"))] = None
     nbf_before_iat_s: float | None = None
+    evidence_smart_launch_url: str | None = None
+
+    @field_validator("evidence_smart_launch_url")
+    @classmethod
+    def _launch_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("'evidence_smart_launch_url' must be an http(s) URL")
+        return value
 
     @field_validator("preset")
     @classmethod
@@ -494,6 +506,7 @@ def _parse_issuer(raw: Any, where: str, base_dir: Path, session, clock) -> Issue
         max_lifetime_s=entry.max_lifetime_s,
         nbf_before_iat_s=float(nbf_before_iat or 0.0),
         preset=entry.preset,
+        evidence_smart_launch_url=entry.evidence_smart_launch_url,
     )
 
 
