@@ -123,6 +123,7 @@ class Runtime:
             content_version=self.content_version,
             client_iss=notes.client_iss,
             cards=notes.cards,
+            usage=notes.usage.as_dict() if notes.usage is not None else None,
         )
         self.store.submit_call(record)
 

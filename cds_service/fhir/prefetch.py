@@ -54,6 +54,20 @@ class PrefetchResult:
         return {**partial, **self.unavailable}
 
 
+@dataclass
+class FhirUse:
+    """What one call's prefetch step used (filled in by `resolve`, kept even on a 412):
+    the token (`none` sent, `not used`, `used`, `refused` by the FHIR server with 401/403),
+    resource types prefetched by the client, fetched by the service, refused (by the
+    token's scope or the server), and the prefetch keys the client did not send."""
+
+    token: str = "none"
+    prefetched: set[str] = field(default_factory=set)
+    fetched: set[str] = field(default_factory=set)
+    refused: set[str] = field(default_factory=set)
+    missing_keys: list[str] = field(default_factory=list)
+
+
 class TemplateError(ValueError):
     """A prefetch template cannot be rendered for this request; `reason` is safe to show."""
 
@@ -184,6 +198,7 @@ def resolve(
     fhir: FhirAccess | None,
     *,
     deadline: float | None = None,
+    use: FhirUse | None = None,
 ) -> PrefetchResult:
     """Prefetch data for every template of `service` (see the module docstring).
 
@@ -194,6 +209,10 @@ def resolve(
     cannot be had.
     """
     sent = request.prefetch or {}
+    use = use if use is not None else FhirUse()
+    use.token = "not used" if request.access_token else "none"
+    use.missing_keys = [t.key for t in service.prefetch if t.key not in sent]
+    use.prefetched = {_resource_type(t) for t in service.prefetch if isinstance(sent.get(t.key), dict)}
     data: dict[str, dict | None] = {}
     missing: dict[str, str] = {}  # key -> why it must be fetched
     paged: list[str] = []  # prefetched searchsets with a next page to follow
@@ -234,6 +253,7 @@ def resolve(
         kind = "r" if _is_read(queries[key]) else "s"
         if not grants.allows(_resource_type(templates[key]), kind):
             del queries[key]
+            use.refused.add(_resource_type(templates[key]))
             failures[key] = f"{missing[key]} and the access token's scope does not allow this {_KIND[kind]}"
     for key in list(paged):
         if not grants.allows(_resource_type(templates[key]), "s"):
@@ -286,6 +306,9 @@ def resolve(
                 value, partial = future.result()
             except FhirUnavailable as exc:
                 failures[key] = exc.reason
+                if exc.status in (401, 403):
+                    use.refused.add(_resource_type(templates[key]))
+                    use.token = "refused"
                 continue
             except Exception as exc:  # a bug, not the server: keep the text out of the reason
                 log.error("prefetch %s: unexpected %s", _describe(templates[key]), type(exc).__name__)
@@ -293,6 +316,9 @@ def resolve(
                 continue
             data[key] = value
             fetched.append(key)
+            use.fetched.add(_resource_type(templates[key]))
+            if request.access_token and use.token == "not used":
+                use.token = "used"
             if partial:
                 incomplete[key] = partial
                 log.warning("prefetch %s: incomplete: %s", _describe(templates[key]), partial)

@@ -75,6 +75,8 @@ def write_audit(response: Response) -> Response:
         notes.status = response.status_code
         metrics.HOOK_CALLS.labels(service=notes.service_id, hook=notes.hook, status=str(notes.status)).inc()
         metrics.HOOK_LATENCY.labels(service=notes.service_id, hook=notes.hook).observe(notes.duration_ms / 1000.0)
+        if notes.usage is not None:
+            metrics.observe_usage(notes.service_id, notes.usage.as_dict())
         runtime().audit(notes)
     return response
 
