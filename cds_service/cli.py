@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from cds_service.config import ConfigError, check_instance_folder, load_settings
 from cds_service.storage.store import StoreError
@@ -63,6 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     _store_arguments(prune)
     prune.add_argument("--days", type=int, help="retention in days (default: the setting audit_retention_days)")
     _add_learn_parser(commands)
+    selftest = commands.add_parser(
+        "selftest", help="play the EHR against a running service and print a conformance report"
+    )
+    selftest.add_argument("--against", required=True, help="the service's base URL (or its proxy's)")
+    selftest.add_argument("--trust", help="TOML: iss and jwks_file (a private JWK Set) to sign the calls with")
+    selftest.add_argument("--ca-file", help="CA bundle for an https service with a private certificate")
+    selftest.add_argument(
+        "--fhir-host", default="127.0.0.1", help="address of the FHIR server selftest starts (default 127.0.0.1)"
+    )
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -78,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
             return _audit_prune(args)
         if args.command == "learn":
             return _learn(args)
+        if args.command == "selftest":
+            from cds_service.golive import selftest
+
+            trust = Path(args.trust) if args.trust else None
+            return selftest.run(args.against, trust, args.ca_file, args.fhir_host)
         return _report(args)
     except (ConfigError, StoreError) as exc:
         print(f"cds-service: {exc}", file=sys.stderr)
