@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from cds_service.config import ConfigError, check_instance_folder, load_settings
 from cds_service.storage.store import StoreError
@@ -63,6 +64,27 @@ def main(argv: list[str] | None = None) -> int:
     _store_arguments(prune)
     prune.add_argument("--days", type=int, help="retention in days (default: the setting audit_retention_days)")
     _add_learn_parser(commands)
+    cover = commands.add_parser(
+        "coverage",
+        help="list the site's codes the concepts miss (patients with HFS or a bone metastasis) and draft an overlay",
+    )
+    cover.add_argument("--fhir-server", required=True, help="FHIR base URL of the site's server")
+    cover.add_argument("--group", help="read one Group's patients (Group/<id>/$export) instead of the system")
+    cover.add_argument("--out", default=".", help="folder for coverage.txt and coverage.overlay.toml (default .)")
+    cover.add_argument("--site-overlay", help="site overlay whose local codes already count (default: configured)")
+    cover.add_argument("--config", help="TOML settings file (else CDS_CONFIG)")
+    cover.add_argument("--max-wait", type=float, default=3600.0, help="bound on the export wait, seconds")
+    cover.add_argument("--no-bulk", action="store_true", help="use paged searches even if $export is offered")
+    _add_fhir_auth_arguments(cover)
+    selftest = commands.add_parser(
+        "selftest", help="play the EHR against a running service and print a conformance report"
+    )
+    selftest.add_argument("--against", required=True, help="the service's base URL (or its proxy's)")
+    selftest.add_argument("--trust", help="TOML: iss and jwks_file (a private JWK Set) to sign the calls with")
+    selftest.add_argument("--ca-file", help="CA bundle for an https service with a private certificate")
+    selftest.add_argument(
+        "--fhir-host", default="127.0.0.1", help="address of the FHIR server selftest starts (default 127.0.0.1)"
+    )
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -78,6 +100,13 @@ def main(argv: list[str] | None = None) -> int:
             return _audit_prune(args)
         if args.command == "learn":
             return _learn(args)
+        if args.command == "coverage":
+            return _coverage(args)
+        if args.command == "selftest":
+            from cds_service.golive import selftest
+
+            trust = Path(args.trust) if args.trust else None
+            return selftest.run(args.against, trust, args.ca_file, args.fhir_host)
         return _report(args)
     except (ConfigError, StoreError) as exc:
         print(f"cds-service: {exc}", file=sys.stderr)
@@ -298,7 +327,11 @@ def _add_learn_parser(commands) -> None:
     learn.add_argument("--seed", type=int, default=20251126, help="random seed of the bootstrap")
     learn.add_argument("--max-wait", type=float, default=3600.0, help="bound on the export wait, seconds")
     learn.add_argument("--no-bulk", action="store_true", help="use paged searches even if $export is offered")
-    auth = learn.add_argument_group("authentication (SMART Backend Services, or a bearer token)")
+    _add_fhir_auth_arguments(learn)
+
+
+def _add_fhir_auth_arguments(parser) -> None:
+    auth = parser.add_argument_group("authentication (SMART Backend Services, or a bearer token)")
     auth.add_argument("--client-id", help="SMART Backend Services client id")
     auth.add_argument("--private-key", help="PEM file of the client's private key (RSA for RS384, P-384 for ES384)")
     auth.add_argument("--alg", default="RS384", choices=["RS384", "ES384"], help="assertion signing algorithm")
@@ -310,30 +343,37 @@ def _add_learn_parser(commands) -> None:
     )
 
 
-def _learn(args: argparse.Namespace) -> int:
+def _fhir_auth(args: argparse.Namespace, fhir_base: str):
+    """SMART Backend Services (client id + private key), a bearer token from the
+    environment, or None, as `learn` and `coverage` take them."""
     import os
-    from pathlib import Path
 
+    from cds_service.security.smart_backend import BackendClient, BackendTokenSource, StaticBearer
+
+    if args.client_id or args.private_key:
+        if not (args.client_id and args.private_key):
+            raise ConfigError("SMART Backend Services needs both --client-id and --private-key")
+        client = BackendClient.from_key_file(
+            args.client_id,
+            Path(args.private_key),
+            algorithm=args.alg,
+            kid=args.kid,
+            scope=args.scope,
+            token_url=args.token_url,
+        )
+        return BackendTokenSource(client, fhir_base)
+    if args.token_env:
+        return StaticBearer(os.environ.get(args.token_env, ""))
+    return None
+
+
+def _learn(args: argparse.Namespace) -> int:
     from cds_service.learning.run import LearnError, LearnOptions, learn
-    from cds_service.security.smart_backend import BackendAuthError, BackendClient, BackendTokenSource, StaticBearer
+    from cds_service.security.smart_backend import BackendAuthError
 
     settings = load_settings({"config": args.config})
     try:
-        auth = None
-        if args.client_id or args.private_key:
-            if not (args.client_id and args.private_key):
-                raise ConfigError("SMART Backend Services needs both --client-id and --private-key")
-            client = BackendClient.from_key_file(
-                args.client_id,
-                Path(args.private_key),
-                algorithm=args.alg,
-                kid=args.kid,
-                scope=args.scope,
-                token_url=args.token_url,
-            )
-            auth = BackendTokenSource(client, args.fhir_base)
-        elif args.token_env:
-            auth = StaticBearer(os.environ.get(args.token_env, ""))
+        auth = _fhir_auth(args, args.fhir_base)
         overlay = args.site_overlay or settings.site_overlay
         result = learn(
             LearnOptions(
@@ -360,6 +400,36 @@ def _learn(args: argparse.Namespace) -> int:
     if result.overlay is not None:
         print(f"overlay entry: {result.overlay}")
     return LEARN_EXIT[result.status]
+
+
+def _coverage(args: argparse.Namespace) -> int:
+    import tomllib
+
+    from cds_service.golive.coverage import CoverageError, coverage
+    from cds_service.security.smart_backend import BackendAuthError
+    from cds_service.terminology.concepts_file import load_concepts
+
+    settings = load_settings({"config": args.config})
+    overlay_path = args.site_overlay or settings.site_overlay
+    overlay = tomllib.loads(Path(overlay_path).read_text(encoding="utf-8")) if overlay_path else None
+    concepts = load_concepts(settings.cards_dir, overlay)
+    try:
+        auth = _fhir_auth(args, args.fhir_server)
+        _result, report, draft = coverage(
+            args.fhir_server,
+            concepts,
+            Path(args.out),
+            auth,
+            group=args.group,
+            prefer_bulk=not args.no_bulk,
+            max_wait_s=args.max_wait,
+        )
+    except (CoverageError, BackendAuthError) as exc:
+        print(f"cds-service coverage: {exc.reason}", file=sys.stderr)
+        return 2
+    print(report.read_text(encoding="utf-8"), end="")
+    print(f"report: {report}; draft overlay (review before use): {draft}")
+    return 0
 
 
 if __name__ == "__main__":

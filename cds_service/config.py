@@ -69,6 +69,8 @@ class Settings(BaseModel):
     trust_sandbox: bool = False
     allow_unsigned: bool = False  # development only; loud in the logs
     jwt_leeway_s: int = 30
+    # Longest client JWT accepted (exp - iat); a trust-file issuer may set its own.
+    jwt_max_lifetime_s: int = 900
     # Audit: key for the keyed hash of patient ids. Empty: a random key per instance folder.
     audit_hash_key: str = ""
     # CORS for browser-based CDS clients.

@@ -18,7 +18,8 @@ from cds_service.clinical.evaluate import CardResult, evaluate
 from cds_service.clinical.evidence import evidence_link
 from cds_service.clinical.record_build import build_record
 from cds_service.clinical.render import render
-from cds_service.fhir.prefetch import resolve
+from cds_service.content.configuration import read_configuration, within_budget
+from cds_service.fhir.prefetch import FhirUse, resolve
 
 if TYPE_CHECKING:
     from cds_service.content.services import ServiceDefinition
@@ -39,10 +40,37 @@ class AuditNotes:
     # time.monotonic() when the call was accepted (queued for a thread): the FHIR time
     # budget counts from here. None: from when the prefetch step starts.
     accepted: float | None = None
+    usage: CallUsage | None = None  # what the call used (issue 19), once it got that far
 
     @property
     def duration_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000.0
+
+
+@dataclass
+class CallUsage:
+    """What one hook call used, for the audit row and the metrics: the FHIR side (token,
+    resource types, missing prefetch keys) and the time of each step. No identifiers."""
+
+    fhir: FhirUse = field(default_factory=FhirUse)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def timed(self, stage: str, since: float) -> float:
+        now = time.perf_counter()
+        self.timings_ms[stage] = round((now - since) * 1000.0, 3)
+        return now
+
+    def as_dict(self) -> dict:
+        return {
+            "token": self.fhir.token,
+            "resource_types": {
+                "prefetched": sorted(self.fhir.prefetched),
+                "fetched": sorted(self.fhir.fetched),
+                "refused": sorted(self.fhir.refused),
+            },
+            "prefetch_keys_missing": list(self.fhir.missing_keys),
+            "timings_ms": dict(self.timings_ms),
+        }
 
 
 def answer(
@@ -52,9 +80,15 @@ def answer(
     public_base_url, else the request's root), for the evidence page links."""
     notes.hook_instance = request.hook_instance
     notes.patient_hash = rt.hash_patient(request.patient_id)
+    configuration = read_configuration(request.extension, rt.configuration_options(request.hook))
 
     deadline = rt.fhir.new_deadline(notes.accepted) if rt.fhir is not None and notes.accepted is not None else None
-    prefetched = resolve(service, request, rt.fhir, deadline=deadline)
+    notes.usage = usage = CallUsage()
+    step = time.perf_counter()
+    try:
+        prefetched = resolve(service, request, rt.fhir, deadline=deadline, use=usage.fhir)
+    finally:
+        step = usage.timed("prefetch", step)
 
     instant = call_instant(rt.settings.as_of)
     record = build_record(
@@ -66,23 +100,39 @@ def answer(
         unavailable=prefetched.gaps,
         now=instant,
     )
+    step = usage.timed("record", step)
 
-    results = [evaluate(card, record, request.hook) for card in rt.cards_for(request.hook)]
-    fired = [result for result in results if result is not None]
-    cards = [_card(rt, result, request.patient_id, base_url) for result in fired]
+    cards_on = [card for card in rt.cards_for(request.hook) if configuration.shows_card(card.id)]
+    results = [evaluate(card, record, request.hook) for card in cards_on]
+    fired = [r for r in results if r is not None and configuration.shows(r.card_id, r.situation.id)]
+    fired = within_budget(fired, [r.situation.indicator or r.card.indicator for r in fired], configuration)
+    step = usage.timed("evaluate", step)
+    issuer = rt.trust.issuer(notes.client_iss) if notes.client_iss else None
+    smart_launch = issuer.evidence_smart_launch_url if issuer is not None else None
+    cards = [_card(rt, result, request.patient_id, base_url, smart_launch) for result in fired]
+    usage.timed("render", step)
     notes.cards = [(card["uuid"], result.card_id, card["summary"]) for card, result in zip(cards, fired)]
     for result in fired:
         metrics.CARDS_FIRED.labels(card=result.card_id, situation=result.situation.id).inc()
     return cards
 
 
-def _card(rt: Runtime, result: CardResult, patient_id: str, base_url: str) -> dict:
+def _card(rt: Runtime, result: CardResult, patient_id: str, base_url: str, smart_launch: str | None = None) -> dict:
     card = render(result, patient_id=patient_id, card_uuid=str(uuid.uuid4()))
     if rt.evidence is not None and base_url:
         # The page data is made here; the store write happens off the request path.
         link = evidence_link(result, rt.evidence.chart_specs, rt.evidence.save, base_url, card["summary"])
+        if smart_launch:
+            link = smart_app_link(link, smart_launch)
         card["links"].insert(0, link)
     return card
+
+
+def smart_app_link(link: dict, launch_url: str) -> dict:
+    """The evidence page link for an EHR that launches SMART apps rather than opening URLs
+    (configured per issuer): the app's launch URL, the page token as appContext."""
+    token = link["url"].rstrip("/").rsplit("/", 1)[1]
+    return {"label": link["label"], "url": launch_url, "type": "smart", "appContext": token}
 
 
 def call_instant(as_of: date | None = None) -> datetime:

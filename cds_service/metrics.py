@@ -34,7 +34,32 @@ FHIR_LATENCY = Histogram(
 CARDS_FIRED = Counter("cds_cards_fired_total", "Cards returned, by card and situation", ["card", "situation"])
 STORE_ERRORS = Counter("cds_store_errors_total", "Store operations that failed", ["operation"])
 ADMISSION_REFUSED = Counter("cds_admission_refused_total", "Hook calls answered 503 before starting", ["reason"])
+# What each hook call used (issue 19; the same record is in the audit row's `usage`).
+CALL_TOKEN = Counter(
+    "cds_call_fhir_token_total", "Hook calls by what became of the FHIR access token", ["service", "token"]
+)
+CALL_RESOURCES = Counter(
+    "cds_call_resource_types_total",
+    "Resource types per hook call: prefetched by the client, fetched by the service, or refused",
+    ["resource_type", "how"],
+)
+PREFETCH_MISSING = Counter("cds_prefetch_keys_missing_total", "Prefetch keys the client did not send", ["key"])
+CALL_STAGE = Histogram(
+    "cds_hook_call_stage_seconds", "Time of each step of a hook call", ["stage"], buckets=_LATENCY_BUCKETS
+)
 SPOOL_DEPTH = Gauge("cds_audit_spool_depth", "Audit rows waiting in the local spool", multiprocess_mode="max")
+
+
+def observe_usage(service: str, usage: dict) -> None:
+    """Count one hook call's usage record (hook_call.CallUsage.as_dict)."""
+    CALL_TOKEN.labels(service=service, token=usage["token"]).inc()
+    for how in ("prefetched", "fetched", "refused"):
+        for resource_type in usage["resource_types"].get(how, ()):
+            CALL_RESOURCES.labels(resource_type=resource_type, how=how).inc()
+    for key in usage["prefetch_keys_missing"]:
+        PREFETCH_MISSING.labels(key=key).inc()
+    for stage, ms in usage["timings_ms"].items():
+        CALL_STAGE.labels(stage=stage).observe(ms / 1000.0)
 
 
 def store_error(operation: str) -> None:

@@ -10,9 +10,10 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from cds_service.clinical.render import issued_suggestions
+from cds_service.clinical.render import issued_suggestions, offered_reasons
 from cds_service.config import ConfigError, Settings, check_instance_folder
 from cds_service.content.cards import CardContent, content_versions, load_cards
+from cds_service.content.configuration import OPTIONS_EXTENSION, Option, options_for
 from cds_service.content.services import ServiceDefinition, load_services
 from cds_service.content.site_models import check_learned_models
 from cds_service.errors import ApiError
@@ -64,8 +65,21 @@ class Runtime:
             for hook in {s.hook for s in self.services.values()}
         }
 
+        self._options_by_hook = {hook: options_for(cards, hook) for hook, cards in self._cards_by_hook.items()}
+
     def cards_for(self, hook: str) -> tuple[CardContent, ...]:
         return self._cards_by_hook.get(hook, ())
+
+    def configuration_options(self, hook: str) -> tuple[Option, ...]:
+        """The card switches and the card budget a client of this hook may set (issue 19)."""
+        return self._options_by_hook.get(hook, ())
+
+    def discovery_entry(self, service: ServiceDefinition) -> dict:
+        entry = service.discovery_entry()
+        options = self.configuration_options(service.hook)
+        if options:
+            entry["extension"] = {OPTIONS_EXTENSION: [o.discovery_entry() for o in options]}
+        return entry
 
     def service(self, service_id: str) -> ServiceDefinition:
         service = self.services.get(service_id)
@@ -81,6 +95,13 @@ class Runtime:
             return None
         card = next((c for c in self.cards if c.id == issued.card_id), None)
         return issued_suggestions(card, card_uuid) if card is not None else {}
+
+    def offered_reasons(self, card_uuid: str, hook: str) -> frozenset[tuple[str, str]]:
+        """(system, code) of the override reasons offered with a card this service returned;
+        for a card it has no record of, those any card of the hook can offer."""
+        issued = self.store.issued_card(card_uuid)
+        cards = [c for c in self.cards if c.id == issued.card_id] if issued is not None else self.cards_for(hook)
+        return frozenset().union(*(offered_reasons(c) for c in cards))
 
     def hash_patient(self, patient_id: str) -> str:
         return patient_hash(patient_id, self.audit_key)
@@ -102,6 +123,7 @@ class Runtime:
             content_version=self.content_version,
             client_iss=notes.client_iss,
             cards=notes.cards,
+            usage=notes.usage.as_dict() if notes.usage is not None else None,
         )
         self.store.submit_call(record)
 

@@ -76,16 +76,48 @@ def render(
         "detail": _detail(result, values),
         "source": {"label": source.label, "url": source.url},
     }
+    if card.topic is not None:
+        out["source"]["topic"] = {"system": card.topic.system, "code": card.topic.code, "display": card.topic.display}
     suggestions = suggestions_for(result, card_uuid, patient_id)
     if suggestions:
         out["suggestions"] = suggestions
         out["selectionBehavior"] = "at-most-one"
     if card.override_reasons:
-        out["overrideReasons"] = [
-            {"code": r.code, "system": r.system, "display": r.display} for r in card.override_reasons
-        ]
+        out["overrideReasons"] = [override_reason(card, r) for r in card.override_reasons]
     out["links"] = [*links, {"label": f"Source: {source.label}", "url": source.url, "type": "absolute"}]
     return out
+
+
+# ---------------------------------------------------------------------------- override reasons
+# The extension (CDS Hooks "Extensions": reverse-domain name) that carries a reason's HL7
+# non-adherence category beside the card's own coding, which 2.0 clients keep using.
+REASON_CATEGORY_EXTENSION = "org.example.hfs-cds.non-adherence-reason"
+
+
+def override_reason(card, reason) -> dict:
+    """A card's override reason as a CDS Hooks Coding, with its HL7 category (issue 19)."""
+    out: dict[str, Any] = {"code": reason.code, "system": reason.system, "display": reason.display}
+    if reason.category is not None:
+        categories = card.override_reason_categories
+        out["extension"] = {
+            REASON_CATEGORY_EXTENSION: {
+                "system": categories.system,
+                "version": categories.version,
+                "code": reason.category,
+                "display": reason.category_display,
+            }
+        }
+    return out
+
+
+def offered_reasons(card) -> frozenset[tuple[str, str]]:
+    """(system, code) of every reason a client may send back for this card: the card's own
+    codings and their HL7 categories."""
+    offered = {(r.system, r.code) for r in card.override_reasons}
+    if card.override_reason_categories is not None:
+        system = card.override_reason_categories.system
+        offered |= {(system, r.category) for r in card.override_reasons if r.category is not None}
+    return frozenset(offered)
 
 
 # ---------------------------------------------------------------------------- suggestions

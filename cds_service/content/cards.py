@@ -27,7 +27,8 @@ Also declared per card (issue 9): `[strength]` (the one line of evidence strengt
 card; else the first caveat; a situation whose figures come from another source gives its
 own `strength`), `[[suggestions]]` (an action where the evidence supports one:
 situations, `when` predicates, a FHIR R4 resource template and where its codes come from)
-and `[[override_reasons]]` (coded reasons for dismissing the card).
+and `[[override_reasons]]` (coded reasons for dismissing the card, each with its HL7
+category from the CodeSystem named in `[override_reason_categories]`, issue 19).
 
 Everything is checked at start-up: a typo in a placeholder, a predicate naming an unknown
 predictor, a concept of the wrong kind, a summary without a point... raises ContentError with
@@ -487,11 +488,32 @@ class SuggestionSpec(Table):
 
 
 class OverrideReasonSpec(Table):
-    """One coded reason a clinician may give for dismissing the card (CDS Hooks 2.0 Coding)."""
+    """One coded reason a clinician may give for dismissing the card (CDS Hooks 2.0 Coding),
+    with the standard category it belongs to (CDS Hooks 3.0.0-ballot: HL7 non-adherence
+    reason codes, the CodeSystem named in `[override_reason_categories]`)."""
 
     code: Text
     system: Text = Field(description="the CodeSystem URI (the project's local CodeSystem of concepts.toml)")
     display: Text
+    category: Text | None = Field(None, description="the HL7 non-adherence reason category code")
+    category_display: Text | None = Field(None, description="that code's display, as the CodeSystem gives it")
+
+
+class TopicSpec(Table):
+    """The card's topic (CDS Hooks `source.topic`, a Coding): what the card is about, so an
+    EHR can filter, group and count cards."""
+
+    system: Text = Field(description="the CodeSystem URI (the project's local CodeSystem of concepts.toml)")
+    code: Text
+    display: Text
+
+
+class CodeSystemRef(Table):
+    """A published CodeSystem the card's codes are read from."""
+
+    system: Text = Field(description="the CodeSystem's canonical URL")
+    version: Text = Field(description="the version (of the CodeSystem, or of the guide publishing it)")
+    source: Text = Field(description="where the codes were read: repository, path, commit")
 
 
 # ---------------------------------------------------------------------------- the card
@@ -509,6 +531,7 @@ class CardContent(Table):
     title: Text
     indicator: Literal["info", "warning", "critical"]
     source: Reference
+    topic: TopicSpec | None = Field(None, description="the card's topic, sent as source.topic")
     references: list[Reference] = Field(default_factory=list)
     figures: dict[str, Figure] = Field(description="numbers and texts exactly as the evidence gives them")
     model: ModelSpec
@@ -523,6 +546,9 @@ class CardContent(Table):
     suggestions: list[SuggestionSpec] = Field(default_factory=list)
     override_reasons: list[OverrideReasonSpec] = Field(
         default_factory=list, description="coded reasons offered when the card is dismissed"
+    )
+    override_reason_categories: CodeSystemRef | None = Field(
+        None, description="the CodeSystem of the reasons' `category` codes (HL7 non-adherence reason codes)"
     )
 
     _path: str = PrivateAttr(default="")
@@ -691,6 +717,11 @@ def _check_card(card: CardContent) -> None:
     _check_suggestions(card, check_when)
     if len({(r.system, r.code) for r in card.override_reasons}) != len(card.override_reasons):
         raise ValueError("[[override_reasons]]: a reason is listed twice")
+    for r in card.override_reasons:
+        if (r.category is None) != (r.category_display is None):
+            raise ValueError(f"[[override_reasons]] {r.code}: give both category and category_display, or neither")
+        if r.category is not None and card.override_reason_categories is None:
+            raise ValueError(f"[[override_reasons]] {r.code}: a category needs [override_reason_categories]")
 
     names = set(card.figures) | set(predictors) | DYNAMIC_NAMES
     clash = set(card.figures) & (set(predictors) | DYNAMIC_NAMES)

@@ -9,6 +9,8 @@ from pathlib import Path
 from cds_service.config import ConfigError
 
 SUPPORTED_HOOKS = ("patient-view", "order-select", "order-sign")
+# The CDS Hooks version implemented, as discovery's `version` says it (semantic versioning).
+CDS_HOOKS_VERSION = "3.0.0-ballot"
 
 
 class CatalogError(ConfigError):
@@ -29,15 +31,20 @@ class ServiceDefinition:
     title: str
     description: str
     prefetch: tuple[PrefetchTemplate, ...]
+    hook_version: str = "1.0"
+    version: str = CDS_HOOKS_VERSION
 
     def discovery_entry(self) -> dict:
-        """The service as listed by GET /cds-services."""
+        """The service as listed by GET /cds-services (a 2.0 client ignores `version` and
+        `hookVersion`; CDS Hooks 3.0.0-ballot §Discovery adds them)."""
         return {
             "hook": self.hook,
             "id": self.id,
             "title": self.title,
             "description": self.description,
             "prefetch": {t.key: t.query for t in self.prefetch},
+            "version": self.version,
+            "hookVersion": self.hook_version,
         }
 
 
@@ -58,6 +65,8 @@ def load_services(path: Path) -> dict[str, ServiceDefinition]:
             title=str(entry["title"]),
             description=str(entry["description"]),
             prefetch=templates,
+            hook_version=str(entry.get("hook_version", "1.0")),
+            version=str(data.get("cds_hooks_version", CDS_HOOKS_VERSION)),
         )
         if service.hook not in SUPPORTED_HOOKS:
             raise CatalogError(f"{path}: service {service.id}: unsupported hook {service.hook}")

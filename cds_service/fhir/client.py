@@ -52,9 +52,10 @@ _RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}\Z")
 class FhirUnavailable(Exception):
     """The data cannot be had from the FHIR server. `reason` is safe to show and log."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, status: int | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.status = status  # the FHIR server's HTTP status, when it answered one
 
 
 class FhirNotFound(FhirUnavailable):
@@ -286,7 +287,7 @@ class FhirClient:
                     raise FhirNotFound(f"FHIR server answered {status}")
                 if 300 <= status < 400:
                     raise FhirUnavailable(f"FHIR server answered a redirect ({status}); not followed")
-                raise FhirUnavailable(f"FHIR server answered {status}")
+                raise FhirUnavailable(f"FHIR server answered {status}", status=status)
             content_type = response.headers.get("Content-Type", "").lower()
             if content_type and "json" not in content_type:
                 raise FhirUnavailable("FHIR server answered a body that is not JSON")

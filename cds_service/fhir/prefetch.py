@@ -23,6 +23,7 @@ from urllib.parse import quote
 from cds_service.content.services import PrefetchTemplate, ServiceDefinition
 from cds_service.errors import ApiError
 from cds_service.fhir.client import FhirAccess, FhirClient, FhirNotFound, FhirUnavailable, is_fhir_resource
+from cds_service.fhir.scopes import parse_scope
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,20 @@ class PrefetchResult:
         """Every key whose data is missing or partial, with the reason a card can show."""
         partial = {key: f"only partly retrieved ({reason})" for key, reason in self.incomplete.items()}
         return {**partial, **self.unavailable}
+
+
+@dataclass
+class FhirUse:
+    """What one call's prefetch step used (filled in by `resolve`, kept even on a 412):
+    the token (`none` sent, `not used`, `used`, `refused` by the FHIR server with 401/403),
+    resource types prefetched by the client, fetched by the service, refused (by the
+    token's scope or the server), and the prefetch keys the client did not send."""
+
+    token: str = "none"
+    prefetched: set[str] = field(default_factory=set)
+    fetched: set[str] = field(default_factory=set)
+    refused: set[str] = field(default_factory=set)
+    missing_keys: list[str] = field(default_factory=list)
 
 
 class TemplateError(ValueError):
@@ -140,6 +155,7 @@ def _describe(template: PrefetchTemplate) -> str:
 
 
 _FIRST_PAGE_ONLY = "the client sent the first page only; the rest could not be read: "
+_KIND = {"r": "read", "s": "search"}
 
 
 def _has_next_page(value: dict) -> bool:
@@ -182,6 +198,7 @@ def resolve(
     fhir: FhirAccess | None,
     *,
     deadline: float | None = None,
+    use: FhirUse | None = None,
 ) -> PrefetchResult:
     """Prefetch data for every template of `service` (see the module docstring).
 
@@ -192,6 +209,10 @@ def resolve(
     cannot be had.
     """
     sent = request.prefetch or {}
+    use = use if use is not None else FhirUse()
+    use.token = "not used" if request.access_token else "none"
+    use.missing_keys = [t.key for t in service.prefetch if t.key not in sent]
+    use.prefetched = {_resource_type(t) for t in service.prefetch if isinstance(sent.get(t.key), dict)}
     data: dict[str, dict | None] = {}
     missing: dict[str, str] = {}  # key -> why it must be fetched
     paged: list[str] = []  # prefetched searchsets with a next page to follow
@@ -226,6 +247,18 @@ def resolve(
             queries[key] = render_template(templates[key].query, request.context or {})
         except TemplateError as exc:
             failures[key] = f"cannot build the query: {exc.reason}"
+
+    grants = parse_scope(getattr(request, "scope", None))
+    for key in list(queries):
+        kind = "r" if _is_read(queries[key]) else "s"
+        if not grants.allows(_resource_type(templates[key]), kind):
+            del queries[key]
+            use.refused.add(_resource_type(templates[key]))
+            failures[key] = f"{missing[key]} and the access token's scope does not allow this {_KIND[kind]}"
+    for key in list(paged):
+        if not grants.allows(_resource_type(templates[key]), "s"):
+            paged.remove(key)
+            incomplete[key] = _FIRST_PAGE_ONLY + "the access token's scope does not allow this search"
 
     client = None
     if queries or paged:
@@ -273,6 +306,9 @@ def resolve(
                 value, partial = future.result()
             except FhirUnavailable as exc:
                 failures[key] = exc.reason
+                if exc.status in (401, 403):
+                    use.refused.add(_resource_type(templates[key]))
+                    use.token = "refused"
                 continue
             except Exception as exc:  # a bug, not the server: keep the text out of the reason
                 log.error("prefetch %s: unexpected %s", _describe(templates[key]), type(exc).__name__)
@@ -280,6 +316,9 @@ def resolve(
                 continue
             data[key] = value
             fetched.append(key)
+            use.fetched.add(_resource_type(templates[key]))
+            if request.access_token and use.token == "not used":
+                use.token = "used"
             if partial:
                 incomplete[key] = partial
                 log.warning("prefetch %s: incomplete: %s", _describe(templates[key]), partial)
@@ -292,7 +331,14 @@ def resolve(
     required = [t for t in service.prefetch if t.key in failures and t.required]
     if required:
         detail = "; ".join(f"{_describe(t)}: {failures[t.key]}" for t in required)
-        raise ApiError(412, "prefetch_unavailable", f"required data could not be obtained: {detail}")
+        keys = ", ".join(repr(t.key) for t in required)
+        raise ApiError(
+            412,
+            "prefetch_unavailable",
+            f"required data could not be obtained: {detail}",
+            diagnostics=f"CDS Hooks prefetch key {keys} was absent and could not be fetched",
+            expression=tuple(f"prefetch.{t.key}" for t in required),
+        )
     order = [t.key for t in service.prefetch]
     return PrefetchResult(
         data=data,

@@ -9,7 +9,7 @@ from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
 from cds_service.config import Settings, load_settings
-from cds_service.errors import ApiError
+from cds_service.errors import ApiError, operation_outcome
 from cds_service.http import operations
 from cds_service.http.cors import install_cors
 from cds_service.http.evidence_page import install_evidence_pages
@@ -62,7 +62,7 @@ def register_error_handlers(app: Flask) -> None:
         code = _HTTP_ERROR_CODES.get(status, "http_error")
         # Keep the exception's own headers (a 405 must say Allow), not its HTML content type.
         headers = [(k, v) for k, v in error.get_headers() if k.lower() != "content-type"]
-        return jsonify({"error": code, "detail": error.description or code}), status, headers
+        return jsonify(operation_outcome(status, code, error.description or code)), status, headers
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception):
@@ -70,4 +70,4 @@ def register_error_handlers(app: Flask) -> None:
         # path, not the message, which could quote patient data.
         frames = "".join(traceback.format_tb(error.__traceback__))
         log.error("unexpected %s while answering a request\n%s", type(error).__name__, frames)
-        return jsonify({"error": "internal_error", "detail": "the service could not answer this request"}), 500
+        return jsonify(operation_outcome(500, "internal_error", "the service could not answer this request")), 500

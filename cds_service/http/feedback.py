@@ -199,6 +199,20 @@ def check_accepted_suggestions(
     return out
 
 
+def check_override_reasons(
+    entries: list[FeedbackEntry], offered: Callable[[str], frozenset[tuple[str, str]]]
+) -> list[FeedbackEntry]:
+    """An override reason must be one offered with that card (its own coding or its HL7
+    category); `offered(card_uuid)` gives them. Another reason is refused, not stored."""
+    for i, entry in enumerate(entries):
+        reason = entry.override_reason
+        if reason is not None and (reason.system, reason.code) not in offered(entry.card_uuid):
+            raise _invalid(
+                f"feedback[{i}].overrideReason.reason is not one of the overrideReasons offered with this card"
+            )
+    return entries
+
+
 def parse_feedback(body: Any) -> list[FeedbackEntry]:
     """Validate a CDS Hooks 2.0 feedback body; ApiError(400, "invalid_feedback") otherwise."""
     if not isinstance(body, dict):

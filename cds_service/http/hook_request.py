@@ -64,6 +64,8 @@ class HookRequest:
     fhir_server: str | None  # base URL without trailing slash
     access_token: str | None  # fhirAuthorization.access_token
     prefetch: dict  # as sent; a key absent here was not sent
+    extension: dict | None = None  # as sent (e.g. the card switches, content/configuration.py)
+    scope: str | None = None  # fhirAuthorization.scope: what the token lets the service read
 
     @property
     def patient_id(self) -> str:
@@ -92,6 +94,7 @@ def parse_hook_request(body: Any, service: ServiceDefinition) -> HookRequest:
         raise bad_request("'hookInstance' is required and must be a UUID string")
     fhir_server = _parse_fhir_server(body)
     access_token = _parse_fhir_authorization(body, fhir_server)
+    scope = body["fhirAuthorization"].get("scope") if access_token is not None else None
     context = _parse_context(body.get("context"), hook)
     prefetch = body.get("prefetch", {})
     if prefetch is None:
@@ -111,6 +114,8 @@ def parse_hook_request(body: Any, service: ServiceDefinition) -> HookRequest:
         fhir_server=fhir_server,
         access_token=access_token,
         prefetch=prefetch,
+        extension=extension,
+        scope=scope,
     )
 
 

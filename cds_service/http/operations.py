@@ -15,6 +15,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from cds_service import metrics
+from cds_service.errors import operation_outcome
 from cds_service.http import lifecycle
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def scrape() -> Response:
     rt = _runtime()
     token = rt.settings.metrics_token
     if not token:
-        return jsonify({"error": "not_found", "detail": "metrics are not enabled on this service"}), 404
+        return jsonify(operation_outcome(404, "not_found", "metrics are not enabled on this service")), 404
     offered = request.headers.get("Authorization", "")
     if not hmac.compare_digest(offered.encode(), f"Bearer {token}".encode()):
         return jsonify({"error": "unauthorized"}), 401, {"WWW-Authenticate": "Bearer"}

@@ -16,7 +16,7 @@ from cds_service import hook_call, metrics
 from cds_service.errors import ApiError
 from cds_service.http import admission
 from cds_service.http.authenticate import authenticate
-from cds_service.http.feedback import check_accepted_suggestions, parse_feedback
+from cds_service.http.feedback import check_accepted_suggestions, check_override_reasons, parse_feedback
 from cds_service.http.hook_request import parse_hook_request
 from cds_service.startup import Runtime
 
@@ -33,7 +33,7 @@ def runtime() -> Runtime:
 def discovery() -> Response:
     rt = runtime()
     authenticate(rt, request)
-    return jsonify({"services": [s.discovery_entry() for s in rt.services.values()]})
+    return jsonify({"services": [rt.discovery_entry(s) for s in rt.services.values()]})
 
 
 @blueprint.post("/cds-services/<service_id>")
@@ -62,6 +62,7 @@ def feedback(service_id: str) -> Response:
     service = rt.service(service_id)
     authenticate(rt, request)
     entries = check_accepted_suggestions(parse_feedback(read_json_body()), rt.issued_suggestions)
+    entries = check_override_reasons(entries, lambda card_uuid: rt.offered_reasons(card_uuid, service.hook))
     stored = rt.store.record_feedback(service.id, entries)
     log.info("feedback stored: service=%s entries=%d", service.id, stored)
     return jsonify({"accepted": stored})
@@ -74,6 +75,8 @@ def write_audit(response: Response) -> Response:
         notes.status = response.status_code
         metrics.HOOK_CALLS.labels(service=notes.service_id, hook=notes.hook, status=str(notes.status)).inc()
         metrics.HOOK_LATENCY.labels(service=notes.service_id, hook=notes.hook).observe(notes.duration_ms / 1000.0)
+        if notes.usage is not None:
+            metrics.observe_usage(notes.service_id, notes.usage.as_dict())
         runtime().audit(notes)
     return response
 

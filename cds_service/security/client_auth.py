@@ -211,7 +211,10 @@ def verify_client_jwt(
         raise ClientAuthError("malformed token", iss) from None
     claims = _json_object(verified["payload"], "malformed claims")
 
-    expires_at = _check_claims(claims, iss, audiences, issuer.tenants, now, trust.leeway_s)
+    expires_at = _check_claims(
+        claims, iss, (*audiences, *sorted(issuer.audiences)), issuer.tenants, now, trust.leeway_s
+    )
+    _check_lifetime(claims, iss, issuer.max_lifetime_s or trust.max_lifetime_s, issuer.nbf_before_iat_s, trust.leeway_s)
     jti = claims["jti"]
     if not replay.claim_jti(iss, jti, expires_at):
         raise ClientAuthError("replayed jti", iss)
@@ -314,6 +317,16 @@ def _check_claims(
             raise ClientAuthError("tenant not allowed", iss)
 
     return datetime.fromtimestamp(min(exp + leeway, _MAX_EPOCH), tz=UTC)
+
+
+def _check_lifetime(claims: dict, iss: str, max_lifetime: float, nbf_before_iat: float, leeway: float) -> None:
+    """A client JWT is short-lived: at most `max_lifetime` from iat to exp, and not valid
+    (nbf) much before it was issued (an Epic token's nbf is 5 minutes before its iat)."""
+    iat, exp = float(claims["iat"]), float(claims["exp"])
+    if exp - iat > max_lifetime:
+        raise ClientAuthError("lifetime too long (exp - iat)", iss)
+    if "nbf" in claims and float(claims["nbf"]) < iat - nbf_before_iat - leeway:
+        raise ClientAuthError("nbf too long before iat", iss)
 
 
 def _audience_matches(aud: Any, audiences: tuple[str, ...]) -> bool:

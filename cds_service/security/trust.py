@@ -11,6 +11,11 @@ Trust is configuration. A TOML trust file (setting `trust_file`) lists the issue
     algorithms = ["ES384", "RS384"]                       # optional subset
     jwks_min_refresh_s = 60                               # optional, remote key sets
     jwks_max_age_s = 3600                                 # optional, remote key sets
+    preset = "epic"                 # optional: "epic" or "oracle-health" (EHR client profiles)
+    audiences = ["https://cds.example.org/cds-services/hfs-outcomes-order-sign"]  # optional
+    max_lifetime_s = 900            # optional: longest exp - iat accepted (setting jwt_max_lifetime_s)
+    nbf_before_iat_s = 300          # optional: how long before iat nbf may be (default 0)
+    evidence_smart_launch_url = "https://cds.example.org/evidence-app/launch"  # optional
 
 An issuer needs at least one key source: static keys (`jwks` or `jwks_file`, public keys
 only) and/or `jku_allowlist`. A remote key set is only ever fetched from a URL on the
@@ -18,6 +23,15 @@ issuer's allowlist, with a short timeout and a size cap, cached by `kid`, refetc
 unknown `kid` is seen or the cache is older than `jwks_max_age_s`, and never more often
 than once per `jwks_min_refresh_s` (so a stream of made-up kids cannot make us refetch on
 every request).
+
+EHR client profiles (issue 19). `preset = "epic"`: Epic signs RS384 (the algorithms default
+to that), sets `nbf` 5 minutes before `iat` (accepted: `nbf_before_iat_s` 300) and `aud` to
+the endpoint the health system typed into Epic (give it in `audiences` when it is not the URL
+the service sees). `preset = "oracle-health"`: `iss` must be the https URL Oracle Health
+names as the issuer, and its tenants (the `tenant` claim) should be listed. `audiences`
+are accepted as `aud` besides the URL of the endpoint called. `evidence_smart_launch_url`:
+this issuer's EHR launches apps rather than opening URLs, so the evidence page link on its
+cards is a SMART app link (`type: "smart"`, that launch URL, `appContext` = the page token).
 
 `trust_sandbox = true` adds the public CDS Hooks Sandbox (its public key set is shipped in
 the package as `trust_sandbox_jwks.json`).
@@ -70,6 +84,15 @@ JWKS_MAX_BYTES = 64 * 1024
 JWKS_MIN_REFRESH_S = 60.0
 JWKS_MAX_AGE_S = 3600.0
 MIN_RSA_BITS = 2048
+
+# EHR client profiles: what a preset sets unless the issuer's entry says otherwise.
+PRESETS: dict[str, dict[str, Any]] = {
+    # Epic's CDS Hooks JWT: alg RS384 by default, nbf "typically set to 5 minutes prior to the
+    # issue time", aud configured by the health system, exp 15 minutes after iat.
+    "epic": {"algorithms": ["RS384"], "nbf_before_iat_s": 300.0},
+    # Oracle Health: its issuer URL (checked to be https) and tenants come from the site.
+    "oracle-health": {},
+}
 
 _PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
 _EC_CURVE_FOR_ALG = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
@@ -254,6 +277,11 @@ class Issuer:
     remote_sets: dict[str, RemoteKeySet] = field(default_factory=dict)  # by allowlisted URL
     tenants: frozenset[str] | None = None
     algorithms: frozenset[str] = SUPPORTED_ALGORITHMS
+    audiences: frozenset[str] = frozenset()  # accepted as `aud` besides the endpoint called
+    max_lifetime_s: float | None = None  # None: the setting jwt_max_lifetime_s
+    nbf_before_iat_s: float = 0.0  # how long before `iat` an `nbf` may be
+    preset: str | None = None
+    evidence_smart_launch_url: str | None = None  # evidence link as a SMART app link
 
     @property
     def jku_allowlist(self) -> tuple[str, ...]:
@@ -282,6 +310,7 @@ class Issuer:
 class TrustConfig:
     issuers: dict[str, Issuer] = field(default_factory=dict)
     leeway_s: int = 30
+    max_lifetime_s: float = 900.0  # longest exp - iat of a client JWT (setting jwt_max_lifetime_s)
     allow_unsigned: bool = False  # development only: see client_auth.log_dev_mode_warning
 
     def issuer(self, iss: str) -> Issuer | None:
@@ -327,6 +356,32 @@ class IssuerEntry(BaseModel):
     algorithms: Annotated[list[str] | None, BeforeValidator(_non_empty_strings("algorithms"))] = None
     jwks_min_refresh_s: Annotated[float, BeforeValidator(_positive_seconds("jwks_min_refresh_s"))] = JWKS_MIN_REFRESH_S
     jwks_max_age_s: Annotated[float, BeforeValidator(_positive_seconds("jwks_max_age_s"))] = JWKS_MAX_AGE_S
+    preset: str | None = None
+    audiences: Annotated[list[str] | None, BeforeValidator(_non_empty_strings("audiences"))] = None
+    max_lifetime_s: Annotated[float | None, BeforeValidator(_positive_seconds("max_lifetime_s"))] = None
+    nbf_before_iat_s: float | None = None
+    evidence_smart_launch_url: str | None = None
+
+    @field_validator("evidence_smart_launch_url")
+    @classmethod
+    def _launch_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("'evidence_smart_launch_url' must be an http(s) URL")
+        return value
+
+    @field_validator("preset")
+    @classmethod
+    def _preset(cls, value: str | None) -> str | None:
+        if value is not None and value not in PRESETS:
+            raise ValueError(f"preset {value!r} is not one of {sorted(PRESETS)}")
+        return value
+
+    @field_validator("nbf_before_iat_s", mode="before")
+    @classmethod
+    def _not_negative(cls, value: Any) -> Any:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            raise ValueError("'nbf_before_iat_s' must be a number of seconds, 0 or more")
+        return value
 
     @field_validator("iss", mode="before")
     @classmethod
@@ -356,6 +411,12 @@ class IssuerEntry(BaseModel):
         if not value:
             raise ValueError("'algorithms' must not be empty")
         return value
+
+    @model_validator(mode="after")
+    def _preset_rules(self) -> IssuerEntry:
+        if self.preset == "oracle-health" and not self.iss.startswith("https://"):
+            raise ValueError("preset 'oracle-health': 'iss' must be the https issuer URL Oracle Health gives")
+        return self
 
     @model_validator(mode="after")
     def _key_sources(self) -> IssuerEntry:
@@ -432,12 +493,20 @@ def _parse_issuer(raw: Any, where: str, base_dir: Path, session, clock) -> Issue
         )
         for url in entry.jku_allowlist or ()
     }
+    preset = PRESETS.get(entry.preset or "", {})
+    algorithms = entry.algorithms if entry.algorithms is not None else preset.get("algorithms")
+    nbf_before_iat = entry.nbf_before_iat_s if entry.nbf_before_iat_s is not None else preset.get("nbf_before_iat_s")
     return Issuer(
         iss=entry.iss,
         static_keys=static_keys,
         remote_sets=remote_sets,
         tenants=frozenset(entry.tenants) if entry.tenants is not None else None,
-        algorithms=frozenset(entry.algorithms) if entry.algorithms is not None else SUPPORTED_ALGORITHMS,
+        algorithms=frozenset(algorithms) if algorithms is not None else SUPPORTED_ALGORITHMS,
+        audiences=frozenset(entry.audiences or ()),
+        max_lifetime_s=entry.max_lifetime_s,
+        nbf_before_iat_s=float(nbf_before_iat or 0.0),
+        preset=entry.preset,
+        evidence_smart_launch_url=entry.evidence_smart_launch_url,
     )
 
 
@@ -514,9 +583,16 @@ def trust_from_settings(
         issuers.update(from_file)
     if settings.jwt_leeway_s < 0:
         raise ConfigError("jwt_leeway_s must not be negative")
+    if settings.jwt_max_lifetime_s <= 0:
+        raise ConfigError("jwt_max_lifetime_s must be a positive number of seconds")
     if not issuers and not settings.allow_unsigned:
         log.warning(
             "no trusted CDS clients are configured (trust_file / trust_sandbox): "
             "every CDS Hooks request will be refused with 401"
         )
-    return TrustConfig(issuers=issuers, leeway_s=settings.jwt_leeway_s, allow_unsigned=settings.allow_unsigned)
+    return TrustConfig(
+        issuers=issuers,
+        leeway_s=settings.jwt_leeway_s,
+        allow_unsigned=settings.allow_unsigned,
+        max_lifetime_s=float(settings.jwt_max_lifetime_s),
+    )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import json
 import os
 import secrets
 import time
@@ -52,6 +53,9 @@ class CallRecord:
     called_at: datetime = field(default_factory=_utcnow)
     instance_id: str | None = None  # which service instance answered (setting instance_id)
     record_id: str | None = None  # unique per row: a spooled row is replayed once, not twice
+    # What the call used (hook_call.CallUsage.as_dict, issue 19): token, resource types,
+    # missing prefetch keys, timings. No identifiers. Kept as JSON text.
+    usage: str | None = None
 
     def to_json(self) -> dict:
         """The record as JSON values, for the local audit spool (storage/audit_spool.py)."""
@@ -68,6 +72,7 @@ class CallRecord:
             "called_at": self.called_at.isoformat(),
             "instance_id": self.instance_id,
             "record_id": self.record_id,
+            "usage": self.usage,
         }
 
     @classmethod
@@ -181,6 +186,7 @@ def build_call_record(
     client_iss: str | None = None,
     cards: Iterable[tuple[str, str, str]] = (),
     called_at: datetime | None = None,
+    usage: dict | None = None,
 ) -> CallRecord:
     """The audit row for one hook call: only the keyed hash of the patient id, never the id.
 
@@ -198,4 +204,5 @@ def build_call_record(
         client_iss=client_iss,
         cards=tuple(ReturnedCard(*card) for card in cards),
         called_at=called_at or datetime.now(UTC),
+        usage=json.dumps(usage, sort_keys=True, separators=(",", ":")) if usage is not None else None,
     )

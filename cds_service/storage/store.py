@@ -172,6 +172,8 @@ service_calls = sa.Table(
     # Added in 0.2.0 (migration 0002): which instance answered; the row's unique id.
     sa.Column("instance_id", sa.String(_LEN_INSTANCE), nullable=True),
     sa.Column("record_id", sa.String(_LEN_RECORD_ID), nullable=True, unique=True, index=True),
+    # Added by migration 0004 (issue 19): what the call used, as JSON (audit.CallRecord.usage).
+    sa.Column("usage", sa.Text(), nullable=True),
 )
 
 returned_cards = sa.Table(
@@ -828,6 +830,7 @@ class Store:
                     "client_iss": _clean(call.client_iss, _LEN_ISSUER),
                     "instance_id": _clean(call.instance_id, _LEN_INSTANCE),
                     "record_id": _clean(call.record_id, _LEN_RECORD_ID),
+                    "usage": call.usage,
                 }
                 for call in calls
             ],

@@ -107,7 +107,7 @@ def test_every_card_links_its_primary_source_and_shows_coded_override_reasons():
         "url": card["source"]["url"],
         "type": "absolute",
     }
-    assert {"code", "system", "display"} == set(card["overrideReasons"][0])
+    assert {"code", "system", "display", "extension"} == set(card["overrideReasons"][0])  # + the HL7 category
 
 
 def test_the_detail_is_lead_inputs_and_one_line_of_evidence_strength():
@@ -181,7 +181,8 @@ def test_a_rendered_card_has_the_cds_hooks_fields_and_the_cards_source():
     # issue 9: coded override reasons on every card, and links (the primary source last)
     assert list(card) == ["uuid", "summary", "indicator", "detail", "source", "overrideReasons", "links"]
     source = result.situation.source or result.card.source
-    assert card["source"] == {"label": source.label, "url": source.url}
+    topic = {"system": result.card.topic.system, "code": result.card.topic.code, "display": result.card.topic.display}
+    assert card["source"] == {"label": source.label, "url": source.url, "topic": topic}
     assert card["indicator"] == (result.situation.indicator or result.card.indicator)
 
 

@@ -172,7 +172,7 @@ def test_rendered_cards_are_complete_cds_hooks_cards(bundle, card_id, hook, toda
     assert required <= set(card) <= required | {"suggestions", "selectionBehavior", "overrideReasons"}
     assert len(card["summary"]) < 140
     assert card["indicator"] == "info"  # advisory, unvalidated results (EVIDENCE.md conventions)
-    assert set(card["source"]) == {"label", "url"} and card["source"]["url"].startswith("https://")
+    assert set(card["source"]) == {"label", "url", "topic"} and card["source"]["url"].startswith("https://")
     detail = card["detail"]
     for heading in ("### Patient data used", "**Strength of evidence:**"):
         assert heading in detail

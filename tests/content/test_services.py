@@ -29,7 +29,7 @@ def test_one_service_per_supported_hook_each_with_the_same_prefetch():
 def test_a_discovery_entry_is_the_service_with_its_prefetch_templates():
     service = SERVICES["hfs-outcomes-order-sign"]
     entry = service.discovery_entry()
-    assert list(entry) == ["hook", "id", "title", "description", "prefetch"]
+    assert list(entry) == ["hook", "id", "title", "description", "prefetch", "version", "hookVersion"]
     assert (entry["hook"], entry["id"]) == ("order-sign", "hfs-outcomes-order-sign")
     assert entry["prefetch"] == {t.key: t.query for t in service.prefetch}
     assert entry["title"].strip() and entry["description"].strip()

@@ -28,6 +28,8 @@ from support.openapi_support import (
 )
 from support.paths import SPEC_EXAMPLES_DIR
 
+from cds_service.errors import ERROR_CODE_SYSTEM, error_code
+
 SPEC_EXAMPLES = SPEC_EXAMPLES_DIR
 
 PATIENT_VIEW = "hfs-outcomes-patient-view"
@@ -483,15 +485,17 @@ def test_selecting_an_order_without_prefetch_or_fhir_server_is_a_412_naming_the_
     assert response.status_code == 412
     assert_documented(CALL, "POST", response)
     body = response.get_json()
-    assert body["error"] == "prefetch_unavailable"
-    assert "hfs-1" not in body["detail"]
+    assert error_code(body) == "prefetch_unavailable"
+    assert body["issue"][0]["expression"] == ["prefetch.conditions", "prefetch.procedures"]
+    assert "'conditions'" in body["issue"][0]["diagnostics"]
+    assert "hfs-1" not in response.get_data(as_text=True)
 
 
 def test_a_request_body_that_is_not_json_is_a_400_invalid_json(client):
     response = client.post(url(CALL), data='{"hook": "patient-view",', content_type="application/json")
     assert response.status_code == 400
     assert_documented(CALL, "POST", response)
-    assert response.get_json()["error"] == "invalid_json"
+    assert error_code(response.get_json()) == "invalid_json"
 
 
 def test_a_hook_request_for_another_hook_is_a_400_invalid_request(client):
@@ -500,7 +504,7 @@ def test_a_hook_request_for_another_hook_is_a_400_invalid_request(client):
     )
     assert response.status_code == 400
     assert_documented(CALL, "POST", response)
-    assert response.get_json()["error"] == "invalid_request"
+    assert error_code(response.get_json()) == "invalid_request"
 
 
 def test_feedback_on_a_card_just_issued_is_stored(client):
@@ -522,7 +526,7 @@ def test_feedback_on_a_card_just_issued_is_stored(client):
     assert_documented(FEEDBACK, "POST", response)
     assert response.get_json() == {"accepted": 2}
     refused = client.post(url(FEEDBACK), json=feedback_body(card_uuid, "accepted"))
-    assert refused.status_code == 400 and refused.get_json()["error"] == "invalid_feedback"
+    assert refused.status_code == 400 and error_code(refused.get_json()) == "invalid_feedback"
     assert_documented(FEEDBACK, "POST", refused)
 
 
@@ -530,7 +534,7 @@ def test_feedback_that_is_not_json_is_a_400_invalid_json(client):
     response = client.post(url(FEEDBACK), data="feedback", content_type="application/json")
     assert response.status_code == 400
     assert_documented(FEEDBACK, "POST", response)
-    assert response.get_json()["error"] == "invalid_json"
+    assert error_code(response.get_json()) == "invalid_json"
 
 
 def test_a_refused_token_gets_a_bare_401_with_a_bearer_challenge(client):
@@ -589,7 +593,7 @@ def test_every_operation_documents_json_errors_with_the_error_schema():
             for status in statuses - {200, 401}:
                 if path == READYZ and status == 503:
                     continue  # the Readiness body, not an error: checked by its scenario
-                assert response_errors(path, method, status, {"error": "x", "detail": "y"}) != [], (
+                assert response_errors(path, method, status, outcome("x", "y")) != [], (
                     f"{method} {path} {status} should restrict the error code"
                 )
 
@@ -623,10 +627,19 @@ def test_every_example_in_the_contract_fits_its_schema():
     assert checked >= 15
 
 
+def outcome(code: str, text: object, **more) -> dict:
+    details = {"coding": [{"system": ERROR_CODE_SYSTEM, "code": code}], "text": text}
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "processing", "details": details, **more}],
+    }
+
+
 def test_the_error_schemas_refuse_nulls_extra_members_and_stack_traces():
-    assert response_errors(CALL, "POST", 412, {"error": "prefetch_unavailable", "detail": "conditions"}) == []
-    assert response_errors(CALL, "POST", 412, {"error": "prefetch_unavailable", "detail": None})
-    assert response_errors(CALL, "POST", 400, {"error": "invalid_request", "detail": "x", "trace": "..."})
+    assert response_errors(CALL, "POST", 412, outcome("prefetch_unavailable", "conditions")) == []
+    assert response_errors(CALL, "POST", 412, outcome("prefetch_unavailable", None))
+    assert response_errors(CALL, "POST", 400, outcome("invalid_request", "x", trace="..."))
+    assert response_errors(CALL, "POST", 400, {"error": "invalid_request", "detail": "x"})  # the 2.0-era shape
     assert response_errors(CALL, "POST", 401, {"error": "unauthorized", "detail": "bad signature"})
 
 

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import error_body
 from support.chart import BONE_METASTASIS, LOINC, MVD, MWA_THORACIC, Chart
 
 MAX_BODY = 1024 * 1024
@@ -82,7 +83,10 @@ def valid_feedback() -> dict:
                 "card": str(uuid.uuid4()),
                 "outcome": "overridden",
                 "overrideReason": {
-                    "reason": {"code": "not-relevant", "system": "https://ehr.example.org/r"},
+                    "reason": {
+                        "code": "not-applicable",
+                        "system": "https://hfs-cds.example.org/fhir/CodeSystem/hfs-local",
+                    },
                     "userComment": "seen before",
                 },
                 "outcomeTimestamp": "2026-11-02T10:05:31Z",
@@ -99,13 +103,14 @@ def post_raw(client, url: str, data: bytes | str, content_type: str | None = "ap
 
 
 def assert_refused(response, status: int, error: str | None = None) -> dict:
-    """A clear refusal: that status, a JSON {"error", "detail"} and nothing it must not show."""
+    """A clear refusal: that status, an OperationOutcome and nothing it must not show. The
+    answer is the machine code and the text as {"error", "detail"}, for the checks below."""
     assert response.status_code == status, (response.status_code, response.get_data(as_text=True)[:300])
     assert response.mimetype == "application/json"
     body = json.loads(response.get_data(as_text=True))
-    assert set(body) == {"error", "detail"}, body
+    assert error_body.is_outcome(body), body
+    body = {"error": error_body.code(body), "detail": error_body.text(body)}
     assert isinstance(body["error"], str) and re.fullmatch(r"[a-z_]+", body["error"])
-    assert isinstance(body["detail"], str) and body["detail"].strip()
     if error is not None:
         assert body["error"] == error, body
     assert_no_leak(response)
@@ -864,7 +869,7 @@ def assert_answered(response) -> None:
     assert response.mimetype == "application/json"
     body = json.loads(response.get_data(as_text=True))
     if response.status_code >= 400:
-        assert set(body) == {"error", "detail"}
+        assert error_body.is_outcome(body), body
     assert_no_leak(response)
 
 

@@ -7,6 +7,7 @@ import time
 import pytest
 from support.scenario_requests import hfs_after_mvd_patient_view
 
+from cds_service.errors import error_code
 from cds_service.http import admission, lifecycle
 
 PATIENT_ID = "ops-pt-5521"
@@ -87,7 +88,7 @@ def test_a_call_that_waited_too_long_for_a_thread_is_503_with_retry_after(make_a
         admission.clear()
     assert answer.status_code == 503
     assert answer.headers["Retry-After"] == "1"
-    assert answer.get_json()["error"] == "service_unavailable"
+    assert error_code(answer.get_json()) == "service_unavailable"
 
 
 def test_a_call_on_the_shedding_lane_is_503_but_health_is_answered(make_app):

@@ -224,6 +224,8 @@ def test_the_specification_example_token_verifies_inside_its_validity_window():
                 "jku_allowlist": ["https://fhir-ehr.example.com/jwk_uri"],
                 "tenants": [payload["tenant"]],
                 "algorithms": ["ES384"],
+                # The example is valid far longer than the 15 minutes accepted by default.
+                "max_lifetime_s": payload["exp"] - payload["iat"],
             }
         ]
     )

@@ -54,7 +54,12 @@ def test_report_prints_card_counts_acceptance_and_override_reasons(store_url, tm
             "outcome": "overridden",
             "outcomeTimestamp": "2026-11-22T09:00:00Z",
             "overrideReason": {
-                "reason": {"code": "already-known", "system": "http://example.org/reasons", "display": "Already known"}
+                # a reason the card offers (issue 19: feedback with another is refused)
+                "reason": {
+                    "code": "already-addressed",
+                    "system": "https://hfs-cds.example.org/fhir/CodeSystem/hfs-local",
+                    "display": "Already addressed or planned",
+                }
             },
         },
         {
@@ -66,7 +71,10 @@ def test_report_prints_card_counts_acceptance_and_override_reasons(store_url, tm
     ]
     not_issued = [{**feedback[1], "acceptedSuggestions": [{"id": "6c0f1e4e-7a4e-4f8e-9a51-3b1b8f0d2c11"}]}]
     refused = client.post(SERVICE + "/feedback", json={"feedback": not_issued})
-    assert refused.status_code == 400 and "not a suggestion issued with this card" in refused.get_json()["detail"]
+    assert (
+        refused.status_code == 400
+        and "not a suggestion issued with this card" in refused.get_json()["issue"][0]["details"]["text"]
+    )
     assert client.post(SERVICE + "/feedback", json={"feedback": feedback}).status_code == 200
     app.extensions["cds_service"].store.close()
 
@@ -74,7 +82,7 @@ def test_report_prints_card_counts_acceptance_and_override_reasons(store_url, tm
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("mvd-recurrence"))
     assert row.split()[1:4] == ["3", "2", "1"]  # shown, feedback, accepted
-    assert "Already known" in out
+    assert "Already addressed or planned" in out
     assert "accepted 1x: suggestion mri-tof-mra-root-exit-zone" in out
     assert "Hook calls: 3 (200: 3)" in out
 

@@ -16,6 +16,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 import requests
+from support import error_body
 from support.fhir import hook_request
 from support.fhir_server_fixture import created_ids
 from werkzeug import Response
@@ -443,8 +444,7 @@ def test_a_wrong_token_is_412_naming_the_required_keys_without_the_token_or_pati
     response = call(client, PATIENT_VIEW, body)
 
     assert response.status_code == 412
-    error = response.get_json()
-    assert set(error) == {"error", "detail"}
+    error = {"error": error_body.code(response.get_json()), "detail": error_body.text(response.get_json())}
     assert error["error"] == "prefetch_unavailable"
     assert "conditions" in error["detail"] and "procedures" in error["detail"]
     assert "401" in error["detail"] or "403" in error["detail"]

@@ -6,7 +6,7 @@ One prefetch key at a time, the server misbehaves: refuses, stalls, fails, answe
 nonsense, pages forever or points elsewhere. Whatever it does:
 
 - a required key (conditions, procedures) that cannot be had is a 412
-  {"error": "prefetch_unavailable", "detail": ...} naming the key and the reason;
+  an OperationOutcome (prefetch_unavailable) naming the key and the reason;
 - an optional key that cannot be had still gives the cards the rest supports, and the
   card says which data could not be retrieved and why;
 - the call ends within the FHIR time budget plus a small slack;
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
+from support import error_body
 from support.fhir import hook_request, searchset
 from werkzeug import Request, Response
 
@@ -423,8 +424,10 @@ def test_a_required_key_the_server_fails_on_is_412_naming_the_key_and_the_reason
     response = timed_post(client, ORDER_SIGN, order_sign(fhir_stub.url_for("/fhir").rstrip("/")))
 
     assert response.status_code == 412
-    body = response.get_json()
-    assert set(body) == {"error", "detail"} and body["error"] == "prefetch_unavailable"
+    outcome = response.get_json()
+    assert error_body.code(outcome) == "prefetch_unavailable"
+    assert outcome["issue"][0]["expression"] == [f"prefetch.{key}"] and repr(key) in outcome["issue"][0]["diagnostics"]
+    body = {"detail": error_body.text(outcome)}
     assert f"{key} (" in body["detail"] and fault.reason in body["detail"]
     other = next(k for k in REQUIRED if k != key)
     assert f"{other} (" not in body["detail"]
@@ -479,7 +482,7 @@ def test_a_closed_port_is_412_for_the_required_keys_at_once(client):
     response = timed_post(client, ORDER_SIGN, order_sign(f"http://127.0.0.1:{port}/fhir"))
 
     assert response.status_code == 412
-    body = response.get_json()
+    body = {"error": error_body.code(response.get_json()), "detail": error_body.text(response.get_json())}
     assert body["error"] == "prefetch_unavailable"
     for key in REQUIRED:
         assert f"{key} (" in body["detail"]
@@ -493,7 +496,7 @@ def test_a_server_that_stalls_on_everything_is_412_within_the_budget(client, fhi
     response = timed_post(client, ORDER_SIGN, order_sign(fhir_stub.url_for("/fhir").rstrip("/")))
 
     assert response.status_code == 412
-    detail = response.get_json()["detail"]
+    detail = error_body.text(response.get_json())
     assert "conditions (" in detail and "procedures (" in detail and "time budget" in detail
     assert_nothing_secret(response)
 

@@ -62,7 +62,10 @@ def test_cards_are_answered_audited_and_feedback_survives_a_restart(served, tmp_
             {
                 "card": card_uuid,
                 "outcome": "overridden",
-                "overrideReason": {"reason": {"code": "not-relevant", "system": "http://example.org/reasons"}},
+                # a reason the card offers (another is refused, issue 19)
+                "overrideReason": {
+                    "reason": next(r for r in cards[0]["overrideReasons"] if r["code"] == "not-applicable")
+                },
                 "outcomeTimestamp": "2026-11-22T10:00:00Z",
             }
         ]

@@ -100,12 +100,13 @@ def test_a_0_1_0_store_is_upgraded_in_place_and_keeps_every_row(store_url):
 
     with Store(store_url, StoreOptions(instance_id="upgraded-node")) as store:
         after = table_rows(store_url)
-        # Every old row, every old value; the two new columns are empty (NULL) on old rows.
+        # Every old row, every old value; the new columns (instance_id, record_id, usage) are
+        # empty (NULL) on old rows.
         assert after["returned_cards"] == before["returned_cards"]
         assert after["feedback"] == before["feedback"]
         assert after["used_jti"] == before["used_jti"]
-        assert [row[:-2] for row in after["service_calls"]] == before["service_calls"]
-        assert all(row[-2:] == ("None", "None") for row in after["service_calls"])
+        assert [row[:-3] for row in after["service_calls"]] == before["service_calls"]
+        assert all(row[-3:] == ("None", "None", "None") for row in after["service_calls"])
         # The upgraded store works: old jti still refused, old card still found, new rows carry the instance.
         assert not store.claim_jti("https://ehr.example.org", "jti-from-0.1.0", datetime.now(UTC) + timedelta(hours=1))
         assert store.issued_card(CARD).call_id == ids["call_id"]

@@ -22,6 +22,7 @@ from support.scenario_requests import hfs_after_mvd_patient_view
 from support.served import ClientSigner
 from support.tcp_proxy import TcpProxy
 
+from cds_service.errors import error_code
 from cds_service.http.app import create_app
 
 pytestmark = pytest.mark.postgres
@@ -126,7 +127,7 @@ def test_signed_calls_discovery_and_feedback_answer_503_with_retry_after_while_t
     for response, seconds in answers:
         assert response.status_code == 503, response.get_data(as_text=True)
         assert int(response.headers["Retry-After"]) >= 1
-        assert response.get_json()["error"] == "store_unavailable"
+        assert error_code(response.get_json()) == "store_unavailable"
         assert seconds < BOUND_S
     # The first failure opens the breaker: the others answer at once.
     assert sorted(seconds for _, seconds in answers)[len(answers) // 2] < 0.5
