@@ -144,6 +144,7 @@ class OrderFact:
     resource_type: str
     resource_ref: str  # "ServiceRequest/abc" as given in the draft bundle
     selected: bool  # order-select: listed in context.selections
+    display: str = ""  # the coding's display, else how the concepts file names the code (never a bare code)
 
 
 @dataclass(frozen=True)
@@ -1016,7 +1017,13 @@ def _read_draft_order(
     is_selected = selected is None or ref in selected or (full_url is not None and full_url in selected)
     for match in matches:
         record.orders.setdefault(match.concept, []).append(
-            OrderFact(match=match, resource_type=kind, resource_ref=ref, selected=is_selected)
+            OrderFact(
+                match=match,
+                resource_type=kind,
+                resource_ref=ref,
+                selected=is_selected,
+                display=match.display or concepts.code_display(match.concept, match.system, match.code),
+            )
         )
 
 
