@@ -229,7 +229,8 @@ class _Labels:
             return (
                 f'<text{cls} x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" fill="{fill}"{weight}>{_t(lines[0])}</text>'
             )
-        spans = "".join(
+        # a space between the lines keeps the words apart in the text (screen readers, copy)
+        spans = " ".join(
             f'<tspan x="{x:.1f}" y="{y + i * _LINE:.1f}">{_t(line)}</tspan>' for i, line in enumerate(lines)
         )
         return f'<text{cls} text-anchor="{anchor}" fill="{fill}"{weight}>{spans}</text>'
@@ -302,7 +303,7 @@ def _frame(plot: _Plot, chart: dict, labels: _Labels, y_ticks: list[float]) -> l
     lines = getattr(plot, "y_lines", [])
     if lines:  # rotated along the y axis, wrapped to its height, one line after the other
         middle = (plot.top + plot.bottom) / 2
-        spans = "".join(
+        spans = " ".join(
             f'<tspan x="{middle:.1f}" dy="{0 if i == 0 else _LINE}">{_t(line)}</tspan>' for i, line in enumerate(lines)
         )
         # rotate(-90) about the origin, then down to the plot's middle: local x runs up the axis
@@ -532,7 +533,7 @@ def _ratios(chart: dict, labels: _Labels) -> str:
         name = labels.wrap(r["label"], right - left, bold=True)
         parts = [labels.place(name, [(left, y + FONT, "start")], bold=True)]
         y = labels.bottom + 4
-        ratio_line = f"{measure.split(' ')[0] if measure else 'Ratio'} {r['text']}, {_ci_words(r)}"
+        ratio_line = f"{' '.join(measure.split()[:2]) if measure else 'Ratio'} {r['text']}, {_ci_words(r)}"
         parts.append(labels.place(labels.wrap(ratio_line, right - left), [(left, y + FONT, "start")], css="ratio-text"))
         y = labels.bottom + 4
         patient = labels.wrap(f"This patient: {r['patient']}", right - left, bold=True)
