@@ -74,9 +74,14 @@ def toml_number(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else repr(float(x))
 
 
+def one_decimal(x: float) -> str:
+    """Always one decimal (a duration in years, a percentage of a group): 6.0 -> '6.0'."""
+    return f"{x:.1f}"
+
+
 def years(days: float, days_per_year: float) -> str:
     """A duration in years with one decimal: '6.1 years'."""
-    return f"{days / days_per_year:.1f} years"
+    return f"{one_decimal(days / days_per_year)} years"
 
 
 def seconds(s: float) -> str:

@@ -31,6 +31,7 @@ from cds_service.clinical.evaluate import (
 from cds_service.clinical.render import chosen, lead_text, page_sections, strength_line
 from cds_service.content.chart_specs import ChartSpec, parse_ci
 from cds_service.content.templates import format_figure
+from cds_service.formatting import percent
 
 PAGE_VERSION = 1
 LINK_LABEL = "Evidence page: charts, data used and sources"
@@ -169,8 +170,8 @@ def calibration_chart(spec: ChartSpec, result: CardResult) -> dict | None:
                 "n": g.n,
                 "predicted": 100 * g.predicted,
                 "observed": None if g.observed is None else 100 * g.observed,
-                "predicted_text": f"{100 * g.predicted:.1f} %",
-                "observed_text": "not available" if g.observed is None else f"{100 * g.observed:.1f} %",
+                "predicted_text": percent(g.predicted),
+                "observed_text": "not available" if g.observed is None else percent(g.observed),
             }
             for g in learned.calibration_groups
         ],

@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
+from cds_service import formatting
 from cds_service.clinical.dates import (
     DAYS_PER_YEAR,
     day_of,
@@ -912,7 +913,7 @@ def _in_range(number: float, spec: ValueSpec) -> float:
 def _raw_quantity(quantity: dict) -> str:
     value = quantity.get("value")
     unit = quantity.get("unit") if isinstance(quantity.get("unit"), str) else quantity.get("code")
-    number = f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "?"
+    number = formatting.number(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else "?"
     if isinstance(unit, str) and unit and not unit.startswith("{") and unit != "1":
         return _short(f"{number} {unit}")
     return number

@@ -6,6 +6,8 @@ from __future__ import annotations
 import string
 from typing import Any
 
+from cds_service.formatting import figure
+
 SUMMARY_LIMIT = 140  # CDS Hooks: summary SHOULD be under 140 characters
 # Placeholders every text may use besides figures and predictor ids.
 # The estimate's names (clinical/evaluate.py estimate_values): a learned model's report
@@ -69,6 +71,4 @@ class _Typical(dict):
 
 def format_figure(value: Any) -> str:
     """A figure exactly as written in the card file: 21.0 stays '21.0', 0.075 stays '0.075'."""
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
+    return figure(value)

@@ -9,13 +9,14 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
+from cds_service.formatting import percent_number
 from cds_service.storage.store import Report, Store, StoreOptions, feedback, returned_cards
 
 _COLUMNS = ("card", "shown", "feedback", "accepted", "overridden", "accept %", "override %")
 
 
 def _percent(rate: float | None) -> str:
-    return "-" if rate is None else f"{rate * 100:.1f}"
+    return percent_number(rate)
 
 
 def _reason_label(

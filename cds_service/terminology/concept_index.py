@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
 
+from cds_service.formatting import number
+
 ICD10_FORMAT = "icd-10"
 KINDS = ("condition", "procedure", "medication", "observation")
 VALUE_KINDS = ("quantity", "ordinal", "count", "coded", "boolean")
@@ -342,6 +344,4 @@ def _shown(text: str) -> str:
 
 
 def _num(x: float | None) -> str:
-    if x is None:
-        return "?"
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+    return number(x)
