@@ -1,11 +1,13 @@
 """GET /evidence/<token>: the evidence page behind a card (HTML, server-rendered SVG charts).
 
 The URL carries only an unguessable token; the page data (no patient identifiers) is read
-from the store (storage/evidence_pages.py) and drawn here: the charts, each with its text
-alternative and a data table, then the inputs table, the caveats and the sources. An
-unknown token answers 404 and an expired one 410, both as a short HTML page. The page is
-readable on a phone (responsive CSS), printable (print CSS), sends no referrer (the
-token must not leak to the sources it links to) and is never cached.
+from the store (storage/evidence_pages.py) and drawn here with the templates of
+cds_service/templates (pages.py): the charts, each titled with its source, drawn for a
+desktop and for a phone, with its text alternative and a data table, then the card's
+Markdown texts rendered, the inputs table, the caveats and the sources. An unknown token
+answers 404 and an expired one 410, both as a short HTML page. The page is readable on a
+phone (responsive CSS), printable (print CSS), sends no referrer (the token must not leak
+to the sources it links to) and is never cached.
 
 `install_evidence_pages(app)` (one line in app.py) registers the blueprint and keeps the
 page store and the chart specs (an EvidenceSetup) in `app.extensions["evidence_pages"]`.
