@@ -586,7 +586,7 @@ def _counts(chart: dict, labels: _Labels) -> str:
     most = max([r["total"] for r in rows] + [1])
     out = []
     y = 8.0
-    for i, r in enumerate(rows):
+    for r in rows:
         name = labels.wrap(r["label"], right - left)
         out.append(labels.place(name, [(left, y + FONT + 4, "start")]))
         y = labels.bottom + 6
@@ -594,7 +594,7 @@ def _counts(chart: dict, labels: _Labels) -> str:
         bar_room = right - left - labels.text_width(count_text, True) - 12
         full = bar_room * r["total"] / most
         filled = bar_room * r["count"] / most
-        colour = _colour(i)
+        colour = _colour(0)  # one series: one colour (a colour per row would read as a category)
         labels.block(left, y, left + full, y + 16)
         out.append(
             f'<g class="count" data-count="{r["count"]}" data-total="{r["total"]}">'

@@ -152,6 +152,7 @@ figcaption h2 {{ margin-top: 0; }}
 figure {{ margin: 0; }}
 .chart-block {{ border-top: 1px solid #d0d0d0; padding-top: 1rem; margin-top: 1rem; }}
 svg.chart {{ display: block; max-width: 100%; height: auto; }}
+.chart-wide svg.chart {{ max-width: 760px; }}
 .note {{ font-size: .9rem; color: {PALETTE["axis"]}; margin: .25rem 0; }}
 .scroll {{ overflow-x: auto; }}
 table {{ border-collapse: collapse; width: 100%; font-size: .95rem; }}
