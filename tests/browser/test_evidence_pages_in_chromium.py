@@ -16,10 +16,14 @@ from pathlib import Path
 
 import pytest
 from support.browser import Browser, chromium_path
+from support.chart import Chart, all_cards
 from support.evidence_scenarios import scenarios
+from support.learned_reports import learned_overlay, rfa_report
 from werkzeug.serving import make_server
 
 from cds_service.clinical.evidence import page_data
+from cds_service.config import DEFAULT_CARDS_DIR
+from cds_service.content.chart_specs import load_chart_specs
 from cds_service.http.app import create_app
 
 pytestmark = pytest.mark.skipif(chromium_path() is None, reason="no chromium (scripts/test installs it)")
@@ -152,14 +156,8 @@ def overlapping(labels: list[dict]) -> list[tuple[str, str]]:
     return pairs
 
 
-@pytest.mark.parametrize("size", list(SIZES))
-@pytest.mark.parametrize("name", list(SCENARIOS))
-def test_the_page_reads_cleanly_and_its_charts_fit_on_a_desktop_and_a_phone(name, size, urls, browser, artifacts):
-    url, data = urls[name]
-    width, height, mobile = SIZES[size]
-    browser.open(url, width=width, height=height, mobile=mobile)
-    page = browser.evaluate(MEASURE)
-
+def check_page(page: dict, data: dict, width: int, size: str) -> None:
+    """What every page must be, measured by MEASURE."""
     # formatted text: no Markdown markers left, Markdown tables as tables
     for marker in ("**", "|---", "| ---"):
         assert marker not in page["text"], marker
@@ -191,6 +189,16 @@ def test_the_page_reads_cleanly_and_its_charts_fit_on_a_desktop_and_a_phone(name
     for item in page["colours"]:
         assert contrast(item["color"], item["background"]) >= 4.5, item
 
+
+@pytest.mark.parametrize("size", list(SIZES))
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_the_page_reads_cleanly_and_its_charts_fit_on_a_desktop_and_a_phone(name, size, urls, browser, artifacts):
+    url, data = urls[name]
+    width, height, mobile = SIZES[size]
+    browser.open(url, width=width, height=height, mobile=mobile)
+    page = browser.evaluate(MEASURE)
+    check_page(page, data, width, size)
+
     # the patient, marked where the figure applies
     markers = " ".join(m for c in page["charts"] for m in c["markers"])
     if name in MARKERS:
@@ -204,6 +212,21 @@ def test_the_page_reads_cleanly_and_its_charts_fit_on_a_desktop_and_a_phone(name
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
     if name == "rfa-after" and size == "desktop":
         shutil.copyfile(shot, SCREENSHOT)  # the README's picture is what the service shows
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+def test_a_site_models_calibration_chart_fits_too(size, served, browser, artifacts, tmp_path):
+    app, base = served
+    overlay = learned_overlay(tmp_path, rfa_report())
+    result = Chart.from_bundle("hfs_after_rfa.json").result(
+        "rfa-recurrence", "patient-view", "2025-06-01", overlay=overlay
+    )
+    data = page_data(result, load_chart_specs(DEFAULT_CARDS_DIR, all_cards(overlay)))
+    assert any(c["kind"] == "calibration" for c in data["charts"])
+    width, height, mobile = SIZES[size]
+    browser.open(f"{base}/evidence/{app.extensions['evidence_pages'].pages.save(data)}", width, height, mobile)
+    check_page(browser.evaluate(MEASURE), data, width, size)
+    browser.screenshot(artifacts / f"rfa-site-model-{size}.png")
 
 
 def test_the_page_prints_with_the_source_addresses_written_out(urls, browser, artifacts):
