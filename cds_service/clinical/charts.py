@@ -157,6 +157,7 @@ class _Labels:
     def __init__(self, width: int) -> None:
         self.width = width
         self.boxes: list[tuple[float, float, float, float]] = []
+        self.soft: list[tuple[float, float, float, float]] = []  # avoided when possible: a series' line
         self.bottom = 0.0
 
     @staticmethod
@@ -183,10 +184,15 @@ class _Labels:
         self.boxes.append((min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)))
         self.bottom = max(self.bottom, y0, y1)
 
-    def _free(self, b: tuple[float, float, float, float]) -> bool:
+    def avoid(self, x0: float, y0: float, x1: float, y1: float) -> None:
+        """A place labels keep clear of when they can (a piece of a series' line)."""
+        self.soft.append((min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)))
+
+    def _free(self, b: tuple[float, float, float, float], soft: bool = False) -> bool:
         if b[0] < 2 or b[2] > self.width - 2 or b[1] < 2:
             return False
-        return all(b[2] <= o[0] or b[0] >= o[2] or b[3] <= o[1] or b[1] >= o[3] for o in self.boxes)
+        others = self.boxes + self.soft if soft else self.boxes
+        return all(b[2] <= o[0] or b[0] >= o[2] or b[3] <= o[1] or b[1] >= o[3] for o in others)
 
     def place(
         self,
@@ -200,11 +206,12 @@ class _Labels:
         """SVG <text> at the first free candidate (x, baseline y, anchor); if none is free,
         the first candidate moved down below everything placed so far."""
         lines = text if isinstance(text, list) else [text]
-        for x, y, anchor in candidates:
-            x = self._inside(x, lines, anchor, bold)
-            b = self.box(x, y, lines, anchor, bold)
-            if self._free(b):
-                return self._text(x, y, lines, anchor, bold, fill, css, b)
+        for soft in (True, False):  # clear of the lines if possible, else only of the rest
+            for x, y, anchor in candidates:
+                x = self._inside(x, lines, anchor, bold)
+                b = self.box(x, y, lines, anchor, bold)
+                if self._free(b, soft):
+                    return self._text(x, y, lines, anchor, bold, fill, css, b)
         x, _y, anchor = candidates[0]
         x = self._inside(x, lines, anchor, bold)
         y = max(o[3] for o in self.boxes) + FONT + 2 if self.boxes else FONT + 4
@@ -485,6 +492,12 @@ def _series_path(
         out.append(f'<circle class="point" cx="{cx:.1f}" cy="{cy:.1f}" r="4.5" fill="{colour}" data-y="{p["y"]}"/>')
     for cx, cy in coords:
         labels.block(cx - 4.5, cy - 4.5, cx + 4.5, cy + 4.5)
+    for (x0, y0), (x1, y1) in itertools.pairwise(coords):  # the line, in short pieces
+        steps = max(1, int(math.hypot(x1 - x0, y1 - y0) / 6))
+        for k in range(steps):
+            xa, ya = x0 + (x1 - x0) * k / steps, y0 + (y1 - y0) * k / steps
+            xb, yb = x0 + (x1 - x0) * (k + 1) / steps, y0 + (y1 - y0) * (k + 1) / steps
+            labels.avoid(xa, ya - 1.5, xb, yb + 1.5)
     for (_x, p), (cx, cy) in zip(positions, coords):
         out.append(
             labels.place(
