@@ -21,6 +21,7 @@ setup(
     package_dir={"cds_service.cards": "cards"},
     package_data={
         "cds_service.security": ["trust_sandbox_jwks.json"],
+        "cds_service.templates": ["*.j2"],
         "cds_service.demo": ["patients/*.json", "patients/*.toml"],
         "cds_service.storage.migrations": ["script.py.mako"],
         **{name: ["*.toml", "*.json"] for name in card_packages},

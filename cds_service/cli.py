@@ -232,13 +232,25 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reason_texts(settings) -> dict[tuple[str, str], str]:
+    """(system, code) -> text of every override reason the card files offer."""
+    from cds_service.content.cards import load_cards
+
+    cards = load_cards(settings.cards_dir)
+    return {(r.system, r.code): r.display for card in cards for r in card.override_reasons}
+
+
 def _report(args: argparse.Namespace) -> int:
     from cds_service.startup import store_options
     from cds_service.storage.report import run_report
 
     settings = load_settings(_overrides(args))
     options = dataclasses.replace(store_options(settings), spool_dir=None)
-    print(run_report(args.database_url or settings.resolved_database_url, options=options))
+    print(
+        run_report(
+            args.database_url or settings.resolved_database_url, options=options, reason_texts=_reason_texts(settings)
+        )
+    )
     return 0
 
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 import re
 from datetime import UTC, date, datetime, timedelta, timezone
 
+from cds_service.formatting import years
+
 __all__ = [
     "DAYS_PER_MONTH",
     "DAYS_PER_YEAR",
@@ -186,4 +188,4 @@ def duration_text(start: date, end: date) -> str:
         return f"{days} day" + ("" if days == 1 else "s")
     if months < 24:
         return f"{int(months)} months"
-    return f"{days / DAYS_PER_YEAR:.1f} years"
+    return years(days, DAYS_PER_YEAR)

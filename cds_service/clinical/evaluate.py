@@ -51,6 +51,8 @@ from cds_service.clinical.risk_models import ModelIncomplete, cox_model, logisti
 from cds_service.content.cards import CardContent, Predictor, Situation, When
 from cds_service.content.derivations import KINDS
 from cds_service.content.site_models import LearnedFrom, SiteModel
+from cds_service.formatting import fixed, number, percent, rounded, significant
+from cds_service.formatting import one_decimal as _one_decimal
 
 # Input status values.
 USED = "used"
@@ -131,7 +133,7 @@ class OutsideRange:
         if self.low is None or self.high is None:
             return "none" if self.value == "yes" else "all"
         u = f" {self.unit}" if self.unit else ""
-        return f"{number(round(self.low, 2))} to {number(round(self.high, 2))}{u}"
+        return f"{rounded(self.low, 2)} to {rounded(self.high, 2)}{u}"
 
 
 @dataclass(frozen=True)
@@ -511,7 +513,7 @@ def _disease_duration(p: Predictor, r: Reading) -> InputValue:
         p.label,
         USED,
         value=years,
-        display=f"{years:.1f} years",
+        display=f"{_one_decimal(years)} years",
         date=onset,
         date_label="onset",
         note=p.note("used"),
@@ -527,7 +529,7 @@ def _operation_time(p: Predictor, r: Reading) -> InputValue:
             p.label,
             USED,
             value=minutes,
-            display=f"{number(round(minutes, 1))} min",
+            display=f"{rounded(minutes, 1)} min",
             date=day_of(procedure.start),
             date_label="performed",
             note=p.note("from_period"),
@@ -899,7 +901,7 @@ def _fill_text(text: str, values: dict[str, str]) -> str:
 
 
 def _two(x: float | None) -> str:
-    return NOT_AVAILABLE if x is None or not math.isfinite(x) else f"{x:.2f}"
+    return NOT_AVAILABLE if x is None or not math.isfinite(x) else fixed(x, 2)
 
 
 # ---------------------------------------------------------------------------- small facts
@@ -947,7 +949,7 @@ def _observation_display(fact: ObservationFact, p: Predictor) -> str:
     if isinstance(value, str):
         return value
     unit = p.unit or (fact.unit if fact.unit and not fact.unit.startswith("{") else None)
-    shown = number(round(float(value), 2))
+    shown = rounded(float(value), 2)
     shown = f"{shown}{unit}" if unit and unit.startswith("/") else (f"{shown} {unit}" if unit else shown)
     raw = (fact.raw or "").strip()
     if not raw or raw.replace(" ", "") == shown.replace(" ", "") or _same_number(raw, float(value)):
@@ -966,16 +968,8 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def percent(p: float) -> str:
-    return f"{p * 100:.1f} %"
-
-
 def ratio(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.3g}"
-
-
-def number(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+    return significant(x)
 
 
 if set(DERIVE) != set(KINDS):  # the registry and its functions name the same kinds

@@ -24,12 +24,14 @@ from cds_service.clinical.evaluate import (
     USED,
     CardResult,
     InputValue,
+    holds,
     model_values,
     not_used_future,
 )
 from cds_service.clinical.render import chosen, lead_text, page_sections, strength_line
 from cds_service.content.chart_specs import ChartSpec, parse_ci
 from cds_service.content.templates import format_figure
+from cds_service.formatting import percent
 
 PAGE_VERSION = 1
 LINK_LABEL = "Evidence page: charts, data used and sources"
@@ -87,12 +89,15 @@ def chart_data(spec: ChartSpec, result: CardResult) -> dict | None:
     calibration chart: the learned model's calibration groups; None without one)."""
     if spec.kind == "calibration":
         return calibration_chart(spec, result)
+    if spec.when_any and not any(_holds(w, result) for w in spec.when_any):
+        return None
     card = result.card
     figures = card.figures
     labels = {name: format_figure(v) for name, v in figures.items()}
     chart: dict[str, Any] = {
         "kind": spec.kind,
         "title": _fill(spec.title, labels),
+        "source": _fill(spec.source, labels),
         "x_label": spec.x_label,
         "y_label": spec.y_label,
         "y_max": spec.y_max,
@@ -107,9 +112,20 @@ def chart_data(spec: ChartSpec, result: CardResult) -> dict | None:
                 "value": float(figures[row.figure]),
                 "text": labels[row.figure],
                 "patient": _patient_words(result, row.predictor),
-                "patient_short": _patient_words(result, row.predictor, dated=False),
+                **_ratio_ci(figures, row.ci),
             }
             for row in spec.rows
+        ]
+        return chart
+    if spec.kind == "counts":
+        chart["rows"] = [
+            {
+                "label": _fill(c.label, labels),
+                "count": int(figures[c.figure]),
+                "total": int(figures[c.of]),
+                "text": f"{labels[c.figure]} of {labels[c.of]}",
+            }
+            for c in spec.counts
         ]
         return chart
     highlight_value = _used_value(result, spec.highlight) if spec.highlight else None
@@ -144,6 +160,7 @@ def calibration_chart(spec: ChartSpec, result: CardResult) -> dict | None:
     return {
         "kind": "calibration",
         "title": _fill(spec.title, labels),
+        "source": _fill(spec.source, labels),
         "x_label": spec.x_label,
         "y_label": spec.y_label,
         "end_note": _fill(spec.end_note, labels),
@@ -153,8 +170,8 @@ def calibration_chart(spec: ChartSpec, result: CardResult) -> dict | None:
                 "n": g.n,
                 "predicted": 100 * g.predicted,
                 "observed": None if g.observed is None else 100 * g.observed,
-                "predicted_text": f"{100 * g.predicted:.1f} %",
-                "observed_text": "not available" if g.observed is None else f"{100 * g.observed:.1f} %",
+                "predicted_text": percent(g.predicted),
+                "observed_text": "not available" if g.observed is None else percent(g.observed),
             }
             for g in learned.calibration_groups
         ],
@@ -170,8 +187,30 @@ def _point(p, figures: dict, labels: dict, percent: bool) -> dict:
     return point
 
 
+def _ratio_ci(figures: dict, ci: str | None) -> dict:
+    """The published 95 % CI of a ratio, or nothing (the chart says "CI not published")."""
+    if not ci:
+        return {}
+    low, high = parse_ci(figures[ci])
+    return {"low": low, "high": high, "ci_text": str(figures[ci])}
+
+
+def _holds(when, result: CardResult) -> bool:
+    """A chart's predicate; a predictor this situation does not read holds nothing."""
+    if when.predictor and not _has(result, when.predictor):
+        return False
+    item = result.input(when.predictor) if when.predictor else None
+    return holds(when, item, result.estimate is not None, result.today)
+
+
 def _marker(result: CardResult, spec, chart: dict, axis: str) -> dict | None:
+    """This patient's mark on the chart, or None with the sentence that says why not."""
     if not _has(result, spec.predictor):
+        if spec.absent_text:
+            chart["notes"].append(spec.absent_text)
+        return None
+    if any(_holds(w, result) for w in spec.unless):
+        chart["notes"].append(spec.unless_text)
         return None
     item = result.input(spec.predictor)
     if item.status != USED or not _is_number(item.value):

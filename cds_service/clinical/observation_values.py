@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 
+from cds_service import formatting
 from cds_service.clinical.fhir_elements import VALUES_READ, as_list, short_text
 from cds_service.terminology import units
 from cds_service.terminology.concept_index import ConceptIndex, ValueSpec
@@ -130,7 +131,7 @@ def _in_range(number: float, spec: ValueSpec) -> float:
 def _raw_quantity(quantity: dict) -> str:
     value = quantity.get("value")
     unit = quantity.get("unit") if isinstance(quantity.get("unit"), str) else quantity.get("code")
-    number = f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "?"
+    number = formatting.number(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else "?"
     if isinstance(unit, str) and unit and not unit.startswith("{") and unit != "1":
         return short_text(f"{number} {unit}")
     return number

@@ -122,6 +122,7 @@ class OrderFact:
     # concepts it names, and whether any reason is stated at all (one of no known concept too).
     reasons: tuple[str, ...] = ()
     reason_stated: bool = False
+    display: str = ""  # the coding's display, else how the concepts file names the code (never a bare code)
 
 
 @dataclass(frozen=True)

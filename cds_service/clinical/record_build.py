@@ -517,6 +517,7 @@ def _read_draft_order(
                 selected=is_selected,
                 reasons=reasons,
                 reason_stated=stated,
+                display=match.display or concepts.code_display(match.concept, match.system, match.code),
             )
         )
 

@@ -178,7 +178,9 @@ def _values(result: CardResult) -> dict[str, str]:
     values["estimate_headline"] = result.estimate.headline if result.estimate else "not available"
     values.update(result.estimate_values(values))  # issue 11: the estimate's provenance placeholders
     factors = [i for i in result.inputs if i.status != INTRAOPERATIVE and not card.predictor(i.predictor).context]
-    values["factors_recorded"] = str(sum(1 for i in factors if i.status == USED))
+    recorded = sum(1 for i in factors if i.status == USED)
+    values["factors_recorded"] = str(recorded)
+    values["factors_are"] = "is" if recorded == 1 else "are"  # "1 of the 5 factors is recorded"
     values["factors_total"] = str(len(factors))
     return values
 
@@ -362,7 +364,8 @@ def _input_sections(result: CardResult) -> list[str]:
 
 def _order_line(order: OrderFact, hook: str, note: str = "") -> str:
     line = f"- **Order being {'signed' if hook == 'order-sign' else 'selected'}**"
-    shown = [f'"{escape(order.match.display)}"'] if order.match.display else []
+    display = order.match.display or order.display  # an order sent without text: the concepts file's words
+    shown = [f'"{escape(display)}"'] if display else []
     if order.match.code and not order.match.by_text:
         shown.append(f"code {escape(order.match.code)}")
     if shown:

@@ -48,6 +48,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from cds_service.config import ConfigError
 from cds_service.content.cards import CardContent, Number, Table, Text
 from cds_service.content.errors import ContentError, content_error
+from cds_service.formatting import toml_number
 
 
 def _version_text(value: object) -> object:
@@ -445,4 +446,4 @@ def attach_site_models(
 
 
 def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else repr(float(x))
+    return toml_number(x)

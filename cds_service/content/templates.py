@@ -6,6 +6,8 @@ from __future__ import annotations
 import string
 from typing import Any
 
+from cds_service.formatting import figure
+
 SUMMARY_LIMIT = 140  # CDS Hooks: summary SHOULD be under 140 characters
 # Placeholders every text may use besides figures and predictor ids.
 # The estimate's names (clinical/evaluate.py estimate_values): a learned model's report
@@ -26,9 +28,12 @@ ESTIMATE_NAMES = MODEL_REPORT_NAMES | {"outside_range", "estimate_by", "estimate
 # Filled from [texts] estimate_*: those texts cannot use them.
 TEXT_FILLED_NAMES = frozenset({"estimate_by", "estimate_provenance", "estimate_withheld"})
 DYNAMIC_NAMES = (
-    frozenset({"site_label", "site_version", "estimate_headline", "factors_recorded", "factors_total"}) | ESTIMATE_NAMES
+    frozenset({"site_label", "site_version", "estimate_headline", "factors_recorded", "factors_total", "factors_are"})
+    | ESTIMATE_NAMES
 )
 _TYPICAL = "xxxxxxxxxx"  # a typical patient or dynamic value, for the summary length check
+# Dynamic values whose length is known: a count and its verb ("2 of the 5 factors are recorded").
+_TYPICAL_KNOWN = {"factors_recorded": "99", "factors_total": "99", "factors_are": "are"}
 
 
 def check_template(text: str, names: set[str] | frozenset[str], where: str) -> None:
@@ -61,11 +66,9 @@ class _Typical(dict):
         super().__init__({k: format_figure(v) for k, v in figures.items()})
 
     def __missing__(self, key: str) -> str:
-        return _TYPICAL
+        return _TYPICAL_KNOWN.get(key, _TYPICAL)
 
 
 def format_figure(value: Any) -> str:
     """A figure exactly as written in the card file: 21.0 stays '21.0', 0.075 stays '0.075'."""
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
+    return figure(value)

@@ -105,8 +105,13 @@ def run_demo(
         app = create_app(settings)
         try:
             server = make_server(host, port, app, threaded=True)
-        except OSError as exc:
-            print(f"cds-service demo: cannot listen on {host}:{port} ({exc.strerror}); try --port", file=sys.stderr)
+        except (OSError, SystemExit) as exc:  # werkzeug reports a busy port by exiting
+            reason = getattr(exc, "strerror", None) or "address already in use or not available"
+            print(
+                f"cds-service demo: cannot listen on {host}:{port} ({reason}); "
+                "another port: --port 9000, or --port 0 for any free port",
+                file=sys.stderr,
+            )
             return 2
         base_url = f"http://{host}:{server.server_port}"
         thread = threading.Thread(target=server.serve_forever, name="demo-server", daemon=True)
@@ -117,11 +122,13 @@ def run_demo(
             shown = 0
             for call in load_calls(hook_call.today()):
                 shown += _show_call(app, base_url, client, call, out)
-            out.write(f"{shown} cards shown. Evidence pages stay open while the demo runs.\n")
             if wait:
+                out.write(f"{shown} cards shown. Evidence pages stay open while the demo runs.\n")
                 out.write("Press Ctrl-C to stop.\n")
                 out.flush()
                 _wait_for_interrupt()
+            else:
+                out.write(f"{shown} cards shown. The demo stops now (--no-wait): its evidence pages close with it.\n")
             out.flush()
         finally:
             server.shutdown()
@@ -222,7 +229,8 @@ def format_card(card: dict, page_url: str) -> str:
     for suggestion in card.get("suggestions", []):
         lines.append(f"    Suggestion: {suggestion.get('label', '')}")
     for link in card.get("links", []):
-        if "/evidence/" not in link.get("url", ""):
+        # The source is printed once: its link (the same address) is not repeated.
+        if "/evidence/" not in link.get("url", "") and link.get("url") != source.get("url"):
             lines.append(f"    Link: {link.get('label', '')} <{link.get('url', '')}>")
     if page_url:
         lines.append(f"    Evidence page: {page_url}")

@@ -13,6 +13,11 @@ import html
 import json
 import math
 
+from markupsafe import Markup
+
+from cds_service import pages
+from cds_service.formatting import exact, significant
+
 REPORT_FORMAT = "hfs-cds-learned-model-report/1"
 
 
@@ -65,7 +70,7 @@ def _key(name: str) -> str:
 
 
 def _num(value: float) -> str:
-    return repr(round(float(value), 6))
+    return exact(value)
 
 
 # ---------------------------------------------------------------------------- JSON
@@ -129,36 +134,12 @@ def calibration_svg(groups: list[dict], title: str) -> str:
 
 # ---------------------------------------------------------------------------- HTML
 def report_html(report: dict, svg: str | None) -> str:
+    """The report for people (templates/model_report.html.j2, autoescaped); the SVG is
+    this module's calibration plot, whose text is escaped where it is built."""
     r = _finite(report)
-    e = html.escape
     model = r["model"]
-    out = [
-        "<!doctype html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{e(r['card']['id'])}: learned model report</title>",
-        "<style>body{font-family:sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"
-        "table{border-collapse:collapse;margin:.5rem 0 1.5rem}td,th{border:1px solid #ccc;padding:.25rem .5rem;"
-        "text-align:left}.passed{color:#155724}.failed,.refused{color:#a11}</style></head><body>",
-        f"<h1>Learned model: {e(r['card']['id'])}</h1>",
-        f'<p class="{e(r["status"])}"><strong>Status: {e(r["status"])}</strong>. {e(r["message"])}</p>',
-        f"<p>Outcome: {e(model['outcome'])} ({e(model['kind'])} model"
-        + (f", time in {e(model['time_unit'])}" if model.get("time_unit") else "")
-        + ").</p>",
-    ]
-    out.append("<h2>Minimum requirements</h2>")
-    out.append(f"<p>Minimum sample size rule: {e(r['minimums']['sample_size_rule'])}</p>")
-    out.append(
-        _table(
-            ["Check", "Value", "Required", "Met"],
-            [
-                [c["name"], _fmt(c["value"]), c["required"], "yes" if c["passed"] else "NO"]
-                for c in r["minimums"]["checks"]
-            ],
-        )
-    )
-    out.append("<h2>Cohort</h2>")
     counts = r["counts"]
-    rows = [
+    cohort = [
         ["Patients in the extraction", counts["patients_scanned"]],
         ["With the index event", counts["with_index_event"]],
         ["Included", counts["included"]],
@@ -166,103 +147,102 @@ def report_html(report: dict, svg: str | None) -> str:
         ["Predictor parameters", counts.get("predictors")],
         ["Events per predictor parameter", _fmt(counts.get("events_per_predictor"))],
     ]
-    rows += [[f"Excluded: {reason}", n] for reason, n in counts["excluded"].items()]
+    cohort += [[f"Excluded: {reason}", n] for reason, n in counts["excluded"].items()]
     if r.get("follow_up"):
         f = r["follow_up"]
-        rows.append([f"Follow-up ({f['unit']}): median / max", f"{_fmt(f['median'])} / {_fmt(f['max'])}"])
-    out.append(_table(["", ""], rows))
-    if r.get("coefficients"):
-        ratio = "Hazard ratio" if model["kind"] == "cox" else "Odds ratio"
-        out.append("<h2>Coefficients (95 % confidence intervals)</h2>")
-        out.append(
-            _table(
-                ["Predictor", "Coding", "Coefficient", "95 % CI", ratio, "Published"],
-                [
-                    [
-                        c["label"],
-                        c["coding_text"],
-                        _fmt(c["estimate"]),
-                        f"{_fmt(c['ci_low'])} to {_fmt(c['ci_high'])}",
-                        f"{_fmt(c['ratio'])} ({_fmt(c['ratio_ci_low'])}-{_fmt(c['ratio_ci_high'])})",
-                        _published(c.get("published")),
-                    ]
-                    for c in r["coefficients"]
-                ],
-            )
-        )
-        if r.get("intercept"):
-            i = r["intercept"]
-            out.append(f"<p>Intercept {_fmt(i['estimate'])} (95 % CI {_fmt(i['ci_low'])} to {_fmt(i['ci_high'])}).</p>")
+        cohort.append([f"Follow-up ({f['unit']}): median / max", f"{_fmt(f['median'])} / {_fmt(f['max'])}"])
+    coefficients = [
+        [
+            c["label"],
+            c["coding_text"],
+            _fmt(c["estimate"]),
+            f"{_fmt(c['ci_low'])} to {_fmt(c['ci_high'])}",
+            f"{_fmt(c['ratio'])} ({_fmt(c['ratio_ci_low'])}-{_fmt(c['ratio_ci_high'])})",
+            _published(c.get("published")),
+        ]
+        for c in r.get("coefficients") or []
+    ]
+    intercept = ""
+    if r.get("coefficients") and r.get("intercept"):
+        i = r["intercept"]
+        intercept = f"Intercept {_fmt(i['estimate'])} (95 % CI {_fmt(i['ci_low'])} to {_fmt(i['ci_high'])})."
+    baseline = None
     if r.get("baseline_survival"):
         b = r["baseline_survival"]
-        out.append(f"<h2>Baseline survival (at the reference: {e(b['reference_label'])})</h2>")
-        out.append(
-            _table(
-                [f"Time ({model['time_unit']})", "Event-free", "Note"],
-                [[h, _fmt(v), "" if v is not None else "beyond the follow-up of the data"] for h, v in b["at"].items()],
-            )
-        )
+        baseline = {
+            "reference_label": b["reference_label"],
+            "header": [f"Time ({model['time_unit']})", "Event-free", "Note"],
+            "rows": [
+                [h, _fmt(v), "" if v is not None else "beyond the follow-up of the data"] for h, v in b["at"].items()
+            ],
+        }
+    performance = None
     if r.get("performance"):
         p = r["performance"]
-        out.append("<h2>Performance (internal validation)</h2>")
-        out.append(
-            _table(
-                ["Measure", "Apparent", "Optimism-corrected"],
+        performance = {
+            "rows": [
+                ["C-statistic", _fmt(p["c_statistic_apparent"]), _fmt(p["c_statistic_optimism_corrected"])],
                 [
-                    ["C-statistic", _fmt(p["c_statistic_apparent"]), _fmt(p["c_statistic_optimism_corrected"])],
-                    [
-                        "Calibration slope",
-                        _fmt(p["calibration_slope_apparent"]),
-                        _fmt(p["calibration_slope_optimism_corrected"]),
-                    ],
-                    [
-                        f"Calibration intercept ({p['calibration_intercept_definition']})",
-                        _fmt(p["calibration_intercept_apparent"]),
-                        _fmt(p["calibration_intercept_optimism_corrected"]),
-                    ],
+                    "Calibration slope",
+                    _fmt(p["calibration_slope_apparent"]),
+                    _fmt(p["calibration_slope_optimism_corrected"]),
                 ],
-            )
-        )
-        out.append(
-            f"<p>Bootstrap: {p['bootstrap_resamples']} resamples ({p['bootstrap_failed']} could not be fitted).</p>"
-        )
-    if svg:
-        horizon = r["calibration"].get("horizon")
-        out.append("<h2>Calibration plot</h2>")
-        if horizon is not None:
-            out.append(f"<p>Risk by {e(_fmt(horizon))} {e(model['time_unit'])}; observed by Kaplan-Meier.</p>")
-        out.append(svg)
-    if r.get("predictor_ranges"):
-        out.append("<h2>Predictor values seen in training</h2>")
-        out.append(
-            _table(["Predictor", "Range / prevalence"], [[pid, _range(v)] for pid, v in r["predictor_ranges"].items()])
-        )
-    prov = r["provenance"]
-    out.append("<h2>Provenance</h2>")
-    out.append(
-        _table(
-            ["", ""],
-            [
-                ["FHIR server", prov["fhir_server"]],
                 [
-                    "Extraction",
-                    f"{prov['extraction']['method']} ({prov['extraction']['level']} level), types "
-                    + ", ".join(prov["extraction"]["types"]),
+                    f"Calibration intercept ({p['calibration_intercept_definition']})",
+                    _fmt(p["calibration_intercept_apparent"]),
+                    _fmt(p["calibration_intercept_optimism_corrected"]),
                 ],
-                ["Extraction started", prov["extraction_started"]],
-                ["Server transaction time", prov["extraction"]["transaction_time"]],
-                ["Report generated", prov["generated_at"]],
-                ["Card", f"{r['card']['id']} {r['card']['version']}"],
-                [
-                    "Definition",
-                    f"{r['definition']['path']} {r['definition']['version']} (sha256 {r['definition']['sha256'][:12]})",
-                ],
-                ["Code", ", ".join(f"{k} {v}" for k, v in prov["versions"].items())],
             ],
+            "bootstrap": f"Bootstrap: {p['bootstrap_resamples']} resamples ({p['bootstrap_failed']} could not be fitted).",
+        }
+    horizon = r["calibration"].get("horizon") if svg else None
+    prov = r["provenance"]
+    provenance = [
+        ["FHIR server", prov["fhir_server"]],
+        [
+            "Extraction",
+            f"{prov['extraction']['method']} ({prov['extraction']['level']} level), types "
+            + ", ".join(prov["extraction"]["types"]),
+        ],
+        ["Extraction started", prov["extraction_started"]],
+        ["Server transaction time", prov["extraction"]["transaction_time"]],
+        ["Report generated", prov["generated_at"]],
+        ["Card", f"{r['card']['id']} {r['card']['version']}"],
+        [
+            "Definition",
+            f"{r['definition']['path']} {r['definition']['version']} (sha256 {r['definition']['sha256'][:12]})",
+        ],
+        ["Code", ", ".join(f"{k} {v}" for k, v in prov["versions"].items())],
+    ]
+    return (
+        pages.render(
+            "model_report.html.j2",
+            card_id=r["card"]["id"],
+            status=r["status"],
+            message=r["message"],
+            outcome=f"{model['outcome']} ({model['kind']} model"
+            + (f", time in {model['time_unit']}" if model.get("time_unit") else "")
+            + ").",
+            sample_size_rule=r["minimums"]["sample_size_rule"],
+            checks=[
+                [c["name"], _fmt(c["value"]), c["required"], "yes" if c["passed"] else "NO"]
+                for c in r["minimums"]["checks"]
+            ],
+            cohort=cohort,
+            coefficients=coefficients,
+            ratio_name="Hazard ratio" if model["kind"] == "cox" else "Odds ratio",
+            intercept=intercept,
+            baseline=baseline,
+            performance=performance,
+            svg=Markup(svg) if svg else None,
+            horizon=f"Risk by {_fmt(horizon)} {model['time_unit']}; observed by Kaplan-Meier."
+            if horizon is not None
+            else "",
+            ranges=[[pid, _range(v)] for pid, v in (r.get("predictor_ranges") or {}).items()],
+            provenance=provenance,
         )
+        + "\n"
     )
-    out.append("</body></html>")
-    return "\n".join(out) + "\n"
 
 
 def _published(p: dict | None) -> str:
@@ -282,15 +262,4 @@ def _range(v: dict) -> str:
 
 
 def _fmt(value) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
-    return str(value)
-
-
-def _table(header: list, rows: list[list]) -> str:
-    e = html.escape
-    head = "".join(f"<th>{e(str(h))}</th>" for h in header) if any(header) else ""
-    body = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table>{'<tr>' + head + '</tr>' if head else ''}{body}</table>"
+    return significant(value)

@@ -27,6 +27,7 @@ import numpy as np
 
 from cds_service.content.cards import CardContent, load_cards
 from cds_service.fhir.bulk import BulkClient, BulkError
+from cds_service.formatting import significant
 from cds_service.learning import fit as fitting
 from cds_service.learning import report as reporting
 from cds_service.learning.cohort import CohortCounts, Row, derive_rows
@@ -422,7 +423,7 @@ def _ge(a: float, b: float) -> bool:
 
 
 def _short(value) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+    return significant(value)
 
 
 def _horizon_key(h: float) -> str:

@@ -565,6 +565,17 @@ def load_trust_file(path: Path, **kwargs) -> dict[str, Issuer]:
     return parse_trust(document, base_dir=Path(path).parent, source=f"trust file {path}", **kwargs)
 
 
+# Said at start-up when no CDS client can be trusted: how to call the service instead of a 401.
+NO_TRUST_WARNING = (
+    "no trusted CDS clients are configured: every CDS Hooks call will be answered 401. To call the service: "
+    "`cds-service demo` (runs the service and calls it as an EHR would, printing the cards); "
+    "`scripts/serve --allow-unsigned` for local development only (accepts calls without a client JWT); "
+    "a trust file for an EHR (`CDS_TRUST_FILE=trust.toml`, or `trust_file` in the --config file: its issuers "
+    "and their JWKS); `CDS_TRUST_SANDBOX=1` to accept the public CDS Hooks Sandbox "
+    "(https://sandbox.cds-hooks.org)."
+)
+
+
 def trust_from_settings(
     settings: Settings,
     *,
@@ -586,10 +597,7 @@ def trust_from_settings(
     if settings.jwt_max_lifetime_s <= 0:
         raise ConfigError("jwt_max_lifetime_s must be a positive number of seconds")
     if not issuers and not settings.allow_unsigned:
-        log.warning(
-            "no trusted CDS clients are configured (trust_file / trust_sandbox): "
-            "every CDS Hooks request will be refused with 401"
-        )
+        log.warning(NO_TRUST_WARNING)
     return TrustConfig(
         issuers=issuers,
         leeway_s=settings.jwt_leeway_s,

@@ -4,24 +4,30 @@ what clinicians did with it (accepted / overridden, and why)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import datetime
 
 import sqlalchemy as sa
 
+from cds_service.formatting import percent_number
 from cds_service.storage.store import Report, Store, StoreOptions, feedback, returned_cards
 
 _COLUMNS = ("card", "shown", "feedback", "accepted", "overridden", "accept %", "override %")
 
 
 def _percent(rate: float | None) -> str:
-    return "-" if rate is None else f"{rate * 100:.1f}"
+    return percent_number(rate)
 
 
-def _reason_label(code: str | None, system: str | None, display: str | None) -> str:
+def _reason_label(
+    code: str | None, system: str | None, display: str | None, texts: Mapping[tuple[str, str], str] | None = None
+) -> str:
+    """A reason as a clinician reads it: the card file's text for that coded reason, else the
+    display the EHR sent, else the bare code (a reason no card file offers)."""
     if code is None:
         return "(no reason given)"
-    label = f"{system}|{code}" if system else code
-    return f"{label} {display}" if display else label
+    text = (texts or {}).get((system or "", code)) or display
+    return text if text else f"code {code} (no text)"
 
 
 def accepted_suggestions(store: Store, since: datetime | None = None) -> dict[str, dict[str, int]]:
@@ -47,8 +53,13 @@ def accepted_suggestions(store: Store, since: datetime | None = None) -> dict[st
     return counts
 
 
-def format_report(report: Report, accepted: dict[str, dict[str, int]] | None = None) -> str:
-    """A plain-text table, one row per card file, override reasons and accepted suggestions
+def format_report(
+    report: Report,
+    accepted: dict[str, dict[str, int]] | None = None,
+    reason_texts: Mapping[tuple[str, str], str] | None = None,
+) -> str:
+    """A plain-text table, one row per card file, override reasons (by their text:
+    `reason_texts` maps (system, code) to the card files' words) and accepted suggestions
     listed under each."""
     lines = [f"CDS service usage report, generated {report.generated_at.isoformat(timespec='seconds')}"]
     if report.since is not None:
@@ -84,7 +95,7 @@ def format_report(report: Report, accepted: dict[str, dict[str, int]] | None = N
         for card, row in zip(report.cards, rows):
             lines.append(line(row))
             for reason in card.override_reasons:
-                label = _reason_label(reason.code, reason.system, reason.display)
+                label = _reason_label(reason.code, reason.system, reason.display, reason_texts)
                 lines.append(f"    overridden {reason.count}x: {label}")
             for suggestion, n in sorted((accepted or {}).get(card.card_id, {}).items(), key=lambda kv: (-kv[1], kv[0])):
                 lines.append(f"    accepted {n}x: suggestion {suggestion}")
@@ -95,10 +106,15 @@ def format_report(report: Report, accepted: dict[str, dict[str, int]] | None = N
     return "\n".join(lines) + "\n"
 
 
-def run_report(database_url: str, since: datetime | None = None, options: StoreOptions | None = None) -> str:
+def run_report(
+    database_url: str,
+    since: datetime | None = None,
+    options: StoreOptions | None = None,
+    reason_texts: Mapping[tuple[str, str], str] | None = None,
+) -> str:
     """Open the store, build the usage report, and return it as text."""
     store = Store(database_url, options)
     try:
-        return format_report(store.usage_report(since=since), accepted_suggestions(store, since))
+        return format_report(store.usage_report(since=since), accepted_suggestions(store, since), reason_texts)
     finally:
         store.close()

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
 
+from cds_service.formatting import number
+
 ICD10_FORMAT = "icd-10"
 KINDS = ("condition", "procedure", "medication", "observation", "body_site")
 VALUE_KINDS = ("quantity", "ordinal", "count", "coded", "boolean")
@@ -194,6 +196,20 @@ class ConceptIndex:
             return self.system_name(system)
         return f"{self.system_name(system)} {code}"
 
+    def code_display(self, concept_id: str, system: str | None, code: str | None) -> str:
+        """How the concepts file names a matched code: the code's display there (an exact code
+        of the concept), else the concept's label. For a coding the sender left without text."""
+        concept = self.concepts.get(concept_id)
+        if concept is None:
+            return ""
+        if system is not None and code is not None:
+            canonical = self._canonical.get(system, system)
+            key = self._key_code(canonical, code)
+            for c in concept.codes:
+                if c.display and not c.prefix and c.system == canonical and self._key_code(c.system, c.code) == key:
+                    return c.display
+        return concept.label
+
     # -- matching ------------------------------------------------------------------------
     def lookup(self, system: str, code: str) -> tuple[str, ...]:
         """Concept ids a single (system, code) belongs to, regardless of kind."""
@@ -328,6 +344,4 @@ def _shown(text: str) -> str:
 
 
 def _num(x: float | None) -> str:
-    if x is None:
-        return "?"
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+    return number(x)

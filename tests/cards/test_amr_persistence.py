@@ -36,7 +36,8 @@ def test_an_mvd_order_for_a_patient_with_six_years_of_hfs_on_carbamazepine_lists
     )
     detail = card["detail"]
     used = section(detail, "### Patient data used")
-    assert "- **Order being selected**: code 00NM0ZZ" in used
+    # issue 17: an order sent without text is named by the concepts file, never by a bare code
+    assert '- **Order being selected**: "Release Facial Nerve, Open Approach", code 00NM0ZZ' in used
     assert "- **Disease duration (from hemifacial spasm onset)**: 6.1 years, onset 2019-05-01" in used
     assert "- **Carbamazepine use**: yes, dated 2019-06-01" in used
     missing = section(detail, "### Patient data missing")
@@ -298,3 +299,9 @@ def test_the_mvd_order_card_names_no_fhir_resource_type():
 def test_an_unreadable_amr_result_is_described_without_fhir_words():
     card = amr_chart("2025-04-20", "equivocal").show(CARD, "patient-view", TODAY)
     assert FHIR_WORDS.findall(card["detail"].split("### Sources")[0]) == []
+
+
+def test_one_recorded_factor_is_said_in_the_singular():
+    chart = Chart().hfs(onset="2019-05-01").order(MVD)
+    card = chart.show(CARD, "order-select", TODAY)
+    assert card["summary"].endswith("1 of the 5 preoperative factors is recorded"), card["summary"]

@@ -53,7 +53,8 @@ def test_the_sandbox_btxa_order_with_category_as_an_object_gets_card_c():
     assert card is not None
     assert card["summary"].startswith("Botulinum toxin A: hypertension recorded")
     # issue 9: the order line names no resource type or code system
-    assert "- **Order being selected**: code J0585" in section(card["detail"], "### Patient data used")
+    used = section(card["detail"], "### Patient data used")
+    assert '- **Order being selected**: "Injection, onabotulinumtoxinA, 1 unit", code J0585' in used
 
 
 @pytest.mark.parametrize(

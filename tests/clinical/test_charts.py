@@ -200,7 +200,7 @@ def test_every_card_file_has_a_chart(specs):
 def test_a_chart_naming_a_figure_the_card_does_not_have_is_refused_at_start_up(tmp_path):
     (tmp_path / "evidence").mkdir()
     (tmp_path / "evidence" / "charts.toml").write_text(
-        '[[charts]]\ncard = "rfa-recurrence"\nkind = "curve"\ntitle = "t"\n'
+        '[[charts]]\ncard = "rfa-recurrence"\nkind = "curve"\ntitle = "t"\nsource = "s"\n'
         'series = [{ label = "c", points = [{ at = 3, label = "3 months", figure = "recurrence_4m" }] }]\n'
     )
     with pytest.raises(ContentError, match="recurrence_4m"):
@@ -219,7 +219,7 @@ def test_the_amr_chart_places_the_patients_time_since_mvd_between_the_published_
     assert mark.get("data-beyond") == "false" and "This patient: " in "".join(mark.itertext())
     line_x = float(next(mark.iter(f"{SVG}line")).get("x1"))
     discharge, three_months = (
-        float(c.get("cx")) for c in list(svg(chart).iter(f"{SVG}circle"))[:2] if c.get("class") == "point"
+        float(c.get("cx")) for c in [c for c in svg(chart).iter(f"{SVG}circle") if c.get("class") == "point"][:2]
     )
     assert discharge < line_x < three_months
 

@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 from cds_service.config import DEFAULT_CARDS_DIR, Settings
 from cds_service.startup import build_runtime
+from cds_service import pages
 
 runtime = build_runtime(Settings(instance_path=Path("instance")))  # what the service serves
 print(json.dumps({
@@ -27,6 +28,7 @@ print(json.dumps({
     "versions": runtime.content_version,
     "schema": (DEFAULT_CARDS_DIR / "schema" / "card.schema.json").is_file(),
     "services": sorted(runtime.services),
+    "templates": pages.render("not_found.html.j2", title="t", css="").count("Evidence page not found"),
 }))
 """
 
@@ -71,3 +73,4 @@ def test_a_wheel_built_from_the_repository_serves_the_same_cards(tmp_path):
     assert shipped["versions"] == content_versions(load_cards(DEFAULT_CARDS_DIR))
     assert shipped["schema"] is True
     assert shipped["services"] == sorted(load_services(DEFAULT_CARDS_DIR / "services.toml"))
+    assert shipped["templates"] == 1  # the page templates ship as package data

@@ -31,7 +31,8 @@ def test_a_saved_page_shows_its_charts_inputs_caveats_and_sources(app):
     assert response.status_code == 200
     assert response.mimetype == "text/html"
     html = response.get_data(as_text=True)
-    assert html.count("<svg") == 2
+    assert html.count("<svg") == 4  # two charts, each laid out for a desktop and for a phone
+    assert html.count('class="chart-wide"') == 2 and html.count('class="chart-narrow"') == 2
     assert 'class="patient-marker"' in html and "This patient: 6 months" in html
     assert "<title id=" in html and "<desc id=" in html and "The numbers in this chart" in html
     for text in ("20.2 %", "36.4 %", "71.9 %", "0.538", "0.075"):

@@ -87,3 +87,55 @@ def test_the_overlay_text_escapes_a_label_with_quotes():
         "coefficients": {"hypertension": 1.5},
         "intercept": -2.0,
     }
+
+
+def test_the_report_page_is_a_template_with_every_text_escaped():
+    from cds_service.learning.report import report_html
+
+    hostile = "<script>alert(1)</script>"
+    report = {
+        "card": {"id": "btxa-response", "version": "1.0"},
+        "model": {"kind": "logistic", "outcome": hostile, "label": "m", "version": "1"},
+        "status": "passed",
+        "message": hostile,
+        "minimums": {
+            "sample_size_rule": "Riley",
+            "checks": [{"name": "events", "value": 40.0, "required": ">= 10", "passed": True}],
+        },
+        "counts": {
+            "patients_scanned": 100,
+            "with_index_event": 90,
+            "included": 80,
+            "events": 40,
+            "predictors": 1,
+            "events_per_predictor": 40.0,
+            "excluded": {"no follow-up": 10},
+        },
+        "coefficients": [
+            {
+                "label": "Hypertension",
+                "coding_text": "yes/no",
+                "estimate": 1.23456,
+                "ci_low": 0.5,
+                "ci_high": 2.0,
+                "ratio": 3.437,
+                "ratio_ci_low": 1.6,
+                "ratio_ci_high": 7.4,
+                "published": None,
+            }
+        ],
+        "intercept": {"estimate": -2.0, "ci_low": -3.0, "ci_high": -1.0},
+        "calibration": {"horizon": None},
+        "provenance": {
+            "fhir_server": "http://x",
+            "extraction": {"method": "bulk", "level": "system", "types": ["Patient"], "transaction_time": "t"},
+            "extraction_started": "s",
+            "generated_at": "g",
+            "versions": {"cds": "0.1"},
+        },
+        "definition": {"path": "d.toml", "version": "1", "sha256": "0" * 64},
+    }
+    html = report_html(report, calibration_svg([{"n": 10, "predicted": 0.1, "observed": 0.12}], "t"))
+    assert "<script>" not in html and html.count("&lt;script&gt;") == 2
+    assert "<svg" in html and "<td>1.23</td>" in html and "<td>Excluded: no follow-up</td>" in html
+    assert "Intercept -2 (95 % CI -3 to -1)." in html

@@ -380,7 +380,7 @@ def amr_card(response) -> dict:
 
 
 def factors_recorded(card: dict) -> int:
-    return int(re.search(r"(\d+) of the \d+ preoperative factors are recorded", card["summary"]).group(1))
+    return int(re.search(r"(\d+) of the \d+ preoperative factors (?:is|are) recorded", card["summary"]).group(1))
 
 
 def could_not_be_retrieved(card: dict) -> str:

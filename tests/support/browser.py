@@ -109,8 +109,13 @@ class Browser:
 
     # -- a page
     def open(self, url: str, width: int = 1000, height: int = 900, mobile: bool = False) -> None:
-        target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-        self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        """Load `url` at this viewport, in the one tab this browser keeps (made on first use)."""
+        if self.session is None:
+            target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+            self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        else:  # the old document carries a mark the new one lacks: wait for the new one
+            self.evaluate("window.__cdsOld = true")
+        self.send("Emulation.setEmulatedMedia", {"media": ""}, self.session)
         self.send(
             "Emulation.setDeviceMetricsOverride",
             {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile},
@@ -119,7 +124,7 @@ class Browser:
         self.send("Page.enable", session=self.session)
         self.send("Page.navigate", {"url": url}, self.session)
         deadline = time.monotonic() + self.timeout_s
-        while self.evaluate("document.readyState") != "complete":
+        while self.evaluate("document.readyState === 'complete' && !window.__cdsOld") is not True:
             if time.monotonic() > deadline:
                 raise BrowserError("the page did not finish loading")
             time.sleep(0.05)
