@@ -12,10 +12,16 @@ for it. This worker
   separate pool (the shedding lane) that answers hook calls 503 + Retry-After at once
   (health, readiness, discovery and metrics are still answered there).
 See http/admission.py for what the app does with the stamp.
+
+When its master dies (SIGKILL, the OOM killer) a worker notices at its next loop turn
+(within 1 s, gunicorn's parent check) and closes its listening socket at once, before it
+lets in-flight calls finish: otherwise it held the port for up to `graceful_timeout_s`
+and a supervisor's immediate restart could not bind it.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from concurrent import futures
@@ -51,6 +57,13 @@ class AdmissionWorker(ThreadWorker):
         return max(0.0, ACCEPT_PAUSE_S - (time.monotonic() - self._busy_since))
 
     def set_accept_enabled(self, enabled: bool) -> None:
+        if not enabled and self.ppid != os.getppid():
+            # Orphaned: stop listening now so that a new master can bind the port; the
+            # calls in flight still finish on their own sockets.
+            super().set_accept_enabled(False)
+            for listener in self.sockets:
+                listener.close()
+            return
         if enabled and self._busy():
             if self._busy_since is None:
                 self._busy_since = time.monotonic()
