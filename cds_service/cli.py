@@ -129,7 +129,7 @@ def _serve(args: argparse.Namespace) -> int:
     from cds_service.http import lifecycle
     from cds_service.http.app import create_app
     from cds_service.http.evidence_page import redact_path
-    from cds_service.worker_gc import freeze_startup_objects
+    from cds_service.worker_gc import freeze_startup_objects, return_large_buffers
 
     lifecycle.clear_markers(instance)
     create_app(settings).extensions["cds_service"].store.close()  # fail fast on bad config
@@ -149,6 +149,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     def _worker_ready(worker) -> None:
         freeze_startup_objects()
+        return_large_buffers()
         worker.log.info("worker ready (pid: %s)", worker.pid)
 
     class DrainingArbiter(Arbiter):
