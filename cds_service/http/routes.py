@@ -16,6 +16,7 @@ from cds_service import hook_call, metrics
 from cds_service.errors import ApiError
 from cds_service.http import admission
 from cds_service.http.authenticate import authenticate
+from cds_service.http.base_url import service_root
 from cds_service.http.feedback import check_accepted_suggestions, parse_feedback
 from cds_service.http.hook_request import parse_hook_request
 from cds_service.startup import Runtime
@@ -51,7 +52,7 @@ def call_service(service_id: str) -> Response:
         raise
     notes.client_iss = authenticate(rt, request).iss
     hook_request = parse_hook_request(read_json_body(), service)
-    base_url = rt.settings.public_base_url or request.url_root
+    base_url = service_root(rt.settings, request)
     cards = hook_call.answer(rt, service, hook_request, notes, base_url)
     return jsonify({"cards": cards})
 
