@@ -65,6 +65,9 @@ class Settings(BaseModel):
     fhir_server_allowlist: tuple[str, ...] = ()
     # Request limits.
     max_body_bytes: int = 16 * 1024 * 1024
+    # The whole request body must arrive within this many seconds, else 408: a client that
+    # sends it slowly holds a request thread no longer.
+    body_read_timeout_s: _Seconds = 10.0
     # Clinical content.
     cards_dir: Path = DEFAULT_CARDS_DIR
     site_overlay: Path | None = None

@@ -22,7 +22,6 @@ import signal
 import subprocess
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -32,6 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from support.fhir import hook_request
+from support.hanging_fhir import HangingFhirServer
 from support.scenario_requests import hfs_after_mvd_patient_view
 from support.served import ClientSigner, ServedService, free_port
 
@@ -221,36 +221,6 @@ def test_a_jti_used_through_one_instance_is_refused_through_the_other(deployment
         requests.get(proxy.base_url + "/cds-services", headers=headers, verify=str(proxy.cert), timeout=5).status_code
         == 401
     )
-
-
-class HangingFhirServer:
-    """Answers nothing: each GET waits until the server stops. `asked` is set at the first."""
-
-    def __init__(self) -> None:
-        self.asked = threading.Event()
-        self.release = threading.Event()
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                owner.asked.set()
-                owner.release.wait(20)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/fhir"
-
-    def stop(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def worker_pids(service: ServedService) -> list[int]:
