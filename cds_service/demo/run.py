@@ -111,7 +111,10 @@ def run_demo(
         try:
             server = make_server(host, port, app, threaded=True)
         except OSError as exc:
-            print(f"cds-service demo: cannot listen on {host}:{port} ({exc.strerror}); try --port", file=sys.stderr)
+            print(
+                f"cds-service demo: cannot listen on {host}:{port} ({exc.strerror}); try --port 0 for any free port",
+                file=sys.stderr,
+            )
             return 2
         base_url = f"http://{host}:{server.server_port}"
         thread = threading.Thread(target=server.serve_forever, name="demo-server", daemon=True)

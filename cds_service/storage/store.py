@@ -442,6 +442,10 @@ def _failure_kind(exc: BaseException) -> str:
         return "connection refused"
     if "password authentication failed" in text or "authentication" in text:
         return "authentication failed"
+    if "role" in text and "does not exist" in text:
+        return "no such database user"
+    if "file is not a database" in text:
+        return "the SQLite file is not a database (corrupt?)"
     if "could not translate host name" in text or "name or service not known" in text:
         return "host name not found"
     if "timeout" in text or "timed out" in text or "canceling statement" in text:
@@ -453,6 +457,14 @@ def _failure_kind(exc: BaseException) -> str:
     return type(orig).__name__
 
 
+def _open_failure(backend: str, url, exc: BaseException) -> str:
+    """The start-up line for a database that cannot be opened (never the password)."""
+    kind = _failure_kind(exc)
+    if kind in ("authentication failed", "no such database user") and url.username:
+        return f"database user {url.username!r} was refused by the server ({kind})"
+    return f"cannot open the {backend} database ({kind})"
+
+
 def _is_final(exc: BaseException) -> bool:
     """A failure that retrying at start-up cannot cure (unlike a race between workers)."""
     return _failure_kind(exc) in (
@@ -462,6 +474,8 @@ def _is_final(exc: BaseException) -> bool:
         "host name not found",
         "the database file cannot be opened",
         "timed out",
+        "no such database user",
+        "the SQLite file is not a database (corrupt?)",
     )
 
 
@@ -578,7 +592,7 @@ class Store:
                 return
             except (DBAPIError, PoolTimeout) as exc:
                 if attempt == attempts - 1 or not isinstance(exc, DBAPIError) or _is_final(exc):
-                    raise StoreError(f"cannot open the {self.backend} database ({_failure_kind(exc)})") from None
+                    raise StoreError(_open_failure(self.backend, self.engine.url, exc)) from None
                 time.sleep(0.05 * (attempt + 1))
 
     def upgrade_schema(self) -> tuple[str | None, str]:
