@@ -444,6 +444,10 @@ def _failure_kind(exc: BaseException) -> str:
         return "authentication failed"
     if "role" in text and "does not exist" in text:
         return "no such database user"
+    if "database is locked" in text:
+        return "the database is locked by another process"
+    if "disk is full" in text:
+        return "the disk is full"
     if "file is not a database" in text:
         return "the SQLite file is not a database (corrupt?)"
     if "could not translate host name" in text or "name or service not known" in text:
@@ -652,6 +656,12 @@ class Store:
         if self.is_down():
             raise StoreUnavailable(retry_after_s=max(1.0, self._down_until - time.monotonic()))
 
+    def _busy_until(self, conn, budget_end: float) -> None:
+        """SQLite: wait for another process's lock only until `budget_end` (no I/O)."""
+        if self.backend == "sqlite":
+            left_ms = max(1, int((budget_end - time.monotonic()) * 1000))
+            conn.exec_driver_sql(f"PRAGMA busy_timeout = {left_ms}")
+
     def _run(self, what: str, operation, *, write: bool = True, fail_fast: bool = True):
         """`operation(conn)` in one bounded transaction (StoreUnavailable when it cannot).
 
@@ -663,11 +673,19 @@ class Store:
             stale = False
             try:
                 with self._bounded(what):
+                    # SQLite: the wait for this process's write turn and SQLite's own busy
+                    # wait share one statement_timeout_s (each had all of it: 4 s for 2).
+                    budget_end = time.monotonic() + self.options.statement_timeout_s
                     try:
                         if not write:
                             with self.engine.connect() as conn:
+                                self._busy_until(conn, budget_end)
                                 return operation(conn)
-                        with write_gate(self.engine, self.options.deadline_s), self.engine.begin() as conn:
+                        with (
+                            write_gate(self.engine, budget_end - time.monotonic()),
+                            self.engine.begin() as conn,
+                        ):
+                            self._busy_until(conn, budget_end)
                             return operation(conn)
                     except DBAPIError as exc:
                         op = self._local.op
