@@ -29,11 +29,11 @@ def rss_mb(pid: int) -> float:
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
 def test_oversized_chunked_fhir_answers_are_refused_and_the_memory_returned(tmp_path):
-    service = ServedService(tmp_path / "svc", ClientSigner(), workers=1, env={"CDS_FHIR_TIME_BUDGET_S": "10"})
-    service.start()
-    try:
-        worker = int((tmp_path / "svc" / "service.log").read_text().split("worker ready (pid: ")[1].split(")")[0])
-        with ChunkedFhirServer(total_bytes=400 * 1024 * 1024) as fhir:
+    with ChunkedFhirServer(total_bytes=400 * 1024 * 1024) as fhir:
+        env = {"CDS_FHIR_TIME_BUDGET_S": "10", "CDS_FHIR_SERVER_ALLOWLIST": fhir.base_url}  # reasons told
+        service = ServedService(tmp_path / "svc", ClientSigner(), workers=1, env=env).start()
+        try:
+            worker = int((tmp_path / "svc" / "service.log").read_text().split("worker ready (pid: ")[1].split(")")[0])
             body = hook_request("patient-view", fhir_server=fhir.base_url, token="fhir-token")
             warm = requests.post(service.base_url + SERVICE, json=body, headers=service.auth(SERVICE), timeout=30)
             before = rss_mb(worker)
@@ -42,8 +42,8 @@ def test_oversized_chunked_fhir_answers_are_refused_and_the_memory_returned(tmp_
                 for _ in range(5)
             ]
             after = rss_mb(worker)
-    finally:
-        service.stop()
+        finally:
+            service.stop()
     for answer in [warm, *answers]:
         assert answer.status_code == 412, answer.text
         assert answer.json()["error"] == "prefetch_unavailable"
