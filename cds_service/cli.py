@@ -134,6 +134,7 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import contextlib
     import math
     import os
     import shutil
@@ -158,10 +159,14 @@ def _serve(args: argparse.Namespace) -> int:
     from cds_service.http import lifecycle
     from cds_service.http.app import create_app
     from cds_service.http.evidence_page import redact_path
-    from cds_service.worker_gc import freeze_startup_objects
+    from cds_service.worker_gc import freeze_startup_objects, return_large_buffers
 
     lifecycle.clear_markers(instance)
     create_app(settings).extensions["cds_service"].store.close()  # fail fast on bad config
+    problem = _cannot_listen(args.host, args.port)
+    if problem:
+        print(f"cds-service: {problem}", file=sys.stderr)
+        return 1
 
     class AccessLogger(Logger):
         def atoms(self, resp, req, environ, request_time):
@@ -178,14 +183,24 @@ def _serve(args: argparse.Namespace) -> int:
 
     def _worker_ready(worker) -> None:
         freeze_startup_objects()
+        return_large_buffers()
         worker.log.info("worker ready (pid: %s)", worker.pid)
 
     class DrainingArbiter(Arbiter):
         """SIGTERM: readiness off (marker), keep serving `drain_delay_s`, then stop gracefully."""
 
         def handle_term(self):
-            self.log.info("SIGTERM: /readyz now answers 503; draining in %.1f s", settings.drain_delay_s)
-            lifecycle.mark_draining(instance, os.getpid())
+            try:
+                lifecycle.mark_draining(instance, os.getpid())
+                self.log.info("SIGTERM: /readyz now answers 503; draining in %.1f s", settings.drain_delay_s)
+            except OSError as exc:  # a full or read-only instance folder: still drain
+                self.log.warning(
+                    "SIGTERM: cannot write the draining marker in %s (%s), so /readyz still answers;"
+                    " draining in %.1f s",
+                    lifecycle.run_folder(instance),
+                    exc.strerror or type(exc).__name__,
+                    settings.drain_delay_s,
+                )
             deadline = time.monotonic() + settings.drain_delay_s
             while time.monotonic() < deadline:
                 time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
@@ -195,7 +210,8 @@ def _serve(args: argparse.Namespace) -> int:
             try:
                 super().halt(reason, exit_status)
             finally:
-                lifecycle.clear_markers(instance)
+                with contextlib.suppress(OSError):  # a read-only folder: nothing was written
+                    lifecycle.clear_markers(instance)
 
     class Server(BaseApplication):
         def load_config(self) -> None:
@@ -238,6 +254,26 @@ def _reason_texts(settings) -> dict[tuple[str, str], str]:
 
     cards = load_cards(settings.cards_dir)
     return {(r.system, r.code): r.display for card in cards for r in card.override_reasons}
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why gunicorn could not listen on host:port, in one line (None: it can). Checked
+    before start: gunicorn itself retries five times and logs a dozen lines."""
+    import errno
+    import socket
+
+    try:
+        socket.create_server((host, port)).close()  # SO_REUSEADDR, as gunicorn binds
+    except OSError as exc:
+        where = f"{host}:{port}"
+        if exc.errno == errno.EADDRINUSE:
+            return f"{where} is already in use (another instance?); choose another port with --port"
+        if exc.errno == errno.EACCES:
+            return f"no permission to listen on {where} (ports below 1024 need privileges); use --port"
+        if exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror):
+            return f"cannot listen on {where}: no such local address; check --host"
+        return f"cannot listen on {where} ({exc.strerror or type(exc).__name__})"
+    return None
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -53,6 +53,10 @@ class Settings(BaseModel):
     # Public base URL of this service as the CDS client calls it (JWT `aud` is checked
     # against it), e.g. "https://cds.example.org". Empty: derived from the request.
     public_base_url: str = ""
+    # Without public_base_url, the Host names a request may carry (JWT `aud` and card links
+    # are built from it); ".example.org" allows its subdomains. Empty: loopback names only
+    # (localhost, 127.0.0.1, ::1). Any other Host is refused with 400.
+    trusted_hosts: tuple[str, ...] = ()
     # FHIR access during one hook call.
     fhir_time_budget_s: _Seconds = 2.0
     fhir_max_pages: _Count = 10
@@ -61,6 +65,9 @@ class Settings(BaseModel):
     fhir_server_allowlist: tuple[str, ...] = ()
     # Request limits.
     max_body_bytes: int = 16 * 1024 * 1024
+    # The whole request body must arrive within this many seconds, else 408: a client that
+    # sends it slowly holds a request thread no longer.
+    body_read_timeout_s: _Seconds = 10.0
     # Clinical content.
     cards_dir: Path = DEFAULT_CARDS_DIR
     site_overlay: Path | None = None
@@ -169,7 +176,7 @@ class Settings(BaseModel):
             raise ValueError("expected true or false")
         return value
 
-    @field_validator("fhir_server_allowlist", "cors_origins", mode="before")
+    @field_validator("fhir_server_allowlist", "cors_origins", "trusted_hosts", mode="before")
     @classmethod
     def _list(cls, value: Any) -> Any:
         if isinstance(value, str):

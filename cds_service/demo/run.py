@@ -44,6 +44,7 @@ from cds_service.clinical.render import render
 from cds_service.config import load_settings
 from cds_service.demo.patients import DemoCall, load_calls
 from cds_service.http.app import create_app
+from cds_service.http.base_url import LOOPBACK_HOSTS
 
 ISSUER = "https://demo-ehr.cds-service.invalid"
 KID = "cds-service-demo"
@@ -101,7 +102,11 @@ def run_demo(
     try:
         client, trust_file = make_trust(folder)
         # The environment is ignored: the demo brings everything it needs.
-        settings = load_settings({"instance_path": folder, "trust_file": trust_file}, environ={})
+        # The links name the address it listens on (and loopback): see http/base_url.py.
+        trusted_hosts = (host, *LOOPBACK_HOSTS)
+        settings = load_settings(
+            {"instance_path": folder, "trust_file": trust_file, "trusted_hosts": trusted_hosts}, environ={}
+        )
         app = create_app(settings)
         try:
             server = make_server(host, port, app, threaded=True)

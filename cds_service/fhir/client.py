@@ -8,7 +8,9 @@ Safety rules kept here:
 - the token is only sent to URLs under the fhirServer base (scheme, host, port and path
   prefix); redirects are never followed and a Bundle's next link elsewhere is not followed;
 - no request can outlive the deadline (every socket wait is bounded by the time left);
-- a response body is read up to a size cap, and must be JSON that is a FHIR resource;
+- the answers of one hook call (every key, every page) are read up to one size cap in all,
+  while they stream (chunked answers too), into one buffer per answer; past the cap the
+  connection is dropped unread; an answer must be JSON that is a FHIR resource;
 - `FhirUnavailable.reason` is our own text: never the token, never a URL (a rendered URL
   carries the patient id), never library exception text.
 """
@@ -19,6 +21,7 @@ import contextlib
 import json
 import logging
 import re
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,7 +40,9 @@ log = logging.getLogger(__name__)
 logging.getLogger("urllib3.connectionpool").setLevel(logging.INFO)
 
 ACCEPT = "application/fhir+json"
-# Cap on one decoded response body. A ~1,100-resource record is a few MB of JSON.
+# Cap on the decoded answers of one hook call, all keys and pages together (a ~1,100-resource
+# record is a few MB of JSON). Per call, not per answer: six keys of ten pages each would
+# otherwise let one call hold 60 times the cap.
 DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 _CHUNK = 64 * 1024
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -156,6 +161,8 @@ class FhirClient:
         self.deadline = deadline
         self.max_pages = max(1, int(max_pages))
         self.max_response_bytes = max_response_bytes
+        self._bytes_read = 0  # by every GET of this call (prefetch keys run in parallel)
+        self._bytes_lock = threading.Lock()
 
     def __repr__(self) -> str:  # never show the token
         return f"FhirClient(base_url={self.base_url!r})"
@@ -300,13 +307,23 @@ class FhirClient:
             raise FhirUnavailable("FHIR server answered JSON that is not a FHIR resource")
         return value
 
-    def _body(self, response: requests.Response) -> bytes:
+    def _take_bytes(self, count: int) -> None:
+        """Count `count` more bytes read in this call; FhirUnavailable past the cap."""
+        with self._bytes_lock:
+            self._bytes_read += count
+            over = self._bytes_read > self.max_response_bytes
+        if over:
+            raise FhirUnavailable("FHIR server answers are larger than the size limit of a hook call")
+
+    def _body(self, response: requests.Response) -> bytearray:
         declared = response.headers.get("Content-Length")
-        if declared and declared.isdigit() and int(declared) > self.max_response_bytes:
-            raise FhirUnavailable("FHIR server answer is larger than the size limit")
+        if declared and declared.isdigit() and int(declared) > self.max_response_bytes - self._bytes_read:
+            raise FhirUnavailable("FHIR server answers are larger than the size limit of a hook call")
         raw = response.raw
-        chunks: list[bytes] = []
-        size = 0
+        # One growing buffer rather than a list of chunks joined at the end: never two
+        # copies, and past the allocator's mmap threshold it goes back to the system when
+        # freed (see worker_gc.return_large_buffers).
+        body = bytearray()
         try:
             while True:
                 remaining = self._remaining()
@@ -314,17 +331,16 @@ class FhirClient:
                 chunk = raw.read1(_CHUNK, decode_content=True)
                 if not chunk:
                     break
-                size += len(chunk)
-                if size > self.max_response_bytes:
-                    raise FhirUnavailable("FHIR server answer is larger than the size limit")
-                chunks.append(chunk)
+                self._take_bytes(len(chunk))
+                body += chunk
         except FhirUnavailable:
+            del body
             raise
         except (urllib3.exceptions.HTTPError, requests.RequestException, OSError, ValueError):
             if time.monotonic() >= self.deadline:
                 raise FhirUnavailable("FHIR server did not answer within the time budget") from None
             raise FhirUnavailable("connection to the FHIR server broke while reading the answer") from None
-        return b"".join(chunks)
+        return body
 
     @staticmethod
     def _searchset(value: dict) -> dict:

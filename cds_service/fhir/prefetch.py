@@ -8,7 +8,10 @@ For every prefetch template of the service:
 Keys to fetch are fetched concurrently, all before one deadline. A required key that
 cannot be had ends the call with 412; an optional one is recorded in `unavailable`.
 Reasons name the key and the resource type, never the URL (it carries the patient id)
-nor the token.
+nor the token. What the server did (refused, timed out, broke off, answered 404 or not
+JSON) is told to the client only when `fhir_server_allowlist` is set: with any fhirServer
+allowed, those reasons would tell a client which internal hosts and ports answer HTTP.
+The log always has them.
 """
 
 from __future__ import annotations
@@ -157,6 +160,9 @@ def _describe(template: PrefetchTemplate) -> str:
 _FIRST_PAGE_ONLY = "the client sent the first page only; the rest could not be read: "
 _KIND = {"r": "read", "s": "search"}
 
+# What a client is told instead of the server's behaviour when any fhirServer is allowed.
+UNDISCLOSED = "the FHIR server could not be read (the service log says why)"
+
 
 def _has_next_page(value: dict) -> bool:
     """A searchset Bundle (as the client prefetched it) that says more pages exist."""
@@ -166,12 +172,15 @@ def _has_next_page(value: dict) -> bool:
     return isinstance(links, list) and any(isinstance(link, dict) and link.get("relation") == "next" for link in links)
 
 
-def _take_continuation(future: Future, key: str, data: dict, incomplete: dict, template: PrefetchTemplate) -> None:
+def _take_continuation(
+    future: Future, key: str, data: dict, incomplete: dict, template: PrefetchTemplate, by_server: set[str]
+) -> None:
     """Merge the followed pages of a prefetched searchset, or keep its first page and say so."""
     try:
         result = future.result()
     except FhirUnavailable as exc:
         incomplete[key] = _FIRST_PAGE_ONLY + exc.reason
+        by_server.add(key)
         return
     except Exception as exc:  # a bug, not the server: keep the text out of the reason
         log.error("prefetch %s: unexpected %s following pages", _describe(template), type(exc).__name__)
@@ -240,6 +249,7 @@ def resolve(
     templates = {t.key: t for t in service.prefetch}
     failures: dict[str, str] = {}
     incomplete: dict[str, str] = {}
+    by_server: set[str] = set()  # keys whose reason is what the FHIR server did
     fetched: list[str] = []
     queries: dict[str, str] = {}
     for key in missing:
@@ -293,6 +303,7 @@ def resolve(
         done, not_done = wait(futures, timeout=remaining)
         for future in not_done:
             future.cancel()
+            by_server.add(futures[future])
             if future in continued:
                 incomplete[continued[future]] = _FIRST_PAGE_ONLY + "FHIR server did not answer within the time budget"
             else:
@@ -300,7 +311,7 @@ def resolve(
         for future in done:
             key = futures[future]
             if future in continued:
-                _take_continuation(future, key, data, incomplete, templates[key])
+                _take_continuation(future, key, data, incomplete, templates[key], by_server)
                 continue
             try:
                 value, partial = future.result()
@@ -309,6 +320,7 @@ def resolve(
                 if exc.status in (401, 403):
                     use.refused.add(_resource_type(templates[key]))
                     use.token = "refused"
+                by_server.add(key)
                 continue
             except Exception as exc:  # a bug, not the server: keep the text out of the reason
                 log.error("prefetch %s: unexpected %s", _describe(templates[key]), type(exc).__name__)
@@ -328,6 +340,12 @@ def resolve(
             log.warning("prefetch %s: incomplete: %s", _describe(templates[key]), incomplete[key])
     for key, reason in failures.items():
         log.warning("prefetch %s unavailable: %s", _describe(templates[key]), reason)
+    if by_server and fhir is not None and not fhir.settings.fhir_server_allowlist:
+        for key in by_server:
+            if key in failures:
+                failures[key] = UNDISCLOSED
+            if key in incomplete and incomplete[key].startswith(_FIRST_PAGE_ONLY):
+                incomplete[key] = _FIRST_PAGE_ONLY + UNDISCLOSED
     required = [t for t in service.prefetch if t.key in failures and t.required]
     if required:
         detail = "; ".join(f"{_describe(t)}: {failures[t.key]}" for t in required)

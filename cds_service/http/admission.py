@@ -39,6 +39,19 @@ def clear() -> None:
     _local.stamp = None
 
 
+def bind_server_request(server_request) -> None:
+    """The worker's own request object for this thread (None: unbind)."""
+    _local.server_request = server_request
+
+
+def close_connection() -> None:
+    """Close the connection after this answer (gunicorn drops a `Connection: close` the app
+    sets; its request object is told instead). No effect without the stamping worker."""
+    server_request = getattr(_local, "server_request", None)
+    if server_request is not None:
+        server_request.must_close = True
+
+
 def current() -> Stamp | None:
     return getattr(_local, "stamp", None)
 
@@ -49,6 +62,9 @@ class Overloaded(ApiError):
     def __init__(self, detail: str, retry_after: int = RETRY_AFTER_S) -> None:
         super().__init__(503, "service_unavailable", detail)
         self.retry_after = retry_after
+        # The body was not read: close rather than read (drain) it, which a slow client
+        # could stretch out while it holds a thread.
+        self.headers = {"Connection": "close"}
 
 
 def admit(max_wait_s: float) -> float | None:

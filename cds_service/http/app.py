@@ -10,7 +10,7 @@ from werkzeug.exceptions import HTTPException
 
 from cds_service.config import Settings, load_settings
 from cds_service.errors import ApiError, operation_outcome
-from cds_service.http import operations
+from cds_service.http import admission, operations
 from cds_service.http.cors import install_cors
 from cds_service.http.evidence_page import install_evidence_pages
 from cds_service.http.routes import blueprint
@@ -51,6 +51,8 @@ def register_error_handlers(app: Flask) -> None:
             # A refused client learns nothing that would help it; the log has the reason.
             return jsonify({"error": "unauthorized"}), 401, {"WWW-Authenticate": "Bearer"}
         headers = dict(getattr(error, "headers", None) or {})
+        if headers.pop("Connection", "").lower() == "close":
+            admission.close_connection()  # e.g. a body left unread: close, do not drain it
         retry_after = getattr(error, "retry_after", None)
         if retry_after is not None:
             headers.setdefault("Retry-After", str(retry_after))

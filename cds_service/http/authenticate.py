@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from cds_service.errors import ApiError
+from cds_service.http.base_url import service_root
 from cds_service.security.client_auth import ClientAuthError, ClientIdentity, audiences_for, verify_client_jwt
 from cds_service.startup import Runtime
 
@@ -16,7 +17,7 @@ log = logging.getLogger(__name__)
 
 
 def authenticate(rt: Runtime, request) -> ClientIdentity:
-    base = rt.settings.public_base_url or request.host_url
+    base = service_root(rt.settings, request)
     try:
         return verify_client_jwt(
             request.headers.get("Authorization"), audiences_for(base, request.path), rt.trust, rt.replay_guard

@@ -8,14 +8,25 @@ for it. This worker
   taken it leaves new connections to the other workers for `ACCEPT_PAUSE_S`, and only then
   takes them itself (so a free worker always gets the first chance);
 - stamps the moment a request was queued (the FHIR time budget counts from it);
-- when more requests already wait than there are threads, hands the new one to a small
-  separate pool (the shedding lane) that answers hook calls 503 + Retry-After at once
-  (health, readiness, discovery and metrics are still answered there).
+- hands a new request to a small separate pool (the shedding lane), which answers hook
+  calls 503 + Retry-After at once (health, readiness, discovery and metrics are still
+  answered there), when more requests already wait than there are threads, or when every
+  thread has been held longer than `admission_max_wait_s` (slow FHIR calls, slow request
+  bodies: a thread is not coming soon);
+- moves a request that has waited `admission_max_wait_s` for a thread to that lane too,
+  without waiting for a thread to come free (before, its 503 came only once one did).
 See http/admission.py for what the app does with the stamp.
+
+When its master dies (SIGKILL, the OOM killer) a worker notices at its next loop turn
+(within 1 s, gunicorn's parent check) and closes its listening socket at once, before it
+lets in-flight calls finish: otherwise it held the port for up to `graceful_timeout_s`
+and a supervisor's immediate restart could not bind it.
 """
 
 from __future__ import annotations
 
+import collections
+import os
 import threading
 import time
 from concurrent import futures
@@ -26,6 +37,7 @@ from cds_service.http import admission
 
 SHED_THREADS = 2
 ACCEPT_PAUSE_S = 0.2
+DEFAULT_MAX_WAIT_S = 0.5  # when the app's settings cannot be read
 
 
 class AdmissionWorker(ThreadWorker):
@@ -35,6 +47,10 @@ class AdmissionWorker(ThreadWorker):
         self._lock = threading.Lock()
         self._shed_pool: futures.ThreadPoolExecutor | None = None
         self._busy_since: float | None = None
+        self._started: dict[int, float] = {}  # request thread id -> when its request started
+        # (accepted, future) of requests queued for a thread, oldest first (main thread only)
+        self._waiting: collections.deque = collections.deque()
+        self._max_wait_s: float | None = None
 
     def init_process(self) -> None:
         self._shed_pool = futures.ThreadPoolExecutor(max_workers=SHED_THREADS, thread_name_prefix="shed")
@@ -51,6 +67,13 @@ class AdmissionWorker(ThreadWorker):
         return max(0.0, ACCEPT_PAUSE_S - (time.monotonic() - self._busy_since))
 
     def set_accept_enabled(self, enabled: bool) -> None:
+        if not enabled and self.ppid != os.getppid():
+            # Orphaned: stop listening now so that a new master can bind the port; the
+            # calls in flight still finish on their own sockets.
+            super().set_accept_enabled(False)
+            for listener in self.sockets:
+                listener.close()
+            return
         if enabled and self._busy():
             if self._busy_since is None:
                 self._busy_since = time.monotonic()
@@ -80,27 +103,81 @@ class AdmissionWorker(ThreadWorker):
         pause = self._pause_left()
         if pause > 0:
             timeout = min(timeout, pause)
-        return super().wait_for_and_dispatch_events(timeout)
+        if self._waiting:  # wake when the oldest waiting request has waited long enough
+            overdue_in = self._waiting[0][0] + self.max_wait_s - time.monotonic()
+            timeout = min(timeout, max(0.005, overdue_in))
+        result = super().wait_for_and_dispatch_events(timeout)
+        self._shed_overdue()
+        return result
 
     # -- queue or shed --------------------------------------------------------------
+
+    @property
+    def max_wait_s(self) -> float:
+        if self._max_wait_s is None:
+            try:
+                self._max_wait_s = float(self.wsgi.extensions["cds_service"].settings.admission_max_wait_s)
+            except (AttributeError, KeyError, TypeError, ValueError):
+                self._max_wait_s = DEFAULT_MAX_WAIT_S
+        return self._max_wait_s
+
+    def _threads_held(self, now: float) -> bool:
+        """Every request thread busy, each for longer than the admission wait: a request
+        queued now would wait longer than that for one."""
+        starts = list(self._started.values())
+        return len(starts) >= self.cfg.threads and max(starts) <= now - self.max_wait_s
 
     def enqueue_req(self, conn) -> None:
         accepted = time.monotonic()
         with self._lock:
-            shed = self._queued >= 2 * self.cfg.threads
+            shed = self._queued >= 2 * self.cfg.threads or (
+                self._queued >= self.cfg.threads and self._threads_held(accepted)
+            )
             if not shed:
                 self._queued += 1
+        self._submit(conn, accepted, shed)
+
+    def _submit(self, conn, accepted: float, shed: bool) -> None:
         pool = self._shed_pool if shed else self.tpool
         fs = pool.submit(self._handle_stamped, conn, accepted, shed)
-        fs.add_done_callback(lambda fut: self.method_queue.defer(self.finish_request, conn, fut))
+        if not shed:
+            self._waiting.append((accepted, fs, conn))
+
+        def done(fut) -> None:
+            if not fut.cancelled():  # a cancelled one was moved to the shedding lane
+                self.method_queue.defer(self.finish_request, conn, fut)
+
+        fs.add_done_callback(done)
+
+    def _shed_overdue(self) -> None:
+        """Requests that waited `max_wait_s` and still have no thread go to the shedding
+        lane (a hook call gets its 503 now, health and readiness their answer)."""
+        limit = time.monotonic() - self.max_wait_s
+        while self._waiting and self._waiting[0][0] <= limit:
+            accepted, fs, conn = self._waiting.popleft()
+            if fs.cancel():  # not started: no thread ever took it
+                with self._lock:
+                    self._queued -= 1
+                self._submit(conn, accepted, True)
+
+    def handle_request(self, req, conn):
+        admission.bind_server_request(req)
+        try:
+            return super().handle_request(req, conn)
+        finally:
+            admission.bind_server_request(None)
 
     def _handle_stamped(self, conn, accepted: float, shed: bool):
         admission.stamp(accepted, shed)
+        me = threading.get_ident()
+        if not shed:
+            self._started[me] = time.monotonic()
         try:
             return self.handle(conn)
         finally:
             admission.clear()
             if not shed:
+                self._started.pop(me, None)
                 with self._lock:
                     self._queued -= 1
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from datetime import UTC, datetime
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
@@ -25,6 +27,10 @@ blueprint = Blueprint("operations", __name__)
 # One thread for store pings: a ping that hangs past its timeout keeps it busy, so the
 # next /readyz cannot pile up threads and also answers "not ready" in bounded time.
 _ping_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="readyz-ping")
+# Likewise one thread for the write probe (a jti claim, what every signed call does first):
+# a read-only, full or locked store answers SELECT 1 but fails every signed call.
+_write_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="readyz-write")
+_PROBE_ISSUER = "urn:cds-service:readyz"
 _NO_STORE = {"Cache-Control": "no-store"}
 
 
@@ -42,7 +48,7 @@ def readyz() -> Response:
     rt = _runtime()
     checks: dict[str, str] = {}
     checks["content"] = "ok" if rt.services and rt.cards else "not loaded"
-    checks["store"] = "ok" if _store_answers(rt) else "unreachable"
+    checks["store"] = _store_state(rt)
     draining = lifecycle.is_draining(rt.settings.instance_path)
     checks["draining"] = "yes" if draining else "no"
     ready = checks["content"] == "ok" and checks["store"] == "ok" and not draining
@@ -51,6 +57,33 @@ def readyz() -> Response:
     if not ready:
         headers["Retry-After"] = "1"
     return jsonify(body), 200 if ready else 503, headers
+
+
+def _store_state(rt) -> str:
+    """ "ok", "unreachable" or "not writable", within readiness_store_timeout_s in all."""
+    deadline = time.monotonic() + rt.settings.readiness_store_timeout_s
+    if not _store_answers(rt):
+        return "unreachable"
+    if rt.settings.jti_memory_fallback:  # signed calls do not need the store to answer
+        return "ok"
+    remaining = max(0.01, deadline - time.monotonic())
+    try:
+        ok = bool(_write_pool.submit(_claim_probe_jti, rt.store).result(timeout=remaining))
+    except FutureTimeout:
+        ok = False
+    if not ok:
+        metrics.store_error("write_probe")
+        log.warning("readiness: the store did not take a write within %.1f s", rt.settings.readiness_store_timeout_s)
+    return "ok" if ok else "not writable"
+
+
+def _claim_probe_jti(store) -> bool:
+    # A real jti row, expiring at once: pruned with the other expired jtis.
+    try:
+        return store.claim_jti(_PROBE_ISSUER, uuid.uuid4().hex, datetime.now(UTC))
+    except Exception as exc:
+        log.warning("readiness: store write failed: %s", type(exc).__name__)
+        return False
 
 
 def _store_answers(rt) -> bool:

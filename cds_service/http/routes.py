@@ -11,11 +11,14 @@ import time
 
 import orjson
 from flask import Blueprint, Response, current_app, g, jsonify, request
+from werkzeug.exceptions import ClientDisconnected
 
 from cds_service import hook_call, metrics
 from cds_service.errors import ApiError
 from cds_service.http import admission
 from cds_service.http.authenticate import authenticate
+from cds_service.http.base_url import service_root
+from cds_service.http.body_deadline import body_deadline
 from cds_service.http.feedback import check_accepted_suggestions, check_override_reasons, parse_feedback
 from cds_service.http.hook_request import parse_hook_request
 from cds_service.startup import Runtime
@@ -51,7 +54,7 @@ def call_service(service_id: str) -> Response:
         raise
     notes.client_iss = authenticate(rt, request).iss
     hook_request = parse_hook_request(read_json_body(), service)
-    base_url = rt.settings.public_base_url or request.url_root
+    base_url = service_root(rt.settings, request)
     cards = hook_call.answer(rt, service, hook_request, notes, base_url)
     return jsonify({"cards": cards})
 
@@ -85,9 +88,8 @@ def read_json_body() -> object:
     mimetype = request.mimetype or ""
     if mimetype != "application/json" and not mimetype.endswith("+json"):
         raise ApiError(415, "unsupported_media_type", "send the request body as application/json")
-    # Werkzeug answers 413 here when Content-Length is larger than max_body_bytes.
-    data = request.get_data(cache=False)
     limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    data = read_body(runtime().settings.body_read_timeout_s, limit)
     if request.content_length is None and limit is not None and len(data) >= limit:
         # A body without Content-Length (chunked; the server terminates the input and says
         # so with wsgi.input_terminated) is read only up to the limit, silently: one more
@@ -95,6 +97,38 @@ def read_json_body() -> object:
         if request.environ["wsgi.input"].read(1):
             raise ApiError(413, "request_too_large", f"the request body is larger than {limit} bytes")
     return parse_json_body(data)
+
+
+_BODY_CHUNK = 64 * 1024
+
+
+def read_body(timeout_s: float, limit: int | None) -> bytes:
+    """The request body, read within `timeout_s` in all, else 408 (the connection is then
+    closed): a client that sends its body slowly holds a request thread only this long.
+    Under gunicorn only (its socket is in the environ); elsewhere the stream is read as is.
+    """
+    # Werkzeug answers 413 here when Content-Length is larger than max_body_bytes.
+    stream = request.stream
+    body = bytearray()
+    with body_deadline(request.environ.get("gunicorn.socket"), timeout_s) as watch:
+        try:
+            while limit is None or len(body) < limit:
+                chunk = stream.read(_BODY_CHUNK if limit is None else min(_BODY_CHUNK, limit - len(body)))
+                if not chunk:
+                    break
+                body += chunk
+        except (ClientDisconnected, OSError):
+            if watch.expired:
+                raise _body_too_slow(timeout_s) from None
+            raise
+    if watch.expired:
+        raise _body_too_slow(timeout_s)
+    return bytes(body)
+
+
+def _body_too_slow(timeout_s: float) -> ApiError:
+    detail = f"the request body did not arrive within {timeout_s:g} s"
+    return ApiError(408, "request_timeout", detail, headers={"Connection": "close"})
 
 
 _BOM = b"\xef\xbb\xbf"

@@ -444,6 +444,14 @@ def _failure_kind(exc: BaseException) -> str:
         return "connection refused"
     if "password authentication failed" in text or "authentication" in text:
         return "authentication failed"
+    if "role" in text and "does not exist" in text:
+        return "no such database user"
+    if "database is locked" in text:
+        return "the database is locked by another process"
+    if "disk is full" in text:
+        return "the disk is full"
+    if "file is not a database" in text:
+        return "the SQLite file is not a database (corrupt?)"
     if "could not translate host name" in text or "name or service not known" in text:
         return "host name not found"
     if "timeout" in text or "timed out" in text or "canceling statement" in text:
@@ -455,6 +463,14 @@ def _failure_kind(exc: BaseException) -> str:
     return type(orig).__name__
 
 
+def _open_failure(backend: str, url, exc: BaseException) -> str:
+    """The start-up line for a database that cannot be opened (never the password)."""
+    kind = _failure_kind(exc)
+    if kind in ("authentication failed", "no such database user") and url.username:
+        return f"database user {url.username!r} was refused by the server ({kind})"
+    return f"cannot open the {backend} database ({kind})"
+
+
 def _is_final(exc: BaseException) -> bool:
     """A failure that retrying at start-up cannot cure (unlike a race between workers)."""
     return _failure_kind(exc) in (
@@ -464,6 +480,8 @@ def _is_final(exc: BaseException) -> bool:
         "host name not found",
         "the database file cannot be opened",
         "timed out",
+        "no such database user",
+        "the SQLite file is not a database (corrupt?)",
     )
 
 
@@ -580,7 +598,7 @@ class Store:
                 return
             except (DBAPIError, PoolTimeout) as exc:
                 if attempt == attempts - 1 or not isinstance(exc, DBAPIError) or _is_final(exc):
-                    raise StoreError(f"cannot open the {self.backend} database ({_failure_kind(exc)})") from None
+                    raise StoreError(_open_failure(self.backend, self.engine.url, exc)) from None
                 time.sleep(0.05 * (attempt + 1))
 
     def upgrade_schema(self) -> tuple[str | None, str]:
@@ -640,6 +658,12 @@ class Store:
         if self.is_down():
             raise StoreUnavailable(retry_after_s=max(1.0, self._down_until - time.monotonic()))
 
+    def _busy_until(self, conn, budget_end: float) -> None:
+        """SQLite: wait for another process's lock only until `budget_end` (no I/O)."""
+        if self.backend == "sqlite":
+            left_ms = max(1, int((budget_end - time.monotonic()) * 1000))
+            conn.exec_driver_sql(f"PRAGMA busy_timeout = {left_ms}")
+
     def _run(self, what: str, operation, *, write: bool = True, fail_fast: bool = True):
         """`operation(conn)` in one bounded transaction (StoreUnavailable when it cannot).
 
@@ -651,11 +675,19 @@ class Store:
             stale = False
             try:
                 with self._bounded(what):
+                    # SQLite: the wait for this process's write turn and SQLite's own busy
+                    # wait share one statement_timeout_s (each had all of it: 4 s for 2).
+                    budget_end = time.monotonic() + self.options.statement_timeout_s
                     try:
                         if not write:
                             with self.engine.connect() as conn:
+                                self._busy_until(conn, budget_end)
                                 return operation(conn)
-                        with write_gate(self.engine, self.options.deadline_s), self.engine.begin() as conn:
+                        with (
+                            write_gate(self.engine, budget_end - time.monotonic()),
+                            self.engine.begin() as conn,
+                        ):
+                            self._busy_until(conn, budget_end)
                             return operation(conn)
                     except DBAPIError as exc:
                         op = self._local.op

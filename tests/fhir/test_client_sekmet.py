@@ -23,8 +23,9 @@ PATIENT_VIEW = load_services(DEFAULT_CARDS_DIR / "services.toml")["hfs-outcomes-
 
 
 @pytest.fixture
-def access():
-    fhir = FhirAccess(Settings(fhir_time_budget_s=10.0))
+def access(fhir_server):
+    # The server on the allowlist: the reasons of its refusals are then told to the client.
+    fhir = FhirAccess(Settings(fhir_time_budget_s=10.0, fhir_server_allowlist=(fhir_server.base_url,)))
     yield fhir
     fhir.close()
 

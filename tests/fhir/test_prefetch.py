@@ -30,11 +30,14 @@ SEARCH_KEYS = ("conditions", "procedures", "observations", "medicationRequests",
 
 
 @pytest.fixture
-def access():
+def access(fhir_stub):
     made = []
+    # The stub on the allowlist: the reasons of its faults are then told to the client.
+    allowed = (fhir_stub.url_for("/").rstrip("/"),)
 
     def make(**overrides) -> FhirAccess:
-        fhir = FhirAccess(Settings(**{"fhir_time_budget_s": 2.0, "fhir_max_workers": 6, **overrides}))
+        settings = {"fhir_time_budget_s": 2.0, "fhir_max_workers": 6, "fhir_server_allowlist": allowed}
+        fhir = FhirAccess(Settings(**{**settings, **overrides}))
         made.append(fhir)
         return fhir
 

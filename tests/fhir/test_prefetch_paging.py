@@ -49,11 +49,13 @@ def prefetch_with(observations: dict) -> dict:
 
 
 @pytest.fixture
-def access():
+def access(fhir_stub):
     made = []
+    # The stub on the allowlist: the reasons of its faults are then told to the client.
+    allowed = (fhir_stub.url_for("/").rstrip("/"),)
 
     def make(**overrides) -> FhirAccess:
-        fhir = FhirAccess(Settings(**{"fhir_time_budget_s": 2.0, **overrides}))
+        fhir = FhirAccess(Settings(**{"fhir_time_budget_s": 2.0, "fhir_server_allowlist": allowed, **overrides}))
         made.append(fhir)
         return fhir
 

@@ -51,3 +51,44 @@ def test_an_as_of_date_that_is_not_a_date_is_refused_at_start_up():
     with pytest.raises(ConfigError, match="as_of_date"):
         load_settings({"as_of_date": "last tuesday"}, environ={})
     assert load_settings({}, environ={}).as_of is None
+
+
+@pytest.mark.parametrize(
+    "host", ["evil.example", "evil.example:80", "localhost.evil.example", "127.0.0.1@evil.example"]
+)
+def test_without_public_base_url_an_untrusted_host_gets_no_links_but_a_400(make_app, host):
+    client = make_app().test_client()
+    response = client.post(SERVICE, json=hfs_after_mvd_patient_view("links-host"), headers={"Host": host})
+    assert response.status_code == 400
+    assert response.get_json()["error"] == "untrusted_host"
+    assert "evil.example" not in response.get_data(as_text=True)
+    assert client.get("/cds-services", headers={"Host": host}).status_code == 400
+
+
+@pytest.mark.parametrize("host", ["localhost:8080", "127.0.0.1", "[::1]:9000"])
+def test_without_public_base_url_loopback_hosts_are_trusted_by_default(make_app, host):
+    card = first_card_with_host(make_app().test_client(), host)
+    assert card["links"][0]["url"].startswith(f"http://{host}/evidence/")
+
+
+def test_trusted_hosts_names_the_hosts_links_may_be_built_for(make_app):
+    client = make_app(trusted_hosts="cds.example.org, .cds.example.net").test_client()
+    assert first_card_with_host(client, "cds.example.org:8443")["links"][0]["url"].startswith(
+        "http://cds.example.org:8443/evidence/"
+    )
+    assert first_card_with_host(client, "a.cds.example.net")["links"][0]["url"].startswith("http://a.cds.example.net/")
+    for host in ("localhost", "evil.example", "cds.example.org.evil.example"):
+        body = hfs_after_mvd_patient_view("links-host")
+        assert client.post(SERVICE, json=body, headers={"Host": host}).status_code == 400
+
+
+def test_with_public_base_url_the_host_header_is_never_used(make_app):
+    client = make_app(public_base_url="https://cds.example.org").test_client()
+    card = first_card_with_host(client, "evil.example")
+    assert card["links"][0]["url"].startswith("https://cds.example.org/evidence/")
+
+
+def first_card_with_host(client, host: str) -> dict:
+    response = client.post(SERVICE, json=hfs_after_mvd_patient_view("links-host"), headers={"Host": host})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return response.get_json()["cards"][0]

@@ -220,9 +220,10 @@ def synthea_like() -> Transaction:
 
 
 @pytest.fixture
-def app_settings():
-    """The app of `client` (tests/conftest.py): time enough for a real FHIR server."""
-    return {"fhir_time_budget_s": 10.0}
+def app_settings(fhir_server):
+    """The app of `client` (tests/conftest.py): time enough for a real FHIR server, which
+    is on the allowlist (the reasons of its refusals are then told to the client)."""
+    return {"fhir_time_budget_s": 10.0, "fhir_server_allowlist": (fhir_server.base_url,)}
 
 
 USER = "Practitioner/dr-okafor"
@@ -524,10 +525,11 @@ def stub_chart(server, patient_id: str) -> None:
         server.expect_request(f"/fhir/{kind}", query_string={"patient": patient_id}).respond_with_handler(answer)
 
 
-def test_a_prefetch_key_sent_as_null_is_no_data_and_is_not_fetched(fhir_stub, client):
+def test_a_prefetch_key_sent_as_null_is_no_data_and_is_not_fetched(fhir_stub, make_client):
     patient_id = "hfs-stub-17"
     stub_chart(fhir_stub, patient_id)
     base = fhir_stub.url_for("/fhir").rstrip("/")
+    client = make_client(fhir_time_budget_s=10.0, fhir_server_allowlist=(base,))
     body = hook_request(
         "patient-view",
         patient_id=patient_id,

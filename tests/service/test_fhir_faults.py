@@ -291,9 +291,12 @@ def cases(keys: tuple[str, ...], faults: list[Fault]):
 
 
 @pytest.fixture
-def app_settings():
-    """The app of `client` (tests/conftest.py) with this module's FHIR time budget."""
-    return {"fhir_time_budget_s": BUDGET_S}
+def app_settings(fhir_stub, elsewhere_stub):
+    """The app of `client` (tests/conftest.py) with this module's FHIR time budget, and the
+    stubs on the allowlist: the reasons of their faults are then told to the client (with
+    any fhirServer allowed they are not: see the closed-port tests)."""
+    allowed = tuple(stub.url_for("/").rstrip("/") for stub in (fhir_stub, elsewhere_stub))
+    return {"fhir_time_budget_s": BUDGET_S, "fhir_server_allowlist": allowed}
 
 
 @pytest.fixture
@@ -473,13 +476,19 @@ def test_a_next_link_to_another_server_is_never_followed_so_the_token_stays_home
     assert factors_recorded(card) == 3
 
 
-def test_a_closed_port_is_412_for_the_required_keys_at_once(client):
+def closed_port_url() -> str:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     # Nothing listens on the port now: every connection is refused.
+    return f"http://127.0.0.1:{port}/fhir"
 
-    response = timed_post(client, ORDER_SIGN, order_sign(f"http://127.0.0.1:{port}/fhir"))
+
+def test_a_closed_port_is_412_for_the_required_keys_at_once(make_app):
+    url = closed_port_url()
+    client = make_app(fhir_time_budget_s=BUDGET_S, fhir_server_allowlist=(url,)).test_client()
+
+    response = timed_post(client, ORDER_SIGN, order_sign(url))
 
     assert response.status_code == 412
     body = {"error": error_body.code(response.get_json()), "detail": error_body.text(response.get_json())}
@@ -488,6 +497,21 @@ def test_a_closed_port_is_412_for_the_required_keys_at_once(client):
         assert f"{key} (" in body["detail"]
     assert body["detail"].count("could not be reached") == len(REQUIRED)
     assert_nothing_secret(response)
+
+
+def test_with_any_fhir_server_allowed_a_412_does_not_tell_which_ports_answer_http(make_app, fhir_stub):
+    # Default settings (empty allowlist): a client could probe internal hosts and ports
+    # with fhirServer; a closed port and an HTTP server answering 404 read the same.
+    client = make_app(fhir_time_budget_s=BUDGET_S).test_client()
+    fhir_stub.expect_request(re.compile("^/fhir/")).respond_with_data("not here", status=404)
+    details = []
+    for url in (closed_port_url(), fhir_stub.url_for("/fhir").rstrip("/")):
+        response = timed_post(client, ORDER_SIGN, order_sign(url))
+        assert response.status_code == 412
+        details.append(response.get_json()["detail"])
+    assert details[0] == details[1]
+    assert "could not be reached" not in details[0] and "404" not in details[1]
+    assert "the service log says why" in details[0]
 
 
 def test_a_server_that_stalls_on_everything_is_412_within_the_budget(client, fhir_stub, stage):

@@ -8,13 +8,17 @@ the JWT `aud` a client signs for the proxy holds at either instance.
 - One instance, then the other, is restarted while a client keeps calling through the
   proxy: no call fails.
 - A jti used through one instance is refused through the other (the store is shared).
+- A worker killed in the middle of a hook call gives the client a 502, never a 401: nginx
+  does not resend a call the service may have started (its jti is already spent).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -26,13 +30,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from support.fhir import hook_request
+from support.hanging_fhir import HangingFhirServer
 from support.scenario_requests import hfs_after_mvd_patient_view
 from support.served import ClientSigner, ServedService, free_port
 
 SERVICE = "/cds-services/hfs-outcomes-patient-view"
 
-# The proxy configuration README "Deployment" shows (paths and ports filled in here).
-NGINX_CONF = """\
+# The proxy configuration README "Deployment" points to, as shipped; only the ports and the
+# certificate paths are replaced, and nginx's main context (pid, logs, temp paths) is added.
+DEPLOY_CONF = Path(__file__).resolve().parents[2] / "deploy" / "nginx.conf"
+MAIN_CONF = """\
 worker_processes 1;
 pid {run}/nginx.pid;
 error_log {run}/error.log warn;
@@ -44,39 +52,24 @@ http {{
     fastcgi_temp_path {run}/fastcgi;
     uwsgi_temp_path {run}/uwsgi;
     scgi_temp_path {run}/scgi;
-
-    upstream cds_service {{
-        # Both instances; a refused connection or a 503 (saturated, shedding) goes to the
-        # other one. max_fails=0: a restarting instance is retried, never marked down.
-        server 127.0.0.1:{port_a} max_fails=0;
-        server 127.0.0.1:{port_b} max_fails=0;
-        keepalive 16;
-    }}
-
-    server {{
-        listen 127.0.0.1:{port} ssl;
-        ssl_certificate {run}/cert.pem;
-        ssl_certificate_key {run}/key.pem;
-        ssl_protocols TLSv1.2 TLSv1.3;
-        client_max_body_size 16m;
-
-        location / {{
-            proxy_pass http://cds_service;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            # Hook calls are safe to send again when an instance refused or shed them:
-            # the service answers 503 before it reads the JWT, so its jti is not spent.
-            proxy_next_upstream error timeout http_502 http_503 non_idempotent;
-            proxy_next_upstream_tries 2;
-            proxy_connect_timeout 1s;
-            proxy_read_timeout 15s;
-        }}
-    }}
+    include {run}/cds_service.conf;
 }}
 """
+
+
+def deployed_conf(run: Path, port: int, port_a: int, port_b: int) -> str:
+    text = DEPLOY_CONF.read_text()
+    replacements = {
+        "server 127.0.0.1:8081 ": f"server 127.0.0.1:{port_a} ",
+        "server 127.0.0.1:8082 ": f"server 127.0.0.1:{port_b} ",
+        "listen 443 ssl;": f"listen 127.0.0.1:{port} ssl;",
+        "/etc/ssl/cds/cert.pem": f"{run}/cert.pem",
+        "/etc/ssl/cds/key.pem": f"{run}/key.pem",
+    }
+    for old, new in replacements.items():
+        assert text.count(old) == 1, f"deploy/nginx.conf no longer has {old!r}"
+        text = text.replace(old, new)
+    return text
 
 
 def nginx_binary() -> str | None:
@@ -116,8 +109,9 @@ class Proxy:
         self.port = free_port()
         folder.mkdir(parents=True, exist_ok=True)
         self.cert = write_test_certificate(folder)
+        (folder / "cds_service.conf").write_text(deployed_conf(folder, self.port, port_a, port_b))
         conf = folder / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(run=folder, port=self.port, port_a=port_a, port_b=port_b))
+        conf.write_text(MAIN_CONF.format(run=folder))
         self.process = subprocess.Popen(
             [binary, "-c", str(conf), "-p", str(folder), "-g", "daemon off;"],
             stdout=subprocess.DEVNULL,
@@ -155,7 +149,7 @@ def deployment(tmp_path, postgres_url):
         # The proxy needs the instance ports, the instances the proxy's URL: pick the
         # instance ports first, start the proxy, then the instances.
         proxy = Proxy(tmp_path / "nginx", port_a, port_b)
-        env = {"CDS_PUBLIC_BASE_URL": proxy.base_url, "CDS_DRAIN_DELAY_S": "0.5"}
+        env = {"CDS_PUBLIC_BASE_URL": proxy.base_url, "CDS_DRAIN_DELAY_S": "0.5", "CDS_FHIR_TIME_BUDGET_S": "10"}
         for name, port in (("a", port_a), ("b", port_b)):
             service = ServedService(
                 tmp_path / name, signer, workers=1, database_url=postgres_url, port=port, env=env
@@ -227,3 +221,40 @@ def test_a_jti_used_through_one_instance_is_refused_through_the_other(deployment
         requests.get(proxy.base_url + "/cds-services", headers=headers, verify=str(proxy.cert), timeout=5).status_code
         == 401
     )
+
+
+def worker_pids(service: ServedService) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(service.process.pid)], capture_output=True, text=True, check=False)
+    return [int(pid) for pid in out.stdout.split()]
+
+
+@pytest.mark.postgres
+def test_a_worker_killed_mid_call_gives_a_502_not_a_401_from_a_resent_call(deployment):
+    proxy, instances, signer = deployment
+    fhir = HangingFhirServer()
+    try:
+        body = hook_request("patient-view", patient_id="proxy-crash", fhir_server=fhir.base_url, token="fhir-token")
+        token = signer.token(proxy.base_url + SERVICE)
+        answers: list[requests.Response] = []
+        call = threading.Thread(
+            target=lambda: answers.append(
+                requests.post(
+                    proxy.base_url + SERVICE,
+                    json=body,
+                    headers={"Authorization": f"Bearer {token}"},
+                    verify=str(proxy.cert),
+                    timeout=30,
+                )
+            )
+        )
+        call.start()
+        # The worker has checked the JWT (its jti is spent) and is reading the FHIR server.
+        assert fhir.asked.wait(10)
+        for service in instances:  # whichever worker has the call: kill both
+            for pid in worker_pids(service):
+                os.kill(pid, signal.SIGKILL)
+        call.join(timeout=30)
+    finally:
+        fhir.stop()
+    assert answers, "no answer through the proxy"
+    assert answers[0].status_code == 502, (answers[0].status_code, answers[0].text[:200])
