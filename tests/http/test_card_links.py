@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+from support import error_body
 from support.scenario_requests import hfs_after_mvd_patient_view
 
 from cds_service.config import ConfigError, load_settings
@@ -60,7 +61,7 @@ def test_without_public_base_url_an_untrusted_host_gets_no_links_but_a_400(make_
     client = make_app().test_client()
     response = client.post(SERVICE, json=hfs_after_mvd_patient_view("links-host"), headers={"Host": host})
     assert response.status_code == 400
-    assert response.get_json()["error"] == "untrusted_host"
+    assert error_body.code(response.get_json()) == "untrusted_host"
     assert "evil.example" not in response.get_data(as_text=True)
     assert client.get("/cds-services", headers={"Host": host}).status_code == 400
 

@@ -508,7 +508,7 @@ def test_with_any_fhir_server_allowed_a_412_does_not_tell_which_ports_answer_htt
     for url in (closed_port_url(), fhir_stub.url_for("/fhir").rstrip("/")):
         response = timed_post(client, ORDER_SIGN, order_sign(url))
         assert response.status_code == 412
-        details.append(response.get_json()["detail"])
+        details.append(error_body.text(response.get_json()))
     assert details[0] == details[1]
     assert "could not be reached" not in details[0] and "404" not in details[1]
     assert "the service log says why" in details[0]

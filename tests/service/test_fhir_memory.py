@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from support import error_body
 from support.chunked_fhir import ChunkedFhirServer
 from support.fhir import hook_request
 from support.served import ClientSigner, ServedService
@@ -46,7 +47,7 @@ def test_oversized_chunked_fhir_answers_are_refused_and_the_memory_returned(tmp_
             service.stop()
     for answer in [warm, *answers]:
         assert answer.status_code == 412, answer.text
-        assert answer.json()["error"] == "prefetch_unavailable"
-        assert "larger than the size limit" in answer.json()["detail"]
+        assert error_body.code(answer.json()) == "prefetch_unavailable"
+        assert "larger than the size limit" in error_body.text(answer.json())
     print(f"worker RSS {before:.0f} MB before, {after:.0f} MB after five oversized calls")
     assert after - before < CAP_MB, f"worker grew from {before:.0f} to {after:.0f} MB"
