@@ -87,7 +87,7 @@ class AuditSpool:
                     # the file that is at the path now.
                     if os.fstat(fd).st_ino != os.stat(self._path).st_ino:
                         continue
-                    os.write(fd, data)
+                    _write_all(fd, data)
                     os.fsync(fd)
                     self._changes += 1
                     self._depth_cache = (0.0, 0)
@@ -197,6 +197,24 @@ class AuditSpool:
             yield fd
         finally:
             os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Append all of `data` or nothing: a full disk (or a file-size limit) can take part of
+    a write; the part is cut off again, or the next row appended would extend a broken line
+    and both rows would be unreadable."""
+    start = os.fstat(fd).st_size
+    view = memoryview(data)
+    try:
+        while view:
+            written = os.write(fd, view)
+            if written <= 0:
+                raise OSError("the audit spool took no more bytes")
+            view = view[written:]
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, start)
+        raise
 
 
 def _batches(path: Path) -> Iterator[list[CallRecord]]:
