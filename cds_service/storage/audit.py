@@ -36,6 +36,17 @@ class ReturnedCard(NamedTuple):
     summary: str
 
 
+class PageRow(NamedTuple):
+    """A returned card's evidence page, written in the same transaction as the call's row
+    (or spooled with it): the token's SHA-256 only, never the token."""
+
+    token_sha256: str
+    card_id: str
+    data: str  # the page data as JSON text
+    created_at: datetime
+    expires_at: datetime
+
+
 @dataclass(frozen=True)
 class CallRecord:
     """One hook call as the audit trail keeps it."""
@@ -52,6 +63,7 @@ class CallRecord:
     called_at: datetime = field(default_factory=_utcnow)
     instance_id: str | None = None  # which service instance answered (setting instance_id)
     record_id: str | None = None  # unique per row: a spooled row is replayed once, not twice
+    pages: tuple[PageRow, ...] = ()  # the evidence pages of the cards returned
 
     def to_json(self) -> dict:
         """The record as JSON values, for the local audit spool (storage/audit_spool.py)."""
@@ -68,6 +80,10 @@ class CallRecord:
             "called_at": self.called_at.isoformat(),
             "instance_id": self.instance_id,
             "record_id": self.record_id,
+            "pages": [
+                [p.token_sha256, p.card_id, p.data, p.created_at.isoformat(), p.expires_at.isoformat()]
+                for p in self.pages
+            ],
         }
 
     @classmethod
@@ -77,6 +93,10 @@ class CallRecord:
                 **data,
                 "cards": tuple(ReturnedCard(*card) for card in data.get("cards", ())),
                 "called_at": datetime.fromisoformat(data["called_at"]),
+                "pages": tuple(
+                    PageRow(sha, card_id, page, datetime.fromisoformat(created), datetime.fromisoformat(expires))
+                    for sha, card_id, page, created, expires in data.get("pages", ())
+                ),
             }
         )
 
@@ -181,6 +201,7 @@ def build_call_record(
     client_iss: str | None = None,
     cards: Iterable[tuple[str, str, str]] = (),
     called_at: datetime | None = None,
+    pages: Iterable[PageRow] = (),
 ) -> CallRecord:
     """The audit row for one hook call: only the keyed hash of the patient id, never the id.
 
@@ -198,4 +219,5 @@ def build_call_record(
         client_iss=client_iss,
         cards=tuple(ReturnedCard(*card) for card in cards),
         called_at=called_at or datetime.now(UTC),
+        pages=tuple(pages),
     )

@@ -13,7 +13,11 @@ because a database that stops answering (a partition: sockets open, no replies) 
 sends the server-side timeout. A store that failed answers StoreUnavailable (503 with
 Retry-After) at once for `retry_after_s`, instead of making every request wait again.
 
-Audit rows are written off the request path (`submit_call`; see audit_spool.py).
+A hook call that returns cards is answered only once its audit row and its cards'
+evidence pages are committed (or spooled): `keep_call`, a group commit (group_commit.py).
+On SQLite the commit is on disk when it returns (`synchronous = FULL` in WAL mode; setting
+`db_sqlite_synchronous`). Other audit rows (refused calls) are written off the request path
+(`submit_call`; see audit_spool.py).
 
 Tables:
 - `service_calls`: one row per hook call (the audit trail). The patient appears only as a
@@ -21,6 +25,7 @@ Tables:
 - `returned_cards`: the cards a call returned (uuid, which card file, summary).
 - `feedback`: what the clinician did with a card; linked to `returned_cards` by card uuid.
 - `used_jti`: JWT ids already seen per issuer, for replay protection.
+- `evidence_pages`: the evidence page behind each card's link (see evidence_pages.py).
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from cds_service.storage import migrate
 from cds_service.storage.audit import CallRecord, ReturnedCard
 from cds_service.storage.audit_spool import AuditSpool, AuditWriter
 from cds_service.storage.feedback import FeedbackEntry, OverrideReason
+from cds_service.storage.group_commit import GroupCommit
 from cds_service.storage.write_gate import write_gate
 
 log = logging.getLogger(__name__)
@@ -111,6 +117,8 @@ class StoreOptions:
     spool_dir: Path | None = None  # local audit spool; None: rows the store refuses are lost
     audit_queue_size: int = 1000
     audit_spool_max_bytes: int = 64 * 1024 * 1024
+    audit_commit_wait_s: float = 0.5  # a call waits this long for its commit, then spools its row
+    sqlite_synchronous: str = "full"  # "full": a commit is on disk when it returns; "normal": not
 
     @property
     def deadline_s(self) -> float:
@@ -215,6 +223,19 @@ used_jti = sa.Table(
     sa.Column("jti", sa.String(_JTI_BYTES + 16), nullable=False),
     sa.Column("expires_at", UtcDateTime(), nullable=False, index=True),
     sa.UniqueConstraint("issuer", "jti"),
+)
+
+# Declared here, beside the audit tables, because a call's pages are written in the same
+# transaction as its audit row (`_insert_calls`); storage/evidence_pages.py reads them.
+_LEN_PAGE_HASH = 64
+evidence_pages = sa.Table(
+    "evidence_pages",
+    metadata,
+    sa.Column("token_sha256", sa.String(_LEN_PAGE_HASH), primary_key=True),
+    sa.Column("card_id", sa.String(_LEN_CARD_ID), nullable=False),
+    sa.Column("data", sa.Text(), nullable=True),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("expires_at", UtcDateTime(), nullable=False, index=True),
 )
 
 
@@ -358,7 +379,10 @@ def _sqlite_engine(url: URL, options: StoreOptions) -> Engine:
         cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
         if not in_memory:
             cursor.execute("PRAGMA journal_mode = WAL")
-            cursor.execute("PRAGMA synchronous = NORMAL")
+            # FULL: WAL commits are fsync'd before they return, so a call answered after
+            # its audit row was committed cannot lose that row to a crash or power cut.
+            synchronous = "NORMAL" if options.sqlite_synchronous == "normal" else "FULL"
+            cursor.execute(f"PRAGMA synchronous = {synchronous}")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
 
@@ -545,6 +569,9 @@ class Store:
         self._next_prune = 0.0
         self._open_schema()
         spool = AuditSpool(options.spool_dir, options.audit_spool_max_bytes) if options.spool_dir else None
+        self.group_commit = GroupCommit(
+            self.record_calls, spool, wait_s=options.audit_commit_wait_s, store_down=self.is_down
+        )
         self.audit_writer = AuditWriter(
             self.record_calls,
             spool,
@@ -585,6 +612,7 @@ class Store:
         return migrate.upgrade(self.engine)
 
     def close(self) -> None:
+        self.group_commit.close()
         self.audit_writer.close()
         self.engine.dispose()
 
@@ -693,17 +721,26 @@ class Store:
 
     # -- audit writer (for /metrics and shutdown)
 
+    def keep_call(self, call: CallRecord) -> bool:
+        """Commit one audit row (and the evidence pages it carries) before the call is
+        answered, batched with the rows of concurrent calls; spooled locally when the store
+        cannot take it in time. False only when neither could keep it: answer 503 then."""
+        return self.group_commit.keep(self._identified(call))
+
     def submit_call(self, call: CallRecord) -> bool:
         """Queue one audit row for the background writer; never waits for the database.
 
         False only when the row could be neither queued nor spooled (logged at ERROR)."""
+        return self.audit_writer.submit(self._identified(call))
+
+    def _identified(self, call: CallRecord) -> CallRecord:
         if call.record_id is None or call.instance_id is None:
             call = dataclasses.replace(
                 call,
                 record_id=call.record_id or uuid.uuid4().hex,
                 instance_id=call.instance_id or self.instance_id,
             )
-        return self.audit_writer.submit(call)
+        return call
 
     def flush_audit(self, timeout_s: float = 5.0) -> bool:
         return self.audit_writer.flush(timeout_s)
@@ -715,6 +752,11 @@ class Store:
     def audit_queue_depth(self) -> int:
         """Audit rows queued in this process, not yet written."""
         return self.audit_writer.queue_depth()
+
+    def read(self, what: str, operation):
+        """`operation(conn)` reading the store, bounded in time: StoreUnavailable (503 with
+        Retry-After) when the database refuses or does not answer within the deadline."""
+        return self._run(what, operation, write=False)
 
     # -- feedback
 
@@ -845,6 +887,9 @@ class Store:
         ]
         if cards:
             conn.execute(returned_cards.insert().values(cards))
+        pages = [page._asdict() for call in calls for page in call.pages]
+        if pages:
+            conn.execute(evidence_pages.insert().values(pages))
         return ids
 
     def prune_audit(self, older_than: datetime) -> int:
