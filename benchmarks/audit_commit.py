@@ -9,6 +9,11 @@ folder's disk. The old path (hand the row and the page to background threads) wa
 neither: its cost on the request thread was a queue put, a few microseconds.
 
     .venv/bin/python benchmarks/audit_commit.py [--calls 300] [--threads 8]
+
+Then the whole hook call in process (benchmarks/hook_call.py's 846-resource request),
+three ways taken in turn call after call, so that the load of the machine weighs on each
+alike: answered after the commit (synchronous FULL, then NORMAL), and the old path (the
+row and the page handed to the background writer, not waited for).
 """
 
 from __future__ import annotations
@@ -113,7 +118,66 @@ def main() -> int:
                 )
             if args.database_url:
                 break
+        hook_calls(tmp, args.calls)
     return 0
+
+
+def hook_calls(tmp: str, calls: int) -> None:
+    import json
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from hook_call import build_request, largest_bundle
+
+    from cds_service.http.app import create_app
+    from cds_service.worker_gc import freeze_startup_objects
+
+    _, request = build_request(largest_bundle())
+    body = json.dumps(request).encode()
+    url = "/cds-services/hfs-outcomes-patient-view"
+    full = create_app(instance_path=Path(tmp) / "app-full", allow_unsigned=True, db_sqlite_synchronous="full")
+    normal = create_app(instance_path=Path(tmp) / "app-normal", allow_unsigned=True, db_sqlite_synchronous="normal")
+    old = create_app(instance_path=Path(tmp) / "app-old", allow_unsigned=True, db_sqlite_synchronous="normal")
+    old_rt = old.extensions["cds_service"]
+
+    def hand_over(notes):  # the path before: queued for the background writer, not waited for
+        from cds_service.storage.audit import build_call_record
+
+        old_rt.store.submit_call(
+            build_call_record(
+                service_id=notes.service_id,
+                hook=notes.hook,
+                hook_instance=notes.hook_instance or "",
+                outcome_status=notes.status or 0,
+                duration_ms=notes.duration_ms,
+                patient_hash=notes.patient_hash,
+                content_version=old_rt.content_version,
+                client_iss=notes.client_iss,
+                cards=notes.cards,
+                pages=notes.pages,
+            )
+        )
+        return True
+
+    old_rt.audit = hand_over
+    freeze_startup_objects()
+    clients = {"after the commit, FULL": full, "after the commit, NORMAL": normal, "old: background writer": old}
+    clients = {name: app.test_client() for name, app in clients.items()}
+    timings: dict[str, list[float]] = {name: [] for name in clients}
+    for n in range(calls + 20):
+        for name, client in clients.items():
+            started = time.perf_counter()
+            response = client.post(url, data=body, content_type="application/json")
+            took = (time.perf_counter() - started) * 1000
+            assert response.status_code == 200
+            if n >= 20:
+                timings[name].append(took)
+    for name, values in timings.items():
+        print(
+            f"hook call, {name}: p50 {pct(values, 0.5):.2f} ms  p10 {pct(values, 0.1):.2f} ms  "
+            f"p90 {pct(values, 0.9):.2f} ms"
+        )
+    for app in (full, normal, old):
+        app.extensions["cds_service"].close()
 
 
 if __name__ == "__main__":

@@ -271,6 +271,9 @@ class AuditWriter:
         self._pending = 0  # rows submitted and not yet written or spooled
         self._next_replay = 0.0
         self.lost = 0  # rows that could be neither written nor spooled (logged at ERROR)
+        # Called on the writer's thread at every turn (at most every 0.5 s), never on a
+        # request's path: the evidence pages' purge of expired pages (rate-limited there).
+        self.housekeeping: Callable[[], None] | None = None
 
     # -- request side
 
@@ -350,6 +353,11 @@ class AuditWriter:
                 self._deliver(batch)
             if time.monotonic() >= self._next_replay:
                 self._replay()
+            if self.housekeeping is not None:
+                try:
+                    self.housekeeping()
+                except Exception as exc:  # the writer must outlive it
+                    log.warning("audit writer housekeeping failed: %s", type(exc).__name__)
 
     def _take(self) -> list[CallRecord]:
         try:

@@ -195,7 +195,7 @@ class EvidenceSetup:
 def build_evidence_setup(settings: Settings, store: Store, cards) -> EvidenceSetup:
     """The evidence pages of one process: the page store and the chart specs."""
     pages = EvidencePages(store.engine, ttl_s=settings.evidence_page_ttl_h * 3600.0, store=store)
-    # Expired pages are purged on the commit thread after a commit, at most every
+    # Expired pages are purged on the audit writer's thread, at most every
     # PURGE_INTERVAL_S: never on a request's path.
-    store.group_commit.after_commit = pages.maybe_purge
+    store.audit_writer.housekeeping = pages.maybe_purge
     return EvidenceSetup(pages=pages, chart_specs=load_chart_specs(settings.cards_dir, cards))

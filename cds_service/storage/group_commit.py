@@ -8,21 +8,26 @@ an answer without its audit row (issue 16), and without a page behind its link (
 a link opens the moment the card is handed out, from any worker and any instance, because
 the page is committed before the card is returned).
 
-Group commit: one writer thread per process takes every row waiting when it starts a
-write and commits them in one transaction (two or three statements however many rows),
-so concurrent calls share one commit and its fsync rather than queueing for one each. A
-call waits for its row at most `wait_s`; when the store has not committed by then (a
-database that stopped answering), the call spools its own row and is answered: a row
-both committed late and spooled is stored once (the replay skips a `record_id` already
-stored, and its pages with it, in the same transaction).
+Group commit without a thread of its own: the first call that finds no commit running
+leads; it takes every row waiting (its own first) and commits them in one transaction
+(three statements however many rows), while the calls that arrive meanwhile wait; when it
+is done the next waiting call leads with all of theirs. One call alone commits on its own
+thread, with no hand-over to another thread (which, on a busy machine, costs a scheduling
+delay each way). The commit is bounded by `wait_s` (Store.keep_calls: the watchdog aborts
+it, and on SQLite the wait for another process's write lock is cut to the same bound);
+when it does not succeed the rows are spooled and the calls answered; a row both committed
+late and spooled is stored once (the replay skips a `record_id` already stored, and its
+pages with it). A call still waiting for a leader after `wait_s` spools its own row.
+After a commit failed, the calls of the next `retry_s` spool their rows at once instead of
+each waiting for the store again (a database behind a partition: a new connection waits
+for the connect timeout); the audit writer's replay finds out when the store is back.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import queue
 import threading
+import time
 from collections.abc import Callable
 
 from cds_service.storage.audit import CallRecord
@@ -32,13 +37,13 @@ log = logging.getLogger(__name__)
 
 
 class _Entry:
-    __slots__ = ("abandoned", "done", "kept", "record")
+    __slots__ = ("done", "kept", "record", "taken")
 
     def __init__(self, record: CallRecord) -> None:
         self.record = record
-        self.done = threading.Event()
+        self.done = False
         self.kept = False
-        self.abandoned = False  # the caller stopped waiting and spooled the row itself
+        self.taken = False  # in a batch that a leader is committing
 
 
 class GroupCommit:
@@ -50,93 +55,67 @@ class GroupCommit:
         spool: AuditSpool | None,
         *,
         wait_s: float = 0.5,
+        retry_s: float = 2.0,
         store_down: Callable[[], bool] = lambda: False,
     ) -> None:
+        self.retry_s = retry_s
+        self._avoid_until = 0.0  # after a failed commit: spool at once until then
         self._write = write
         self.spool = spool
         self.wait_s = wait_s
         self._store_down = store_down
-        self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue[_Entry | None] | None = None
-        self._thread: threading.Thread | None = None
-        self._pid = 0
+        self._cond = threading.Condition()
+        self._waiting: list[_Entry] = []
+        self._leading = False
         self.commits = 0  # transactions written (a batch of rows each)
-        self.after_commit: Callable[[], None] | None = None  # housekeeping on this thread
 
     def keep(self, record: CallRecord) -> bool:
-        if self._store_down():
+        if self._store_down() or time.monotonic() < self._avoid_until:
             return self._spool([record], "the store is unavailable")
         entry = _Entry(record)
-        self._queue_for_this_process().put(entry)
-        if entry.done.wait(self.wait_s):
-            return entry.kept
-        with self._lock:
-            if entry.done.is_set():
-                return entry.kept
-            entry.abandoned = True
-        return self._spool([record], f"the store did not commit within {self.wait_s:g} s")
+        deadline = time.monotonic() + self.wait_s
+        with self._cond:
+            self._waiting.append(entry)
+        while True:
+            with self._cond:
+                while self._leading and not entry.done:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 and not entry.taken:
+                        self._waiting.remove(entry)  # no leader took it in time
+                        break
+                    self._cond.wait(max(remaining, 0.05))
+                if entry.done:
+                    return entry.kept
+                if self._leading:
+                    return self._spool([record], f"the store did not commit within {self.wait_s:g} s")
+                # No commit running: lead, with every row waiting (ours among the first).
+                self._leading = True
+                batch, self._waiting = self._waiting[:BATCH_ROWS], self._waiting[BATCH_ROWS:]
+                for taken in batch:
+                    taken.taken = True
+            kept = False
+            try:
+                kept = self._commit([taken.record for taken in batch])
+            finally:
+                with self._cond:
+                    for taken in batch:
+                        taken.kept, taken.done = kept, True
+                    self._leading = False
+                    self._cond.notify_all()
 
     def close(self, timeout_s: float = 5.0) -> None:
-        with self._lock:
-            if self._pid != os.getpid() or self._queue is None:
-                return
-            q, thread = self._queue, self._thread
-            self._queue, self._thread, self._pid = None, None, 0
-        q.put(None)  # after the rows already queued: they are written first
-        if thread is not None:
-            thread.join(timeout_s)
+        """Nothing runs between calls: every row is committed or spooled by its own call."""
 
-    def _queue_for_this_process(self) -> queue.SimpleQueue:
-        with self._lock:
-            if self._pid != os.getpid() or self._queue is None:  # first use, or a forked worker
-                self._pid = os.getpid()
-                self._queue = queue.SimpleQueue()
-                self._thread = threading.Thread(target=self._run, args=(self._queue,), name="audit-commit", daemon=True)
-                self._thread.start()
-            return self._queue
-
-    def _run(self, q: queue.SimpleQueue) -> None:
-        while True:
-            first = q.get()
-            if first is None:
-                return
-            batch = [first]  # and every row that arrived meanwhile: one commit for all
-            stopping = False
-            while len(batch) < BATCH_ROWS:
-                try:
-                    entry = q.get_nowait()
-                except queue.Empty:
-                    break
-                if entry is None:
-                    stopping = True
-                    break
-                batch.append(entry)
-            self._commit(batch)
-            if stopping:
-                return
-            if self.after_commit is not None:
-                try:
-                    self.after_commit()
-                except Exception as exc:
-                    log.warning("housekeeping after an audit commit failed: %s", type(exc).__name__)
-
-    def _commit(self, batch: list[_Entry]) -> None:
+    def _commit(self, records: list[CallRecord]) -> bool:
         try:
             if self._store_down():
                 raise ConnectionError("the store is unavailable")
-            self._write([entry.record for entry in batch])
+            self._write(records)
             self.commits += 1
-            kept = True
-        except Exception as exc:  # the writer must outlive any failure
-            with self._lock:
-                waiting = [entry for entry in batch if not entry.abandoned]
-            kept = self._spool(
-                [entry.record for entry in waiting], f"the store cannot be written ({type(exc).__name__})"
-            )
-        with self._lock:
-            for entry in batch:
-                entry.kept = kept
-                entry.done.set()
+            return True
+        except Exception as exc:  # the rows must be spooled whatever the failure
+            self._avoid_until = time.monotonic() + self.retry_s
+            return self._spool(records, f"the store cannot be written ({type(exc).__name__})")
 
     def _spool(self, records: list[CallRecord], why: str) -> bool:
         if not records:

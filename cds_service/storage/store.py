@@ -477,6 +477,11 @@ def _failure_kind(exc: BaseException) -> str:
     return type(orig).__name__
 
 
+def _is_lock_wait(exc: BaseException) -> bool:
+    """SQLite's busy timeout ran out: another process held the write lock."""
+    return "database is locked" in str(getattr(exc, "orig", None) or exc).lower()
+
+
 def _is_final(exc: BaseException) -> bool:
     """A failure that retrying at start-up cannot cure (unlike a race between workers)."""
     return _failure_kind(exc) in (
@@ -570,7 +575,11 @@ class Store:
         self._open_schema()
         spool = AuditSpool(options.spool_dir, options.audit_spool_max_bytes) if options.spool_dir else None
         self.group_commit = GroupCommit(
-            self.record_calls, spool, wait_s=options.audit_commit_wait_s, store_down=self.is_down
+            self.keep_calls,
+            spool,
+            wait_s=options.audit_commit_wait_s,
+            retry_s=options.retry_after_s,
+            store_down=self.is_down,
         )
         self.audit_writer = AuditWriter(
             self.record_calls,
@@ -630,9 +639,17 @@ class Store:
             op.dbapi = dbapi_connection
 
     @contextlib.contextmanager
-    def _bounded(self, what: str, deadline_s: float | None = None):
-        """Run one database operation within the deadline; StoreUnavailable otherwise."""
-        op = _Op(time.monotonic() + (deadline_s or self.options.deadline_s) + self.options.pool_timeout_s)
+    def _bounded(self, what: str, deadline_s: float | None = None, *, within_s: float | None = None, mark_down=True):
+        """Run one database operation within the deadline; StoreUnavailable otherwise.
+
+        `within_s`: the whole operation, pool wait included, is aborted after this long
+        (by default: the pool timeout plus the deadline). `mark_down`: a failure makes the
+        requests that need the store answer 503 at once for `retry_after_s`; not for an
+        operation whose own short bound ran out (a slow commit is not a store that is down)."""
+        bound = (
+            within_s if within_s is not None else (deadline_s or self.options.deadline_s) + self.options.pool_timeout_s
+        )
+        op = _Op(time.monotonic() + bound)
         self._local.op = op
         _watchdog.add(op)
         try:
@@ -640,8 +657,9 @@ class Store:
         except IntegrityError:
             raise
         except (DBAPIError, PoolTimeout, OSError) as exc:
-            self._mark_down()
-            kind = "timed out" if op.aborted else _failure_kind(exc)
+            kind = "timed out" if op.aborted or _is_lock_wait(exc) else _failure_kind(exc)
+            if mark_down or kind != "timed out":
+                self._mark_down()
             log.warning("store unavailable: operation=%s reason=%s", what, kind)
             # Imported here, not at the top: the CLI imports this module before `serve` sets
             # PROMETHEUS_MULTIPROC_DIR, and prometheus-client fixes its mode when first imported.
@@ -666,22 +684,25 @@ class Store:
         if self.is_down():
             raise StoreUnavailable(retry_after_s=max(1.0, self._down_until - time.monotonic()))
 
-    def _run(self, what: str, operation, *, write: bool = True, fail_fast: bool = True):
+    def _run(self, what: str, operation, *, write: bool = True, fail_fast: bool = True, within_s: float | None = None):
         """`operation(conn)` in one bounded transaction (StoreUnavailable when it cannot).
 
         Tried once more when the pooled connection was dead (the server restarted), never
-        after the deadline. `fail_fast`: answer at once while the store is known down."""
+        after the deadline. `fail_fast`: answer at once while the store is known down.
+        `within_s`: a shorter bound for the whole operation, whose running out does not
+        mark the store down (see _bounded)."""
         if fail_fast:
             self._fail_fast()
+        gate_s = self.options.deadline_s if within_s is None else within_s
         for attempt in (1, 2):
             stale = False
             try:
-                with self._bounded(what):
+                with self._bounded(what, within_s=within_s, mark_down=within_s is None):
                     try:
                         if not write:
                             with self.engine.connect() as conn:
                                 return operation(conn)
-                        with write_gate(self.engine, self.options.deadline_s), self.engine.begin() as conn:
+                        with write_gate(self.engine, gate_s), self.engine.begin() as conn:
                             return operation(conn)
                     except DBAPIError as exc:
                         op = self._local.op
@@ -839,6 +860,31 @@ class Store:
             except IntegrityError:
                 continue  # already stored (same record_id)
         return written
+
+    def keep_calls(self, calls: list[CallRecord]) -> None:
+        """Commit the rows of calls waiting for their answer (group_commit.py), within
+        `audit_commit_wait_s`: StoreUnavailable when it cannot (the rows are then spooled).
+
+        A commit that runs out of that short bound does not mark the store down (other
+        operations keep their own bounds); a store that refuses does. On SQLite the wait for
+        another process's write lock is cut to the same bound for this transaction."""
+        within_s = self.options.audit_commit_wait_s
+        sqlite = self.backend == "sqlite"
+
+        def write(conn) -> None:
+            if sqlite:
+                conn.exec_driver_sql(f"PRAGMA busy_timeout = {max(1, int(within_s * 1000))}")
+            try:
+                self._insert_calls(conn, calls)
+            finally:
+                if sqlite:
+                    with contextlib.suppress(DBAPIError):
+                        conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(self.options.statement_timeout_s * 1000)}")
+
+        try:
+            self._run("keep_calls", write, fail_fast=False, within_s=within_s)
+        except IntegrityError:
+            self.record_calls(calls)  # one of them already stored (a replayed spool): row by row
 
     @staticmethod
     def _insert_call(conn, call: CallRecord) -> int:

@@ -141,21 +141,51 @@ def test_a_row_neither_the_store_nor_the_spool_can_take_is_not_kept(tmp_path, mo
         assert time.monotonic() - started < 0.5
 
 
-def test_a_commit_slower_than_the_wait_spools_the_row_and_it_is_stored_once(tmp_path, monkeypatch):
-    options = StoreOptions(spool_dir=tmp_path / "spool", audit_commit_wait_s=0.2)
-    with Store(f"sqlite:///{tmp_path / 'db.sqlite3'}", options) as store:
+def test_a_commit_slower_than_the_wait_spools_the_row_without_marking_the_store_down(tmp_path):
+    """Another process holds SQLite's write lock longer than audit_commit_wait_s: the call
+    is answered after about that wait (its row spooled), not after the busy timeout, and
+    the store is not taken for down (a signed call's jti claim still goes to it)."""
+    import sqlite3
+
+    path = tmp_path / "db.sqlite3"
+    options = StoreOptions(
+        spool_dir=tmp_path / "spool", audit_commit_wait_s=0.2, statement_timeout_s=5.0, retry_after_s=0.3
+    )
+    with Store(f"sqlite:///{path}", options) as store:
         pages = EvidencePages(store.engine)
         token, record = call_with_page(pages)
-        write = store.group_commit._write
-        monkeypatch.setattr(store.group_commit, "_write", lambda records: (time.sleep(0.6), write(records)))
-        started = time.monotonic()
-        assert store.keep_call(record)
-        assert time.monotonic() - started < 0.5
-        assert store.audit_spool_depth() == 1
-        time.sleep(0.8)  # the slow commit lands
-        store.audit_writer._replay()  # and the spooled copy is skipped, not stored twice
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # the write lock, held
+        try:
+            started = time.monotonic()
+            assert store.keep_call(record)
+            assert time.monotonic() - started < 1.0  # not the 5 s busy timeout
+            assert store.audit_spool_depth() == 1
+            assert not store.is_down()
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        store.audit_writer._replay()
         assert stored_calls(store) == ["call-0"]
         assert pages.get(token).data == {**PAGE, "n": 0}
+        _, second = call_with_page(pages, 1)
+        assert store.keep_call(second)  # within retry_after_s of the failure: spooled at once
+        assert store.audit_spool_depth() == 1
+        time.sleep(0.35)
+        _, third = call_with_page(pages, 2)
+        assert store.keep_call(third) and store.audit_spool_depth() == 1  # committed again
+
+
+def test_a_row_committed_and_also_spooled_is_stored_once(tmp_path):
+    with Store(f"sqlite:///{tmp_path / 'db.sqlite3'}", StoreOptions(spool_dir=tmp_path / "spool")) as store:
+        pages = EvidencePages(store.engine)
+        _, record = call_with_page(pages)
+        record = store._identified(record)
+        assert store.keep_call(record)
+        store.group_commit.spool.append([record])  # as when a slow commit landed after all
+        store.audit_writer._replay()
+        assert stored_calls(store) == ["call-0"]
+        assert store.audit_spool_depth() == 0
 
 
 @pytest.mark.parametrize("outcome", [400, 503])
