@@ -103,9 +103,6 @@ class GroupCommit:
                     self._leading = False
                     self._cond.notify_all()
 
-    def close(self, timeout_s: float = 5.0) -> None:
-        """Nothing runs between calls: every row is committed or spooled by its own call."""
-
     def _commit(self, records: list[CallRecord]) -> bool:
         try:
             if self._store_down():

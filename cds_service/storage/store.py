@@ -621,7 +621,6 @@ class Store:
         return migrate.upgrade(self.engine)
 
     def close(self) -> None:
-        self.group_commit.close()
         self.audit_writer.close()
         self.engine.dispose()
 
