@@ -550,6 +550,16 @@ class _Watchdog:
 _watchdog = _Watchdog()
 
 
+def _insert_rows(conn, table: sa.Table, rows: list[dict]) -> None:
+    """One INSERT for all `rows`. A single row goes as a plain INSERT, whose compiled form
+    SQLAlchemy caches (a multi-row VALUES is compiled again for every call: 0.6 ms of a
+    hook call's CPU when each call committed its own card and page)."""
+    if len(rows) == 1:
+        conn.execute(table.insert(), rows[0])
+    elif rows:
+        conn.execute(table.insert().values(rows))
+
+
 # --------------------------------------------------------------------------- store
 
 
@@ -870,15 +880,21 @@ class Store:
         within_s = self.options.audit_commit_wait_s
         sqlite = self.backend == "sqlite"
 
+        short = f"PRAGMA busy_timeout = {max(1, int(within_s * 1000))}"
+        usual = f"PRAGMA busy_timeout = {int(self.options.statement_timeout_s * 1000)}"
+
         def write(conn) -> None:
-            if sqlite:
-                conn.exec_driver_sql(f"PRAGMA busy_timeout = {max(1, int(within_s * 1000))}")
+            # On the sqlite3 connection itself: through SQLAlchemy the two PRAGMAs cost
+            # 0.3 ms, a third of the commit's CPU.
+            raw = conn.connection.driver_connection if sqlite else None
+            if raw is not None:
+                raw.execute(short)
             try:
                 self._insert_calls(conn, calls)
             finally:
-                if sqlite:
-                    with contextlib.suppress(DBAPIError):
-                        conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(self.options.statement_timeout_s * 1000)}")
+                if raw is not None:
+                    with contextlib.suppress(Exception):
+                        raw.execute(usual)
 
         try:
             self._run("keep_calls", write, fail_fast=False, within_s=within_s)
@@ -930,11 +946,8 @@ class Store:
             for call_id, call in zip(ids, calls, strict=True)
             for card in (ReturnedCard(*c) for c in call.cards)
         ]
-        if cards:
-            conn.execute(returned_cards.insert().values(cards))
-        pages = [page._asdict() for call in calls for page in call.pages]
-        if pages:
-            conn.execute(evidence_pages.insert().values(pages))
+        _insert_rows(conn, returned_cards, cards)
+        _insert_rows(conn, evidence_pages, [page._asdict() for call in calls for page in call.pages])
         return ids
 
     def prune_audit(self, older_than: datetime) -> int:
