@@ -1,10 +1,11 @@
 """A full or read-only instance folder: no hook call is answered without its audit row
 (issue 16 item 2) or loses a row it was answered with (item 3).
 
-Two fault tools: a small tmpfs mounted for the test (real ENOSPC and a real read-only
-remount; skipped with the reason when this process may not mount), and, portable, a
-file-size limit (RLIMIT_FSIZE) on a child process, under which every write that would
-grow a file fails with EFBIG, as on a full disk.
+Fault tools: a small tmpfs mounted for the test (a real ENOSPC; skipped with the reason
+when this process may not mount); portable, a file-size limit (RLIMIT_FSIZE) on a child
+process, under which every write that would grow a file fails with EFBIG, as on a full
+disk; and a read-only folder injected at the file layer (the kernel refuses to remount a
+folder read-only while SQLite holds its files open for writing).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def fill(folder: Path) -> None:
             handle.flush()
 
 
-def test_a_full_then_read_only_folder_answers_503_and_every_200_is_audited(tmp_path, make_app):
+def test_a_full_folder_answers_503_and_every_200_is_audited(tmp_path, make_app):
     with small_tmpfs(tmp_path / "mnt") as mnt:
         folder = mnt / "instance"
         app = make_app(instance_path=folder, db_retry_after_s=1.0)
