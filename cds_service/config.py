@@ -118,6 +118,12 @@ class Settings(BaseModel):
     # Upper bound of the local spool; when full, new hook calls are refused (503) rather
     # than answered unaudited.
     audit_spool_max_bytes: _Count = 64 * 1024 * 1024
+    # A hook call that returns cards is answered once its audit row and evidence pages are
+    # committed; a commit that takes longer than this spools them instead (replayed later).
+    audit_commit_wait_s: _Seconds = 0.5
+    # SQLite only. "full": a commit is on disk (fsync'd) before the call is answered;
+    # "normal": faster, but rows committed just before a crash or power cut can be lost.
+    db_sqlite_synchronous: Literal["full", "normal"] = "full"
     # Audit rows older than this many days are deleted by `cds-service audit prune`.
     # 0: keep them forever.
     audit_retention_days: Annotated[int, Field(ge=0)] = 0

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from cds_service.content.services import ServiceDefinition
     from cds_service.http.hook_request import HookRequest
     from cds_service.startup import Runtime
+    from cds_service.storage.audit import PageRow
 
 
 @dataclass
@@ -37,6 +38,8 @@ class AuditNotes:
     client_iss: str | None = None
     status: int | None = None
     cards: list[tuple[str, str, str]] = field(default_factory=list)  # (uuid, card id, summary)
+    # The evidence pages of the cards returned, written with the audit row before the answer.
+    pages: list[PageRow] = field(default_factory=list)
     # time.monotonic() when the call was accepted (queued for a thread): the FHIR time
     # budget counts from here. None: from when the prefetch step starts.
     accepted: float | None = None
@@ -109,7 +112,7 @@ def answer(
     step = usage.timed("evaluate", step)
     issuer = rt.trust.issuer(notes.client_iss) if notes.client_iss else None
     smart_launch = issuer.evidence_smart_launch_url if issuer is not None else None
-    cards = [_card(rt, result, request.patient_id, base_url, smart_launch) for result in fired]
+    cards = [_card(rt, result, request.patient_id, base_url, notes, smart_launch) for result in fired]
     usage.timed("render", step)
     notes.cards = [(card["uuid"], result.card_id, card["summary"]) for card, result in zip(cards, fired)]
     for result in fired:
@@ -117,11 +120,21 @@ def answer(
     return cards
 
 
-def _card(rt: Runtime, result: CardResult, patient_id: str, base_url: str, smart_launch: str | None = None) -> dict:
+def _card(
+    rt: Runtime, result: CardResult, patient_id: str, base_url: str, notes: AuditNotes, smart_launch: str | None = None
+) -> dict:
     card = render(result, patient_id=patient_id, card_uuid=str(uuid.uuid4()))
     if rt.evidence is not None and base_url:
-        # The page data is made here; the store write happens off the request path.
-        link = evidence_link(result, rt.evidence.chart_specs, rt.evidence.save, base_url, card["summary"])
+        # The page data is made here; its row is committed with the call's audit row before
+        # the answer leaves (Runtime.audit), so the link opens at once from any worker.
+        new_page = rt.evidence.new_page
+
+        def keep(data: dict) -> str:
+            token, row = new_page(data)
+            notes.pages.append(row)
+            return token
+
+        link = evidence_link(result, rt.evidence.chart_specs, keep, base_url, card["summary"])
         if smart_launch:
             link = smart_app_link(link, smart_launch)
         card["links"].insert(0, link)

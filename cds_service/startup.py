@@ -106,12 +106,13 @@ class Runtime:
     def hash_patient(self, patient_id: str) -> str:
         return patient_hash(patient_id, self.audit_key)
 
-    def audit(self, notes) -> None:
+    def audit(self, notes) -> bool:
         """Keep one audit row per call to a known service, whatever its outcome.
 
-        The row is handed to the store's background writer (never waits for the database);
-        when the store cannot take it, it is spooled in the instance folder and replayed
-        later (storage/audit_spool.py).
+        A successful answer (2xx: it carries cards and their evidence links) waits until its
+        row and its pages are committed, or spooled in the instance folder (Store.keep_call,
+        a group commit); False when neither could keep them: the caller answers 503 instead.
+        Refusals (4xx, 503) hand their row to the background writer and never wait.
         """
         record = build_call_record(
             service_id=notes.service_id,
@@ -124,8 +125,12 @@ class Runtime:
             client_iss=notes.client_iss,
             cards=notes.cards,
             usage=notes.usage.as_dict() if notes.usage is not None else None,
+            pages=notes.pages,
         )
+        if 200 <= record.outcome_status < 300:
+            return self.store.keep_call(record)
         self.store.submit_call(record)
+        return True
 
     def check_audit_capacity(self) -> None:
         """Refuse a hook call (503) that could not be audited: the local spool is full."""
@@ -145,12 +150,10 @@ class Runtime:
         return self.store.audit_queue_depth()
 
     def close(self) -> None:
-        """Stop what this runtime started: the FHIR pool and session, the evidence page
-        writer and the audit writer (what they hold is written first, bounded in time), and
+        """Stop what this runtime started: the FHIR pool and session, the audit commit
+        thread and the audit writer (what they hold is written first, bounded in time), and
         the store's connections. For a process that builds more than one app (tests)."""
         self.fhir.close()
-        if self.evidence is not None:
-            self.evidence.saver.close()
         self.store.close()
 
 
@@ -170,6 +173,8 @@ def store_options(settings: Settings) -> StoreOptions:
         spool_dir=settings.instance_path / "audit-spool",
         audit_queue_size=settings.audit_queue_size,
         audit_spool_max_bytes=settings.audit_spool_max_bytes,
+        audit_commit_wait_s=settings.audit_commit_wait_s,
+        sqlite_synchronous=settings.db_sqlite_synchronous,
     )
 
 
@@ -206,5 +211,5 @@ def build_runtime(settings: Settings) -> Runtime:
         fhir=FhirAccess(settings, prefetch_keys=max((len(s.prefetch) for s in services.values()), default=1)),
         concepts=concepts,
         cards=cards,
-        evidence=build_evidence_setup(settings, store.engine, cards),
+        evidence=build_evidence_setup(settings, store, cards),
     )

@@ -31,7 +31,7 @@ def app_settings() -> dict:
 def make_app(tmp_path):
     """Build apps of the real service in development mode (unsigned clients accepted), each
     with its own instance folder; overrides go to create_app. Closed after the test: its
-    threads (audit writer, evidence page writer, FHIR pool) stop and its store closes, so a
+    threads (audit commit and writer, FHIR pool) stop and its store closes, so a
     long session does not pile up threads and objects that make every full garbage
     collection, and with it any timed call, slower."""
     apps = []

@@ -42,7 +42,7 @@ def install_evidence_pages(app: Flask) -> EvidenceSetup:
     """Register GET /evidence/<token>, with the Runtime's page store (built here if the
     Runtime has none yet), kept in app.extensions["evidence_pages"]."""
     rt = app.extensions["cds_service"]
-    setup = getattr(rt, "evidence", None) or build_evidence_setup(rt.settings, rt.store.engine, rt.cards)
+    setup = getattr(rt, "evidence", None) or build_evidence_setup(rt.settings, rt.store, rt.cards)
     app.extensions["evidence_pages"] = setup
     app.register_blueprint(blueprint)
     return setup

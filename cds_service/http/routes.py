@@ -7,6 +7,7 @@ answer. Every refusal is JSON (see errors.py and the handlers in app.py).
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import orjson
@@ -76,11 +77,23 @@ def write_audit(response: Response) -> Response:
     notes = g.pop("audit", None)
     if notes is not None:
         notes.status = response.status_code
-        metrics.HOOK_CALLS.labels(service=notes.service_id, hook=notes.hook, status=str(notes.status)).inc()
+        rt = runtime()
+        if not rt.audit(notes):
+            # Neither the store nor the local spool could keep the audit row (and the pages
+            # behind the cards' links): no answer goes out unaudited (issue 16).
+            response = unaudited_refusal(rt)
+        metrics.HOOK_CALLS.labels(service=notes.service_id, hook=notes.hook, status=str(response.status_code)).inc()
         metrics.HOOK_LATENCY.labels(service=notes.service_id, hook=notes.hook).observe(notes.duration_ms / 1000.0)
         if notes.usage is not None:
             metrics.observe_usage(notes.service_id, notes.usage.as_dict())
-        runtime().audit(notes)
+    return response
+
+
+def unaudited_refusal(rt: Runtime) -> Response:
+    error = ApiError(503, "store_unavailable", "the service cannot keep its audit trail now; retry later")
+    response = jsonify(error.body())
+    response.status_code = 503
+    response.headers["Retry-After"] = str(max(1, math.ceil(rt.settings.db_retry_after_s)))
     return response
 
 

@@ -37,6 +37,17 @@ class ReturnedCard(NamedTuple):
     summary: str
 
 
+class PageRow(NamedTuple):
+    """A returned card's evidence page, written in the same transaction as the call's row
+    (or spooled with it): the token's SHA-256 only, never the token."""
+
+    token_sha256: str
+    card_id: str
+    data: str  # the page data as JSON text
+    created_at: datetime
+    expires_at: datetime
+
+
 @dataclass(frozen=True)
 class CallRecord:
     """One hook call as the audit trail keeps it."""
@@ -56,6 +67,7 @@ class CallRecord:
     # What the call used (hook_call.CallUsage.as_dict, issue 19): token, resource types,
     # missing prefetch keys, timings. No identifiers. Kept as JSON text.
     usage: str | None = None
+    pages: tuple[PageRow, ...] = ()  # the evidence pages of the cards returned
 
     def to_json(self) -> dict:
         """The record as JSON values, for the local audit spool (storage/audit_spool.py)."""
@@ -73,6 +85,10 @@ class CallRecord:
             "instance_id": self.instance_id,
             "record_id": self.record_id,
             "usage": self.usage,
+            "pages": [
+                [p.token_sha256, p.card_id, p.data, p.created_at.isoformat(), p.expires_at.isoformat()]
+                for p in self.pages
+            ],
         }
 
     @classmethod
@@ -82,6 +98,10 @@ class CallRecord:
                 **data,
                 "cards": tuple(ReturnedCard(*card) for card in data.get("cards", ())),
                 "called_at": datetime.fromisoformat(data["called_at"]),
+                "pages": tuple(
+                    PageRow(sha, card_id, page, datetime.fromisoformat(created), datetime.fromisoformat(expires))
+                    for sha, card_id, page, created, expires in data.get("pages", ())
+                ),
             }
         )
 
@@ -187,6 +207,7 @@ def build_call_record(
     cards: Iterable[tuple[str, str, str]] = (),
     called_at: datetime | None = None,
     usage: dict | None = None,
+    pages: Iterable[PageRow] = (),
 ) -> CallRecord:
     """The audit row for one hook call: only the keyed hash of the patient id, never the id.
 
@@ -205,4 +226,5 @@ def build_call_record(
         cards=tuple(ReturnedCard(*card) for card in cards),
         called_at=called_at or datetime.now(UTC),
         usage=json.dumps(usage, sort_keys=True, separators=(",", ":")) if usage is not None else None,
+        pages=tuple(pages),
     )

@@ -87,7 +87,7 @@ class AuditSpool:
                     # the file that is at the path now.
                     if os.fstat(fd).st_ino != os.stat(self._path).st_ino:
                         continue
-                    os.write(fd, data)
+                    _write_all(fd, data)
                     os.fsync(fd)
                     self._changes += 1
                     self._depth_cache = (0.0, 0)
@@ -199,6 +199,24 @@ class AuditSpool:
             os.close(fd)
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """Append all of `data` or nothing: a full disk (or a file-size limit) can take part of
+    a write; the part is cut off again, or the next row appended would extend a broken line
+    and both rows would be unreadable."""
+    start = os.fstat(fd).st_size
+    view = memoryview(data)
+    try:
+        while view:
+            written = os.write(fd, view)
+            if written <= 0:
+                raise OSError("the audit spool took no more bytes")
+            view = view[written:]
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, start)
+        raise
+
+
 def _batches(path: Path) -> Iterator[list[CallRecord]]:
     batch: list[CallRecord] = []
     with open(path, "rb") as handle:
@@ -253,6 +271,9 @@ class AuditWriter:
         self._pending = 0  # rows submitted and not yet written or spooled
         self._next_replay = 0.0
         self.lost = 0  # rows that could be neither written nor spooled (logged at ERROR)
+        # Called on the writer's thread at every turn (at most every 0.5 s), never on a
+        # request's path: the evidence pages' purge of expired pages (rate-limited there).
+        self.housekeeping: Callable[[], None] | None = None
 
     # -- request side
 
@@ -332,6 +353,11 @@ class AuditWriter:
                 self._deliver(batch)
             if time.monotonic() >= self._next_replay:
                 self._replay()
+            if self.housekeeping is not None:
+                try:
+                    self.housekeeping()
+                except Exception as exc:  # the writer must outlive it
+                    log.warning("audit writer housekeeping failed: %s", type(exc).__name__)
 
     def _take(self) -> list[CallRecord]:
         try:

@@ -14,24 +14,22 @@ Table `evidence_pages` (declared on the store's MetaData; created by the Alembic
     created_at    timestamp with time zone not null
     expires_at    timestamp with time zone not null, indexed
 
-`EvidencePages.save` writes in the caller's thread (about a millisecond on SQLite).
-`BackgroundSaver` wraps it to take the write off the hook call's path: the token is made
-at once and the rows are written by one daemon thread per process, in batches (what
-arrives within BATCH_LINGER_S, one INSERT per batch, retried before a page is dropped;
-pages still waiting are written at a normal stop); `get` also looks at the rows still
-waiting, so a page opened at once is found in the same process.
+A hook call's pages are not written here: `EvidenceSetup.new_page` makes the token and the
+row, and the row goes with the call's audit row into one transaction (Store.keep_call,
+storage/group_commit.py) before the card is returned, so the link opens at once from any
+worker or instance. When the store could not take that transaction the row is spooled with
+the audit row and written when the spool is replayed; meanwhile (the spool is not empty) an
+unknown token answers 503 with Retry-After, not 404. Reads are bounded like every store
+operation (Store.read): a database that refuses or stops answering gives 503, never a 500
+or a long wait. `EvidencePages.save` writes one page at once (tests, the demo).
 """
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import json
 import logging
-import os
-import queue
 import secrets
-import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -42,8 +40,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
 from cds_service.content.chart_specs import ChartSpec, load_chart_specs
-from cds_service.storage.audit_spool import BATCH_LINGER_S
-from cds_service.storage.store import UtcDateTime, metadata
+from cds_service.storage.audit import PageRow
+from cds_service.storage.store import Store, StoreUnavailable, evidence_pages
 from cds_service.storage.write_gate import write_gate
 
 if TYPE_CHECKING:
@@ -56,16 +54,6 @@ DEFAULT_TTL_S = 24 * 3600.0
 TOMBSTONE_DAYS = 7
 PURGE_INTERVAL_S = 300.0
 _LEN_CARD_ID = 200
-
-evidence_pages = sa.Table(
-    "evidence_pages",
-    metadata,
-    sa.Column("token_sha256", sa.String(64), primary_key=True),
-    sa.Column("card_id", sa.String(_LEN_CARD_ID), nullable=False),
-    sa.Column("data", sa.Text(), nullable=True),
-    sa.Column("created_at", UtcDateTime(), nullable=False),
-    sa.Column("expires_at", UtcDateTime(), nullable=False, index=True),
-)
 
 
 @dataclass(frozen=True)
@@ -86,46 +74,39 @@ def new_token() -> str:
 
 
 class EvidencePages:
-    """Evidence page data in the service's database (the Store's engine)."""
+    """Evidence page data in the service's database (the Store's engine).
 
-    def __init__(self, engine: Engine, ttl_s: float = DEFAULT_TTL_S) -> None:
+    With `store`, reads are bounded by the store's deadline and answer StoreUnavailable
+    (503) when the database refuses or does not answer; without it (tools), unbounded."""
+
+    def __init__(self, engine: Engine, ttl_s: float = DEFAULT_TTL_S, store: Store | None = None) -> None:
         if ttl_s <= 0:
             raise ValueError("the evidence page lifetime must be positive")
         self.engine = engine
         self.ttl_s = float(ttl_s)
+        self.store = store
         self._next_purge = 0.0
 
-    def save(self, data: dict, ttl_s: float | None = None, token: str | None = None) -> str:
-        """Keep `data` (JSON-ready) for ttl_s seconds; returns the page's token."""
+    def row(self, data: dict, ttl_s: float | None = None, token: str | None = None) -> tuple[str, PageRow]:
+        """A new page's token and the row that keeps it (written by whoever takes the row)."""
         token = token or new_token()
-        self._write(token, data, ttl_s)
-        return token
+        created = _utcnow()
+        ttl = self.ttl_s if ttl_s is None else float(ttl_s)
+        return token, PageRow(
+            token_sha256=token_hash(token),
+            card_id=str(data.get("card_id", ""))[:_LEN_CARD_ID],
+            data=json.dumps(data, ensure_ascii=False, separators=(",", ":")),
+            created_at=created,
+            expires_at=created + timedelta(seconds=ttl),
+        )
 
-    def _write(self, token: str, data: dict, ttl_s: float | None, now: datetime | None = None) -> None:
-        self._write_many([(token, data, ttl_s, now or _utcnow())])
-
-    def _write_many(self, pages: list[tuple[str, dict, float | None, datetime]]) -> None:
-        """Several pages (token, data, ttl_s or None, created) in one statement and one
-        transaction: the write lock is held once per batch, not once per page."""
-        rows = []
-        for token, data, ttl_s, created in pages:
-            ttl = self.ttl_s if ttl_s is None else float(ttl_s)
-            rows.append(
-                {
-                    "token_sha256": token_hash(token),
-                    "card_id": str(data.get("card_id", ""))[:_LEN_CARD_ID],
-                    "data": json.dumps(data, ensure_ascii=False, separators=(",", ":")),
-                    "created_at": created,
-                    "expires_at": created + timedelta(seconds=ttl),
-                }
-            )
-        if not rows:
-            return
-        # One multi-row INSERT (one statement step), not executemany (a step per row): on a
-        # busy worker each step waits for the GIL while the write lock is held.
+    def save(self, data: dict, ttl_s: float | None = None, token: str | None = None) -> str:
+        """Keep `data` (JSON-ready) for ttl_s seconds, written now; returns the page's token."""
+        token, row = self.row(data, ttl_s, token)
         with write_gate(self.engine, _GATE_WAIT_S), self.engine.begin() as conn:
-            conn.execute(evidence_pages.insert().values(rows))
-        self._maybe_purge(max(created for *_, created in pages))
+            conn.execute(evidence_pages.insert().values([row._asdict()]))
+        self.maybe_purge(row.created_at)
+        return token
 
     def get(self, token: str, now: datetime | None = None) -> PageLookup:
         """The page data for a token, or why there is none (expired or unknown)."""
@@ -135,8 +116,11 @@ class EvidencePages:
         query = sa.select(evidence_pages.c.data, evidence_pages.c.expires_at).where(
             evidence_pages.c.token_sha256 == token_hash(token)
         )
-        with self.engine.connect() as conn:
-            row = conn.execute(query).first()
+        if self.store is not None:
+            row = self.store.read("evidence_page", lambda conn: conn.execute(query).first())
+        else:
+            with self.engine.connect() as conn:
+                row = conn.execute(query).first()
         if row is None:
             return PageLookup(None)
         data, expires_at = row
@@ -158,7 +142,8 @@ class EvidencePages:
             )
         return emptied or 0
 
-    def _maybe_purge(self, now: datetime) -> None:
+    def maybe_purge(self, now: datetime | None = None) -> None:
+        """Purge expired pages at most every PURGE_INTERVAL_S (never raises)."""
         if time.monotonic() >= self._next_purge:
             self._next_purge = time.monotonic() + PURGE_INTERVAL_S
             try:
@@ -167,119 +152,7 @@ class EvidencePages:
                 log.warning("evidence page purge failed: %s", type(exc).__name__)
 
 
-_BATCH = 100  # pages per write at most
-_ATTEMPTS = 3  # writes of one batch before its pages are dropped
-_RETRY_S = 0.5  # pause before the next attempt, times the attempt number
-_GATE_WAIT_S = 10.0  # wait for this process's other writers (background thread: no caller waits)
-
-
-class BackgroundSaver:
-    """`save` that returns the token at once and writes the row in a daemon thread.
-
-    One writer thread per process (started on first use, again after a fork). A full queue
-    or a failed write drops that page (logged by type only): the card is still answered,
-    its link then opens the 404 page.
-    """
-
-    def __init__(self, pages: EvidencePages, max_pending: int = 1000) -> None:
-        self.pages = pages
-        self.max_pending = max_pending
-        self._lock = threading.Lock()
-        self._pending: dict[str, tuple[dict, float | None, datetime]] = {}
-        self._queue: queue.Queue[str | None] | None = None
-        self._thread: threading.Thread | None = None
-        self._pid: int | None = None
-
-    def save(self, data: dict, ttl_s: float | None = None) -> str:
-        token = new_token()
-        with self._lock:
-            self._ensure_thread()
-            if len(self._pending) >= self.max_pending:
-                log.warning("evidence page dropped: the write queue is full")
-                return token
-            self._pending[token] = (data, ttl_s, _utcnow())
-            q = self._queue
-        q.put(token)
-        return token
-
-    def get(self, token: str, now: datetime | None = None) -> PageLookup:
-        with self._lock:
-            waiting = self._pending.get(token) if self._pid == os.getpid() else None
-        if waiting is not None:
-            data, ttl_s, created = waiting
-            ttl = self.pages.ttl_s if ttl_s is None else ttl_s
-            return PageLookup(data, expires_at=created + timedelta(seconds=ttl))
-        return self.pages.get(token, now)
-
-    def flush(self, timeout_s: float = 5.0) -> bool:
-        """Wait (bounded) until every pending page is written; True when none is left."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with self._lock:
-                if not self._pending:
-                    return True
-            time.sleep(0.01)
-        return False
-
-    def close(self, timeout_s: float = 5.0) -> None:
-        """Write the pages still waiting (at most `timeout_s`) and stop the writer thread."""
-        atexit.unregister(self.close)
-        with self._lock:
-            if self._pid != os.getpid() or self._queue is None:
-                return
-        self.flush(timeout_s)
-        with self._lock:
-            q, thread = self._queue, self._thread
-            self._queue, self._thread, self._pid = None, None, None
-        q.put(None)
-        if thread is not None:
-            thread.join(timeout_s)
-
-    def _ensure_thread(self) -> None:
-        if self._pid == os.getpid() and self._queue is not None:
-            return
-        self._pid = os.getpid()
-        self._pending.clear()
-        self._queue = queue.Queue()
-        self._thread = threading.Thread(target=self._run, args=(self._queue,), name="evidence-pages", daemon=True)
-        self._thread.start()
-        # A normal stop (SIGTERM) writes the pages still waiting (their links stay good).
-        atexit.register(self.close, 3.0)
-
-    def _run(self, q: queue.Queue[str | None]) -> None:
-        stopping = False
-        while not stopping:
-            first = q.get()
-            if first is None:  # close()
-                return
-            tokens = [first]  # then what arrives within the linger, written together
-            linger_until = time.monotonic() + BATCH_LINGER_S
-            while len(tokens) < _BATCH:
-                try:
-                    token = q.get(timeout=max(0.0, linger_until - time.monotonic()))
-                except queue.Empty:
-                    break
-                if token is None:  # close(): write this batch, then stop
-                    stopping = True
-                    break
-                tokens.append(token)
-            with self._lock:
-                items = [(t, *self._pending[t]) for t in tokens if t in self._pending]
-            for attempt in range(1, _ATTEMPTS + 1):
-                try:
-                    self.pages._write_many(items)
-                    break
-                except Exception as exc:  # a lost page must not kill the writer
-                    # The page is served from memory meanwhile (`get`): a busy database (the
-                    # write lock held by another writer) is retried before a page is dropped.
-                    if attempt == _ATTEMPTS:
-                        log.error("evidence page write failed: %s (%d pages)", type(exc).__name__, len(items))
-                    else:
-                        log.warning("evidence page write failed: %s; retrying", type(exc).__name__)
-                        time.sleep(_RETRY_S * attempt)
-            with self._lock:
-                for token in tokens:
-                    self._pending.pop(token, None)
+_GATE_WAIT_S = 10.0  # wait for this process's other writers (purge, tools)
 
 
 def _utcnow() -> datetime:
@@ -291,20 +164,38 @@ class EvidenceSetup:
     """What the render step and the page route share: the page store and the chart specs."""
 
     pages: EvidencePages
-    saver: BackgroundSaver
     chart_specs: dict[str, tuple[ChartSpec, ...]]
 
+    def new_page(self, data: dict) -> tuple[str, PageRow]:
+        """A card's page: its token for the link, and the row to write with the call's audit
+        row (Store.keep_call) before the card is returned."""
+        return self.pages.row(data)
+
     def save(self, data: dict) -> str:
-        """Keep a page's data (written off the request path) and return its token."""
-        return self.saver.save(data)
+        """Keep a page's data now and return its token (tools and tests)."""
+        return self.pages.save(data)
 
     def get(self, token: str) -> PageLookup:
-        return self.saver.get(token)
+        """The page behind a token. StoreUnavailable (503) when the store cannot answer, and
+        when the page is unknown while audit rows wait in the local spool: its page may be
+        one of theirs, written when the spool is replayed."""
+        found = self.pages.get(token)
+        if found.data is None and not found.expired and self._spool_waiting():
+            raise StoreUnavailable(
+                "this evidence page may still be being written; retry shortly",
+                retry_after_s=self.pages.store.options.retry_after_s,
+            )
+        return found
+
+    def _spool_waiting(self) -> bool:
+        store = self.pages.store
+        return store is not None and store.audit_spool_depth() > 0
 
 
-def build_evidence_setup(settings: Settings, engine: Engine, cards) -> EvidenceSetup:
-    """The evidence pages of one process: table checked/created, writer, chart specs."""
-    pages = EvidencePages(engine, ttl_s=settings.evidence_page_ttl_h * 3600.0)
-    return EvidenceSetup(
-        pages=pages, saver=BackgroundSaver(pages), chart_specs=load_chart_specs(settings.cards_dir, cards)
-    )
+def build_evidence_setup(settings: Settings, store: Store, cards) -> EvidenceSetup:
+    """The evidence pages of one process: the page store and the chart specs."""
+    pages = EvidencePages(store.engine, ttl_s=settings.evidence_page_ttl_h * 3600.0, store=store)
+    # Expired pages are purged on the audit writer's thread, at most every
+    # PURGE_INTERVAL_S: never on a request's path.
+    store.audit_writer.housekeeping = pages.maybe_purge
+    return EvidenceSetup(pages=pages, chart_specs=load_chart_specs(settings.cards_dir, cards))

@@ -13,7 +13,11 @@ because a database that stops answering (a partition: sockets open, no replies) 
 sends the server-side timeout. A store that failed answers StoreUnavailable (503 with
 Retry-After) at once for `retry_after_s`, instead of making every request wait again.
 
-Audit rows are written off the request path (`submit_call`; see audit_spool.py).
+A hook call that returns cards is answered only once its audit row and its cards'
+evidence pages are committed (or spooled): `keep_call`, a group commit (group_commit.py).
+On SQLite the commit is on disk when it returns (`synchronous = FULL` in WAL mode; setting
+`db_sqlite_synchronous`). Other audit rows (refused calls) are written off the request path
+(`submit_call`; see audit_spool.py).
 
 Tables:
 - `service_calls`: one row per hook call (the audit trail). The patient appears only as a
@@ -21,6 +25,7 @@ Tables:
 - `returned_cards`: the cards a call returned (uuid, which card file, summary).
 - `feedback`: what the clinician did with a card; linked to `returned_cards` by card uuid.
 - `used_jti`: JWT ids already seen per issuer, for replay protection.
+- `evidence_pages`: the evidence page behind each card's link (see evidence_pages.py).
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from cds_service.storage import migrate
 from cds_service.storage.audit import CallRecord, ReturnedCard
 from cds_service.storage.audit_spool import AuditSpool, AuditWriter
 from cds_service.storage.feedback import FeedbackEntry, OverrideReason
+from cds_service.storage.group_commit import GroupCommit
 from cds_service.storage.write_gate import write_gate
 
 log = logging.getLogger(__name__)
@@ -111,6 +117,8 @@ class StoreOptions:
     spool_dir: Path | None = None  # local audit spool; None: rows the store refuses are lost
     audit_queue_size: int = 1000
     audit_spool_max_bytes: int = 64 * 1024 * 1024
+    audit_commit_wait_s: float = 0.5  # a call waits this long for its commit, then spools its row
+    sqlite_synchronous: str = "full"  # "full": a commit is on disk when it returns; "normal": not
 
     @property
     def deadline_s(self) -> float:
@@ -217,6 +225,19 @@ used_jti = sa.Table(
     sa.Column("jti", sa.String(_JTI_BYTES + 16), nullable=False),
     sa.Column("expires_at", UtcDateTime(), nullable=False, index=True),
     sa.UniqueConstraint("issuer", "jti"),
+)
+
+# Declared here, beside the audit tables, because a call's pages are written in the same
+# transaction as its audit row (`_insert_calls`); storage/evidence_pages.py reads them.
+_LEN_PAGE_HASH = 64
+evidence_pages = sa.Table(
+    "evidence_pages",
+    metadata,
+    sa.Column("token_sha256", sa.String(_LEN_PAGE_HASH), primary_key=True),
+    sa.Column("card_id", sa.String(_LEN_CARD_ID), nullable=False),
+    sa.Column("data", sa.Text(), nullable=True),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("expires_at", UtcDateTime(), nullable=False, index=True),
 )
 
 
@@ -360,7 +381,10 @@ def _sqlite_engine(url: URL, options: StoreOptions) -> Engine:
         cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
         if not in_memory:
             cursor.execute("PRAGMA journal_mode = WAL")
-            cursor.execute("PRAGMA synchronous = NORMAL")
+            # FULL: WAL commits are fsync'd before they return, so a call answered after
+            # its audit row was committed cannot lose that row to a crash or power cut.
+            synchronous = "NORMAL" if options.sqlite_synchronous == "normal" else "FULL"
+            cursor.execute(f"PRAGMA synchronous = {synchronous}")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
 
@@ -471,6 +495,11 @@ def _open_failure(backend: str, url, exc: BaseException) -> str:
     return f"cannot open the {backend} database ({kind})"
 
 
+def _is_lock_wait(exc: BaseException) -> bool:
+    """SQLite's busy timeout ran out: another process held the write lock."""
+    return "database is locked" in str(getattr(exc, "orig", None) or exc).lower()
+
+
 def _is_final(exc: BaseException) -> bool:
     """A failure that retrying at start-up cannot cure (unlike a race between workers)."""
     return _failure_kind(exc) in (
@@ -541,6 +570,16 @@ class _Watchdog:
 _watchdog = _Watchdog()
 
 
+def _insert_rows(conn, table: sa.Table, rows: list[dict]) -> None:
+    """One INSERT for all `rows`. A single row goes as a plain INSERT, whose compiled form
+    SQLAlchemy caches (a multi-row VALUES is compiled again for every call: 0.6 ms of a
+    hook call's CPU when each call committed its own card and page)."""
+    if len(rows) == 1:
+        conn.execute(table.insert(), rows[0])
+    elif rows:
+        conn.execute(table.insert().values(rows))
+
+
 # --------------------------------------------------------------------------- store
 
 
@@ -565,6 +604,13 @@ class Store:
         self._next_prune = 0.0
         self._open_schema()
         spool = AuditSpool(options.spool_dir, options.audit_spool_max_bytes) if options.spool_dir else None
+        self.group_commit = GroupCommit(
+            self.keep_calls,
+            spool,
+            wait_s=options.audit_commit_wait_s,
+            retry_s=options.retry_after_s,
+            store_down=self.is_down,
+        )
         self.audit_writer = AuditWriter(
             self.record_calls,
             spool,
@@ -622,9 +668,17 @@ class Store:
             op.dbapi = dbapi_connection
 
     @contextlib.contextmanager
-    def _bounded(self, what: str, deadline_s: float | None = None):
-        """Run one database operation within the deadline; StoreUnavailable otherwise."""
-        op = _Op(time.monotonic() + (deadline_s or self.options.deadline_s) + self.options.pool_timeout_s)
+    def _bounded(self, what: str, deadline_s: float | None = None, *, within_s: float | None = None, mark_down=True):
+        """Run one database operation within the deadline; StoreUnavailable otherwise.
+
+        `within_s`: the whole operation, pool wait included, is aborted after this long
+        (by default: the pool timeout plus the deadline). `mark_down`: a failure makes the
+        requests that need the store answer 503 at once for `retry_after_s`; not for an
+        operation whose own short bound ran out (a slow commit is not a store that is down)."""
+        bound = (
+            within_s if within_s is not None else (deadline_s or self.options.deadline_s) + self.options.pool_timeout_s
+        )
+        op = _Op(time.monotonic() + bound)
         self._local.op = op
         _watchdog.add(op)
         try:
@@ -632,8 +686,9 @@ class Store:
         except IntegrityError:
             raise
         except (DBAPIError, PoolTimeout, OSError) as exc:
-            self._mark_down()
-            kind = "timed out" if op.aborted else _failure_kind(exc)
+            kind = "timed out" if op.aborted or _is_lock_wait(exc) else _failure_kind(exc)
+            if mark_down or kind != "timed out":
+                self._mark_down()
             log.warning("store unavailable: operation=%s reason=%s", what, kind)
             # Imported here, not at the top: the CLI imports this module before `serve` sets
             # PROMETHEUS_MULTIPROC_DIR, and prometheus-client fixes its mode when first imported.
@@ -664,20 +719,23 @@ class Store:
             left_ms = max(1, int((budget_end - time.monotonic()) * 1000))
             conn.exec_driver_sql(f"PRAGMA busy_timeout = {left_ms}")
 
-    def _run(self, what: str, operation, *, write: bool = True, fail_fast: bool = True):
+    def _run(self, what: str, operation, *, write: bool = True, fail_fast: bool = True, within_s: float | None = None):
         """`operation(conn)` in one bounded transaction (StoreUnavailable when it cannot).
 
         Tried once more when the pooled connection was dead (the server restarted), never
-        after the deadline. `fail_fast`: answer at once while the store is known down."""
+        after the deadline. `fail_fast`: answer at once while the store is known down.
+        `within_s`: a shorter bound for the whole operation, whose running out does not
+        mark the store down (see _bounded)."""
         if fail_fast:
             self._fail_fast()
         for attempt in (1, 2):
             stale = False
             try:
-                with self._bounded(what):
+                with self._bounded(what, within_s=within_s, mark_down=within_s is None):
                     # SQLite: the wait for this process's write turn and SQLite's own busy
-                    # wait share one statement_timeout_s (each had all of it: 4 s for 2).
-                    budget_end = time.monotonic() + self.options.statement_timeout_s
+                    # wait share one budget (each had all of it: 4 s for 2): statement_timeout_s,
+                    # or `within_s` for an operation that sets its own short busy wait.
+                    budget_end = time.monotonic() + (self.options.statement_timeout_s if within_s is None else within_s)
                     try:
                         if not write:
                             with self.engine.connect() as conn:
@@ -687,7 +745,8 @@ class Store:
                             write_gate(self.engine, budget_end - time.monotonic()),
                             self.engine.begin() as conn,
                         ):
-                            self._busy_until(conn, budget_end)
+                            if within_s is None:
+                                self._busy_until(conn, budget_end)
                             return operation(conn)
                     except DBAPIError as exc:
                         op = self._local.op
@@ -727,17 +786,26 @@ class Store:
 
     # -- audit writer (for /metrics and shutdown)
 
+    def keep_call(self, call: CallRecord) -> bool:
+        """Commit one audit row (and the evidence pages it carries) before the call is
+        answered, batched with the rows of concurrent calls; spooled locally when the store
+        cannot take it in time. False only when neither could keep it: answer 503 then."""
+        return self.group_commit.keep(self._identified(call))
+
     def submit_call(self, call: CallRecord) -> bool:
         """Queue one audit row for the background writer; never waits for the database.
 
         False only when the row could be neither queued nor spooled (logged at ERROR)."""
+        return self.audit_writer.submit(self._identified(call))
+
+    def _identified(self, call: CallRecord) -> CallRecord:
         if call.record_id is None or call.instance_id is None:
             call = dataclasses.replace(
                 call,
                 record_id=call.record_id or uuid.uuid4().hex,
                 instance_id=call.instance_id or self.instance_id,
             )
-        return self.audit_writer.submit(call)
+        return call
 
     def flush_audit(self, timeout_s: float = 5.0) -> bool:
         return self.audit_writer.flush(timeout_s)
@@ -749,6 +817,11 @@ class Store:
     def audit_queue_depth(self) -> int:
         """Audit rows queued in this process, not yet written."""
         return self.audit_writer.queue_depth()
+
+    def read(self, what: str, operation):
+        """`operation(conn)` reading the store, bounded in time: StoreUnavailable (503 with
+        Retry-After) when the database refuses or does not answer within the deadline."""
+        return self._run(what, operation, write=False)
 
     # -- feedback
 
@@ -832,6 +905,37 @@ class Store:
                 continue  # already stored (same record_id)
         return written
 
+    def keep_calls(self, calls: list[CallRecord]) -> None:
+        """Commit the rows of calls waiting for their answer (group_commit.py), within
+        `audit_commit_wait_s`: StoreUnavailable when it cannot (the rows are then spooled).
+
+        A commit that runs out of that short bound does not mark the store down (other
+        operations keep their own bounds); a store that refuses does. On SQLite the wait for
+        another process's write lock is cut to the same bound for this transaction."""
+        within_s = self.options.audit_commit_wait_s
+        sqlite = self.backend == "sqlite"
+
+        short = f"PRAGMA busy_timeout = {max(1, int(within_s * 1000))}"
+        usual = f"PRAGMA busy_timeout = {int(self.options.statement_timeout_s * 1000)}"
+
+        def write(conn) -> None:
+            # On the sqlite3 connection itself: through SQLAlchemy the two PRAGMAs cost
+            # 0.3 ms, a third of the commit's CPU.
+            raw = conn.connection.driver_connection if sqlite else None
+            if raw is not None:
+                raw.execute(short)
+            try:
+                self._insert_calls(conn, calls)
+            finally:
+                if raw is not None:
+                    with contextlib.suppress(Exception):
+                        raw.execute(usual)
+
+        try:
+            self._run("keep_calls", write, fail_fast=False, within_s=within_s)
+        except IntegrityError:
+            self.record_calls(calls)  # one of them already stored (a replayed spool): row by row
+
     @staticmethod
     def _insert_call(conn, call: CallRecord) -> int:
         return Store._insert_calls(conn, [call])[0]
@@ -878,8 +982,8 @@ class Store:
             for call_id, call in zip(ids, calls, strict=True)
             for card in (ReturnedCard(*c) for c in call.cards)
         ]
-        if cards:
-            conn.execute(returned_cards.insert().values(cards))
+        _insert_rows(conn, returned_cards, cards)
+        _insert_rows(conn, evidence_pages, [page._asdict() for call in calls for page in call.pages])
         return ids
 
     def prune_audit(self, older_than: datetime) -> int:

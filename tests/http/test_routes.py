@@ -53,12 +53,15 @@ def test_feedback_on_a_card_answers_how_many_entries_were_stored(client):
     ).get_json()["cards"][0]
     entry = {
         "card": card["uuid"],
-        "outcome": "accepted",
-        "acceptedSuggestions": [{"id": str(uuid.uuid4())}],
+        "outcome": "overridden",
         "outcomeTimestamp": "2026-01-15T10:05:31Z",
     }
     response = client.post(f"{PATIENT_VIEW}/feedback", json={"feedback": [entry]})
     assert response.status_code == 200 and response.get_json() == {"accepted": 1}
+    # The card is in the audit trail the moment it is returned: a suggestion it never
+    # carried is refused at once (before, a race with the background writer let it pass).
+    entry.update(outcome="accepted", acceptedSuggestions=[{"id": str(uuid.uuid4())}])
+    assert client.post(f"{PATIENT_VIEW}/feedback", json={"feedback": [entry]}).status_code == 400
 
 
 def test_feedback_for_an_unknown_service_is_a_404(client):

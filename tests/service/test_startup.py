@@ -3,6 +3,7 @@ and what a Runtime answers for every call (which cards a hook runs, the audit ro
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -15,6 +16,7 @@ from cds_service.config import ConfigError, load_settings
 from cds_service.content.cards import content_versions
 from cds_service.errors import ApiError
 from cds_service.startup import Runtime, build_runtime, load_overlay
+from cds_service.storage.audit import build_call_record
 
 SERVICES = {"hfs-outcomes-patient-view", "hfs-outcomes-order-select", "hfs-outcomes-order-sign"}
 
@@ -46,14 +48,20 @@ def test_closing_a_runtime_writes_what_is_pending_and_stops_its_threads(tmp_path
     threads, then takes longer."""
     before = set(threading.enumerate())
     rt = build_runtime(load_settings({"instance_path": tmp_path / "instance"}, environ={}))
-    token = rt.evidence.save({"card_id": "mvd-recurrence"})
-    ours = [t for t in set(threading.enumerate()) - before if t.name in ("audit-writer", "evidence-pages")]
-    assert sorted(t.name for t in ours) == ["audit-writer", "evidence-pages"]
+    token, page = rt.evidence.new_page({"card_id": "mvd-recurrence"})
+    record = build_call_record(
+        service_id="s", hook="patient-view", hook_instance="h", outcome_status=200, duration_ms=1.0, pages=[page]
+    )
+    assert rt.store.keep_call(record)
+    rt.store.submit_call(dataclasses.replace(record, outcome_status=400, pages=(), record_id=None))
+    ours = [t for t in set(threading.enumerate()) - before if t.name == "audit-writer"]
+    assert [t.name for t in ours] == ["audit-writer"]  # the commit of a 200 needs no thread
 
     rt.close()
 
     assert not [t.name for t in ours if t.is_alive()]
     assert rt.evidence.pages.get(token).data == {"card_id": "mvd-recurrence"}
+    assert rt.store.usage_report().calls_by_status == {200: 1, 400: 1}
     rt.close()  # closing again is harmless
 
 
@@ -105,16 +113,18 @@ def test_audit_keeps_one_row_per_call_with_the_cards_it_returned(runtime):
 
 
 def test_a_store_failure_while_auditing_is_logged_by_type_and_does_not_fail_the_call(runtime, monkeypatch, caplog):
-    # The row goes to the store's background writer; a failed write is logged by type
+    # The row goes to the store's commit thread; a failed write is logged by type
     # (never the exception's text, which could name hosts or users) and the row is kept
     # in the local spool or counted as lost, never raised into the call.
     def broken(records):
         raise RuntimeError("database at 10.0.0.5 refused user cds")
 
     monkeypatch.setattr(runtime.store.audit_writer, "_write", broken)
+    monkeypatch.setattr(runtime.store.group_commit, "_write", broken)
     with caplog.at_level(logging.WARNING, logger="cds_service.storage"):
-        runtime.audit(_notes())
+        assert runtime.audit(_notes())  # spooled: the call may be answered
         runtime.store.flush_audit(5.0)
+    assert runtime.audit_spool_depth() == 1
     assert "RuntimeError" in caplog.text
     assert "10.0.0.5" not in caplog.text
 

@@ -162,3 +162,32 @@ def test_the_depth_counts_rows_that_are_being_moved_for_replay(tmp_path, monkeyp
 
     monkeypatch.setattr(spool, "_files", listing_then_rename)
     assert spool.depth(max_age_s=0) == 4
+
+
+def test_a_row_the_disk_takes_only_part_of_is_cut_off_and_the_next_rows_stay_readable(tmp_path, monkeypatch):
+    """A full disk (or a file-size limit) can take part of a write: the row must be refused
+    whole, not left as a broken line that the next append would extend."""
+    import errno
+    import os
+
+    spool = AuditSpool(tmp_path / "spool", 1 << 20)
+    spool.append([record(1)])
+    size = spool.size_bytes()
+    real_write = os.write
+    calls = []
+
+    def partial(fd, data):
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(fd, bytes(data[:10]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", partial)
+    with pytest.raises(OSError):
+        spool.append([record(2)])
+    monkeypatch.undo()
+    assert spool.size_bytes() == size
+    spool.append([record(3)])
+    replayed = []
+    spool.replay(replayed.extend)
+    assert [r.hook_instance for r in replayed] == [record(1).hook_instance, record(3).hook_instance]

@@ -3,7 +3,6 @@ on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,13 +10,11 @@ import sqlalchemy as sa
 
 from cds_service.storage.evidence_pages import (
     TOMBSTONE_DAYS,
-    BackgroundSaver,
     EvidencePages,
     evidence_pages,
     token_hash,
 )
 from cds_service.storage.store import Store
-from cds_service.storage.write_gate import write_gate
 
 PAGE = {"card_id": "rfa-recurrence", "title": "Recurrence after RFA", "charts": [], "inputs": []}
 
@@ -95,73 +92,6 @@ def test_two_stores_on_one_database_create_the_table_once(store_url):
         assert EvidencePages(second.engine).get(token).data == PAGE
 
 
-def test_the_background_saver_answers_at_once_and_writes_the_page_for_every_process(store_url):
-    with Store(store_url) as store:
-        saver = BackgroundSaver(EvidencePages(store.engine))
-        token = saver.save(PAGE)
-        assert saver.get(token).data == PAGE  # found while the write may still be pending
-        assert saver.flush(5.0)
-        assert EvidencePages(store.engine).get(token).data == PAGE  # another worker finds it too
-
-
 def test_a_non_positive_lifetime_is_refused(tmp_path):
     with Store(f"sqlite:///{tmp_path / 'x.sqlite3'}") as store, pytest.raises(ValueError):
         EvidencePages(store.engine, ttl_s=0)
-
-
-def test_pages_waiting_together_are_written_in_one_statement(store_url, monkeypatch):
-    with Store(store_url) as store:
-        pages = EvidencePages(store.engine)
-        saver = BackgroundSaver(pages)
-        batches = []
-        write_many = pages._write_many
-        monkeypatch.setattr(pages, "_write_many", lambda items: (batches.append(len(items)), write_many(items)))
-        with write_gate(store.engine, 5.0):  # hold the writer back while 20 pages queue up (SQLite)
-            tokens = [saver.save({**PAGE, "n": i}) for i in range(20)]
-            if store.backend == "sqlite":
-                time.sleep(0.2)
-        assert saver.flush(5.0)
-        assert [pages.get(t).data["n"] for t in tokens] == list(range(20))
-        assert sum(batches) == 20 and (store.backend != "sqlite" or len(batches) <= 2)
-
-
-def test_a_write_the_database_refuses_once_is_retried_and_the_page_is_kept(store_url, monkeypatch, caplog):
-    """A busy database ("database is locked") must not lose the page its card links to."""
-    monkeypatch.setattr("cds_service.storage.evidence_pages._RETRY_S", 0.01)
-    with Store(store_url) as store:
-        pages = EvidencePages(store.engine)
-        saver = BackgroundSaver(pages)
-        write_many = pages._write_many
-        failures = [sa.exc.OperationalError("INSERT", {}, Exception("database is locked"))]
-
-        def flaky(items):
-            if failures:
-                raise failures.pop()
-            return write_many(items)
-
-        monkeypatch.setattr(pages, "_write_many", flaky)
-        token = saver.save(PAGE)
-        assert saver.flush(5.0)
-        assert EvidencePages(store.engine).get(token).data == PAGE
-        assert "retrying" in caplog.text and "database is locked" not in caplog.text
-
-
-def test_pages_still_waiting_when_the_process_stops_normally_are_written(tmp_path):
-    """SIGTERM ends a worker through atexit: the pages of the last calls must not be lost."""
-    import subprocess
-    import sys
-    import textwrap
-
-    url = f"sqlite:///{tmp_path / 'pages.sqlite3'}"
-    script = textwrap.dedent(
-        f"""
-        from cds_service.storage.evidence_pages import BackgroundSaver, EvidencePages
-        from cds_service.storage.store import Store
-        store = Store({url!r})
-        saver = BackgroundSaver(EvidencePages(store.engine))
-        print(saver.save({{"card_id": "rfa-recurrence", "n": 1}}))
-        """
-    )
-    token = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60)
-    with Store(url) as store:
-        assert EvidencePages(store.engine).get(token.stdout.strip()).data == {"card_id": "rfa-recurrence", "n": 1}

@@ -7,6 +7,9 @@ upstream port (the real PostgreSQL). Then:
   forwarded in either direction (a network partition: sockets open, no replies);
 - `restore()`: forwarding again; connections that were black-holed are closed (their
   protocol state is lost), as after a real partition the peer would reset them.
+- `pause()`: a partition that heals: bytes are held, in both directions, on existing and
+  new connections, and `resume()` delivers them (as TCP retransmission would), so a
+  statement sent during the pause completes after it. `refuse()` is `cut()`.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._connections: list[socket.socket] = []
         self._listener: socket.socket | None = None
+        self._flowing = threading.Event()
+        self._flowing.set()
         self._listen()
 
     # -- controls
@@ -40,10 +45,24 @@ class TcpProxy:
         with self._lock:
             self.mode = "blackhole"
 
+    def refuse(self) -> None:
+        self.cut()
+
+    def pause(self) -> None:
+        with self._lock:
+            self.mode = "paused"
+            self._flowing.clear()
+
+    def resume(self) -> None:
+        with self._lock:
+            self.mode = "open"
+            self._flowing.set()
+
     def restore(self) -> None:
         previous = self.mode
         with self._lock:
             self.mode = "open"
+            self._flowing.set()
         if previous == "blackhole":
             self._close_all()
         if self._listener is None:
@@ -74,7 +93,7 @@ class TcpProxy:
             except OSError:
                 return
             upstream = None
-            if self.mode == "open":
+            if self.mode in ("open", "paused"):
                 try:
                     upstream = socket.create_connection(self.upstream, timeout=5)
                     upstream.settimeout(None)
@@ -102,13 +121,18 @@ class TcpProxy:
                 data = source.recv(65536)
                 if not data:
                     break
-                if self.mode != "open":
+                if self.mode in ("blackhole", "cut"):
                     continue  # black hole: swallow it
+                while not self._flowing.wait(0.1):  # paused: hold it
+                    if self.mode in ("blackhole", "cut"):
+                        break
+                if self.mode in ("blackhole", "cut"):
+                    continue
                 target.sendall(data)
         except OSError:
             pass
         finally:
-            if self.mode == "open":
+            if self.mode in ("open", "paused"):
                 for sock in (source, target):
                     with contextlib.suppress(OSError):
                         sock.shutdown(socket.SHUT_RDWR)
