@@ -34,10 +34,10 @@ import re
 import string
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import date, timedelta
+from datetime import date
 from typing import Any
 
-from cds_service.clinical.dates import day_of, duration_text, has_time, months_between, placed_after
+from cds_service.clinical.dates import day_of, duration_text, has_time, months_between
 from cds_service.clinical.record import (
     FUTURE,
     ConditionFact,
@@ -48,6 +48,7 @@ from cds_service.clinical.record import (
     UnreadableInput,
 )
 from cds_service.clinical.risk_models import ModelIncomplete, cox_model, logistic_model
+from cds_service.clinical.story import operation_time, story_of
 from cds_service.content.cards import CardContent, Predictor, Situation, When
 from cds_service.content.derivations import KINDS
 from cds_service.content.site_models import LearnedFrom, SiteModel
@@ -360,48 +361,57 @@ def _condition_after(p: Predictor, r: Reading) -> InputValue:
 
 
 def _condition_since(p: Predictor, r: Reading) -> InputValue:
-    """Where the concept's active Conditions stand relative to the situation's procedure, as
-    a coded answer: "after" (dated after it), "unclear" (no date that places it, or active
-    since before it with no end date: the note says which), or "none" (none active)."""
+    """Where the concept's Conditions stand relative to the situation's procedure (the
+    story's `course`), as a coded answer: "after" (dated after it), "resolved" (ended on a
+    date after it: delayed resolution; the display gives the date), "unclear" (no date that
+    places it, or active since before it with no end date: the note says which), or "none"."""
     record, procedure = r.record, r.procedure
     if not record.conditions.get(p.concept):
         return _unreadable(p, record) or _missing(p)
-    after = record.conditions_after(p.concept, procedure)
-    unplaced = record.conditions_unplaced(p.concept, procedure)
-    active = record.active_conditions(p.concept)
-    undated = procedure is None or procedure.performed is None
-    if after:
-        answer, note, fact = "after", "after", after[0]
-    elif active and undated:  # nothing can be placed relative to an undated procedure
-        answer, note, fact = "unclear", "procedure_undated", _earliest(active)
-    elif unplaced:
-        answer, note, fact = "unclear", "unplaced", unplaced[0]
-    elif active:
-        answer, note, fact = "unclear", "ongoing", _earliest(active)
-    else:
+    course = story_of(record).course(p.concept, procedure)
+    if course.answer == "none":
         return InputValue(p.id, p.label, USED, value="none", display=p.note("none"))
-    dates = _condition_dates(fact)
+    if course.answer == "resolved":
+        pday = day_of(procedure.performed)
+        on = course.resolved_on
+        how = "abatement date" if course.resolved_how == "abatement" else "recorded date of a resolved entry"
+        return InputValue(
+            p.id,
+            p.label,
+            USED,
+            value="resolved",
+            display=f"{p.note('resolved')} {on.isoformat()} ({duration_text(pday, on)} {p.note('resolved_after')})",
+            date=on,
+            date_label="resolved",
+            note=", ".join(x for x in (_condition_dates(course.fact)["note"], f"from its {how}") if x),
+            **_text_match(course.fact.match),
+        )
+    answer, note = {
+        "after": ("after", "after"),
+        "undated": ("unclear", "procedure_undated"),
+        "unplaced": ("unclear", "unplaced"),
+        "ongoing": ("unclear", "ongoing"),
+    }[course.answer]
+    fact = course.fact
     return InputValue(
         p.id,
         p.label,
         USED,
         value=answer,
         display=f"{p.note(note)} ({_status(fact)})",
-        **dates,
+        **_condition_dates(fact),
         **_text_match(fact.match),
     )
 
 
 def _procedure_count(p: Predictor, r: Reading) -> InputValue:
-    record = r.record
-    done = [
-        f
-        for f in record.procedures.get(p.concept, ())
-        if f.status == "completed" and (f.performed is None or day_of(f.performed) <= record.today)
-    ]
-    if not done:
-        return _unreadable(p, record) or _missing(p)
-    return InputValue(p.id, p.label, USED, value=len(done), display=str(len(done)))
+    # Operations of the story: the records of one day are one operation (EVIDENCE.md "The
+    # patient's story"); those done for another condition do not count.
+    episodes = story_of(r.record).operations(p.concept, p.for_condition)
+    if not episodes:
+        return _unreadable(p, r.record) or _missing(p)
+    days = ", ".join(e.day.isoformat() if e.day else "date not recorded" for e in episodes)
+    return InputValue(p.id, p.label, USED, value=len(episodes), display=str(len(episodes)), note=days)
 
 
 def _medication(p: Predictor, r: Reading) -> InputValue:
@@ -517,39 +527,37 @@ def _disease_duration(p: Predictor, r: Reading) -> InputValue:
 
 
 def _operation_time(p: Predictor, r: Reading) -> InputValue:
+    # Read by the story (the same function `learn` uses): an Observation of the procedure's
+    # day wins over its period; a period longer than 12 hours is a stay, not used (said so).
     record, procedure = r.record, r.procedure
-    minutes = procedure.duration_minutes if procedure is not None else None
-    if minutes is not None:
+    found = operation_time(record, procedure, p.concept)
+    if found.source == "observation":
+        fact = found.observation
         return InputValue(
             p.id,
             p.label,
             USED,
-            value=minutes,
-            display=f"{number(round(minutes, 1))} min",
+            value=found.minutes,
+            display=_observation_display(fact, p),
+            date=day_of(fact.effective),
+            note=p.note("from_observation"),
+        )
+    if found.source == "period":
+        return InputValue(
+            p.id,
+            p.label,
+            USED,
+            value=found.minutes,
+            display=f"{number(round(found.minutes, 1))} min",
             date=day_of(procedure.start),
             date_label="performed",
             note=p.note("from_period"),
         )
-    if procedure is not None and procedure.performed is not None:
-        pday = day_of(procedure.performed)
-        for fact in record.observations_for(p.concept):
-            if (
-                fact.effective is not None
-                and pday <= day_of(fact.effective) <= pday + timedelta(days=1)
-                and _is_number(fact.value)
-            ):
-                return InputValue(
-                    p.id,
-                    p.label,
-                    USED,
-                    value=float(fact.value),
-                    display=_observation_display(fact, p),
-                    date=day_of(fact.effective),
-                    note=p.note("from_observation"),
-                )
     unread = _unreadable(p, record)
     if unread:
         return unread
+    if found.period_not_used:
+        return _missing(p, p.note(found.period_not_used))
     if procedure is not None and procedure.performed is None:
         return _missing(p, "the procedure has no performed date or period")
     return _missing(p)
@@ -577,31 +585,57 @@ def _intraoperative(p: Predictor, r: Reading) -> InputValue:
 
 
 def _procedure(p: Predictor, r: Reading) -> InputValue:
-    fact = r.record.latest_procedure(p.concept)
-    if fact is None:
+    # The latest operation of the story (the records of one day merged into one).
+    episode = story_of(r.record).latest(p.concept, p.for_condition)
+    if episode is None:
         return _unreadable(p, r.record) or _missing(p)
+    fact = episode.fact
     day = day_of(fact.performed) if fact.performed is not None else None
     return InputValue(p.id, p.label, USED, value=True, display="yes", date=day, date_label="performed", fact=fact)
 
 
 def _later_procedure(p: Predictor, r: Reading) -> InputValue:
-    # The latest completed procedure of each concept: if it is not placed after the
-    # situation's procedure (same day without times: cannot be placed), no earlier one is.
-    start = r.procedure.performed if r.procedure is not None else None
-    for concept in p.concepts:
-        fact = r.record.latest_procedure(concept)
-        if fact is not None and fact is not r.procedure and placed_after(fact.performed, start) is True:
-            day = day_of(fact.performed)
-            return InputValue(
-                p.id, p.label, USED, value=True, display="yes", date=day, date_label="performed", fact=fact
-            )
-    return _missing(p)
+    later = story_of(r.record).treatments_after(r.procedure, p.concepts, p.for_condition)
+    if not later:
+        return _missing(p)
+    fact = later[-1].fact
+    return InputValue(
+        p.id, p.label, USED, value=True, display="yes", date=day_of(fact.performed), date_label="performed", fact=fact
+    )
+
+
+def _treated_after(p: Predictor, r: Reading) -> InputValue:
+    """The first later operation of the treatments, named with its date; whether the
+    condition is recorded after the latest later one (then the recurrence is not treated)."""
+    story = story_of(r.record)
+    later = story.treatments_after(r.procedure, p.concepts, p.for_condition)
+    if not later:
+        return _missing(p)
+    last = later[-1]
+    labels = r.record.labels
+    names = "; ".join(f"{labels.get(e.concept, e.concept).lower()} on {e.day.isoformat()}" for e in later)
+    answer = "treated"
+    if p.for_condition and story.course(p.for_condition, last.fact).answer == "after":
+        answer = "spasm_after"
+    return InputValue(
+        p.id,
+        p.label,
+        USED,
+        value=answer,
+        display=f"{names} ({p.note(answer)})",
+        date=last.day,
+        date_label="performed",
+        fact=last.fact,
+    )
 
 
 def _order(p: Predictor, r: Reading) -> InputValue:
     # order-select concerns the orders just selected; order-sign every order being signed.
+    # An order whose stated reason names only another condition does not count (`for_condition`).
     for concept in p.concepts:
-        orders = r.record.orders_for(concept, selected_only=r.hook == "order-select")
+        orders = [
+            o for o in r.record.orders_for(concept, selected_only=r.hook == "order-select") if o.treats(p.for_condition)
+        ]
         if orders:
             return InputValue(p.id, p.label, USED, value=True, display="yes", fact=orders[0])
     return _missing(p)
@@ -623,6 +657,7 @@ DERIVE: dict[str, Callable[[Predictor, Reading], InputValue]] = {
     "intraoperative": _intraoperative,
     "procedure": _procedure,
     "later_procedure": _later_procedure,
+    "treated_after": _treated_after,
     "order": _order,
 }
 

@@ -46,6 +46,7 @@ from datetime import UTC, date, datetime
 from cds_service.clinical.dates import is_future, parse_fhir_date, parse_fhir_datetime
 from cds_service.clinical.fhir_elements import ELEMENTS_READ, as_list, get_sub, status_code, type_and_id
 from cds_service.clinical.observation_values import Unreadable, read_value
+from cds_service.clinical.procedure_context import condition_index, read_body_site, read_reason
 from cds_service.clinical.record import (
     FUTURE,
     ConditionFact,
@@ -54,6 +55,7 @@ from cds_service.clinical.record import (
     OrderFact,
     PatientRecord,
     ProcedureFact,
+    SetAsideProcedure,
     UnreadableInput,
 )
 from cds_service.terminology.concept_index import ConceptIndex, Match
@@ -105,11 +107,14 @@ def build_record(
         unavailable=dict(unavailable or {}),
         now=now,
         intraoperative=concepts.intraoperative,
+        ranges=concepts.ranges,
+        labels=concepts.labels,
     )
     sources = list(resources.values()) if isinstance(resources, dict) else []
     collected = _collect(sources)
     drafts = _collect([draft_orders])
     medications = _medication_index(collected + drafts)
+    conditions = condition_index(collected + drafts)
 
     patient = next((r for r, _ in collected if r.get("resourceType") == "Patient"), None)
     if patient is not None:
@@ -117,7 +122,7 @@ def build_record(
 
     readers = {
         "Condition": _read_condition,
-        "Procedure": _read_procedure,
+        "Procedure": lambda r, c, rec, _m: _read_procedure(r, c, rec, conditions),
         "Observation": _read_observation,
         "MedicationRequest": _read_medication_use,
         "MedicationStatement": _read_medication_use,
@@ -133,7 +138,7 @@ def build_record(
     selected = _selection_set(selections)
     for resource, full_url in drafts:
         try:
-            _read_draft_order(resource, concepts, record, medications, full_url, selected)
+            _read_draft_order(resource, concepts, record, medications, full_url, selected, conditions)
         except Exception:
             _could_not_read(resource, record)
 
@@ -284,9 +289,20 @@ def _read_condition(resource: dict, concepts: ConceptIndex, record: PatientRecor
 
 
 # -- Procedure ---------------------------------------------------------------------------------
-def _read_procedure(resource: dict, concepts: ConceptIndex, record: PatientRecord, _meds) -> None:
+def _read_procedure(resource: dict, concepts: ConceptIndex, record: PatientRecord, conditions: dict) -> None:
     matches = concepts.match_codeable(resource.get("code"), PROCEDURE_KINDS)
-    if not matches or resource.get("status") != "completed":
+    if not matches:
+        return
+    status = resource.get("status")
+    if status != "completed":
+        # Not an operation (entered in error, not done, not yet completed): set aside, and
+        # kept without identifiers so the evidence page can say why (clinical/story.py).
+        when = parse_fhir_date(resource.get("performedDateTime")) or parse_fhir_date(
+            get_sub(resource, "performedPeriod", "start")
+        )
+        shown = status if isinstance(status, str) and status else "no status"
+        for match in matches:
+            record.set_aside.append(SetAsideProcedure(match=match, status=shown, day=when))
         return
     if not _readable(resource, matches, record):
         return
@@ -306,9 +322,22 @@ def _read_procedure(resource: dict, concepts: ConceptIndex, record: PatientRecor
             performed,
         )
         return
+    reason = read_reason(resource, concepts, conditions)
+    site, side = read_body_site(resource)
     for match in matches:
         record.procedures.setdefault(match.concept, []).append(
-            ProcedureFact(match=match, status="completed", start=start, end=end)
+            ProcedureFact(
+                match=match,
+                status="completed",
+                start=start,
+                end=end,
+                reason_stated=reason.stated,
+                reason_concepts=reason.concepts,
+                reason_text=reason.text,
+                reason_unreadable=reason.unreadable,
+                body_site=site,
+                laterality=side,
+            )
         )
 
 
@@ -422,6 +451,7 @@ def _read_draft_order(
     medications: dict,
     full_url: str | None,
     selected: frozenset[str] | None,
+    conditions: dict | None = None,
 ) -> None:
     kind = resource.get("resourceType")
     if kind == "ServiceRequest":
@@ -447,9 +477,17 @@ def _read_draft_order(
     rid = resource.get("id")
     ref = f"{kind}/{rid}" if isinstance(rid, str) and rid else (full_url or kind)
     is_selected = selected is None or ref in selected or (full_url is not None and full_url in selected)
+    reason = read_reason(resource, concepts, conditions or {})
     for match in matches:
         record.orders.setdefault(match.concept, []).append(
-            OrderFact(match=match, resource_type=kind, resource_ref=ref, selected=is_selected)
+            OrderFact(
+                match=match,
+                resource_type=kind,
+                resource_ref=ref,
+                selected=is_selected,
+                reason_stated=reason.stated,
+                reason_concepts=reason.concepts,
+            )
         )
 
 

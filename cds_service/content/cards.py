@@ -300,6 +300,9 @@ class Predictor(Table):
     after_procedure: Flag = False
     annotate_procedure: Flag = False
     values: list[Text] = Field(default_factory=list, description="a coded observation's allowed answers")
+    for_condition: Text | None = Field(
+        None, description="operations / orders done for this condition concept only (stated reason)"
+    )
     notes: dict[str, Text] = Field(default_factory=dict, description="the kind's notes, worded for this card")
     context: Flag = Field(False, description="read in every situation; listed, not counted as a factor")
 
@@ -319,12 +322,14 @@ class Predictor(Table):
             raise ValueError(f"{where}: derive = {self.derive!r} reads one concept")
         for concept in self.concepts:
             _check_concept(info.context, concept, kind.concept_kinds, where)
-        used = {k for k in ("lookback_days", "after_procedure", "annotate_procedure", "values") if getattr(self, k)}
+        keys = ("lookback_days", "after_procedure", "annotate_procedure", "values", "for_condition")
+        used = {k for k in keys if getattr(self, k)}
         if used - kind.options:
             raise ValueError(
-                f"{where}: after_procedure / annotate_procedure / values / lookback_days "
-                f"apply to derive = 'observation' only"
+                f"{where}: {' / '.join(sorted(used - kind.options))} do not apply to derive = {self.derive!r}"
             )
+        if self.for_condition:
+            _check_concept(info.context, self.for_condition, ("condition",), where)
         unknown = set(self.notes) - set(kind.notes)
         if unknown:
             raise ValueError(
@@ -373,6 +378,11 @@ class Situation(Table):
     summary: Summary
     lead: Text
     sections: list[Text]
+    on_card: list[Text] = Field(
+        default_factory=list,
+        description="section keys whose chosen variant's body follows the lead on the card itself "
+        "(a fact of the patient's story the clinician must see there, not only on the evidence page)",
+    )
     use_model: Flag = False
     no_estimate: Text | None = Field(None, description="key in [texts]: why no patient-specific figure is shown")
     source: Reference | None = None
@@ -736,7 +746,7 @@ def _check_situation(card: CardContent, s: Situation, predictors: dict, context:
     for pid in [*reads, *(w.predictor for w in s.requires)]:
         if predictors[pid].needs_procedure and not has_procedure:
             raise ValueError(f"{where}: predictor {pid} is read relative to a procedure, but the situation has none")
-    for key in s.sections:
+    for key in [*s.sections, *s.on_card]:
         if key not in card.sections:
             raise ValueError(f"{where}: section {key!r} is not defined under [sections]")
     if s.strength is not None:
