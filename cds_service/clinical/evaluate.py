@@ -48,7 +48,7 @@ from cds_service.clinical.record import (
     UnreadableInput,
 )
 from cds_service.clinical.risk_models import ModelIncomplete, cox_model, logistic_model
-from cds_service.clinical.story import operation_time, story_of
+from cds_service.clinical.story import operation_time, reading_notes, story_of
 from cds_service.content.cards import CardContent, Predictor, Situation, When
 from cds_service.content.derivations import KINDS
 from cds_service.content.site_models import LearnedFrom, SiteModel
@@ -150,6 +150,9 @@ class CardResult:
     procedure: ProcedureFact | None = None  # the situation's procedure, when it has one
     order: OrderFact | None = None  # the draft order that triggered the card
     outside_range: tuple[OutsideRange, ...] = ()  # inputs beyond a learned model's training data
+    # How the patient's story was read for this card (clinical/story.py reading_notes): for the
+    # evidence page only (which records were merged, set aside, done for another condition).
+    story_notes: tuple[dict, ...] = field(default=(), compare=False)
 
     @property
     def card_id(self) -> str:
@@ -199,8 +202,17 @@ def evaluate(
             procedure=values.procedure,
             order=value(order_id).fact if order_id is not None else None,
             outside_range=outside,
+            story_notes=tuple(_story_notes(card, situation, record)),
         )
     return None
+
+
+def _story_notes(card: CardContent, situation: Situation, record: PatientRecord) -> list[dict]:
+    concepts = card.situation_concepts(situation)
+    if not any(c in record.procedures for c in concepts) and not record.set_aside:
+        return []
+    conditions = [p.for_condition for p in card.predictors if p.for_condition]
+    return reading_notes(story_of(record), concepts, conditions[0] if conditions else None)
 
 
 def holds(when: When, item: InputValue | None, has_estimate: bool, today: date) -> bool:

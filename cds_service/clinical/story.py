@@ -274,3 +274,49 @@ def _earliest(facts: list[ConditionFact]) -> ConditionFact | None:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# ------------------------------------------------------------------------------ how it was read
+def reading_notes(story: Story, concepts: frozenset[str] | set[str], condition: str | None) -> list[dict]:
+    """How each operation of these treatments was read, for the evidence page: which records
+    were merged into one operation, which were set aside and why, which were done for another
+    condition. Carries no identifiers; codes and dates only."""
+    labels = story.record.labels
+    out: list[dict] = []
+    for concept in sorted(c for c in concepts if c in story.episodes):
+        name = labels.get(concept, concept)
+        for e in story.episodes[concept]:
+            when = e.day.isoformat() if e.day else "date not recorded"
+            codes = ", ".join(dict.fromkeys(_code_words(r) for r in e.records))
+            if len(e.records) > 1:
+                how = f"{len(e.records)} records of the same day merged into one operation ({codes})"
+                if e.fact.start is not None and e.fact.end is not None:
+                    how += "; its times are those of the record with a start and an end"
+            else:
+                how = f"one record ({codes})"
+            if condition is not None and not e.treats(condition):
+                how += f"; its stated reason ({e.fact.reason_text or 'another condition'}) is another condition: not counted as a treatment of {labels.get(condition, condition).lower()}"
+            elif e.fact.reason_stated:
+                how += f"; stated reason: {e.fact.reason_text or labels.get(condition or '', 'recorded')}"
+            elif e.fact.reason_unreadable:
+                how += "; its stated reason could not be read, so it is taken as for this condition"
+            if e.fact.body_site:
+                how += f"; body site: {e.fact.body_site}"
+            out.append({"fact": f"{name} on {when}", "how": how})
+    for s in story.record.set_aside:
+        if s.match.concept in concepts:
+            when = s.day.isoformat() if s.day else "date not recorded"
+            out.append(
+                {
+                    "fact": f"{labels.get(s.match.concept, s.match.concept)} on {when}",
+                    "how": f"set aside: its status is {s.status} (not a completed operation)",
+                }
+            )
+    return out
+
+
+def _code_words(fact: ProcedureFact) -> str:
+    m = fact.match
+    if m.by_text:
+        return f'text "{m.display}"'
+    return f"code {m.code}" + (f" {m.display}" if m.display else "")

@@ -87,6 +87,7 @@ def render_page(data: dict) -> str:
             f'<div class="md">{_e(section.get("body", ""))}</div></section>'
         )
     parts.append(_inputs_section(data.get("inputs", [])))
+    parts.append(_story_section(data.get("story", [])))
     caveats = "".join(f"<li>{_e(c)}</li>" for c in data.get("caveats", []))
     parts.append(f'<section id="caveats"><h2>Strength of evidence and caveats</h2><ul>{caveats}</ul></section>')
     sources = "".join(_source_item(s) for s in data.get("sources", []))
@@ -138,6 +139,14 @@ def _inputs_section(inputs: list[dict]) -> str:
         '<th scope="col">Date</th><th scope="col">How it was read from the record</th></tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table></div></section>"
     )
+
+
+def _story_section(story: list[dict]) -> str:
+    """How the patient's story was read (records merged, set aside, another indication)."""
+    if not story:
+        return ""
+    items = "".join(f"<li><strong>{_e(n.get('fact', ''))}</strong>: {_e(n.get('how', ''))}</li>" for n in story)
+    return f'<section id="story"><h2>How the record was read</h2><ul>{items}</ul></section>'
 
 
 def _source_item(source: dict) -> str:

@@ -283,4 +283,5 @@ def page_text(page: dict) -> str:
     parts += [f"- {c}" for c in page["caveats"]]
     parts += [f"- {s['label']}: <{s['url']}>" for s in page["sources"]]
     parts += [f"- {i['label']}: {i['note']}" for i in page["inputs"]]
+    parts += [f"- {n['fact']}: {n['how']}" for n in page.get("story", [])]
     return "\n\n".join(parts)
