@@ -138,8 +138,11 @@ def _values(result: CardResult) -> dict[str, str]:
     values = {name: format_figure(v) for name, v in card.figures.items()}
     for item in result.inputs:
         values[item.predictor] = escape(item.display) if item.status == USED else item.display
+        if item.date is not None:
+            values[f"{item.predictor}_date"] = item.date.isoformat()
     for p in card.predictors:
         values.setdefault(p.id, "not assessed here")
+        values.setdefault(f"{p.id}_date", "date not recorded")
     site = result.site_model
     values["site_label"] = escape(site.label) if site else "none"
     values["site_version"] = escape(site.version) if site else "none"

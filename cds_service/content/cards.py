@@ -688,7 +688,8 @@ def _check_card(card: CardContent) -> None:
     if len({(r.system, r.code) for r in card.override_reasons}) != len(card.override_reasons):
         raise ValueError("[[override_reasons]]: a reason is listed twice")
 
-    names = set(card.figures) | set(predictors) | DYNAMIC_NAMES
+    # {<predictor>_date}: the date of the patient's value (the story's facts are stated with their date)
+    names = set(card.figures) | set(predictors) | {f"{p}_date" for p in predictors} | DYNAMIC_NAMES
     clash = set(card.figures) & (set(predictors) | DYNAMIC_NAMES)
     if clash:
         raise ValueError(f"names used both as figure and predictor/dynamic value: {sorted(clash)}")
