@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 
-from support.chart import CHEMODENERVATION, CPT, HFS, ICD10CM, ICD10PCS, LOCAL, MVD, RFA, SNOMED, Chart
+from support.chart import CHEMODENERVATION, CPT, ICD10CM, LOCAL, MVD, SNOMED, Chart
 
 TODAY = date(2025, 6, 1)
 MVD_CPT = (CPT, "61458")
