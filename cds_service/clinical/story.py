@@ -154,8 +154,8 @@ class Story:
     def course(self, concept: str, fact: ProcedureFact | None) -> Course:
         """Where the condition stands relative to the operation (see Course)."""
         record = self.record
+        active = [c for c in record.active_conditions(concept) if not c.only_future]
         if fact is None or fact.performed is None:
-            active = record.active_conditions(concept)
             return Course("undated", _earliest(active)) if active else Course("none")
         after = record.conditions_after(concept, fact)
         if after:
@@ -163,7 +163,6 @@ class Story:
         unplaced = record.conditions_unplaced(concept, fact)
         if unplaced:
             return Course("unplaced", unplaced[0])
-        active = record.active_conditions(concept)
         if active:
             return Course("ongoing", _earliest(active))
         resolved = self.resolved_after(concept, fact)
@@ -180,7 +179,7 @@ class Story:
             if c.is_active:
                 continue
             if c.abatement is not None:
-                if c.abatement > day:
+                if day < c.abatement <= self.record.today:  # an end dated after the call is not used
                     found.append((c.abatement, "abatement", c))
             elif c.clinical_status in RESOLVED_STATUSES and c.recorded is not None and c.recorded > day:
                 found.append((c.recorded, "recorded", c))
