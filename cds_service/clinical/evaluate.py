@@ -48,7 +48,7 @@ from cds_service.clinical.record import (
     UnreadableInput,
 )
 from cds_service.clinical.risk_models import ModelIncomplete, cox_model, logistic_model
-from cds_service.clinical.story import operation_time, reading_notes, story_of
+from cds_service.clinical.story import condition_order, operation_time, reading_notes, story_of
 from cds_service.content.cards import CardContent, Predictor, Situation, When
 from cds_service.content.derivations import KINDS
 from cds_service.content.site_models import LearnedFrom, SiteModel
@@ -343,7 +343,7 @@ def _condition(p: Predictor, r: Reading) -> InputValue:
             **_text_match(fact.match),
         )
     if facts:
-        fact = facts[0]
+        fact = min(facts, key=condition_order)  # not the order the resources came in
         return InputValue(
             p.id,
             p.label,
@@ -362,7 +362,7 @@ def _condition_after(p: Predictor, r: Reading) -> InputValue:
     found = r.record.conditions_after(p.concept, r.procedure)
     if not found:
         return _unreadable(p, r.record) or _missing(p)
-    fact = found[0]
+    fact = min(found, key=condition_order)
     dates = _condition_dates(fact)
     dates["note"] = ", ".join(
         x for x in (dates["note"], f"after the procedure of {day_of(r.procedure.performed).isoformat()}") if x
@@ -839,7 +839,7 @@ _MEDICATION_WORDS = {"MedicationRequest": "prescribed", "MedicationStatement": "
 
 
 def _earliest(facts: list[ConditionFact]) -> ConditionFact:
-    return min(facts, key=lambda c: c.onset or c.recorded or date.max)
+    return min(facts, key=condition_order)
 
 
 def _status(fact: ConditionFact) -> str:

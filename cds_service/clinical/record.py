@@ -56,13 +56,6 @@ class ConditionFact:
     abatement: date | None  # abatementDateTime / abatementPeriod (start, else end)
     abated: bool = False  # any abatement[x] recorded, even one without a date
     status_from_abatement: bool = False  # clinical_status "inactive" read from the abatement (con-4)
-    future_dated: bool = False  # its onset or recorded date is after the call (that date is not used)
-
-    @property
-    def only_future(self) -> bool:
-        """Dated only after the call: nothing in it says the condition is present now, so the
-        story does not place it (a value dated after the call never changes a card)."""
-        return self.future_dated and self.onset is None and self.recorded is None
 
     @property
     def is_active(self) -> bool:
@@ -253,8 +246,6 @@ class PatientRecord:
         day = day_of(procedure.performed)
         out = []
         for c in self.active_conditions(concept):
-            if c.only_future:
-                continue
             dates = [d for d in (c.onset, c.recorded) if d is not None]
             if not dates or max(dates) == day:
                 out.append(c)

@@ -264,15 +264,12 @@ def _read_condition(resource: dict, concepts: ConceptIndex, record: PatientRecor
     if from_abatement:
         clinical = "inactive"  # con-4: an abated Condition is inactive, resolved or remission
     recorded = parse_fhir_date(resource.get("recordedDate"))
-    future_dated = False
     if onset is not None and is_future(onset, record.today, record.now):
-        future_dated = True
         _not_used_future(
             record, "Condition", matches, "onset[x]", "the onset is dated after the time of this call", onset
         )
         onset = None
     if recorded is not None and is_future(recorded, record.today, record.now):
-        future_dated = True
         _not_used_future(
             record, "Condition", matches, "recordedDate", "the recorded date is after the time of this call", recorded
         )
@@ -287,7 +284,6 @@ def _read_condition(resource: dict, concepts: ConceptIndex, record: PatientRecor
                 abatement=abatement,
                 abated=abated,
                 status_from_abatement=from_abatement,
-                future_dated=future_dated,
             )
         )
 

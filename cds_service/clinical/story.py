@@ -154,15 +154,15 @@ class Story:
     def course(self, concept: str, fact: ProcedureFact | None) -> Course:
         """Where the condition stands relative to the operation (see Course)."""
         record = self.record
-        active = [c for c in record.active_conditions(concept) if not c.only_future]
+        active = record.active_conditions(concept)
         if fact is None or fact.performed is None:
             return Course("undated", _earliest(active)) if active else Course("none")
         after = record.conditions_after(concept, fact)
-        if after:
-            return Course("after", after[0])
+        if after:  # the first entry after it: when the spasm was recorded again
+            return Course("after", _earliest(after))
         unplaced = record.conditions_unplaced(concept, fact)
         if unplaced:
-            return Course("unplaced", unplaced[0])
+            return Course("unplaced", _earliest(unplaced))
         if active:
             return Course("ongoing", _earliest(active))
         resolved = self.resolved_after(concept, fact)
@@ -268,7 +268,20 @@ def _sort_key(fact: ProcedureFact) -> tuple:
 
 
 def _earliest(facts: list[ConditionFact]) -> ConditionFact | None:
-    return min(facts, key=lambda c: c.onset or c.recorded or date.max) if facts else None
+    """The earliest entry (by onset, else recorded date); ties broken by the entry's other
+    fields, so the order the resources came in never matters."""
+    return min(facts, key=condition_order) if facts else None
+
+
+def condition_order(c: ConditionFact) -> tuple:
+    return (
+        c.onset or c.recorded or date.max,
+        c.recorded or date.max,
+        c.clinical_status or "",
+        c.abatement or date.max,
+        c.match.system or "",
+        c.match.code or "",
+    )
 
 
 def _is_number(value: object) -> bool:
