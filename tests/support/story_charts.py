@@ -241,6 +241,31 @@ def mvd_with_pre_operative_and_post_operative_spasm_free() -> Chart:
     return local(chart, "mri-neurovascular-contact", "2024-11-01", valueBoolean=True)
 
 
+def cerner_mvd_over_the_admission() -> Chart:
+    """Cerner style: the MVD's period is the whole admission (3 days), billing record beside it."""
+    chart = hfs_resolved_at(Chart(), "2024-11-04")
+    chart.procedure(MVD, "2024-11-04T06:30:00-06:00", "2024-11-07T11:00:00-06:00")
+    return chart.procedure(MVD_CPT, "2024-11-04")
+
+
+def resolved_entry_recorded_after_mvd() -> Chart:
+    """The spasm went on after the MVD; a new problem-list entry records it resolved later
+    (no abatement date: the recorded date of the resolved entry dates the resolution)."""
+    chart = Chart().hfs(onset="2019-03-01", recorded="2019-03-10", status="inactive", abatement="2024-12-01")
+    mvd_or_and_billing(chart, "2024-12-01")
+    chart.hfs(onset="2024-12-05", recorded="2024-12-05", status="recurrence", verification="refuted")
+    return chart.hfs(onset=None, recorded="2025-03-10", status="resolved")
+
+
+def mvd_in_progress() -> Chart:
+    chart = Chart().hfs(onset="2019-03-01")
+    return chart.procedure(MVD_CPT, "2025-06-01T07:30:00Z", status="in-progress")
+
+
+def revision_order_after_rfa_after_mvd() -> Chart:
+    return spasm_after_rfa_after_mvd().order(MVD_CPT)
+
+
 CHANG = "https://doi.org/10.1007/s00701-012-1424-z"
 PARK = "https://doi.org/10.1016/j.wneu.2019.07.191"
 
@@ -489,6 +514,39 @@ CHARTS: tuple[StoryChart, ...] = (
         "patient-view",
         mvd_with_pre_operative_and_post_operative_spasm_free,
         {E: Expect(summary_has=("no spasm recorded since",), summary_not=("contact",))},
+    ),
+    StoryChart(
+        "cerner-mvd-over-the-admission",
+        "one operation, one episode (a period over the stay)",
+        "patient-view",
+        cerner_mvd_over_the_admission,
+        {E: Expect(summary_has=("MVD 6 months ago, no spasm recorded since",), detail_has=("**MVDs recorded**: 1",))},
+    ),
+    StoryChart(
+        "resolved-entry-recorded-after-mvd",
+        "later events: delayed resolution (resolved status dated after)",
+        "patient-view",
+        resolved_entry_recorded_after_mvd,
+        {E: Expect(summary_has=("recorded as resolved on 2025-03-10",), summary_not=("no spasm recorded since",))},
+    ),
+    StoryChart(
+        "mvd-in-progress",
+        "records not yet completed are not operations",
+        "patient-view",
+        mvd_in_progress,
+        {E: None, B: None},
+    ),
+    StoryChart(
+        "revision-order-after-rfa-after-mvd",
+        "later events at order time",
+        "order-sign",
+        revision_order_after_rfa_after_mvd,
+        {
+            E: Expect(
+                summary_has=("Revision MVD ordered",), detail_has=("Treated again for hemifacial spasm after the MVD",)
+            ),
+            B: Expect(detail_has=("already has 1 MVD recorded",)),
+        },
     ),
 )
 
