@@ -178,10 +178,11 @@ def evaluate(
     `site_model`: the deployment's complete model for this card; None uses the one loaded
     with the card (card.site_model), if any."""
     site_model = site_model if site_model is not None else card.site_model
+    read: dict[tuple[str, int], InputValue] = {}  # shared by the situations: each predictor read once
     for situation in card.situations:
         if hook not in situation.hooks:
             continue
-        values = _SituationValues(card, card.trigger_predictor(situation, "is_procedure"), record, hook)
+        values = _SituationValues(card, card.trigger_predictor(situation, "is_procedure"), record, hook, read)
         value = values.get
         if not all(holds(w, value(w.predictor), False, record.today) for w in situation.requires):
             continue
@@ -244,15 +245,28 @@ class _SituationValues:
     """The predictors of one situation, each read once, when first asked for; the
     situation's procedure is looked up only when a predictor needs it."""
 
-    def __init__(self, card: CardContent, procedure_id: str | None, record: PatientRecord, hook: str) -> None:
+    def __init__(
+        self,
+        card: CardContent,
+        procedure_id: str | None,
+        record: PatientRecord,
+        hook: str,
+        read: dict[tuple[str, int], InputValue] | None = None,
+    ) -> None:
         self.card, self.procedure_id, self.record, self.hook = card, procedure_id, record, hook
         self.values: dict[str, InputValue] = {}
+        # Values already read by an earlier situation of the card in this call: a predictor's
+        # value depends only on the record, the hook and the procedure it is read against.
+        self.read = read if read is not None else {}
 
     def get(self, pid: str) -> InputValue:
         if pid not in self.values:
             p = self.card.predictor(pid)
             procedure = self.procedure if p.needs_procedure else None
-            self.values[pid] = derive(p, Reading(self.record, self.hook, procedure))
+            key = (pid, id(procedure))
+            if key not in self.read:
+                self.read[key] = derive(p, Reading(self.record, self.hook, procedure))
+            self.values[pid] = self.read[key]
         return self.values[pid]
 
     @property
@@ -423,7 +437,7 @@ def _procedure_count(p: Predictor, r: Reading) -> InputValue:
     if not episodes:
         return _unreadable(p, r.record) or _missing(p)
     days = ", ".join(e.day.isoformat() if e.day else "date not recorded" for e in episodes)
-    return InputValue(p.id, p.label, USED, value=len(episodes), display=str(len(episodes)), note=days)
+    return InputValue(p.id, p.label, USED, value=len(episodes), display=str(len(episodes)), note=f"on {days}")
 
 
 def _medication(p: Predictor, r: Reading) -> InputValue:
@@ -625,7 +639,7 @@ def _treated_after(p: Predictor, r: Reading) -> InputValue:
         return _missing(p)
     last = later[-1]
     labels = r.record.labels
-    names = "; ".join(f"{labels.get(e.concept, e.concept).lower()} on {e.day.isoformat()}" for e in later)
+    names = "; ".join(f"{_lower_first(labels.get(e.concept, e.concept))} on {e.day.isoformat()}" for e in later)
     answer = "treated"
     if p.for_condition and story.course(p.for_condition, last.fact).answer == "after":
         answer = "spasm_after"
@@ -639,6 +653,10 @@ def _treated_after(p: Predictor, r: Reading) -> InputValue:
         date_label="performed",
         fact=last.fact,
     )
+
+
+def _lower_first(label: str) -> str:
+    return label[:1].lower() + label[1:]
 
 
 def _order(p: Predictor, r: Reading) -> InputValue:

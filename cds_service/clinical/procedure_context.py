@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from cds_service.clinical.fhir_elements import as_list, short_text, type_and_id
 from cds_service.terminology.concept_index import ConceptIndex
 
-__all__ = ["StatedReason", "condition_index", "read_body_site", "read_reason"]
+__all__ = ["ConditionIndex", "StatedReason", "read_body_site", "read_reason"]
 
 CONDITION_KINDS = frozenset({"condition"})
 _LATERALITY = (("bilateral", "bilateral"), ("both", "bilateral"), ("left", "left"), ("right", "right"))
@@ -28,26 +28,37 @@ class StatedReason:
     unreadable: bool = False  # reasonCode / reasonReference present but of the wrong shape
 
 
-def condition_index(resources: list[tuple[dict, str | None]]) -> dict[str, dict]:
-    """Condition resources by "Condition/id" and by fullUrl, for reasonReference."""
-    index: dict[str, dict] = {}
-    for resource, full_url in resources:
-        if resource.get("resourceType") != "Condition":
-            continue
-        rid = resource.get("id")
-        if isinstance(rid, str):
-            index.setdefault(f"Condition/{rid}", resource)
-        if full_url:
-            index.setdefault(full_url, resource)
-    return index
+class ConditionIndex:
+    """Condition resources by "Condition/id" and by fullUrl, for reasonReference: built on
+    the first look-up only (most calls state no reason by reference; the hot path does not
+    pay for an index it never reads)."""
+
+    def __init__(self, resources: list[tuple[dict, str | None]]) -> None:
+        self._resources = resources
+        self._index: dict[str, dict] | None = None
+
+    def get(self, key: str) -> dict | None:
+        if self._index is None:
+            self._index = {}
+            for resource, full_url in self._resources:
+                if resource.get("resourceType") != "Condition":
+                    continue
+                rid = resource.get("id")
+                if isinstance(rid, str):
+                    self._index.setdefault(f"Condition/{rid}", resource)
+                if full_url:
+                    self._index.setdefault(full_url, resource)
+        return self._index.get(key)
 
 
-def read_reason(resource: dict, concepts: ConceptIndex, conditions: dict[str, dict]) -> StatedReason:
+def read_reason(resource: dict, concepts: ConceptIndex, conditions: ConditionIndex | None) -> StatedReason:
     """The stated reason of a Procedure / ServiceRequest: which condition concepts it names.
 
     A reasonCode that names no concept the service knows is still a stated reason (another
     condition). A reasonReference to a Condition that is not in the data received cannot be
     read: the reason is then unknown (not "another condition")."""
+    if "reasonCode" not in resource and "reasonReference" not in resource:
+        return _NONE
     found: set[str] = set()
     texts: list[str] = []
     stated = unreadable = False
@@ -88,6 +99,9 @@ def read_reason(resource: dict, concepts: ConceptIndex, conditions: dict[str, di
     )
 
 
+_NONE = StatedReason()
+
+
 def read_body_site(resource: dict) -> tuple[str | None, str | None]:
     """The body site as text (the first readable one) and the laterality its words give."""
     for codeable in as_list(resource.get("bodySite")) or (
@@ -118,7 +132,7 @@ def _text_of(codeable: dict) -> str | None:
     return None
 
 
-def _resolve(ref: object, resource: dict, conditions: dict[str, dict]) -> dict | None:
+def _resolve(ref: object, resource: dict, conditions: ConditionIndex | None) -> dict | None:
     if not isinstance(ref, dict):
         return None
     reference = ref.get("reference")
@@ -132,5 +146,7 @@ def _resolve(ref: object, resource: dict, conditions: dict[str, dict]) -> dict |
                 and contained.get("id") == reference[1:]
             ):
                 return contained
+        return None
+    if conditions is None:
         return None
     return conditions.get(reference) or conditions.get(type_and_id(reference))

@@ -46,7 +46,7 @@ from datetime import UTC, date, datetime
 from cds_service.clinical.dates import is_future, parse_fhir_date, parse_fhir_datetime
 from cds_service.clinical.fhir_elements import ELEMENTS_READ, as_list, get_sub, status_code, type_and_id
 from cds_service.clinical.observation_values import Unreadable, read_value
-from cds_service.clinical.procedure_context import condition_index, read_body_site, read_reason
+from cds_service.clinical.procedure_context import ConditionIndex, read_body_site, read_reason
 from cds_service.clinical.record import (
     FUTURE,
     ConditionFact,
@@ -114,7 +114,7 @@ def build_record(
     collected = _collect(sources)
     drafts = _collect([draft_orders])
     medications = _medication_index(collected + drafts)
-    conditions = condition_index(collected + drafts)
+    conditions = ConditionIndex(collected + drafts)
 
     patient = next((r for r, _ in collected if r.get("resourceType") == "Patient"), None)
     if patient is not None:
@@ -289,7 +289,7 @@ def _read_condition(resource: dict, concepts: ConceptIndex, record: PatientRecor
 
 
 # -- Procedure ---------------------------------------------------------------------------------
-def _read_procedure(resource: dict, concepts: ConceptIndex, record: PatientRecord, conditions: dict) -> None:
+def _read_procedure(resource: dict, concepts: ConceptIndex, record: PatientRecord, conditions: ConditionIndex) -> None:
     matches = concepts.match_codeable(resource.get("code"), PROCEDURE_KINDS)
     if not matches:
         return
@@ -451,7 +451,7 @@ def _read_draft_order(
     medications: dict,
     full_url: str | None,
     selected: frozenset[str] | None,
-    conditions: dict | None = None,
+    conditions: ConditionIndex | None = None,
 ) -> None:
     kind = resource.get("resourceType")
     if kind == "ServiceRequest":
@@ -477,7 +477,7 @@ def _read_draft_order(
     rid = resource.get("id")
     ref = f"{kind}/{rid}" if isinstance(rid, str) and rid else (full_url or kind)
     is_selected = selected is None or ref in selected or (full_url is not None and full_url in selected)
-    reason = read_reason(resource, concepts, conditions or {})
+    reason = read_reason(resource, concepts, conditions)
     for match in matches:
         record.orders.setdefault(match.concept, []).append(
             OrderFact(

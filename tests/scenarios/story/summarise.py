@@ -76,7 +76,14 @@ def run(tree: Path) -> dict:
         for card in cards:
             result = evaluate(card, record, hook)
             if result is not None:
-                fired[card.id] = {"situation": result.situation.id, "summary": render(result)["summary"]}
+                shown = render(result)
+                fired[card.id] = {
+                    "situation": result.situation.id,
+                    "summary": shown["summary"],
+                    "detail": shown["detail"],
+                    "source": shown["source"]["label"],
+                    "suggestions": len(shown.get("suggestions", [])),
+                }
         out[chart["name"]] = {"rule": chart["rule"], "hook": hook, "cards": fired}
     return out
 
@@ -105,8 +112,28 @@ def compare(before: Path, after: Path) -> str:
             lines.append(f"- **{cid}**")
             lines.append(f"  - before: {b['summary'] + ' (' + b['situation'] + ')' if b else '(does not fire)'}")
             lines.append(f"  - after: {a['summary'] + ' (' + a['situation'] + ')' if a else '(does not fire)'}")
+            if a and b:
+                lines.extend(_changed(b, a))
         lines.append("")
     return "\n".join(lines)
+
+
+def _changed(before: dict, after: dict, limit: int = 6) -> list[str]:
+    """The card's detail lines, source and suggestions that changed (as - / + lines)."""
+    old = [x for x in before["detail"].splitlines() if x.strip()]
+    new = [x for x in after["detail"].splitlines() if x.strip()]
+    out = []
+    gone = [x for x in old if x not in new][:limit]
+    added = [x for x in new if x not in old][:limit]
+    for mark, items in (("-", gone), ("+", added)):
+        for x in items:
+            x = " ".join(x.split())
+            out.append(f"    {mark} {x[:400] + ('...' if len(x) > 400 else '')}")
+    if before["source"] != after["source"]:
+        out.append(f"    source: {before['source']} -> {after['source']}")
+    if before["suggestions"] != after["suggestions"]:
+        out.append(f"    suggestions: {before['suggestions']} -> {after['suggestions']}")
+    return out
 
 
 def main() -> None:
