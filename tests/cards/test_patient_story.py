@@ -29,3 +29,44 @@ def cards_in_process(chart, hook: str, today=TODAY) -> dict[str, dict]:
 @pytest.mark.parametrize("story", CHARTS, ids=[c.name for c in CHARTS])
 def test_each_rule_of_the_story_in_process(story):
     check(story, cards_in_process(story.build(), story.hook))
+
+
+# ---------------------------------------------------------------- the evidence page says how
+def test_the_evidence_page_says_which_records_were_merged_set_aside_or_for_another_condition():
+    from support.story_charts import MVD_CPT, TRIGEMINAL_NEURALGIA, mvd_plus_entered_in_error, reason
+
+    from cds_service.clinical.evidence import page_data
+    from cds_service.http.evidence_page import render_page
+
+    chart = mvd_plus_entered_in_error()
+    chart.procedure(MVD_CPT, "2021-05-03", **reason(TRIGEMINAL_NEURALGIA, "Trigeminal neuralgia"))
+    result = chart.result("mvd-recurrence", "patient-view", TODAY)
+    story = {n["fact"]: n["how"] for n in page_data(result)["story"]}
+    merged = story["Microvascular decompression of the facial nerve on 2024-09-02"]
+    assert merged.startswith("2 records of the same day merged into one operation (code 61458")
+    assert "00NM0ZZ" in merged and "times are those of the record with a start and an end" in merged
+    other = story["Microvascular decompression of the facial nerve on 2021-05-03"]
+    assert "stated reason (Trigeminal neuralgia) is another condition" in other
+    assert "not counted as a treatment of hemifacial spasm" in other
+    assert story["Microvascular decompression of the facial nerve on 2024-08-28"] == (
+        "set aside: its status is entered-in-error (not a completed operation)"
+    )
+    assert "set aside: its status is not-done" in story["Microvascular decompression of the facial nerve on 2024-07-01"]
+    # the page shows it (escaped), and the card itself counts one MVD
+    html = render_page(page_data(result))
+    assert "How the record was read" in html and "entered-in-error" in html
+    assert result.input("mvd_count").value == 1
+
+
+def test_a_chart_without_operations_has_no_story_notes():
+    from support.chart import Chart
+
+    from cds_service.clinical.evidence import page_data
+
+    result = (
+        Chart()
+        .hfs(onset="2021-05-01")
+        .order(("http://www.cms.gov/Medicare/Coding/ICD10", "00NM0ZZ"))
+        .result("amr-persistence", "order-select", TODAY)
+    )
+    assert page_data(result)["story"] == []
