@@ -223,12 +223,10 @@ def _survival_row(
     o = definition.outcome
     index_day = day_of(index.performed)
     events: list[date] = []
-    if o.condition:
-        for fact in record.conditions.get(o.condition, ()):
+    if o.condition:  # spasm recorded after the operation: the bedside's query (record.conditions_after)
+        for fact in record.conditions_after(o.condition, index):
             if fact.clinical_status in o.condition_statuses:
-                later = [d for d in (fact.onset, fact.recorded) if d is not None and d > index_day]
-                if later:
-                    events.append(min(later))
+                events.append(min(d for d in (fact.onset, fact.recorded) if d is not None and d > index_day))
     # A further treatment: an operation of the story after the index one (on a later day).
     for episode in story_of(record).treatments_after(index, tuple(o.procedures), definition.index.requires_condition):
         if index_day < episode.day <= today:
