@@ -316,7 +316,7 @@ CHARTS: tuple[StoryChart, ...] = (
         third_mvd_order,
         {
             E: Expect(summary_has=("Third or later MVD ordered",), detail_has=("are for first revisions",)),
-            B: Expect(detail_has=("already has 2 MVD recorded",)),
+            B: Expect(detail_has=("already has an MVD recorded before this order (MVDs recorded: 2)",)),
         },
     ),
     StoryChart(
@@ -545,7 +545,7 @@ CHARTS: tuple[StoryChart, ...] = (
             E: Expect(
                 summary_has=("Revision MVD ordered",), detail_has=("Treated again for hemifacial spasm after the MVD",)
             ),
-            B: Expect(detail_has=("already has 1 MVD recorded",)),
+            B: Expect(detail_has=("already has an MVD recorded before this order (MVDs recorded: 1)",)),
         },
     ),
 )
