@@ -4,9 +4,9 @@ A predictor in a card file names its kind (`derive = "observation"`). This regis
 the card loader knows about each kind: what it reads, which kind of concept it needs (if
 any), whether its value is yes/no or a number, whether it is read relative to the
 situation's procedure, which predictor options apply, and the notes a card may word for it.
-clinical/evaluate.py holds one function per kind, registered under the same name.
+clinical/predictors.py holds one function per kind, registered under the same name.
 
-Adding a kind = one entry here + one function in clinical/evaluate.py (DERIVE).
+Adding a kind = one entry here + one function in clinical/predictors.py (DERIVE).
 """
 
 from __future__ import annotations
