@@ -44,6 +44,9 @@ from collections.abc import Iterable
 from datetime import UTC, date, datetime
 
 from cds_service.clinical.dates import is_future, parse_fhir_date, parse_fhir_datetime
+from cds_service.clinical.fhir_collect import READ_TYPES as _READ_TYPES
+from cds_service.clinical.fhir_collect import collect as _collect
+from cds_service.clinical.fhir_collect import medication_index as _medication_index
 from cds_service.clinical.fhir_elements import ELEMENTS_READ, as_list, get_sub, status_code, type_and_id
 from cds_service.clinical.observation_values import Unreadable, read_value
 from cds_service.clinical.procedure_context import ConditionIndex, read_body_site, read_reason
@@ -157,70 +160,6 @@ def _could_not_read(resource: dict, record: PatientRecord) -> None:
             reason="the resource could not be read",
         )
     )
-
-
-# -- collecting ---------------------------------------------------------------------------
-_READ_TYPES = frozenset(
-    {
-        "Patient",
-        "Condition",
-        "Procedure",
-        "Observation",
-        "MedicationRequest",
-        "MedicationStatement",
-        "Medication",
-        "ServiceRequest",
-    }
-)
-
-
-def _collect(sources: Iterable[object]) -> list[tuple[dict, str | None]]:
-    """The resources of the types the record reads, from the sources (Bundles unpacked one
-    level), de-duplicated by type+id (the first one wins)."""
-    out: list[tuple[dict, str | None]] = []
-    seen: set[tuple[str, str]] = set()
-    read_types = _READ_TYPES
-    for source in sources:
-        if type(source) is not dict:
-            continue
-        if source.get("resourceType") == "Bundle":
-            entries = source.get("entry")
-            if type(entries) is not list:
-                continue
-        else:
-            entries = ({"resource": source},)
-        # One flat loop: this runs for every resource of the call (hundreds in a real chart).
-        for entry in entries:
-            if type(entry) is not dict:
-                continue
-            resource = entry.get("resource")
-            if type(resource) is not dict:
-                continue
-            kind = resource.get("resourceType")
-            if type(kind) is not str or kind not in read_types:
-                continue
-            rid = resource.get("id")
-            if type(rid) is str:
-                key = (kind, rid)
-                if key in seen:
-                    continue
-                seen.add(key)
-            full_url = entry.get("fullUrl")
-            out.append((resource, full_url if type(full_url) is str else None))
-    return out
-
-
-def _medication_index(resources: list[tuple[dict, str | None]]) -> dict[str, dict]:
-    index: dict[str, dict] = {}
-    for resource, full_url in resources:
-        if resource.get("resourceType") != "Medication":
-            continue
-        rid = resource.get("id")
-        if isinstance(rid, str):
-            index.setdefault(f"Medication/{rid}", resource)
-        if full_url:
-            index.setdefault(full_url, resource)
-    return index
 
 
 # -- Patient -------------------------------------------------------------------------------
