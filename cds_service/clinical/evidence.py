@@ -64,6 +64,9 @@ def page_data(
         "inputs": [_input_row(result, item) for item in result.inputs],
         "caveats": [_fill(c.text, figures) for c in (chosen(e.options, result) for e in card.caveats) if c is not None],
         "sources": _sources(result),
+        # How the patient's story was read: each operation (records merged into it, its stated
+        # reason, body site) and each record set aside, with why (EVIDENCE.md "The patient's story").
+        "story": [dict(n) for n in result.story_notes],
     }
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "OrderFact",
     "PatientRecord",
     "ProcedureFact",
+    "SetAsideProcedure",
     "UnreadableInput",
     "iter_facts",
 ]
@@ -77,6 +78,14 @@ class ProcedureFact:
     status: str  # FHIR Procedure.status (only 'completed' kept by default)
     start: datetime | None  # performedDateTime or performedPeriod.start (timezone-aware)
     end: datetime | None  # performedPeriod.end
+    # The stated reason (reasonCode / reasonReference): the condition concepts it names, and
+    # whether a reason was stated at all (one naming no known concept is "another condition").
+    reason_stated: bool = False
+    reason_concepts: frozenset[str] = frozenset()
+    reason_text: str | None = None  # the stated reason as written (for the evidence page)
+    reason_unreadable: bool = False  # reasonCode / reasonReference present but not readable
+    body_site: str | None = None  # bodySite as text (display or text of the first readable one)
+    laterality: str | None = None  # left | right | bilateral, when the body site says so
 
     @property
     def duration_minutes(self) -> float | None:
@@ -89,6 +98,21 @@ class ProcedureFact:
     def performed(self) -> datetime | None:
         """When it was done: the start, else the end."""
         return self.start if self.start is not None else self.end
+
+    def treats(self, condition: str | None) -> bool:
+        """Done for the condition: no stated reason (the existing rule stands), or a stated
+        reason that names it. A reason naming only other conditions: not a treatment of it."""
+        return condition is None or not self.reason_stated or condition in self.reason_concepts
+
+
+@dataclass(frozen=True)
+class SetAsideProcedure:
+    """A record of a procedure that is not an operation of the story: entered in error, not
+    done, not yet completed. Kept (without identifiers) so the evidence page can say so."""
+
+    match: Match
+    status: str
+    day: date | None
 
 
 @dataclass(frozen=True)
@@ -118,11 +142,13 @@ class OrderFact:
     resource_type: str
     resource_ref: str  # "ServiceRequest/abc" as given in the draft bundle
     selected: bool  # order-select: listed in context.selections
-    # The order's stated reason (reasonCode, reasonReference to a Condition): the condition
-    # concepts it names, and whether any reason is stated at all (one of no known concept too).
-    reasons: tuple[str, ...] = ()
-    reason_stated: bool = False
+    reason_stated: bool = False  # reasonCode / reasonReference stated (clinical/procedure_context.py)
+    reason_concepts: frozenset[str] = frozenset()  # the condition concepts the stated reason names
     display: str = ""  # the coding's display, else how the concepts file names the code (never a bare code)
+
+    def treats(self, condition: str | None) -> bool:
+        """Ordered for the condition: no stated reason, or one that names it."""
+        return condition is None or not self.reason_stated or condition in self.reason_concepts
 
 
 @dataclass(frozen=True)
@@ -183,6 +209,13 @@ class PatientRecord:
     # Observation concepts taken during a procedure (concepts.toml `intraoperative`): on the
     # procedure's own day a value belongs to it even when it cannot be placed by the clock.
     intraoperative: frozenset[str] = frozenset()
+    # Procedures of a concept that are not operations (status not completed), and the valid
+    # range of numeric concepts (cards/concepts.toml `range`), for the story (clinical/story.py).
+    set_aside: list[SetAsideProcedure] = field(default_factory=list)
+    ranges: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)  # concept id -> label (naming a later treatment)
+    # The patient's story, built once per call from these facts (clinical/story.py story_of).
+    story_cache: object = field(default=None, repr=False, compare=False)
 
     # -- conditions ------------------------------------------------------------------------
     def active_conditions(self, concept: str) -> list[ConditionFact]:

@@ -45,6 +45,9 @@ from datetime import UTC, date, datetime
 
 from cds_service.clinical.dates import is_future, parse_fhir_date, parse_fhir_datetime
 from cds_service.clinical.dosage import read_daily_dose
+from cds_service.clinical.fhir_collect import READ_TYPES as _READ_TYPES
+from cds_service.clinical.fhir_collect import collect as _collect
+from cds_service.clinical.fhir_collect import medication_index as _medication_index
 from cds_service.clinical.fhir_elements import (
     ELEMENTS_READ,
     as_list,
@@ -55,6 +58,7 @@ from cds_service.clinical.fhir_elements import (
     type_and_id,
 )
 from cds_service.clinical.observation_values import Unreadable, read_value
+from cds_service.clinical.procedure_context import ConditionIndex, read_body_site, read_reason
 from cds_service.clinical.record import (
     FUTURE,
     ConditionFact,
@@ -63,6 +67,7 @@ from cds_service.clinical.record import (
     OrderFact,
     PatientRecord,
     ProcedureFact,
+    SetAsideProcedure,
     UnreadableInput,
 )
 from cds_service.terminology.concept_index import ConceptIndex, Match
@@ -115,12 +120,14 @@ def build_record(
         unavailable=dict(unavailable or {}),
         now=now,
         intraoperative=concepts.intraoperative,
+        ranges=concepts.ranges,
+        labels=concepts.labels,
     )
     sources = list(resources.values()) if isinstance(resources, dict) else []
     collected = _collect(sources)
     drafts = _collect([draft_orders])
     medications = _medication_index(collected + drafts)
-    conditions = _condition_index(collected + drafts)
+    conditions = ConditionIndex(collected + drafts)
 
     patient = next((r for r, _ in collected if r.get("resourceType") == "Patient"), None)
     if patient is not None:
@@ -128,7 +135,7 @@ def build_record(
 
     readers = {
         "Condition": _read_condition,
-        "Procedure": _read_procedure,
+        "Procedure": lambda r, c, rec, _m: _read_procedure(r, c, rec, conditions),
         "Observation": _read_observation,
         "MedicationRequest": _read_medication_use,
         "MedicationStatement": _read_medication_use,
@@ -163,84 +170,6 @@ def _could_not_read(resource: dict, record: PatientRecord) -> None:
             reason="the resource could not be read",
         )
     )
-
-
-# -- collecting ---------------------------------------------------------------------------
-_READ_TYPES = frozenset(
-    {
-        "Patient",
-        "Condition",
-        "Procedure",
-        "Observation",
-        "MedicationRequest",
-        "MedicationStatement",
-        "Medication",
-        "ServiceRequest",
-    }
-)
-
-
-def _collect(sources: Iterable[object]) -> list[tuple[dict, str | None]]:
-    """The resources of the types the record reads, from the sources (Bundles unpacked one
-    level), de-duplicated by type+id (the first one wins)."""
-    out: list[tuple[dict, str | None]] = []
-    seen: set[tuple[str, str]] = set()
-    read_types = _READ_TYPES
-    for source in sources:
-        if type(source) is not dict:
-            continue
-        if source.get("resourceType") == "Bundle":
-            entries = source.get("entry")
-            if type(entries) is not list:
-                continue
-        else:
-            entries = ({"resource": source},)
-        # One flat loop: this runs for every resource of the call (hundreds in a real chart).
-        for entry in entries:
-            if type(entry) is not dict:
-                continue
-            resource = entry.get("resource")
-            if type(resource) is not dict:
-                continue
-            kind = resource.get("resourceType")
-            if type(kind) is not str or kind not in read_types:
-                continue
-            rid = resource.get("id")
-            if type(rid) is str:
-                key = (kind, rid)
-                if key in seen:
-                    continue
-                seen.add(key)
-            full_url = entry.get("fullUrl")
-            out.append((resource, full_url if type(full_url) is str else None))
-    return out
-
-
-def _condition_index(resources: list[tuple[dict, str | None]]) -> dict[str, dict]:
-    """Conditions by "Condition/<id>" and fullUrl: what an order's reasonReference names."""
-    index: dict[str, dict] = {}
-    for resource, full_url in resources:
-        if resource.get("resourceType") != "Condition":
-            continue
-        rid = resource.get("id")
-        if isinstance(rid, str):
-            index.setdefault(f"Condition/{rid}", resource)
-        if full_url:
-            index.setdefault(full_url, resource)
-    return index
-
-
-def _medication_index(resources: list[tuple[dict, str | None]]) -> dict[str, dict]:
-    index: dict[str, dict] = {}
-    for resource, full_url in resources:
-        if resource.get("resourceType") != "Medication":
-            continue
-        rid = resource.get("id")
-        if isinstance(rid, str):
-            index.setdefault(f"Medication/{rid}", resource)
-        if full_url:
-            index.setdefault(full_url, resource)
-    return index
 
 
 # -- Patient -------------------------------------------------------------------------------
@@ -342,9 +271,20 @@ def _codeable_text(codeable: dict) -> str | None:
 
 
 # -- Procedure ---------------------------------------------------------------------------------
-def _read_procedure(resource: dict, concepts: ConceptIndex, record: PatientRecord, _meds) -> None:
+def _read_procedure(resource: dict, concepts: ConceptIndex, record: PatientRecord, conditions: ConditionIndex) -> None:
     matches = concepts.match_codeable(resource.get("code"), PROCEDURE_KINDS)
-    if not matches or resource.get("status") != "completed":
+    if not matches:
+        return
+    status = resource.get("status")
+    if status != "completed":
+        # Not an operation (entered in error, not done, not yet completed): set aside, and
+        # kept without identifiers so the evidence page can say why (clinical/story.py).
+        when = parse_fhir_date(resource.get("performedDateTime")) or parse_fhir_date(
+            get_sub(resource, "performedPeriod", "start")
+        )
+        shown = status if isinstance(status, str) and status else "no status"
+        for match in matches:
+            record.set_aside.append(SetAsideProcedure(match=match, status=shown, day=when))
         return
     if not _readable(resource, matches, record):
         return
@@ -364,9 +304,22 @@ def _read_procedure(resource: dict, concepts: ConceptIndex, record: PatientRecor
             performed,
         )
         return
+    reason = read_reason(resource, concepts, conditions)
+    site, side = read_body_site(resource)
     for match in matches:
         record.procedures.setdefault(match.concept, []).append(
-            ProcedureFact(match=match, status="completed", start=start, end=end)
+            ProcedureFact(
+                match=match,
+                status="completed",
+                start=start,
+                end=end,
+                reason_stated=reason.stated,
+                reason_concepts=reason.concepts,
+                reason_text=reason.text,
+                reason_unreadable=reason.unreadable,
+                body_site=site,
+                laterality=side,
+            )
         )
 
 
@@ -481,7 +434,7 @@ def _read_draft_order(
     medications: dict,
     full_url: str | None,
     selected: frozenset[str] | None,
-    conditions: dict[str, dict],
+    conditions: ConditionIndex | None = None,
 ) -> None:
     kind = resource.get("resourceType")
     if kind == "ServiceRequest":
@@ -507,7 +460,7 @@ def _read_draft_order(
     rid = resource.get("id")
     ref = f"{kind}/{rid}" if isinstance(rid, str) and rid else (full_url or kind)
     is_selected = selected is None or ref in selected or (full_url is not None and full_url in selected)
-    reasons, stated = _order_reasons(resource, concepts, conditions) if kind != "MedicationRequest" else ((), False)
+    reason = read_reason(resource, concepts, conditions)
     for match in matches:
         record.orders.setdefault(match.concept, []).append(
             OrderFact(
@@ -515,34 +468,11 @@ def _read_draft_order(
                 resource_type=kind,
                 resource_ref=ref,
                 selected=is_selected,
-                reasons=reasons,
-                reason_stated=stated,
+                reason_stated=reason.stated,
+                reason_concepts=reason.concepts,
                 display=match.display or concepts.code_display(match.concept, match.system, match.code),
             )
         )
-
-
-def _order_reasons(resource: dict, concepts: ConceptIndex, conditions: dict[str, dict]) -> tuple[tuple[str, ...], bool]:
-    """The condition concepts an order's stated reason names (ServiceRequest / Procedure
-    reasonCode, and reasonReference to a Condition of the record or the draft bundle), and
-    whether a reason is stated at all. A reason that is not valid FHIR is not a stated reason."""
-    found: dict[str, None] = {}
-    stated = False
-    for codeable in as_list(resource.get("reasonCode")):
-        if type(codeable) is dict and is_codeable(codeable):
-            stated = True
-            for match in concepts.match_codeable(codeable, CONDITION_KINDS):
-                found.setdefault(match.concept)
-    for reference in as_list(resource.get("reasonReference")):
-        target = reference.get("reference") if type(reference) is dict else None
-        if not isinstance(target, str) or not target:
-            continue
-        stated = True
-        condition = conditions.get(target) or conditions.get(type_and_id(target))
-        if condition is not None:
-            for match in concepts.match_codeable(condition.get("code"), CONDITION_KINDS):
-                found.setdefault(match.concept)
-    return tuple(found), stated
 
 
 def _selection_set(selections: Iterable[str] | None) -> frozenset[str] | None:

@@ -170,8 +170,11 @@ def _values(result: CardResult) -> dict[str, str]:
     values = {name: format_figure(v) for name, v in card.figures.items()}
     for item in result.inputs:
         values[item.predictor] = escape(item.display) if item.status == USED else item.display
+        if item.date is not None:
+            values[f"{item.predictor}_date"] = item.date.isoformat()
     for p in card.predictors:
         values.setdefault(p.id, "not assessed here")
+        values.setdefault(f"{p.id}_date", "date not recorded")
     site = result.site_model
     values["site_label"] = escape(site.label) if site else "none"
     values["site_version"] = escape(site.version) if site else "none"
@@ -217,7 +220,7 @@ def _summary(result: CardResult, values: dict[str, str]) -> str:
 def _detail(result: CardResult, values: dict[str, str]) -> str:
     """The lead, the inputs used and missing in clinical words, one line of evidence strength.
     Everything else (sections, estimate, all caveats, sources) is on the evidence page."""
-    parts = [_fill(result.situation.lead, values)]
+    parts = [_lead(result, values)]
     parts.extend(_input_sections(result))
     strength = strength_line(result, values)
     if strength:
@@ -271,7 +274,18 @@ def page_sections(result: CardResult) -> list[dict]:
 
 def lead_text(result: CardResult) -> str:
     # strip: a lead may end with placeholders that are empty for this patient
+    # the page shows the sections themselves, `on_card` ones too
     return _fill(result.situation.lead, _values(result)).strip()
+
+
+def _lead(result: CardResult, values: dict[str, str]) -> str:
+    """The lead, then the bodies of the situation's `on_card` sections that apply."""
+    parts = [_fill(result.situation.lead, values)]
+    for key in result.situation.on_card:
+        section = chosen(result.card.sections[key].options, result)
+        if section is not None:
+            parts.append(_fill(section.body, values))
+    return "\n\n".join(p.strip() for p in parts if p.strip())
 
 
 def _figure_values(result: CardResult) -> dict[str, str]:

@@ -305,6 +305,9 @@ class Predictor(Table):
     indication: Text | None = Field(
         None, description="order: the condition concept an order must be for (its stated reason, or the patient's)"
     )
+    for_condition: Text | None = Field(
+        None, description="operations / orders done for this condition concept only (stated reason)"
+    )
     notes: dict[str, Text] = Field(default_factory=dict, description="the kind's notes, worded for this card")
     context: Flag = Field(False, description="read in every situation; listed, not counted as a factor")
 
@@ -328,7 +331,15 @@ class Predictor(Table):
         for i, concept in enumerate(self.concepts):
             wanted = (roles[min(i, len(roles) - 1)],) if roles else kind.concept_kinds
             _check_concept(info.context, concept, wanted, where)
-        options = ("lookback_days", "after_procedure", "annotate_procedure", "values", "site", "indication")
+        options = (
+            "lookback_days",
+            "after_procedure",
+            "annotate_procedure",
+            "values",
+            "site",
+            "indication",
+            "for_condition",
+        )
         used = {k for k in options if getattr(self, k)}
         if used - kind.options:
             raise ValueError(
@@ -340,6 +351,8 @@ class Predictor(Table):
             _check_concept(info.context, self.site, ("body_site",), where)
         if self.indication:
             _check_concept(info.context, self.indication, ("condition",), where)
+        if self.for_condition:
+            _check_concept(info.context, self.for_condition, ("condition",), where)
         unknown = set(self.notes) - set(kind.notes)
         if unknown:
             raise ValueError(
@@ -388,6 +401,11 @@ class Situation(Table):
     summary: Summary
     lead: Text
     sections: list[Text]
+    on_card: list[Text] = Field(
+        default_factory=list,
+        description="section keys whose chosen variant's body follows the lead on the card itself "
+        "(a fact of the patient's story the clinician must see there, not only on the evidence page)",
+    )
     use_model: Flag = False
     no_estimate: Text | None = Field(None, description="key in [texts]: why no patient-specific figure is shown")
     source: Reference | None = None
@@ -723,7 +741,8 @@ def _check_card(card: CardContent) -> None:
         if r.category is not None and card.override_reason_categories is None:
             raise ValueError(f"[[override_reasons]] {r.code}: a category needs [override_reason_categories]")
 
-    names = set(card.figures) | set(predictors) | DYNAMIC_NAMES
+    # {<predictor>_date}: the date of the patient's value (the story's facts are stated with their date)
+    names = set(card.figures) | set(predictors) | {f"{p}_date" for p in predictors} | DYNAMIC_NAMES
     clash = set(card.figures) & (set(predictors) | DYNAMIC_NAMES)
     if clash:
         raise ValueError(f"names used both as figure and predictor/dynamic value: {sorted(clash)}")
@@ -781,7 +800,7 @@ def _check_situation(card: CardContent, s: Situation, predictors: dict, context:
     for pid in [*reads, *(w.predictor for w in s.requires)]:
         if predictors[pid].needs_procedure and not has_procedure:
             raise ValueError(f"{where}: predictor {pid} is read relative to a procedure, but the situation has none")
-    for key in s.sections:
+    for key in [*s.sections, *s.on_card]:
         if key not in card.sections:
             raise ValueError(f"{where}: section {key!r} is not defined under [sections]")
     if s.strength is not None:

@@ -4,9 +4,9 @@ A predictor in a card file names its kind (`derive = "observation"`). This regis
 the card loader knows about each kind: what it reads, which kind of concept it needs (if
 any), whether its value is yes/no or a number, whether it is read relative to the
 situation's procedure, which predictor options apply, and the notes a card may word for it.
-clinical/evaluate.py holds one function per kind, registered under the same name.
+clinical/predictors.py holds one function per kind, registered under the same name.
 
-Adding a kind = one entry here + one function in clinical/evaluate.py (DERIVE).
+Adding a kind = one entry here + one function in clinical/predictors.py (DERIVE).
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 OBSERVATION_OPTIONS = frozenset({"lookback_days", "after_procedure", "annotate_procedure", "values"})
+# `for_condition`: only operations / orders done for that condition (EVIDENCE.md "The patient's
+# story", indication: one whose stated reason names only another condition does not count).
+TREATMENT_OPTIONS = frozenset({"for_condition"})
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,9 @@ class DerivationKind:
     # the kind of concept each position of `concept` must be (the last repeats): several
     # concepts with different roles, e.g. ("observation", "medication"); () = any of concept_kinds
     concept_roles: tuple[str, ...] = ()
+    # The `cds-service learn` reads (cards/learning/*.toml `read`) that stand for this kind at
+    # the index operation: read by the same story code as the bedside (learning/cohort.py).
+    learn_reads: tuple[str, ...] = ()
 
 
 KINDS: dict[str, DerivationKind] = {
@@ -39,6 +45,7 @@ KINDS: dict[str, DerivationKind] = {
         concept_kinds=("condition",),
         yes_no=True,
         absent_when_missing=True,
+        learn_reads=("condition_at_index",),
     ),
     "condition_after_procedure": DerivationKind(
         "a Condition of the concept present after the situation's procedure",
@@ -51,11 +58,13 @@ KINDS: dict[str, DerivationKind] = {
         concept_kinds=("medication",),
         yes_no=True,
         absent_when_missing=True,
+        learn_reads=("medication_at_index",),
     ),
     "observation": DerivationKind(
         "the latest Observation of the concept",
         concept_kinds=("observation",),
         options=OBSERVATION_OPTIONS,
+        learn_reads=("observation_after_index", "observation_before_index"),
         notes={
             # the value used is older than one that could not be read; followed by that one's date
             "newer_unreadable": "this older value is used: a newer one could not be read, dated",
@@ -67,29 +76,36 @@ KINDS: dict[str, DerivationKind] = {
     "sex": DerivationKind(
         "the patient's administrative gender (male = yes); the note is `how`, a colon and the gender found",
         yes_no=True,
+        learn_reads=("sex_male",),
     ),
     "age": DerivationKind("age in whole years at the date of the call, from the patient's birth date"),
     "disease_duration": DerivationKind(
         "years since the earliest onset of the concept's Condition",
         concept_kinds=("condition",),
+        learn_reads=("disease_duration_at_index",),
         notes={
             "used": "",  # where the onset comes from
             "no_onset": "the Condition has no usable onset date (its recorded date is not taken as the onset)",
         },
     ),
     "operation_time": DerivationKind(
-        "minutes from the start to the end of the situation's procedure, else an Observation on its day",
+        "an operation-time Observation of the procedure's day, else the minutes from the start to the "
+        "end of its period (a period longer than 12 hours is a stay: not used); the concept's range holds for both",
         concept_kinds=("observation",),
         needs_procedure=True,
+        learn_reads=("index_duration",),
         notes={
             "from_period": "from the procedure's start and end times",
             "from_observation": "from an Observation of the procedure day",
+            "stay": "the procedure's recorded period is longer than 12 hours (a stay, not an operation time): not used",
+            "range": "the procedure's recorded period is outside the valid range of an operation time: not used",
         },
     ),
     "condition_since_procedure": DerivationKind(
-        "where the concept's active Conditions stand relative to the situation's procedure: "
-        "'after' (dated after it), 'unclear' (no date that places it, or only the procedure's day "
-        "(note 'unplaced'); dated before it with no end (note 'ongoing')), 'none' (none active)",
+        "where the concept's Conditions stand relative to the situation's procedure: "
+        "'after' (active, dated after it), 'unclear' (no date that places it, or only the procedure's day "
+        "(note 'unplaced'); dated before it with no end (note 'ongoing')), 'resolved' (ended on a date "
+        "after it: delayed resolution; the display gives the date), 'none' (none active)",
         concept_kinds=("condition",),
         needs_procedure=True,
         notes={
@@ -98,11 +114,14 @@ KINDS: dict[str, DerivationKind] = {
             "ongoing": "still active since before the procedure, with no end date",
             "none": "none active since the procedure",
             "procedure_undated": "present; the procedure has no date to place it against",
+            "resolved": "recorded as resolved on",  # followed by the date
+            "resolved_after": "after the procedure",  # follows the time from the procedure to it
         },
     ),
     "procedure_count": DerivationKind(
-        "how many completed Procedures of the concept the record holds (not dated after today)",
+        "how many operations of the concept the story holds (records of one day merged; not dated after today)",
         concept_kinds=("procedure",),
+        options=TREATMENT_OPTIONS,
     ),
     "time_since_procedure": DerivationKind("months since the situation's procedure", needs_procedure=True),
     "intraoperative": DerivationKind(
@@ -110,10 +129,12 @@ KINDS: dict[str, DerivationKind] = {
         notes={"not_yet_known": "not known before surgery"},  # shown as its value; `how` says when it is known
     ),
     "procedure": DerivationKind(
-        "the latest completed Procedure of the concept (yes / not recorded); the situation's procedure",
+        "the latest operation of the concept (records of one day merged; yes / not recorded); the "
+        "situation's procedure",
         concept_kinds=("procedure",),
         yes_no=True,
         is_procedure=True,
+        options=TREATMENT_OPTIONS,
     ),
     "later_procedure": DerivationKind(
         "a completed Procedure of the concept(s) performed after the situation's procedure (yes / not recorded)",
@@ -121,6 +142,20 @@ KINDS: dict[str, DerivationKind] = {
         yes_no=True,
         needs_procedure=True,
         several_concepts=True,
+        options=TREATMENT_OPTIONS,
+    ),
+    "treated_after": DerivationKind(
+        "the first operation of the concept(s) after the situation's procedure, with its date; 'treated' "
+        "when the condition of `for_condition` is not recorded after that later operation, 'spasm_after' "
+        "when it is (recorded after the later treatment)",
+        concept_kinds=("procedure",),
+        needs_procedure=True,
+        several_concepts=True,
+        options=TREATMENT_OPTIONS,
+        notes={
+            "treated": "treated again after the procedure",
+            "spasm_after": "treated again after the procedure, and the condition is recorded after that treatment",
+        },
     ),
     "order": DerivationKind(
         "a draft order of the concept(s) being selected (order-select) or signed (order-sign); with "
@@ -132,7 +167,7 @@ KINDS: dict[str, DerivationKind] = {
         yes_no=True,
         several_concepts=True,
         is_order=True,
-        options=frozenset({"indication"}),
+        options=frozenset({"indication"}) | TREATMENT_OPTIONS,
         notes={
             "for_indication": "ordered for the indication (its stated reason)",
             "patient_has_indication": "no stated reason of a known condition; the patient has the indication",

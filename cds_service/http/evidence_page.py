@@ -101,6 +101,7 @@ def render_page(data: dict) -> str:
         lead=data.get("lead", ""),
         sections=data.get("sections", []),
         inputs=[_input_row(item) for item in data.get("inputs", [])],
+        story=data.get("story", []),
         caveats=data.get("caveats", []),
         sources=[{"label": s.get("label", ""), "url": s.get("url") or ""} for s in data.get("sources", [])],
         judgement=JUDGEMENT,

@@ -3,9 +3,15 @@ the outcome, as the learning definition says.
 
 Every fact is read by the hook path's record code (`clinical.record_build.build_record` with the
 site's ConceptIndex): the same codes, value kinds, units, ranges and status rules as at the
-point of care, so training and serving do not differ in how a value is read. What is
-decided here is only what the definition adds: which procedure is the index, what the
-decision time is, and which facts count as the outcome.
+point of care, so training and serving do not differ in how a value is read. The patient's
+story (`clinical.story`) is read with the same code as at the bedside too: the index is an
+operation (the records of one day merged; not one done for another condition), the
+operation time is the story's (an Observation of the day wins; a period over 12 hours is a
+stay), and a further treatment is an operation after the index (EVIDENCE.md "The patient's
+story"). Each `read` stands for the bedside derivation kind that declares it
+(content/derivations.py `learn_reads`). What is decided here is only what the definition
+adds: which operation is the index, what the decision time is, and which facts count as
+the outcome.
 
 A row carries no identifier: predictor values, the event flag and (Cox) the follow-up time.
 """
@@ -20,6 +26,7 @@ from datetime import date, timedelta
 from cds_service.clinical.dates import DAYS_PER_YEAR, day_of, instant_of, on_or_after, parse_fhir_date
 from cds_service.clinical.record import NOT_CURRENT_USE, PatientRecord, ProcedureFact
 from cds_service.clinical.record_build import build_record
+from cds_service.clinical.story import operation_time, story_of
 from cds_service.learning.definition import LearningDefinition, PredictorRead
 from cds_service.terminology.concept_index import ConceptIndex
 
@@ -116,16 +123,15 @@ def patient_row(
         values[predictor.id] = value
     if definition.kind == "logistic":
         return Row(values=values, event=bool(logistic_event))
-    return _survival_row(values, record, resources, definition, index_day, today)
+    return _survival_row(values, record, resources, definition, index, today)
 
 
 # ---------------------------------------------------------------------------- index
 def _index_candidates(record: PatientRecord, definition: LearningDefinition, today: date) -> list[ProcedureFact]:
-    done = [
-        p
-        for p in record.procedures.get(definition.index.procedure, ())
-        if p.status == "completed" and p.performed is not None and day_of(p.performed) <= today
-    ]
+    """The dated operations of the index procedure (the story's episodes: records of one
+    day are one operation), done for the required condition, oldest first."""
+    episodes = story_of(record).operations(definition.index.procedure, definition.index.requires_condition)
+    done = [e.fact for e in episodes if e.fact.performed is not None and day_of(e.fact.performed) <= today]
     return sorted(done, key=lambda p: instant_of(p.performed))
 
 
@@ -141,14 +147,8 @@ def _condition_by(record: PatientRecord, concept: str, day: date) -> bool:
 # ---------------------------------------------------------------------------- predictors
 def _read(p: PredictorRead, record: PatientRecord, index: ProcedureFact, decision_day: date) -> float | None:
     index_day = day_of(index.performed)
-    if p.read == "index_duration":
-        minutes = index.duration_minutes
-        if minutes is not None:
-            return minutes
-        for fact in record.observations_for(p.concept):  # an operation-time Observation of the index day
-            if fact.effective is not None and index_day <= day_of(fact.effective) <= index_day + timedelta(days=1):
-                return _number(fact.value)
-        return None
+    if p.read == "index_duration":  # the bedside's `operation_time` kind, by the same function
+        return operation_time(record, index, p.concept).minutes
     if p.read == "observation_after_index":
         for fact in record.observations_for(p.concept, after=index):
             if day_of(fact.effective) <= decision_day:
@@ -217,21 +217,20 @@ def _survival_row(
     record: PatientRecord,
     resources: list[dict],
     definition: LearningDefinition,
-    index_day: date,
+    index: ProcedureFact,
     today: date,
 ) -> Row | str:
     o = definition.outcome
+    index_day = day_of(index.performed)
     events: list[date] = []
-    if o.condition:
-        for fact in record.conditions.get(o.condition, ()):
+    if o.condition:  # spasm recorded after the operation: the bedside's query (record.conditions_after)
+        for fact in record.conditions_after(o.condition, index):
             if fact.clinical_status in o.condition_statuses:
-                later = [d for d in (fact.onset, fact.recorded) if d is not None and d > index_day]
-                if later:
-                    events.append(min(later))
-    for concept in o.procedures:
-        for p in record.procedures.get(concept, ()):
-            if p.status == "completed" and p.performed is not None and index_day < day_of(p.performed) <= today:
-                events.append(day_of(p.performed))
+                events.append(min(d for d in (fact.onset, fact.recorded) if d is not None and d > index_day))
+    # A further treatment: an operation of the story after the index one (on a later day).
+    for episode in story_of(record).treatments_after(index, tuple(o.procedures), definition.index.requires_condition):
+        if index_day < episode.day <= today:
+            events.append(episode.day)
     events = [d for d in events if d <= today]
     if events:
         end, event = min(events), True

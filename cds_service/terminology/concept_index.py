@@ -159,6 +159,14 @@ class ConceptIndex:
         self._kind = {c.id: c.kind for c in self.concepts.values()}
         # Observation concepts taken during a procedure (`intraoperative`), for the record.
         self.intraoperative = frozenset(c.id for c in self.concepts.values() if c.intraoperative)
+        # The valid range of each numeric concept, for the record (an operation time read from a
+        # Procedure's period is held to the same range as one recorded as an Observation).
+        self.ranges: dict[str, tuple[float | None, float | None]] = {
+            c.id: (c.value.low, c.value.high)
+            for c in self.concepts.values()
+            if c.value is not None and (c.value.low is not None or c.value.high is not None)
+        }
+        self.labels: dict[str, str] = {c.id: c.label for c in self.concepts.values()}
         self._text = tuple((c.id, c.kind, text_pattern(c.text)) for c in self.concepts.values() if c.text)
         self._text_kinds = frozenset(kind for _, kind, _ in self._text)
         self._answers: dict[str, tuple[dict[tuple[str, str], Answer], dict[str, Answer]]] = {}

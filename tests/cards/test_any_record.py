@@ -48,7 +48,7 @@ OBSERVATION_VALUES = {
     "responsible_vessel_count": st.integers(0, 10),
     "mri_neurovascular_contact": st.booleans(),
     "daily_morphine_dose": st.floats(0, 10000),
-    "operation_time": st.floats(0, 1440),
+    "operation_time": st.floats(0, 720),
 }
 
 days = st.integers(-4000, 400)  # relative to TODAY; some in the future

@@ -172,7 +172,7 @@ def test_recurrent_hfs_after_mvd_gives_revision_guidance_and_the_mri_finding():
         "incomplete decompression in 8, Teflon away from the root exit zone in 12, severe Teflon adhesion in 3" in page
     )
     assert "19 excellent immediately after surgery, 20 spasm-free at 1 year, 3 with persistent spasm" in page
-    assert "Neurovascular contact on MRI for this patient: yes." in page
+    assert "Neurovascular contact on an MRI after the MVD for this patient: yes." in page
     assert "- **Neurovascular contact seen on MRI (3D TOF MRA)**: yes, recorded 2024-10-02" in detail
     assert "- **Hemifacial spasm since the MVD**: present after the MVD (recurrence), onset 2024-09-01" in detail
     assert {k: v for k, v in card["source"].items() if k != "topic"} == {  # topic: tests/clinical/test_card_topic.py
@@ -180,7 +180,7 @@ def test_recurrent_hfs_after_mvd_gives_revision_guidance_and_the_mri_finding():
         "url": "https://doi.org/10.1016/j.wneu.2019.07.191",
     }
     # the other publications are cited on the evidence page
-    assert "Payner TD, Tew JM" in page and "Chang WS et al. Acta Neurochir 2012;154:1613-1619" in page
+    assert "Payner TD, Tew JM" in page and "Chang WS et al. Acta Neurochir 2012;154(9):1613-1619" in page
 
 
 def test_persistent_hfs_without_an_mri_result_asks_whether_contact_was_seen():
@@ -191,7 +191,10 @@ def test_persistent_hfs_without_an_mri_result_asks_whether_contact_was_seen():
     )
     detail = card["detail"]
     page = chart.evidence(CARD, "patient-view", TODAY)
-    assert "**Was neurovascular contact at the facial nerve root exit zone seen on MRI (3D TOF MRA)?**" in page
+    assert (
+        "**Was neurovascular contact at the facial nerve root exit zone seen on MRI (3D TOF MRA) after the MVD?**"
+        in page
+    )
     assert "- **Neurovascular contact seen on MRI (3D TOF MRA)**: not recorded" in detail
 
 
@@ -218,9 +221,13 @@ def test_an_hfs_diagnosis_from_before_the_mvd_still_marked_active_is_not_taken_a
 
 
 def test_a_resolved_hfs_after_mvd_is_not_persistent_spasm():
+    # EVIDENCE.md "The patient's story": spasm that ended after the MVD is described as resolved
+    # on that date (delayed resolution), never as "no spasm since the MVD"
     chart = Chart().hfs(onset="2019-01-01", status="resolved", abatement="2024-03-01").mvd("2024-02-01")
     result = chart.result(CARD, "patient-view", TODAY)
-    assert result.situation.id == "spasm-free-second-year"
+    assert result.situation.id == "resolved-after-mvd"
+    summary = render(result)["summary"]
+    assert "resolved on 2024-03-01 (29 days after the MVD): delayed resolution" in summary and "no spasm" not in summary
     assert "### Revision MVD" not in render(result)["detail"]
     assert "### Revision MVD" not in chart.evidence(CARD, "patient-view", TODAY)
 

@@ -152,7 +152,9 @@ def test_every_quote_is_the_sources_own_words_in_its_seed_or_in_evidence_md(spec
 def test_every_source_is_the_one_its_evidence_md_section_names(specification):
     wrong = []
     for source_id, source in REGISTER["sources"].items():
-        section = evidence.specification_section(specification, source["evidence_section"]).lower()
+        # its card's section, and any other section that gives its identifiers (`also_in`)
+        names = [source["evidence_section"], *source.get("also_in", [])]
+        section = "\n".join(evidence.specification_section(specification, n) for n in names).lower()
         for key in ("seed", "doi", "pmid"):
             if key in source and source[key].lower() not in section:
                 wrong.append(f"{source_id}.{key}")

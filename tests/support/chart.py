@@ -116,12 +116,22 @@ class Chart:
 
     # -- procedures -------------------------------------------------------------------------
     def procedure(
-        self, code: tuple[str, str], start: str | None = None, end: str | None = None, status: str = "completed"
+        self,
+        code: tuple[str, str] | None,
+        start: str | None = None,
+        end: str | None = None,
+        status: str = "completed",
+        **extra,
     ) -> Chart:
+        """extra: other Procedure elements (reasonCode, reasonReference, bodySite, display=...)."""
         self.resources.append(
-            fhir.procedure(code, start, end, id=self._id("proc"), patient=self.patient_id, status=status)
+            fhir.procedure(code, start, end, id=self._id("proc"), patient=self.patient_id, status=status, **extra)
         )
         return self
+
+    def last_id(self) -> str:
+        """The id of the resource added last ("cond-3"), to reference it."""
+        return self.resources[-1]["id"]
 
     def rfa(self, start: str | None, end: str | None = None, **kw) -> Chart:
         return self.procedure(RFA, start, end, **kw)
@@ -167,10 +177,11 @@ class Chart:
         return self
 
     # -- draft orders ------------------------------------------------------------------------
-    def order(self, code: tuple[str, str], selected: bool = True) -> Chart:
-        """A draft ServiceRequest (order-select: listed in selections when `selected`)."""
+    def order(self, code: tuple[str, str], selected: bool = True, **extra) -> Chart:
+        """A draft ServiceRequest (order-select: listed in selections when `selected`);
+        extra: other elements (reasonCode...)."""
         rid = self._id("sr")
-        self.drafts.append(fhir.service_request(code, id=rid, patient=self.patient_id))
+        self.drafts.append(fhir.service_request(code, id=rid, patient=self.patient_id, **extra))
         if selected:
             self.selections.append(f"ServiceRequest/{rid}")
         return self
@@ -305,4 +316,5 @@ def page_text(page: dict) -> str:
     parts += [f"- {c}" for c in page["caveats"]]
     parts += [f"- {s['label']}: <{s['url']}>" for s in page["sources"]]
     parts += [f"- {i['label']}: {i['note']}" for i in page["inputs"]]
+    parts += [f"- {n['fact']}: {n['how']}" for n in page.get("story", [])]
     return "\n\n".join(parts)

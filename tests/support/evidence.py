@@ -148,8 +148,10 @@ SEEDS_DIR = EVIDENCE_MD.parent / "seeds"
 
 
 def specification_section(text: str, letter: str) -> str:
-    """The text of '## <letter>. ...' up to the next '## ' heading of EVIDENCE.md."""
-    match = re.search(rf"^## {letter}\. .*?(?=^## )", text, re.S | re.M)
+    """The text of '## <letter>. ...' up to the next '## ' heading of EVIDENCE.md; a longer
+    name is a section by its title ("The patient's story")."""
+    head = rf"{letter}\. " if len(letter) == 1 else re.escape(letter)
+    match = re.search(rf"^## {head}.*?(?=^## |\Z)", text, re.S | re.M)
     if match is None:
         raise KeyError(f"EVIDENCE.md has no section {letter}")
     return match.group(0)

@@ -1,0 +1,75 @@
+"""Collecting the resources of one hook call from prefetched or fetched FHIR data: the
+resource types the record reads, Bundles unpacked one level, de-duplicated by type and id;
+and the Medication resources a request may reference. Split from record_build.py (which
+reads the collected resources into facts); nothing here reads an element beyond the type,
+id and fullUrl.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = ["READ_TYPES", "collect", "medication_index"]
+
+
+READ_TYPES = frozenset(
+    {
+        "Patient",
+        "Condition",
+        "Procedure",
+        "Observation",
+        "MedicationRequest",
+        "MedicationStatement",
+        "Medication",
+        "ServiceRequest",
+    }
+)
+
+
+def collect(sources: Iterable[object]) -> list[tuple[dict, str | None]]:
+    """The resources of the types the record reads, from the sources (Bundles unpacked one
+    level), de-duplicated by type+id (the first one wins)."""
+    out: list[tuple[dict, str | None]] = []
+    seen: set[tuple[str, str]] = set()
+    read_types = READ_TYPES
+    for source in sources:
+        if type(source) is not dict:
+            continue
+        if source.get("resourceType") == "Bundle":
+            entries = source.get("entry")
+            if type(entries) is not list:
+                continue
+        else:
+            entries = ({"resource": source},)
+        # One flat loop: this runs for every resource of the call (hundreds in a real chart).
+        for entry in entries:
+            if type(entry) is not dict:
+                continue
+            resource = entry.get("resource")
+            if type(resource) is not dict:
+                continue
+            kind = resource.get("resourceType")
+            if type(kind) is not str or kind not in read_types:
+                continue
+            rid = resource.get("id")
+            if type(rid) is str:
+                key = (kind, rid)
+                if key in seen:
+                    continue
+                seen.add(key)
+            full_url = entry.get("fullUrl")
+            out.append((resource, full_url if type(full_url) is str else None))
+    return out
+
+
+def medication_index(resources: list[tuple[dict, str | None]]) -> dict[str, dict]:
+    index: dict[str, dict] = {}
+    for resource, full_url in resources:
+        if resource.get("resourceType") != "Medication":
+            continue
+        rid = resource.get("id")
+        if isinstance(rid, str):
+            index.setdefault(f"Medication/{rid}", resource)
+        if full_url:
+            index.setdefault(full_url, resource)
+    return index
