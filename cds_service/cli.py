@@ -63,6 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     _store_arguments(prune)
     prune.add_argument("--days", type=int, help="retention in days (default: the setting audit_retention_days)")
     _add_learn_parser(commands)
+    approve = commands.add_parser(
+        "approve",
+        help="record that you reviewed a site model's report and approve its deployment",
+        description="Sets the report's approval (who, when, an optional note) and rewrites its HTML. The service "
+        "does not start with a learned model whose report nobody approved.",
+    )
+    approve.add_argument("report", help="the model's <card>.report.json")
+    approve.add_argument("--by", required=True, help="your name and role, as it should stand in the model card")
+    approve.add_argument("--note", help="a note kept with the approval")
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -78,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             return _audit_prune(args)
         if args.command == "learn":
             return _learn(args)
+        if args.command == "approve":
+            return _approve(args)
         return _report(args)
     except (ConfigError, StoreError) as exc:
         print(f"cds-service: {exc}", file=sys.stderr)
@@ -360,6 +371,18 @@ def _learn(args: argparse.Namespace) -> int:
     if result.overlay is not None:
         print(f"overlay entry: {result.overlay}")
     return LEARN_EXIT[result.status]
+
+
+def _approve(args: argparse.Namespace) -> int:
+    from cds_service.learning.report import ReportFileError, approve
+
+    try:
+        report = approve(args.report, args.by, args.note, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    except ReportFileError as exc:
+        print(f"cds-service approve: {exc.reason}", file=sys.stderr)
+        return 2
+    print(f"approved by {report.approval.approved_by}: {args.report}")
+    return 0
 
 
 if __name__ == "__main__":

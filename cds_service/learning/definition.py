@@ -106,6 +106,18 @@ class Validation(_Strict):
     calibration_horizon: float | None = None
 
 
+class ModelCardText(_Strict):
+    """The model card's words a person writes (TRIPOD+AI items the data cannot say)."""
+
+    intended_use: str
+    intended_users: str
+    setting: str
+    missing_inputs: str
+    updating_policy: str
+    age_bands: tuple[float, ...] = (50.0, 65.0)  # subgroup cut-offs, years at the index
+    min_subgroup_events: int = Field(default=10, ge=1)  # fewer: "too few events", no estimate
+
+
 class LearningDefinition(_Strict):
     card: str
     version: str
@@ -117,6 +129,7 @@ class LearningDefinition(_Strict):
     outcome: Outcome
     minimum_sample_size: SampleSizeRule
     validation: Validation = Validation()
+    model_card: ModelCardText
 
     @model_validator(mode="after")
     def _check(self) -> LearningDefinition:

@@ -194,6 +194,27 @@ def kaplan_meier_risk(time: np.ndarray, event: np.ndarray, horizon: float) -> fl
     return 1.0 - survival
 
 
+def observed_expected(observed: int, expected: float, alpha: float = 0.05) -> dict:
+    """O/E with the exact (Garwood) Poisson interval of O, divided by E (E taken as known)."""
+    from scipy.stats import chi2
+
+    if expected <= 0:
+        return {"estimate": None, "low": None, "high": None}
+    low = chi2.ppf(alpha / 2, 2 * observed) / 2 if observed > 0 else 0.0
+    high = chi2.ppf(1 - alpha / 2, 2 * (observed + 1)) / 2
+    return {"estimate": observed / expected, "low": float(low) / expected, "high": float(high) / expected}
+
+
+def c_interval(c: float, events: int, non_events: int) -> dict:
+    """A C-statistic with the Hanley-McNeil (1982) 95 % interval (events vs non-events)."""
+    if not math.isfinite(c) or events < 1 or non_events < 1:
+        return {"estimate": c if math.isfinite(c) else None, "low": None, "high": None}
+    q1, q2 = c / (2 - c), 2 * c * c / (1 + c)
+    var = (c * (1 - c) + (events - 1) * (q1 - c * c) + (non_events - 1) * (q2 - c * c)) / (events * non_events)
+    se = math.sqrt(max(var, 0.0))
+    return {"estimate": c, "low": max(0.0, c - 1.959964 * se), "high": min(1.0, c + 1.959964 * se)}
+
+
 def calibration_groups(predicted: np.ndarray, d: Design, horizon: float | None, groups: int) -> list[dict]:
     """Observed vs mean predicted risk in groups of equal size by predicted risk."""
     order = np.argsort(predicted, kind="mergesort")

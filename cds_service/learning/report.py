@@ -13,12 +13,15 @@ import html
 import json
 import math
 
-REPORT_FORMAT = "hfs-cds-learned-model-report/1"
+from cds_service.content.model_report import REPORT_FORMAT, ModelReport, build_report
+
+__all__ = ["REPORT_FORMAT", "calibration_svg", "overlay_text", "report_html", "report_json"]
 
 
 # ---------------------------------------------------------------------------- overlay
-def overlay_text(report: dict) -> str:
+def overlay_text(report: dict | ModelReport) -> str:
     """The `[models.<card-id>]` table of the site overlay, with provenance as comments."""
+    report = _read(report)
     card = report["card"]["id"]
     model = report["model"]
     prov = report["provenance"]
@@ -69,19 +72,16 @@ def _num(value: float) -> str:
 
 
 # ---------------------------------------------------------------------------- JSON
-def report_json(report: dict) -> str:
-    return json.dumps(_finite(report), indent=2, ensure_ascii=False) + "\n"
+def report_json(report: dict | ModelReport) -> str:
+    """The report's JSON, validated with the one declared format first (pydantic
+    ValidationError: the reader would refuse it, so it is not written)."""
+    return (report if isinstance(report, ModelReport) else build_report(report)).to_json()
 
 
-def _finite(value):
-    """NaN / infinity are not JSON: they become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
+def _read(report: dict | ModelReport) -> dict:
+    """The report as the reader sees it: validated, as plain data."""
+    validated = report if isinstance(report, ModelReport) else build_report(report)
+    return validated.model_dump(mode="json")
 
 
 # ---------------------------------------------------------------------------- SVG
@@ -128,8 +128,8 @@ def calibration_svg(groups: list[dict], title: str) -> str:
 
 
 # ---------------------------------------------------------------------------- HTML
-def report_html(report: dict, svg: str | None) -> str:
-    r = _finite(report)
+def report_html(report: dict | ModelReport, svg: str | None) -> str:
+    r = _read(report)
     e = html.escape
     model = r["model"]
     out = [
@@ -145,8 +145,9 @@ def report_html(report: dict, svg: str | None) -> str:
         + (f", time in {e(model['time_unit'])}" if model.get("time_unit") else "")
         + ").</p>",
     ]
+    out += _model_card_html(r)
     out.append("<h2>Minimum requirements</h2>")
-    out.append(f"<p>Minimum sample size rule: {e(r['minimums']['sample_size_rule'])}</p>")
+    out.append(f"<p>Minimum sample size rule: {e(r['minimums']['sample_size_rule'] or 'not stated')}</p>")
     out.append(
         _table(
             ["Check", "Value", "Required", "Met"],
@@ -159,11 +160,11 @@ def report_html(report: dict, svg: str | None) -> str:
     out.append("<h2>Cohort</h2>")
     counts = r["counts"]
     rows = [
-        ["Patients in the extraction", counts["patients_scanned"]],
-        ["With the index event", counts["with_index_event"]],
+        ["Patients in the extraction", _fmt(counts["patients_scanned"])],
+        ["With the index event", _fmt(counts["with_index_event"])],
         ["Included", counts["included"]],
         ["Events", counts.get("events")],
-        ["Predictor parameters", counts.get("predictors")],
+        ["Predictor parameters", _fmt(counts.get("predictors"))],
         ["Events per predictor parameter", _fmt(counts.get("events_per_predictor"))],
     ]
     rows += [[f"Excluded: {reason}", n] for reason, n in counts["excluded"].items()]
@@ -179,8 +180,8 @@ def report_html(report: dict, svg: str | None) -> str:
                 ["Predictor", "Coding", "Coefficient", "95 % CI", ratio, "Published"],
                 [
                     [
-                        c["label"],
-                        c["coding_text"],
+                        c["label"] or c["predictor"],
+                        c["coding_text"] or "",
                         _fmt(c["estimate"]),
                         f"{_fmt(c['ci_low'])} to {_fmt(c['ci_high'])}",
                         f"{_fmt(c['ratio'])} ({_fmt(c['ratio_ci_low'])}-{_fmt(c['ratio_ci_high'])})",
@@ -226,6 +227,24 @@ def report_html(report: dict, svg: str | None) -> str:
         out.append(
             f"<p>Bootstrap: {p['bootstrap_resamples']} resamples ({p['bootstrap_failed']} could not be fitted).</p>"
         )
+    if r.get("subgroups"):
+        out.append("<h2>Performance by subgroup (apparent, 95 % intervals)</h2>")
+        out.append(
+            _table(
+                ["Subgroup", "Patients", "Events", "Observed / expected", "C-statistic"],
+                [
+                    [
+                        f"{g['by']}: {g['level']}",
+                        g["n"],
+                        g["events"],
+                        g["note"] or _interval(g["observed_expected"]),
+                        g["note"] or _interval(g["c_statistic"]),
+                    ]
+                    for g in r["subgroups"]
+                ],
+            )
+        )
+    out += _monitoring_html(r)
     if svg:
         horizon = r["calibration"].get("horizon")
         out.append("<h2>Calibration plot</h2>")
@@ -238,6 +257,7 @@ def report_html(report: dict, svg: str | None) -> str:
             _table(["Predictor", "Range / prevalence"], [[pid, _range(v)] for pid, v in r["predictor_ranges"].items()])
         )
     prov = r["provenance"]
+    extraction = prov["extraction"]
     out.append("<h2>Provenance</h2>")
     out.append(
         _table(
@@ -246,16 +266,17 @@ def report_html(report: dict, svg: str | None) -> str:
                 ["FHIR server", prov["fhir_server"]],
                 [
                     "Extraction",
-                    f"{prov['extraction']['method']} ({prov['extraction']['level']} level), types "
-                    + ", ".join(prov["extraction"]["types"]),
+                    f"{extraction['method']} ({extraction['level']} level), types " + ", ".join(extraction["types"])
+                    if extraction
+                    else "n/a",
                 ],
-                ["Extraction started", prov["extraction_started"]],
-                ["Server transaction time", prov["extraction"]["transaction_time"]],
+                ["Extraction started", _fmt(prov["extraction_started"])],
+                ["Server transaction time", _fmt(extraction["transaction_time"] if extraction else None)],
                 ["Report generated", prov["generated_at"]],
-                ["Card", f"{r['card']['id']} {r['card']['version']}"],
+                ["Card", f"{r['card']['id']} {r['card']['version'] or ''}".rstrip()],
                 [
                     "Definition",
-                    f"{r['definition']['path']} {r['definition']['version']} (sha256 {r['definition']['sha256'][:12]})",
+                    f"{d['path']} {d['version']} (sha256 {d['sha256'][:12]})" if (d := r["definition"]) else "n/a",
                 ],
                 ["Code", ", ".join(f"{k} {v}" for k, v in prov["versions"].items())],
             ],
@@ -263,6 +284,78 @@ def report_html(report: dict, svg: str | None) -> str:
     )
     out.append("</body></html>")
     return "\n".join(out) + "\n"
+
+
+def _model_card_html(r: dict) -> list[str]:
+    m = r["model_card"]
+    a = r.get("approval")
+    rng = m["data_range"]
+    rows = [
+        ["Intended use", m["intended_use"]],
+        ["Intended users", m["intended_users"]],
+        ["Setting", m["setting"]],
+        ["Data source", r["provenance"]["fhir_server"]],
+        ["Index dates", f"{rng['first_index'] or 'n/a'} to {rng['last_index'] or 'n/a'}"],
+        ["Outcome", m["outcome_definition"]],
+        ["Missing inputs", m["missing_inputs"]],
+        ["Updating policy", m["updating_policy"]],
+        [
+            "Approved for deployment",
+            f"by {a['approved_by']} on {a['approved_at']}" + (f" ({a['note']})" if a.get("note") else "")
+            if a
+            else "NOT APPROVED (cds-service approve)",
+        ],
+    ]
+    if r.get("recalibration"):
+        c = r["recalibration"]
+        rows.append(
+            [
+                "Recalibration",
+                f"of version {c['of_version']}: intercept {_fmt(c['intercept'])}, slope {_fmt(c['slope'])} "
+                f"({c['events']} events)",
+            ]
+        )
+    out = ["<h2>Model card</h2>", _table(["", ""], rows)]
+    if m["predictor_definitions"]:
+        out.append(
+            _table(
+                ["Predictor", "Definition", "Coding"],
+                [[p["label"], p["definition"], p["coding"]] for p in m["predictor_definitions"]],
+            )
+        )
+    return out
+
+
+def _monitoring_html(r: dict) -> list[str]:
+    if not r.get("monitoring"):
+        return []
+    out = ["<h2>Monitoring since deployment</h2>"]
+    for run in r["monitoring"]:
+        out.append(
+            f"<p><strong>{html.escape(run['run_at'])}: {html.escape(run['status'])}</strong>. "
+            f"{html.escape(run['reason'])}</p>"
+        )
+        rows = [
+            [w["start"] + " to " + w["end"], w["n"], w["events"], w["note"] or _interval(w["observed_expected"])]
+            for w in run["windows"]
+        ]
+        rows.append(["all since " + run["since"], run["n"], run["events"], _interval(run["observed_expected"])])
+        out.append(_table(["Window (index dates)", "Patients", "Events", "Observed / expected"], rows))
+        d = run["drift"]
+        out.append(
+            f"<p>Drift test: {html.escape(d['method'])} (false-alarm rate {d['alpha']:g}); statistic "
+            f"{_fmt(d['statistic'])}, threshold {_fmt(d['threshold'])}: {'ALARM' if d['alarm'] else 'no alarm'}. "
+            f"Calibration slope {_interval(run['calibration_slope'])}; C-statistic {_fmt(run['c_statistic'])}.</p>"
+        )
+    return out
+
+
+def _interval(i: dict | None) -> str:
+    if not i or i.get("estimate") is None:
+        return "n/a"
+    if i.get("low") is None:
+        return _fmt(i["estimate"])
+    return f"{_fmt(i['estimate'])} ({_fmt(i['low'])} to {_fmt(i['high'])})"
 
 
 def _published(p: dict | None) -> str:
@@ -275,8 +368,8 @@ def _published(p: dict | None) -> str:
 
 
 def _range(v: dict) -> str:
-    if "prevalence" in v:
-        return f"{v['present']} of {v['n']} ({_fmt(100 * v['prevalence'])} %)"
+    if v.get("prevalence") is not None:
+        return f"{_fmt(v['present'])} of {v['n']} ({_fmt(100 * v['prevalence'])} %)"
     unit = f" {v['unit']}" if v.get("unit") else ""
     return f"{_fmt(v['min'])} to {_fmt(v['max'])}{unit}"
 
@@ -294,3 +387,58 @@ def _table(header: list, rows: list[list]) -> str:
     head = "".join(f"<th>{e(str(h))}</th>" for h in header) if any(header) else ""
     body = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table>{'<tr>' + head + '</tr>' if head else ''}{body}</table>"
+
+
+# ---------------------------------------------------------------------------- rewriting a report
+class ReportFileError(Exception):
+    """A report file cannot be read or written. `reason` is safe to show (one line)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def read_report_file(path) -> ModelReport:
+    from pathlib import Path
+
+    from pydantic import ValidationError
+
+    try:
+        return ModelReport.model_validate_json(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ReportFileError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top)"
+        raise ReportFileError(f"{path}: not a model report of this version ({where}: {first['msg']})") from None
+
+
+def write_report_files(report: ModelReport, json_path) -> None:
+    """The JSON and, beside it, the HTML (named in `files`) of a changed report."""
+    from pathlib import Path
+
+    json_path = Path(json_path)
+    svg = None
+    if report.calibration.groups:
+        svg = calibration_svg(
+            [g.model_dump() for g in report.calibration.groups], f"Calibration of the {report.card.id} model"
+        )
+    html_name = report.files.report_html if report.files else json_path.name.replace(".json", ".html")
+    json_path.write_text(report.to_json(), encoding="utf-8")
+    (json_path.parent / html_name).write_text(report_html(report, svg), encoding="utf-8")
+
+
+def approve(path, by: str, note: str | None, at: str) -> ModelReport:
+    """Record that a person approved the report's model for deployment."""
+    report = read_report_file(path)
+    if report.status != "passed":
+        raise ReportFileError(
+            f"{path}: status {report.status!r}: only a model whose report passed its minimums can be approved"
+        )
+    if not by.strip():
+        raise ReportFileError("--by: the approver's name is empty")
+    data = report.model_dump(mode="json")
+    data["approval"] = {"approved_by": by.strip(), "approved_at": at, "note": note}
+    approved = build_report(data)
+    write_report_files(approved, path)
+    return approved
