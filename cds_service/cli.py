@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     _store_arguments(prune)
     prune.add_argument("--days", type=int, help="retention in days (default: the setting audit_retention_days)")
     _add_learn_parser(commands)
+    _add_monitor_parser(commands)
     approve = commands.add_parser(
         "approve",
         help="record that you reviewed a site model's report and approve its deployment",
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             return _learn(args)
         if args.command == "approve":
             return _approve(args)
+        if args.command == "monitor":
+            return _monitor(args)
         return _report(args)
     except (ConfigError, StoreError) as exc:
         print(f"cds-service: {exc}", file=sys.stderr)
@@ -309,7 +312,11 @@ def _add_learn_parser(commands) -> None:
     learn.add_argument("--seed", type=int, default=20251126, help="random seed of the bootstrap")
     learn.add_argument("--max-wait", type=float, default=3600.0, help="bound on the export wait, seconds")
     learn.add_argument("--no-bulk", action="store_true", help="use paged searches even if $export is offered")
-    auth = learn.add_argument_group("authentication (SMART Backend Services, or a bearer token)")
+    _auth_arguments(learn)
+
+
+def _auth_arguments(parser) -> None:
+    auth = parser.add_argument_group("authentication (SMART Backend Services, or a bearer token)")
     auth.add_argument("--client-id", help="SMART Backend Services client id")
     auth.add_argument("--private-key", help="PEM file of the client's private key (RSA for RS384, P-384 for ES384)")
     auth.add_argument("--alg", default="RS384", choices=["RS384", "ES384"], help="assertion signing algorithm")
@@ -322,29 +329,14 @@ def _add_learn_parser(commands) -> None:
 
 
 def _learn(args: argparse.Namespace) -> int:
-    import os
     from pathlib import Path
 
     from cds_service.learning.run import LearnError, LearnOptions, learn
-    from cds_service.security.smart_backend import BackendAuthError, BackendClient, BackendTokenSource, StaticBearer
+    from cds_service.security.smart_backend import BackendAuthError
 
     settings = load_settings({"config": args.config})
     try:
-        auth = None
-        if args.client_id or args.private_key:
-            if not (args.client_id and args.private_key):
-                raise ConfigError("SMART Backend Services needs both --client-id and --private-key")
-            client = BackendClient.from_key_file(
-                args.client_id,
-                Path(args.private_key),
-                algorithm=args.alg,
-                kid=args.kid,
-                scope=args.scope,
-                token_url=args.token_url,
-            )
-            auth = BackendTokenSource(client, args.fhir_base)
-        elif args.token_env:
-            auth = StaticBearer(os.environ.get(args.token_env, ""))
+        auth = _auth(args)
         overlay = args.site_overlay or settings.site_overlay
         result = learn(
             LearnOptions(
@@ -371,6 +363,96 @@ def _learn(args: argparse.Namespace) -> int:
     if result.overlay is not None:
         print(f"overlay entry: {result.overlay}")
     return LEARN_EXIT[result.status]
+
+
+def _auth(args: argparse.Namespace):
+    """The FHIR access of `learn` and `monitor`: SMART Backend Services, a bearer token, or none."""
+    import os
+    from pathlib import Path
+
+    from cds_service.security.smart_backend import BackendClient, BackendTokenSource, StaticBearer
+
+    if args.client_id or args.private_key:
+        if not (args.client_id and args.private_key):
+            raise ConfigError("SMART Backend Services needs both --client-id and --private-key")
+        client = BackendClient.from_key_file(
+            args.client_id,
+            Path(args.private_key),
+            algorithm=args.alg,
+            kid=args.kid,
+            scope=args.scope,
+            token_url=args.token_url,
+        )
+        return BackendTokenSource(client, args.fhir_base)
+    if args.token_env:
+        return StaticBearer(os.environ.get(args.token_env, ""))
+    return None
+
+
+# ------------------------------------------------------------------------------ monitor
+MONITOR_EXIT = {"ok": 0, "insufficient": 0, "retired": 5}
+
+
+def _add_monitor_parser(commands) -> None:
+    monitor = commands.add_parser(
+        "monitor",
+        help="check the deployed site model of a card against the outcomes observed since its deployment",
+        description="Extract the outcomes of the patients scored since the card's site model was deployed "
+        "(Bulk Data, _since), score the model on them, report calibration (observed/expected, slope), "
+        "discrimination and the sequential drift test, append the run to the model's report, and record the "
+        "verdict in the instance folder, which the service honours (a retired model's estimate is withheld). "
+        "Exit status: 0 ok or not enough events yet, 5 retired, 2 configuration or extraction error.",
+    )
+    monitor.add_argument("card", help="card id: rfa-recurrence, amr-persistence or btxa-response")
+    monitor.add_argument("--fhir-base", required=True, help="FHIR base URL of the site's server")
+    monitor.add_argument("--group", help="export one Group's patients (Group/<id>/$export) instead of the system")
+    monitor.add_argument("--since", help="deployment date YYYY-MM-DD (default: the report's approval date)")
+    monitor.add_argument("--site-overlay", help="site overlay TOML with the deployed model (default: the configured)")
+    monitor.add_argument("--cards-dir", help="cards folder (default: the configured one)")
+    monitor.add_argument("--instance", help="the service's instance folder (default: the configured one)")
+    monitor.add_argument("--config", help="TOML settings file (else CDS_CONFIG)")
+    monitor.add_argument("--max-wait", type=float, default=3600.0, help="bound on the export wait, seconds")
+    monitor.add_argument("--no-bulk", action="store_true", help="use paged searches even if $export is offered")
+    _auth_arguments(monitor)
+
+
+def _monitor(args: argparse.Namespace) -> int:
+    from datetime import date
+    from pathlib import Path
+
+    from cds_service.learning.monitor import MonitorOptions, monitor
+    from cds_service.learning.run import LearnError
+    from cds_service.security.smart_backend import BackendAuthError
+
+    settings = load_settings(_overrides(args))
+    overlay = args.site_overlay or settings.site_overlay
+    if not overlay:
+        raise ConfigError("monitor needs the site overlay with the deployed model (--site-overlay or site_overlay)")
+    try:
+        since = date.fromisoformat(args.since) if args.since else None
+    except ValueError:
+        raise ConfigError(f"--since {args.since!r} is not a date (YYYY-MM-DD)") from None
+    try:
+        result = monitor(
+            MonitorOptions(
+                card_id=args.card,
+                cards_dir=Path(args.cards_dir) if args.cards_dir else settings.cards_dir,
+                fhir_base=args.fhir_base,
+                site_overlay=Path(overlay),
+                instance_dir=check_instance_folder(settings.instance_path),
+                group=args.group,
+                since=since,
+                max_wait_s=args.max_wait,
+                prefer_bulk=not args.no_bulk,
+            ),
+            _auth(args),
+        )
+    except (LearnError, BackendAuthError) as exc:
+        print(f"cds-service monitor: {exc.reason}", file=sys.stderr)
+        return 2
+    print(f"{result.status}: {result.reason}")
+    print(f"report: {result.report_json}; verdict for the service: {result.status_file}")
+    return MONITOR_EXIT[result.status]
 
 
 def _approve(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ keeps about the call; they never hold a token or a raw patient identifier.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -67,13 +68,26 @@ def answer(
         now=instant,
     )
 
-    results = [evaluate(card, record, request.hook) for card in rt.cards_for(request.hook)]
+    results = [_evaluate(rt, card, record, request.hook) for card in rt.cards_for(request.hook)]
     fired = [result for result in results if result is not None]
     cards = [_card(rt, result, request.patient_id, base_url) for result in fired]
     notes.cards = [(card["uuid"], result.card_id, card["summary"]) for card, result in zip(cards, fired)]
     for result in fired:
         metrics.CARDS_FIRED.labels(card=result.card_id, situation=result.situation.id).inc()
     return cards
+
+
+def _evaluate(rt: Runtime, card, record, hook: str) -> CardResult | None:
+    """The card's result; with the evidence only (and the one-line reason) when monitoring
+    has retired the card's site model."""
+    site = card.site_model
+    reason = None
+    if site is not None and rt.model_status is not None:
+        reason = rt.model_status.retired(card.id, site.label, site.version)
+    if reason is None:
+        return evaluate(card, record, hook)
+    result = evaluate(card.with_site_model(None), record, hook)
+    return dataclasses.replace(result, retired=reason) if result is not None else None
 
 
 def _card(rt: Runtime, result: CardResult, patient_id: str, base_url: str) -> dict:

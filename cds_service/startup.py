@@ -21,6 +21,7 @@ from cds_service.security.client_auth import StoreReplayGuard
 from cds_service.security.trust import TrustConfig, trust_from_settings
 from cds_service.storage.audit import audit_key, build_call_record, patient_hash
 from cds_service.storage.evidence_pages import EvidenceSetup, build_evidence_setup
+from cds_service.storage.model_status import ModelStatus
 from cds_service.storage.store import Store, StoreOptions, StoreUnavailable
 from cds_service.terminology.concept_index import ConceptIndex
 from cds_service.terminology.concepts_file import load_concepts
@@ -50,6 +51,7 @@ class Runtime:
     cards: tuple[CardContent, ...]
     replay_guard: StoreReplayGuard | None = None
     evidence: EvidenceSetup | None = None  # evidence pages: page store and chart specs
+    model_status: ModelStatus | None = None  # monitoring verdicts of the site models (instance folder)
 
     @property
     def content_version(self) -> str:
@@ -185,4 +187,5 @@ def build_runtime(settings: Settings) -> Runtime:
         concepts=concepts,
         cards=cards,
         evidence=build_evidence_setup(settings, store.engine, cards),
+        model_status=ModelStatus(settings.instance_path),
     )

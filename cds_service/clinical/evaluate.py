@@ -149,6 +149,7 @@ class CardResult:
     procedure: ProcedureFact | None = None  # the situation's procedure, when it has one
     order: OrderFact | None = None  # the draft order that triggered the card
     outside_range: tuple[OutsideRange, ...] = ()  # inputs beyond a learned model's training data
+    retired: str | None = None  # monitoring retired the site model: why, in one line (evidence only shown)
 
     @property
     def card_id(self) -> str:

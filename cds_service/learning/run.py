@@ -84,7 +84,7 @@ class LearnResult:
 def learn(options: LearnOptions, auth=None) -> LearnResult:
     """`auth`: an object with authorization() (and optionally invalidate()), or None."""
     started = _now()
-    definition, sha256, card, concepts, def_path = _prepare(options)
+    definition, sha256, card, concepts, def_path = prepare(options)
     client = BulkClient(
         options.fhir_base,
         auth.authorization if auth is not None else None,
@@ -237,7 +237,7 @@ def _subgroups(rows: list[Row], expected: np.ndarray, score: np.ndarray, definit
 
 
 # ---------------------------------------------------------------------------- preparing
-def _prepare(options: LearnOptions):
+def prepare(options: LearnOptions):
     path = definition_path(options.cards_dir, options.card_id)
     definition, sha256 = load_definition(path)
     if definition.card != options.card_id:
