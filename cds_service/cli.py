@@ -312,6 +312,14 @@ def _add_learn_parser(commands) -> None:
     learn.add_argument("--seed", type=int, default=20251126, help="random seed of the bootstrap")
     learn.add_argument("--max-wait", type=float, default=3600.0, help="bound on the export wait, seconds")
     learn.add_argument("--no-bulk", action="store_true", help="use paged searches even if $export is offered")
+    learn.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="propose a recalibration (intercept or baseline, and slope) of the deployed site model from the "
+        "patients it scored since its deployment: writes <card>.recalibrated.overlay.toml and its report; "
+        "deploy it only after review and `cds-service approve`",
+    )
+    learn.add_argument("--since", help="with --recalibrate: deployment date YYYY-MM-DD (default: the approval date)")
     _auth_arguments(learn)
 
 
@@ -335,6 +343,8 @@ def _learn(args: argparse.Namespace) -> int:
     from cds_service.security.smart_backend import BackendAuthError
 
     settings = load_settings({"config": args.config})
+    if args.recalibrate:
+        return _recalibrate(args, settings)
     try:
         auth = _auth(args)
         overlay = args.site_overlay or settings.site_overlay
@@ -362,6 +372,48 @@ def _learn(args: argparse.Namespace) -> int:
     print(f"report: {result.report_json} and {result.report_html}")
     if result.overlay is not None:
         print(f"overlay entry: {result.overlay}")
+    return LEARN_EXIT[result.status]
+
+
+def _recalibrate(args: argparse.Namespace, settings) -> int:
+    from datetime import date
+    from pathlib import Path
+
+    from cds_service.learning.monitor import MonitorOptions
+    from cds_service.learning.recalibrate import recalibrate
+    from cds_service.learning.run import LearnError
+    from cds_service.security.smart_backend import BackendAuthError
+
+    overlay = args.site_overlay or settings.site_overlay
+    if not overlay:
+        raise ConfigError("--recalibrate needs the site overlay with the deployed model (--site-overlay)")
+    try:
+        since = date.fromisoformat(args.since) if args.since else None
+    except ValueError:
+        raise ConfigError(f"--since {args.since!r} is not a date (YYYY-MM-DD)") from None
+    try:
+        result = recalibrate(
+            MonitorOptions(
+                card_id=args.card,
+                cards_dir=Path(args.cards_dir) if args.cards_dir else settings.cards_dir,
+                fhir_base=args.fhir_base,
+                site_overlay=Path(overlay),
+                instance_dir=settings.instance_path,
+                group=args.group,
+                since=since,
+                max_wait_s=args.max_wait,
+                prefer_bulk=not args.no_bulk,
+            ),
+            Path(args.out),
+            _auth(args),
+        )
+    except (LearnError, BackendAuthError) as exc:
+        print(f"cds-service learn: {exc.reason}", file=sys.stderr)
+        return 2
+    print(result.message)
+    print(f"report: {result.report_json}")
+    if result.overlay is not None:
+        print(f"proposed overlay entry: {result.overlay}")
     return LEARN_EXIT[result.status]
 
 

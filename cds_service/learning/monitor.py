@@ -78,6 +78,35 @@ class MonitorResult:
 
 # ---------------------------------------------------------------------------- the run
 def monitor(options: MonitorOptions, auth=None) -> MonitorResult:
+    recent = recent_cohort(options, auth)
+    run = evaluate_model(recent.site, recent.definition, recent.rows, recent.since, recent.today)
+    run["run_at"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    run["extraction"] = recent.extraction
+    data = recent.report.model_dump(mode="json")
+    extended = build_report({**data, "monitoring": [*data["monitoring"], run]})
+    write_report_files(extended, recent.report_path)
+    status_file = write_status(
+        options.instance_dir, recent.card.id, recent.site, extended.monitoring[-1].model_dump(mode="json")
+    )
+    return MonitorResult(run["status"], run["reason"], run, recent.report_path, status_file)
+
+
+@dataclass(frozen=True)
+class RecentCohort:
+    """The deployed model and the patients it has scored since its deployment."""
+
+    definition: LearningDefinition
+    card: object
+    site: SiteModel
+    report: ModelReport
+    report_path: Path
+    since: date
+    today: date
+    rows: list[Row]  # indexed on or after `since`, in index order
+    extraction: dict
+
+
+def recent_cohort(options: MonitorOptions, auth=None) -> RecentCohort:
     definition, _sha, card, concepts, _path = prepare(
         LearnOptions(
             options.card_id, options.cards_dir, options.fhir_base, Path("."), site_overlay=options.site_overlay
@@ -86,7 +115,7 @@ def monitor(options: MonitorOptions, auth=None) -> MonitorResult:
     site, report, report_path = _deployed(options, card)
     since = options.since or _approval_day(report)
     today = options.today or datetime.now(UTC).date()
-    export_since = since - timedelta(days=definition.monitoring.lookback_days)
+    export_since = f"{since - timedelta(days=definition.monitoring.lookback_days)}T00:00:00Z"
     client = BulkClient(
         options.fhir_base,
         auth.authorization if auth is not None else None,
@@ -98,7 +127,7 @@ def monitor(options: MonitorOptions, auth=None) -> MonitorResult:
     try:
         try:
             extraction = client.extract(
-                definition.resource_types, options.group, options.prefer_bulk, since=f"{export_since}T00:00:00Z"
+                definition.resource_types, options.group, options.prefer_bulk, since=export_since
             )
             for resource in extraction.resources:
                 staging.add(resource)
@@ -107,10 +136,8 @@ def monitor(options: MonitorOptions, auth=None) -> MonitorResult:
         rows, _counts = derive_rows(staging.patients(), definition, concepts, today)
     finally:
         staging.close()
-    scored = sorted((r for r in rows if r.index_day is not None and r.index_day >= since), key=lambda r: r.index_day)
-    run = evaluate_model(site, definition, scored, since, today)
-    run["run_at"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    run["extraction"] = {
+    recent = sorted((r for r in rows if r.index_day is not None and r.index_day >= since), key=lambda r: r.index_day)
+    info = {
         "method": extraction.info.method,
         "level": extraction.info.level,
         "group": extraction.info.group,
@@ -118,14 +145,9 @@ def monitor(options: MonitorOptions, auth=None) -> MonitorResult:
         "transaction_time": extraction.info.transaction_time,
         "files": extraction.info.files,
         "resources": dict(sorted(extraction.counts.items())),
-        "since": f"{export_since}T00:00:00Z",
+        "since": export_since,
     }
-    extended = build_report(
-        {**report.model_dump(mode="json"), "monitoring": [*report.model_dump(mode="json")["monitoring"], run]}
-    )
-    write_report_files(extended, report_path)
-    status_file = write_status(options.instance_dir, card.id, site, extended.monitoring[-1].model_dump(mode="json"))
-    return MonitorResult(run["status"], run["reason"], run, report_path, status_file)
+    return RecentCohort(definition, card, site, report, report_path, since, today, recent, info)
 
 
 def _deployed(options: MonitorOptions, card) -> tuple[SiteModel, ModelReport, Path]:

@@ -7,6 +7,7 @@ evidence only, until another model is deployed."""
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 
 import pytest
@@ -168,3 +169,42 @@ def test_monitor_errors_are_one_line_with_a_non_zero_exit(smart_fhir, tmp_path, 
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert "no deployed model for btxa-response" in err
+
+
+def test_learn_recalibrate_proposes_a_model_a_person_must_approve_and_the_monitor_keeps_it(
+    smart_fhir, tmp_path, capsys, make_app
+):
+    from cds_service.config import ConfigError
+
+    overlay = _deploy(tmp_path / "site", "1")
+    out = tmp_path / "proposal"
+    code = main(
+        [
+            *("learn", "btxa-response", "--recalibrate", "--fhir-base", smart_fhir.base_url),
+            *("--group", smart_fhir.groups["btxa-drift"], "--site-overlay", overlay, "--out", str(out)),
+            *("--client-id", "cds-learn-rsa", "--private-key", str(smart_fhir.rsa_key), "--kid", "rsa-1"),
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    proposal = ModelReport.model_validate_json((out / "btxa-response.recalibrated.report.json").read_text())
+    recal = proposal.recalibration
+    assert recal.of_version == "1" and proposal.model.version.startswith("1-recal-")
+    assert abs(proposal.intercept.estimate - (TRUTH.intercept + math.log(1.8))) < 0.35  # the drift, recovered
+    assert 0.7 < recal.slope < 1.3 and proposal.approval is None
+    new_overlay = str(out / "btxa-response.recalibrated.overlay.toml")
+    with pytest.raises(ConfigError, match="not been approved by a person"):
+        make_app(site_overlay=new_overlay)
+    assert main(["approve", str(out / "btxa-response.recalibrated.report.json"), "--by", "Dr A. Reviewer"]) == 0
+    card = _btxa_card(make_app(site_overlay=new_overlay, instance_path=tmp_path / "instance"))
+    assert "site model" in card["summary"]
+    # the recalibrated model on the same drifted patients: kept
+    code = main(
+        [
+            *("monitor", "btxa-response", "--fhir-base", smart_fhir.base_url, "--since", "2021-01-01"),
+            *("--group", smart_fhir.groups["btxa-drift"], "--site-overlay", new_overlay),
+            *("--instance", str(tmp_path / "instance"), "--client-id", "cds-learn-rsa"),
+            *("--private-key", str(smart_fhir.rsa_key), "--kid", "rsa-1"),
+        ]
+    )
+    assert code == 0, capsys.readouterr().out
