@@ -44,6 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--database-url", help="store URL (default: the configured store)")
     report.add_argument("--instance", help="instance folder (default ./instance)")
     report.add_argument("--config", help="TOML settings file (else CDS_CONFIG)")
+    report.add_argument("--site", help="a multi-site deployment: this site's clients only (trust file `site`)")
+    report.add_argument(
+        "--monthly",
+        action="store_true",
+        help="also per card x situation x client x month: firing per 100 hook calls, acceptance, override (by "
+        "reason) and evidence-page open rates, and an alarm when a firing or override rate jumps",
+    )
 
     demo = commands.add_parser("demo", help="run the service with demo patients and print their cards")
     demo.add_argument("--host", default=DEFAULT_HOST, help=f"bind address (default {DEFAULT_HOST})")
@@ -223,7 +230,18 @@ def _report(args: argparse.Namespace) -> int:
 
     settings = load_settings(_overrides(args))
     options = dataclasses.replace(store_options(settings), spool_dir=None)
-    print(run_report(args.database_url or settings.resolved_database_url, options=options))
+    site = None
+    if args.site:
+        from cds_service.security.trust import trust_from_settings
+
+        if args.site not in settings.site_overlays:
+            raise ConfigError(f"--site {args.site!r} is not in site_overlays (sites: {sorted(settings.site_overlays)})")
+        trust = trust_from_settings(settings)
+        # issuers bound to the site as a whole (a per-tenant binding is not in the audit rows)
+        bound = tuple(sorted(i.iss for i in trust.issuers.values() if i.site == args.site))
+        site = (args.site, bound)
+    url = args.database_url or settings.resolved_database_url
+    print(run_report(url, options=options, site=site, monthly=args.monthly))
     return 0
 
 
@@ -460,6 +478,9 @@ def _add_monitor_parser(commands) -> None:
     monitor.add_argument("--group", help="export one Group's patients (Group/<id>/$export) instead of the system")
     monitor.add_argument("--since", help="deployment date YYYY-MM-DD (default: the report's approval date)")
     monitor.add_argument("--site-overlay", help="site overlay TOML with the deployed model (default: the configured)")
+    monitor.add_argument(
+        "--site", help="a multi-site deployment: the site (setting site_overlays) whose model to monitor"
+    )
     monitor.add_argument("--cards-dir", help="cards folder (default: the configured one)")
     monitor.add_argument("--instance", help="the service's instance folder (default: the configured one)")
     monitor.add_argument("--config", help="TOML settings file (else CDS_CONFIG)")
@@ -477,7 +498,9 @@ def _monitor(args: argparse.Namespace) -> int:
     from cds_service.security.smart_backend import BackendAuthError
 
     settings = load_settings(_overrides(args))
-    overlay = args.site_overlay or settings.site_overlay
+    if args.site and args.site not in settings.site_overlays:
+        raise ConfigError(f"--site {args.site!r} is not in site_overlays (sites: {sorted(settings.site_overlays)})")
+    overlay = args.site_overlay or (settings.site_overlays[args.site] if args.site else settings.site_overlay)
     if not overlay:
         raise ConfigError("monitor needs the site overlay with the deployed model (--site-overlay or site_overlay)")
     try:
@@ -496,6 +519,7 @@ def _monitor(args: argparse.Namespace) -> int:
                 since=since,
                 max_wait_s=args.max_wait,
                 prefer_bulk=not args.no_bulk,
+                site_name=args.site,
             ),
             _auth(args),
         )

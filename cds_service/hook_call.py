@@ -35,8 +35,9 @@ class AuditNotes:
     hook_instance: str | None = None
     patient_hash: str | None = None
     client_iss: str | None = None
+    site: str | None = None  # the client's site (trust file `site`): its overlay only
     status: int | None = None
-    cards: list[tuple[str, str, str]] = field(default_factory=list)  # (uuid, card id, summary)
+    cards: list[tuple[str, str, str, str]] = field(default_factory=list)  # (uuid, card id, summary, situation)
     # time.monotonic() when the call was accepted (queued for a thread): the FHIR time
     # budget counts from here. None: from when the prefetch step starts.
     accepted: float | None = None
@@ -62,28 +63,30 @@ def answer(
         prefetched.data,
         draft_orders=request.draft_orders,
         selections=request.selections,
-        concepts=rt.concepts,
+        concepts=rt.concepts_for(notes.site),
         today=instant.date(),
         unavailable=prefetched.gaps,
         now=instant,
     )
 
-    results = [_evaluate(rt, card, record, request.hook) for card in rt.cards_for(request.hook)]
+    results = [_evaluate(rt, card, record, request.hook, notes.site) for card in rt.cards_for(request.hook, notes.site)]
     fired = [result for result in results if result is not None]
     cards = [_card(rt, result, request.patient_id, base_url) for result in fired]
-    notes.cards = [(card["uuid"], result.card_id, card["summary"]) for card, result in zip(cards, fired)]
+    notes.cards = [
+        (card["uuid"], result.card_id, card["summary"], result.situation.id) for card, result in zip(cards, fired)
+    ]
     for result in fired:
         metrics.CARDS_FIRED.labels(card=result.card_id, situation=result.situation.id).inc()
     return cards
 
 
-def _evaluate(rt: Runtime, card, record, hook: str) -> CardResult | None:
+def _evaluate(rt: Runtime, card, record, hook: str, site: str | None = None) -> CardResult | None:
     """The card's result; with the evidence only (and the one-line reason) when monitoring
     has retired the card's site model."""
-    site = card.site_model
+    model = card.site_model
     reason = None
-    if site is not None and rt.model_status is not None:
-        reason = rt.model_status.retired(card.id, site.label, site.version)
+    if model is not None and rt.model_status is not None:
+        reason = rt.model_status.retired(card.id, model.label, model.version, site)
     if reason is None:
         return evaluate(card, record, hook)
     result = evaluate(card.with_site_model(None), record, hook)
@@ -94,7 +97,11 @@ def _card(rt: Runtime, result: CardResult, patient_id: str, base_url: str) -> di
     card = render(result, patient_id=patient_id, card_uuid=str(uuid.uuid4()))
     if rt.evidence is not None and base_url:
         # The page data is made here; the store write happens off the request path.
-        link = evidence_link(result, rt.evidence.chart_specs, rt.evidence.save, base_url, card["summary"])
+
+        def save(data: dict) -> str:  # the page knows its card's uuid: an open is counted for that card
+            return rt.evidence.save({**data, "card_uuid": card["uuid"]})
+
+        link = evidence_link(result, rt.evidence.chart_specs, save, base_url, card["summary"])
         card["links"].insert(0, link)
     return card
 

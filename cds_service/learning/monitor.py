@@ -43,8 +43,7 @@ from cds_service.learning.drift import drift_test
 from cds_service.learning.report import ReportFileError, read_report_file, write_report_files
 from cds_service.learning.run import LearnError, LearnOptions, prepare
 from cds_service.learning.staging import Staging
-
-STATUS_FOLDER = "monitoring"
+from cds_service.storage.model_status import verdict_path
 
 
 class MonitorError(LearnError):
@@ -65,6 +64,7 @@ class MonitorOptions:
     prefer_bulk: bool = True
     staging_dir: Path | None = None
     today: date | None = None
+    site_name: str | None = None  # a multi-site deployment: the site whose model this is
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,11 @@ def monitor(options: MonitorOptions, auth=None) -> MonitorResult:
     extended = build_report({**data, "monitoring": [*data["monitoring"], run]})
     write_report_files(extended, recent.report_path)
     status_file = write_status(
-        options.instance_dir, recent.card.id, recent.site, extended.monitoring[-1].model_dump(mode="json")
+        options.instance_dir,
+        recent.card.id,
+        recent.site,
+        extended.monitoring[-1].model_dump(mode="json"),
+        options.site_name,
     )
     return MonitorResult(run["status"], run["reason"], run, recent.report_path, status_file)
 
@@ -327,13 +331,9 @@ def _verdict(site: SiteModel, run: dict, m) -> tuple[str, str]:
 
 
 # ---------------------------------------------------------------------------- the service's status file
-def status_path(instance_dir: Path, card_id: str) -> Path:
-    return Path(instance_dir) / STATUS_FOLDER / f"{card_id}.json"
-
-
-def write_status(instance_dir: Path, card_id: str, site: SiteModel, run: dict) -> Path:
+def write_status(instance_dir: Path, card_id: str, site: SiteModel, run: dict, site_name: str | None = None) -> Path:
     """The verdict for the service, replaced atomically (a reader never sees half a file)."""
-    path = status_path(instance_dir, card_id)
+    path = verdict_path(instance_dir, card_id, site_name)
     path.parent.mkdir(parents=True, exist_ok=True)
     body = {
         "card": card_id,

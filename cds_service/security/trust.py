@@ -11,6 +11,8 @@ Trust is configuration. A TOML trust file (setting `trust_file`) lists the issue
     algorithms = ["ES384", "RS384"]                       # optional subset
     jwks_min_refresh_s = 60                               # optional, remote key sets
     jwks_max_age_s = 3600                                 # optional, remote key sets
+    site = "hospital-a"      # optional: the site overlay (setting site_overlays) its calls use;
+                             # or { "<tenant>" = "hospital-a", ... } per tenant
 
 An issuer needs at least one key source: static keys (`jwks` or `jwks_file`, public keys
 only) and/or `jku_allowlist`. A remote key set is only ever fetched from a URL on the
@@ -254,6 +256,14 @@ class Issuer:
     remote_sets: dict[str, RemoteKeySet] = field(default_factory=dict)  # by allowlisted URL
     tenants: frozenset[str] | None = None
     algorithms: frozenset[str] = SUPPORTED_ALGORITHMS
+    # The site (hospital) whose overlay this client's calls are evaluated with: one name, or
+    # a name per tenant ({tenant = site}); None: the deployment's shared content.
+    site: str | dict[str, str] | None = None
+
+    def site_for(self, tenant: str | None) -> str | None:
+        if isinstance(self.site, dict):
+            return self.site.get(tenant) if tenant is not None else None
+        return self.site
 
     @property
     def jku_allowlist(self) -> tuple[str, ...]:
@@ -327,6 +337,7 @@ class IssuerEntry(BaseModel):
     algorithms: Annotated[list[str] | None, BeforeValidator(_non_empty_strings("algorithms"))] = None
     jwks_min_refresh_s: Annotated[float, BeforeValidator(_positive_seconds("jwks_min_refresh_s"))] = JWKS_MIN_REFRESH_S
     jwks_max_age_s: Annotated[float, BeforeValidator(_positive_seconds("jwks_max_age_s"))] = JWKS_MAX_AGE_S
+    site: str | dict[str, str] | None = None  # the site overlay its calls use (multi-site deployments)
 
     @field_validator("iss", mode="before")
     @classmethod
@@ -437,6 +448,7 @@ def _parse_issuer(raw: Any, where: str, base_dir: Path, session, clock) -> Issue
         static_keys=static_keys,
         remote_sets=remote_sets,
         tenants=frozenset(entry.tenants) if entry.tenants is not None else None,
+        site=entry.site,
         algorithms=frozenset(entry.algorithms) if entry.algorithms is not None else SUPPORTED_ALGORITHMS,
     )
 

@@ -34,6 +34,7 @@ class ReturnedCard(NamedTuple):
     card_uuid: str
     card_id: str  # which card file (cards/<card_id>.toml)
     summary: str
+    situation: str | None = None  # which of the card file's situations fired (None before 0004)
 
 
 @dataclass(frozen=True)

@@ -146,14 +146,14 @@ def test_a_cohort_that_drifted_retires_the_model_until_another_is_deployed(
     assert run.reason in card["detail"]
     from prometheus_client import REGISTRY
 
-    assert REGISTRY.get_sample_value("cds_site_model_retired", {"card": "btxa-response"}) == 1.0
-    assert REGISTRY.get_sample_value("cds_site_model_observed_expected", {"card": "btxa-response"}) > 1.2
+    assert REGISTRY.get_sample_value("cds_site_model_retired", {"card": "btxa-response", "site": ""}) == 1.0
+    assert REGISTRY.get_sample_value("cds_site_model_observed_expected", {"card": "btxa-response", "site": ""}) > 1.2
 
     # a new model (another version, approved) is deployed: the old verdict does not apply to it
     overlay2 = _deploy(tmp_path / "site2", "2")
     card = _btxa_card(make_app(site_overlay=overlay2, instance_path=instance))
     assert "site model" in card["summary"] and run.reason not in card["detail"]
-    assert REGISTRY.get_sample_value("cds_site_model_retired", {"card": "btxa-response"}) == 0.0
+    assert REGISTRY.get_sample_value("cds_site_model_retired", {"card": "btxa-response", "site": ""}) == 0.0
     assert tomllib.loads((tmp_path / "site2" / "site.toml").read_text())["models"]["btxa-response"]["version"] == "2"
 
 
