@@ -1,8 +1,9 @@
 """A sekmet FHIR server with SMART Backend Services, loaded with seeded synthetic cohorts.
 
 Its own instance (not the shared `fhir_server`), so that a system-level $export holds only
-these cohorts: RFA and AMR patients (learned at system level), two BTX-A cohorts (an effect
-and a no-effect one) each in a Group (learned at Group level), and bystanders in no cohort.
+these cohorts: RFA and AMR patients (learned at system level), three BTX-A cohorts (an effect,
+a no-effect and, for the monitor, a drifted one) each in a Group (learned and monitored at
+Group level), and bystanders in no cohort.
 Two SMART clients are registered: one RS384 (RSA) and one ES384 (P-384) key.
 """
 
