@@ -70,9 +70,13 @@ def test_the_svg_plot_is_plain_svg_with_one_point_per_group():
 def test_the_overlay_text_escapes_a_label_with_quotes():
     import tomllib
 
+    from support.learned_reports import MODEL_CARD
+
     report = {
         "card": {"id": "btxa-response"},
-        "model": {"kind": "logistic", "label": 'Site "A" model', "version": "1"},
+        "model": {"kind": "logistic", "outcome": "poor response", "label": 'Site "A" model', "version": "1"},
+        "model_card": MODEL_CARD,
+        "counts": {"included": 300, "events": 90},
         "provenance": {"generated_at": "now", "fhir_server": "http://x"},
         "status": "passed",
         "files": {"report_html": "r.html", "report_json": "r.json"},
