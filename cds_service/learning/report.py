@@ -13,7 +13,11 @@ import html
 import json
 import math
 
+from markupsafe import Markup
+
+from cds_service import pages
 from cds_service.content.model_report import REPORT_FORMAT, ModelReport, build_report
+from cds_service.formatting import NOT_AVAILABLE, exact, number, significant
 
 __all__ = ["REPORT_FORMAT", "calibration_svg", "overlay_text", "report_html", "report_json"]
 
@@ -68,7 +72,7 @@ def _key(name: str) -> str:
 
 
 def _num(value: float) -> str:
-    return repr(round(float(value), 6))
+    return exact(value)
 
 
 # ---------------------------------------------------------------------------- JSON
@@ -129,164 +133,70 @@ def calibration_svg(groups: list[dict], title: str) -> str:
 
 # ---------------------------------------------------------------------------- HTML
 def report_html(report: dict | ModelReport, svg: str | None) -> str:
+    """The report for people (templates/model_report.html.j2, autoescaped): the rows are
+    prepared here as plain text; the SVG is this module's calibration plot, whose text is
+    escaped where it is built."""
     r = _read(report)
-    e = html.escape
     model = r["model"]
-    out = [
-        "<!doctype html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{e(r['card']['id'])}: learned model report</title>",
-        "<style>body{font-family:sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"
-        "table{border-collapse:collapse;margin:.5rem 0 1.5rem}td,th{border:1px solid #ccc;padding:.25rem .5rem;"
-        "text-align:left}.passed{color:#155724}.failed,.refused{color:#a11}</style></head><body>",
-        f"<h1>Learned model: {e(r['card']['id'])}</h1>",
-        f'<p class="{e(r["status"])}"><strong>Status: {e(r["status"])}</strong>. {e(r["message"])}</p>',
-        f"<p>Outcome: {e(model['outcome'])} ({e(model['kind'])} model"
-        + (f", time in {e(model['time_unit'])}" if model.get("time_unit") else "")
-        + ").</p>",
-    ]
-    out += _model_card_html(r)
-    out.append("<h2>Minimum requirements</h2>")
-    out.append(f"<p>Minimum sample size rule: {e(r['minimums']['sample_size_rule'] or 'not stated')}</p>")
-    out.append(
-        _table(
-            ["Check", "Value", "Required", "Met"],
-            [
+    horizon = r["calibration"].get("horizon") if svg else None
+    return (
+        pages.render(
+            "model_report.html.j2",
+            card_id=r["card"]["id"],
+            status=r["status"],
+            message=r["message"],
+            outcome=f"{model['outcome']} ({model['kind']} model"
+            + (f", time in {model['time_unit']}" if model.get("time_unit") else "")
+            + ").",
+            model_card=_model_card_rows(r),
+            predictor_definitions=[
+                [p["label"], p["definition"], p["coding"]] for p in r["model_card"]["predictor_definitions"]
+            ],
+            sample_size_rule=r["minimums"]["sample_size_rule"] or "not stated",
+            checks=[
                 [c["name"], _fmt(c["value"]), c["required"], "yes" if c["passed"] else "NO"]
                 for c in r["minimums"]["checks"]
             ],
-        )
-    )
-    out.append("<h2>Cohort</h2>")
-    counts = r["counts"]
-    rows = [
-        ["Patients in the extraction", _fmt(counts["patients_scanned"])],
-        ["With the index event", _fmt(counts["with_index_event"])],
-        ["Included", counts["included"]],
-        ["Events", counts.get("events")],
-        ["Predictor parameters", _fmt(counts.get("predictors"))],
-        ["Events per predictor parameter", _fmt(counts.get("events_per_predictor"))],
-    ]
-    rows += [[f"Excluded: {reason}", n] for reason, n in counts["excluded"].items()]
-    if r.get("follow_up"):
-        f = r["follow_up"]
-        rows.append([f"Follow-up ({f['unit']}): median / max", f"{_fmt(f['median'])} / {_fmt(f['max'])}"])
-    out.append(_table(["", ""], rows))
-    if r.get("coefficients"):
-        ratio = "Hazard ratio" if model["kind"] == "cox" else "Odds ratio"
-        out.append("<h2>Coefficients (95 % confidence intervals)</h2>")
-        out.append(
-            _table(
-                ["Predictor", "Coding", "Coefficient", "95 % CI", ratio, "Published"],
+            cohort=_cohort_rows(r),
+            coefficients=[
                 [
-                    [
-                        c["label"] or c["predictor"],
-                        c["coding_text"] or "",
-                        _fmt(c["estimate"]),
-                        f"{_fmt(c['ci_low'])} to {_fmt(c['ci_high'])}",
-                        f"{_fmt(c['ratio'])} ({_fmt(c['ratio_ci_low'])}-{_fmt(c['ratio_ci_high'])})",
-                        _published(c.get("published")),
-                    ]
-                    for c in r["coefficients"]
-                ],
-            )
-        )
-        if r.get("intercept"):
-            i = r["intercept"]
-            out.append(f"<p>Intercept {_fmt(i['estimate'])} (95 % CI {_fmt(i['ci_low'])} to {_fmt(i['ci_high'])}).</p>")
-    if r.get("baseline_survival"):
-        b = r["baseline_survival"]
-        out.append(f"<h2>Baseline survival (at the reference: {e(b['reference_label'])})</h2>")
-        out.append(
-            _table(
-                [f"Time ({model['time_unit']})", "Event-free", "Note"],
-                [[h, _fmt(v), "" if v is not None else "beyond the follow-up of the data"] for h, v in b["at"].items()],
-            )
-        )
-    if r.get("performance"):
-        p = r["performance"]
-        out.append("<h2>Performance (internal validation)</h2>")
-        out.append(
-            _table(
-                ["Measure", "Apparent", "Optimism-corrected"],
-                [
-                    ["C-statistic", _fmt(p["c_statistic_apparent"]), _fmt(p["c_statistic_optimism_corrected"])],
-                    [
-                        "Calibration slope",
-                        _fmt(p["calibration_slope_apparent"]),
-                        _fmt(p["calibration_slope_optimism_corrected"]),
-                    ],
-                    [
-                        f"Calibration intercept ({p['calibration_intercept_definition']})",
-                        _fmt(p["calibration_intercept_apparent"]),
-                        _fmt(p["calibration_intercept_optimism_corrected"]),
-                    ],
-                ],
-            )
-        )
-        out.append(
-            f"<p>Bootstrap: {p['bootstrap_resamples']} resamples ({p['bootstrap_failed']} could not be fitted).</p>"
-        )
-    if r.get("subgroups"):
-        out.append("<h2>Performance by subgroup (apparent, 95 % intervals)</h2>")
-        out.append(
-            _table(
-                ["Subgroup", "Patients", "Events", "Observed / expected", "C-statistic"],
-                [
-                    [
-                        f"{g['by']}: {g['level']}",
-                        g["n"],
-                        g["events"],
-                        g["note"] or _interval(g["observed_expected"]),
-                        g["note"] or _interval(g["c_statistic"]),
-                    ]
-                    for g in r["subgroups"]
-                ],
-            )
-        )
-    out += _monitoring_html(r)
-    if svg:
-        horizon = r["calibration"].get("horizon")
-        out.append("<h2>Calibration plot</h2>")
-        if horizon is not None:
-            out.append(f"<p>Risk by {e(_fmt(horizon))} {e(model['time_unit'])}; observed by Kaplan-Meier.</p>")
-        out.append(svg)
-    if r.get("predictor_ranges"):
-        out.append("<h2>Predictor values seen in training</h2>")
-        out.append(
-            _table(["Predictor", "Range / prevalence"], [[pid, _range(v)] for pid, v in r["predictor_ranges"].items()])
-        )
-    prov = r["provenance"]
-    extraction = prov["extraction"]
-    out.append("<h2>Provenance</h2>")
-    out.append(
-        _table(
-            ["", ""],
-            [
-                ["FHIR server", prov["fhir_server"]],
-                [
-                    "Extraction",
-                    f"{extraction['method']} ({extraction['level']} level), types " + ", ".join(extraction["types"])
-                    if extraction
-                    else "n/a",
-                ],
-                ["Extraction started", _fmt(prov["extraction_started"])],
-                ["Server transaction time", _fmt(extraction["transaction_time"] if extraction else None)],
-                ["Report generated", prov["generated_at"]],
-                ["Card", f"{r['card']['id']} {r['card']['version'] or ''}".rstrip()],
-                [
-                    "Definition",
-                    f"{d['path']} {d['version']} (sha256 {d['sha256'][:12]})" if (d := r["definition"]) else "n/a",
-                ],
-                ["Code", ", ".join(f"{k} {v}" for k, v in prov["versions"].items())],
+                    c["label"] or c["predictor"],
+                    c["coding_text"] or "",
+                    _fmt(c["estimate"]),
+                    f"{_fmt(c['ci_low'])} to {_fmt(c['ci_high'])}",
+                    f"{_fmt(c['ratio'])} ({_fmt(c['ratio_ci_low'])}-{_fmt(c['ratio_ci_high'])})",
+                    _published(c.get("published")),
+                ]
+                for c in r["coefficients"]
             ],
+            ratio_name="Hazard ratio" if model["kind"] == "cox" else "Odds ratio",
+            intercept=_intercept(r),
+            baseline=_baseline(r),
+            performance=_performance(r),
+            subgroups=[
+                [
+                    f"{g['by']}: {g['level']}",
+                    g["n"],
+                    g["events"],
+                    g["note"] or _interval(g["observed_expected"]),
+                    g["note"] or _interval(g["c_statistic"]),
+                ]
+                for g in r["subgroups"]
+            ],
+            monitoring=[_monitoring_run(run) for run in r["monitoring"]],
+            svg=Markup(svg) if svg else None,
+            horizon=f"Risk by {_fmt(horizon)} {model['time_unit']}; observed by Kaplan-Meier."
+            if horizon is not None
+            else "",
+            ranges=[[pid, _range(v)] for pid, v in r["predictor_ranges"].items()],
+            provenance=_provenance_rows(r),
         )
+        + "\n"
     )
-    out.append("</body></html>")
-    return "\n".join(out) + "\n"
 
 
-def _model_card_html(r: dict) -> list[str]:
+def _model_card_rows(r: dict) -> list[list]:
+    """The TRIPOD+AI items of a deployed model (content/model_report.py)."""
     m = r["model_card"]
     a = r.get("approval")
     rng = m["data_range"]
@@ -295,7 +205,7 @@ def _model_card_html(r: dict) -> list[str]:
         ["Intended users", m["intended_users"]],
         ["Setting", m["setting"]],
         ["Data source", r["provenance"]["fhir_server"]],
-        ["Index dates", f"{rng['first_index'] or 'n/a'} to {rng['last_index'] or 'n/a'}"],
+        ["Index dates", f"{rng['first_index'] or NOT_AVAILABLE} to {rng['last_index'] or NOT_AVAILABLE}"],
         ["Outcome", m["outcome_definition"]],
         ["Missing inputs", m["missing_inputs"]],
         ["Updating policy", m["updating_policy"]],
@@ -315,44 +225,107 @@ def _model_card_html(r: dict) -> list[str]:
                 f"({c['events']} events)",
             ]
         )
-    out = ["<h2>Model card</h2>", _table(["", ""], rows)]
-    if m["predictor_definitions"]:
-        out.append(
-            _table(
-                ["Predictor", "Definition", "Coding"],
-                [[p["label"], p["definition"], p["coding"]] for p in m["predictor_definitions"]],
-            )
-        )
-    return out
+    return rows
 
 
-def _monitoring_html(r: dict) -> list[str]:
-    if not r.get("monitoring"):
-        return []
-    out = ["<h2>Monitoring since deployment</h2>"]
-    for run in r["monitoring"]:
-        out.append(
-            f"<p><strong>{html.escape(run['run_at'])}: {html.escape(run['status'])}</strong>. "
-            f"{html.escape(run['reason'])}</p>"
-        )
-        rows = [
-            [w["start"] + " to " + w["end"], w["n"], w["events"], w["note"] or _interval(w["observed_expected"])]
-            for w in run["windows"]
-        ]
-        rows.append(["all since " + run["since"], run["n"], run["events"], _interval(run["observed_expected"])])
-        out.append(_table(["Window (index dates)", "Patients", "Events", "Observed / expected"], rows))
-        d = run["drift"]
-        out.append(
-            f"<p>Drift test: {html.escape(d['method'])} (false-alarm rate {d['alpha']:g}); statistic "
-            f"{_fmt(d['statistic'])}, threshold {_fmt(d['threshold'])}: {'ALARM' if d['alarm'] else 'no alarm'}. "
-            f"Calibration slope {_interval(run['calibration_slope'])}; C-statistic {_fmt(run['c_statistic'])}.</p>"
-        )
-    return out
+def _cohort_rows(r: dict) -> list[list]:
+    counts = r["counts"]
+    rows = [
+        ["Patients in the extraction", _fmt(counts["patients_scanned"])],
+        ["With the index event", _fmt(counts["with_index_event"])],
+        ["Included", counts["included"]],
+        ["Events", counts["events"]],
+        ["Predictor parameters", _fmt(counts["predictors"])],
+        ["Events per predictor parameter", _fmt(counts["events_per_predictor"])],
+    ]
+    rows += [[f"Excluded: {reason}", n] for reason, n in counts["excluded"].items()]
+    if r.get("follow_up"):
+        f = r["follow_up"]
+        rows.append([f"Follow-up ({f['unit']}): median / max", f"{_fmt(f['median'])} / {_fmt(f['max'])}"])
+    return rows
+
+
+def _intercept(r: dict) -> str:
+    if not (r["coefficients"] and r.get("intercept")):
+        return ""
+    i = r["intercept"]
+    return f"Intercept {_fmt(i['estimate'])} (95 % CI {_fmt(i['ci_low'])} to {_fmt(i['ci_high'])})."
+
+
+def _baseline(r: dict) -> dict | None:
+    b = r.get("baseline_survival")
+    if not b:
+        return None
+    return {
+        "reference_label": b["reference_label"],
+        "header": [f"Time ({r['model']['time_unit']})", "Event-free", "Note"],
+        "rows": [[h, _fmt(v), "" if v is not None else "beyond the follow-up of the data"] for h, v in b["at"].items()],
+    }
+
+
+def _performance(r: dict) -> dict | None:
+    p = r.get("performance")
+    if not p or all(v is None for v in p.values()):
+        return None
+    return {
+        "rows": [
+            ["C-statistic", _fmt(p["c_statistic_apparent"]), _fmt(p["c_statistic_optimism_corrected"])],
+            [
+                "Calibration slope",
+                _fmt(p["calibration_slope_apparent"]),
+                _fmt(p["calibration_slope_optimism_corrected"]),
+            ],
+            [
+                f"Calibration intercept ({p['calibration_intercept_definition'] or NOT_AVAILABLE})",
+                _fmt(p["calibration_intercept_apparent"]),
+                _fmt(p["calibration_intercept_optimism_corrected"]),
+            ],
+        ],
+        "bootstrap": f"Bootstrap: {_fmt(p['bootstrap_resamples'])} resamples "
+        f"({_fmt(p['bootstrap_failed'])} could not be fitted).",
+    }
+
+
+def _monitoring_run(run: dict) -> dict:
+    """One `cds-service monitor` run: its windows, the whole period, and the drift test."""
+    rows = [
+        [f"{w['start']} to {w['end']}", w["n"], w["events"], w["note"] or _interval(w["observed_expected"])]
+        for w in run["windows"]
+    ]
+    rows.append([f"all since {run['since']}", run["n"], run["events"], _interval(run["observed_expected"])])
+    d = run["drift"]
+    drift = (
+        f"Drift test: {d['method']} (false-alarm rate {number(d['alpha'])}); statistic {_fmt(d['statistic'])}, "
+        f"threshold {_fmt(d['threshold'])}: {'ALARM' if d['alarm'] else 'no alarm'}. "
+        f"Calibration slope {_interval(run['calibration_slope'])}; C-statistic {_fmt(run['c_statistic'])}."
+    )
+    return {"run_at": run["run_at"], "status": run["status"], "reason": run["reason"], "rows": rows, "drift": drift}
+
+
+def _provenance_rows(r: dict) -> list[list]:
+    prov = r["provenance"]
+    extraction = prov["extraction"]
+    d = r["definition"]
+    return [
+        ["FHIR server", prov["fhir_server"]],
+        [
+            "Extraction",
+            f"{extraction['method']} ({extraction['level']} level), types " + ", ".join(extraction["types"])
+            if extraction
+            else NOT_AVAILABLE,
+        ],
+        ["Extraction started", _fmt(prov["extraction_started"])],
+        ["Server transaction time", _fmt(extraction["transaction_time"] if extraction else None)],
+        ["Report generated", prov["generated_at"]],
+        ["Card", f"{r['card']['id']} {r['card']['version'] or ''}".rstrip()],
+        ["Definition", f"{d['path']} {d['version']} (sha256 {d['sha256'][:12]})" if d else NOT_AVAILABLE],
+        ["Code", ", ".join(f"{k} {v}" for k, v in prov["versions"].items())],
+    ]
 
 
 def _interval(i: dict | None) -> str:
     if not i or i.get("estimate") is None:
-        return "n/a"
+        return NOT_AVAILABLE
     if i.get("low") is None:
         return _fmt(i["estimate"])
     return f"{_fmt(i['estimate'])} ({_fmt(i['low'])} to {_fmt(i['high'])})"
@@ -361,7 +334,7 @@ def _interval(i: dict | None) -> str:
 def _published(p: dict | None) -> str:
     if not p:
         return "not published"
-    text = f"{_fmt(p['coefficient'])}"
+    text = _fmt(p["coefficient"])
     if p.get("ratio") is not None:
         text += f" (ratio {_fmt(p['ratio'])})"
     return text
@@ -375,18 +348,7 @@ def _range(v: dict) -> str:
 
 
 def _fmt(value) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
-    return str(value)
-
-
-def _table(header: list, rows: list[list]) -> str:
-    e = html.escape
-    head = "".join(f"<th>{e(str(h))}</th>" for h in header) if any(header) else ""
-    body = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table>{'<tr>' + head + '</tr>' if head else ''}{body}</table>"
+    return significant(value)
 
 
 # ---------------------------------------------------------------------------- rewriting a report
