@@ -49,7 +49,7 @@ from cds_service.config import ConfigError
 from cds_service.content.cards import CardContent, Number, Table, Text
 from cds_service.content.errors import ContentError, content_error
 from cds_service.content.model_report import ModelReport, MonitorRun, ReportCheck, ReportGroup, ReportRange
-from cds_service.formatting import toml_number
+from cds_service.formatting import significant, toml_number
 
 
 def _version_text(value: object) -> object:
@@ -183,8 +183,7 @@ class LearnedFrom:
 
 
 def _check_words(c: ReportCheck) -> str:
-    value = f"{c.value:.3g}" if isinstance(c.value, float) else str(c.value)
-    return f"{c.name} = {value}, needs {c.required}"
+    return f"{c.name} = {significant(c.value)}, needs {c.required}"
 
 
 def read_report(path: Path, card: CardContent, names: tuple[str, ...], coefficients, intercept) -> LearnedFrom:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from support import error_body
 from support.scenario_requests import hfs_after_mvd_patient_view
 
 from cds_service.storage.audit_spool import AuditSpool
@@ -91,7 +92,7 @@ def test_a_full_folder_answers_503_and_every_200_is_audited(tmp_path, make_app):
                 answered[hook_instance] = response
             else:
                 assert int(response.headers["Retry-After"]) >= 1
-                assert response.get_json()["error"] == "store_unavailable"
+                assert error_body.code(response.get_json()) == "store_unavailable"
 
         assert 503 in statuses  # the fault was met: SQLite could not grow its WAL
         app.extensions["cds_service"].close()
