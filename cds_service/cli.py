@@ -45,6 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--database-url", help="store URL (default: the configured store)")
     report.add_argument("--instance", help="instance folder (default ./instance)")
     report.add_argument("--config", help="TOML settings file (else CDS_CONFIG)")
+    report.add_argument("--site", help="a multi-site deployment: this site's clients only (trust file `site`)")
+    report.add_argument(
+        "--monthly",
+        action="store_true",
+        help="also per card x situation x client x month: firing per 100 hook calls, acceptance, override (by "
+        "reason) and evidence-page open rates, and an alarm when a firing or override rate jumps",
+    )
 
     demo = commands.add_parser("demo", help="run the service with demo patients and print their cards")
     demo.add_argument("--host", default=DEFAULT_HOST, help=f"bind address (default {DEFAULT_HOST})")
@@ -64,6 +71,16 @@ def main(argv: list[str] | None = None) -> int:
     _store_arguments(prune)
     prune.add_argument("--days", type=int, help="retention in days (default: the setting audit_retention_days)")
     _add_learn_parser(commands)
+    _add_monitor_parser(commands)
+    approve = commands.add_parser(
+        "approve",
+        help="record that you reviewed a site model's report and approve its deployment",
+        description="Sets the report's approval (who, when, an optional note) and rewrites its HTML. The service "
+        "does not start with a learned model whose report nobody approved.",
+    )
+    approve.add_argument("report", help="the model's <card>.report.json")
+    approve.add_argument("--by", required=True, help="your name and role, as it should stand in the model card")
+    approve.add_argument("--note", help="a note kept with the approval")
     cover = commands.add_parser(
         "coverage",
         help="list the site's codes the concepts miss (patients with HFS or a bone metastasis) and draft an overlay",
@@ -100,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
             return _audit_prune(args)
         if args.command == "learn":
             return _learn(args)
+        if args.command == "approve":
+            return _approve(args)
+        if args.command == "monitor":
+            return _monitor(args)
         if args.command == "coverage":
             return _coverage(args)
         if args.command == "selftest":
@@ -282,11 +303,18 @@ def _report(args: argparse.Namespace) -> int:
 
     settings = load_settings(_overrides(args))
     options = dataclasses.replace(store_options(settings), spool_dir=None)
-    print(
-        run_report(
-            args.database_url or settings.resolved_database_url, options=options, reason_texts=_reason_texts(settings)
-        )
-    )
+    site = None
+    if args.site:
+        from cds_service.security.trust import trust_from_settings
+
+        if args.site not in settings.site_overlays:
+            raise ConfigError(f"--site {args.site!r} is not in site_overlays (sites: {sorted(settings.site_overlays)})")
+        trust = trust_from_settings(settings)
+        # issuers bound to the site as a whole (a per-tenant binding is not in the audit rows)
+        bound = tuple(sorted(i.iss for i in trust.issuers.values() if i.site == args.site))
+        site = (args.site, bound)
+    url = args.database_url or settings.resolved_database_url
+    print(run_report(url, options=options, reason_texts=_reason_texts(settings), site=site, monthly=args.monthly))
     return 0
 
 
@@ -375,6 +403,14 @@ def _add_learn_parser(commands) -> None:
     learn.add_argument("--seed", type=int, default=20251126, help="random seed of the bootstrap")
     learn.add_argument("--max-wait", type=float, default=3600.0, help="bound on the export wait, seconds")
     learn.add_argument("--no-bulk", action="store_true", help="use paged searches even if $export is offered")
+    learn.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="propose a recalibration (intercept or baseline, and slope) of the deployed site model from the "
+        "patients it scored since its deployment: writes <card>.recalibrated.overlay.toml and its report; "
+        "deploy it only after review and `cds-service approve`",
+    )
+    learn.add_argument("--since", help="with --recalibrate: deployment date YYYY-MM-DD (default: the approval date)")
     _add_fhir_auth_arguments(learn)
 
 
@@ -420,6 +456,8 @@ def _learn(args: argparse.Namespace) -> int:
     from cds_service.security.smart_backend import BackendAuthError
 
     settings = load_settings({"config": args.config})
+    if args.recalibrate:
+        return _recalibrate(args, settings)
     try:
         auth = _fhir_auth(args, args.fhir_base)
         overlay = args.site_overlay or settings.site_overlay
@@ -477,6 +515,132 @@ def _coverage(args: argparse.Namespace) -> int:
         return 2
     print(report.read_text(encoding="utf-8"), end="")
     print(f"report: {report}; draft overlay (review before use): {draft}")
+    return 0
+
+
+def _recalibrate(args: argparse.Namespace, settings) -> int:
+    from datetime import date
+    from pathlib import Path
+
+    from cds_service.learning.monitor import MonitorOptions
+    from cds_service.learning.recalibrate import recalibrate
+    from cds_service.learning.run import LearnError
+    from cds_service.security.smart_backend import BackendAuthError
+
+    overlay = args.site_overlay or settings.site_overlay
+    if not overlay:
+        raise ConfigError("--recalibrate needs the site overlay with the deployed model (--site-overlay)")
+    try:
+        since = date.fromisoformat(args.since) if args.since else None
+    except ValueError:
+        raise ConfigError(f"--since {args.since!r} is not a date (YYYY-MM-DD)") from None
+    try:
+        result = recalibrate(
+            MonitorOptions(
+                card_id=args.card,
+                cards_dir=Path(args.cards_dir) if args.cards_dir else settings.cards_dir,
+                fhir_base=args.fhir_base,
+                site_overlay=Path(overlay),
+                instance_dir=settings.instance_path,
+                group=args.group,
+                since=since,
+                max_wait_s=args.max_wait,
+                prefer_bulk=not args.no_bulk,
+            ),
+            Path(args.out),
+            _fhir_auth(args, args.fhir_base),
+        )
+    except (LearnError, BackendAuthError) as exc:
+        print(f"cds-service learn: {exc.reason}", file=sys.stderr)
+        return 2
+    print(result.message)
+    print(f"report: {result.report_json}")
+    if result.overlay is not None:
+        print(f"proposed overlay entry: {result.overlay}")
+    return LEARN_EXIT[result.status]
+
+
+# ------------------------------------------------------------------------------ monitor
+MONITOR_EXIT = {"ok": 0, "insufficient": 0, "retired": 5}
+
+
+def _add_monitor_parser(commands) -> None:
+    monitor = commands.add_parser(
+        "monitor",
+        help="check the deployed site model of a card against the outcomes observed since its deployment",
+        description="Extract the outcomes of the patients scored since the card's site model was deployed "
+        "(Bulk Data, _since), score the model on them, report calibration (observed/expected, slope), "
+        "discrimination and the sequential drift test, append the run to the model's report, and record the "
+        "verdict in the instance folder, which the service honours (a retired model's estimate is withheld). "
+        "Exit status: 0 ok or not enough events yet, 5 retired, 2 configuration or extraction error.",
+    )
+    monitor.add_argument("card", help="card id: rfa-recurrence, amr-persistence or btxa-response")
+    monitor.add_argument("--fhir-base", required=True, help="FHIR base URL of the site's server")
+    monitor.add_argument("--group", help="export one Group's patients (Group/<id>/$export) instead of the system")
+    monitor.add_argument("--since", help="deployment date YYYY-MM-DD (default: the report's approval date)")
+    monitor.add_argument("--site-overlay", help="site overlay TOML with the deployed model (default: the configured)")
+    monitor.add_argument(
+        "--site", help="a multi-site deployment: the site (setting site_overlays) whose model to monitor"
+    )
+    monitor.add_argument("--cards-dir", help="cards folder (default: the configured one)")
+    monitor.add_argument("--instance", help="the service's instance folder (default: the configured one)")
+    monitor.add_argument("--config", help="TOML settings file (else CDS_CONFIG)")
+    monitor.add_argument("--max-wait", type=float, default=3600.0, help="bound on the export wait, seconds")
+    monitor.add_argument("--no-bulk", action="store_true", help="use paged searches even if $export is offered")
+    _add_fhir_auth_arguments(monitor)
+
+
+def _monitor(args: argparse.Namespace) -> int:
+    from datetime import date
+    from pathlib import Path
+
+    from cds_service.learning.monitor import MonitorOptions, monitor
+    from cds_service.learning.run import LearnError
+    from cds_service.security.smart_backend import BackendAuthError
+
+    settings = load_settings(_overrides(args))
+    if args.site and args.site not in settings.site_overlays:
+        raise ConfigError(f"--site {args.site!r} is not in site_overlays (sites: {sorted(settings.site_overlays)})")
+    overlay = args.site_overlay or (settings.site_overlays[args.site] if args.site else settings.site_overlay)
+    if not overlay:
+        raise ConfigError("monitor needs the site overlay with the deployed model (--site-overlay or site_overlay)")
+    try:
+        since = date.fromisoformat(args.since) if args.since else None
+    except ValueError:
+        raise ConfigError(f"--since {args.since!r} is not a date (YYYY-MM-DD)") from None
+    try:
+        result = monitor(
+            MonitorOptions(
+                card_id=args.card,
+                cards_dir=Path(args.cards_dir) if args.cards_dir else settings.cards_dir,
+                fhir_base=args.fhir_base,
+                site_overlay=Path(overlay),
+                instance_dir=check_instance_folder(settings.instance_path),
+                group=args.group,
+                since=since,
+                max_wait_s=args.max_wait,
+                prefer_bulk=not args.no_bulk,
+                site_name=args.site,
+            ),
+            _fhir_auth(args, args.fhir_base),
+        )
+    except (LearnError, BackendAuthError) as exc:
+        print(f"cds-service monitor: {exc.reason}", file=sys.stderr)
+        return 2
+    print(f"{result.status}: {result.reason}")
+    print(f"report: {result.report_json}; verdict for the service: {result.status_file}")
+    return MONITOR_EXIT[result.status]
+
+
+def _approve(args: argparse.Namespace) -> int:
+    from cds_service.learning.report import ReportFileError, approve
+
+    try:
+        report = approve(args.report, args.by, args.note, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    except ReportFileError as exc:
+        print(f"cds-service approve: {exc.reason}", file=sys.stderr)
+        return 2
+    print(f"approved by {report.approval.approved_by}: {args.report}")
     return 0
 
 

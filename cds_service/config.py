@@ -71,6 +71,9 @@ class Settings(BaseModel):
     # Clinical content.
     cards_dir: Path = DEFAULT_CARDS_DIR
     site_overlay: Path | None = None
+    # Several hospitals in one deployment: site name -> its overlay (local codes, models). A
+    # trusted issuer's `site` (trust file) binds its calls to one; they never see another's.
+    site_overlays: dict[str, Path] = Field(default_factory=dict)
     # Client authentication (CDS Hooks JWT). Trust file: TOML with [[issuers]].
     trust_file: Path | None = None
     trust_sandbox: bool = False
@@ -189,6 +192,17 @@ class Settings(BaseModel):
             return tuple(x.strip() for x in value.split(",") if x.strip())
         if isinstance(value, list):
             return tuple(str(x) for x in value)
+        return value
+
+    @field_validator("site_overlays", mode="before")
+    @classmethod
+    def _site_map(cls, value: Any) -> Any:
+        """From the environment: "hospital-a=/etc/cds/a.toml,hospital-b=/etc/cds/b.toml"."""
+        if isinstance(value, str):
+            pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
+            if any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+                raise ValueError("give site=path pairs separated by commas")
+            return {name.strip(): path.strip() for name, path in pairs}
         return value
 
     @field_validator("site_overlay", "trust_file", mode="before")

@@ -7,6 +7,7 @@ keeps about the call; they never hold a token or a raw patient identifier.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -36,8 +37,9 @@ class AuditNotes:
     hook_instance: str | None = None
     patient_hash: str | None = None
     client_iss: str | None = None
+    site: str | None = None  # the client's site (trust file `site`): its overlay only
     status: int | None = None
-    cards: list[tuple[str, str, str]] = field(default_factory=list)  # (uuid, card id, summary)
+    cards: list[tuple[str, str, str, str]] = field(default_factory=list)  # (uuid, card id, summary, situation)
     # The evidence pages of the cards returned, written with the audit row before the answer.
     pages: list[PageRow] = field(default_factory=list)
     # time.monotonic() when the call was accepted (queued for a thread): the FHIR time
@@ -98,15 +100,15 @@ def answer(
         prefetched.data,
         draft_orders=request.draft_orders,
         selections=request.selections,
-        concepts=rt.concepts,
+        concepts=rt.concepts_for(notes.site),
         today=instant.date(),
         unavailable=prefetched.gaps,
         now=instant,
     )
     step = usage.timed("record", step)
 
-    cards_on = [card for card in rt.cards_for(request.hook) if configuration.shows_card(card.id)]
-    results = [evaluate(card, record, request.hook) for card in cards_on]
+    cards_on = [card for card in rt.cards_for(request.hook, notes.site) if configuration.shows_card(card.id)]
+    results = [_evaluate(rt, card, record, request.hook, notes.site) for card in cards_on]
     fired = [r for r in results if r is not None and configuration.shows(r.card_id, r.situation.id)]
     fired = within_budget(fired, [r.situation.indicator or r.card.indicator for r in fired], configuration)
     step = usage.timed("evaluate", step)
@@ -114,10 +116,25 @@ def answer(
     smart_launch = issuer.evidence_smart_launch_url if issuer is not None else None
     cards = [_card(rt, result, request.patient_id, base_url, notes, smart_launch) for result in fired]
     usage.timed("render", step)
-    notes.cards = [(card["uuid"], result.card_id, card["summary"]) for card, result in zip(cards, fired)]
+    notes.cards = [
+        (card["uuid"], result.card_id, card["summary"], result.situation.id) for card, result in zip(cards, fired)
+    ]
     for result in fired:
         metrics.CARDS_FIRED.labels(card=result.card_id, situation=result.situation.id).inc()
     return cards
+
+
+def _evaluate(rt: Runtime, card, record, hook: str, site: str | None = None) -> CardResult | None:
+    """The card's result; with the evidence only (and the one-line reason) when monitoring
+    has retired the card's site model."""
+    model = card.site_model
+    reason = None
+    if model is not None and rt.model_status is not None:
+        reason = rt.model_status.retired(card.id, model.label, model.version, site)
+    if reason is None:
+        return evaluate(card, record, hook)
+    result = evaluate(card.with_site_model(None), record, hook)
+    return dataclasses.replace(result, retired=reason) if result is not None else None
 
 
 def _card(
@@ -129,8 +146,8 @@ def _card(
         # the answer leaves (Runtime.audit), so the link opens at once from any worker.
         new_page = rt.evidence.new_page
 
-        def keep(data: dict) -> str:
-            token, row = new_page(data)
+        def keep(data: dict) -> str:  # the page knows its card's uuid: an open is counted for that card
+            token, row = new_page({**data, "card_uuid": card["uuid"]})
             notes.pages.append(row)
             return token
 

@@ -32,6 +32,8 @@ FHIR_LATENCY = Histogram(
     "cds_fhir_request_duration_seconds", "Time of one FHIR GET", ["kind"], buckets=_LATENCY_BUCKETS
 )
 CARDS_FIRED = Counter("cds_cards_fired_total", "Cards returned, by card and situation", ["card", "situation"])
+EVIDENCE_PAGES_OPENED = Counter("cds_evidence_pages_opened_total", "Evidence pages opened, by card", ["card"])
+FEEDBACK = Counter("cds_feedback_total", "Card feedback received, by outcome", ["outcome"])
 STORE_ERRORS = Counter("cds_store_errors_total", "Store operations that failed", ["operation"])
 ADMISSION_REFUSED = Counter("cds_admission_refused_total", "Hook calls answered 503 before starting", ["reason"])
 # What each hook call used (issue 19; the same record is in the audit row's `usage`).
@@ -46,6 +48,25 @@ CALL_RESOURCES = Counter(
 PREFETCH_MISSING = Counter("cds_prefetch_keys_missing_total", "Prefetch keys the client did not send", ["key"])
 CALL_STAGE = Histogram(
     "cds_hook_call_stage_seconds", "Time of each step of a hook call", ["stage"], buckets=_LATENCY_BUCKETS
+)
+# Monitoring verdicts of deployed site models (`cds-service monitor`), as the service read them.
+SITE_MODEL_RETIRED = Gauge(
+    "cds_site_model_retired",
+    "1 when monitoring retired the card's site model",
+    ["card", "site"],
+    multiprocess_mode="mostrecent",
+)
+SITE_MODEL_OBSERVED_EXPECTED = Gauge(
+    "cds_site_model_observed_expected",
+    "Observed / expected events since deployment (last monitor run)",
+    ["card", "site"],
+    multiprocess_mode="mostrecent",
+)
+SITE_MODEL_DRIFT = Gauge(
+    "cds_site_model_drift_log_lr",
+    "Largest log mixture likelihood ratio of the drift test (alarm at log(1/alpha))",
+    ["card", "site"],
+    multiprocess_mode="mostrecent",
 )
 SPOOL_DEPTH = Gauge("cds_audit_spool_depth", "Audit rows waiting in the local spool", multiprocess_mode="max")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cds_service.clinical.render import issued_suggestions, offered_reasons
@@ -22,6 +22,7 @@ from cds_service.security.client_auth import StoreReplayGuard
 from cds_service.security.trust import TrustConfig, trust_from_settings
 from cds_service.storage.audit import audit_key, build_call_record, patient_hash
 from cds_service.storage.evidence_pages import EvidenceSetup, build_evidence_setup
+from cds_service.storage.model_status import ModelStatus
 from cds_service.storage.store import Store, StoreOptions, StoreUnavailable
 from cds_service.terminology.concept_index import ConceptIndex
 from cds_service.terminology.concepts_file import load_concepts
@@ -51,6 +52,10 @@ class Runtime:
     cards: tuple[CardContent, ...]
     replay_guard: StoreReplayGuard | None = None
     evidence: EvidenceSetup | None = None  # evidence pages: page store and chart specs
+    model_status: ModelStatus | None = None  # monitoring verdicts of the site models (instance folder)
+    # Several hospitals: site name -> its own concepts and cards (setting site_overlays); a
+    # call is evaluated with its client's site only (trust file `site`), else the shared content.
+    sites: dict[str, SiteContent] = field(default_factory=dict)
 
     @property
     def content_version(self) -> str:
@@ -67,8 +72,18 @@ class Runtime:
 
         self._options_by_hook = {hook: options_for(cards, hook) for hook, cards in self._cards_by_hook.items()}
 
-    def cards_for(self, hook: str) -> tuple[CardContent, ...]:
+    def cards_for(self, hook: str, site: str | None = None) -> tuple[CardContent, ...]:
+        if site is not None:
+            return self.sites[site].cards_for(hook)
         return self._cards_by_hook.get(hook, ())
+
+    def concepts_for(self, site: str | None) -> ConceptIndex:
+        return self.sites[site].concepts if site is not None else self.concepts
+
+    def site_of(self, identity) -> str | None:
+        """The site whose overlay the authenticated client's calls use (None: shared content)."""
+        issuer = self.trust.issuer(identity.iss) if identity.iss else None
+        return issuer.site_for(identity.tenant) if issuer is not None else None
 
     def configuration_options(self, hook: str) -> tuple[Option, ...]:
         """The card switches and the card budget a client of this hook may set (issue 19)."""
@@ -184,6 +199,43 @@ def open_store(settings: Settings) -> Store:
     return Store(settings.resolved_database_url, store_options(settings))
 
 
+@dataclass
+class SiteContent:
+    """One hospital's content: the shipped cards and concepts with its own overlay."""
+
+    name: str
+    concepts: ConceptIndex
+    cards: tuple[CardContent, ...]
+
+    def __post_init__(self) -> None:
+        hooks = {h for card in self.cards for h in card.hooks}
+        self._by_hook = {hook: tuple(c for c in self.cards if hook in c.hooks) for hook in hooks}
+
+    def cards_for(self, hook: str) -> tuple[CardContent, ...]:
+        return self._by_hook.get(hook, ())
+
+
+def load_sites(settings: Settings, trust: TrustConfig) -> dict[str, SiteContent]:
+    """Each site's content; ConfigError when a trusted client names a site not configured."""
+    sites = {}
+    for name, path in sorted(settings.site_overlays.items()):
+        overlay = load_overlay(Path(path))
+        concepts = load_concepts(settings.cards_dir, overlay)
+        cards = tuple(load_cards(settings.cards_dir, overlay, concepts, Path(path).parent))
+        for warning in check_learned_models(cards, settings.allow_unvalidated_site_models):
+            log.warning("site %s: %s", name, warning)
+        sites[name] = SiteContent(name, concepts, cards)
+    for issuer in trust.issuers.values():
+        names = issuer.site.values() if isinstance(issuer.site, dict) else [issuer.site] if issuer.site else []
+        for name in names:
+            if name not in sites:
+                raise ConfigError(
+                    f"trust file: issuer {issuer.iss!r} is bound to site {name!r}, which is not in site_overlays "
+                    f"(sites: {sorted(sites) or 'none'})"
+                )
+    return sites
+
+
 def build_runtime(settings: Settings) -> Runtime:
     check_instance_folder(settings.instance_path)
     trust = trust_from_settings(settings)
@@ -194,6 +246,7 @@ def build_runtime(settings: Settings) -> Runtime:
     cards = tuple(load_cards(settings.cards_dir, overlay, concepts, overlay_dir))
     for warning in check_learned_models(cards, settings.allow_unvalidated_site_models):
         log.warning(warning)
+    sites = load_sites(settings, trust)
     store = open_store(settings)
     store.audit_writer.start()  # replays what an earlier run left in the spool
     if settings.as_of_date:
@@ -212,4 +265,6 @@ def build_runtime(settings: Settings) -> Runtime:
         concepts=concepts,
         cards=cards,
         evidence=build_evidence_setup(settings, store, cards),
+        model_status=ModelStatus(settings.instance_path),
+        sites=sites,
     )

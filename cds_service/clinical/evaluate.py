@@ -145,6 +145,7 @@ class CardResult:
     order: OrderFact | None = None  # the draft order that triggered the card
     order_note: str = ""  # why that order counts (an order predictor with an `indication`)
     outside_range: tuple[OutsideRange, ...] = ()  # inputs beyond a learned model's training data
+    retired: str | None = None  # monitoring retired the site model: why, in one line (evidence only shown)
     # How the patient's story was read for this card (clinical/story.py reading_notes): for the
     # evidence page only (which records were merged, set aside, done for another condition).
     story_notes: tuple[dict, ...] = field(default=(), compare=False)
@@ -379,8 +380,8 @@ NOT_AVAILABLE = "not available"
 def estimate_values(result: CardResult, values: dict[str, str]) -> dict[str, str]:
     """Values of the estimate placeholders. The numbers come from the learned model's report;
     the wording from the card file's [texts], chosen by where the model comes from:
-    `learned` (learned, its report passed), `unvalidated` (learned, its report did not pass;
-    deployed by the setting allow_unvalidated_site_models) or `configured` (typed by hand):
+    `learned` (learned, its report passed and was approved), `unvalidated` (learned, its report
+    did not pass or was not approved; deployed by the setting allow_unvalidated_site_models) or `configured` (typed by hand):
     [texts] estimate_by_<origin> fills {estimate_by} (short, for a summary) and
     estimate_<origin> fills {estimate_provenance}; estimate_outside_range fills
     {estimate_withheld} when a learned model's figure is withheld because an input lies
@@ -392,7 +393,7 @@ def estimate_values(result: CardResult, values: dict[str, str]) -> dict[str, str
     texts = result.card.texts
     origin = None
     if result.estimate is not None:
-        origin = "configured" if learned is None else ("learned" if learned.passed else "unvalidated")
+        origin = "configured" if learned is None else ("learned" if learned.deployable else "unvalidated")
     out["estimate_by"] = _fill_text(texts.get(f"estimate_by_{origin}", ""), filled) if origin else ""
     out["estimate_provenance"] = _fill_text(texts.get(f"estimate_{origin}", ""), filled) if origin else ""
     out["estimate_withheld"] = (

@@ -221,6 +221,8 @@ def _detail(result: CardResult, values: dict[str, str]) -> str:
     """The lead, the inputs used and missing in clinical words, one line of evidence strength.
     Everything else (sections, estimate, all caveats, sources) is on the evidence page."""
     parts = [_lead(result, values)]
+    if result.retired:
+        parts.append(result.retired)  # the site model's estimate withdrawn by monitoring: why
     parts.extend(_input_sections(result))
     strength = strength_line(result, values)
     if strength:

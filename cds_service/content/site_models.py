@@ -40,15 +40,16 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo, model_validator
 
 from cds_service.config import ConfigError
 from cds_service.content.cards import CardContent, Number, Table, Text
 from cds_service.content.errors import ContentError, content_error
-from cds_service.formatting import toml_number
+from cds_service.content.model_report import ModelReport, MonitorRun, ReportCheck, ReportGroup, ReportRange
+from cds_service.formatting import significant, toml_number
 
 
 def _version_text(value: object) -> object:
@@ -152,93 +153,6 @@ class SiteModelFile(Table):
 
 
 # ---------------------------------------------------------------------------- a learned model's report
-class _ReportPart(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-
-class ReportCard(_ReportPart):
-    id: str
-
-
-class ReportCounts(_ReportPart):
-    included: int = Field(ge=0)
-    events: int = Field(ge=0)
-
-
-class ReportPerformance(_ReportPart):
-    c_statistic_optimism_corrected: float | None = None
-    calibration_slope_optimism_corrected: float | None = None
-
-
-class ReportProvenance(_ReportPart):
-    fhir_server: str
-    generated_at: str
-
-
-class ReportRange(_ReportPart):
-    """A numeric predictor's training range (raw, in the predictor's unit), or a yes/no
-    predictor's prevalence."""
-
-    n: int = Field(ge=0)
-    min: float | None = None
-    max: float | None = None
-    unit: str | None = None
-    prevalence: float | None = Field(None, ge=0, le=1)
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> ReportRange:
-        if self.prevalence is None and (self.min is None or self.max is None or self.min > self.max):
-            raise ValueError("give min <= max (numeric) or prevalence (yes/no)")
-        return self
-
-
-class ReportGroup(_ReportPart):
-    n: int = Field(ge=0)
-    predicted: float = Field(ge=0, le=1)
-    observed: float | None = Field(None, ge=0, le=1)
-
-
-class ReportCalibration(_ReportPart):
-    horizon: float | None = None
-    groups: list[ReportGroup] = Field(default_factory=list)
-
-
-class ReportCheck(_ReportPart):
-    name: str
-    value: Any = None
-    required: str
-    passed: bool
-
-
-class ReportMinimums(_ReportPart):
-    checks: list[ReportCheck] = Field(default_factory=list)
-
-
-class ReportCoefficient(_ReportPart):
-    predictor: str
-    estimate: float
-
-
-class ReportIntercept(_ReportPart):
-    estimate: float
-
-
-class ReportFile(_ReportPart):
-    """What the service reads of a `cds-service learn` report (the rest is for people)."""
-
-    status: Literal["passed", "failed", "refused"]
-    message: str = ""
-    card: ReportCard
-    counts: ReportCounts
-    provenance: ReportProvenance
-    minimums: ReportMinimums = ReportMinimums()
-    performance: ReportPerformance = ReportPerformance()
-    predictor_ranges: dict[str, ReportRange] = Field(default_factory=dict)
-    calibration: ReportCalibration = ReportCalibration()
-    coefficients: list[ReportCoefficient] = Field(default_factory=list)
-    intercept: ReportIntercept | None = None
-
-
 @dataclass(frozen=True)
 class LearnedFrom:
     """The summary of a learned model's report that the card and the evidence page show."""
@@ -255,15 +169,21 @@ class LearnedFrom:
     ranges: dict[str, ReportRange]
     calibration_horizon: float | None = None
     calibration_groups: tuple[ReportGroup, ...] = ()
+    approved_by: str | None = None  # the person who approved deployment (`cds-service approve`)
+    monitoring: MonitorRun | None = None  # the latest `cds-service monitor` run in the report
 
     @property
     def passed(self) -> bool:
         return self.status == "passed"
 
+    @property
+    def deployable(self) -> bool:
+        """Passed its minimums and approved by a person."""
+        return self.passed and bool(self.approved_by)
+
 
 def _check_words(c: ReportCheck) -> str:
-    value = f"{c.value:.3g}" if isinstance(c.value, float) else str(c.value)
-    return f"{c.name} = {value}, needs {c.required}"
+    return f"{c.name} = {significant(c.value)}, needs {c.required}"
 
 
 def read_report(path: Path, card: CardContent, names: tuple[str, ...], coefficients, intercept) -> LearnedFrom:
@@ -277,7 +197,7 @@ def read_report(path: Path, card: CardContent, names: tuple[str, ...], coefficie
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ContentError(f"{where}: not valid JSON ({exc})") from None
     try:
-        report = ReportFile.model_validate(raw)
+        report = ModelReport.model_validate(raw)
     except ValidationError as exc:
         raise content_error(exc, where, raw) from None
     if report.card.id != card.id:
@@ -311,30 +231,46 @@ def read_report(path: Path, card: CardContent, names: tuple[str, ...], coefficie
         ranges=dict(report.predictor_ranges),
         calibration_horizon=report.calibration.horizon,
         calibration_groups=tuple(report.calibration.groups),
+        approved_by=report.approval.approved_by if report.approval else None,
+        monitoring=report.latest_monitoring,
     )
 
 
 def check_learned_models(cards, allow_unvalidated: bool) -> list[str]:
-    """Start-up rule: a learned model whose report did not pass its minimums stops the
-    service (ConfigError naming the card and the minimums not met), unless the setting
-    allow_unvalidated_site_models allows it; then the warnings to log are returned."""
+    """Start-up rule: a learned model whose report did not pass its minimums, or that no
+    person approved (`cds-service approve`), stops the service (ConfigError naming the card
+    and why), unless the setting allow_unvalidated_site_models allows it; then the warnings
+    to log are returned."""
     warnings = []
     for card in cards:
         site = card.site_model
-        if site is None or site.learned is None or site.learned.passed:
+        if site is None or site.learned is None:
             continue
         learned = site.learned
-        failed = "; ".join(learned.failed_checks) or "no minimum is named as failed"
-        text = (
-            f"site overlay [models.{card.id}]: the learned model's report ({learned.report_path}) has status "
-            f"{learned.status!r}, not 'passed': {failed}"
-        )
-        if not allow_unvalidated:
-            raise ConfigError(
-                text + ". The service does not start with a learned model that failed its validation minimums: "
+        if learned.deployable:
+            continue
+        if not learned.passed:
+            failed = "; ".join(learned.failed_checks) or "no minimum is named as failed"
+            text = (
+                f"site overlay [models.{card.id}]: the learned model's report ({learned.report_path}) has status "
+                f"{learned.status!r}, not 'passed': {failed}"
+            )
+            advice = (
+                ". The service does not start with a learned model that failed its validation minimums: "
                 "review the report and learn again, remove the model from the overlay, or set "
                 "allow_unvalidated_site_models = true to deploy it anyway."
             )
+        else:
+            text = (
+                f"site overlay [models.{card.id}]: the learned model's report ({learned.report_path}) "
+                "has not been approved by a person"
+            )
+            advice = (
+                ". Review the report and approve it (cds-service approve <report.json> --by <name>), "
+                "or set allow_unvalidated_site_models = true to deploy it anyway."
+            )
+        if not allow_unvalidated:
+            raise ConfigError(text + advice)
         warnings.append(
             "UNVALIDATED SITE MODEL IN USE (allow_unvalidated_site_models = true): " + text + "; the card labels it."
         )

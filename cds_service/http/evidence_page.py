@@ -15,14 +15,18 @@ page store and the chart specs (an EvidenceSetup) in `app.extensions["evidence_p
 
 from __future__ import annotations
 
+import logging
 import re
 
 from flask import Blueprint, Flask, Response, current_app
 from markupsafe import Markup
 
-from cds_service import pages
+from cds_service import metrics, pages
 from cds_service.clinical.charts import NARROW_WIDTH, PALETTE, chart_table, render_chart
 from cds_service.storage.evidence_pages import EvidenceSetup, build_evidence_setup
+from cds_service.storage.store import StoreError
+
+log = logging.getLogger(__name__)
 
 blueprint = Blueprint("evidence_pages", __name__)
 
@@ -55,10 +59,26 @@ def evidence_page(token: str) -> Response:
         return _answer(not_found_page(), 404)
     found = setup.get(token)
     if found.data is not None:
+        _count_open(found.data)
         return _answer(render_page(found.data), 200)
     if found.expired:
         return _answer(expired_page(), 410)
     return _answer(not_found_page(), 404)
+
+
+def _count_open(data: dict) -> None:
+    """The page was opened: counted for its card (the report's evidence-page open rate and a
+    metric). Best effort: a store that cannot take it never keeps the page from the reader."""
+    card_id = data.get("card_id")
+    if isinstance(card_id, str):
+        metrics.EVIDENCE_PAGES_OPENED.labels(card=card_id).inc()
+    card_uuid = data.get("card_uuid")
+    rt = current_app.extensions.get("cds_service")
+    if isinstance(card_uuid, str) and rt is not None:
+        try:
+            rt.store.mark_evidence_opened(card_uuid)
+        except StoreError:
+            log.warning("the evidence page open could not be recorded (store unavailable)")
 
 
 def redact_path(path: str) -> str:

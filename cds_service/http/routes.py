@@ -53,7 +53,9 @@ def call_service(service_id: str) -> Response:
     except admission.Overloaded:
         metrics.ADMISSION_REFUSED.labels(reason="saturated").inc()
         raise
-    notes.client_iss = authenticate(rt, request).iss
+    identity = authenticate(rt, request)
+    notes.client_iss = identity.iss
+    notes.site = rt.site_of(identity)  # its own hospital's overlay, never another's
     hook_request = parse_hook_request(read_json_body(), service)
     base_url = service_root(rt.settings, request)
     cards = hook_call.answer(rt, service, hook_request, notes, base_url)
@@ -68,6 +70,8 @@ def feedback(service_id: str) -> Response:
     entries = check_accepted_suggestions(parse_feedback(read_json_body()), rt.issued_suggestions)
     entries = check_override_reasons(entries, lambda card_uuid: rt.offered_reasons(card_uuid, service.hook))
     stored = rt.store.record_feedback(service.id, entries)
+    for entry in entries:
+        metrics.FEEDBACK.labels(outcome=entry.outcome).inc()
     log.info("feedback stored: service=%s entries=%d", service.id, stored)
     return jsonify({"accepted": stored})
 

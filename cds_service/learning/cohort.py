@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 
 from cds_service.clinical.dates import DAYS_PER_YEAR, day_of, instant_of, on_or_after, parse_fhir_date
@@ -48,6 +48,10 @@ class Row:
     values: dict[str, float]  # predictor id -> value (canonical unit; yes/no as 1.0 / 0.0)
     event: bool
     time: float | None = None  # Cox: follow-up from the index, in the outcome's time unit
+    # For the report's subgroups and date range, and the monitor's time windows (no identifier):
+    index_day: date | None = None
+    sex: str | None = None  # Patient.gender
+    age: float | None = None  # years at the index
 
 
 @dataclass
@@ -122,8 +126,16 @@ def patient_row(
             return f"{predictor.id} not recorded"
         values[predictor.id] = value
     if definition.kind == "logistic":
-        return Row(values=values, event=bool(logistic_event))
-    return _survival_row(values, record, resources, definition, index, today)
+        return _with_context(Row(values=values, event=bool(logistic_event)), record, index_day)
+    return _with_context(_survival_row(values, record, resources, definition, index, today), record, index_day)
+
+
+def _with_context(row: Row | str, record: PatientRecord, index_day: date) -> Row | str:
+    if isinstance(row, str):
+        return row
+    birth = record.birth_date
+    age = (index_day - birth).days / DAYS_PER_YEAR if birth is not None and birth <= index_day else None
+    return replace(row, index_day=index_day, sex=record.sex, age=age)
 
 
 # ---------------------------------------------------------------------------- index

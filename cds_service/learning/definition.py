@@ -106,6 +106,30 @@ class Validation(_Strict):
     calibration_horizon: float | None = None
 
 
+class Monitoring(_Strict):
+    """[monitoring]: how `cds-service monitor` judges a deployed model (see learning/drift.py)."""
+
+    alpha: float = Field(default=0.05, gt=0, lt=0.5)  # false-alarm rate of the drift test, over all looks
+    mixture_sd: float = Field(default=0.4, gt=0, le=2)  # prior sd of the log O/E drift (mixture SPRT)
+    min_events: int = Field(default=20, ge=1)  # fewer events since deployment: "insufficient", no verdict
+    window_days: int = Field(default=90, ge=7, le=730)  # report windows, by the date the patient was scored
+    lookback_days: int = Field(default=730, ge=0)  # history exported before the deployment (`_since`)
+    min_calibration_slope: float = Field(default=0.5, gt=0)  # retire when the slope's upper 95 % bound is below
+    min_c_statistic: float = Field(default=0.55, ge=0.5, le=1)  # retire when the C's upper 95 % bound is below
+
+
+class ModelCardText(_Strict):
+    """The model card's words a person writes (TRIPOD+AI items the data cannot say)."""
+
+    intended_use: str
+    intended_users: str
+    setting: str
+    missing_inputs: str
+    updating_policy: str
+    age_bands: tuple[float, ...] = (50.0, 65.0)  # subgroup cut-offs, years at the index
+    min_subgroup_events: int = Field(default=10, ge=1)  # fewer: "too few events", no estimate
+
+
 class LearningDefinition(_Strict):
     card: str
     version: str
@@ -117,6 +141,8 @@ class LearningDefinition(_Strict):
     outcome: Outcome
     minimum_sample_size: SampleSizeRule
     validation: Validation = Validation()
+    model_card: ModelCardText
+    monitoring: Monitoring = Monitoring()
 
     @model_validator(mode="after")
     def _check(self) -> LearningDefinition:

@@ -194,6 +194,50 @@ def kaplan_meier_risk(time: np.ndarray, event: np.ndarray, horizon: float) -> fl
     return 1.0 - survival
 
 
+def observed_expected(observed: int, expected: float, alpha: float = 0.05) -> dict:
+    """O/E with the exact (Garwood) Poisson interval of O, divided by E (E taken as known)."""
+    from scipy.stats import chi2
+
+    if expected <= 0:
+        return {"estimate": None, "low": None, "high": None}
+    low = chi2.ppf(alpha / 2, 2 * observed) / 2 if observed > 0 else 0.0
+    high = chi2.ppf(1 - alpha / 2, 2 * (observed + 1)) / 2
+    return {"estimate": observed / expected, "low": float(low) / expected, "high": float(high) / expected}
+
+
+def c_interval(c: float, events: int, non_events: int) -> dict:
+    """A C-statistic with the Hanley-McNeil (1982) 95 % interval (events vs non-events)."""
+    if not math.isfinite(c) or events < 1 or non_events < 1:
+        return {"estimate": c if math.isfinite(c) else None, "low": None, "high": None}
+    q1, q2 = c / (2 - c), 2 * c * c / (1 + c)
+    var = (c * (1 - c) + (events - 1) * (q1 - c * c) + (non_events - 1) * (q2 - c * c)) / (events * non_events)
+    se = math.sqrt(max(var, 0.0))
+    return {"estimate": c, "low": max(0.0, c - 1.959964 * se), "high": min(1.0, c + 1.959964 * se)}
+
+
+def calibration_slope_interval(kind: str, lp: np.ndarray, event: np.ndarray, time: np.ndarray | None) -> dict:
+    """The calibration slope with its 95 % interval: logistic regression of the outcome on the
+    linear predictor, or Cox regression of the (horizon-truncated) outcome on it."""
+    if kind == "logistic":
+        import statsmodels.api as sm
+
+        result = _quiet_fit(lambda: sm.Logit(event, sm.add_constant(lp, has_constant="add")).fit(disp=0))
+        ci = np.asarray(result.conf_int(0.05), dtype=float)
+        return {"estimate": float(result.params[1]), "low": float(ci[1, 0]), "high": float(ci[1, 1])}
+    import pandas as pd
+    from lifelines import CoxPHFitter
+
+    frame = pd.DataFrame({"lp": lp, "T": time, "E": event})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            fitted = CoxPHFitter().fit(frame, "T", "E")
+        except Exception as exc:
+            raise FitFailed(f"the calibration slope could not be estimated ({type(exc).__name__})") from None
+    ci = fitted.confidence_intervals_.loc["lp"].to_numpy(dtype=float)
+    return {"estimate": float(fitted.params_["lp"]), "low": float(ci[0]), "high": float(ci[1])}
+
+
 def calibration_groups(predicted: np.ndarray, d: Design, horizon: float | None, groups: int) -> list[dict]:
     """Observed vs mean predicted risk in groups of equal size by predicted risk."""
     order = np.argsort(predicted, kind="mergesort")

@@ -16,14 +16,16 @@ import math
 from markupsafe import Markup
 
 from cds_service import pages
-from cds_service.formatting import exact, significant
+from cds_service.content.model_report import REPORT_FORMAT, ModelReport, build_report
+from cds_service.formatting import NOT_AVAILABLE, exact, number, significant
 
-REPORT_FORMAT = "hfs-cds-learned-model-report/1"
+__all__ = ["REPORT_FORMAT", "calibration_svg", "overlay_text", "report_html", "report_json"]
 
 
 # ---------------------------------------------------------------------------- overlay
-def overlay_text(report: dict) -> str:
+def overlay_text(report: dict | ModelReport) -> str:
     """The `[models.<card-id>]` table of the site overlay, with provenance as comments."""
+    report = _read(report)
     card = report["card"]["id"]
     model = report["model"]
     prov = report["provenance"]
@@ -74,19 +76,16 @@ def _num(value: float) -> str:
 
 
 # ---------------------------------------------------------------------------- JSON
-def report_json(report: dict) -> str:
-    return json.dumps(_finite(report), indent=2, ensure_ascii=False) + "\n"
+def report_json(report: dict | ModelReport) -> str:
+    """The report's JSON, validated with the one declared format first (pydantic
+    ValidationError: the reader would refuse it, so it is not written)."""
+    return (report if isinstance(report, ModelReport) else build_report(report)).to_json()
 
 
-def _finite(value):
-    """NaN / infinity are not JSON: they become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
+def _read(report: dict | ModelReport) -> dict:
+    """The report as the reader sees it: validated, as plain data."""
+    validated = report if isinstance(report, ModelReport) else build_report(report)
+    return validated.model_dump(mode="json")
 
 
 # ---------------------------------------------------------------------------- SVG
@@ -133,87 +132,13 @@ def calibration_svg(groups: list[dict], title: str) -> str:
 
 
 # ---------------------------------------------------------------------------- HTML
-def report_html(report: dict, svg: str | None) -> str:
-    """The report for people (templates/model_report.html.j2, autoescaped); the SVG is
-    this module's calibration plot, whose text is escaped where it is built."""
-    r = _finite(report)
+def report_html(report: dict | ModelReport, svg: str | None) -> str:
+    """The report for people (templates/model_report.html.j2, autoescaped): the rows are
+    prepared here as plain text; the SVG is this module's calibration plot, whose text is
+    escaped where it is built."""
+    r = _read(report)
     model = r["model"]
-    counts = r["counts"]
-    cohort = [
-        ["Patients in the extraction", counts["patients_scanned"]],
-        ["With the index event", counts["with_index_event"]],
-        ["Included", counts["included"]],
-        ["Events", counts.get("events")],
-        ["Predictor parameters", counts.get("predictors")],
-        ["Events per predictor parameter", _fmt(counts.get("events_per_predictor"))],
-    ]
-    cohort += [[f"Excluded: {reason}", n] for reason, n in counts["excluded"].items()]
-    if r.get("follow_up"):
-        f = r["follow_up"]
-        cohort.append([f"Follow-up ({f['unit']}): median / max", f"{_fmt(f['median'])} / {_fmt(f['max'])}"])
-    coefficients = [
-        [
-            c["label"],
-            c["coding_text"],
-            _fmt(c["estimate"]),
-            f"{_fmt(c['ci_low'])} to {_fmt(c['ci_high'])}",
-            f"{_fmt(c['ratio'])} ({_fmt(c['ratio_ci_low'])}-{_fmt(c['ratio_ci_high'])})",
-            _published(c.get("published")),
-        ]
-        for c in r.get("coefficients") or []
-    ]
-    intercept = ""
-    if r.get("coefficients") and r.get("intercept"):
-        i = r["intercept"]
-        intercept = f"Intercept {_fmt(i['estimate'])} (95 % CI {_fmt(i['ci_low'])} to {_fmt(i['ci_high'])})."
-    baseline = None
-    if r.get("baseline_survival"):
-        b = r["baseline_survival"]
-        baseline = {
-            "reference_label": b["reference_label"],
-            "header": [f"Time ({model['time_unit']})", "Event-free", "Note"],
-            "rows": [
-                [h, _fmt(v), "" if v is not None else "beyond the follow-up of the data"] for h, v in b["at"].items()
-            ],
-        }
-    performance = None
-    if r.get("performance"):
-        p = r["performance"]
-        performance = {
-            "rows": [
-                ["C-statistic", _fmt(p["c_statistic_apparent"]), _fmt(p["c_statistic_optimism_corrected"])],
-                [
-                    "Calibration slope",
-                    _fmt(p["calibration_slope_apparent"]),
-                    _fmt(p["calibration_slope_optimism_corrected"]),
-                ],
-                [
-                    f"Calibration intercept ({p['calibration_intercept_definition']})",
-                    _fmt(p["calibration_intercept_apparent"]),
-                    _fmt(p["calibration_intercept_optimism_corrected"]),
-                ],
-            ],
-            "bootstrap": f"Bootstrap: {p['bootstrap_resamples']} resamples ({p['bootstrap_failed']} could not be fitted).",
-        }
     horizon = r["calibration"].get("horizon") if svg else None
-    prov = r["provenance"]
-    provenance = [
-        ["FHIR server", prov["fhir_server"]],
-        [
-            "Extraction",
-            f"{prov['extraction']['method']} ({prov['extraction']['level']} level), types "
-            + ", ".join(prov["extraction"]["types"]),
-        ],
-        ["Extraction started", prov["extraction_started"]],
-        ["Server transaction time", prov["extraction"]["transaction_time"]],
-        ["Report generated", prov["generated_at"]],
-        ["Card", f"{r['card']['id']} {r['card']['version']}"],
-        [
-            "Definition",
-            f"{r['definition']['path']} {r['definition']['version']} (sha256 {r['definition']['sha256'][:12]})",
-        ],
-        ["Code", ", ".join(f"{k} {v}" for k, v in prov["versions"].items())],
-    ]
     return (
         pages.render(
             "model_report.html.j2",
@@ -223,43 +148,259 @@ def report_html(report: dict, svg: str | None) -> str:
             outcome=f"{model['outcome']} ({model['kind']} model"
             + (f", time in {model['time_unit']}" if model.get("time_unit") else "")
             + ").",
-            sample_size_rule=r["minimums"]["sample_size_rule"],
+            model_card=_model_card_rows(r),
+            predictor_definitions=[
+                [p["label"], p["definition"], p["coding"]] for p in r["model_card"]["predictor_definitions"]
+            ],
+            sample_size_rule=r["minimums"]["sample_size_rule"] or "not stated",
             checks=[
                 [c["name"], _fmt(c["value"]), c["required"], "yes" if c["passed"] else "NO"]
                 for c in r["minimums"]["checks"]
             ],
-            cohort=cohort,
-            coefficients=coefficients,
+            cohort=_cohort_rows(r),
+            coefficients=[
+                [
+                    c["label"] or c["predictor"],
+                    c["coding_text"] or "",
+                    _fmt(c["estimate"]),
+                    f"{_fmt(c['ci_low'])} to {_fmt(c['ci_high'])}",
+                    f"{_fmt(c['ratio'])} ({_fmt(c['ratio_ci_low'])}-{_fmt(c['ratio_ci_high'])})",
+                    _published(c.get("published")),
+                ]
+                for c in r["coefficients"]
+            ],
             ratio_name="Hazard ratio" if model["kind"] == "cox" else "Odds ratio",
-            intercept=intercept,
-            baseline=baseline,
-            performance=performance,
+            intercept=_intercept(r),
+            baseline=_baseline(r),
+            performance=_performance(r),
+            subgroups=[
+                [
+                    f"{g['by']}: {g['level']}",
+                    g["n"],
+                    g["events"],
+                    g["note"] or _interval(g["observed_expected"]),
+                    g["note"] or _interval(g["c_statistic"]),
+                ]
+                for g in r["subgroups"]
+            ],
+            monitoring=[_monitoring_run(run) for run in r["monitoring"]],
             svg=Markup(svg) if svg else None,
             horizon=f"Risk by {_fmt(horizon)} {model['time_unit']}; observed by Kaplan-Meier."
             if horizon is not None
             else "",
-            ranges=[[pid, _range(v)] for pid, v in (r.get("predictor_ranges") or {}).items()],
-            provenance=provenance,
+            ranges=[[pid, _range(v)] for pid, v in r["predictor_ranges"].items()],
+            provenance=_provenance_rows(r),
         )
         + "\n"
     )
 
 
+def _model_card_rows(r: dict) -> list[list]:
+    """The TRIPOD+AI items of a deployed model (content/model_report.py)."""
+    m = r["model_card"]
+    a = r.get("approval")
+    rng = m["data_range"]
+    rows = [
+        ["Intended use", m["intended_use"]],
+        ["Intended users", m["intended_users"]],
+        ["Setting", m["setting"]],
+        ["Data source", r["provenance"]["fhir_server"]],
+        ["Index dates", f"{rng['first_index'] or NOT_AVAILABLE} to {rng['last_index'] or NOT_AVAILABLE}"],
+        ["Outcome", m["outcome_definition"]],
+        ["Missing inputs", m["missing_inputs"]],
+        ["Updating policy", m["updating_policy"]],
+        [
+            "Approved for deployment",
+            f"by {a['approved_by']} on {a['approved_at']}" + (f" ({a['note']})" if a.get("note") else "")
+            if a
+            else "NOT APPROVED (cds-service approve)",
+        ],
+    ]
+    if r.get("recalibration"):
+        c = r["recalibration"]
+        rows.append(
+            [
+                "Recalibration",
+                f"of version {c['of_version']}: intercept {_fmt(c['intercept'])}, slope {_fmt(c['slope'])} "
+                f"({c['events']} events)",
+            ]
+        )
+    return rows
+
+
+def _cohort_rows(r: dict) -> list[list]:
+    counts = r["counts"]
+    rows = [
+        ["Patients in the extraction", _fmt(counts["patients_scanned"])],
+        ["With the index event", _fmt(counts["with_index_event"])],
+        ["Included", counts["included"]],
+        ["Events", counts["events"]],
+        ["Predictor parameters", _fmt(counts["predictors"])],
+        ["Events per predictor parameter", _fmt(counts["events_per_predictor"])],
+    ]
+    rows += [[f"Excluded: {reason}", n] for reason, n in counts["excluded"].items()]
+    if r.get("follow_up"):
+        f = r["follow_up"]
+        rows.append([f"Follow-up ({f['unit']}): median / max", f"{_fmt(f['median'])} / {_fmt(f['max'])}"])
+    return rows
+
+
+def _intercept(r: dict) -> str:
+    if not (r["coefficients"] and r.get("intercept")):
+        return ""
+    i = r["intercept"]
+    return f"Intercept {_fmt(i['estimate'])} (95 % CI {_fmt(i['ci_low'])} to {_fmt(i['ci_high'])})."
+
+
+def _baseline(r: dict) -> dict | None:
+    b = r.get("baseline_survival")
+    if not b:
+        return None
+    return {
+        "reference_label": b["reference_label"],
+        "header": [f"Time ({r['model']['time_unit']})", "Event-free", "Note"],
+        "rows": [[h, _fmt(v), "" if v is not None else "beyond the follow-up of the data"] for h, v in b["at"].items()],
+    }
+
+
+def _performance(r: dict) -> dict | None:
+    p = r.get("performance")
+    if not p or all(v is None for v in p.values()):
+        return None
+    return {
+        "rows": [
+            ["C-statistic", _fmt(p["c_statistic_apparent"]), _fmt(p["c_statistic_optimism_corrected"])],
+            [
+                "Calibration slope",
+                _fmt(p["calibration_slope_apparent"]),
+                _fmt(p["calibration_slope_optimism_corrected"]),
+            ],
+            [
+                f"Calibration intercept ({p['calibration_intercept_definition'] or NOT_AVAILABLE})",
+                _fmt(p["calibration_intercept_apparent"]),
+                _fmt(p["calibration_intercept_optimism_corrected"]),
+            ],
+        ],
+        "bootstrap": f"Bootstrap: {_fmt(p['bootstrap_resamples'])} resamples "
+        f"({_fmt(p['bootstrap_failed'])} could not be fitted).",
+    }
+
+
+def _monitoring_run(run: dict) -> dict:
+    """One `cds-service monitor` run: its windows, the whole period, and the drift test."""
+    rows = [
+        [f"{w['start']} to {w['end']}", w["n"], w["events"], w["note"] or _interval(w["observed_expected"])]
+        for w in run["windows"]
+    ]
+    rows.append([f"all since {run['since']}", run["n"], run["events"], _interval(run["observed_expected"])])
+    d = run["drift"]
+    drift = (
+        f"Drift test: {d['method']} (false-alarm rate {number(d['alpha'])}); statistic {_fmt(d['statistic'])}, "
+        f"threshold {_fmt(d['threshold'])}: {'ALARM' if d['alarm'] else 'no alarm'}. "
+        f"Calibration slope {_interval(run['calibration_slope'])}; C-statistic {_fmt(run['c_statistic'])}."
+    )
+    return {"run_at": run["run_at"], "status": run["status"], "reason": run["reason"], "rows": rows, "drift": drift}
+
+
+def _provenance_rows(r: dict) -> list[list]:
+    prov = r["provenance"]
+    extraction = prov["extraction"]
+    d = r["definition"]
+    return [
+        ["FHIR server", prov["fhir_server"]],
+        [
+            "Extraction",
+            f"{extraction['method']} ({extraction['level']} level), types " + ", ".join(extraction["types"])
+            if extraction
+            else NOT_AVAILABLE,
+        ],
+        ["Extraction started", _fmt(prov["extraction_started"])],
+        ["Server transaction time", _fmt(extraction["transaction_time"] if extraction else None)],
+        ["Report generated", prov["generated_at"]],
+        ["Card", f"{r['card']['id']} {r['card']['version'] or ''}".rstrip()],
+        ["Definition", f"{d['path']} {d['version']} (sha256 {d['sha256'][:12]})" if d else NOT_AVAILABLE],
+        ["Code", ", ".join(f"{k} {v}" for k, v in prov["versions"].items())],
+    ]
+
+
+def _interval(i: dict | None) -> str:
+    if not i or i.get("estimate") is None:
+        return NOT_AVAILABLE
+    if i.get("low") is None:
+        return _fmt(i["estimate"])
+    return f"{_fmt(i['estimate'])} ({_fmt(i['low'])} to {_fmt(i['high'])})"
+
+
 def _published(p: dict | None) -> str:
     if not p:
         return "not published"
-    text = f"{_fmt(p['coefficient'])}"
+    text = _fmt(p["coefficient"])
     if p.get("ratio") is not None:
         text += f" (ratio {_fmt(p['ratio'])})"
     return text
 
 
 def _range(v: dict) -> str:
-    if "prevalence" in v:
-        return f"{v['present']} of {v['n']} ({_fmt(100 * v['prevalence'])} %)"
+    if v.get("prevalence") is not None:
+        return f"{_fmt(v['present'])} of {v['n']} ({_fmt(100 * v['prevalence'])} %)"
     unit = f" {v['unit']}" if v.get("unit") else ""
     return f"{_fmt(v['min'])} to {_fmt(v['max'])}{unit}"
 
 
 def _fmt(value) -> str:
     return significant(value)
+
+
+# ---------------------------------------------------------------------------- rewriting a report
+class ReportFileError(Exception):
+    """A report file cannot be read or written. `reason` is safe to show (one line)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def read_report_file(path) -> ModelReport:
+    from pathlib import Path
+
+    from pydantic import ValidationError
+
+    try:
+        return ModelReport.model_validate_json(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ReportFileError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top)"
+        raise ReportFileError(f"{path}: not a model report of this version ({where}: {first['msg']})") from None
+
+
+def write_report_files(report: ModelReport, json_path) -> None:
+    """The JSON and, beside it, the HTML (named in `files`) of a changed report."""
+    from pathlib import Path
+
+    json_path = Path(json_path)
+    svg = None
+    if report.calibration.groups:
+        svg = calibration_svg(
+            [g.model_dump() for g in report.calibration.groups], f"Calibration of the {report.card.id} model"
+        )
+    html_name = report.files.report_html if report.files else json_path.name.replace(".json", ".html")
+    json_path.write_text(report.to_json(), encoding="utf-8")
+    (json_path.parent / html_name).write_text(report_html(report, svg), encoding="utf-8")
+
+
+def approve(path, by: str, note: str | None, at: str) -> ModelReport:
+    """Record that a person approved the report's model for deployment."""
+    report = read_report_file(path)
+    if report.status != "passed":
+        raise ReportFileError(
+            f"{path}: status {report.status!r}: only a model whose report passed its minimums can be approved"
+        )
+    if not by.strip():
+        raise ReportFileError("--by: the approver's name is empty")
+    data = report.model_dump(mode="json")
+    data["approval"] = {"approved_by": by.strip(), "approved_at": at, "note": note}
+    approved = build_report(data)
+    write_report_files(approved, path)
+    return approved

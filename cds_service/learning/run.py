@@ -14,6 +14,7 @@ Order and guarantees:
 
 from __future__ import annotations
 
+import itertools
 import math
 import platform
 import time
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from cds_service.content.cards import CardContent, load_cards
+from cds_service.content.model_report import build_report
 from cds_service.fhir.bulk import BulkClient, BulkError
 from cds_service.formatting import significant
 from cds_service.learning import fit as fitting
@@ -83,7 +85,7 @@ class LearnResult:
 def learn(options: LearnOptions, auth=None) -> LearnResult:
     """`auth`: an object with authorization() (and optionally invalidate()), or None."""
     started = _now()
-    definition, sha256, card, concepts, def_path = _prepare(options)
+    definition, sha256, card, concepts, def_path = prepare(options)
     client = BulkClient(
         options.fhir_base,
         auth.authorization if auth is not None else None,
@@ -122,6 +124,7 @@ def learn(options: LearnOptions, auth=None) -> LearnResult:
             "label": options.model_label or f"Site-learned {card.id} model",
             "version": options.model_version or started[:10],
         },
+        "model_card": _model_card(definition, card, concepts, rows),
         "provenance": {
             "fhir_server": options.fhir_base,
             "extraction_started": started,
@@ -145,8 +148,97 @@ def learn(options: LearnOptions, auth=None) -> LearnResult:
     return result
 
 
+# ---------------------------------------------------------------------------- the model card
+READ_WORDS = {
+    "index_duration": "the duration of the index procedure (performedPeriod, else an {concept} Observation of its day)",
+    "observation_after_index": "the latest {concept} recorded after the index procedure, up to the decision time",
+    "observation_before_index": "the latest {concept} recorded before the index procedure",
+    "disease_duration_at_index": "years from the first recorded onset of {concept} to the index procedure",
+    "condition_at_index": "{concept} present on the index day (recorded before it and not abated)",
+    "medication_at_index": "{concept} in use on the index day",
+    "sex_male": "Patient.gender male (other or unknown: missing)",
+}
+
+
+def _model_card(definition: LearningDefinition, card, concepts, rows: list[Row]) -> dict:
+    text = definition.model_card
+    units = {p.id: _unit(p, concepts) for p in definition.predictors}
+    o = definition.outcome
+    if definition.kind == "cox":
+        parts = []
+        if o.condition:
+            parts.append(f"{o.condition} recorded as {' or '.join(o.condition_statuses)} after the index")
+        if o.procedures:
+            parts.append(f"a completed {', '.join(o.procedures)} after the index")
+        outcome = (
+            f"{definition.outcome_label}: {'; or '.join(parts)}; whichever comes first; time in "
+            f"{o.time_unit} from the index ({definition.index.procedure}); censored at the last recorded contact"
+        )
+    else:
+        outcome = (
+            f"{definition.outcome_label}: the first {o.observation} recorded {o.window_days[0]} to "
+            f"{o.window_days[1]} days after the index ({definition.index.procedure}) is one of "
+            f"{', '.join(o.event_answers)}"
+        )
+    days = sorted(r.index_day for r in rows if r.index_day is not None)
+    return {
+        "intended_use": text.intended_use,
+        "intended_users": text.intended_users,
+        "setting": text.setting,
+        "outcome_definition": outcome,
+        "predictor_definitions": [
+            {
+                "id": p.id,
+                "label": _card_predictors(card)[p.id].label,
+                "definition": READ_WORDS[p.read].format(concept=p.concept or ""),
+                "coding": "yes = 1, no = 0" if p.coding is None else _coding_text(p, units[p.id]),
+            }
+            for p in definition.predictors
+        ],
+        "missing_inputs": text.missing_inputs,
+        "updating_policy": text.updating_policy,
+        "data_range": {
+            "first_index": days[0].isoformat() if days else None,
+            "last_index": days[-1].isoformat() if days else None,
+        },
+    }
+
+
+def _subgroups(rows: list[Row], expected: np.ndarray, score: np.ndarray, definition) -> list[dict]:
+    """Apparent performance by sex and age band: O/E (with a 95 % interval) and C-statistic
+    (Hanley-McNeil interval); "too few events" below the definition's minimum."""
+    bands = definition.model_card.age_bands
+    minimum = definition.model_card.min_subgroup_events
+    event = np.array([1.0 if r.event else 0.0 for r in rows])
+    time = np.array([r.time for r in rows], dtype=float) if definition.kind == "cox" else None
+    groups: list[tuple[str, str, np.ndarray]] = []
+    for sex in ("female", "male"):
+        groups.append(("sex", sex, np.array([r.sex == sex for r in rows], dtype=bool)))
+    ages = np.array([np.nan if r.age is None else r.age for r in rows], dtype=float)
+    edges = [-np.inf, *bands, np.inf]
+    for lo, hi in itertools.pairwise(edges):
+        label = f"< {hi:g}" if lo == -np.inf else (f">= {lo:g}" if hi == np.inf else f"{lo:g} to < {hi:g}")
+        groups.append(("age", label, (ages >= lo) & (ages < hi)))
+    out = []
+    for by, level, mask in groups:
+        n, events = int(mask.sum()), int(event[mask].sum())
+        entry = {"by": by, "level": level, "n": n, "events": events}
+        limiting = events if definition.kind == "cox" else min(events, n - events)
+        if limiting < minimum:
+            entry["note"] = f"too few events ({limiting} < {minimum})"
+        else:
+            entry["observed_expected"] = fitting.observed_expected(events, float(expected[mask].sum()))
+            if definition.kind == "cox":
+                c = fitting.harrell_c(time[mask], event[mask], score[mask])
+            else:
+                c = fitting.auc(event[mask], score[mask])
+            entry["c_statistic"] = fitting.c_interval(c, events, n - events)
+        out.append(entry)
+    return out
+
+
 # ---------------------------------------------------------------------------- preparing
-def _prepare(options: LearnOptions):
+def prepare(options: LearnOptions):
     path = definition_path(options.cards_dir, options.card_id)
     definition, sha256 = load_definition(path)
     if definition.card != options.card_id:
@@ -295,6 +387,7 @@ def _fit(design: fitting.Design, definition: LearningDefinition, options: LearnO
                 "ci_high": float(model.ci[0, 1]),
             },
             "calibration": {"horizon": None, "groups": groups},
+            "subgroups": _subgroups(rows, p, model.lp(design.x), definition),
         }
         return model, performance, extra
     reference_raw = {p.id: float(np.median([r.values[p.id] for r in rows])) for p in definition.predictors}
@@ -328,6 +421,8 @@ def _fit(design: fitting.Design, definition: LearningDefinition, options: LearnO
             if horizon <= max_time
             else [],
         },
+        # expected events over each patient's own follow-up (censoring respected)
+        "subgroups": _subgroups(rows, model.cumhaz(design.x, design.time), model.lp(design.x), definition),
     }
     return model, performance, extra
 
@@ -403,13 +498,15 @@ def _write(report: dict, status: str, message: str, model, options: LearnOptions
         "report_html": html_path.name,
         "overlay": overlay_path.name if overlay_path else None,
     }
+    validated = build_report(report)  # the one format: what the reader would refuse is not written
+    report = validated.model_dump(mode="json")
     svg = None
-    if report.get("calibration", {}).get("groups"):
+    if report["calibration"]["groups"]:
         svg = reporting.calibration_svg(report["calibration"]["groups"], f"Calibration of the {card} model")
-    json_path.write_text(reporting.report_json(report), encoding="utf-8")
-    html_path.write_text(reporting.report_html(report, svg), encoding="utf-8")
+    json_path.write_text(validated.to_json(), encoding="utf-8")
+    html_path.write_text(reporting.report_html(validated, svg), encoding="utf-8")
     if overlay_path is not None:
-        overlay_path.write_text(reporting.overlay_text(report), encoding="utf-8")
+        overlay_path.write_text(reporting.overlay_text(validated), encoding="utf-8")
     return LearnResult(status, message, report, json_path, html_path, overlay_path)
 
 

@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import jwt
 import requests
@@ -80,8 +81,13 @@ class BackendTokenSource:
         url = f"{self.fhir_base}/.well-known/smart-configuration"
         try:
             response = self.session.get(url, timeout=DEFAULT_TIMEOUT_S, allow_redirects=False)
+        except requests.RequestException as exc:
+            # Not reached at all: say so, rather than "no token endpoint", which would send
+            # the operator to the server's configuration instead of the network.
+            raise BackendAuthError(unreachable(url, exc)) from None
+        try:
             config = response.json() if response.status_code == 200 else None
-        except (requests.RequestException, ValueError):
+        except ValueError:
             config = None
         endpoint = config.get("token_endpoint") if isinstance(config, dict) else None
         if not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")):
@@ -120,8 +126,8 @@ class BackendTokenSource:
         }
         try:
             response = self.session.post(url, data=form, timeout=DEFAULT_TIMEOUT_S, allow_redirects=False)
-        except requests.RequestException:
-            raise BackendAuthError("the SMART token endpoint did not answer") from None
+        except requests.RequestException as exc:
+            raise BackendAuthError(unreachable(url, exc, "the SMART token endpoint")) from None
         try:
             body = response.json()
         except ValueError:
@@ -137,6 +143,35 @@ class BackendTokenSource:
         lifetime = float(lifetime) if isinstance(lifetime, (int, float)) and lifetime > 0 else 300.0
         self._token = body["access_token"]
         self._expires = time.monotonic() + max(1.0, lifetime - EXPIRY_MARGIN_S)
+
+
+def unreachable(url: str, exc: requests.RequestException, what: str = "the FHIR server") -> str:
+    """One line: which server could not be reached (host and port) and why, in our words (no
+    library text, which may carry a URL's query or a header)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        port = "?"
+    if isinstance(exc, requests.exceptions.SSLError):
+        reason = "TLS handshake failed"
+    elif isinstance(exc, requests.exceptions.ConnectTimeout):
+        reason = "connection timed out"
+    elif isinstance(exc, requests.exceptions.Timeout):
+        reason = "no answer in time"
+    elif isinstance(exc, requests.exceptions.ConnectionError):
+        text = str(exc).lower()
+        if "name or service not known" in text or "nodename nor servname" in text or "name resolution" in text:
+            reason = "host name not found"
+        elif "refused" in text:
+            reason = "connection refused"
+        elif "reset" in text or "aborted" in text:
+            reason = "connection reset"
+        else:
+            reason = "connection failed"
+    else:
+        reason = "request failed"
+    return f"{what} could not be reached ({parts.hostname or '?'}:{port}: {reason})"
 
 
 class StaticBearer:

@@ -16,6 +16,8 @@ Trust is configuration. A TOML trust file (setting `trust_file`) lists the issue
     max_lifetime_s = 900            # optional: longest exp - iat accepted (setting jwt_max_lifetime_s)
     nbf_before_iat_s = 300          # optional: how long before iat nbf may be (default 0)
     evidence_smart_launch_url = "https://cds.example.org/evidence-app/launch"  # optional
+    site = "hospital-a"      # optional: the site overlay (setting site_overlays) its calls use;
+                             # or { "<tenant>" = "hospital-a", ... } per tenant
 
 An issuer needs at least one key source: static keys (`jwks` or `jwks_file`, public keys
 only) and/or `jku_allowlist`. A remote key set is only ever fetched from a URL on the
@@ -282,6 +284,14 @@ class Issuer:
     nbf_before_iat_s: float = 0.0  # how long before `iat` an `nbf` may be
     preset: str | None = None
     evidence_smart_launch_url: str | None = None  # evidence link as a SMART app link
+    # The site (hospital) whose overlay this client's calls are evaluated with: one name, or
+    # a name per tenant ({tenant = site}); None: the deployment's shared content.
+    site: str | dict[str, str] | None = None
+
+    def site_for(self, tenant: str | None) -> str | None:
+        if isinstance(self.site, dict):
+            return self.site.get(tenant) if tenant is not None else None
+        return self.site
 
     @property
     def jku_allowlist(self) -> tuple[str, ...]:
@@ -382,6 +392,8 @@ class IssuerEntry(BaseModel):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
             raise ValueError("'nbf_before_iat_s' must be a number of seconds, 0 or more")
         return value
+
+    site: str | dict[str, str] | None = None  # the site overlay its calls use (multi-site deployments)
 
     @field_validator("iss", mode="before")
     @classmethod
@@ -507,6 +519,7 @@ def _parse_issuer(raw: Any, where: str, base_dir: Path, session, clock) -> Issue
         nbf_before_iat_s=float(nbf_before_iat or 0.0),
         preset=entry.preset,
         evidence_smart_launch_url=entry.evidence_smart_launch_url,
+        site=entry.site,
     )
 
 

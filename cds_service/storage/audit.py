@@ -35,6 +35,7 @@ class ReturnedCard(NamedTuple):
     card_uuid: str
     card_id: str  # which card file (cards/<card_id>.toml)
     summary: str
+    situation: str | None = None  # which of the card file's situations fired (None before 0005)
 
 
 class PageRow(NamedTuple):

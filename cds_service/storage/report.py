@@ -10,7 +10,8 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from cds_service.formatting import percent_number
-from cds_service.storage.store import Report, Store, StoreOptions, feedback, returned_cards
+from cds_service.storage.store import Report, Store, StoreOptions, feedback, returned_cards, service_calls
+from cds_service.storage.usage import UsageAlarm, UsageRow, clinician_usage
 
 _COLUMNS = ("card", "shown", "feedback", "accepted", "overridden", "accept %", "override %")
 
@@ -30,13 +31,16 @@ def _reason_label(
     return text if text else f"code {code} (no text)"
 
 
-def accepted_suggestions(store: Store, since: datetime | None = None) -> dict[str, dict[str, int]]:
+def accepted_suggestions(
+    store: Store, since: datetime | None = None, issuers: tuple[str, ...] | None = None
+) -> dict[str, dict[str, int]]:
     """Card file id -> suggestion id -> times accepted (the ids the feedback endpoint stored)."""
-    card_of_uuid = (
-        sa.select(returned_cards.c.card_uuid, sa.func.min(returned_cards.c.card_id).label("card_id"))
-        .group_by(returned_cards.c.card_uuid)
-        .subquery("card_of_uuid")
-    )
+    card_of_uuid = sa.select(returned_cards.c.card_uuid, sa.func.min(returned_cards.c.card_id).label("card_id"))
+    if issuers is not None:
+        card_of_uuid = card_of_uuid.select_from(
+            returned_cards.join(service_calls, service_calls.c.id == returned_cards.c.call_id)
+        ).where(service_calls.c.client_iss.in_(issuers))
+    card_of_uuid = card_of_uuid.group_by(returned_cards.c.card_uuid).subquery("card_of_uuid")
     query = (
         sa.select(card_of_uuid.c.card_id, feedback.c.accepted_suggestions)
         .select_from(feedback.join(card_of_uuid, card_of_uuid.c.card_uuid == feedback.c.card_uuid))
@@ -106,15 +110,76 @@ def format_report(
     return "\n".join(lines) + "\n"
 
 
+_MONTHLY = (
+    "month",
+    "card",
+    "situation",
+    "client",
+    "calls",
+    "fired",
+    "/100 calls",
+    "accept %",
+    "override %",
+    "evidence %",
+)
+
+
+def format_monthly(
+    rows: list[UsageRow], alarms: list[UsageAlarm], reason_texts: Mapping[tuple[str, str], str] | None = None
+) -> str:
+    """Per card x situation x client x month (storage/usage.py): firing rate, acceptance,
+    override (by reason) and evidence-page open rates, then the alarms."""
+    lines = ["What clinicians do with the cards, by month (rates per card fired; firing per 100 hook calls)"]
+    if not rows:
+        return "\n".join([*lines, "No cards have been shown yet."]) + "\n"
+    table = [
+        (
+            r.month,
+            r.card_id,
+            r.situation,
+            r.client,
+            str(r.calls),
+            str(r.fired),
+            "-" if r.firing_per_100_calls is None else f"{r.firing_per_100_calls:.1f}",
+            _percent(r.share(r.accepted)),
+            _percent(r.share(r.overridden)),
+            _percent(r.share(r.opened)),
+        )
+        for r in rows
+    ]
+    widths = [max(len(c), *(len(t[i]) for t in table)) for i, c in enumerate(_MONTHLY)]
+    lines.append("  ".join(c.ljust(w) for c, w in zip(_MONTHLY, widths)).rstrip())
+    for row, cells in zip(rows, table):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
+        for (code, system, display), n in sorted(row.reasons.items(), key=lambda kv: (-kv[1], str(kv[0]))):
+            lines.append(
+                f"    overridden {n}x ({_percent(n / row.fired)} %): {_reason_label(code, system, display, reason_texts)}"
+            )
+    lines.append("")
+    lines += [a.text() for a in alarms] or ["No alarm: no card's firing or override rate jumped in its latest month."]
+    return "\n".join(lines) + "\n"
+
+
 def run_report(
     database_url: str,
     since: datetime | None = None,
     options: StoreOptions | None = None,
     reason_texts: Mapping[tuple[str, str], str] | None = None,
+    site: tuple[str, tuple[str, ...]] | None = None,
+    monthly: bool = False,
 ) -> str:
-    """Open the store, build the usage report, and return it as text."""
+    """Open the store, build the usage report, and return it as text. `reason_texts` maps
+    (system, code) to the card files' words. `site`: (name, the issuers bound to it): that
+    site's calls and feedback only. `monthly`: also the report per card x situation x client
+    x month, with its alarms (storage/usage.py)."""
     store = Store(database_url, options)
     try:
-        return format_report(store.usage_report(since=since), accepted_suggestions(store, since), reason_texts)
+        issuers = site[1] if site is not None else None
+        text = format_report(
+            store.usage_report(since=since, issuers=issuers), accepted_suggestions(store, since, issuers), reason_texts
+        )
+        if monthly:
+            text += "\n" + format_monthly(*clinician_usage(store, since, issuers), reason_texts)
+        return (f"Site: {site[0]} (clients: {', '.join(site[1]) or 'none'})\n" + text) if site is not None else text
     finally:
         store.close()

@@ -198,6 +198,8 @@ returned_cards = sa.Table(
     sa.Column("card_uuid", sa.String(_LEN_CARD_UUID), nullable=False, index=True),
     sa.Column("card_id", sa.String(_LEN_CARD_ID), nullable=False, index=True),
     sa.Column("summary", sa.Text(), nullable=False),
+    sa.Column("situation", sa.String(_LEN_CARD_ID), nullable=True),  # migration 0005
+    sa.Column("evidence_opened_at", UtcDateTime(), nullable=True),  # first open of its evidence page (0005)
 )
 
 feedback = sa.Table(
@@ -849,6 +851,16 @@ class Store:
             self._run("record_feedback", lambda conn: conn.execute(feedback.insert(), rows))
         return len(rows)
 
+    def mark_evidence_opened(self, card_uuid: str) -> None:
+        """The card's evidence page was opened (the first time counts)."""
+        statement = (
+            returned_cards.update()
+            .where(returned_cards.c.card_uuid == card_uuid.lower())
+            .where(returned_cards.c.evidence_opened_at.is_(None))
+            .values(evidence_opened_at=_utcnow())
+        )
+        self._run("mark_evidence_opened", lambda conn: conn.execute(statement))
+
     def feedback_for(self, card_uuid: str) -> list[StoredFeedback]:
         """Feedback received about one card, oldest first."""
         query = sa.select(feedback).where(feedback.c.card_uuid == card_uuid.lower()).order_by(feedback.c.id)
@@ -978,6 +990,7 @@ class Store:
                 "card_uuid": _clean(card.card_uuid.lower(), _LEN_CARD_UUID),
                 "card_id": _clean(card.card_id, _LEN_CARD_ID),
                 "summary": _clean(card.summary, _LEN_SUMMARY),
+                "situation": _clean(card.situation, _LEN_CARD_ID),
             }
             for call_id, call in zip(ids, calls, strict=True)
             for card in (ReturnedCard(*c) for c in call.cards)
@@ -1050,19 +1063,22 @@ class Store:
 
     # -- usage report
 
-    def usage_report(self, since: datetime | None = None) -> Report:
+    def usage_report(self, since: datetime | None = None, issuers: tuple[str, ...] | None = None) -> Report:
         """Per card file: times shown, feedback received, outcomes, rates, override reasons.
 
-        `since` limits the report to calls made and feedback received from that moment.
+        `since` limits the report to calls made and feedback received from that moment;
+        `issuers` to the calls of these clients and the feedback about their cards (one site
+        of a multi-site deployment).
         """
-        card_of_uuid = (
-            sa.select(
-                returned_cards.c.card_uuid,
-                sa.func.min(returned_cards.c.card_id).label("card_id"),
-            )
-            .group_by(returned_cards.c.card_uuid)
-            .subquery("card_of_uuid")
+        card_of_uuid = sa.select(
+            returned_cards.c.card_uuid,
+            sa.func.min(returned_cards.c.card_id).label("card_id"),
         )
+        if issuers is not None:
+            card_of_uuid = card_of_uuid.select_from(
+                returned_cards.join(service_calls, service_calls.c.id == returned_cards.c.call_id)
+            ).where(service_calls.c.client_iss.in_(issuers))
+        card_of_uuid = card_of_uuid.group_by(returned_cards.c.card_uuid).subquery("card_of_uuid")
         shown_q = (
             sa.select(returned_cards.c.card_id, sa.func.count().label("n"))
             .select_from(returned_cards.join(service_calls, service_calls.c.id == returned_cards.c.call_id))
@@ -1095,6 +1111,10 @@ class Store:
             .where(~sa.exists().where(returned_cards.c.card_uuid == feedback.c.card_uuid))
         )
         status_q = sa.select(service_calls.c.outcome_status, sa.func.count()).group_by(service_calls.c.outcome_status)
+        if issuers is not None:
+            shown_q = shown_q.where(service_calls.c.client_iss.in_(issuers))
+            status_q = status_q.where(service_calls.c.client_iss.in_(issuers))
+            unlinked_q = unlinked_q.where(sa.false())  # feedback never linked to a call has no site
         if since is not None:
             shown_q = shown_q.where(service_calls.c.called_at >= since)
             outcomes_q = outcomes_q.where(feedback.c.received_at >= since)

@@ -1,13 +1,15 @@
 """A sekmet FHIR server with SMART Backend Services, loaded with seeded synthetic cohorts.
 
 Its own instance (not the shared `fhir_server`), so that a system-level $export holds only
-these cohorts: RFA and AMR patients (learned at system level), two BTX-A cohorts (an effect
-and a no-effect one) each in a Group (learned at Group level), and bystanders in no cohort.
+these cohorts: RFA and AMR patients (learned at system level), three BTX-A cohorts (an effect,
+a no-effect and, for the monitor, a drifted one) each in a Group (learned and monitored at
+Group level), and bystanders in no cohort.
 Two SMART clients are registered: one RS384 (RSA) and one ES384 (P-384) key.
 """
 
 from __future__ import annotations
 
+import math
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,10 @@ from support.synthetic_cohort import BtxaTruth, Generator
 SEED = 11
 N_RFA, N_AMR, N_BTXA, N_NULL, N_BYSTANDERS = 300, 450, 500, 300, 100
 NULL_TRUTH = BtxaTruth(intercept=-1.1, b_hypertension=0.0, b_male=0.0, b_drinking=0.0, b_diabetes=0.0)
+# The monitor's drifted cohort (issue 20): the default truth with the odds of a poor response
+# 1.8 times higher (observed / expected about 1.5 for a model of the default truth).
+N_DRIFT = 400
+DRIFT_TRUTH = BtxaTruth(intercept=BtxaTruth().intercept + math.log(1.8))
 
 
 @dataclass
@@ -103,6 +109,7 @@ def _load(server: SmartServer) -> None:
         ("btxa", lambda g: g.btxa(N_BTXA)),
         ("btxa-null", lambda g: g.btxa(N_NULL, NULL_TRUTH)),
         ("bystanders", lambda g: g.bystanders(N_BYSTANDERS)),
+        ("btxa-drift", lambda g: g.btxa(N_DRIFT, DRIFT_TRUTH)),  # last: the seeds above stay as they were
     ):
         generator = Generator(seed=SEED + len(cohorts))
         build(generator)
@@ -115,7 +122,7 @@ def _load(server: SmartServer) -> None:
                 server.identifiers.add(location.split("/_history")[0].rsplit("/", 1)[-1])
         server.identifiers |= generator.population.identifiers
         cohorts[name] = patients
-    for name in ("btxa", "btxa-null"):
+    for name in ("btxa", "btxa-null", "btxa-drift"):
         group = {
             "resourceType": "Group",
             "type": "person",

@@ -70,9 +70,13 @@ def test_the_svg_plot_is_plain_svg_with_one_point_per_group():
 def test_the_overlay_text_escapes_a_label_with_quotes():
     import tomllib
 
+    from support.learned_reports import MODEL_CARD
+
     report = {
         "card": {"id": "btxa-response"},
-        "model": {"kind": "logistic", "label": 'Site "A" model', "version": "1"},
+        "model": {"kind": "logistic", "outcome": "poor response", "label": 'Site "A" model', "version": "1"},
+        "model_card": MODEL_CARD,
+        "counts": {"included": 300, "events": 90},
         "provenance": {"generated_at": "now", "fhir_server": "http://x"},
         "status": "passed",
         "files": {"report_html": "r.html", "report_json": "r.json"},
@@ -90,12 +94,15 @@ def test_the_overlay_text_escapes_a_label_with_quotes():
 
 
 def test_the_report_page_is_a_template_with_every_text_escaped():
+    from support.learned_reports import MODEL_CARD
+
     from cds_service.learning.report import report_html
 
     hostile = "<script>alert(1)</script>"
     report = {
         "card": {"id": "btxa-response", "version": "1.0"},
         "model": {"kind": "logistic", "outcome": hostile, "label": "m", "version": "1"},
+        "model_card": {**MODEL_CARD, "intended_use": hostile},
         "status": "passed",
         "message": hostile,
         "minimums": {
@@ -113,6 +120,7 @@ def test_the_report_page_is_a_template_with_every_text_escaped():
         },
         "coefficients": [
             {
+                "predictor": "hypertension",
                 "label": "Hypertension",
                 "coding_text": "yes/no",
                 "estimate": 1.23456,
@@ -134,8 +142,19 @@ def test_the_report_page_is_a_template_with_every_text_escaped():
             "versions": {"cds": "0.1"},
         },
         "definition": {"path": "d.toml", "version": "1", "sha256": "0" * 64},
+        "monitoring": [
+            {
+                "run_at": "2026-12-01",
+                "since": "2026-06-01",
+                "n": 50,
+                "events": 20,
+                "drift": {"method": "CUSUM", "alpha": 0.05, "alarm": False},
+                "status": "ok",
+                "reason": hostile,
+            }
+        ],
     }
     html = report_html(report, calibration_svg([{"n": 10, "predicted": 0.1, "observed": 0.12}], "t"))
-    assert "<script>" not in html and html.count("&lt;script&gt;") == 2
+    assert "<script>" not in html and html.count("&lt;script&gt;") == 4  # outcome, message, model card, monitoring
     assert "<svg" in html and "<td>1.23</td>" in html and "<td>Excluded: no follow-up</td>" in html
     assert "Intercept -2 (95 % CI -3 to -1)." in html

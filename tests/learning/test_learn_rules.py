@@ -183,7 +183,7 @@ def test_too_few_events_for_the_predictors_is_refused_naming_the_rule_and_no_mod
     assert "events per predictor parameter" in result.message
     assert result.overlay is None and not (tmp_path / "out" / "rfa-recurrence.overlay.toml").exists()
     report = json.loads(result.report_json.read_text(encoding="utf-8"))
-    assert report["status"] == "refused" and "coefficients" not in report
+    assert report["status"] == "refused" and not report["coefficients"]
     assert report["provenance"]["extraction"]["method"] == "search"
     assert not list(tmp_path.glob("cds-learn-*")), "the staging file holds patient data: it must be deleted"
 
@@ -284,3 +284,43 @@ def test_cli_exits_2_with_a_clear_message_for_an_unknown_card(tmp_path, capsys):
     code = main(["learn", "no-such-card", "--fhir-base", "http://127.0.0.1:9/fhir", "--out", str(tmp_path)])
     assert code == 2
     assert "no-such-card.toml: cannot read the learning definition" in capsys.readouterr().err
+
+
+def test_cli_says_the_fhir_server_could_not_be_reached_with_smart_not_that_it_has_no_token_endpoint(tmp_path, capsys):
+    """issue 20: an unreachable server was reported as "publishes no SMART token endpoint"."""
+    import socket
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from cds_service.cli import main
+
+    key = tmp_path / "key.pem"
+    key.write_bytes(
+        rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = main(
+        [
+            "learn",
+            "btxa-response",
+            "--fhir-base",
+            f"http://127.0.0.1:{port}/fhir",
+            "--out",
+            str(tmp_path),
+            "--client-id",
+            "c1",
+            "--private-key",
+            str(key),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert (
+        err
+        == f"cds-service learn: extraction failed: the FHIR server could not be reached (127.0.0.1:{port}: connection refused)\n"
+    )

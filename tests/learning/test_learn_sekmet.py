@@ -175,6 +175,21 @@ def test_the_report_json_carries_what_the_card_needs(rfa):
     assert _coefficient(report, "operation_time")["coding_text"] == "per 10 min"
     assert "<svg" in rfa.report_html.read_text(encoding="utf-8")
     assert "<script" not in rfa.report_html.read_text(encoding="utf-8")
+    # the model card (issue 20): data range, definitions, subgroups with intervals or "too few events"
+    card = report["model_card"]
+    assert card["data_range"]["first_index"] <= card["data_range"]["last_index"]
+    assert [p["id"] for p in card["predictor_definitions"]] == ["operation_time", "paralysis_grade_after"]
+    assert "censored at the last recorded contact" in card["outcome_definition"]
+    groups = {(g["by"], g["level"]): g for g in report["subgroups"]}
+    assert {("sex", "female"), ("sex", "male"), ("age", "< 50"), ("age", "50 to < 65"), ("age", ">= 65")} == set(groups)
+    assert sum(g["n"] for (by, _), g in groups.items() if by == "age") == report["counts"]["included"]
+    for g in groups.values():
+        if g["note"]:
+            assert g["note"].startswith("too few events") and g["observed_expected"] is None
+        else:
+            oe, c = g["observed_expected"], g["c_statistic"]
+            assert oe["low"] < oe["estimate"] < oe["high"] and c["low"] < c["estimate"] < c["high"]
+    assert report["approval"] is None  # only a person approves (cds-service approve)
 
 
 def test_cli_learns_with_a_bearer_token_from_the_environment_and_exits_zero(smart_fhir, tmp_path, monkeypatch, capsys):

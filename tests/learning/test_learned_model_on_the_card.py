@@ -15,6 +15,7 @@ from support.learned_reports import serve_population
 from support.synthetic_cohort import Generator
 
 from cds_service.config import DEFAULT_CARDS_DIR
+from cds_service.learning.report import approve
 from cds_service.learning.run import LearnOptions, learn
 
 
@@ -37,6 +38,7 @@ def test_a_model_learned_by_learn_is_loaded_by_the_app_and_the_hook_call_shows_i
     )
     assert result.status == "passed", result.message
     assert 'report = "btxa-response.report.json"' in result.overlay.read_text(encoding="utf-8")
+    approve(result.report_json, "Dr A. Reviewer", None, "2026-12-07T10:00:00Z")  # deployed only by a person
 
     app = make_app(site_overlay=str(result.overlay))
     chart = Chart().hfs().hypertension().order(CHEMODENERVATION)
@@ -92,6 +94,7 @@ def amr_learned(tmp_path_factory):
         if server.is_running():
             server.stop()
     assert result.status == "passed", result.message
+    approve(result.report_json, "Dr A. Reviewer", None, "2026-12-07T10:00:00Z")
     return result
 
 

@@ -30,9 +30,9 @@ def call(runtime, hook: str, chart: Chart, service_id: str):
 def test_an_mvd_order_for_a_patient_with_hfs_gets_the_amr_card_and_the_notes_name_it(runtime):
     chart = Chart(patient_id=PATIENT_ID).hfs(onset="2019-03-01").order(MVD)
     cards, notes = call(runtime, "order-sign", chart, "hfs-outcomes-order-sign")
-    assert [card_id for _, card_id, _ in notes.cards] == ["amr-persistence"]
+    assert [card_id for _, card_id, _, _ in notes.cards] == ["amr-persistence"]
     [card] = cards
-    assert notes.cards == [(card["uuid"], "amr-persistence", card["summary"])]
+    assert notes.cards == [(card["uuid"], "amr-persistence", card["summary"], "mvd-ordered")]
     assert card["summary"].startswith("Before MVD")
 
 

@@ -100,9 +100,10 @@ def test_a_0_1_0_store_is_upgraded_in_place_and_keeps_every_row(store_url):
 
     with Store(store_url, StoreOptions(instance_id="upgraded-node")) as store:
         after = table_rows(store_url)
-        # Every old row, every old value; the new columns (instance_id, record_id, usage) are
-        # empty (NULL) on old rows.
-        assert after["returned_cards"] == before["returned_cards"]
+        # Every old row, every old value; the new columns are empty (NULL) on old rows
+        # (service_calls: instance_id, record_id, usage; returned_cards: situation, evidence_opened_at).
+        assert [row[:-2] for row in after["returned_cards"]] == before["returned_cards"]
+        assert all(row[-2:] == ("None", "None") for row in after["returned_cards"])
         assert after["feedback"] == before["feedback"]
         assert after["used_jti"] == before["used_jti"]
         assert [row[:-3] for row in after["service_calls"]] == before["service_calls"]

@@ -23,12 +23,26 @@ RFA_LEARNED = {
 }
 
 
+MODEL_CARD = {
+    "intended_use": "RFA recurrence risk on card A",
+    "intended_users": "physicians ordering RFA",
+    "setting": "patients with hemifacial spasm at this site",
+    "outcome_definition": "recurrence or repeat treatment",
+    "missing_inputs": "complete cases; the card withholds the estimate",
+    "updating_policy": "monitored; retired on drift",
+}
+
+
 def rfa_report(status: str = "passed", **changes) -> dict:
     report = {
-        "format": "hfs-cds-learned-model-report/1",
+        "format": "hfs-cds-site-model-report/2",
         "status": status,
         "message": "Fitted and internally validated" if status == "passed" else "Fitted, but ...",
         "card": {"id": "rfa-recurrence", "version": "1.0.0"},
+        "model_card": MODEL_CARD,
+        "approval": {"approved_by": "Dr A. Reviewer", "approved_at": "2026-11-27T09:00:00Z"}
+        if status == "passed"
+        else None,
         "model": {"kind": "cox", "outcome": "recurrence", "time_unit": "months"},
         "counts": {"included": 412, "events": 187, "patients_scanned": 900, "excluded": {}},
         "minimums": {
