@@ -130,6 +130,8 @@ def test_patient_ids_in_the_fhir_stub_servers_access_log_are_the_fhir_servers_bu
     guard.sensitive("pat-77123", "patient-id")
     guard.sensitive(token, "fhir-token")
     werkzeug = logging.getLogger("werkzeug")
+    level = werkzeug.level  # the demo, run in process by its tests, quiets werkzeug to WARNING
+    werkzeug.setLevel(logging.INFO)
     guard.attach(werkzeug)
     try:
         werkzeug.info('127.0.0.1 - - "GET /fhir/Condition?patient=pat-77123 HTTP/1.1" 200 -')
@@ -138,6 +140,7 @@ def test_patient_ids_in_the_fhir_stub_servers_access_log_are_the_fhir_servers_bu
         assert [leak.kind for leak in guard.leaks()] == ["fhir-token"]
     finally:
         werkzeug.removeHandler(guard.handler)
+        werkzeug.setLevel(level)
 
 
 def test_the_session_guard_hears_every_logger_at_every_level():
