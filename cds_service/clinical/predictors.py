@@ -14,125 +14,49 @@ Adding a kind = one entry in content/derivations.py + one function here (DERIVE)
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import date
-from typing import Any
 
 from cds_service.clinical.dates import day_of, duration_text, has_time, months_between
+from cds_service.clinical.input_values import (  # noqa: F401 (statuses, InputValue, Reading: re-exported)
+    INTRAOPERATIVE,
+    MEDICATION_WORDS,
+    MISSING,
+    UNREADABLE,
+    USED,
+    InputValue,
+    Reading,
+    condition_dates,
+    condition_status,
+    earliest,
+    future_dates,
+    is_number,
+    missing,
+    not_used_future,
+    observation_display,
+    ratio,
+    text_match,
+    unreadable,
+    unreadable_input,
+)
 from cds_service.clinical.record import (
     FUTURE,
-    ConditionFact,
-    ObservationFact,
     OrderFact,
     PatientRecord,
-    ProcedureFact,
-    UnreadableInput,
 )
 from cds_service.clinical.story import condition_order, operation_time, story_of
 from cds_service.content.cards import Predictor
 from cds_service.content.derivations import KINDS
-from cds_service.formatting import number, percent, rounded, significant  # noqa: F401 (percent: re-exported)
+from cds_service.formatting import number, percent, rounded  # noqa: F401 (percent: re-exported)
 from cds_service.formatting import one_decimal as _one_decimal
-
-# Input status values.
-USED = "used"
-MISSING = "missing"
-UNREADABLE = "unreadable"
-INTRAOPERATIVE = "intraoperative"
-
-
-@dataclass(frozen=True)
-class InputValue:
-    """One predictor as found (or not) in the record."""
-
-    predictor: str
-    label: str
-    status: str  # used | missing | unreadable | intraoperative
-    value: Any = None  # bool (yes/no), float (canonical unit), str (coded answer)
-    display: str = ""  # the value as shown: "45 min", "yes", "Grade III (= 3)"
-    date: date | None = None
-    date_label: str = "recorded"  # what the date is: "onset", "performed", "recorded", ...
-    note: str = ""  # where it came from, or why it is missing / unreadable
-    by_text: bool = False  # matched by free text only
-    matched_text: str | None = None
-    fact: Any = None  # the record's fact behind the value (a procedure or order a situation acts on)
-    # Values of the input the record holds but did not use (record.reading / unreadable_for):
-    newer_unreadable: tuple[date | None, ...] = ()  # dates of newer values that could not be read
-    future: tuple[date | None, ...] = ()  # dates of values dated after the call (never used)
-    # What those dates are, when they are a date of a fact that is itself used (a Condition's
-    # onset or recorded date) rather than values: "onset", "recorded date"; "" for values.
-    future_what: str = ""
-
-    @property
-    def recorded(self) -> bool:
-        return self.status == USED
-
-
-# ---------------------------------------------------------------------------- predictors
-@dataclass(frozen=True)
-class Reading:
-    """What a derivation reads: the record, the hook, and the situation's procedure (if any)."""
-
-    record: PatientRecord
-    hook: str
-    procedure: ProcedureFact | None = None
 
 
 def derive(p: Predictor, reading: Reading) -> InputValue:
     item = DERIVE[p.derive](p, reading)
     if item.future:
         return item
-    days, what = _future(p, reading.record)
+    days, what = future_dates(p, reading.record)
     return replace(item, future=days, future_what=what) if days else item
-
-
-def not_used_future(days: tuple[date | None, ...], what: str = "") -> str:
-    """The one wording of values dated after the call (never used), as the card, its lead
-    and its evidence page show them: "not used: dated after today (2026-03-01)"; for the
-    date of a fact that is used ("onset"): "not used: onset dated after today (...)"."""
-    dated = ", ".join(d.isoformat() for d in days if d is not None)
-    return f"not used: {what + ' ' if what else ''}dated after today{f' ({dated})' if dated else ''}"
-
-
-# The elements whose future date leaves the fact itself in use (record.py: a Condition with an
-# onset or recorded date after the call is still on the problem list; only the date is not used).
-_DATE_NOT_FACT = {("Condition", "onset[x]"): "onset", ("Condition", "recordedDate"): "recorded date"}
-
-
-def _future(p: Predictor, record: PatientRecord) -> tuple[tuple[date | None, ...], str]:
-    """The predictor's values dated after the call: their days (once each), and what they
-    are when every one is such a date of a fact in use ("onset", "recorded date"), else ""."""
-    future = [u for u in record.unreadable_for(*p.concepts) if u.kind == FUTURE]
-    days = tuple(dict.fromkeys(day_of(u.when) if u.when is not None else None for u in future))
-    words = [_DATE_NOT_FACT.get((u.resource_type, u.element)) for u in future]
-    what = "" if not words or None in words else " or ".join(dict.fromkeys(words))
-    return days, what
-
-
-def _missing(p: Predictor, note: str | None = None) -> InputValue:
-    return InputValue(
-        p.id, p.label, MISSING, display="not recorded", note=note or f"looked for {p.how}; none in the data received"
-    )
-
-
-def _unreadable(p: Predictor, record: PatientRecord) -> InputValue | None:
-    """The predictor as unreadable, when the record has an unreadable input of its concept
-    (one that could not be read first; else values dated after the call, never used)."""
-    problems = sorted(record.unreadable_for(*p.concepts), key=lambda u: u.kind == FUTURE)
-    for u in problems:
-        return _unreadable_input(p, u, record)
-    return None
-
-
-def _unreadable_input(p: Predictor, u: UnreadableInput, record: PatientRecord) -> InputValue:
-    if u.kind == FUTURE:
-        # Could be read but is never used (EVIDENCE.md "Reading the record"): the reason is
-        # the dates, said once, in the words of `not_used_future` (render lists it so too).
-        days, what = _future(p, record)
-        return InputValue(p.id, p.label, UNREADABLE, display=not_used_future(days, what), future=days, future_what=what)
-    return InputValue(
-        p.id, p.label, UNREADABLE, display="recorded but unreadable", note=f"{u.resource_type}: {u.reason}"
-    )
 
 
 def _condition(p: Predictor, r: Reading) -> InputValue:
@@ -140,15 +64,15 @@ def _condition(p: Predictor, r: Reading) -> InputValue:
     facts = record.conditions.get(p.concept, ())
     active = record.active_conditions(p.concept)
     if active:
-        fact = _earliest(active)
+        fact = earliest(active)
         return InputValue(
             p.id,
             p.label,
             USED,
             value=True,
-            display=f"yes ({_status(fact)})",
-            **_condition_dates(fact),
-            **_text_match(fact.match),
+            display=f"yes ({condition_status(fact)})",
+            **condition_dates(fact),
+            **text_match(fact.match),
         )
     if facts:
         fact = min(facts, key=condition_order)  # not the order the resources came in
@@ -160,23 +84,23 @@ def _condition(p: Predictor, r: Reading) -> InputValue:
             # not active: a status that says so, or none and an abatement (record.py reads that
             # as inactive; a record built otherwise must not show "None")
             display=f"recorded as {fact.clinical_status}" if fact.clinical_status else "recorded as abated",
-            **_condition_dates(fact),
-            **_text_match(fact.match),
+            **condition_dates(fact),
+            **text_match(fact.match),
         )
-    return _unreadable(p, record) or _missing(p)
+    return unreadable(p, record) or missing(p)
 
 
 def _condition_after(p: Predictor, r: Reading) -> InputValue:
     found = r.record.conditions_after(p.concept, r.procedure)
     if not found:
-        return _unreadable(p, r.record) or _missing(p)
+        return unreadable(p, r.record) or missing(p)
     fact = min(found, key=condition_order)
-    dates = _condition_dates(fact)
+    dates = condition_dates(fact)
     dates["note"] = ", ".join(
         x for x in (dates["note"], f"after the procedure of {day_of(r.procedure.performed).isoformat()}") if x
     )
     return InputValue(
-        p.id, p.label, USED, value=True, display=f"yes ({_status(fact)})", **dates, **_text_match(fact.match)
+        p.id, p.label, USED, value=True, display=f"yes ({condition_status(fact)})", **dates, **text_match(fact.match)
     )
 
 
@@ -187,7 +111,7 @@ def _condition_since(p: Predictor, r: Reading) -> InputValue:
     places it, or active since before it with no end date: the note says which), or "none"."""
     record, procedure = r.record, r.procedure
     if not record.conditions.get(p.concept):
-        return _unreadable(p, record) or _missing(p)
+        return unreadable(p, record) or missing(p)
     course = story_of(record).course(p.concept, procedure)
     if course.answer == "none":
         return InputValue(p.id, p.label, USED, value="none", display=p.note("none"))
@@ -203,8 +127,8 @@ def _condition_since(p: Predictor, r: Reading) -> InputValue:
             display=f"{p.note('resolved')} {on.isoformat()} ({duration_text(pday, on)} {p.note('resolved_after')})",
             date=on,
             date_label="resolved",
-            note=", ".join(x for x in (_condition_dates(course.fact)["note"], f"from its {how}") if x),
-            **_text_match(course.fact.match),
+            note=", ".join(x for x in (condition_dates(course.fact)["note"], f"from its {how}") if x),
+            **text_match(course.fact.match),
         )
     answer, note = {
         "after": ("after", "after"),
@@ -218,9 +142,9 @@ def _condition_since(p: Predictor, r: Reading) -> InputValue:
         p.label,
         USED,
         value=answer,
-        display=f"{p.note(note)} ({_status(fact)})",
-        **_condition_dates(fact),
-        **_text_match(fact.match),
+        display=f"{p.note(note)} ({condition_status(fact)})",
+        **condition_dates(fact),
+        **text_match(fact.match),
     )
 
 
@@ -229,7 +153,7 @@ def _procedure_count(p: Predictor, r: Reading) -> InputValue:
     # patient's story"); those done for another condition do not count.
     episodes = story_of(r.record).operations(p.concept, p.for_condition)
     if not episodes:
-        return _unreadable(p, r.record) or _missing(p)
+        return unreadable(p, r.record) or missing(p)
     days = ", ".join(e.day.isoformat() if e.day else "date not recorded" for e in episodes)
     return InputValue(p.id, p.label, USED, value=len(episodes), display=str(len(episodes)), note=f"on {days}")
 
@@ -237,9 +161,9 @@ def _procedure_count(p: Predictor, r: Reading) -> InputValue:
 def _medication(p: Predictor, r: Reading) -> InputValue:
     facts = r.record.current_medications(p.concept)
     if not facts:
-        return _unreadable(p, r.record) or _missing(p)
+        return unreadable(p, r.record) or missing(p)
     fact = max(facts, key=lambda m: m.date or date.min)
-    note = f"{_MEDICATION_WORDS.get(fact.resource_type, 'recorded')}, {fact.status}"
+    note = f"{MEDICATION_WORDS.get(fact.resource_type, 'recorded')}, {fact.status}"
     if fact.match.display and not fact.match.by_text:
         note = f"{fact.match.display}; {note}"
     return InputValue(
@@ -251,7 +175,7 @@ def _medication(p: Predictor, r: Reading) -> InputValue:
         date=fact.date,
         date_label="dated",
         note=note,
-        **_text_match(fact.match),
+        **text_match(fact.match),
     )
 
 
@@ -265,12 +189,12 @@ def _observation(p: Predictor, r: Reading) -> InputValue:
         # unreadable ones without a date (they may be in the window); else it is missing.
         undated = [u for u in record.unreadable_for(p.concept) if u.kind != FUTURE and u.when is None]
         for u in (*reading.newer_unreadable, *undated):
-            return _unreadable_input(p, u, record)
+            return unreadable_input(p, u, record)
         if reading.unplaced:  # on the procedure's own day, before or after it: not used
-            return _missing(p, p.note("unplaced"))
+            return missing(p, p.note("unplaced"))
         for u in reading.future:
-            return _unreadable_input(p, u, record)
-        return _missing(p)
+            return unreadable_input(p, u, record)
+        return missing(p)
     day = day_of(fact.effective) if fact.effective is not None else None
     why_unreadable = None
     if fact.value is None:
@@ -296,11 +220,11 @@ def _observation(p: Predictor, r: Reading) -> InputValue:
         p.label,
         USED,
         value=fact.value,
-        display=_observation_display(fact, p),
+        display=observation_display(fact, p),
         date=day,
         note="; ".join(notes),
         newer_unreadable=newer,
-        **_text_match(fact.match),
+        **text_match(fact.match),
     )
 
 
@@ -312,17 +236,17 @@ def _sex(p: Predictor, r: Reading) -> InputValue:
             p.id, p.label, USED, value=sex == "male", display="yes" if sex == "male" else "no", note=f"{p.how}: {sex}"
         )
     if sex:
-        return _missing(p, f"{p.how}: {sex!r}")
-    return _missing(p, f"{p.how}: not recorded")
+        return missing(p, f"{p.how}: {sex!r}")
+    return missing(p, f"{p.how}: not recorded")
 
 
 def _age(p: Predictor, r: Reading) -> InputValue:
     born, today = r.record.birth_date, r.record.today
     if born is None:
-        return _missing(p)
+        return missing(p)
     years = today.year - born.year - ((today.month, today.day) < (born.month, born.day))
     if years < 0:
-        return _missing(p, "the date of birth is after the date of the call")
+        return missing(p, "the date of birth is after the date of the call")
     return InputValue(p.id, p.label, USED, value=years, display=f"{years} years", note=f"as of {today.isoformat()}")
 
 
@@ -332,8 +256,8 @@ def _disease_duration(p: Predictor, r: Reading) -> InputValue:
     years = record.years_since(onset)
     if years is None:
         if record.conditions.get(p.concept):
-            return _missing(p, p.note("no_onset"))
-        return _missing(p)
+            return missing(p, p.note("no_onset"))
+        return missing(p)
     return InputValue(
         p.id,
         p.label,
@@ -358,7 +282,7 @@ def _operation_time(p: Predictor, r: Reading) -> InputValue:
             p.label,
             USED,
             value=found.minutes,
-            display=_observation_display(fact, p),
+            display=observation_display(fact, p),
             date=day_of(fact.effective),
             note=p.note("from_observation"),
         )
@@ -373,20 +297,20 @@ def _operation_time(p: Predictor, r: Reading) -> InputValue:
             date_label="performed",
             note=p.note("from_period"),
         )
-    unread = _unreadable(p, record)
+    unread = unreadable(p, record)
     if unread:
         return unread
     if found.period_not_used:
-        return _missing(p, p.note(found.period_not_used))
+        return missing(p, p.note(found.period_not_used))
     if procedure is not None and procedure.performed is None:
-        return _missing(p, "the procedure has no performed date or period")
-    return _missing(p)
+        return missing(p, "the procedure has no performed date or period")
+    return missing(p)
 
 
 def _time_since(p: Predictor, r: Reading) -> InputValue:
     procedure, today = r.procedure, r.record.today
     if procedure is None or procedure.performed is None:
-        return _missing(p, "the procedure has no performed date")
+        return missing(p, "the procedure has no performed date")
     day = day_of(procedure.performed)
     return InputValue(
         p.id,
@@ -408,7 +332,7 @@ def _procedure(p: Predictor, r: Reading) -> InputValue:
     # The latest operation of the story (the records of one day merged into one).
     episode = story_of(r.record).latest(p.concept, p.for_condition)
     if episode is None:
-        return _unreadable(p, r.record) or _missing(p)
+        return unreadable(p, r.record) or missing(p)
     fact = episode.fact
     day = day_of(fact.performed) if fact.performed is not None else None
     return InputValue(p.id, p.label, USED, value=True, display="yes", date=day, date_label="performed", fact=fact)
@@ -417,7 +341,7 @@ def _procedure(p: Predictor, r: Reading) -> InputValue:
 def _later_procedure(p: Predictor, r: Reading) -> InputValue:
     later = story_of(r.record).treatments_after(r.procedure, p.concepts, p.for_condition)
     if not later:
-        return _missing(p)
+        return missing(p)
     fact = later[-1].fact
     return InputValue(
         p.id, p.label, USED, value=True, display="yes", date=day_of(fact.performed), date_label="performed", fact=fact
@@ -430,7 +354,7 @@ def _treated_after(p: Predictor, r: Reading) -> InputValue:
     story = story_of(r.record)
     later = story.treatments_after(r.procedure, p.concepts, p.for_condition)
     if not later:
-        return _missing(p)
+        return missing(p)
     last = later[-1]
     labels = r.record.labels
     names = "; ".join(f"{_lower_first(labels.get(e.concept, e.concept))} on {e.day.isoformat()}" for e in later)
@@ -468,7 +392,7 @@ def _order(p: Predictor, r: Reading) -> InputValue:
             if counts:
                 return InputValue(p.id, p.label, USED, value=True, display="yes", note=note, fact=order)
             refused = refused or note
-    return _missing(p, refused)
+    return missing(p, refused)
 
 
 def _order_indication(p: Predictor, order: OrderFact, record: PatientRecord) -> tuple[str, bool]:
@@ -497,13 +421,13 @@ def _condition_site(p: Predictor, r: Reading) -> InputValue:
     unsited = [c for c in active if not c.sited]
     unreadable = [c for c in active if c.site_unreadable]
     if at_site:
-        answer, fact = "at_site", _earliest(at_site)
+        answer, fact = "at_site", earliest(at_site)
     elif unsited:
-        answer, fact = "site_not_recorded", _earliest(unsited)
+        answer, fact = "site_not_recorded", earliest(unsited)
     elif unreadable:
         return InputValue(p.id, p.label, UNREADABLE, display="recorded but unreadable", note=p.note("site_unreadable"))
     else:
-        answer, fact = "elsewhere", _earliest(active)
+        answer, fact = "elsewhere", earliest(active)
     words = p.note(answer)
     where = f" ({fact.site_text})" if answer != "site_not_recorded" and fact.site_text else ""
     return InputValue(
@@ -511,9 +435,9 @@ def _condition_site(p: Predictor, r: Reading) -> InputValue:
         p.label,
         USED,
         value=answer,
-        display=f"{words}{where}, {_status(fact)}",
-        **_condition_dates(fact),
-        **_text_match(fact.match),
+        display=f"{words}{where}, {condition_status(fact)}",
+        **condition_dates(fact),
+        **text_match(fact.match),
     )
 
 
@@ -565,7 +489,7 @@ def _daily_morphine(p: Predictor, r: Reading) -> InputValue:
             display=p.note("prescribed_unread"),
             note="; ".join(x for x in (problems, also) if x),
         )
-    return replace(_missing(p, f"{p.note('none')}; {also}"), display=p.note("others_only"))
+    return replace(missing(p, f"{p.note('none')}; {also}"), display=p.note("others_only"))
 
 
 def _with_note(item: InputValue, *notes: str) -> InputValue:
@@ -598,74 +522,6 @@ DERIVE: dict[str, Callable[[Predictor, Reading], InputValue]] = {
     "condition_site": _condition_site,
     "daily_morphine": _daily_morphine,
 }
-
-
-# ---------------------------------------------------------------------------- small facts
-_MEDICATION_WORDS = {"MedicationRequest": "prescribed", "MedicationStatement": "reported as taken"}
-
-
-def _earliest(facts: list[ConditionFact]) -> ConditionFact:
-    return min(facts, key=condition_order)
-
-
-def _status(fact: ConditionFact) -> str:
-    return fact.clinical_status or "clinical status not recorded"
-
-
-def _condition_dates(fact: ConditionFact) -> dict:
-    """The Condition's main date (onset, else recorded) and a note with the others."""
-    if fact.onset:
-        day, label = fact.onset, "onset"
-    elif fact.recorded:
-        day, label = fact.recorded, "recorded"
-    else:
-        day, label = None, "recorded"
-    parts = []
-    if fact.match.display and not fact.match.by_text:
-        parts.append(fact.match.display)
-    if fact.recorded and label != "recorded":
-        parts.append(f"recorded {fact.recorded.isoformat()}")
-    if fact.abatement:
-        parts.append(f"abated {fact.abatement.isoformat()}")
-    if day is None:
-        parts.append("no usable onset or recorded date")
-    return {"date": day, "date_label": label, "note": ", ".join(parts)}
-
-
-def _text_match(match) -> dict:
-    if getattr(match, "by_text", False):
-        return {"by_text": True, "matched_text": match.display}
-    return {}
-
-
-def _observation_display(fact: ObservationFact, p: Predictor) -> str:
-    value = fact.value
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, str):
-        return value
-    unit = p.unit or (fact.unit if fact.unit and not fact.unit.startswith("{") else None)
-    shown = rounded(float(value), 2)
-    shown = f"{shown}{unit}" if unit and unit.startswith("/") else (f"{shown} {unit}" if unit else shown)
-    raw = (fact.raw or "").strip()
-    if not raw or raw.replace(" ", "") == shown.replace(" ", "") or _same_number(raw, float(value)):
-        return shown
-    return f"{raw} (= {shown})"
-
-
-def _same_number(text: str, value: float) -> bool:
-    try:
-        return float(text) == value
-    except ValueError:
-        return False
-
-
-def is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def ratio(x: float | None) -> str:
-    return significant(x)
 
 
 if set(DERIVE) != set(KINDS):  # the registry and its functions name the same kinds
