@@ -18,6 +18,7 @@ from jwt.algorithms import ECAlgorithm
 from support.chart import CHEMODENERVATION, HYPERTENSION, Chart
 from support.learned_reports import MODEL_CARD
 
+from cds_service.cli import main
 from cds_service.config import ConfigError
 from cds_service.content.model_report import build_report
 from cds_service.storage.feedback import FeedbackEntry
@@ -140,7 +141,9 @@ def test_a_client_bound_to_an_unconfigured_site_stops_start_up(tmp_path, keys, m
         make_app(trust_file=trust, allow_unsigned=False)
 
 
-def test_the_usage_report_of_a_site_counts_its_own_calls_whichever_client_or_tenant_made_them(served, keys):
+def test_the_usage_report_of_a_site_counts_its_own_calls_whichever_client_or_tenant_made_them(
+    served, keys, tmp_path, capsys
+):
     from cds_service.storage.report import run_report
     from cds_service.storage.usage import clinician_usage
 
@@ -167,6 +170,17 @@ def test_the_usage_report_of_a_site_counts_its_own_calls_whichever_client_or_ten
     assert shown("hospital-a") == "3"
     assert shown("hospital-b") == "2"
     assert "btxa-response" not in run_report(url, site="hospital-c")  # a site with no calls
+
+    # the command line: the site is checked against site_overlays, no trust file needed
+    config = tmp_path / "settings.toml"
+    overlays = rt.settings.site_overlays
+    config.write_text(
+        "[site_overlays]\n" + "".join(f'{name} = "{path}"\n' for name, path in overlays.items()), encoding="utf-8"
+    )
+    assert main(["report", "--config", str(config), "--database-url", url, "--site", "hospital-b", "--monthly"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Site: hospital-b\n") and ISS_CLOUD in out and ISS_A not in out
+    assert main(["report", "--config", str(config), "--database-url", url, "--site", "hospital-c"]) == 2
 
 
 def _feedback(app, keys, iss: str, card_uuid: str, tenant: str | None = None):
