@@ -303,16 +303,10 @@ def _report(args: argparse.Namespace) -> int:
 
     settings = load_settings(_overrides(args))
     options = dataclasses.replace(store_options(settings), spool_dir=None)
-    site = None
-    if args.site:
-        from cds_service.security.trust import trust_from_settings
-
-        if args.site not in settings.site_overlays:
-            raise ConfigError(f"--site {args.site!r} is not in site_overlays (sites: {sorted(settings.site_overlays)})")
-        trust = trust_from_settings(settings)
-        # issuers bound to the site as a whole (a per-tenant binding is not in the audit rows)
-        bound = tuple(sorted(i.iss for i in trust.issuers.values() if i.site == args.site))
-        site = (args.site, bound)
+    # The site is stored in each audit row (whichever issuer or tenant is bound to it).
+    if args.site and args.site not in settings.site_overlays:
+        raise ConfigError(f"--site {args.site!r} is not in site_overlays (sites: {sorted(settings.site_overlays)})")
+    site = args.site or None
     url = args.database_url or settings.resolved_database_url
     print(run_report(url, options=options, reason_texts=_reason_texts(settings), site=site, monthly=args.monthly))
     return 0

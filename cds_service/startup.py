@@ -102,20 +102,31 @@ class Runtime:
             raise ApiError(404, "unknown_service", "no CDS service with this id; GET /cds-services lists them")
         return service
 
-    def issued_suggestions(self, card_uuid: str) -> dict[str, str] | None:
-        """Suggestion uuid -> card file suggestion id for a card this service returned, or
-        None when it has no record of returning that card (or no longer has its card file)."""
+    def issued_at(self, card_uuid: str, site: str | None):
+        """The card this service returned at `site` (None: the shared content), else None:
+        a card returned at another site is, to this site's clients, a card never returned."""
         issued = self.store.issued_card(card_uuid)
+        return issued if issued is not None and issued.site == site else None
+
+    def _site_cards(self, site: str | None) -> tuple[CardContent, ...]:
+        return self.sites[site].cards if site is not None and site in self.sites else self.cards
+
+    def issued_suggestions(self, card_uuid: str, site: str | None = None) -> dict[str, str] | None:
+        """Suggestion uuid -> card file suggestion id for a card this service returned at
+        `site`, or None when it has no record of returning that card there (or no longer has
+        its card file)."""
+        issued = self.issued_at(card_uuid, site)
         if issued is None:
             return None
-        card = next((c for c in self.cards if c.id == issued.card_id), None)
+        card = next((c for c in self._site_cards(site) if c.id == issued.card_id), None)
         return issued_suggestions(card, card_uuid) if card is not None else {}
 
-    def offered_reasons(self, card_uuid: str, hook: str) -> frozenset[tuple[str, str]]:
-        """(system, code) of the override reasons offered with a card this service returned;
-        for a card it has no record of, those any card of the hook can offer."""
-        issued = self.store.issued_card(card_uuid)
-        cards = [c for c in self.cards if c.id == issued.card_id] if issued is not None else self.cards_for(hook)
+    def offered_reasons(self, card_uuid: str, hook: str, site: str | None = None) -> frozenset[tuple[str, str]]:
+        """(system, code) of the override reasons offered with a card this service returned
+        at `site`; for a card it has no record of there, those any card of the hook can offer."""
+        issued = self.issued_at(card_uuid, site)
+        cards = self._site_cards(site)
+        cards = [c for c in cards if c.id == issued.card_id] if issued is not None else self.cards_for(hook, site)
         return frozenset().union(*(offered_reasons(c) for c in cards))
 
     def hash_patient(self, patient_id: str) -> str:
@@ -141,6 +152,7 @@ class Runtime:
             cards=notes.cards,
             usage=notes.usage.as_dict() if notes.usage is not None else None,
             pages=notes.pages,
+            site=notes.site,
         )
         if 200 <= record.outcome_status < 300:
             return self.store.keep_call(record)

@@ -171,6 +171,17 @@ def _entry(value: Any, where: str) -> FeedbackEntry:
     )
 
 
+def check_returned_to_site(entries: list[FeedbackEntry], returned_here: Callable[[str], bool]) -> list[FeedbackEntry]:
+    """A client bound to a site (multi-site deployments, issue 20) may send feedback only
+    about cards returned at its own site: `returned_here(card_uuid)`. Any other card, one
+    never returned or one returned at another site, gets the same 400, which never says
+    that the card exists elsewhere; nothing of the request is stored."""
+    for i, entry in enumerate(entries):
+        if not returned_here(entry.card_uuid):
+            raise _invalid(f"feedback[{i}].card is not a card this service returned to your site")
+    return entries
+
+
 def check_accepted_suggestions(
     entries: list[FeedbackEntry], issued: Callable[[str], dict[str, str] | None]
 ) -> list[FeedbackEntry]:

@@ -20,7 +20,12 @@ from cds_service.http import admission
 from cds_service.http.authenticate import authenticate
 from cds_service.http.base_url import service_root
 from cds_service.http.body_deadline import body_deadline
-from cds_service.http.feedback import check_accepted_suggestions, check_override_reasons, parse_feedback
+from cds_service.http.feedback import (
+    check_accepted_suggestions,
+    check_override_reasons,
+    check_returned_to_site,
+    parse_feedback,
+)
 from cds_service.http.hook_request import parse_hook_request
 from cds_service.startup import Runtime
 
@@ -66,10 +71,14 @@ def call_service(service_id: str) -> Response:
 def feedback(service_id: str) -> Response:
     rt = runtime()
     service = rt.service(service_id)
-    authenticate(rt, request)
-    entries = check_accepted_suggestions(parse_feedback(read_json_body()), rt.issued_suggestions)
-    entries = check_override_reasons(entries, lambda card_uuid: rt.offered_reasons(card_uuid, service.hook))
-    stored = rt.store.record_feedback(service.id, entries)
+    identity = authenticate(rt, request)
+    site = rt.site_of(identity)  # a card returned at another site is not this client's card
+    entries = parse_feedback(read_json_body())
+    if site is not None:
+        entries = check_returned_to_site(entries, lambda card_uuid: rt.issued_at(card_uuid, site) is not None)
+    entries = check_accepted_suggestions(entries, lambda card_uuid: rt.issued_suggestions(card_uuid, site))
+    entries = check_override_reasons(entries, lambda card_uuid: rt.offered_reasons(card_uuid, service.hook, site))
+    stored = rt.store.record_feedback(service.id, entries, site=site)
     for entry in entries:
         metrics.FEEDBACK.labels(outcome=entry.outcome).inc()
     log.info("feedback stored: service=%s entries=%d", service.id, stored)

@@ -69,6 +69,10 @@ class CallRecord:
     # missing prefetch keys, timings. No identifiers. Kept as JSON text.
     usage: str | None = None
     pages: tuple[PageRow, ...] = ()  # the evidence pages of the cards returned
+    # The site whose overlay the call was evaluated with (issue 20; trust file `site`, per
+    # issuer or per tenant). None: the deployment's shared content. Rows spooled before
+    # 0.3.0 have no such field and replay as None.
+    site: str | None = None
 
     def to_json(self) -> dict:
         """The record as JSON values, for the local audit spool (storage/audit_spool.py)."""
@@ -86,6 +90,7 @@ class CallRecord:
             "instance_id": self.instance_id,
             "record_id": self.record_id,
             "usage": self.usage,
+            "site": self.site,
             "pages": [
                 [p.token_sha256, p.card_id, p.data, p.created_at.isoformat(), p.expires_at.isoformat()]
                 for p in self.pages
@@ -209,6 +214,7 @@ def build_call_record(
     called_at: datetime | None = None,
     usage: dict | None = None,
     pages: Iterable[PageRow] = (),
+    site: str | None = None,
 ) -> CallRecord:
     """The audit row for one hook call: only the keyed hash of the patient id, never the id.
 
@@ -228,4 +234,5 @@ def build_call_record(
         called_at=called_at or datetime.now(UTC),
         usage=json.dumps(usage, sort_keys=True, separators=(",", ":")) if usage is not None else None,
         pages=tuple(pages),
+        site=site,
     )

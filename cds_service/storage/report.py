@@ -10,7 +10,15 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from cds_service.formatting import percent_number
-from cds_service.storage.store import Report, Store, StoreOptions, feedback, returned_cards, service_calls
+from cds_service.storage.store import (
+    Report,
+    Store,
+    StoreOptions,
+    feedback,
+    feedback_links,
+    returned_cards,
+    service_calls,
+)
 from cds_service.storage.usage import UsageAlarm, UsageRow, clinician_usage
 
 _COLUMNS = ("card", "shown", "feedback", "accepted", "overridden", "accept %", "override %")
@@ -32,18 +40,23 @@ def _reason_label(
 
 
 def accepted_suggestions(
-    store: Store, since: datetime | None = None, issuers: tuple[str, ...] | None = None
+    store: Store, since: datetime | None = None, site: str | None = None
 ) -> dict[str, dict[str, int]]:
-    """Card file id -> suggestion id -> times accepted (the ids the feedback endpoint stored)."""
-    card_of_uuid = sa.select(returned_cards.c.card_uuid, sa.func.min(returned_cards.c.card_id).label("card_id"))
-    if issuers is not None:
-        card_of_uuid = card_of_uuid.select_from(
-            returned_cards.join(service_calls, service_calls.c.id == returned_cards.c.call_id)
-        ).where(service_calls.c.client_iss.in_(issuers))
-    card_of_uuid = card_of_uuid.group_by(returned_cards.c.card_uuid).subquery("card_of_uuid")
+    """Card file id -> suggestion id -> times accepted (the ids the feedback endpoint stored);
+    `site`: the cards returned at that site and its clients' feedback only."""
+    card_of_uuid = (
+        sa.select(
+            returned_cards.c.card_uuid, service_calls.c.site, sa.func.min(returned_cards.c.card_id).label("card_id")
+        )
+        .select_from(returned_cards.join(service_calls, service_calls.c.id == returned_cards.c.call_id))
+        .group_by(returned_cards.c.card_uuid, service_calls.c.site)
+    )
+    if site is not None:
+        card_of_uuid = card_of_uuid.where(service_calls.c.site == site)
+    card_of_uuid = card_of_uuid.subquery("card_of_uuid")
     query = (
         sa.select(card_of_uuid.c.card_id, feedback.c.accepted_suggestions)
-        .select_from(feedback.join(card_of_uuid, card_of_uuid.c.card_uuid == feedback.c.card_uuid))
+        .select_from(feedback.join(card_of_uuid, feedback_links(card_of_uuid)))
         .where(feedback.c.outcome == "accepted")
     )
     if since is not None:
@@ -165,21 +178,21 @@ def run_report(
     since: datetime | None = None,
     options: StoreOptions | None = None,
     reason_texts: Mapping[tuple[str, str], str] | None = None,
-    site: tuple[str, tuple[str, ...]] | None = None,
+    site: str | None = None,
     monthly: bool = False,
 ) -> str:
     """Open the store, build the usage report, and return it as text. `reason_texts` maps
-    (system, code) to the card files' words. `site`: (name, the issuers bound to it): that
-    site's calls and feedback only. `monthly`: also the report per card x situation x client
-    x month, with its alarms (storage/usage.py)."""
+    (system, code) to the card files' words. `site`: that site's calls (the site stored in
+    each audit row, whichever client or tenant made them) and its clients' feedback only;
+    None: the whole deployment. `monthly`: also the report per card x situation x client x
+    month, with its alarms (storage/usage.py)."""
     store = Store(database_url, options)
     try:
-        issuers = site[1] if site is not None else None
         text = format_report(
-            store.usage_report(since=since, issuers=issuers), accepted_suggestions(store, since, issuers), reason_texts
+            store.usage_report(since=since, site=site), accepted_suggestions(store, since, site), reason_texts
         )
         if monthly:
-            text += "\n" + format_monthly(*clinician_usage(store, since, issuers), reason_texts)
-        return (f"Site: {site[0]} (clients: {', '.join(site[1]) or 'none'})\n" + text) if site is not None else text
+            text += "\n" + format_monthly(*clinician_usage(store, since, site), reason_texts)
+        return f"Site: {site}\n{text}" if site is not None else text
     finally:
         store.close()

@@ -82,6 +82,7 @@ _LEN_SYSTEM = 1024
 _LEN_DISPLAY = 1024
 _LEN_INSTANCE = 200
 _LEN_RECORD_ID = 64
+_LEN_SITE = 200
 # used_jti key parts, in UTF-8 bytes (PostgreSQL btree rows must stay well under 2.7 kB).
 _JTI_ISSUER_BYTES = 1000
 _JTI_BYTES = 255
@@ -182,6 +183,8 @@ service_calls = sa.Table(
     sa.Column("record_id", sa.String(_LEN_RECORD_ID), nullable=True, unique=True, index=True),
     # Added by migration 0004 (issue 19): what the call used, as JSON (audit.CallRecord.usage).
     sa.Column("usage", sa.Text(), nullable=True),
+    # Added by migration 0006 (issue 20): the site whose overlay the call used; NULL: shared content.
+    sa.Column("site", sa.String(_LEN_SITE), nullable=True),
 )
 
 returned_cards = sa.Table(
@@ -216,6 +219,7 @@ feedback = sa.Table(
     sa.Column("user_comment", sa.Text(), nullable=True),
     sa.Column("outcome_timestamp", UtcDateTime(), nullable=False),
     sa.Column("received_at", UtcDateTime(), nullable=False),
+    sa.Column("site", sa.String(_LEN_SITE), nullable=True),  # the sender's site (migration 0006)
     sa.CheckConstraint("outcome IN ('accepted', 'overridden')", name="outcome"),
 )
 
@@ -261,6 +265,7 @@ class StoredFeedback:
     user_comment: str | None
     outcome_timestamp: datetime  # UTC
     received_at: datetime  # UTC
+    site: str | None = None  # the sender's site (None: shared content, or before 0.3.0)
 
 
 @dataclass(frozen=True)
@@ -271,6 +276,7 @@ class IssuedCard:
     service_id: str
     card_id: str
     called_at: datetime
+    site: str | None = None  # the site it was returned at (None: shared content, or before 0.3.0)
 
 
 @dataclass(frozen=True)
@@ -572,6 +578,14 @@ class _Watchdog:
 _watchdog = _Watchdog()
 
 
+def feedback_links(cards) -> sa.ColumnElement[bool]:
+    """Feedback is about a card returned by a call (`cards`: a selectable with the card's
+    `card_uuid` and its call's `site`) when it names the card and came from the card's own
+    site: feedback a client of another site (or of the shared content) sent about the uuid
+    never counts for that site."""
+    return sa.and_(cards.c.card_uuid == feedback.c.card_uuid, feedback.c.site.is_not_distinct_from(cards.c.site))
+
+
 def _insert_rows(conn, table: sa.Table, rows: list[dict]) -> None:
     """One INSERT for all `rows`. A single row goes as a plain INSERT, whose compiled form
     SQLAlchemy caches (a multi-row VALUES is compiled again for every call: 0.6 ms of a
@@ -827,8 +841,9 @@ class Store:
 
     # -- feedback
 
-    def record_feedback(self, service_id: str, entries: Iterable[FeedbackEntry]) -> int:
-        """Store validated feedback entries (feedback.parse_feedback); returns how many."""
+    def record_feedback(self, service_id: str, entries: Iterable[FeedbackEntry], site: str | None = None) -> int:
+        """Store validated feedback entries (feedback.parse_feedback); returns how many.
+        `site`: the sending client's site (None: the shared content)."""
         received_at = _utcnow()
         rows = []
         for entry in entries:
@@ -845,6 +860,7 @@ class Store:
                     "user_comment": _clean(entry.user_comment),
                     "outcome_timestamp": entry.outcome_timestamp,
                     "received_at": received_at,
+                    "site": _clean(site, _LEN_SITE),
                 }
             )
         if rows:
@@ -882,6 +898,7 @@ class Store:
                 user_comment=row["user_comment"],
                 outcome_timestamp=row["outcome_timestamp"],
                 received_at=row["received_at"],
+                site=row["site"],
             )
             for row in rows
         ]
@@ -979,6 +996,7 @@ class Store:
                     "instance_id": _clean(call.instance_id, _LEN_INSTANCE),
                     "record_id": _clean(call.record_id, _LEN_RECORD_ID),
                     "usage": call.usage,
+                    "site": _clean(call.site, _LEN_SITE),
                 }
                 for call in calls
             ],
@@ -1021,6 +1039,7 @@ class Store:
                 service_calls.c.service_id,
                 returned_cards.c.card_id,
                 service_calls.c.called_at,
+                service_calls.c.site,
             )
             .join(service_calls, service_calls.c.id == returned_cards.c.call_id)
             .where(returned_cards.c.card_uuid == card_uuid.lower())
@@ -1063,30 +1082,36 @@ class Store:
 
     # -- usage report
 
-    def usage_report(self, since: datetime | None = None, issuers: tuple[str, ...] | None = None) -> Report:
+    def usage_report(self, since: datetime | None = None, site: str | None = None) -> Report:
         """Per card file: times shown, feedback received, outcomes, rates, override reasons.
 
         `since` limits the report to calls made and feedback received from that moment;
-        `issuers` to the calls of these clients and the feedback about their cards (one site
-        of a multi-site deployment).
+        `site` to the calls evaluated with that site's overlay (the site stored in each audit
+        row) and the feedback its clients sent about them (one site of a multi-site
+        deployment). Feedback counts for a card only when it came from the card's own site.
         """
-        card_of_uuid = sa.select(
-            returned_cards.c.card_uuid,
-            sa.func.min(returned_cards.c.card_id).label("card_id"),
+        calls_joined = returned_cards.join(service_calls, service_calls.c.id == returned_cards.c.call_id)
+        card_of_uuid = (
+            sa.select(
+                returned_cards.c.card_uuid,
+                service_calls.c.site,
+                sa.func.min(returned_cards.c.card_id).label("card_id"),
+            )
+            .select_from(calls_joined)
+            .group_by(returned_cards.c.card_uuid, service_calls.c.site)
         )
-        if issuers is not None:
-            card_of_uuid = card_of_uuid.select_from(
-                returned_cards.join(service_calls, service_calls.c.id == returned_cards.c.call_id)
-            ).where(service_calls.c.client_iss.in_(issuers))
-        card_of_uuid = card_of_uuid.group_by(returned_cards.c.card_uuid).subquery("card_of_uuid")
+        if site is not None:
+            card_of_uuid = card_of_uuid.where(service_calls.c.site == site)
+        card_of_uuid = card_of_uuid.subquery("card_of_uuid")
+        linked = feedback.join(card_of_uuid, feedback_links(card_of_uuid))
         shown_q = (
             sa.select(returned_cards.c.card_id, sa.func.count().label("n"))
-            .select_from(returned_cards.join(service_calls, service_calls.c.id == returned_cards.c.call_id))
+            .select_from(calls_joined)
             .group_by(returned_cards.c.card_id)
         )
         outcomes_q = (
             sa.select(card_of_uuid.c.card_id, feedback.c.outcome, sa.func.count().label("n"))
-            .select_from(feedback.join(card_of_uuid, card_of_uuid.c.card_uuid == feedback.c.card_uuid))
+            .select_from(linked)
             .group_by(card_of_uuid.c.card_id, feedback.c.outcome)
         )
         reasons_q = (
@@ -1097,7 +1122,7 @@ class Store:
                 sa.func.max(feedback.c.override_reason_display).label("display"),
                 sa.func.count().label("n"),
             )
-            .select_from(feedback.join(card_of_uuid, card_of_uuid.c.card_uuid == feedback.c.card_uuid))
+            .select_from(linked)
             .where(feedback.c.outcome == "overridden")
             .group_by(
                 card_of_uuid.c.card_id,
@@ -1108,13 +1133,18 @@ class Store:
         unlinked_q = (
             sa.select(sa.func.count())
             .select_from(feedback)
-            .where(~sa.exists().where(returned_cards.c.card_uuid == feedback.c.card_uuid))
+            .where(
+                ~sa.exists()
+                .select_from(calls_joined)
+                .where(returned_cards.c.card_uuid == feedback.c.card_uuid)
+                .where(feedback.c.site.is_not_distinct_from(service_calls.c.site))
+            )
         )
         status_q = sa.select(service_calls.c.outcome_status, sa.func.count()).group_by(service_calls.c.outcome_status)
-        if issuers is not None:
-            shown_q = shown_q.where(service_calls.c.client_iss.in_(issuers))
-            status_q = status_q.where(service_calls.c.client_iss.in_(issuers))
-            unlinked_q = unlinked_q.where(sa.false())  # feedback never linked to a call has no site
+        if site is not None:
+            shown_q = shown_q.where(service_calls.c.site == site)
+            status_q = status_q.where(service_calls.c.site == site)
+            unlinked_q = unlinked_q.where(feedback.c.site == site)
         if since is not None:
             shown_q = shown_q.where(service_calls.c.called_at >= since)
             outcomes_q = outcomes_q.where(feedback.c.received_at >= since)

@@ -76,8 +76,10 @@ def _month(column, dialect: str):
     return sa.func.to_char(column, "YYYY-MM")
 
 
-def clinician_usage(store: Store, since: datetime | None = None, issuers: tuple[str, ...] | None = None):
-    """The rows, sorted by month, card, situation and client, and the alarms."""
+def clinician_usage(store: Store, since: datetime | None = None, site: str | None = None):
+    """The rows, sorted by month, card, situation and client, and the alarms. `site`: the
+    calls evaluated with that site's overlay (stored in each audit row) and its clients'
+    feedback only; None: the whole deployment."""
     month = _month(service_calls.c.called_at, store.engine.dialect.name)
     client = sa.func.coalesce(service_calls.c.client_iss, "(unauthenticated)")
     situation = sa.func.coalesce(returned_cards.c.situation, "(before 0.3.0)")
@@ -111,7 +113,15 @@ def clinician_usage(store: Store, since: datetime | None = None, issuers: tuple[
             sa.func.max(feedback.c.override_reason_display),
             sa.func.count(),
         )
-        .select_from(joined.join(feedback, feedback.c.card_uuid == returned_cards.c.card_uuid))
+        .select_from(
+            joined.join(
+                feedback,
+                sa.and_(  # feedback from the card's own site only (store.feedback_links)
+                    feedback.c.card_uuid == returned_cards.c.card_uuid,
+                    feedback.c.site.is_not_distinct_from(service_calls.c.site),
+                ),
+            )
+        )
         .group_by(
             "month",
             returned_cards.c.card_id,
@@ -126,8 +136,8 @@ def clinician_usage(store: Store, since: datetime | None = None, issuers: tuple[
     def limit(query):
         if since is not None:
             query = query.where(service_calls.c.called_at >= since)
-        if issuers is not None:
-            query = query.where(service_calls.c.client_iss.in_(issuers))
+        if site is not None:
+            query = query.where(service_calls.c.site == site)
         return query
 
     calls_q, fired_q, feedback_q = limit(calls_q), limit(fired_q), limit(feedback_q)

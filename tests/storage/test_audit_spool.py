@@ -191,3 +191,23 @@ def test_a_row_the_disk_takes_only_part_of_is_cut_off_and_the_next_rows_stay_rea
     replayed = []
     spool.replay(replayed.extend)
     assert [r.hook_instance for r in replayed] == [record(1).hook_instance, record(3).hook_instance]
+
+
+def test_a_row_spooled_before_sites_were_stored_replays_as_the_shared_contents(tmp_path, store_url):
+    """Issue 20: a row spooled by an older version has no `site`; it replays with none (the
+    deployment's shared content), beside a new row that carries its site."""
+    import json
+
+    old = record(0).to_json()
+    del old["site"]
+    new = CallRecord("svc", "patient-view", "call-1", 200, 1.0, record_id=uuid.uuid4().hex, site="hospital-a")
+    folder = tmp_path / "spool"
+    folder.mkdir()
+    lines = [json.dumps(old), json.dumps(new.to_json())]
+    (folder / "audit-spool.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with Store(store_url) as store:
+        assert AuditSpool(folder, 1 << 20).replay(store.record_calls) == 2
+        with store.engine.connect() as conn:
+            sites = conn.exec_driver_sql("SELECT hook_instance, site FROM service_calls ORDER BY hook_instance").all()
+        assert [tuple(row) for row in sites] == [("call-0", None), ("call-1", "hospital-a")]
+        assert store.usage_report(site="hospital-a").calls == 1 and store.usage_report().calls == 2

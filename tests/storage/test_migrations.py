@@ -101,13 +101,15 @@ def test_a_0_1_0_store_is_upgraded_in_place_and_keeps_every_row(store_url):
     with Store(store_url, StoreOptions(instance_id="upgraded-node")) as store:
         after = table_rows(store_url)
         # Every old row, every old value; the new columns are empty (NULL) on old rows
-        # (service_calls: instance_id, record_id, usage; returned_cards: situation, evidence_opened_at).
+        # (service_calls: instance_id, record_id, usage, site; returned_cards: situation,
+        # evidence_opened_at; feedback: site). An old row's NULL site is the shared content.
         assert [row[:-2] for row in after["returned_cards"]] == before["returned_cards"]
         assert all(row[-2:] == ("None", "None") for row in after["returned_cards"])
-        assert after["feedback"] == before["feedback"]
+        assert [row[:-1] for row in after["feedback"]] == before["feedback"]
+        assert all(row[-1] == "None" for row in after["feedback"])
         assert after["used_jti"] == before["used_jti"]
-        assert [row[:-3] for row in after["service_calls"]] == before["service_calls"]
-        assert all(row[-3:] == ("None", "None", "None") for row in after["service_calls"])
+        assert [row[:-4] for row in after["service_calls"]] == before["service_calls"]
+        assert all(row[-4:] == ("None", "None", "None", "None") for row in after["service_calls"])
         # The upgraded store works: old jti still refused, old card still found, new rows carry the instance.
         assert not store.claim_jti("https://ehr.example.org", "jti-from-0.1.0", datetime.now(UTC) + timedelta(hours=1))
         assert store.issued_card(CARD).call_id == ids["call_id"]
@@ -120,6 +122,9 @@ def test_a_0_1_0_store_is_upgraded_in_place_and_keeps_every_row(store_url):
             instances = conn.exec_driver_sql("SELECT instance_id FROM service_calls ORDER BY id").scalars().all()
         assert instances == [None, None, "upgraded-node"]
         assert store.usage_report().calls == 3
+        # the old feedback still counts for the old card (both without a site), at no site
+        assert [c.overridden for c in store.usage_report().cards if c.card_id == "mvd-recurrence"] == [1]
+        assert store.usage_report(site="hospital-a").calls == 0
     with Store(store_url).engine.connect() as conn:
         assert migrate.current_revision(conn) == migrate.head_revision()
 
