@@ -10,6 +10,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from cds_service.clinical.fhir_elements import declared_elements
 from cds_service.clinical.render import issued_suggestions, offered_reasons
 from cds_service.config import ConfigError, Settings, check_instance_folder
 from cds_service.content.cards import CardContent, content_versions, load_cards
@@ -18,6 +19,7 @@ from cds_service.content.services import ServiceDefinition, load_services
 from cds_service.content.site_models import check_learned_models
 from cds_service.errors import ApiError
 from cds_service.fhir.client import FhirAccess
+from cds_service.fhir.decode import Decoding
 from cds_service.security.client_auth import StoreReplayGuard
 from cds_service.security.trust import TrustConfig, trust_from_settings
 from cds_service.storage.audit import audit_key, build_call_record, patient_hash
@@ -51,6 +53,8 @@ class Runtime:
     cards: tuple[CardContent, ...]
     replay_guard: StoreReplayGuard | None = None
     evidence: EvidenceSetup | None = None  # evidence pages: page store and chart specs
+    # Hook requests decoded keeping only the elements the record reads; None: parsed whole.
+    decoding: Decoding | None = None
 
     @property
     def content_version(self) -> str:
@@ -189,6 +193,8 @@ def build_runtime(settings: Settings) -> Runtime:
     cards = tuple(load_cards(settings.cards_dir, overlay, concepts, overlay_dir))
     for warning in check_learned_models(cards, settings.allow_unvalidated_site_models):
         log.warning(warning)
+    # Hook requests and FHIR answers keep only the elements the record reads (fhir/decode.py).
+    decoding = Decoding(declared_elements())
     store = open_store(settings)
     store.audit_writer.start()  # replays what an earlier run left in the spool
     if settings.as_of_date:
@@ -203,7 +209,12 @@ def build_runtime(settings: Settings) -> Runtime:
         store=store,
         audit_key=audit_key(settings),
         trust=trust,
-        fhir=FhirAccess(settings, prefetch_keys=max((len(s.prefetch) for s in services.values()), default=1)),
+        fhir=FhirAccess(
+            settings,
+            prefetch_keys=max((len(s.prefetch) for s in services.values()), default=1),
+            decoding=decoding,
+        ),
+        decoding=decoding,
         concepts=concepts,
         cards=cards,
         evidence=build_evidence_setup(settings, store.engine, cards),

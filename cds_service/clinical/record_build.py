@@ -40,7 +40,7 @@ compared is in clinical/dates.py.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime
 
 from cds_service.clinical.dates import is_future, parse_fhir_date, parse_fhir_datetime
@@ -180,6 +180,11 @@ _READ_TYPES = frozenset(
 )
 
 
+def _is_object(value: object) -> bool:
+    """A JSON object: a dict, or a resource decoded with only its read elements (fhir/decode.py)."""
+    return type(value) is dict or isinstance(value, Mapping)
+
+
 def _collect(sources: Iterable[object]) -> list[tuple[dict, str | None]]:
     """The resources of the types the record reads, from the sources (Bundles unpacked one
     level), de-duplicated by type+id (the first one wins)."""
@@ -187,7 +192,7 @@ def _collect(sources: Iterable[object]) -> list[tuple[dict, str | None]]:
     seen: set[tuple[str, str]] = set()
     read_types = _READ_TYPES
     for source in sources:
-        if type(source) is not dict:
+        if not _is_object(source):
             continue
         if source.get("resourceType") == "Bundle":
             entries = source.get("entry")
@@ -197,10 +202,10 @@ def _collect(sources: Iterable[object]) -> list[tuple[dict, str | None]]:
             entries = ({"resource": source},)
         # One flat loop: this runs for every resource of the call (hundreds in a real chart).
         for entry in entries:
-            if type(entry) is not dict:
+            if not _is_object(entry):
                 continue
             resource = entry.get("resource")
-            if type(resource) is not dict:
+            if not _is_object(resource):
                 continue
             kind = resource.get("resourceType")
             if type(kind) is not str or kind not in read_types:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Mapping
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from urllib.parse import quote
@@ -212,7 +213,7 @@ def resolve(
     use = use if use is not None else FhirUse()
     use.token = "not used" if request.access_token else "none"
     use.missing_keys = [t.key for t in service.prefetch if t.key not in sent]
-    use.prefetched = {_resource_type(t) for t in service.prefetch if isinstance(sent.get(t.key), dict)}
+    use.prefetched = {_resource_type(t) for t in service.prefetch if isinstance(sent.get(t.key), Mapping)}
     data: dict[str, dict | None] = {}
     missing: dict[str, str] = {}  # key -> why it must be fetched
     paged: list[str] = []  # prefetched searchsets with a next page to follow
@@ -229,7 +230,7 @@ def resolve(
                 continue
             missing[template.key] = (
                 "the client sent an OperationOutcome"
-                if isinstance(value, dict) and value.get("resourceType") == "OperationOutcome"
+                if isinstance(value, Mapping) and value.get("resourceType") == "OperationOutcome"
                 else "the client sent something that is not a FHIR resource"
             )
         else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -102,7 +103,7 @@ def parse_hook_request(body: Any, service: ServiceDefinition) -> HookRequest:
     if not isinstance(prefetch, dict):
         raise bad_request("'prefetch' must be a JSON object of prefetch keys")
     for key, value in prefetch.items():
-        if value is not None and not isinstance(value, dict):
+        if value is not None and not isinstance(value, Mapping):  # a dict, or decoded (fhir/decode.py)
             raise bad_request(f"prefetch '{_safe(key)}' must be a FHIR resource, a Bundle or null")
     extension = body.get("extension")
     if extension is not None and not isinstance(extension, dict):

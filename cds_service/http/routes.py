@@ -14,6 +14,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from cds_service import hook_call, metrics
 from cds_service.errors import ApiError
+from cds_service.fhir.decode import Decoding
 from cds_service.http import admission
 from cds_service.http.authenticate import authenticate
 from cds_service.http.feedback import check_accepted_suggestions, check_override_reasons, parse_feedback
@@ -50,7 +51,7 @@ def call_service(service_id: str) -> Response:
         metrics.ADMISSION_REFUSED.labels(reason="saturated").inc()
         raise
     notes.client_iss = authenticate(rt, request).iss
-    hook_request = parse_hook_request(read_json_body(), service)
+    hook_request = parse_hook_request(read_json_body(rt.decoding), service)
     base_url = rt.settings.public_base_url or request.url_root
     cards = hook_call.answer(rt, service, hook_request, notes, base_url)
     return jsonify({"cards": cards})
@@ -81,7 +82,9 @@ def write_audit(response: Response) -> Response:
     return response
 
 
-def read_json_body() -> object:
+def read_json_body(decoding: Decoding | None = None) -> object:
+    """The request body as JSON; with `decoding`, a hook request's prefetch is decoded keeping
+    only the elements the record reads (fhir/decode.py)."""
     mimetype = request.mimetype or ""
     if mimetype != "application/json" and not mimetype.endswith("+json"):
         raise ApiError(415, "unsupported_media_type", "send the request body as application/json")
@@ -94,13 +97,13 @@ def read_json_body() -> object:
         # byte means it was cut.
         if request.environ["wsgi.input"].read(1):
             raise ApiError(413, "request_too_large", f"the request body is larger than {limit} bytes")
-    return parse_json_body(data)
+    return parse_json_body(data, decoding)
 
 
 _BOM = b"\xef\xbb\xbf"
 
 
-def parse_json_body(data: bytes) -> object:
+def parse_json_body(data: bytes, decoding: Decoding | None = None) -> object:
     """The body as JSON text (RFC 8259), or a 400 that says why not.
 
     orjson parses strictly (UTF-8 only, finite numbers, no NaN/Infinity, nesting capped
@@ -112,6 +115,12 @@ def parse_json_body(data: bytes) -> object:
         data = data[len(_BOM) :]
     if not data.strip():
         raise ApiError(400, "invalid_json", "the request body is empty; send a JSON object")
+    if decoding is not None:
+        decoded = decoding.hook_request(data)
+        if decoded is not None:
+            return decoded
+        # Not a hook request of the expected shape, or not JSON: parsed generically below,
+        # so that the refusal says exactly what is wrong.
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
