@@ -40,7 +40,7 @@ compared is in clinical/dates.py.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from datetime import UTC, date, datetime
 
 from cds_service.clinical.dates import is_future, parse_fhir_date, parse_fhir_datetime
@@ -181,8 +181,9 @@ _READ_TYPES = frozenset(
 
 
 def _is_object(value: object) -> bool:
-    """A JSON object: a dict, or a resource decoded with only its read elements (fhir/decode.py)."""
-    return type(value) is dict or isinstance(value, Mapping)
+    """A JSON object: a dict, or a resource decoded with only its read elements (fhir/decode.py,
+    which marks its classes; an isinstance check against Mapping costs more than the read)."""
+    return type(value) is dict or getattr(type(value), "json_object", False) is True
 
 
 def _collect(sources: Iterable[object]) -> list[tuple[dict, str | None]]:

@@ -76,7 +76,7 @@ def _struct(name: str, fields: Iterable[tuple[str, Any]]) -> type:
     cls = msgspec.defstruct(
         name,
         [(field, kind, UNSET) for field, kind in fields],
-        namespace={method: getattr(_Element, method) for method in _ELEMENT_METHODS},
+        namespace={"json_object": True, **{method: getattr(_Element, method) for method in _ELEMENT_METHODS}},
         omit_defaults=True,
     )
     Mapping.register(cls)
