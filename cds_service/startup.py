@@ -15,7 +15,7 @@ from cds_service.clinical.render import issued_suggestions, offered_reasons
 from cds_service.config import ConfigError, Settings, check_instance_folder
 from cds_service.content.cards import CardContent, content_versions, load_cards
 from cds_service.content.configuration import OPTIONS_EXTENSION, Option, options_for
-from cds_service.content.services import ServiceDefinition, load_services
+from cds_service.content.services import ServiceDefinition, load_services, narrow_prefetch
 from cds_service.content.site_models import check_learned_models
 from cds_service.errors import ApiError
 from cds_service.fhir.client import FhirAccess
@@ -189,6 +189,7 @@ def build_runtime(settings: Settings) -> Runtime:
     services = load_services(settings.cards_dir / "services.toml")
     overlay = load_overlay(settings.site_overlay)
     concepts = load_concepts(settings.cards_dir, overlay)
+    services = narrow_prefetch(services, concepts)
     overlay_dir = Path(settings.site_overlay).parent if settings.site_overlay else None
     cards = tuple(load_cards(settings.cards_dir, overlay, concepts, overlay_dir))
     for warning in check_learned_models(cards, settings.allow_unvalidated_site_models):
