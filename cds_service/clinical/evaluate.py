@@ -53,6 +53,7 @@ from cds_service.content.derivations import KINDS
 from cds_service.content.site_models import LearnedFrom, SiteModel
 from cds_service.formatting import fixed, number, percent, rounded, significant
 from cds_service.formatting import one_decimal as _one_decimal
+from cds_service.hooks import SELECTING_HOOKS
 
 # Input status values.
 USED = "used"
@@ -606,7 +607,7 @@ def _order(p: Predictor, r: Reading) -> InputValue:
     # order-select concerns the orders just selected; order-sign every order being signed.
     refused = None
     for concept in p.concepts:
-        for order in r.record.orders_for(concept, selected_only=r.hook == "order-select"):
+        for order in r.record.orders_for(concept, selected_only=r.hook in SELECTING_HOOKS):
             if p.indication is None:
                 return InputValue(p.id, p.label, USED, value=True, display="yes", fact=order)
             note, counts = _order_indication(p, order, r.record)

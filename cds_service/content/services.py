@@ -9,9 +9,10 @@ from pathlib import Path
 from urllib.parse import quote
 
 from cds_service.config import ConfigError
+from cds_service.hooks import HOOKS
 from cds_service.terminology.concept_index import ConceptIndex
 
-SUPPORTED_HOOKS = ("patient-view", "order-select", "order-sign")
+SUPPORTED_HOOKS = HOOKS
 # The CDS Hooks version implemented, as discovery's `version` says it (semantic versioning).
 CDS_HOOKS_VERSION = "3.0.0-ballot"
 
