@@ -112,10 +112,40 @@ def build_request(bundle: dict, everything: bool = False) -> tuple[int, dict]:
     }
 
 
+def narrowed(request: dict) -> dict:
+    """The request as a client that prefetches the narrowed templates would send it: the
+    searches with a code filter (content/services.py narrow_prefetch) hold only the
+    resources that carry one of its codes (on the resource, or on a component)."""
+    sys.path.insert(0, str(ROOT))
+    from cds_service.content.services import load_services, narrow_prefetch
+    from cds_service.terminology.concepts_file import load_concepts
+
+    concepts = load_concepts(ROOT / "cards")
+    services = narrow_prefetch(load_services(ROOT / "cards" / "services.toml"), concepts)
+    templates = {t.key: t for t in next(iter(services.values())).prefetch}
+
+    def codes(resource: dict) -> set[tuple[str, str]]:
+        found = set()
+        for holder in [resource, *resource.get("component", [])]:
+            for coding in (holder.get("code") or {}).get("coding", []):
+                found.add((coding.get("system"), coding.get("code")))
+        return found
+
+    out = json.loads(json.dumps(request))
+    for key, template in templates.items():
+        if not template.codes_of or key not in out["prefetch"]:
+            continue
+        wanted = set(concepts.search_codes(template.codes_of) or ())
+        bundle = out["prefetch"][key]
+        bundle["entry"] = [e for e in bundle["entry"] if codes(e["resource"]) & wanted]
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--url", help="base URL of a running service (dev mode) instead of the in-process app")
+    parser.add_argument("--narrowed", action="store_true", help="the prefetch of the narrowed templates")
     parser.add_argument(
         "--everything", action="store_true", help="also send the Synthea resources no template asks for (3 MB body)"
     )
@@ -125,6 +155,11 @@ def main() -> int:
     from cds_service.worker_gc import freeze_startup_objects
 
     count, request = build_request(largest_bundle(), args.everything)
+    if args.narrowed:
+        request = narrowed(request)
+        count = sum(
+            len(v.get("entry", [])) if v.get("resourceType") == "Bundle" else 1 for v in request["prefetch"].values()
+        )
     body = json.dumps(request).encode()
     url = "/cds-services/hfs-outcomes-patient-view"
     if args.url:

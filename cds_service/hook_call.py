@@ -24,7 +24,7 @@ from cds_service.fhir.prefetch import FhirUse, resolve
 
 if TYPE_CHECKING:
     from cds_service.content.services import ServiceDefinition
-    from cds_service.http.hook_request import HookRequest
+    from cds_service.hooks import HookRequest
     from cds_service.startup import Runtime
     from cds_service.storage.audit import PageRow
 

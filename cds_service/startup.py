@@ -10,14 +10,16 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cds_service.clinical.fhir_elements import declared_elements
 from cds_service.clinical.render import issued_suggestions, offered_reasons
 from cds_service.config import ConfigError, Settings, check_instance_folder
 from cds_service.content.cards import CardContent, content_versions, load_cards
 from cds_service.content.configuration import OPTIONS_EXTENSION, Option, options_for
-from cds_service.content.services import ServiceDefinition, load_services
+from cds_service.content.services import ServiceDefinition, load_services, narrow_prefetch
 from cds_service.content.site_models import check_learned_models
 from cds_service.errors import ApiError
 from cds_service.fhir.client import FhirAccess
+from cds_service.fhir.decode import Decoding
 from cds_service.security.client_auth import StoreReplayGuard
 from cds_service.security.trust import TrustConfig, trust_from_settings
 from cds_service.storage.audit import audit_key, build_call_record, patient_hash
@@ -56,6 +58,8 @@ class Runtime:
     # Several hospitals: site name -> its own concepts and cards (setting site_overlays); a
     # call is evaluated with its client's site only (trust file `site`), else the shared content.
     sites: dict[str, SiteContent] = field(default_factory=dict)
+    # Hook requests decoded keeping only the elements the record reads; None: parsed whole.
+    decoding: Decoding | None = None
 
     @property
     def content_version(self) -> str:
@@ -254,11 +258,14 @@ def build_runtime(settings: Settings) -> Runtime:
     services = load_services(settings.cards_dir / "services.toml")
     overlay = load_overlay(settings.site_overlay)
     concepts = load_concepts(settings.cards_dir, overlay)
+    services = narrow_prefetch(services, concepts)
     overlay_dir = Path(settings.site_overlay).parent if settings.site_overlay else None
     cards = tuple(load_cards(settings.cards_dir, overlay, concepts, overlay_dir))
     for warning in check_learned_models(cards, settings.allow_unvalidated_site_models):
         log.warning(warning)
     sites = load_sites(settings, trust)
+    # Hook requests and FHIR answers keep only the elements the record reads (fhir/decode.py).
+    decoding = Decoding(declared_elements())
     store = open_store(settings)
     store.audit_writer.start()  # replays what an earlier run left in the spool
     if settings.as_of_date:
@@ -273,7 +280,12 @@ def build_runtime(settings: Settings) -> Runtime:
         store=store,
         audit_key=audit_key(settings),
         trust=trust,
-        fhir=FhirAccess(settings, prefetch_keys=max((len(s.prefetch) for s in services.values()), default=1)),
+        fhir=FhirAccess(
+            settings,
+            prefetch_keys=max((len(s.prefetch) for s in services.values()), default=1),
+            decoding=decoding,
+        ),
+        decoding=decoding,
         concepts=concepts,
         cards=cards,
         evidence=build_evidence_setup(settings, store, cards),

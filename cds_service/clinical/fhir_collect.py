@@ -26,6 +26,12 @@ READ_TYPES = frozenset(
 )
 
 
+def _is_object(value: object) -> bool:
+    """A JSON object: a dict, or a resource decoded with only its read elements (fhir/decode.py,
+    which marks its classes; an isinstance check against Mapping costs more than the read)."""
+    return type(value) is dict or getattr(type(value), "json_object", False) is True
+
+
 def collect(sources: Iterable[object]) -> list[tuple[dict, str | None]]:
     """The resources of the types the record reads, from the sources (Bundles unpacked one
     level), de-duplicated by type+id (the first one wins)."""
@@ -33,7 +39,7 @@ def collect(sources: Iterable[object]) -> list[tuple[dict, str | None]]:
     seen: set[tuple[str, str]] = set()
     read_types = READ_TYPES
     for source in sources:
-        if type(source) is not dict:
+        if not _is_object(source):
             continue
         if source.get("resourceType") == "Bundle":
             entries = source.get("entry")
@@ -43,10 +49,10 @@ def collect(sources: Iterable[object]) -> list[tuple[dict, str | None]]:
             entries = ({"resource": source},)
         # One flat loop: this runs for every resource of the call (hundreds in a real chart).
         for entry in entries:
-            if type(entry) is not dict:
+            if not _is_object(entry):
                 continue
             resource = entry.get("resource")
-            if type(resource) is not dict:
+            if not _is_object(resource):
                 continue
             kind = resource.get("resourceType")
             if type(kind) is not str or kind not in read_types:

@@ -141,6 +141,52 @@ ELEMENTS_READ: dict[str, tuple[tuple[str, _Check], ...]] = {
 }
 
 
+# Choice elements read by their prefix: any Observation.value[x] counts as a value (one the
+# concept's kind cannot read is reported as unreadable, not as missing), any
+# Condition.abatement[x] as an abatement (FHIR R4 choice types of each).
+VALUE_X = tuple(
+    f"value{t}"
+    for t in (
+        "Quantity",
+        "CodeableConcept",
+        "String",
+        "Boolean",
+        "Integer",
+        "Range",
+        "Ratio",
+        "SampledData",
+        "Time",
+        "DateTime",
+        "Period",
+    )
+)
+ABATEMENT_X = tuple(f"abatement{t}" for t in ("DateTime", "Age", "Period", "Range", "String"))
+
+# The elements the record reads without an ELEMENTS_READ check (checked where they are read).
+ALSO_READ: dict[str, tuple[str, ...]] = {
+    "Patient": ("gender", "birthDate"),
+    "Condition": ("bodySite", *ABATEMENT_X),
+    "Procedure": ("reasonCode", "reasonReference"),
+    "Observation": ("dataAbsentReason", *VALUE_X),
+    "MedicationRequest": ("contained", "dosageInstruction"),
+    "MedicationStatement": ("contained", "dosage"),
+    "ServiceRequest": ("reasonCode", "reasonReference"),
+}
+
+
+def declared_elements() -> frozenset[str]:
+    """Every top-level element of a resource that the record reads: what the decoder of hook
+    requests and FHIR answers keeps (fhir/decode.py); anything else is skipped unread. An
+    element read but missing here would be dropped silently: add it to ELEMENTS_READ or
+    ALSO_READ (tests/fhir/test_decode.py checks that every element asked for is declared)."""
+    names = {"resourceType", "id"}
+    for table in (ELEMENTS_READ, ALSO_READ):
+        for elements in table.values():
+            names.update(e if isinstance(e, str) else e[0] for e in elements)
+    names.update(element for element, _ in VALUES_READ)
+    return frozenset(names)
+
+
 # -- small readers -----------------------------------------------------------------------------
 def get_sub(resource: dict, key: str, sub: str) -> object:
     value = resource.get(key)

@@ -49,6 +49,7 @@ from cds_service.content.cards import Predictor
 from cds_service.content.derivations import KINDS
 from cds_service.formatting import number, percent, rounded  # noqa: F401 (percent: re-exported)
 from cds_service.formatting import one_decimal as _one_decimal
+from cds_service.hooks import SELECTING_HOOKS
 
 
 def derive(p: Predictor, reading: Reading) -> InputValue:
@@ -383,7 +384,7 @@ def _order(p: Predictor, r: Reading) -> InputValue:
     # with an `indication`, an order counts only for it (_order_indication).
     refused = None
     for concept in p.concepts:
-        for order in r.record.orders_for(concept, selected_only=r.hook == "order-select"):
+        for order in r.record.orders_for(concept, selected_only=r.hook in SELECTING_HOOKS):
             if not order.treats(p.for_condition):
                 continue
             if p.indication is None:

@@ -63,11 +63,12 @@ from pydantic import (
     model_validator,
 )
 
+from cds_service import hooks
 from cds_service.content.derivations import KINDS, ORDER_HOOKS, DerivationKind
 from cds_service.content.errors import TAG_PREFIX, ContentError, content_error
 from cds_service.content.templates import DYNAMIC_NAMES, TEXT_FILLED_NAMES, check_summary_length, check_template
 
-HOOKS = ("patient-view", "order-select", "order-sign")
+HOOKS = hooks.HOOKS
 NOT_CARD_FILES = frozenset({"concepts.toml", "services.toml"})
 
 _ID = re.compile(r"[a-z][a-z0-9_-]{0,63}")

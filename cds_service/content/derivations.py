@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from cds_service import hooks
+
 OBSERVATION_OPTIONS = frozenset({"lookback_days", "after_procedure", "annotate_procedure", "values"})
 # `for_condition`: only operations / orders done for that condition (EVIDENCE.md "The patient's
 # story", indication: one whose stated reason names only another condition does not count).
@@ -211,4 +213,4 @@ KINDS: dict[str, DerivationKind] = {
     ),
 }
 
-ORDER_HOOKS = ("order-select", "order-sign")
+ORDER_HOOKS = hooks.ORDER_HOOKS

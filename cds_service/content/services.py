@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from cds_service.config import ConfigError
+from cds_service.hooks import HOOKS
+from cds_service.terminology.concept_index import ConceptIndex
 
-SUPPORTED_HOOKS = ("patient-view", "order-select", "order-sign")
+SUPPORTED_HOOKS = HOOKS
 # The CDS Hooks version implemented, as discovery's `version` says it (semantic versioning).
 CDS_HOOKS_VERSION = "3.0.0-ballot"
 
@@ -22,6 +26,10 @@ class PrefetchTemplate:
     key: str
     query: str  # relative FHIR read or search URL with prefetch tokens
     required: bool  # no card can be judged without it
+    # The concept kind whose codes narrow this search (`narrow_prefetch`), and the search
+    # parameter that carries them; None: the search asks for everything of its type.
+    codes_of: str | None = None
+    code_param: str = "code"
 
 
 @dataclass(frozen=True)
@@ -54,7 +62,13 @@ def load_services(path: Path) -> dict[str, ServiceDefinition]:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise CatalogError(f"{path}: {exc}") from exc
     templates = tuple(
-        PrefetchTemplate(key=key, query=str(spec["query"]), required=bool(spec.get("required", False)))
+        PrefetchTemplate(
+            key=key,
+            query=str(spec["query"]),
+            required=bool(spec.get("required", False)),
+            codes_of=spec.get("codes_of"),
+            code_param=str(spec.get("code_param", "code")),
+        )
         for key, spec in data.get("prefetch", {}).items()
     )
     services: dict[str, ServiceDefinition] = {}
@@ -74,3 +88,29 @@ def load_services(path: Path) -> dict[str, ServiceDefinition]:
             raise CatalogError(f"{path}: service id {service.id} is listed twice")
         services[service.id] = service
     return services
+
+
+def narrow_prefetch(services: dict[str, ServiceDefinition], concepts: ConceptIndex) -> dict[str, ServiceDefinition]:
+    """Ask the EHR for less: a template with `codes_of` gets a token filter listing every
+    code of that kind's concepts (the site overlay's local codes included, each system under
+    its aliases too), e.g. `Observation?patient=..&combo-code=http://loinc.org|72514-3,...`.
+    When a concept of that kind can match by free text or by an ICD-10 family, no code
+    filter can find all it reads, and the search stays broad."""
+    narrowed = {}
+    for service_id, service in services.items():
+        templates = []
+        for template in service.prefetch:
+            codes = concepts.search_codes(template.codes_of) if template.codes_of else None
+            if codes:
+                tokens = ",".join(f"{_token(system)}|{_token(code)}" for system, code in codes)
+                template = dataclasses.replace(template, query=f"{template.query}&{template.code_param}={tokens}")
+            templates.append(template)
+        narrowed[service_id] = dataclasses.replace(service, prefetch=tuple(templates))
+    return narrowed
+
+
+def _token(text: str) -> str:
+    """A system or code in a token search: FHIR's escapes (`\\`, `,`, `|`, `$`), then the URL's."""
+    for char in ("\\", ",", "|", "$"):
+        text = text.replace(char, "\\" + char)
+    return quote(text, safe=":/-._~\\")

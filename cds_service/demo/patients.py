@@ -17,6 +17,8 @@ from datetime import date, datetime, timedelta
 from importlib import resources
 from typing import Any
 
+from cds_service.hooks import ORDER_HOOKS, SELECTING_HOOKS
+
 _DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})(T[0-9:.]+(?:Z|[+-]\d{2}:\d{2})?)?")
 
 
@@ -32,13 +34,13 @@ class DemoCall:
     def request(self, user: str = "Practitioner/demo-clinician") -> dict:
         """The CDS Hooks request an EHR would send, with the prefetch filled in."""
         context: dict[str, Any] = {"userId": user, "patientId": self.patient_id}
-        if self.hook in ("order-select", "order-sign"):
+        if self.hook in ORDER_HOOKS:
             context["draftOrders"] = {
                 "resourceType": "Bundle",
                 "type": "collection",
                 "entry": [{"resource": r} for r in self.drafts],
             }
-        if self.hook == "order-select":
+        if self.hook in SELECTING_HOOKS:
             context["selections"] = [f"{r['resourceType']}/{r['id']}" for r in self.drafts]
         return {
             "hook": self.hook,

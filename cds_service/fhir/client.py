@@ -23,6 +23,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import unquote, urljoin, urlsplit
@@ -33,6 +34,7 @@ from requests.adapters import HTTPAdapter
 
 from cds_service import metrics
 from cds_service.config import Settings
+from cds_service.fhir.decode import Decoding
 
 log = logging.getLogger(__name__)
 # urllib3 logs every request line, query included, at DEBUG: the query carries the patient
@@ -90,9 +92,10 @@ def new_session(pool_size: int) -> requests.Session:
 
 
 def is_fhir_resource(value: object) -> bool:
-    """A JSON object with a plausible resourceType (no further validation: that is costly)."""
+    """A JSON object (or a decoded resource, fhir/decode.py) with a plausible resourceType
+    (no further validation: that is costly)."""
     return (
-        isinstance(value, dict)
+        isinstance(value, Mapping)
         and isinstance(value.get("resourceType"), str)
         and _RESOURCE_TYPE.match(value["resourceType"]) is not None
     )
@@ -152,8 +155,10 @@ class FhirClient:
         max_pages: int,
         *,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        decoding: Decoding | None = None,
     ) -> None:
         self._session = session
+        self._decoding = decoding
         self.base_url = base_url.rstrip("/")
         self._headers = {"Accept": ACCEPT}
         if access_token:
@@ -299,6 +304,13 @@ class FhirClient:
             if content_type and "json" not in content_type:
                 raise FhirUnavailable("FHIR server answered a body that is not JSON")
             body = self._body(response)
+        # Decoded keeping only the elements the record reads; anything of another shape
+        # (or not JSON) is parsed generically and judged as before.
+        value = self._decoding.answer(body) if self._decoding is not None else None
+        if value is not None:
+            if not is_fhir_resource(value):
+                raise FhirUnavailable("FHIR server answered JSON that is not a FHIR resource")
+            return value
         try:
             value = json.loads(body)
         except (ValueError, RecursionError):
@@ -387,8 +399,11 @@ class FhirAccess:
         *,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         prefetch_keys: int = 1,
+        decoding: Decoding | None = None,
     ) -> None:
         self.settings = settings
+        # None: answers are parsed whole (json); else decoded keeping the elements read.
+        self.decoding = decoding
         # Sized so that every request thread can fetch all its keys at once: a call never
         # waits for a pool thread another call holds (its budget would run out unsent).
         workers = max(1, settings.fhir_max_workers, settings.http_threads * max(1, prefetch_keys))
@@ -417,6 +432,7 @@ class FhirAccess:
             deadline,
             self.settings.fhir_max_pages,
             max_response_bytes=self.max_response_bytes,
+            decoding=self.decoding,
         )
 
     __call__ = client

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Mapping
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from urllib.parse import quote
@@ -217,138 +218,179 @@ def resolve(
     configured budget). Raises ApiError(412, "prefetch_unavailable") when a required key
     cannot be had.
     """
-    sent = request.prefetch or {}
     use = use if use is not None else FhirUse()
+    step = _sort_sent(service, request, use)
+    if not step.missing and not step.paged:
+        return PrefetchResult(data=step.data, unavailable={}, fetched=())
+    _build_queries(step, request)
+    client, deadline = _open_client(step, request, fhir, deadline)
+    if client is not None:
+        _gather(step, client, fhir.executor, deadline, request, use)
+    return _assemble(step, disclose=fhir is None or bool(fhir.settings.fhir_server_allowlist))
+
+
+@dataclass
+class _Step:
+    """What `resolve` knows so far, handed from one named step to the next."""
+
+    templates: dict[str, PrefetchTemplate]
+    use: FhirUse
+    data: dict[str, dict | None] = field(default_factory=dict)
+    missing: dict[str, str] = field(default_factory=dict)  # key -> why it must be fetched
+    paged: list[str] = field(default_factory=list)  # prefetched searchsets with a next page to follow
+    queries: dict[str, str] = field(default_factory=dict)  # key -> rendered query to fetch
+    failures: dict[str, str] = field(default_factory=dict)  # key -> safe reason
+    incomplete: dict[str, str] = field(default_factory=dict)
+    fetched: list[str] = field(default_factory=list)
+    by_server: set[str] = field(default_factory=set)  # keys whose reason is what the FHIR server did
+
+
+# 1. Sort what the client sent: used as sent, "no data", to fetch, or to complete (paged).
+def _sort_sent(service: ServiceDefinition, request, use: FhirUse) -> _Step:
+    sent = request.prefetch or {}
     use.token = "not used" if request.access_token else "none"
     use.missing_keys = [t.key for t in service.prefetch if t.key not in sent]
-    use.prefetched = {_resource_type(t) for t in service.prefetch if isinstance(sent.get(t.key), dict)}
-    data: dict[str, dict | None] = {}
-    missing: dict[str, str] = {}  # key -> why it must be fetched
-    paged: list[str] = []  # prefetched searchsets with a next page to follow
+    use.prefetched = {_resource_type(t) for t in service.prefetch if isinstance(sent.get(t.key), Mapping)}
+    step = _Step(templates={t.key: t for t in service.prefetch}, use=use)
     for template in service.prefetch:
-        if template.key in sent:
-            value = sent[template.key]
-            if value is None:
-                data[template.key] = None
-                continue
-            if is_fhir_resource(value) and value["resourceType"] != "OperationOutcome":
-                data[template.key] = value
-                if _has_next_page(value):
-                    paged.append(template.key)
-                continue
-            missing[template.key] = (
-                "the client sent an OperationOutcome"
-                if isinstance(value, dict) and value.get("resourceType") == "OperationOutcome"
-                else "the client sent something that is not a FHIR resource"
-            )
+        key = template.key
+        if key not in sent:
+            step.missing[key] = "not prefetched"
+            continue
+        value = sent[key]
+        if value is None:
+            step.data[key] = None
+        elif is_fhir_resource(value) and value["resourceType"] != "OperationOutcome":
+            step.data[key] = value
+            if _has_next_page(value):
+                step.paged.append(key)
+        elif isinstance(value, Mapping) and value.get("resourceType") == "OperationOutcome":
+            step.missing[key] = "the client sent an OperationOutcome"
         else:
-            missing[template.key] = "not prefetched"
-    if not missing and not paged:
-        return PrefetchResult(data=data, unavailable={}, fetched=())
+            step.missing[key] = "the client sent something that is not a FHIR resource"
+    return step
 
-    templates = {t.key: t for t in service.prefetch}
-    failures: dict[str, str] = {}
-    incomplete: dict[str, str] = {}
-    by_server: set[str] = set()  # keys whose reason is what the FHIR server did
-    fetched: list[str] = []
-    queries: dict[str, str] = {}
-    for key in missing:
+
+# 2. Build the queries: render each template, and keep only what the token's scope allows.
+def _build_queries(step: _Step, request) -> None:
+    for key in step.missing:
         try:
-            queries[key] = render_template(templates[key].query, request.context or {})
+            step.queries[key] = render_template(step.templates[key].query, request.context or {})
         except TemplateError as exc:
-            failures[key] = f"cannot build the query: {exc.reason}"
-
+            step.failures[key] = f"cannot build the query: {exc.reason}"
     grants = parse_scope(getattr(request, "scope", None))
-    for key in list(queries):
-        kind = "r" if _is_read(queries[key]) else "s"
-        if not grants.allows(_resource_type(templates[key]), kind):
-            del queries[key]
-            use.refused.add(_resource_type(templates[key]))
-            failures[key] = f"{missing[key]} and the access token's scope does not allow this {_KIND[kind]}"
-    for key in list(paged):
-        if not grants.allows(_resource_type(templates[key]), "s"):
-            paged.remove(key)
-            incomplete[key] = _FIRST_PAGE_ONLY + "the access token's scope does not allow this search"
+    for key in list(step.queries):
+        kind = "r" if _is_read(step.queries[key]) else "s"
+        if not grants.allows(_resource_type(step.templates[key]), kind):
+            del step.queries[key]
+            step.use.refused.add(_resource_type(step.templates[key]))
+            step.failures[key] = f"{step.missing[key]} and the access token's scope does not allow this {_KIND[kind]}"
+    for key in list(step.paged):
+        if not grants.allows(_resource_type(step.templates[key]), "s"):
+            step.paged.remove(key)
+            step.incomplete[key] = _FIRST_PAGE_ONLY + "the access token's scope does not allow this search"
 
-    client = None
-    if queries or paged:
-        if not request.fhir_server:
-            for key in queries:
-                failures[key] = f"{missing[key]} and no fhirServer was given to fetch it from"
-            for key in paged:
-                incomplete[key] = "the client sent the first page only and no fhirServer to read the rest from"
-        elif fhir is None:
-            for key in queries:
-                failures[key] = f"{missing[key]} and this service has no FHIR access configured"
-            for key in paged:
-                incomplete[key] = "the client sent the first page only and this service has no FHIR access"
+
+# 3. Open the client for the call's fhirServer and token, or say why nothing can be fetched.
+def _open_client(
+    step: _Step, request, fhir: FhirAccess | None, deadline: float | None
+) -> tuple[FhirClient | None, float | None]:
+    if not step.queries and not step.paged:
+        return None, deadline
+    if not request.fhir_server:
+        _cannot_fetch(
+            step,
+            "and no fhirServer was given to fetch it from",
+            "the client sent the first page only and no fhirServer to read the rest from",
+        )
+        return None, deadline
+    if fhir is None:
+        _cannot_fetch(
+            step,
+            "and this service has no FHIR access configured",
+            "the client sent the first page only and this service has no FHIR access",
+        )
+        return None, deadline
+    if deadline is None:
+        deadline = fhir.new_deadline()
+    try:
+        return fhir.client(request.fhir_server, request.access_token, deadline), deadline
+    except FhirUnavailable as exc:
+        for key in step.queries:
+            step.failures[key] = exc.reason
+        for key in step.paged:
+            step.incomplete[key] = _FIRST_PAGE_ONLY + exc.reason
+        return None, deadline
+
+
+def _cannot_fetch(step: _Step, query_reason: str, paged_reason: str) -> None:
+    for key in step.queries:
+        step.failures[key] = f"{step.missing[key]} {query_reason}"
+    for key in step.paged:
+        step.incomplete[key] = paged_reason
+
+
+# 4. Gather: every query and every continuation at once, all before the one deadline.
+def _gather(step: _Step, client: FhirClient, executor, deadline: float, request, use: FhirUse) -> None:
+    futures: dict[Future, str] = {executor.submit(_fetch, client, query): key for key, query in step.queries.items()}
+    continued: dict[Future, str] = {executor.submit(client.follow_pages, step.data[key]): key for key in step.paged}
+    futures.update(continued)
+    remaining = max(0.0, deadline - time.monotonic()) + _DEADLINE_GRACE_S
+    done, not_done = wait(futures, timeout=remaining)
+    for future in not_done:
+        future.cancel()
+        step.by_server.add(futures[future])
+        if future in continued:
+            step.incomplete[continued[future]] = _FIRST_PAGE_ONLY + "FHIR server did not answer within the time budget"
         else:
-            if deadline is None:
-                deadline = fhir.new_deadline()
-            try:
-                client = fhir.client(request.fhir_server, request.access_token, deadline)
-            except FhirUnavailable as exc:
-                for key in queries:
-                    failures[key] = exc.reason
-                for key in paged:
-                    incomplete[key] = f"the client sent the first page only; the rest could not be read: {exc.reason}"
+            step.failures[futures[future]] = "FHIR server did not answer within the time budget"
+    for future in done:
+        key = futures[future]
+        template = step.templates[key]
+        if future in continued:
+            _take_continuation(future, key, step.data, step.incomplete, template, step.by_server)
+            continue
+        try:
+            value, partial = future.result()
+        except FhirUnavailable as exc:
+            step.failures[key] = exc.reason
+            if exc.status in (401, 403):
+                use.refused.add(_resource_type(template))
+                use.token = "refused"
+            step.by_server.add(key)
+            continue
+        except Exception as exc:  # a bug, not the server: keep the text out of the reason
+            log.error("prefetch %s: unexpected %s", _describe(template), type(exc).__name__)
+            step.failures[key] = "FHIR request failed"
+            continue
+        step.data[key] = value
+        step.fetched.append(key)
+        use.fetched.add(_resource_type(template))
+        if request.access_token and use.token == "not used":
+            use.token = "used"
+        if partial:
+            step.incomplete[key] = partial
+            log.warning("prefetch %s: incomplete: %s", _describe(template), partial)
 
-    if client is not None:
-        futures: dict[Future, str] = {
-            fhir.executor.submit(_fetch, client, query): key for key, query in queries.items()
-        }
-        continued: dict[Future, str] = {fhir.executor.submit(client.follow_pages, data[key]): key for key in paged}
-        futures.update(continued)
-        remaining = max(0.0, deadline - time.monotonic()) + _DEADLINE_GRACE_S
-        done, not_done = wait(futures, timeout=remaining)
-        for future in not_done:
-            future.cancel()
-            by_server.add(futures[future])
-            if future in continued:
-                incomplete[continued[future]] = _FIRST_PAGE_ONLY + "FHIR server did not answer within the time budget"
-            else:
-                failures[futures[future]] = "FHIR server did not answer within the time budget"
-        for future in done:
-            key = futures[future]
-            if future in continued:
-                _take_continuation(future, key, data, incomplete, templates[key], by_server)
-                continue
-            try:
-                value, partial = future.result()
-            except FhirUnavailable as exc:
-                failures[key] = exc.reason
-                if exc.status in (401, 403):
-                    use.refused.add(_resource_type(templates[key]))
-                    use.token = "refused"
-                by_server.add(key)
-                continue
-            except Exception as exc:  # a bug, not the server: keep the text out of the reason
-                log.error("prefetch %s: unexpected %s", _describe(templates[key]), type(exc).__name__)
-                failures[key] = "FHIR request failed"
-                continue
-            data[key] = value
-            fetched.append(key)
-            use.fetched.add(_resource_type(templates[key]))
-            if request.access_token and use.token == "not used":
-                use.token = "used"
-            if partial:
-                incomplete[key] = partial
-                log.warning("prefetch %s: incomplete: %s", _describe(templates[key]), partial)
 
-    for key in paged:
-        if key in incomplete:
-            log.warning("prefetch %s: incomplete: %s", _describe(templates[key]), incomplete[key])
-    for key, reason in failures.items():
+# 5. Assemble: log what is missing, 412 when a required key is, else the result in order;
+# what the server did is told to the client only when `disclose` (an allowlist is set).
+def _assemble(step: _Step, disclose: bool = True) -> PrefetchResult:
+    templates = step.templates
+    for key in step.paged:
+        if key in step.incomplete:
+            log.warning("prefetch %s: incomplete: %s", _describe(templates[key]), step.incomplete[key])
+    for key, reason in step.failures.items():
         log.warning("prefetch %s unavailable: %s", _describe(templates[key]), reason)
-    if by_server and fhir is not None and not fhir.settings.fhir_server_allowlist:
-        for key in by_server:
-            if key in failures:
-                failures[key] = UNDISCLOSED
-            if key in incomplete and incomplete[key].startswith(_FIRST_PAGE_ONLY):
-                incomplete[key] = _FIRST_PAGE_ONLY + UNDISCLOSED
-    required = [t for t in service.prefetch if t.key in failures and t.required]
+    if not disclose:
+        for key in step.by_server:
+            if key in step.failures:
+                step.failures[key] = UNDISCLOSED
+            if key in step.incomplete and step.incomplete[key].startswith(_FIRST_PAGE_ONLY):
+                step.incomplete[key] = _FIRST_PAGE_ONLY + UNDISCLOSED
+    required = [t for t in templates.values() if t.key in step.failures and t.required]
     if required:
-        detail = "; ".join(f"{_describe(t)}: {failures[t.key]}" for t in required)
+        detail = "; ".join(f"{_describe(t)}: {step.failures[t.key]}" for t in required)
         keys = ", ".join(repr(t.key) for t in required)
         raise ApiError(
             412,
@@ -357,10 +399,10 @@ def resolve(
             diagnostics=f"CDS Hooks prefetch key {keys} was absent and could not be fetched",
             expression=tuple(f"prefetch.{t.key}" for t in required),
         )
-    order = [t.key for t in service.prefetch]
+    order = list(templates)
     return PrefetchResult(
-        data=data,
-        unavailable={k: failures[k] for k in order if k in failures},
-        fetched=tuple(k for k in order if k in fetched),
-        incomplete=incomplete,
+        data=step.data,
+        unavailable={k: step.failures[k] for k in order if k in step.failures},
+        fetched=tuple(k for k in order if k in step.fetched),
+        incomplete=step.incomplete,
     )

@@ -1,7 +1,6 @@
 """Validate a CDS Hooks 2.0 service request for the hook its service answers.
 
-Each hook's context fields are declared once, in HOOK_CONTEXTS, from the hook definitions
-of the CDS Hooks library (patient-view 1.0, order-select 1.0, order-sign 1.0). Every
+Each hook's context fields are declared once, in cds_service/hooks.py (HOOK_CONTEXTS). Every
 refusal is a 400 ApiError that names the field and says what was expected; no value sent
 by the client is echoed back (it could be a patient identifier).
 """
@@ -10,75 +9,20 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from cds_service.content.services import ServiceDefinition
 from cds_service.errors import bad_request
+from cds_service.hooks import HOOK_CONTEXTS, SELECTING_HOOKS, ContextField, HookRequest
+
+__all__ = ["HookRequest", "parse_hook_request"]
 
 MAX_URL_LENGTH = 2048
 _NOT_IN_URL = re.compile(r"[\x00-\x20\x7f-\x9f]")
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 FHIR_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
-
-
-@dataclass(frozen=True)
-class ContextField:
-    name: str
-    required: bool
-    kind: str  # "reference" | "id" | "references" | "bundle"
-    resource_types: tuple[str, ...] = ()  # for "reference": the types userId may name
-
-
-_USER = ("Practitioner", "PractitionerRole", "Patient", "RelatedPerson")
-_ORDERING_USER = ("Practitioner", "PractitionerRole")
-
-HOOK_CONTEXTS: dict[str, tuple[ContextField, ...]] = {
-    "patient-view": (
-        ContextField("userId", True, "reference", _USER),
-        ContextField("patientId", True, "id"),
-        ContextField("encounterId", False, "id"),
-    ),
-    "order-select": (
-        ContextField("userId", True, "reference", _ORDERING_USER),
-        ContextField("patientId", True, "id"),
-        ContextField("encounterId", False, "id"),
-        ContextField("selections", True, "references"),
-        ContextField("draftOrders", True, "bundle"),
-    ),
-    "order-sign": (
-        ContextField("userId", True, "reference", _ORDERING_USER),
-        ContextField("patientId", True, "id"),
-        ContextField("encounterId", False, "id"),
-        ContextField("draftOrders", True, "bundle"),
-    ),
-}
-
-
-@dataclass(frozen=True)
-class HookRequest:
-    hook: str
-    hook_instance: str
-    context: dict
-    fhir_server: str | None  # base URL without trailing slash
-    access_token: str | None  # fhirAuthorization.access_token
-    prefetch: dict  # as sent; a key absent here was not sent
-    extension: dict | None = None  # as sent (e.g. the card switches, content/configuration.py)
-    scope: str | None = None  # fhirAuthorization.scope: what the token lets the service read
-
-    @property
-    def patient_id(self) -> str:
-        return self.context["patientId"]
-
-    @property
-    def draft_orders(self) -> dict | None:
-        return self.context.get("draftOrders")
-
-    @property
-    def selections(self) -> list[str] | None:
-        """order-select: the selected orders; None (all draft orders count) otherwise."""
-        return self.context.get("selections")
 
 
 def parse_hook_request(body: Any, service: ServiceDefinition) -> HookRequest:
@@ -102,7 +46,7 @@ def parse_hook_request(body: Any, service: ServiceDefinition) -> HookRequest:
     if not isinstance(prefetch, dict):
         raise bad_request("'prefetch' must be a JSON object of prefetch keys")
     for key, value in prefetch.items():
-        if value is not None and not isinstance(value, dict):
+        if value is not None and not isinstance(value, Mapping):  # a dict, or decoded (fhir/decode.py)
             raise bad_request(f"prefetch '{_safe(key)}' must be a FHIR resource, a Bundle or null")
     extension = body.get("extension")
     if extension is not None and not isinstance(extension, dict):
@@ -174,7 +118,7 @@ def _parse_context(context: Any, hook: str) -> dict:
                 raise bad_request(f"context.{spec.name} is required for the {hook} hook")
             continue
         _check_context_field(spec, value, hook)
-    if hook == "order-select":
+    if hook in SELECTING_HOOKS:
         _check_selections_in_draft_orders(context["selections"], context["draftOrders"])
     return context
 

@@ -16,6 +16,7 @@ from werkzeug.exceptions import ClientDisconnected
 
 from cds_service import hook_call, metrics
 from cds_service.errors import ApiError
+from cds_service.fhir.decode import Decoding
 from cds_service.http import admission
 from cds_service.http.authenticate import authenticate
 from cds_service.http.base_url import service_root
@@ -61,7 +62,7 @@ def call_service(service_id: str) -> Response:
     identity = authenticate(rt, request)
     notes.client_iss = identity.iss
     notes.site = rt.site_of(identity)  # its own hospital's overlay, never another's
-    hook_request = parse_hook_request(read_json_body(), service)
+    hook_request = parse_hook_request(read_json_body(rt.decoding), service)
     base_url = service_root(rt.settings, request)
     cards = hook_call.answer(rt, service, hook_request, notes, base_url)
     return jsonify({"cards": cards})
@@ -110,7 +111,9 @@ def unaudited_refusal(rt: Runtime) -> Response:
     return response
 
 
-def read_json_body() -> object:
+def read_json_body(decoding: Decoding | None = None) -> object:
+    """The request body as JSON; with `decoding`, a hook request's prefetch is decoded keeping
+    only the elements the record reads (fhir/decode.py)."""
     mimetype = request.mimetype or ""
     if mimetype != "application/json" and not mimetype.endswith("+json"):
         raise ApiError(415, "unsupported_media_type", "send the request body as application/json")
@@ -122,7 +125,7 @@ def read_json_body() -> object:
         # byte means it was cut.
         if request.environ["wsgi.input"].read(1):
             raise ApiError(413, "request_too_large", f"the request body is larger than {limit} bytes")
-    return parse_json_body(data)
+    return parse_json_body(data, decoding)
 
 
 _BODY_CHUNK = 64 * 1024
@@ -160,7 +163,7 @@ def _body_too_slow(timeout_s: float) -> ApiError:
 _BOM = b"\xef\xbb\xbf"
 
 
-def parse_json_body(data: bytes) -> object:
+def parse_json_body(data: bytes, decoding: Decoding | None = None) -> object:
     """The body as JSON text (RFC 8259), or a 400 that says why not.
 
     orjson parses strictly (UTF-8 only, finite numbers, no NaN/Infinity, nesting capped
@@ -172,6 +175,12 @@ def parse_json_body(data: bytes) -> object:
         data = data[len(_BOM) :]
     if not data.strip():
         raise ApiError(400, "invalid_json", "the request body is empty; send a JSON object")
+    if decoding is not None:
+        decoded = decoding.hook_request(data)
+        if decoded is not None:
+            return decoded
+        # Not a hook request of the expected shape, or not JSON: parsed generically below,
+        # so that the refusal says exactly what is wrong.
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:

@@ -316,6 +316,21 @@ class ConceptIndex:
         return None
 
     # -- internals -----------------------------------------------------------------------
+    def search_codes(self, kind: str) -> tuple[tuple[str, str], ...] | None:
+        """(system URI, code) of every concept of `kind`, each system under each of its URIs,
+        site codes included: what a FHIR search by token asks for. None when the concepts
+        of that kind cannot all be found by code (a free-text phrase or an ICD-10 family)."""
+        out: dict[tuple[str, str], None] = {}
+        for concept in self.concepts.values():
+            if concept.kind != kind:
+                continue
+            if concept.text or any(c.prefix for c in concept.codes):
+                return None
+            for c in concept.codes:
+                for uri in self._uris_of(c.system):
+                    out.setdefault((uri, c.code.strip()))
+        return tuple(out) or None
+
     def _uris_of(self, canonical: str) -> tuple[str, ...]:
         for system in self.systems.values():
             if system.uri == canonical:

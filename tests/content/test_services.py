@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from cds_service.config import DEFAULT_CARDS_DIR, ConfigError
-from cds_service.content.services import SUPPORTED_HOOKS, PrefetchTemplate, load_services
+from cds_service.content.services import SUPPORTED_HOOKS, PrefetchTemplate, load_services, narrow_prefetch
+from cds_service.terminology.concepts_file import load_concepts
 
 SERVICES = load_services(DEFAULT_CARDS_DIR / "services.toml")
 
@@ -67,3 +68,27 @@ def test_a_services_file_that_cannot_be_used_stops_start_up_with_the_reason(tmp_
 def test_a_missing_services_file_stops_start_up_naming_it(tmp_path):
     with pytest.raises(ConfigError, match=r"services\.toml"):
         load_services(tmp_path / "services.toml")
+
+
+def _narrowed(overlay: dict | None = None) -> dict[str, str]:
+    services = narrow_prefetch(
+        load_services(DEFAULT_CARDS_DIR / "services.toml"), load_concepts(DEFAULT_CARDS_DIR, overlay)
+    )
+    return {t.key: t.query for t in next(iter(services.values())).prefetch}
+
+
+def test_searches_that_cannot_match_by_text_ask_only_for_the_codes_read():
+    queries = _narrowed()
+    assert queries["observations"].startswith("Observation?patient={{context.patientId}}&combo-code=")
+    assert "http://loinc.org|72514-3" in queries["observations"].split("combo-code=")[1].split(",")
+    assert "|00NM0ZZ" in queries["procedures"] and "&code=" in queries["procedures"]
+    # ICD-10 families (conditions) and free-text names (medications) keep the broad search.
+    assert queries["conditions"] == "Condition?patient={{context.patientId}}"
+    assert queries["medicationRequests"] == "MedicationRequest?patient={{context.patientId}}"
+
+
+def test_a_site_overlay_code_is_asked_for_too():
+    site = "https://hospital.example/fhir/CodeSystem/obs"
+    overlay = {"concepts": {"pain_score": {"codes": [{"system": site, "code": "PAIN,10"}]}}}
+    queries = _narrowed(overlay)
+    assert f"{site}|PAIN\\%2C10" in queries["observations"]  # FHIR escapes the comma; the URL encodes it

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from uuid import uuid4
 
 import pytest
 from support.fhir import validated_request
@@ -11,10 +12,11 @@ from support.fhir_server_fixture import created_ids
 from support.paths import DATA_DIR
 
 from cds_service.config import DEFAULT_CARDS_DIR, Settings
-from cds_service.content.services import PrefetchTemplate, ServiceDefinition, load_services
+from cds_service.content.services import PrefetchTemplate, ServiceDefinition, load_services, narrow_prefetch
 from cds_service.errors import ApiError
 from cds_service.fhir.client import FhirAccess
 from cds_service.fhir.prefetch import resolve
+from cds_service.terminology.concepts_file import load_concepts
 
 pytestmark = pytest.mark.fhir_server
 
@@ -169,3 +171,46 @@ def test_no_token_at_all_is_refused_by_the_server_and_reported(fhir_server, hfs_
     )
     with pytest.raises(ApiError, match="answered 401"):
         resolve(PATIENT_VIEW, request, access)
+
+
+def test_the_narrowed_searches_find_by_code_and_by_component_code_and_nothing_else(fhir_server, access):
+    """The code filters of the prefetch templates (content/services.py narrow_prefetch) work
+    through the FHIR fallback: several system|code tokens, comma-separated; an Observation
+    found by a component's code (combo-code); one of no concept's code not sent at all."""
+    service = narrow_prefetch({"s": PATIENT_VIEW}, load_concepts(DEFAULT_CARDS_DIR))["s"]
+    bundle = hfs_bundle()
+    patient_url = next(e["fullUrl"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
+    loinc = "http://loinc.org"
+
+    def observation(code: dict, **extra) -> dict:
+        resource = {"resourceType": "Observation", "status": "final", "code": {"coding": [code]}}
+        resource["subject"] = {"reference": patient_url}
+        resource.update(extra)
+        return {
+            "fullUrl": f"urn:uuid:{uuid4()}",
+            "resource": resource,
+            "request": {"method": "POST", "url": "Observation"},
+        }
+
+    bundle["entry"] += [
+        observation({"system": loinc, "code": "8302-2"}, valueQuantity={"value": 170, "unit": "cm"}),
+        observation(
+            {"system": loinc, "code": "99999-9"},
+            component=[{"code": {"coding": [{"system": loinc, "code": "38208-5"}]}, "valueInteger": 4}],
+        ),
+    ]
+    (patient_id,) = created_ids(fhir_server.load(bundle), "Patient")
+    request = validated_request(
+        context={"patientId": patient_id, "userId": "Practitioner/example"},
+        fhir_server=fhir_server.base_url,
+        access_token=fhir_server.token,
+    )
+    result = resolve(service, request, access)
+    assert result.unavailable == {} and result.incomplete == {}
+    codes = {c["code"] for o in entries(result.data["observations"], "Observation") for c in o["code"]["coding"]}
+    assert "8302-2" not in codes  # body height: no concept reads it, not sent
+    assert "99999-9" in codes  # found by its component's code
+    assert "72514-3" in codes or "38208-5" in codes  # the chart's own pain score
+    assert entries(result.data["procedures"], "Procedure")  # the MVD, by its code
+    broad = resolve(PATIENT_VIEW, request, access)
+    assert len(broad.data["observations"]["entry"]) > len(result.data["observations"]["entry"])

@@ -97,6 +97,8 @@ def serve_everything(
         if delay:
             (hold or threading.Event()).wait(delay)
         kind = request.path.split("/")[2]
+        if kind != "Patient" and request.args.get("patient") != PATIENT_ID:  # code filters may follow
+            return Response("{}", status=400, content_type=FHIR)
         if (statuses or {}).get(kind):
             return Response("failed", status=statuses[kind])
         body = patient() if kind == "Patient" else searchset(resource(kind))
@@ -104,7 +106,7 @@ def serve_everything(
 
     server.expect_request(f"/fhir/Patient/{PATIENT_ID}").respond_with_handler(answer)
     for kind in ("Condition", "Procedure", "Observation", "MedicationRequest", "MedicationStatement"):
-        server.expect_request(f"/fhir/{kind}", query_string={"patient": PATIENT_ID}).respond_with_handler(answer)
+        server.expect_request(f"/fhir/{kind}").respond_with_handler(answer)
 
 
 # -- render_template ----------------------------------------------------------------

@@ -17,7 +17,7 @@ from cds_service.config import DEFAULT_CARDS_DIR, Settings
 from cds_service.content.services import load_services
 from cds_service.fhir.client import FhirAccess
 from cds_service.fhir.prefetch import resolve
-from cds_service.http.hook_request import HookRequest
+from cds_service.hooks import HookRequest
 
 TOKEN = "at-paging-7c1d-secret"
 PATIENT_ID = "hfs-pat-paged"

@@ -514,6 +514,8 @@ def stub_chart(server, patient_id: str) -> None:
 
     def answer(request):
         kind = request.path.rsplit("/", 1)[-1]
+        if request.args.get("patient") != patient_id:  # the code filters of a template may follow
+            return Response("{}", status=400, content_type=FHIR_JSON)
         bundle = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in resources[kind]]}
         return Response(json.dumps(bundle), content_type=FHIR_JSON)
 
@@ -522,7 +524,7 @@ def stub_chart(server, patient_id: str) -> None:
         content_type=FHIR_JSON,
     )
     for kind in resources:
-        server.expect_request(f"/fhir/{kind}", query_string={"patient": patient_id}).respond_with_handler(answer)
+        server.expect_request(f"/fhir/{kind}").respond_with_handler(answer)
 
 
 def test_a_prefetch_key_sent_as_null_is_no_data_and_is_not_fetched(fhir_stub, make_client):

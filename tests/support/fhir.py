@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import uuid
 
-from cds_service.http.hook_request import HookRequest
+from cds_service.hooks import HookRequest
 
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 ICD10PCS = "http://www.cms.gov/Medicare/Coding/ICD10"
