@@ -1,8 +1,8 @@
 """One hook call after validation, top to bottom: prefetch -> record -> evaluate -> render.
 
 Nothing here knows about Flask: the route hands over the validated hook request
-(http/hook_request.py) and gets the list of CDS Hooks cards back (or an ApiError). AuditNotes collect what the audit trail
-keeps about the call; they never hold a token or a raw patient identifier.
+(http/hook_request.py) and gets the list of CDS Hooks cards back (or an ApiError), and fills
+in the call's AuditNotes (declared in storage/audit.py) as it goes.
 """
 
 from __future__ import annotations
@@ -26,30 +26,7 @@ if TYPE_CHECKING:
     from cds_service.content.services import ServiceDefinition
     from cds_service.hooks import HookRequest
     from cds_service.startup import Runtime
-    from cds_service.storage.audit import PageRow
-
-
-@dataclass
-class AuditNotes:
-    service_id: str
-    hook: str
-    started: float
-    hook_instance: str | None = None
-    patient_hash: str | None = None
-    client_iss: str | None = None
-    site: str | None = None  # the client's site (trust file `site`): its overlay only
-    status: int | None = None
-    cards: list[tuple[str, str, str, str]] = field(default_factory=list)  # (uuid, card id, summary, situation)
-    # The evidence pages of the cards returned, written with the audit row before the answer.
-    pages: list[PageRow] = field(default_factory=list)
-    # time.monotonic() when the call was accepted (queued for a thread): the FHIR time
-    # budget counts from here. None: from when the prefetch step starts.
-    accepted: float | None = None
-    usage: CallUsage | None = None  # what the call used (issue 19), once it got that far
-
-    @property
-    def duration_ms(self) -> float:
-        return (time.perf_counter() - self.started) * 1000.0
+    from cds_service.storage.audit import AuditNotes
 
 
 @dataclass

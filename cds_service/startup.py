@@ -22,7 +22,7 @@ from cds_service.fhir.client import FhirAccess
 from cds_service.fhir.decode import Decoding
 from cds_service.security.client_auth import StoreReplayGuard
 from cds_service.security.trust import TrustConfig, trust_from_settings
-from cds_service.storage.audit import audit_key, build_call_record, patient_hash
+from cds_service.storage.audit import AuditNotes, audit_key, patient_hash
 from cds_service.storage.evidence_pages import EvidenceSetup, build_evidence_setup
 from cds_service.storage.model_status import ModelStatus
 from cds_service.storage.store import Store, StoreOptions, StoreUnavailable
@@ -136,7 +136,7 @@ class Runtime:
     def hash_patient(self, patient_id: str) -> str:
         return patient_hash(patient_id, self.audit_key)
 
-    def audit(self, notes) -> bool:
+    def audit(self, notes: AuditNotes) -> bool:
         """Keep one audit row per call to a known service, whatever its outcome.
 
         A successful answer (2xx: it carries cards and their evidence links) waits until its
@@ -144,20 +144,7 @@ class Runtime:
         a group commit); False when neither could keep them: the caller answers 503 instead.
         Refusals (4xx, 503) hand their row to the background writer and never wait.
         """
-        record = build_call_record(
-            service_id=notes.service_id,
-            hook=notes.hook,
-            hook_instance=notes.hook_instance or "",
-            outcome_status=notes.status or 0,
-            duration_ms=notes.duration_ms,
-            patient_hash=notes.patient_hash,
-            content_version=self.content_version,
-            client_iss=notes.client_iss,
-            cards=notes.cards,
-            usage=notes.usage.as_dict() if notes.usage is not None else None,
-            pages=notes.pages,
-            site=notes.site,
-        )
+        record = notes.record(self.content_version)
         if 200 <= record.outcome_status < 300:
             return self.store.keep_call(record)
         self.store.submit_call(record)

@@ -11,6 +11,7 @@ from support.chart import MVD, Chart
 
 from cds_service import hook_call
 from cds_service.http.hook_request import parse_hook_request
+from cds_service.storage.audit import AuditNotes
 
 PATIENT_ID = "pt-hook-call-5521"
 
@@ -23,7 +24,7 @@ def runtime(app):
 def call(runtime, hook: str, chart: Chart, service_id: str):
     service = runtime.service(service_id)
     request = parse_hook_request(chart.hook_request(hook), service)
-    notes = hook_call.AuditNotes(service_id=service.id, hook=service.hook, started=time.perf_counter())
+    notes = AuditNotes(service_id=service.id, hook=service.hook, started=time.perf_counter())
     return hook_call.answer(runtime, service, request, notes), notes
 
 
@@ -40,7 +41,7 @@ def test_the_notes_keep_the_hook_instance_and_a_hash_of_the_patient_never_the_id
     chart = Chart(patient_id=PATIENT_ID).hfs()
     body = chart.hook_request("patient-view")
     service = runtime.service("hfs-outcomes-patient-view")
-    notes = hook_call.AuditNotes(service_id=service.id, hook=service.hook, started=time.perf_counter())
+    notes = AuditNotes(service_id=service.id, hook=service.hook, started=time.perf_counter())
     hook_call.answer(runtime, service, parse_hook_request(body, service), notes)
     assert notes.hook_instance == body["hookInstance"]
     assert notes.patient_hash == runtime.hash_patient(PATIENT_ID)
@@ -54,7 +55,7 @@ def test_a_chart_no_card_is_about_gets_no_cards_and_notes_none(runtime):
 
 
 def test_the_duration_of_a_call_counts_from_its_start():
-    notes = hook_call.AuditNotes(service_id="s", hook="patient-view", started=time.perf_counter() - 0.25)
+    notes = AuditNotes(service_id="s", hook="patient-view", started=time.perf_counter() - 0.25)
     assert 250.0 <= notes.duration_ms < 60_000.0
 
 
