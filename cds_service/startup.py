@@ -20,6 +20,7 @@ from cds_service.content.site_models import check_learned_models
 from cds_service.errors import ApiError
 from cds_service.fhir.client import FhirAccess
 from cds_service.fhir.decode import Decoding
+from cds_service.hook_call import HookParts
 from cds_service.security.client_auth import StoreReplayGuard
 from cds_service.security.trust import TrustConfig, trust_from_settings
 from cds_service.storage.audit import AuditNotes, audit_key, patient_hash
@@ -60,6 +61,8 @@ class Runtime:
     sites: dict[str, SiteContent] = field(default_factory=dict)
     # Hook requests decoded keeping only the elements the record reads; None: parsed whole.
     decoding: Decoding | None = None
+    # What a hook call reads of all this (hook_call.answer), built once below.
+    hook_parts: HookParts = field(init=False, repr=False, compare=False)
 
     @property
     def content_version(self) -> str:
@@ -75,6 +78,17 @@ class Runtime:
         }
 
         self._options_by_hook = {hook: options_for(cards, hook) for hook, cards in self._cards_by_hook.items()}
+        self.hook_parts = HookParts(
+            fhir=self.fhir,
+            cards_for=self.cards_for,
+            concepts_for=self.concepts_for,
+            configuration_options=self.configuration_options,
+            hash_patient=self.hash_patient,
+            smart_launch_url=self.smart_launch_url,
+            as_of=self.settings.as_of,
+            model_status=self.model_status,
+            evidence=self.evidence,
+        )
 
     def cards_for(self, hook: str, site: str | None = None) -> tuple[CardContent, ...]:
         if site is not None:
@@ -88,6 +102,11 @@ class Runtime:
         """The site whose overlay the authenticated client's calls use (None: shared content)."""
         issuer = self.trust.issuer(identity.iss) if identity.iss else None
         return issuer.site_for(identity.tenant) if issuer is not None else None
+
+    def smart_launch_url(self, iss: str) -> str | None:
+        """The SMART app launch URL the issuer's EHR opens evidence pages with, else None."""
+        issuer = self.trust.issuer(iss)
+        return issuer.evidence_smart_launch_url if issuer is not None else None
 
     def configuration_options(self, hook: str) -> tuple[Option, ...]:
         """The card switches and the card budget a client of this hook may set (issue 19)."""

@@ -65,7 +65,7 @@ def call_service(service_id: str) -> Response:
     notes.site = rt.site_of(identity)  # its own hospital's overlay, never another's
     hook_request = parse_hook_request(read_json_body(rt.decoding), service)
     base_url = service_root(rt.settings, request)
-    cards = hook_call.answer(rt, service, hook_request, notes, base_url)
+    cards = hook_call.answer(rt.hook_parts, service, hook_request, notes, base_url)
     return jsonify({"cards": cards})
 
 

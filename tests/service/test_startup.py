@@ -133,7 +133,7 @@ def test_a_runtime_answers_a_call_for_a_chart(runtime):
     service = runtime.service("hfs-outcomes-order-sign")
     body = Chart(patient_id="pt-startup-1").hfs().order(MVD).hook_request("order-sign")
     notes = AuditNotes(service_id=service.id, hook=service.hook, started=time.perf_counter())
-    cards = hook_call.answer(runtime, service, parse_hook_request(body, service), notes)
+    cards = hook_call.answer(runtime.hook_parts, service, parse_hook_request(body, service), notes)
     assert "amr-persistence" in {card_id for _, card_id, _, _ in notes.cards}
     assert isinstance(runtime, Runtime) and len(cards) == len(notes.cards)
 
