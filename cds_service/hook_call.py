@@ -1,8 +1,9 @@
 """One hook call after validation, top to bottom: prefetch -> record -> evaluate -> render.
 
-Nothing here knows about Flask: the route hands over the validated hook request
-(http/hook_request.py) and gets the list of CDS Hooks cards back (or an ApiError). AuditNotes collect what the audit trail
-keeps about the call; they never hold a token or a raw patient identifier.
+Nothing here knows about Flask, nor the whole runtime: the route hands over the HookParts a
+call reads (built once at start-up) and the validated hook request (http/hook_request.py),
+and gets the list of CDS Hooks cards back (or an ApiError); the call's AuditNotes (declared
+in storage/audit.py) are filled in as it goes.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING
@@ -23,33 +25,31 @@ from cds_service.content.configuration import read_configuration, within_budget
 from cds_service.fhir.prefetch import FhirUse, resolve
 
 if TYPE_CHECKING:
+    from cds_service.content.cards import CardContent
+    from cds_service.content.configuration import Option
     from cds_service.content.services import ServiceDefinition
+    from cds_service.fhir.client import FhirAccess
     from cds_service.hooks import HookRequest
-    from cds_service.startup import Runtime
-    from cds_service.storage.audit import PageRow
+    from cds_service.storage.audit import AuditNotes
+    from cds_service.storage.evidence_pages import EvidenceSetup
+    from cds_service.storage.model_status import ModelStatus
+    from cds_service.terminology.concept_index import ConceptIndex
 
 
-@dataclass
-class AuditNotes:
-    service_id: str
-    hook: str
-    started: float
-    hook_instance: str | None = None
-    patient_hash: str | None = None
-    client_iss: str | None = None
-    site: str | None = None  # the client's site (trust file `site`): its overlay only
-    status: int | None = None
-    cards: list[tuple[str, str, str, str]] = field(default_factory=list)  # (uuid, card id, summary, situation)
-    # The evidence pages of the cards returned, written with the audit row before the answer.
-    pages: list[PageRow] = field(default_factory=list)
-    # time.monotonic() when the call was accepted (queued for a thread): the FHIR time
-    # budget counts from here. None: from when the prefetch step starts.
-    accepted: float | None = None
-    usage: CallUsage | None = None  # what the call used (issue 19), once it got that far
+@dataclass(frozen=True)
+class HookParts:
+    """What a hook call reads of the process's runtime, and nothing more: built once at
+    start-up (startup.Runtime.hook_parts) and handed to `answer` by the route."""
 
-    @property
-    def duration_ms(self) -> float:
-        return (time.perf_counter() - self.started) * 1000.0
+    fhir: FhirAccess | None  # FHIR access for fallback searches and the call's time budget
+    cards_for: Callable[[str, str | None], Sequence[CardContent]]  # (hook, site) -> cards
+    concepts_for: Callable[[str | None], ConceptIndex]  # site -> its concepts
+    configuration_options: Callable[[str], Sequence[Option]]  # hook -> the switches a client may set
+    hash_patient: Callable[[str], str]  # patient id -> its keyed hash for the audit trail
+    smart_launch_url: Callable[[str], str | None]  # issuer -> its SMART launch URL for evidence pages
+    as_of: date | None = None  # development and demos: judge the record as of this date
+    model_status: ModelStatus | None = None  # monitoring verdicts of the site models
+    evidence: EvidenceSetup | None = None  # evidence pages: page store and chart specs
 
 
 @dataclass
@@ -79,42 +79,43 @@ class CallUsage:
 
 
 def answer(
-    rt: Runtime, service: ServiceDefinition, request: HookRequest, notes: AuditNotes, base_url: str = ""
+    parts: HookParts, service: ServiceDefinition, request: HookRequest, notes: AuditNotes, base_url: str = ""
 ) -> list[dict]:
     """The cards for one hook call. `base_url`: the service's public root URL (the setting
     public_base_url, else the request's root), for the evidence page links."""
     notes.hook_instance = request.hook_instance
-    notes.patient_hash = rt.hash_patient(request.patient_id)
-    configuration = read_configuration(request.extension, rt.configuration_options(request.hook))
+    notes.patient_hash = parts.hash_patient(request.patient_id)
+    configuration = read_configuration(request.extension, parts.configuration_options(request.hook))
 
-    deadline = rt.fhir.new_deadline(notes.accepted) if rt.fhir is not None and notes.accepted is not None else None
+    deadline = (
+        parts.fhir.new_deadline(notes.accepted) if parts.fhir is not None and notes.accepted is not None else None
+    )
     notes.usage = usage = CallUsage()
     step = time.perf_counter()
     try:
-        prefetched = resolve(service, request, rt.fhir, deadline=deadline, use=usage.fhir)
+        prefetched = resolve(service, request, parts.fhir, deadline=deadline, use=usage.fhir)
     finally:
         step = usage.timed("prefetch", step)
 
-    instant = call_instant(rt.settings.as_of)
+    instant = call_instant(parts.as_of)
     record = build_record(
         prefetched.data,
         draft_orders=request.draft_orders,
         selections=request.selections,
-        concepts=rt.concepts_for(notes.site),
+        concepts=parts.concepts_for(notes.site),
         today=instant.date(),
         unavailable=prefetched.gaps,
         now=instant,
     )
     step = usage.timed("record", step)
 
-    cards_on = [card for card in rt.cards_for(request.hook, notes.site) if configuration.shows_card(card.id)]
-    results = [_evaluate(rt, card, record, request.hook, notes.site) for card in cards_on]
+    cards_on = [card for card in parts.cards_for(request.hook, notes.site) if configuration.shows_card(card.id)]
+    results = [_evaluate(parts, card, record, request.hook, notes.site) for card in cards_on]
     fired = [r for r in results if r is not None and configuration.shows(r.card_id, r.situation.id)]
     fired = within_budget(fired, [r.situation.indicator or r.card.indicator for r in fired], configuration)
     step = usage.timed("evaluate", step)
-    issuer = rt.trust.issuer(notes.client_iss) if notes.client_iss else None
-    smart_launch = issuer.evidence_smart_launch_url if issuer is not None else None
-    cards = [_card(rt, result, request.patient_id, base_url, notes, smart_launch) for result in fired]
+    smart_launch = parts.smart_launch_url(notes.client_iss) if notes.client_iss else None
+    cards = [_card(parts, result, request.patient_id, base_url, notes, smart_launch) for result in fired]
     usage.timed("render", step)
     notes.cards = [
         (card["uuid"], result.card_id, card["summary"], result.situation.id) for card, result in zip(cards, fired)
@@ -124,13 +125,13 @@ def answer(
     return cards
 
 
-def _evaluate(rt: Runtime, card, record, hook: str, site: str | None = None) -> CardResult | None:
+def _evaluate(parts: HookParts, card, record, hook: str, site: str | None = None) -> CardResult | None:
     """The card's result; with the evidence only (and the one-line reason) when monitoring
     has retired the card's site model."""
     model = card.site_model
     reason = None
-    if model is not None and rt.model_status is not None:
-        reason = rt.model_status.retired(card.id, model.label, model.version, site)
+    if model is not None and parts.model_status is not None:
+        reason = parts.model_status.retired(card.id, model.label, model.version, site)
     if reason is None:
         return evaluate(card, record, hook)
     result = evaluate(card.with_site_model(None), record, hook)
@@ -138,20 +139,25 @@ def _evaluate(rt: Runtime, card, record, hook: str, site: str | None = None) -> 
 
 
 def _card(
-    rt: Runtime, result: CardResult, patient_id: str, base_url: str, notes: AuditNotes, smart_launch: str | None = None
+    parts: HookParts,
+    result: CardResult,
+    patient_id: str,
+    base_url: str,
+    notes: AuditNotes,
+    smart_launch: str | None = None,
 ) -> dict:
     card = render(result, patient_id=patient_id, card_uuid=str(uuid.uuid4()))
-    if rt.evidence is not None and base_url:
+    if parts.evidence is not None and base_url:
         # The page data is made here; its row is committed with the call's audit row before
         # the answer leaves (Runtime.audit), so the link opens at once from any worker.
-        new_page = rt.evidence.new_page
+        new_page = parts.evidence.new_page
 
         def keep(data: dict) -> str:  # the page knows its card's uuid: an open is counted for that card
             token, row = new_page({**data, "card_uuid": card["uuid"]})
             notes.pages.append(row)
             return token
 
-        link = evidence_link(result, rt.evidence.chart_specs, keep, base_url, card["summary"])
+        link = evidence_link(result, parts.evidence.chart_specs, keep, base_url, card["summary"])
         if smart_launch:
             link = smart_app_link(link, smart_launch)
         card["links"].insert(0, link)

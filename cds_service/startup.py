@@ -20,9 +20,10 @@ from cds_service.content.site_models import check_learned_models
 from cds_service.errors import ApiError
 from cds_service.fhir.client import FhirAccess
 from cds_service.fhir.decode import Decoding
+from cds_service.hook_call import HookParts
 from cds_service.security.client_auth import StoreReplayGuard
 from cds_service.security.trust import TrustConfig, trust_from_settings
-from cds_service.storage.audit import audit_key, build_call_record, patient_hash
+from cds_service.storage.audit import AuditNotes, audit_key, patient_hash
 from cds_service.storage.evidence_pages import EvidenceSetup, build_evidence_setup
 from cds_service.storage.model_status import ModelStatus
 from cds_service.storage.store import Store, StoreOptions, StoreUnavailable
@@ -60,6 +61,8 @@ class Runtime:
     sites: dict[str, SiteContent] = field(default_factory=dict)
     # Hook requests decoded keeping only the elements the record reads; None: parsed whole.
     decoding: Decoding | None = None
+    # What a hook call reads of all this (hook_call.answer), built once below.
+    hook_parts: HookParts = field(init=False, repr=False, compare=False)
 
     @property
     def content_version(self) -> str:
@@ -75,6 +78,17 @@ class Runtime:
         }
 
         self._options_by_hook = {hook: options_for(cards, hook) for hook, cards in self._cards_by_hook.items()}
+        self.hook_parts = HookParts(
+            fhir=self.fhir,
+            cards_for=self.cards_for,
+            concepts_for=self.concepts_for,
+            configuration_options=self.configuration_options,
+            hash_patient=self.hash_patient,
+            smart_launch_url=self.smart_launch_url,
+            as_of=self.settings.as_of,
+            model_status=self.model_status,
+            evidence=self.evidence,
+        )
 
     def cards_for(self, hook: str, site: str | None = None) -> tuple[CardContent, ...]:
         if site is not None:
@@ -88,6 +102,11 @@ class Runtime:
         """The site whose overlay the authenticated client's calls use (None: shared content)."""
         issuer = self.trust.issuer(identity.iss) if identity.iss else None
         return issuer.site_for(identity.tenant) if issuer is not None else None
+
+    def smart_launch_url(self, iss: str) -> str | None:
+        """The SMART app launch URL the issuer's EHR opens evidence pages with, else None."""
+        issuer = self.trust.issuer(iss)
+        return issuer.evidence_smart_launch_url if issuer is not None else None
 
     def configuration_options(self, hook: str) -> tuple[Option, ...]:
         """The card switches and the card budget a client of this hook may set (issue 19)."""
@@ -136,7 +155,7 @@ class Runtime:
     def hash_patient(self, patient_id: str) -> str:
         return patient_hash(patient_id, self.audit_key)
 
-    def audit(self, notes) -> bool:
+    def audit(self, notes: AuditNotes) -> bool:
         """Keep one audit row per call to a known service, whatever its outcome.
 
         A successful answer (2xx: it carries cards and their evidence links) waits until its
@@ -144,20 +163,7 @@ class Runtime:
         a group commit); False when neither could keep them: the caller answers 503 instead.
         Refusals (4xx, 503) hand their row to the background writer and never wait.
         """
-        record = build_call_record(
-            service_id=notes.service_id,
-            hook=notes.hook,
-            hook_instance=notes.hook_instance or "",
-            outcome_status=notes.status or 0,
-            duration_ms=notes.duration_ms,
-            patient_hash=notes.patient_hash,
-            content_version=self.content_version,
-            client_iss=notes.client_iss,
-            cards=notes.cards,
-            usage=notes.usage.as_dict() if notes.usage is not None else None,
-            pages=notes.pages,
-            site=notes.site,
-        )
+        record = notes.record(self.content_version)
         if 200 <= record.outcome_status < 300:
             return self.store.keep_call(record)
         self.store.submit_call(record)

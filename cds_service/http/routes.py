@@ -29,6 +29,7 @@ from cds_service.http.feedback import (
 )
 from cds_service.http.hook_request import parse_hook_request
 from cds_service.startup import Runtime
+from cds_service.storage.audit import AuditNotes
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def call_service(service_id: str) -> Response:
     service = rt.service(service_id)
     rt.check_audit_capacity()
     # From here on the call is audited whatever its outcome (see write_audit).
-    g.audit = notes = hook_call.AuditNotes(service_id=service.id, hook=service.hook, started=started)
+    g.audit = notes = AuditNotes(service_id=service.id, hook=service.hook, started=started)
     try:
         notes.accepted = admission.admit(rt.settings.admission_max_wait_s)
     except admission.Overloaded:
@@ -64,7 +65,7 @@ def call_service(service_id: str) -> Response:
     notes.site = rt.site_of(identity)  # its own hospital's overlay, never another's
     hook_request = parse_hook_request(read_json_body(rt.decoding), service)
     base_url = service_root(rt.settings, request)
-    cards = hook_call.answer(rt, service, hook_request, notes, base_url)
+    cards = hook_call.answer(rt.hook_parts, service, hook_request, notes, base_url)
     return jsonify({"cards": cards})
 
 

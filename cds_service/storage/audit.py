@@ -1,4 +1,5 @@
-"""The audit trail's values: a keyed hash of the patient id, and one CallRecord per hook call.
+"""The audit trail's values: a keyed hash of the patient id, the AuditNotes a hook call fills
+in as it goes, and the CallRecord (one per call) the trail keeps from them.
 
 The audit trail must let an auditor say "these calls concerned the same patient" without
 holding the patient's identifier: the id is kept only as HMAC-SHA256 under a key that
@@ -6,7 +7,9 @@ stays on the server. The key comes from the setting `audit_hash_key`, or else is
 once and kept in the instance folder (`audit-hash.key`, mode 0600) so that it survives
 restarts and every worker uses the same one.
 
-No Flask here: the route passes plain values and gives the CallRecord to Store.record_call.
+The notes are declared here, once, beside the row they become (AuditNotes.record): a new
+field of the trail is added to both in this file. No Flask here: the route fills the notes
+with plain values and Runtime.audit gives their record to the store.
 """
 
 from __future__ import annotations
@@ -19,10 +22,10 @@ import os
 import secrets
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from cds_service.config import ConfigError, Settings
 
@@ -77,20 +80,9 @@ class CallRecord:
     def to_json(self) -> dict:
         """The record as JSON values, for the local audit spool (storage/audit_spool.py)."""
         return {
-            "service_id": self.service_id,
-            "hook": self.hook,
-            "hook_instance": self.hook_instance,
-            "outcome_status": self.outcome_status,
-            "duration_ms": self.duration_ms,
-            "patient_hash": self.patient_hash,
-            "content_version": self.content_version,
-            "client_iss": self.client_iss,
+            **{f.name: getattr(self, f.name) for f in fields(self)},
             "cards": [list(card) for card in self.cards],
             "called_at": self.called_at.isoformat(),
-            "instance_id": self.instance_id,
-            "record_id": self.record_id,
-            "usage": self.usage,
-            "site": self.site,
             "pages": [
                 [p.token_sha256, p.card_id, p.data, p.created_at.isoformat(), p.expires_at.isoformat()]
                 for p in self.pages
@@ -109,6 +101,55 @@ class CallRecord:
                     for sha, card_id, page, created, expires in data.get("pages", ())
                 ),
             }
+        )
+
+
+class UsageNote(Protocol):
+    """What a call used (hook_call.CallUsage), as the audit row and the metrics keep it."""
+
+    def as_dict(self) -> dict: ...
+
+
+@dataclass
+class AuditNotes:
+    """What the audit trail keeps about one hook call, filled in as the call goes (the route,
+    then hook_call.answer). Never a token or a raw patient identifier."""
+
+    service_id: str
+    hook: str
+    started: float  # time.perf_counter() when the call arrived
+    hook_instance: str | None = None
+    patient_hash: str | None = None  # keyed hash (patient_hash), never the id
+    client_iss: str | None = None
+    site: str | None = None  # the client's site (trust file `site`): its overlay only
+    status: int | None = None
+    cards: list[tuple[str, str, str, str]] = field(default_factory=list)  # (uuid, card id, summary, situation)
+    # The evidence pages of the cards returned, written with the audit row before the answer.
+    pages: list[PageRow] = field(default_factory=list)
+    # time.monotonic() when the call was accepted (queued for a thread): the FHIR time
+    # budget counts from here. None: from when the prefetch step starts.
+    accepted: float | None = None
+    usage: UsageNote | None = None  # what the call used (issue 19), once it got that far
+
+    @property
+    def duration_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000.0
+
+    def record(self, content_version: str) -> CallRecord:
+        """The audit row these notes become; `content_version` names the card files in force."""
+        return build_call_record(
+            service_id=self.service_id,
+            hook=self.hook,
+            hook_instance=self.hook_instance or "",
+            outcome_status=self.status or 0,
+            duration_ms=self.duration_ms,
+            patient_hash=self.patient_hash,
+            content_version=content_version,
+            client_iss=self.client_iss,
+            cards=self.cards,
+            usage=self.usage.as_dict() if self.usage is not None else None,
+            pages=self.pages,
+            site=self.site,
         )
 
 

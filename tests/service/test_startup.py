@@ -16,7 +16,7 @@ from cds_service.config import ConfigError, load_settings
 from cds_service.content.cards import content_versions
 from cds_service.errors import ApiError
 from cds_service.startup import Runtime, build_runtime, load_overlay
-from cds_service.storage.audit import build_call_record
+from cds_service.storage.audit import AuditNotes, build_call_record
 
 SERVICES = {"hfs-outcomes-patient-view", "hfs-outcomes-order-select", "hfs-outcomes-order-sign"}
 
@@ -92,10 +92,8 @@ def test_a_patient_id_is_kept_only_as_a_keyed_hash(runtime, tmp_path):
         other.store.close()
 
 
-def _notes(**kw) -> hook_call.AuditNotes:
-    notes = hook_call.AuditNotes(
-        service_id="hfs-outcomes-patient-view", hook="patient-view", started=time.perf_counter()
-    )
+def _notes(**kw) -> AuditNotes:
+    notes = AuditNotes(service_id="hfs-outcomes-patient-view", hook="patient-view", started=time.perf_counter())
     notes.hook_instance = "4e5b8a5e-4d0a-4f0e-9e0f-2c0d1f9b7a11"
     notes.status = 200
     for key, value in kw.items():
@@ -134,8 +132,8 @@ def test_a_runtime_answers_a_call_for_a_chart(runtime):
 
     service = runtime.service("hfs-outcomes-order-sign")
     body = Chart(patient_id="pt-startup-1").hfs().order(MVD).hook_request("order-sign")
-    notes = hook_call.AuditNotes(service_id=service.id, hook=service.hook, started=time.perf_counter())
-    cards = hook_call.answer(runtime, service, parse_hook_request(body, service), notes)
+    notes = AuditNotes(service_id=service.id, hook=service.hook, started=time.perf_counter())
+    cards = hook_call.answer(runtime.hook_parts, service, parse_hook_request(body, service), notes)
     assert "amr-persistence" in {card_id for _, card_id, _, _ in notes.cards}
     assert isinstance(runtime, Runtime) and len(cards) == len(notes.cards)
 

@@ -13,6 +13,8 @@ import pytest
 from cds_service.config import ConfigError, Settings
 from cds_service.storage.audit import (
     AUDIT_KEY_FILE,
+    AuditNotes,
+    CallRecord,
     ReturnedCard,
     audit_key,
     build_call_record,
@@ -115,6 +117,40 @@ def test_a_call_record_holds_the_hash_never_the_patient_id():
     assert record.content_version == "mvd-outcome@1.0"
     assert record.duration_ms == pytest.approx(7.123, abs=1e-9)
     assert record.called_at.tzinfo is not None
+
+
+class _Usage:
+    def as_dict(self) -> dict:
+        return {"token": False, "timings_ms": {"record": 1.5}}
+
+
+def test_the_notes_of_a_call_become_its_row_field_for_field():
+    notes = AuditNotes(service_id="svc", hook="order-sign", started=0.0)
+    notes.hook_instance, notes.status, notes.client_iss, notes.site = "i", 200, "https://ehr.example", "hospital-a"
+    notes.patient_hash = patient_hash("Patient-123", b"k" * 32)
+    notes.cards.append((CARD, "mvd-outcome", "MVD outcome", "after-mvd"))
+    notes.usage = _Usage()
+    record = notes.record("mvd-outcome@1.0")
+    assert (record.service_id, record.hook, record.hook_instance, record.outcome_status) == (
+        "svc",
+        "order-sign",
+        "i",
+        200,
+    )
+    assert (record.client_iss, record.site, record.content_version) == (
+        "https://ehr.example",
+        "hospital-a",
+        "mvd-outcome@1.0",
+    )
+    assert record.patient_hash == notes.patient_hash and record.duration_ms > 0
+    assert record.cards == (ReturnedCard(CARD, "mvd-outcome", "MVD outcome", "after-mvd"),)
+    assert record.usage == '{"timings_ms":{"record":1.5},"token":false}'
+    assert CallRecord.from_json(record.to_json()) == record  # every field survives the spool
+
+
+def test_notes_of_a_refused_call_make_a_row_without_cards_or_usage():
+    record = AuditNotes(service_id="svc", hook="patient-view", started=0.0).record("")
+    assert (record.hook_instance, record.outcome_status, record.usage, record.cards) == ("", 0, None, ())
 
 
 def test_a_call_without_a_patient_has_no_hash():

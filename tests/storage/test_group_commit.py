@@ -193,8 +193,8 @@ def test_refused_calls_do_not_wait_for_a_commit(tmp_path, outcome, monkeypatch):
     """Only answers that carry cards wait; a refusal (a shed 503 above all) is answered at
     once and its row written in the background."""
     from cds_service.config import load_settings
-    from cds_service.hook_call import AuditNotes
     from cds_service.startup import build_runtime
+    from cds_service.storage.audit import AuditNotes
 
     rt = build_runtime(load_settings({"instance_path": tmp_path / "instance"}, environ={}))
     try:
