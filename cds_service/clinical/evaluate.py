@@ -34,6 +34,7 @@ import re
 import string
 from dataclasses import dataclass, field
 from datetime import date
+from typing import Any
 
 from cds_service.clinical.dates import months_between
 from cds_service.clinical.predictors import (
@@ -148,7 +149,7 @@ class CardResult:
     retired: str | None = None  # monitoring retired the site model: why, in one line (evidence only shown)
     # How the patient's story was read for this card (clinical/story.py reading_notes): for the
     # evidence page only (which records were merged, set aside, done for another condition).
-    story_notes: tuple[dict, ...] = field(default=(), compare=False)
+    story_notes: tuple[dict[str, Any], ...] = field(default=(), compare=False)
 
     @property
     def card_id(self) -> str:
@@ -205,7 +206,7 @@ def evaluate(
     return None
 
 
-def _story_notes(card: CardContent, situation: Situation, record: PatientRecord) -> list[dict]:
+def _story_notes(card: CardContent, situation: Situation, record: PatientRecord) -> list[dict[str, Any]]:
     concepts = card.situation_concepts(situation)
     if not any(c in record.procedures for c in concepts) and not record.set_aside:
         return []

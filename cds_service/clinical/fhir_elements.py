@@ -8,7 +8,7 @@ looked at. Observation values (value[x]) are checked where they are read
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from cds_service.clinical.dates import parse_fhir_datetime
@@ -189,7 +189,7 @@ def declared_elements() -> frozenset[str]:
 
 
 # -- small readers -----------------------------------------------------------------------------
-def get_sub(resource: dict[str, Any], key: str, sub: str) -> object:
+def get_sub(resource: Mapping[str, Any], key: str, sub: str) -> object:
     value = resource.get(key)
     return value.get(sub) if isinstance(value, dict) else None
 

@@ -128,7 +128,7 @@ def condition_status(fact: ConditionFact) -> str:
     return fact.clinical_status or "clinical status not recorded"
 
 
-def condition_dates(fact: ConditionFact) -> dict:
+def condition_dates(fact: ConditionFact) -> dict[str, Any]:
     """The Condition's main date (onset, else recorded) and a note with the others."""
     if fact.onset:
         day, label = fact.onset, "onset"
@@ -148,7 +148,7 @@ def condition_dates(fact: ConditionFact) -> dict:
     return {"date": day, "date_label": label, "note": ", ".join(parts)}
 
 
-def text_match(match) -> dict:
+def text_match(match) -> dict[str, Any]:
     if getattr(match, "by_text", False):
         return {"by_text": True, "matched_text": match.display}
     return {}

@@ -59,10 +59,10 @@ _PATIENT_TEXT_LIMIT = 120
 def render(
     result: CardResult,
     *,
-    links: list[dict] | tuple[dict, ...] = (),
+    links: list[dict[str, Any]] | tuple[dict[str, Any], ...] = (),
     patient_id: str | None = None,
     card_uuid: str | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """The CDS Hooks card. `links` come first (the evidence page), then the primary source;
     `patient_id` (context.patientId) is the subject of the suggested resources."""
     card, s = result.card, result.situation
@@ -94,7 +94,7 @@ def render(
 REASON_CATEGORY_EXTENSION = "org.example.hfs-cds.non-adherence-reason"
 
 
-def override_reason(card, reason) -> dict:
+def override_reason(card, reason) -> dict[str, Any]:
     """A card's override reason as a CDS Hooks Coding, with its HL7 category (issue 19)."""
     out: dict[str, Any] = {"code": reason.code, "system": reason.system, "display": reason.display}
     if reason.category is not None:
@@ -132,7 +132,7 @@ def issued_suggestions(card, card_uuid: str) -> dict[str, str]:
     return {suggestion_uuid(card_uuid, g.id): g.id for g in card.suggestions}
 
 
-def suggestions_for(result: CardResult, card_uuid: str, patient_id: str | None) -> list[dict]:
+def suggestions_for(result: CardResult, card_uuid: str, patient_id: str | None) -> list[dict[str, Any]]:
     out = []
     for g in result.card.suggestions:
         if result.situation.id not in g.situations or not all(_holds(w, result) for w in g.when):
@@ -199,7 +199,7 @@ def _holds(when: When | None, result: CardResult) -> bool:
     return holds(when, item, result.estimate is not None, result.today)
 
 
-def chosen(options: list, result: CardResult):
+def chosen(options: list[Any], result: CardResult):
     """The first variant whose `when` holds (the last one is `otherwise`); None when it is omitted."""
     for variant in options:
         if variant.otherwise or _holds(variant.when, result):
@@ -258,7 +258,7 @@ def caveat_texts(result: CardResult) -> list[str]:
     return [_fill(c.text, values) for c in (chosen(e.options, result) for e in result.card.caveats) if c is not None]
 
 
-def page_sections(result: CardResult) -> list[dict]:
+def page_sections(result: CardResult) -> list[dict[str, Any]]:
     """The situation's sections, filled, in the order the card file gives them, then the
     patient-specific estimate (or why there is none): what the evidence page shows."""
     card, s = result.card, result.situation

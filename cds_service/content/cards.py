@@ -234,7 +234,7 @@ class SectionVariant(_Variant):
         return self
 
 
-def _check_variants(variants: list) -> list:
+def _check_variants(variants: list[Any]) -> list[Any]:
     if not variants:
         raise ValueError("variants must not be empty")
     for v in variants[:-1]:
@@ -656,7 +656,7 @@ class CardContent(Table):
         return self.situation_reads[s.id][2 if flag == "is_procedure" else 3]
 
     @cached_property
-    def situation_reads(self) -> dict[str, tuple]:
+    def situation_reads(self) -> dict[str, tuple[Any, ...]]:
         """Situation id -> (predictors shown, concepts read, procedure predictor, order predictor)."""
         out = {}
         for s in self.situations:
@@ -773,7 +773,9 @@ def _check_card(card: CardContent) -> None:
         raise ValueError(f"a card with a {card.model.site_kind} model needs [texts] site_estimate")
 
 
-def _check_situation(card: CardContent, s: Situation, predictors: dict, context: set[str], check_when) -> None:
+def _check_situation(
+    card: CardContent, s: Situation, predictors: dict[str, Any], context: set[str], check_when
+) -> None:
     where = f"situation {s.id}"
     if not s.requires:
         raise ValueError(f"{where}: a situation needs a trigger (requires = [...])")
@@ -846,7 +848,7 @@ def _check_suggestions(card: CardContent, check_when) -> None:
 
 
 # ---------------------------------------------------------------------------- loading
-def card_from_data(data: dict, where: str = "card", concepts: Any = None) -> CardContent:
+def card_from_data(data: dict[str, Any], where: str = "card", concepts: Any = None) -> CardContent:
     """One card from the parsed TOML of its file. `concepts` (a ConceptIndex) enables
     checking that every concept id the card names exists and has the right kind."""
     card_id = data.get("id") if isinstance(data, dict) else None
@@ -860,7 +862,7 @@ def card_from_data(data: dict, where: str = "card", concepts: Any = None) -> Car
 
 
 def load_cards(
-    cards_dir: Path, overlay: dict | None = None, concepts: Any = None, overlay_dir: Path | None = None
+    cards_dir: Path, overlay: dict[str, Any] | None = None, concepts: Any = None, overlay_dir: Path | None = None
 ) -> list[CardContent]:
     """Every card file in cards_dir (not concepts.toml / services.toml), checked, with the
     overlay's site models attached. Without `concepts` the concepts file of cards_dir is
@@ -901,7 +903,7 @@ def content_versions(cards: list[CardContent]) -> str:
     return ",".join(parts)
 
 
-def card_json_schema() -> dict:
+def card_json_schema() -> dict[str, Any]:
     """The JSON Schema of a card file, for editors (published as cards/schema/card.schema.json)."""
     schema = CardContent.model_json_schema(mode="validation")
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"

@@ -362,7 +362,7 @@ def site_model_from_data(card: CardContent, raw: object, overlay_dir: Path | Non
 
 
 def attach_site_models(
-    cards: list[CardContent], overlay: dict | None, overlay_dir: Path | None = None
+    cards: list[CardContent], overlay: dict[str, Any] | None, overlay_dir: Path | None = None
 ) -> list[CardContent]:
     """The cards, each with the overlay's model for it (if any) attached. `overlay_dir`: the
     overlay file's folder, against which a model's `report` path is read."""
