@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from cds_service.clinical.evaluate import (
     INTRAOPERATIVE,
@@ -29,7 +29,8 @@ from cds_service.clinical.evaluate import (
     not_used_future,
 )
 from cds_service.clinical.render import chosen, lead_text, page_sections, strength_line
-from cds_service.content.chart_specs import ChartSpec, parse_ci
+from cds_service.content.cards import Predictor, When
+from cds_service.content.chart_specs import ChartSpec, MarkerSpec, PointSpec, parse_ci
 from cds_service.content.templates import format_figure
 from cds_service.formatting import percent
 
@@ -181,11 +182,12 @@ def calibration_chart(spec: ChartSpec, result: CardResult) -> dict[str, Any] | N
     }
 
 
-def _point(p, figures: dict[str, Any], labels: dict[str, Any], percent: bool) -> dict[str, Any]:
+def _point(p: PointSpec, figures: dict[str, Any], labels: dict[str, Any], percent: bool) -> dict[str, Any]:
     unit = " %" if percent else ""
     point = {"label": p.label, "x": p.at, "y": float(figures[p.figure]), "text": labels[p.figure] + unit}
     if p.ci:
-        low, high = parse_ci(figures[p.ci])
+        # chart_specs checked at load that a point's ci figure is a low-high range
+        low, high = cast(tuple[float, float], parse_ci(figures[p.ci]))
         point.update(low=low, high=high, ci_text=f"{figures[p.ci]}{unit}")
     return point
 
@@ -194,11 +196,11 @@ def _ratio_ci(figures: dict[str, Any], ci: str | None) -> dict[str, Any]:
     """The published 95 % CI of a ratio, or nothing (the chart says "CI not published")."""
     if not ci:
         return {}
-    low, high = parse_ci(figures[ci])
+    low, high = cast(tuple[float, float], parse_ci(figures[ci]))  # checked at load (chart_specs)
     return {"low": low, "high": high, "ci_text": str(figures[ci])}
 
 
-def _holds(when, result: CardResult) -> bool:
+def _holds(when: When, result: CardResult) -> bool:
     """A chart's predicate; a predictor this situation does not read holds nothing."""
     if when.predictor and not _has(result, when.predictor):
         return False
@@ -206,7 +208,7 @@ def _holds(when, result: CardResult) -> bool:
     return holds(when, item, result.estimate is not None, result.today)
 
 
-def _marker(result: CardResult, spec, chart: dict[str, Any], axis: str) -> dict[str, Any] | None:
+def _marker(result: CardResult, spec: MarkerSpec, chart: dict[str, Any], axis: str) -> dict[str, Any] | None:
     """This patient's mark on the chart, or None with the sentence that says why not."""
     if not _has(result, spec.predictor):
         if spec.absent_text:
@@ -250,7 +252,7 @@ def _not_used(item: InputValue) -> str:
     return "; ".join(notes)
 
 
-def _unit(item: InputValue, predictor) -> str:
+def _unit(item: InputValue, predictor: Predictor | None) -> str:
     """The predictor's unit, unless the value as shown already says its own ("52 days")."""
     unit = getattr(predictor, "unit", None) or ""
     shown = item.display.strip() if item.status == USED else ""
