@@ -33,12 +33,23 @@ from __future__ import annotations
 import itertools
 import math
 from html import escape
-from typing import Any
+from typing import Any, TypedDict, cast
 
 from cds_service import formatting
 
 BACKGROUND = "#ffffff"
-PALETTE = {
+
+
+class _Palette(TypedDict):
+    text: str
+    axis: str
+    grid: str
+    series: tuple[str, ...]
+    marker: str
+    ci: str
+
+
+PALETTE: _Palette = {
     "text": "#1a1a1a",
     "axis": "#595959",
     "grid": "#767676",
@@ -227,7 +238,17 @@ class _Labels:
             x -= left + w - (self.width - 3)
         return x
 
-    def _text(self, x, y, lines, anchor, bold, fill, css, b) -> str:
+    def _text(
+        self,
+        x: float,
+        y: float,
+        lines: list[str],
+        anchor: str,
+        bold: bool,
+        fill: str,
+        css: str,
+        b: tuple[float, float, float, float],
+    ) -> str:
         self.boxes.append(b)
         self.bottom = max(self.bottom, b[3])
         weight = ' font-weight="bold"' if bold else ""
@@ -245,6 +266,8 @@ class _Labels:
 
 # ---------------------------------------------------------------------------- kinds
 class _Plot:
+    y_lines: list[str]  # the wrapped y-axis label, set by _layout
+
     def __init__(self, x0: float, x1: float, y_max: float, left: float, right: float, top: float, bottom: float):
         self.x0, self.x1, self.y_max = x0, x1, y_max
         self.left, self.right, self.top, self.bottom = left, right, top, bottom
@@ -257,7 +280,9 @@ class _Plot:
         return self.bottom - value / self.y_max * (self.bottom - self.top)
 
 
-def _layout(chart: dict[str, Any], labels: _Labels, x0: float, x1: float, y_max: float, marker_text: str | None):
+def _layout(
+    chart: dict[str, Any], labels: _Labels, x0: float, x1: float, y_max: float, marker_text: str | None
+) -> tuple[list[str], _Plot, list[str]]:
     """Legend, then a band for the patient's label, then the plot: (svg parts, plot)."""
     width = labels.width
     plot_height = _PLOT_HEIGHT.get(width, 200)
@@ -353,7 +378,7 @@ def _curve(chart: dict[str, Any], labels: _Labels) -> str:
     series = chart.get("series", [])
     x_end = max(p["x"] for s in series for p in s["points"])
     y_max = _y_max(chart)
-    marker = chart.get("marker")
+    marker: Any = chart.get("marker")  # the patient's mark (a JSON object from evidence.py), or None
     beyond = bool(marker) and marker["x"] > x_end
     marker_text = (marker["text"] + (" (past the last published point)" if beyond else "")) if marker else None
     out, plot, marker_lines = _layout(chart, labels, 0.0, x_end, y_max, marker_text)
@@ -397,7 +422,7 @@ def _points(chart: dict[str, Any], labels: _Labels) -> str:
             if p["label"] not in names:
                 names.append(p["label"])
     y_max = _y_max(chart)
-    marker = chart.get("marker")
+    marker: Any = chart.get("marker")  # the patient's mark (a JSON object from evidence.py), or None
     timeline = [
         (p["x"], names.index(p["label"])) for p in (series[0]["points"] if series else []) if p.get("x") is not None
     ]
@@ -663,7 +688,7 @@ def _y_max(chart: dict[str, Any]) -> float:
     if chart.get("reference"):
         values.append(chart["reference"]["y"])
     top = max([*values, 1.0]) * 1.15
-    magnitude = 10 ** math.floor(math.log10(top))
+    magnitude: float = 10 ** math.floor(math.log10(top))
     for step in (1, 2, 2.5, 5, 10):
         if top <= step * magnitude:
             return step * magnitude
@@ -689,7 +714,8 @@ def _point_words(p: dict[str, Any]) -> str:
 
 
 def _value_words(p: dict[str, Any]) -> str:
-    return p["text"] + (f" (95 % CI {p['ci_text']})" if p.get("ci_text") else "")
+    text: str = p["text"]
+    return text + (f" (95 % CI {p['ci_text']})" if p.get("ci_text") else "")
 
 
 def _num(x: float) -> str:
@@ -718,7 +744,7 @@ def contrast_ratio(foreground: str, background: str = BACKGROUND) -> float:
 
 def palette_colours() -> list[str]:
     """Every colour the charts draw with (for the contrast check)."""
-    colours = []
+    colours: list[str] = []
     for value in PALETTE.values():
-        colours.extend(value if isinstance(value, tuple) else [value])
+        colours.extend(value if isinstance(value, tuple) else [cast(str, value)])  # a tuple or a colour
     return colours
