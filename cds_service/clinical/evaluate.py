@@ -37,27 +37,24 @@ from datetime import date
 from typing import Any
 
 from cds_service.clinical.dates import months_between
-from cds_service.clinical.predictors import (
-    DERIVE,
+from cds_service.clinical.input_values import (
     INTRAOPERATIVE,
     MISSING,
     UNREADABLE,
     USED,
     InputValue,
     Reading,
-    derive,
     is_number,
     not_used_future,
-    number,
-    percent,
     ratio,
 )
+from cds_service.clinical.predictors import DERIVE, derive
 from cds_service.clinical.record import OrderFact, PatientRecord, ProcedureFact, UnreadableInput
 from cds_service.clinical.risk_models import ModelIncomplete, cox_model, logistic_model
 from cds_service.clinical.story import reading_notes, story_of
 from cds_service.content.cards import CardContent, Situation, When
 from cds_service.content.site_models import LearnedFrom, SiteModel
-from cds_service.formatting import fixed, rounded
+from cds_service.formatting import fixed, number, percent, rounded
 
 # The predictor readers moved to clinical/predictors.py; their names stay importable here.
 __all__ = [
