@@ -33,12 +33,23 @@ from __future__ import annotations
 import itertools
 import math
 from html import escape
-from typing import Any
+from typing import Any, TypedDict, cast
 
 from cds_service import formatting
 
 BACKGROUND = "#ffffff"
-PALETTE = {
+
+
+class _Palette(TypedDict):
+    text: str
+    axis: str
+    grid: str
+    series: tuple[str, ...]
+    marker: str
+    ci: str
+
+
+PALETTE: _Palette = {
     "text": "#1a1a1a",
     "axis": "#595959",
     "grid": "#767676",
@@ -55,7 +66,7 @@ _LINE = 17  # distance between two lines of a wrapped label
 _PLOT_HEIGHT = {WIDTH: 210, NARROW_WIDTH: 200}
 
 
-def render_chart(chart: dict, chart_id: str = "chart", width: int = WIDTH) -> str:
+def render_chart(chart: dict[str, Any], chart_id: str = "chart", width: int = WIDTH) -> str:
     """The chart as one standalone <svg> element (UTF-8 text), laid out for `width`."""
     kind = chart.get("kind")
     labels = _Labels(width)
@@ -85,7 +96,7 @@ def render_chart(chart: dict, chart_id: str = "chart", width: int = WIDTH) -> st
     )
 
 
-def describe(chart: dict) -> str:
+def describe(chart: dict[str, Any]) -> str:
     """The chart in words (the SVG <desc>): every published point and the patient's marker."""
     parts = []
     kind = chart.get("kind")
@@ -116,7 +127,7 @@ def describe(chart: dict) -> str:
     return " ".join(parts)
 
 
-def chart_table(chart: dict) -> tuple[list[str], list[list[str]]]:
+def chart_table(chart: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """The chart's numbers as a table: (column headers, rows of cells)."""
     if chart.get("kind") == "calibration":
         return (
@@ -227,7 +238,17 @@ class _Labels:
             x -= left + w - (self.width - 3)
         return x
 
-    def _text(self, x, y, lines, anchor, bold, fill, css, b) -> str:
+    def _text(
+        self,
+        x: float,
+        y: float,
+        lines: list[str],
+        anchor: str,
+        bold: bool,
+        fill: str,
+        css: str,
+        b: tuple[float, float, float, float],
+    ) -> str:
         self.boxes.append(b)
         self.bottom = max(self.bottom, b[3])
         weight = ' font-weight="bold"' if bold else ""
@@ -245,6 +266,8 @@ class _Labels:
 
 # ---------------------------------------------------------------------------- kinds
 class _Plot:
+    y_lines: list[str]  # the wrapped y-axis label, set by _layout
+
     def __init__(self, x0: float, x1: float, y_max: float, left: float, right: float, top: float, bottom: float):
         self.x0, self.x1, self.y_max = x0, x1, y_max
         self.left, self.right, self.top, self.bottom = left, right, top, bottom
@@ -257,7 +280,9 @@ class _Plot:
         return self.bottom - value / self.y_max * (self.bottom - self.top)
 
 
-def _layout(chart: dict, labels: _Labels, x0: float, x1: float, y_max: float, marker_text: str | None):
+def _layout(
+    chart: dict[str, Any], labels: _Labels, x0: float, x1: float, y_max: float, marker_text: str | None
+) -> tuple[list[str], _Plot, list[str]]:
     """Legend, then a band for the patient's label, then the plot: (svg parts, plot)."""
     width = labels.width
     plot_height = _PLOT_HEIGHT.get(width, 200)
@@ -276,7 +301,7 @@ def _layout(chart: dict, labels: _Labels, x0: float, x1: float, y_max: float, ma
     return out, plot, marker_lines
 
 
-def _legend(chart: dict, labels: _Labels, left: float, right: float) -> tuple[list[str], float]:
+def _legend(chart: dict[str, Any], labels: _Labels, left: float, right: float) -> tuple[list[str], float]:
     out: list[str] = []
     x, y = left, 18.0
     for i, s in enumerate(chart.get("series", [])):
@@ -294,7 +319,7 @@ def _legend(chart: dict, labels: _Labels, left: float, right: float) -> tuple[li
     return out, (y if chart.get("series") else 0.0)
 
 
-def _frame(plot: _Plot, chart: dict, labels: _Labels, y_ticks: list[float]) -> list[str]:
+def _frame(plot: _Plot, chart: dict[str, Any], labels: _Labels, y_ticks: list[float]) -> list[str]:
     out = []
     for v in y_ticks:
         py = plot.y(v)
@@ -322,7 +347,7 @@ def _frame(plot: _Plot, chart: dict, labels: _Labels, y_ticks: list[float]) -> l
     return out
 
 
-def _x_label(plot: _Plot, chart: dict, labels: _Labels) -> str:
+def _x_label(plot: _Plot, chart: dict[str, Any], labels: _Labels) -> str:
     text = chart.get("x_label", "")
     if not text:
         return ""
@@ -349,11 +374,11 @@ def _x_ticks(plot: _Plot, ticks: list[tuple[float, str]], labels: _Labels) -> li
     return out
 
 
-def _curve(chart: dict, labels: _Labels) -> str:
+def _curve(chart: dict[str, Any], labels: _Labels) -> str:
     series = chart.get("series", [])
     x_end = max(p["x"] for s in series for p in s["points"])
     y_max = _y_max(chart)
-    marker = chart.get("marker")
+    marker: Any = chart.get("marker")  # the patient's mark (a JSON object from evidence.py), or None
     beyond = bool(marker) and marker["x"] > x_end
     marker_text = (marker["text"] + (" (past the last published point)" if beyond else "")) if marker else None
     out, plot, marker_lines = _layout(chart, labels, 0.0, x_end, y_max, marker_text)
@@ -389,7 +414,7 @@ def _vertical_marker(
     )
 
 
-def _points(chart: dict, labels: _Labels) -> str:
+def _points(chart: dict[str, Any], labels: _Labels) -> str:
     series = chart.get("series", [])
     names: list[str] = []
     for s in series:
@@ -397,7 +422,7 @@ def _points(chart: dict, labels: _Labels) -> str:
             if p["label"] not in names:
                 names.append(p["label"])
     y_max = _y_max(chart)
-    marker = chart.get("marker")
+    marker: Any = chart.get("marker")  # the patient's mark (a JSON object from evidence.py), or None
     timeline = [
         (p["x"], names.index(p["label"])) for p in (series[0]["points"] if series else []) if p.get("x") is not None
     ]
@@ -437,7 +462,7 @@ def _category_x(x: float, timeline: list[tuple[float, int]], plot: _Plot) -> flo
     return plot.x(position)
 
 
-def _reference(plot: _Plot, labels: _Labels, reference: dict, y_max: float) -> str:
+def _reference(plot: _Plot, labels: _Labels, reference: dict[str, Any], y_max: float) -> str:
     """The patient's own level (a pain score, a dose): a dashed line with its label."""
     py = plot.y(min(reference["y"], y_max))
     colour = PALETTE["marker"]
@@ -466,7 +491,12 @@ def _reference(plot: _Plot, labels: _Labels, reference: dict, y_max: float) -> s
 
 
 def _series_path(
-    s: dict, index: int, plot: _Plot, positions: list[tuple[float, dict]], chart: dict, labels: _Labels
+    s: dict[str, Any],
+    index: int,
+    plot: _Plot,
+    positions: list[tuple[float, dict[str, Any]]],
+    chart: dict[str, Any],
+    labels: _Labels,
 ) -> str:
     colour = _colour(index)
     highlight = bool(s.get("highlight"))
@@ -519,7 +549,7 @@ def _series_path(
     return "".join(out)
 
 
-def _ratios(chart: dict, labels: _Labels) -> str:
+def _ratios(chart: dict[str, Any], labels: _Labels) -> str:
     """Each factor: its name, the ratio and its CI (or that none was published), this
     patient's value, then the ratio as a point on a shared log axis around 1."""
     width = labels.width
@@ -591,7 +621,7 @@ def _ratios(chart: dict, labels: _Labels) -> str:
     return "".join(out)
 
 
-def _counts(chart: dict, labels: _Labels) -> str:
+def _counts(chart: dict[str, Any], labels: _Labels) -> str:
     """Outcomes as "n of N": a bar of N patients with n filled, one per outcome."""
     width = labels.width
     left, right = 16, width - 16
@@ -620,7 +650,7 @@ def _counts(chart: dict, labels: _Labels) -> str:
     return "".join(out)
 
 
-def _calibration(chart: dict, labels: _Labels) -> str:
+def _calibration(chart: dict[str, Any], labels: _Labels) -> str:
     groups = [g for g in chart.get("groups", []) if g.get("observed") is not None]
     top = max([10.0, *(g["predicted"] for g in groups), *(g["observed"] for g in groups)])
     y_max = min(100.0, math.ceil(top * 1.1 / 10) * 10)
@@ -642,7 +672,7 @@ def _calibration(chart: dict, labels: _Labels) -> str:
 
 
 # ---------------------------------------------------------------------------- pieces
-def _any_highlight(chart: dict) -> bool:
+def _any_highlight(chart: dict[str, Any]) -> bool:
     return any(s.get("highlight") for s in chart.get("series", []))
 
 
@@ -651,14 +681,14 @@ def _colour(index: int) -> str:
     return series[index % len(series)]
 
 
-def _y_max(chart: dict) -> float:
+def _y_max(chart: dict[str, Any]) -> float:
     if chart.get("y_max"):
         return float(chart["y_max"])
     values = [p.get("high") or p["y"] for s in chart.get("series", []) for p in s["points"]]
     if chart.get("reference"):
         values.append(chart["reference"]["y"])
     top = max([*values, 1.0]) * 1.15
-    magnitude = 10 ** math.floor(math.log10(top))
+    magnitude: float = 10 ** math.floor(math.log10(top))
     for step in (1, 2, 2.5, 5, 10):
         if top <= step * magnitude:
             return step * magnitude
@@ -672,19 +702,20 @@ def _y_ticks(y_max: float) -> list[float]:
     return [i * step for i in range(int(y_max / step + 1e-9) + 1)]
 
 
-def _ci_words(row: dict) -> str:
+def _ci_words(row: dict[str, Any]) -> str:
     return f"95 % CI {row['ci_text']}" if row.get("ci_text") else "CI not published"
 
 
-def _point_words(p: dict) -> str:
+def _point_words(p: dict[str, Any]) -> str:
     words = f"{p['text']} at {p['label']}"
     if p.get("ci_text"):
         words += f" (95 % CI {p['ci_text']})"
     return words
 
 
-def _value_words(p: dict) -> str:
-    return p["text"] + (f" (95 % CI {p['ci_text']})" if p.get("ci_text") else "")
+def _value_words(p: dict[str, Any]) -> str:
+    text: str = p["text"]
+    return text + (f" (95 % CI {p['ci_text']})" if p.get("ci_text") else "")
 
 
 def _num(x: float) -> str:
@@ -713,7 +744,7 @@ def contrast_ratio(foreground: str, background: str = BACKGROUND) -> float:
 
 def palette_colours() -> list[str]:
     """Every colour the charts draw with (for the contrast check)."""
-    colours = []
+    colours: list[str] = []
     for value in PALETTE.values():
-        colours.extend(value if isinstance(value, tuple) else [value])
+        colours.extend(value if isinstance(value, tuple) else [cast(str, value)])  # a tuple or a colour
     return colours

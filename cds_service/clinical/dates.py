@@ -76,7 +76,7 @@ def parse_fhir_datetime(value: object) -> datetime | None:
     return _build(m)
 
 
-def _build(m: re.Match) -> datetime | None:
+def _build(m: re.Match[str]) -> datetime | None:
     try:
         zone = UTC
         tz = m.group("tz")

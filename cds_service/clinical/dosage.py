@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["DailyDose", "read_daily_dose"]
 
@@ -95,7 +96,7 @@ def read_daily_dose(dosages: object) -> DailyDose | None:
     return DailyDose(total, said=" and ".join(said for _, said in parts))
 
 
-def _one(dosage: dict) -> tuple[float, str]:
+def _one(dosage: dict[str, Any]) -> tuple[float, str]:
     if dosage.get("asNeededBoolean") is True or dosage.get("asNeededCodeableConcept") is not None:
         raise _NoDose("taken as needed: no fixed daily dose")
     _check_route(dosage.get("route"))
@@ -109,8 +110,8 @@ def _check_route(route: object) -> None:
         return
     if type(route) is not dict:
         raise _NoDose("the route cannot be read")
-    words = [route.get("text")] + [c.get("display") for c in route.get("coding") or () if type(c) is dict]
-    words = [w for w in words if type(w) is str and w.strip()]
+    said = [route.get("text")] + [c.get("display") for c in route.get("coding") or () if type(c) is dict]
+    words: list[str] = [w for w in said if type(w) is str and w.strip()]
     if words and not any(_ORAL.search(w) for w in words):
         raise _NoDose(f"given by another route than by mouth ({words[0][:40]}): not compared with oral doses")
 
@@ -179,7 +180,7 @@ def _per_day(timing: object) -> tuple[float, str]:
     raise _NoDose("no timing")
 
 
-def _from_repeat(repeat: dict) -> tuple[float, str]:
+def _from_repeat(repeat: dict[str, Any]) -> tuple[float, str]:
     frequency = repeat.get("frequency", 1)
     period, unit = repeat.get("period"), repeat.get("periodUnit")
     if repeat.get("frequencyMax") not in (None, frequency) or repeat.get("periodMax") not in (None, period):

@@ -34,29 +34,27 @@ import re
 import string
 from dataclasses import dataclass, field
 from datetime import date
+from typing import Any
 
 from cds_service.clinical.dates import months_between
-from cds_service.clinical.predictors import (
-    DERIVE,
+from cds_service.clinical.input_values import (
     INTRAOPERATIVE,
     MISSING,
     UNREADABLE,
     USED,
     InputValue,
     Reading,
-    derive,
     is_number,
     not_used_future,
-    number,
-    percent,
     ratio,
 )
+from cds_service.clinical.predictors import DERIVE, derive
 from cds_service.clinical.record import OrderFact, PatientRecord, ProcedureFact, UnreadableInput
 from cds_service.clinical.risk_models import ModelIncomplete, cox_model, logistic_model
 from cds_service.clinical.story import reading_notes, story_of
 from cds_service.content.cards import CardContent, Situation, When
 from cds_service.content.site_models import LearnedFrom, SiteModel
-from cds_service.formatting import fixed, rounded
+from cds_service.formatting import fixed, number, percent, rounded
 
 # The predictor readers moved to clinical/predictors.py; their names stay importable here.
 __all__ = [
@@ -148,7 +146,7 @@ class CardResult:
     retired: str | None = None  # monitoring retired the site model: why, in one line (evidence only shown)
     # How the patient's story was read for this card (clinical/story.py reading_notes): for the
     # evidence page only (which records were merged, set aside, done for another condition).
-    story_notes: tuple[dict, ...] = field(default=(), compare=False)
+    story_notes: tuple[dict[str, Any], ...] = field(default=(), compare=False)
 
     @property
     def card_id(self) -> str:
@@ -205,7 +203,7 @@ def evaluate(
     return None
 
 
-def _story_notes(card: CardContent, situation: Situation, record: PatientRecord) -> list[dict]:
+def _story_notes(card: CardContent, situation: Situation, record: PatientRecord) -> list[dict[str, Any]]:
     concepts = card.situation_concepts(situation)
     if not any(c in record.procedures for c in concepts) and not record.set_aside:
         return []

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from cds_service.clinical.evaluate import (
     INTRAOPERATIVE,
@@ -29,7 +29,8 @@ from cds_service.clinical.evaluate import (
     not_used_future,
 )
 from cds_service.clinical.render import chosen, lead_text, page_sections, strength_line
-from cds_service.content.chart_specs import ChartSpec, parse_ci
+from cds_service.content.cards import Predictor, When
+from cds_service.content.chart_specs import ChartSpec, MarkerSpec, PointSpec, parse_ci
 from cds_service.content.templates import format_figure
 from cds_service.formatting import percent
 
@@ -45,7 +46,7 @@ STATUS_WORDS = {
 
 def page_data(
     result: CardResult, specs: Mapping[str, tuple[ChartSpec, ...]] | None = None, summary: str | None = None
-) -> dict:
+) -> dict[str, Any]:
     """The evidence page's content for one evaluated card (JSON-ready)."""
     card = result.card
     figures = {name: format_figure(v) for name, v in card.figures.items()}
@@ -73,21 +74,21 @@ def page_data(
 def evidence_link(
     result: CardResult,
     specs: Mapping[str, tuple[ChartSpec, ...]] | None,
-    save: Callable[[dict], str],
+    save: Callable[[dict[str, Any]], str],
     base_url: str,
     summary: str | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Save the card's page data and return its CDS Hooks link (type "absolute")."""
     token = save(page_data(result, specs, summary))
     return page_link(token, base_url)
 
 
-def page_link(token: str, base_url: str) -> dict:
+def page_link(token: str, base_url: str) -> dict[str, Any]:
     return {"label": LINK_LABEL, "url": f"{base_url.rstrip('/')}/evidence/{token}", "type": "absolute"}
 
 
 # ---------------------------------------------------------------------------- charts
-def chart_data(spec: ChartSpec, result: CardResult) -> dict | None:
+def chart_data(spec: ChartSpec, result: CardResult) -> dict[str, Any] | None:
     """One chart: the published points named by the spec, and this patient's marker (a
     calibration chart: the learned model's calibration groups; None without one)."""
     if spec.kind == "calibration":
@@ -151,7 +152,7 @@ def chart_data(spec: ChartSpec, result: CardResult) -> dict | None:
     return chart
 
 
-def calibration_chart(spec: ChartSpec, result: CardResult) -> dict | None:
+def calibration_chart(spec: ChartSpec, result: CardResult) -> dict[str, Any] | None:
     """The learned site model's calibration (its report's groups) with N, events, C-statistic
     and calibration slope in the spec's notes; None when the card has no learned model."""
     site = result.site_model
@@ -181,24 +182,25 @@ def calibration_chart(spec: ChartSpec, result: CardResult) -> dict | None:
     }
 
 
-def _point(p, figures: dict, labels: dict, percent: bool) -> dict:
+def _point(p: PointSpec, figures: dict[str, Any], labels: dict[str, Any], percent: bool) -> dict[str, Any]:
     unit = " %" if percent else ""
     point = {"label": p.label, "x": p.at, "y": float(figures[p.figure]), "text": labels[p.figure] + unit}
     if p.ci:
-        low, high = parse_ci(figures[p.ci])
+        # chart_specs checked at load that a point's ci figure is a low-high range
+        low, high = cast(tuple[float, float], parse_ci(figures[p.ci]))
         point.update(low=low, high=high, ci_text=f"{figures[p.ci]}{unit}")
     return point
 
 
-def _ratio_ci(figures: dict, ci: str | None) -> dict:
+def _ratio_ci(figures: dict[str, Any], ci: str | None) -> dict[str, Any]:
     """The published 95 % CI of a ratio, or nothing (the chart says "CI not published")."""
     if not ci:
         return {}
-    low, high = parse_ci(figures[ci])
+    low, high = cast(tuple[float, float], parse_ci(figures[ci]))  # checked at load (chart_specs)
     return {"low": low, "high": high, "ci_text": str(figures[ci])}
 
 
-def _holds(when, result: CardResult) -> bool:
+def _holds(when: When, result: CardResult) -> bool:
     """A chart's predicate; a predictor this situation does not read holds nothing."""
     if when.predictor and not _has(result, when.predictor):
         return False
@@ -206,7 +208,7 @@ def _holds(when, result: CardResult) -> bool:
     return holds(when, item, result.estimate is not None, result.today)
 
 
-def _marker(result: CardResult, spec, chart: dict, axis: str) -> dict | None:
+def _marker(result: CardResult, spec: MarkerSpec, chart: dict[str, Any], axis: str) -> dict[str, Any] | None:
     """This patient's mark on the chart, or None with the sentence that says why not."""
     if not _has(result, spec.predictor):
         if spec.absent_text:
@@ -224,7 +226,7 @@ def _marker(result: CardResult, spec, chart: dict, axis: str) -> dict | None:
 
 
 # ---------------------------------------------------------------------------- inputs, sources
-def _input_row(result: CardResult, item: InputValue) -> dict:
+def _input_row(result: CardResult, item: InputValue) -> dict[str, Any]:
     predictor = result.card.predictor_by_id.get(item.predictor)
     how = predictor.how if predictor is not None else ""
     return {
@@ -250,7 +252,7 @@ def _not_used(item: InputValue) -> str:
     return "; ".join(notes)
 
 
-def _unit(item: InputValue, predictor) -> str:
+def _unit(item: InputValue, predictor: Predictor | None) -> str:
     """The predictor's unit, unless the value as shown already says its own ("52 days")."""
     unit = getattr(predictor, "unit", None) or ""
     shown = item.display.strip() if item.status == USED else ""
@@ -267,7 +269,7 @@ def _is_number_text(text: str) -> bool:
     return True
 
 
-def _sources(result: CardResult) -> list[dict]:
+def _sources(result: CardResult) -> list[dict[str, Any]]:
     card, s = result.card, result.situation
     seen, out = set(), []
     for r in (getattr(s, "source", None), card.source, *card.references):

@@ -7,7 +7,8 @@ id and fullUrl.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeGuard
 
 __all__ = ["READ_TYPES", "collect", "medication_index"]
 
@@ -26,16 +27,16 @@ READ_TYPES = frozenset(
 )
 
 
-def _is_object(value: object) -> bool:
+def _is_object(value: object) -> TypeGuard[Mapping[str, Any]]:
     """A JSON object: a dict, or a resource decoded with only its read elements (fhir/decode.py,
     which marks its classes; an isinstance check against Mapping costs more than the read)."""
     return type(value) is dict or getattr(type(value), "json_object", False) is True
 
 
-def collect(sources: Iterable[object]) -> list[tuple[dict, str | None]]:
+def collect(sources: Iterable[object]) -> list[tuple[Mapping[str, Any], str | None]]:
     """The resources of the types the record reads, from the sources (Bundles unpacked one
     level), de-duplicated by type+id (the first one wins)."""
-    out: list[tuple[dict, str | None]] = []
+    out: list[tuple[Mapping[str, Any], str | None]] = []
     seen: set[tuple[str, str]] = set()
     read_types = READ_TYPES
     for source in sources:
@@ -68,8 +69,8 @@ def collect(sources: Iterable[object]) -> list[tuple[dict, str | None]]:
     return out
 
 
-def medication_index(resources: list[tuple[dict, str | None]]) -> dict[str, dict]:
-    index: dict[str, dict] = {}
+def medication_index(resources: list[tuple[Mapping[str, Any], str | None]]) -> dict[str, Mapping[str, Any]]:
+    index: dict[str, Mapping[str, Any]] = {}
     for resource, full_url in resources:
         if resource.get("resourceType") != "Medication":
             continue

@@ -8,7 +8,8 @@ looked at. Observation values (value[x]) are checked where they are read
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from cds_service.clinical.dates import parse_fhir_datetime
 
@@ -188,12 +189,12 @@ def declared_elements() -> frozenset[str]:
 
 
 # -- small readers -----------------------------------------------------------------------------
-def get_sub(resource: dict, key: str, sub: str) -> object:
+def get_sub(resource: Mapping[str, Any], key: str, sub: str) -> object:
     value = resource.get(key)
     return value.get(sub) if isinstance(value, dict) else None
 
 
-def as_list(value: object) -> list:
+def as_list(value: object) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
@@ -201,14 +202,15 @@ def status_code(codeable: object, system_tail: str) -> str | None:
     """The code of a status CodeableConcept (the HL7 system's coding first)."""
     if not isinstance(codeable, dict):
         return None
-    first = None
+    first: str | None = None
     for coding in as_list(codeable.get("coding")):
         if not isinstance(coding, dict) or not isinstance(coding.get("code"), str):
             continue
+        code: str = coding["code"]
         system = coding.get("system")
         if isinstance(system, str) and system.endswith(system_tail):
-            return coding["code"]
-        first = first or coding["code"]
+            return code
+        first = first or code
     return first
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
+from typing import Any, cast
 
 from cds_service.clinical.dates import day_of
 from cds_service.clinical.record import (
@@ -23,12 +23,16 @@ from cds_service.clinical.record import (
 from cds_service.clinical.story import condition_order
 from cds_service.content.cards import Predictor
 from cds_service.formatting import rounded, significant
+from cds_service.terminology.concept_index import Match
 
 # Input status values.
 USED = "used"
 MISSING = "missing"
 UNREADABLE = "unreadable"
 INTRAOPERATIVE = "intraoperative"
+
+
+_Day = date  # (InputValue has a field named date)
 
 
 @dataclass(frozen=True)
@@ -47,8 +51,8 @@ class InputValue:
     matched_text: str | None = None
     fact: Any = None  # the record's fact behind the value (a procedure or order a situation acts on)
     # Values of the input the record holds but did not use (record.reading / unreadable_for):
-    newer_unreadable: tuple[date | None, ...] = ()  # dates of newer values that could not be read
-    future: tuple[date | None, ...] = ()  # dates of values dated after the call (never used)
+    newer_unreadable: tuple[_Day | None, ...] = ()  # dates of newer values that could not be read
+    future: tuple[_Day | None, ...] = ()  # dates of values dated after the call (never used)
     # What those dates are, when they are a date of a fact that is itself used (a Condition's
     # onset or recorded date) rather than values: "onset", "recorded date"; "" for values.
     future_what: str = ""
@@ -77,7 +81,10 @@ def not_used_future(days: tuple[date | None, ...], what: str = "") -> str:
 
 # The elements whose future date leaves the fact itself in use (record.py: a Condition with an
 # onset or recorded date after the call is still on the problem list; only the date is not used).
-_DATE_NOT_FACT = {("Condition", "onset[x]"): "onset", ("Condition", "recordedDate"): "recorded date"}
+_DATE_NOT_FACT: dict[tuple[str, str | None], str] = {
+    ("Condition", "onset[x]"): "onset",
+    ("Condition", "recordedDate"): "recorded date",
+}
 
 
 def future_dates(p: Predictor, record: PatientRecord) -> tuple[tuple[date | None, ...], str]:
@@ -86,7 +93,7 @@ def future_dates(p: Predictor, record: PatientRecord) -> tuple[tuple[date | None
     future = [u for u in record.unreadable_for(*p.concepts) if u.kind == FUTURE]
     days = tuple(dict.fromkeys(day_of(u.when) if u.when is not None else None for u in future))
     words = [_DATE_NOT_FACT.get((u.resource_type, u.element)) for u in future]
-    what = "" if not words or None in words else " or ".join(dict.fromkeys(words))
+    what = "" if not words or None in words else " or ".join(dict.fromkeys(cast(list[str], words)))
     return days, what
 
 
@@ -128,7 +135,7 @@ def condition_status(fact: ConditionFact) -> str:
     return fact.clinical_status or "clinical status not recorded"
 
 
-def condition_dates(fact: ConditionFact) -> dict:
+def condition_dates(fact: ConditionFact) -> dict[str, Any]:
     """The Condition's main date (onset, else recorded) and a note with the others."""
     if fact.onset:
         day, label = fact.onset, "onset"
@@ -148,7 +155,7 @@ def condition_dates(fact: ConditionFact) -> dict:
     return {"date": day, "date_label": label, "note": ", ".join(parts)}
 
 
-def text_match(match) -> dict:
+def text_match(match: Match) -> dict[str, Any]:
     if getattr(match, "by_text", False):
         return {"by_text": True, "matched_text": match.display}
     return {}

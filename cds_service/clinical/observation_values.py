@@ -10,6 +10,8 @@ value itself).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any, cast
 
 from cds_service import formatting
 from cds_service.clinical.fhir_elements import VALUES_READ, as_list, short_text
@@ -25,7 +27,9 @@ class Unreadable(Exception):
         self.element = element
 
 
-def read_value(holder: dict, spec: ValueSpec, concept_id: str, concepts: ConceptIndex):
+def read_value(
+    holder: Mapping[str, Any], spec: ValueSpec, concept_id: str, concepts: ConceptIndex
+) -> tuple[float | int | str | bool, str | None, str]:
     """(value, unit, raw) of an Observation or component for the concept's value kind."""
     for element, check in VALUES_READ:
         value = holder.get(element)
@@ -33,14 +37,15 @@ def read_value(holder: dict, spec: ValueSpec, concept_id: str, concepts: Concept
             raise Unreadable(f"the Observation's {element} is not valid FHIR R4", element)
     kind = spec.kind
     if kind == "quantity":
+        unit = cast(str, spec.unit)  # the concepts file gives every quantity its unit
         if "valueQuantity" in holder:
             quantity = holder["valueQuantity"]
             try:
-                number = units.convert_quantity(quantity, spec.unit)
+                number = units.convert_quantity(quantity, unit)
             except units.UnitError as exc:
                 raise Unreadable(str(exc)) from None
             return _in_range(number, spec), spec.unit, _raw_quantity(quantity)
-        if "valueInteger" in holder and units.is_dimensionless(spec.unit):
+        if "valueInteger" in holder and units.is_dimensionless(unit):
             number = _integer(holder["valueInteger"])
             return _in_range(float(number), spec), spec.unit, str(number)
         raise Unreadable(f"the value is not a quantity ({spec.unit} expected)")
@@ -67,19 +72,19 @@ def read_value(holder: dict, spec: ValueSpec, concept_id: str, concepts: Concept
     raise Unreadable("the concept's value kind is not supported")
 
 
-def _whole_number(holder: dict, ordinal: bool) -> tuple[float, str]:
+def _whole_number(holder: Mapping[str, Any], ordinal: bool) -> tuple[float, str]:
     if "valueInteger" in holder:
         number = _integer(holder["valueInteger"])
         return float(number), str(number)
     if "valueQuantity" in holder:
         quantity = holder["valueQuantity"]
         try:
-            number = units.convert_quantity(quantity, "1")
+            converted = units.convert_quantity(quantity, "1")
         except units.UnitError as exc:
             raise Unreadable(str(exc).replace("converted to 1", "read as a number without unit")) from None
-        if not number.is_integer():
+        if not converted.is_integer():
             raise Unreadable("the value is not a whole number")
-        return number, _raw_quantity(quantity)
+        return converted, _raw_quantity(quantity)
     text = holder.get("valueString")
     if text is None and isinstance(holder.get("valueCodeableConcept"), dict):
         cc = holder["valueCodeableConcept"]
@@ -93,9 +98,9 @@ def _whole_number(holder: dict, ordinal: bool) -> tuple[float, str]:
                 text = candidate
                 break
     if isinstance(text, str):
-        number = _parse_grade(text, ordinal)
-        if number is not None:
-            return float(number), short_text(text)
+        grade = _parse_grade(text, ordinal)
+        if grade is not None:
+            return float(grade), short_text(text)
         raise Unreadable("the value is not a recognised grade" if ordinal else "the value is not a whole number")
     raise Unreadable("the value is not a grade" if ordinal else "the value is not a count")
 
@@ -128,7 +133,7 @@ def _in_range(number: float, spec: ValueSpec) -> float:
     return number
 
 
-def _raw_quantity(quantity: dict) -> str:
+def _raw_quantity(quantity: dict[str, Any]) -> str:
     value = quantity.get("value")
     unit = quantity.get("unit") if isinstance(quantity.get("unit"), str) else quantity.get("code")
     number = formatting.number(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else "?"

@@ -9,7 +9,9 @@ whole resource. Nothing here knows about HTTP or card models.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from cds_service.clinical.fhir_elements import as_list, short_text, type_and_id
 from cds_service.terminology.concept_index import ConceptIndex
@@ -33,11 +35,11 @@ class ConditionIndex:
     the first look-up only (most calls state no reason by reference; the hot path does not
     pay for an index it never reads)."""
 
-    def __init__(self, resources: list[tuple[dict, str | None]]) -> None:
+    def __init__(self, resources: list[tuple[Mapping[str, Any], str | None]]) -> None:
         self._resources = resources
-        self._index: dict[str, dict] | None = None
+        self._index: dict[str, Mapping[str, Any]] | None = None
 
-    def get(self, key: str) -> dict | None:
+    def get(self, key: str) -> Mapping[str, Any] | None:
         if self._index is None:
             self._index = {}
             for resource, full_url in self._resources:
@@ -51,7 +53,7 @@ class ConditionIndex:
         return self._index.get(key)
 
 
-def read_reason(resource: dict, concepts: ConceptIndex, conditions: ConditionIndex | None) -> StatedReason:
+def read_reason(resource: Mapping[str, Any], concepts: ConceptIndex, conditions: ConditionIndex | None) -> StatedReason:
     """The stated reason of a Procedure / ServiceRequest: which condition concepts it names.
 
     A reasonCode that names no concept the service knows is still a stated reason (another
@@ -102,7 +104,7 @@ def read_reason(resource: dict, concepts: ConceptIndex, conditions: ConditionInd
 _NONE = StatedReason()
 
 
-def read_body_site(resource: dict) -> tuple[str | None, str | None]:
+def read_body_site(resource: Mapping[str, Any]) -> tuple[str | None, str | None]:
     """The body site as text (the first readable one) and the laterality its words give."""
     for codeable in as_list(resource.get("bodySite")) or (
         [resource["bodySite"]] if isinstance(resource.get("bodySite"), dict) else []
@@ -117,7 +119,7 @@ def read_body_site(resource: dict) -> tuple[str | None, str | None]:
     return None, None
 
 
-def _text_of(codeable: dict) -> str | None:
+def _text_of(codeable: Mapping[str, Any]) -> str | None:
     text = codeable.get("text")
     if isinstance(text, str) and text.strip():
         return text.strip()
@@ -132,7 +134,7 @@ def _text_of(codeable: dict) -> str | None:
     return None
 
 
-def _resolve(ref: object, resource: dict, conditions: ConditionIndex | None) -> dict | None:
+def _resolve(ref: object, resource: Mapping[str, Any], conditions: ConditionIndex | None) -> Mapping[str, Any] | None:
     if not isinstance(ref, dict):
         return None
     reference = ref.get("reference")

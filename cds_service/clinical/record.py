@@ -14,6 +14,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from typing import cast
 
 from cds_service.clinical.dates import (
     DAYS_PER_YEAR,
@@ -273,7 +274,7 @@ class PatientRecord:
             return None
         dated = [p for p in done if p.performed is not None]
         if dated:
-            return max(dated, key=lambda p: instant_of(p.performed))
+            return max(dated, key=lambda p: instant_of(cast(datetime, p.performed)))  # dated: not None
         return done[0]
 
     # -- observations ----------------------------------------------------------------------
@@ -295,11 +296,13 @@ class PatientRecord:
         if after is not None:
             facts = [f for f in facts if self._after(concept, f.effective, after.performed)]
         dated = sorted(
-            (f for f in facts if f.effective is not None), key=lambda f: instant_of(f.effective), reverse=True
+            (f for f in facts if f.effective is not None),
+            key=lambda f: instant_of(cast(datetime, f.effective)),
+            reverse=True,
         )
         return dated + [f for f in facts if f.effective is None]
 
-    def _after(self, concept: str, when: datetime | None, start: datetime | None) -> bool:
+    def _after(self, concept: str, when: date | datetime | None, start: datetime | None) -> bool:
         placed = placed_after(when, start)
         if placed is None and when is not None and start is not None and concept in self.intraoperative:
             return True  # on the procedure's day: taken during it
@@ -320,7 +323,7 @@ class PatientRecord:
         and ones dated after the time of the call."""
         fact = self.latest_observation(concept, lookback_days, after)
 
-        def in_scope(when: datetime | None) -> bool:
+        def in_scope(when: date | datetime | None) -> bool:
             if when is None:
                 return False
             if lookback_days is not None:
@@ -334,6 +337,7 @@ class PatientRecord:
             u
             for u in problems
             if u.kind == UNREADABLE
+            and u.when is not None  # (in_scope says False for None too)
             and in_scope(u.when)
             and (fact is None or fact.effective is None or instant_of(u.when) > instant_of(fact.effective))
         )

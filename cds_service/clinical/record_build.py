@@ -40,8 +40,9 @@ compared is in clinical/dates.py.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime
+from typing import Any, cast
 
 from cds_service.clinical.dates import is_future, parse_fhir_date, parse_fhir_datetime
 from cds_service.clinical.dosage import read_daily_dose
@@ -94,8 +95,8 @@ RAW_LIMIT = 60
 
 
 def build_record(
-    resources: dict[str, dict | None] | None,
-    draft_orders: dict | None = None,
+    resources: dict[str, Mapping[str, Any] | None] | None,
+    draft_orders: Mapping[str, Any] | None = None,
     selections: Iterable[str] | None = None,
     *,
     concepts: ConceptIndex,
@@ -160,7 +161,7 @@ def build_record(
     return record
 
 
-def _could_not_read(resource: dict, record: PatientRecord) -> None:
+def _could_not_read(resource: Mapping[str, Any], record: PatientRecord) -> None:
     """Last line of defence: the reason is ours, never the exception's text."""
     kind = resource.get("resourceType")
     record.unreadable.append(
@@ -173,7 +174,7 @@ def _could_not_read(resource: dict, record: PatientRecord) -> None:
 
 
 # -- Patient -------------------------------------------------------------------------------
-def _read_patient(patient: dict, record: PatientRecord) -> None:
+def _read_patient(patient: Mapping[str, Any], record: PatientRecord) -> None:
     # Only two primitives are read; each is checked against its FHIR definition here
     # (gender: required value set; birthDate: FHIR date) instead of validating the whole
     # Patient, which is the largest resource of a record.
@@ -193,7 +194,9 @@ def _read_patient(patient: dict, record: PatientRecord) -> None:
 
 
 # -- Condition ---------------------------------------------------------------------------------
-def _read_condition(resource: dict, concepts: ConceptIndex, record: PatientRecord, _meds) -> None:
+def _read_condition(
+    resource: Mapping[str, Any], concepts: ConceptIndex, record: PatientRecord, _meds: Mapping[str, Mapping[str, Any]]
+) -> None:
     matches = concepts.match_codeable(resource.get("code"), CONDITION_KINDS)
     if not matches:
         return
@@ -239,7 +242,7 @@ def _read_condition(resource: dict, concepts: ConceptIndex, record: PatientRecor
         )
 
 
-def _body_site(body_site: object, concepts: ConceptIndex) -> dict:
+def _body_site(body_site: object, concepts: ConceptIndex) -> Mapping[str, Any]:
     """Condition.bodySite (0..* CodeableConcept): the body-site concepts it names (by code, or
     by its text or a display), the site as recorded (for display), and whether one is recorded.
     A bodySite that is not a list of CodeableConcepts is recorded but unreadable; the rest of
@@ -257,7 +260,7 @@ def _body_site(body_site: object, concepts: ConceptIndex) -> dict:
     return {"sites": tuple(sites), "site_text": shown, "sited": True}
 
 
-def _codeable_text(codeable: dict) -> str | None:
+def _codeable_text(codeable: Mapping[str, Any]) -> str | None:
     """A CodeableConcept as a person wrote it: its text, else its first display, else its code."""
     text = codeable.get("text")
     if isinstance(text, str) and text.strip():
@@ -271,7 +274,9 @@ def _codeable_text(codeable: dict) -> str | None:
 
 
 # -- Procedure ---------------------------------------------------------------------------------
-def _read_procedure(resource: dict, concepts: ConceptIndex, record: PatientRecord, conditions: ConditionIndex) -> None:
+def _read_procedure(
+    resource: Mapping[str, Any], concepts: ConceptIndex, record: PatientRecord, conditions: ConditionIndex
+) -> None:
     matches = concepts.match_codeable(resource.get("code"), PROCEDURE_KINDS)
     if not matches:
         return
@@ -324,8 +329,10 @@ def _read_procedure(resource: dict, concepts: ConceptIndex, record: PatientRecor
 
 
 # -- Observation -------------------------------------------------------------------------------
-def _read_observation(resource: dict, concepts: ConceptIndex, record: PatientRecord, _meds) -> None:
-    found: list[tuple[Match, dict]] = []
+def _read_observation(
+    resource: Mapping[str, Any], concepts: ConceptIndex, record: PatientRecord, _meds: Mapping[str, Mapping[str, Any]]
+) -> None:
+    found: list[tuple[Match, Mapping[str, Any]]] = []
     for m in concepts.match_codeable(resource.get("code"), OBSERVATION_KINDS):
         found.append((m, resource))
     components = resource.get("component")
@@ -374,7 +381,9 @@ def _read_observation(resource: dict, concepts: ConceptIndex, record: PatientRec
 
 
 # -- medications -------------------------------------------------------------------------------
-def _read_medication_use(resource: dict, concepts: ConceptIndex, record: PatientRecord, medications: dict) -> None:
+def _read_medication_use(
+    resource: Mapping[str, Any], concepts: ConceptIndex, record: PatientRecord, medications: Mapping[str, Any]
+) -> None:
     kind = resource["resourceType"]
     codeable, referenced = _medication_codeable(resource, medications)
     matches = concepts.match_codeable(codeable, MEDICATION_KINDS)
@@ -403,7 +412,9 @@ def _read_medication_use(resource: dict, concepts: ConceptIndex, record: Patient
         )
 
 
-def _medication_codeable(resource: dict, medications: dict) -> tuple[object, dict | None]:
+def _medication_codeable(
+    resource: Mapping[str, Any], medications: Mapping[str, Any]
+) -> tuple[object, Mapping[str, Any] | None]:
     """The medication's CodeableConcept, and the separate Medication resource it came from."""
     codeable = resource.get("medicationCodeableConcept")
     if codeable is not None:
@@ -428,10 +439,10 @@ def _medication_codeable(resource: dict, medications: dict) -> tuple[object, dic
 
 # -- draft orders ------------------------------------------------------------------------------
 def _read_draft_order(
-    resource: dict,
+    resource: Mapping[str, Any],
     concepts: ConceptIndex,
     record: PatientRecord,
-    medications: dict,
+    medications: Mapping[str, Any],
     full_url: str | None,
     selected: frozenset[str] | None,
     conditions: ConditionIndex | None = None,
@@ -489,10 +500,10 @@ def _selection_set(selections: Iterable[str] | None) -> frozenset[str] | None:
 
 
 # -- checking the elements read ----------------------------------------------------------------
-def _readable(resource: dict, matches: list[Match], record: PatientRecord) -> bool:
+def _readable(resource: Mapping[str, Any], matches: list[Match], record: PatientRecord) -> bool:
     """Check the elements the record reads of a selected resource; when one is not valid,
     record each matched concept's input as unreadable (naming the element) and say no."""
-    kind = resource.get("resourceType")
+    kind = cast(str, resource.get("resourceType"))  # one of READ_TYPES: collect() kept only those
     for element, check in ELEMENTS_READ.get(kind, ()):
         value = resource.get(element)
         if value is not None and not check(value):
@@ -528,9 +539,9 @@ def _sort(record: PatientRecord) -> None:
     def newest_first(when: datetime | None) -> tuple[bool, datetime]:
         return (when is not None, when or earliest)
 
-    for facts in record.observations.values():
-        facts.sort(key=lambda f: newest_first(f.effective), reverse=True)
-    for facts in record.procedures.values():
-        facts.sort(key=lambda f: newest_first(f.performed), reverse=True)
-    for facts in record.medications.values():
-        facts.sort(key=lambda f: (f.date is not None, f.date or date.min), reverse=True)
+    for observed in record.observations.values():
+        observed.sort(key=lambda f: newest_first(f.effective), reverse=True)
+    for performed in record.procedures.values():
+        performed.sort(key=lambda f: newest_first(f.performed), reverse=True)
+    for taken in record.medications.values():
+        taken.sort(key=lambda f: (f.date is not None, f.date or date.min), reverse=True)

@@ -21,8 +21,8 @@ import copy
 import re
 import string
 import uuid
-from datetime import timedelta
-from typing import Any
+from datetime import date, timedelta
+from typing import Any, cast
 
 from cds_service.clinical.dates import day_of
 from cds_service.clinical.evaluate import (
@@ -40,7 +40,7 @@ from cds_service.clinical.evaluate import (
     ratio,
 )
 from cds_service.clinical.record import FUTURE, OrderFact
-from cds_service.content.cards import Reference, When
+from cds_service.content.cards import CardContent, CodeSystemRef, OverrideReasonSpec, Reference, When
 from cds_service.content.templates import SUMMARY_LIMIT, format_figure
 
 JUDGEMENT = "This card informs and does not replace clinical judgement."
@@ -59,10 +59,10 @@ _PATIENT_TEXT_LIMIT = 120
 def render(
     result: CardResult,
     *,
-    links: list[dict] | tuple[dict, ...] = (),
+    links: list[dict[str, Any]] | tuple[dict[str, Any], ...] = (),
     patient_id: str | None = None,
     card_uuid: str | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """The CDS Hooks card. `links` come first (the evidence page), then the primary source;
     `patient_id` (context.patientId) is the subject of the suggested resources."""
     card, s = result.card, result.situation
@@ -94,11 +94,12 @@ def render(
 REASON_CATEGORY_EXTENSION = "org.example.hfs-cds.non-adherence-reason"
 
 
-def override_reason(card, reason) -> dict:
+def override_reason(card: CardContent, reason: OverrideReasonSpec) -> dict[str, Any]:
     """A card's override reason as a CDS Hooks Coding, with its HL7 category (issue 19)."""
     out: dict[str, Any] = {"code": reason.code, "system": reason.system, "display": reason.display}
     if reason.category is not None:
-        categories = card.override_reason_categories
+        # the card's validator requires [override_reason_categories] for a reason with a category
+        categories = cast(CodeSystemRef, card.override_reason_categories)
         out["extension"] = {
             REASON_CATEGORY_EXTENSION: {
                 "system": categories.system,
@@ -110,7 +111,7 @@ def override_reason(card, reason) -> dict:
     return out
 
 
-def offered_reasons(card) -> frozenset[tuple[str, str]]:
+def offered_reasons(card: CardContent) -> frozenset[tuple[str, str]]:
     """(system, code) of every reason a client may send back for this card: the card's own
     codings and their HL7 categories."""
     offered = {(r.system, r.code) for r in card.override_reasons}
@@ -127,12 +128,12 @@ def suggestion_uuid(card_uuid: str, suggestion_id: str) -> str:
     return str(uuid.uuid5(uuid.UUID(card_uuid), suggestion_id))
 
 
-def issued_suggestions(card, card_uuid: str) -> dict[str, str]:
+def issued_suggestions(card: CardContent, card_uuid: str) -> dict[str, str]:
     """uuid -> suggestion id, for every suggestion the card file can issue with this card uuid."""
     return {suggestion_uuid(card_uuid, g.id): g.id for g in card.suggestions}
 
 
-def suggestions_for(result: CardResult, card_uuid: str, patient_id: str | None) -> list[dict]:
+def suggestions_for(result: CardResult, card_uuid: str, patient_id: str | None) -> list[dict[str, Any]]:
     out = []
     for g in result.card.suggestions:
         if result.situation.id not in g.situations or not all(_holds(w, result) for w in g.when):
@@ -156,7 +157,7 @@ def suggestions_for(result: CardResult, card_uuid: str, patient_id: str | None) 
     return out
 
 
-def _due_date(result: CardResult, months: float):
+def _due_date(result: CardResult, months: float) -> date | None:
     procedure = result.procedure
     if procedure is None or procedure.performed is None:
         return None
@@ -199,7 +200,7 @@ def _holds(when: When | None, result: CardResult) -> bool:
     return holds(when, item, result.estimate is not None, result.today)
 
 
-def chosen(options: list, result: CardResult):
+def chosen(options: list[Any], result: CardResult) -> Any:
     """The first variant whose `when` holds (the last one is `otherwise`); None when it is omitted."""
     for variant in options:
         if variant.otherwise or _holds(variant.when, result):
@@ -258,7 +259,7 @@ def caveat_texts(result: CardResult) -> list[str]:
     return [_fill(c.text, values) for c in (chosen(e.options, result) for e in result.card.caveats) if c is not None]
 
 
-def page_sections(result: CardResult) -> list[dict]:
+def page_sections(result: CardResult) -> list[dict[str, Any]]:
     """The situation's sections, filled, in the order the card file gives them, then the
     patient-specific estimate (or why there is none): what the evidence page shows."""
     card, s = result.card, result.situation
@@ -359,8 +360,9 @@ def _input_sections(result: CardResult) -> list[str]:
         parts.append("### Patient data missing or not yet known\n\n" + "\n".join(_missing_line(i) for i in missing))
     lines = [_unreadable_line(i) for i in unreadable]
     shown = {i.predictor for i in result.inputs if i.status == UNREADABLE or i.future or i.newer_unreadable}
-    labels = {c: p.label for p in card.predictors for c in p.concepts}
-    by_concept = {c: p.id for p in card.predictors for c in p.concepts}
+    # (looked up by an unreadable input's concept, which may be None)
+    labels: dict[str | None, str] = {c: p.label for p in card.predictors for c in p.concepts}
+    by_concept: dict[str | None, str] = {c: p.id for p in card.predictors for c in p.concepts}
     for u in result.unreadable:
         if u.kind == FUTURE or by_concept.get(u.concept) in shown:
             continue

@@ -16,8 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from cds_service.content.site_models import SiteModel
 
 
 class ModelIncomplete(ValueError):
@@ -122,12 +126,12 @@ class LogisticModel:
         return z / (1.0 + z)
 
 
-def cox_model(site) -> CoxModel:
+def cox_model(site: SiteModel) -> CoxModel:
     """The numeric Cox model of a site overlay's complete model (content.site_models.SiteModel)."""
     ref = tuple(site.reference[n] for n in site.names) if site.reference else None
     return CoxModel(site.names, site.coefficients, ref, dict(site.baseline_survival))
 
 
-def logistic_model(site) -> LogisticModel:
+def logistic_model(site: SiteModel) -> LogisticModel:
     """The numeric logistic model of a site overlay's complete model (content.site_models.SiteModel)."""
     return LogisticModel(site.names, site.coefficients, site.intercept)

@@ -28,7 +28,8 @@ clinical/dates.py.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import date
+from datetime import date, datetime
+from typing import Any, TypeGuard, cast
 
 from cds_service.clinical.dates import day_of, has_time, instant_of, placed_after
 from cds_service.clinical.record import (
@@ -148,7 +149,8 @@ class Story:
             for e in self.operations(concept, condition)
             if e.fact is not fact and fact not in e.records and placed_after(e.fact.performed, start) is True
         ]
-        return sorted(later, key=lambda e: instant_of(e.fact.performed))
+        # (placed_after(...) is True above: each of them is dated)
+        return sorted(later, key=lambda e: instant_of(cast(datetime, e.fact.performed)))
 
     # -- conditions ----------------------------------------------------------------------------
     def course(self, concept: str, fact: ProcedureFact | None) -> Course:
@@ -173,7 +175,7 @@ class Story:
     def resolved_after(self, concept: str, fact: ProcedureFact) -> Course | None:
         """An entry of the condition that ended after the operation's day: an abatement date
         after it, else a resolved (inactive, remission) status recorded after it."""
-        day = day_of(fact.performed)
+        day = day_of(cast(datetime, fact.performed))  # course() asks for a dated operation only
         found: list[tuple[date, str, ConditionFact]] = []
         for c in self.record.conditions.get(concept, ()):
             if c.is_active:
@@ -262,7 +264,7 @@ def _has_time(fact: ProcedureFact) -> bool:
     return fact.performed is not None and has_time(fact.performed)
 
 
-def _sort_key(fact: ProcedureFact) -> tuple:
+def _sort_key(fact: ProcedureFact) -> tuple[Any, ...]:
     m = fact.match
     return (m.by_text, m.system or "", m.code or "")
 
@@ -273,7 +275,7 @@ def _earliest(facts: list[ConditionFact]) -> ConditionFact | None:
     return min(facts, key=condition_order) if facts else None
 
 
-def condition_order(c: ConditionFact) -> tuple:
+def condition_order(c: ConditionFact) -> tuple[Any, ...]:
     return (
         c.onset or c.recorded or date.max,
         c.recorded or date.max,
@@ -284,17 +286,17 @@ def condition_order(c: ConditionFact) -> tuple:
     )
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 # ------------------------------------------------------------------------------ how it was read
-def reading_notes(story: Story, concepts: frozenset[str] | set[str], condition: str | None) -> list[dict]:
+def reading_notes(story: Story, concepts: frozenset[str] | set[str], condition: str | None) -> list[dict[str, Any]]:
     """How each operation of these treatments was read, for the evidence page: which records
     were merged into one operation, which were set aside and why, which were done for another
     condition. Carries no identifiers; codes and dates only."""
     labels = story.record.labels
-    out: list[dict] = []
+    out: list[dict[str, Any]] = []
     for concept in sorted(c for c in concepts if c in story.episodes):
         name = labels.get(concept, concept)
         for e in story.episodes[concept]:

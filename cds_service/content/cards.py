@@ -43,7 +43,7 @@ import re
 import tomllib
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import (
     BaseModel,
@@ -234,7 +234,7 @@ class SectionVariant(_Variant):
         return self
 
 
-def _check_variants(variants: list) -> list:
+def _check_variants(variants: list[Any]) -> list[Any]:
     if not variants:
         raise ValueError("variants must not be empty")
     for v in variants[:-1]:
@@ -536,6 +536,10 @@ class CodeSystemRef(Table):
 
 
 # ---------------------------------------------------------------------------- the card
+# A situation's reads: (predictors shown, concepts read, procedure predictor, order predictor).
+_SituationReads = tuple[tuple[str, ...], frozenset[str], str | None, str | None]
+
+
 class CardContent(Table):
     """One card file."""
 
@@ -653,12 +657,13 @@ class CardContent(Table):
     def trigger_predictor(self, s: Situation, flag: str) -> str | None:
         """The predictor of `requires` whose fact is the situation's procedure (flag
         'is_procedure') or its triggering order ('is_order')."""
-        return self.situation_reads[s.id][2 if flag == "is_procedure" else 3]
+        reads = self.situation_reads[s.id]
+        return reads[2] if flag == "is_procedure" else reads[3]
 
     @cached_property
-    def situation_reads(self) -> dict[str, tuple]:
+    def situation_reads(self) -> dict[str, _SituationReads]:
         """Situation id -> (predictors shown, concepts read, procedure predictor, order predictor)."""
-        out = {}
+        out: dict[str, _SituationReads] = {}
         for s in self.situations:
             shown = tuple(dict.fromkeys([*s.predictors, *self.context_predictors]))
             ids = [*shown, *(w.predictor for w in s.requires if w.predictor)]
@@ -671,6 +676,12 @@ class CardContent(Table):
 
 
 # ---------------------------------------------------------------------------- semantic checks
+class _CheckWhen(Protocol):
+    """The check of a `when` table, defined in the card's validator."""
+
+    def __call__(self, w: When | None, readable: set[str], where: str, use_model: bool) -> None: ...
+
+
 def _check_concept(context: Any, concept_id: str, kinds: tuple[str, ...], where: str) -> None:
     concepts = (context or {}).get("concepts")
     if concepts is None:
@@ -714,18 +725,18 @@ def _check_card(card: CardContent) -> None:
                 setattr(w, key, figure)
 
     for key, section in card.sections.items():
-        for v in section.options:
-            check_when(v.when, set(predictors), f"[sections.{key}] variant", use_model=True)
+        for sv in section.options:
+            check_when(sv.when, set(predictors), f"[sections.{key}] variant", use_model=True)
     if not card.caveats:
         raise ValueError("[caveats]: at least one evidence caveat is required")
     for i, caveat in enumerate(card.caveats):
-        for v in caveat.options:
-            check_when(v.when, context, f"[[caveats]] #{i + 1} variant (a context predictor)", use_model=False)
+        for tv in caveat.options:
+            check_when(tv.when, context, f"[[caveats]] #{i + 1} variant (a context predictor)", use_model=False)
     if card.strength is not None:
-        for v in card.strength.options:
-            check_when(v.when, context, "[strength] variant (a context predictor)", use_model=False)
-            if v.text is not None:
-                check_template(v.text, set(card.figures), "[strength]")
+        for tv in card.strength.options:
+            check_when(tv.when, context, "[strength] variant (a context predictor)", use_model=False)
+            if tv.text is not None:
+                check_template(tv.text, set(card.figures), "[strength]")
     if not card.situations:
         raise ValueError("at least one situation (trigger) is required")
     if len({s.id for s in card.situations}) != len(card.situations):
@@ -748,22 +759,22 @@ def _check_card(card: CardContent) -> None:
     if clash:
         raise ValueError(f"names used both as figure and predictor/dynamic value: {sorted(clash)}")
     for key, section in card.sections.items():
-        for v in section.options:
-            if not v.omit:
-                check_template(v.heading, names, f"[sections.{key}] heading")
-                check_template(v.body, names, f"[sections.{key}] body")
+        for sv in section.options:
+            if not sv.omit:
+                check_template(sv.heading, names, f"[sections.{key}] heading")
+                check_template(sv.body, names, f"[sections.{key}] body")
     for key, text in card.texts.items():
         # the texts that fill the estimate's placeholders cannot use those placeholders
         inner = key.startswith("estimate_") and key != "estimate_headline"
         check_template(text, names - TEXT_FILLED_NAMES if inner else names, f"[texts] {key}")
     for caveat in card.caveats:
-        for v in caveat.options:
-            if v.text is not None:
-                check_template(v.text, set(card.figures), "[caveats]")
+        for tv in caveat.options:
+            if tv.text is not None:
+                check_template(tv.text, set(card.figures), "[caveats]")
     for s in card.situations:
-        for v in s.summary_options:
-            check_template(v.text, names, f"situation {s.id} summary")
-            check_summary_length(v.text, card.figures, f"situation {s.id}")
+        for tv in s.summary_options:
+            check_template(tv.text, names, f"situation {s.id} summary")
+            check_summary_length(tv.text, card.figures, f"situation {s.id}")
         check_template(s.lead, names, f"situation {s.id} lead")
     if (
         card.model.site_kind is not None
@@ -773,7 +784,9 @@ def _check_card(card: CardContent) -> None:
         raise ValueError(f"a card with a {card.model.site_kind} model needs [texts] site_estimate")
 
 
-def _check_situation(card: CardContent, s: Situation, predictors: dict, context: set[str], check_when) -> None:
+def _check_situation(
+    card: CardContent, s: Situation, predictors: dict[str, Any], context: set[str], check_when: _CheckWhen
+) -> None:
     where = f"situation {s.id}"
     if not s.requires:
         raise ValueError(f"{where}: a situation needs a trigger (requires = [...])")
@@ -809,8 +822,8 @@ def _check_situation(card: CardContent, s: Situation, predictors: dict, context:
             check_when(v.when, context, f"{where} strength variant (a context predictor)", use_model=False)
             if v.text is not None:
                 check_template(v.text, set(card.figures), f"{where} strength")
-        for v in card.sections[key].options:
-            check_when(v.when, set(reads), f"{where}: section {key}", use_model=s.use_model)
+        for sv in card.sections[key].options:
+            check_when(sv.when, set(reads), f"{where}: section {key}", use_model=s.use_model)
     if s.use_model and card.model.site_kind is None:
         raise ValueError(f"{where}: use_model = true, but the card's model is evidence-only")
     if s.use_model:
@@ -827,7 +840,7 @@ def _check_situation(card: CardContent, s: Situation, predictors: dict, context:
         check_when(v.when, set(reads), f"{where} summary variant #{i + 1}", use_model=s.use_model)
 
 
-def _check_suggestions(card: CardContent, check_when) -> None:
+def _check_suggestions(card: CardContent, check_when: _CheckWhen) -> None:
     situations = {s.id: s for s in card.situations}
     if len({g.id for g in card.suggestions}) != len(card.suggestions):
         raise ValueError("[[suggestions]]: ids must be unique")
@@ -846,7 +859,7 @@ def _check_suggestions(card: CardContent, check_when) -> None:
 
 
 # ---------------------------------------------------------------------------- loading
-def card_from_data(data: dict, where: str = "card", concepts: Any = None) -> CardContent:
+def card_from_data(data: dict[str, Any], where: str = "card", concepts: Any = None) -> CardContent:
     """One card from the parsed TOML of its file. `concepts` (a ConceptIndex) enables
     checking that every concept id the card names exists and has the right kind."""
     card_id = data.get("id") if isinstance(data, dict) else None
@@ -860,7 +873,7 @@ def card_from_data(data: dict, where: str = "card", concepts: Any = None) -> Car
 
 
 def load_cards(
-    cards_dir: Path, overlay: dict | None = None, concepts: Any = None, overlay_dir: Path | None = None
+    cards_dir: Path, overlay: dict[str, Any] | None = None, concepts: Any = None, overlay_dir: Path | None = None
 ) -> list[CardContent]:
     """Every card file in cards_dir (not concepts.toml / services.toml), checked, with the
     overlay's site models attached. Without `concepts` the concepts file of cards_dir is
@@ -901,7 +914,7 @@ def content_versions(cards: list[CardContent]) -> str:
     return ",".join(parts)
 
 
-def card_json_schema() -> dict:
+def card_json_schema() -> dict[str, Any]:
     """The JSON Schema of a card file, for editors (published as cards/schema/card.schema.json)."""
     schema = CardContent.model_json_schema(mode="validation")
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"

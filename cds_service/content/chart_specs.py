@@ -15,7 +15,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from cds_service.content.cards import CardContent, ContentError, When
+from cds_service.content.cards import CardContent, When
+from cds_service.content.errors import ContentError
 from cds_service.content.templates import MODEL_REPORT_NAMES
 
 CHARTS_FILE = Path("evidence") / "charts.toml"
@@ -90,7 +91,7 @@ class ChartSpec:
     highlight: str | None = None  # predictor whose value selects the highlighted series
 
 
-def parse_ci(text: str) -> tuple[float, float] | None:
+def parse_ci(text: object) -> tuple[float, float] | None:
     """'33-63' -> (33.0, 63.0); None when the text is not a low-high range."""
     match = _CI.fullmatch(str(text))
     if not match:
@@ -123,7 +124,7 @@ def load_chart_specs(
     return {k: tuple(v) for k, v in specs.items()}
 
 
-def _chart(raw: dict, where: str) -> ChartSpec:
+def _chart(raw: dict[str, Any], where: str) -> ChartSpec:
     allowed = {
         "card",
         "kind",
@@ -280,13 +281,13 @@ def _check(spec: ChartSpec, card: CardContent, where: str) -> None:
                 raise ContentError(f"{where}: {card.id} has no figure {name!r} (placeholder in a label)")
 
 
-def _table(value: object, where: str) -> dict:
+def _table(value: object, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ContentError(f"{where}: expected a table")
     return value
 
 
-def _list(value: object, where: str) -> list:
+def _list(value: object, where: str) -> list[Any]:
     if not isinstance(value, list):
         raise ContentError(f"{where}: expected a list")
     return value

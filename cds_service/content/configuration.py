@@ -13,9 +13,16 @@ namespace is ours, not `davinci-crd.*`: CRD binds its option codes to CRD's card
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cds_service.errors import bad_request
+
+if TYPE_CHECKING:
+    from cds_service.content.cards import CardContent
+
+T = TypeVar("T")
 
 OPTIONS_EXTENSION = "org.example.hfs-cds.configuration-options"
 REQUEST_EXTENSION = "org.example.hfs-cds.configuration"
@@ -31,7 +38,7 @@ class Option:
     description: str
     default: bool | int
 
-    def discovery_entry(self) -> dict:
+    def discovery_entry(self) -> dict[str, Any]:
         return {
             "code": self.code,
             "type": self.type,
@@ -59,7 +66,7 @@ class Configuration:
 DEFAULT = Configuration()
 
 
-def options_for(cards, hook: str) -> tuple[Option, ...]:
+def options_for(cards: Sequence[CardContent], hook: str) -> tuple[Option, ...]:
     """The options of the service answering `hook`: its cards, their situations, the budget."""
     options: list[Option] = []
     for card in cards:
@@ -89,7 +96,7 @@ def options_for(cards, hook: str) -> tuple[Option, ...]:
     return tuple(options)
 
 
-def read_configuration(extension: dict | None, options: tuple[Option, ...]) -> Configuration:
+def read_configuration(extension: dict[str, Any] | None, options: tuple[Option, ...]) -> Configuration:
     """The request's configuration: unknown option codes are ignored, a known option with a
     value of the wrong type is a 400 naming the option."""
     sent = (extension or {}).get(REQUEST_EXTENSION)
@@ -118,7 +125,7 @@ def read_configuration(extension: dict | None, options: tuple[Option, ...]) -> C
     return Configuration(frozenset(cards_off), frozenset(situations_off), max_cards)
 
 
-def within_budget(items: list, indicators: list[str], configuration: Configuration) -> list:
+def within_budget(items: list[T], indicators: list[str], configuration: Configuration) -> list[T]:
     """The cards the budget allows (`indicators[i]` is the indicator of `items[i]`): the most
     urgent first, then in order; those kept stay in the order they came."""
     if configuration.max_cards is None or len(items) <= configuration.max_cards:

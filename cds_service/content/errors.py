@@ -40,7 +40,7 @@ def content_error(exc: ValidationError, where: str, data: Any) -> ContentError:
     return ContentError("\n".join(dict.fromkeys(lines)))
 
 
-def _place(loc: tuple, data: Any) -> str:
+def _place(loc: tuple[int | str, ...], data: Any) -> str:
     parts: list[str] = []
     node = data
     for key in loc:

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-REPORT_FORMAT = "hfs-cds-site-model-report/2"
+REPORT_FORMAT: Final = "hfs-cds-site-model-report/2"
 
 
 class _Part(BaseModel):
@@ -350,7 +350,7 @@ class ModelReport(_Part):
         return self.monitoring[-1] if self.monitoring else None
 
 
-def finite(value):
+def finite(value: object) -> object:
     """NaN / infinity are not JSON: they become null (before validation)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -361,7 +361,7 @@ def finite(value):
     return value
 
 
-def build_report(data: dict) -> ModelReport:
+def build_report(data: dict[str, Any]) -> ModelReport:
     """The writer's side: the report as data -> the validated report (ValidationError when
     the reader would refuse it)."""
     return ModelReport.model_validate(finite(data))

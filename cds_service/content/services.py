@@ -6,6 +6,7 @@ import dataclasses
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from cds_service.config import ConfigError
@@ -42,7 +43,7 @@ class ServiceDefinition:
     hook_version: str = "1.0"
     version: str = CDS_HOOKS_VERSION
 
-    def discovery_entry(self) -> dict:
+    def discovery_entry(self) -> dict[str, Any]:
         """The service as listed by GET /cds-services (a 2.0 client ignores `version` and
         `hookVersion`; CDS Hooks 3.0.0-ballot §Discovery adds them)."""
         return {

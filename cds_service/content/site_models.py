@@ -38,9 +38,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo, model_validator
@@ -91,7 +92,7 @@ class SiteModelFile(Table):
 
     @model_validator(mode="after")
     def _fits_the_card(self, info: ValidationInfo) -> SiteModelFile:
-        card: CardContent = info.context["card"]
+        card: CardContent = cast(dict[str, Any], info.context)["card"]  # site_model_from_data passes it
         kind = card.model.site_kind
         if kind is None:
             raise ValueError(f"card {card.id} is evidence-only; it has no model a site can parameterise")
@@ -186,7 +187,9 @@ def _check_words(c: ReportCheck) -> str:
     return f"{c.name} = {significant(c.value)}, needs {c.required}"
 
 
-def read_report(path: Path, card: CardContent, names: tuple[str, ...], coefficients, intercept) -> LearnedFrom:
+def read_report(
+    path: Path, card: CardContent, names: tuple[str, ...], coefficients: tuple[float, ...], intercept: float | None
+) -> LearnedFrom:
     """The report's summary; ContentError when it cannot be read, is about another card, or
     does not give the overlay's coefficients (then it does not describe this model)."""
     where = f"site overlay [models.{card.id}] report {path}"
@@ -236,7 +239,7 @@ def read_report(path: Path, card: CardContent, names: tuple[str, ...], coefficie
     )
 
 
-def check_learned_models(cards, allow_unvalidated: bool) -> list[str]:
+def check_learned_models(cards: Iterable[CardContent], allow_unvalidated: bool) -> list[str]:
     """Start-up rule: a learned model whose report did not pass its minimums, or that no
     person approved (`cds-service approve`), stops the service (ConfigError naming the card
     and why), unless the setting allow_unvalidated_site_models allows it; then the warnings
@@ -329,15 +332,18 @@ def site_model_from_data(card: CardContent, raw: object, overlay_dir: Path | Non
     except ValidationError as exc:
         raise content_error(exc, where, raw) from None
     names = spec.names(card)
-    kind = card.model.site_kind
+    kind = cast(str, card.model.site_kind)  # SiteModelFile refused a card without one
     if spec.coefficients:
         coefficients = tuple(spec.coefficients[n] for n in names)
     elif card.model.kind == "cox":
         coefficients = tuple(card.model.coefficients[n] for n in names)
     else:
         coefficients = tuple(math.log(card.model.odds_ratios[n]) for n in names)
+    # (CodingFile's validator gives every coding without cutoffs its scale)
     coding = {
-        name: Coding(cutoffs=tuple(c.cutoffs)) if c.cutoffs else Coding(scale=c.scale, offset=c.offset or 0.0)
+        name: Coding(cutoffs=tuple(c.cutoffs))
+        if c.cutoffs
+        else Coding(scale=cast(float, c.scale), offset=c.offset or 0.0)
         for name, c in spec.coding.items()
     }
     learned = None
@@ -362,7 +368,7 @@ def site_model_from_data(card: CardContent, raw: object, overlay_dir: Path | Non
 
 
 def attach_site_models(
-    cards: list[CardContent], overlay: dict | None, overlay_dir: Path | None = None
+    cards: list[CardContent], overlay: dict[str, Any] | None, overlay_dir: Path | None = None
 ) -> list[CardContent]:
     """The cards, each with the overlay's model for it (if any) attached. `overlay_dir`: the
     overlay file's folder, against which a model's `report` path is read."""

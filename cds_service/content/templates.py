@@ -61,8 +61,8 @@ def check_summary_length(text: str, figures: dict[str, Any], where: str) -> None
         )
 
 
-class _Typical(dict):
-    def __init__(self, figures: dict) -> None:
+class _Typical(dict[str, Any]):
+    def __init__(self, figures: dict[str, Any]) -> None:
         super().__init__({k: format_figure(v) for k, v in figures.items()})
 
     def __missing__(self, key: str) -> str:

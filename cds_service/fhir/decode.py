@@ -24,6 +24,7 @@ the rare path; the well-formed body is decoded once.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from types import GenericAlias
 from typing import Any
 
 import msgspec
@@ -38,6 +39,8 @@ BUNDLE_ELEMENTS = ("type", "link", "meta", "total")
 
 class _Element:
     """The read side of a JSON object, for a decoded Struct (UNSET = not sent)."""
+
+    __struct_fields__: tuple[str, ...]  # set by msgspec on the Struct these methods are copied to
 
     def get(self, name: str, default: object = None) -> object:
         value = getattr(self, name, UNSET)
@@ -97,15 +100,16 @@ class Decoding:
         # What a prefetch key or a FHIR answer holds: a resource, or a Bundle of entries
         # with what paging reads of it.
         bundle = [(n, Any) for n in BUNDLE_ELEMENTS]
-        self.Top = _struct("Resource", [*own, *bundle, ("entry", list[self.Entry])])
+        # (The types are built at run time: GenericAlias(list, X) is list[X].)
+        self.Top = _struct("Resource", [*own, *bundle, ("entry", GenericAlias(list, self.Entry))])
         body = _struct(
             "HookRequestBody",
-            [*((n, Any) for n in HOOK_REQUEST_FIELDS), ("prefetch", dict[str, self.Top | None] | None)],
+            [*((n, Any) for n in HOOK_REQUEST_FIELDS), ("prefetch", GenericAlias(dict, (str, self.Top | None)) | None)],
         )
-        self._hook_request = msgspec.json.Decoder(body)
-        self._answer = msgspec.json.Decoder(self.Top)
+        self._hook_request: msgspec.json.Decoder[Any] = msgspec.json.Decoder(body)
+        self._answer: msgspec.json.Decoder[Any] = msgspec.json.Decoder(self.Top)
 
-    def hook_request(self, data: bytes) -> dict | None:
+    def hook_request(self, data: bytes) -> dict[str, Any] | None:
         """The hook request as a JSON object whose prefetch values are decoded resources;
         None when the body is not of that shape (the caller parses it generically)."""
         if not _is_utf8(data):
@@ -116,15 +120,16 @@ class Decoding:
             return None
         return {name: getattr(decoded, name) for name in decoded}
 
-    def answer(self, data: bytes) -> Mapping | None:
+    def answer(self, data: bytes) -> Mapping[str, Any] | None:
         """A FHIR server's answer (a resource or a Bundle) decoded; None when it is not of
         that shape (the caller parses it generically)."""
         if not _is_utf8(data):
             return None
         try:
-            return self._answer.decode(data)
+            answer: Mapping[str, Any] = self._answer.decode(data)  # a Top Struct (a registered Mapping)
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
             return None
+        return answer
 
 
 def _is_utf8(data: bytes) -> bool:

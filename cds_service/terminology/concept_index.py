@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
+from typing import Any
 
 from cds_service.formatting import number
 
@@ -250,9 +251,10 @@ class ConceptIndex:
                 if system in self._icd_uris:
                     ids = self.lookup(system, code)
                 else:
-                    ids = self._exact.get((system, code))
-                    if ids is None:
+                    exact = self._exact.get((system, code))
+                    if exact is None:
                         continue
+                    ids = exact
                 for concept_id in ids:
                     if self._kind[concept_id] not in kinds or (found and concept_id in found):
                         continue
@@ -343,7 +345,7 @@ class ConceptIndex:
         return code.strip()
 
 
-def _texts_of(codeable: dict, codings: object) -> list[str]:
+def _texts_of(codeable: dict[str, Any], codings: object) -> list[str]:
     texts = []
     text = codeable.get("text")
     if isinstance(text, str) and text:

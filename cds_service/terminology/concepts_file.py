@@ -22,7 +22,7 @@ import re
 import tomllib
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import (
     BaseModel,
@@ -34,6 +34,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 from cds_service.config import ConfigError
 from cds_service.terminology import units
@@ -319,7 +320,7 @@ class ConceptEntry(_Model):
                 return
             if not self.answers:
                 raise ValueError("answers is empty")
-            values: set = set()
+            values: set[object] = set()
             for answer in self.answers:
                 if kind == "boolean" and not isinstance(answer.value, bool):
                     raise ValueError("an answer's value must be true or false")
@@ -391,7 +392,7 @@ class SiteConcepts(_Model):
 
 
 # ----------------------------------------------------------------------------- loading
-def load_concepts(cards_dir: Path, overlay: dict | None = None) -> ConceptIndex:
+def load_concepts(cards_dir: Path, overlay: dict[str, Any] | None = None) -> ConceptIndex:
     """cards_dir/concepts.toml plus the overlay's `[concepts.<id>] codes = [...]`."""
     path = Path(cards_dir) / CONCEPTS_FILE
     try:
@@ -404,7 +405,9 @@ def load_concepts(cards_dir: Path, overlay: dict | None = None) -> ConceptIndex:
     return concepts_from_data(data, overlay, source=str(path))
 
 
-def concepts_from_data(data: dict, overlay: dict | None = None, source: str = CONCEPTS_FILE) -> ConceptIndex:
+def concepts_from_data(
+    data: dict[str, Any], overlay: dict[str, Any] | None = None, source: str = CONCEPTS_FILE
+) -> ConceptIndex:
     context: dict[str, Any] = {_DEFAULT_FILE: True}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: not a TOML table")
@@ -471,7 +474,8 @@ def _concept(concept_id: str, entry: ConceptEntry, systems: dict[str, CodeSystem
             )
             for a in entry.answers or ()
         )
-        value = ValueSpec(kind=entry.value, unit=entry.unit, low=low, high=high, answers=answers)
+        # ConceptEntry's validator rejects an observation without a value kind.
+        value = ValueSpec(kind=cast(str, entry.value), unit=entry.unit, low=low, high=high, answers=answers)
     return Concept(
         id=concept_id,
         label=entry.label,
@@ -539,7 +543,7 @@ def _config_error(exc: ValidationError, source: str) -> ConfigError:
     return ConfigError(f"{source} " + "; ".join(dict.fromkeys(lines)))
 
 
-def _message(error: dict) -> str:
+def _message(error: ErrorDetails) -> str:
     loc = [part for part in error.get("loc", ()) if not (isinstance(part, str) and part in _HIDDEN)]
     kind = error.get("type", "")
     if kind == "value_error":
@@ -555,7 +559,7 @@ def _message(error: dict) -> str:
     return f"{_place(loc, drop_last=kind in ('extra_forbidden', 'missing'))}: {why}"
 
 
-def _place(loc: list, drop_last: bool) -> str:
+def _place(loc: list[int | str], drop_last: bool) -> str:
     parts = list(loc[:-1] if drop_last and loc else loc)
     if len(parts) >= 2 and parts[0] in ("concepts", "code_systems"):
         head = f"[{parts[0]}.{parts[1]}]"

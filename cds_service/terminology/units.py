@@ -22,6 +22,7 @@ import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 UCUM_SYSTEM = "http://unitsofmeasure.org"
 
@@ -36,10 +37,12 @@ class Unit:
     dims: tuple[int, int, int]  # exponents of (mass, time, electric potential)
 
     def __mul__(self, other: Unit) -> Unit:
-        return Unit(self.factor * other.factor, tuple(a + b for a, b in zip(self.dims, other.dims)))
+        d, e = self.dims, other.dims
+        return Unit(self.factor * other.factor, (d[0] + e[0], d[1] + e[1], d[2] + e[2]))
 
     def power(self, n: int) -> Unit:
-        return Unit(self.factor**n, tuple(a * n for a in self.dims))
+        d = self.dims
+        return Unit(self.factor**n, (d[0] * n, d[1] * n, d[2] * n))
 
 
 DIMENSIONLESS = Unit(1.0, (0, 0, 0))
@@ -227,7 +230,7 @@ def convert(value: float, from_unit: str, to_unit: str) -> float:
     return float(f"{value * source.factor / target.factor:.12g}")  # drop float noise (2 mV = 2000 uV)
 
 
-def quantity_unit(quantity: dict) -> str | None:
+def quantity_unit(quantity: dict[str, Any]) -> str | None:
     """The UCUM expression a FHIR Quantity is in (None: the quantity names no unit).
 
     Raises UnitError when the quantity names a unit that cannot be read as UCUM.
