@@ -58,6 +58,18 @@ class Extraction:
     resources: Iterator[dict]  # streamed; consume once
     counts: dict[str, int] = field(default_factory=dict)  # filled while streaming
 
+    def provenance(self) -> dict:
+        """How the data was extracted, for a report (once the resources have been read)."""
+        return {
+            "method": self.info.method,
+            "level": self.info.level,
+            "group": self.info.group,
+            "types": list(self.info.types),
+            "transaction_time": self.info.transaction_time,
+            "files": self.info.files,
+            "resources": dict(sorted(self.counts.items())),
+        }
+
 
 class BulkClient:
     def __init__(

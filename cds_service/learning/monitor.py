@@ -141,16 +141,7 @@ def recent_cohort(options: MonitorOptions, auth=None) -> RecentCohort:
     finally:
         staging.close()
     recent = sorted((r for r in rows if r.index_day is not None and r.index_day >= since), key=lambda r: r.index_day)
-    info = {
-        "method": extraction.info.method,
-        "level": extraction.info.level,
-        "group": extraction.info.group,
-        "types": list(extraction.info.types),
-        "transaction_time": extraction.info.transaction_time,
-        "files": extraction.info.files,
-        "resources": dict(sorted(extraction.counts.items())),
-        "since": export_since,
-    }
+    info = {**extraction.provenance(), "since": export_since}
     return RecentCohort(definition, card, site, report, report_path, since, today, recent, info)
 
 

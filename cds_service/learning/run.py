@@ -128,15 +128,7 @@ def learn(options: LearnOptions, auth=None) -> LearnResult:
         "provenance": {
             "fhir_server": options.fhir_base,
             "extraction_started": started,
-            "extraction": {
-                "method": extraction.info.method,
-                "level": extraction.info.level,
-                "group": extraction.info.group,
-                "types": list(extraction.info.types),
-                "transaction_time": extraction.info.transaction_time,
-                "files": extraction.info.files,
-                "resources": dict(sorted(extraction.counts.items())),
-            },
+            "extraction": extraction.provenance(),
             "versions": _versions(),
             "timings_s": timings,
         },
