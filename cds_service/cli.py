@@ -513,10 +513,8 @@ def _coverage(args: argparse.Namespace) -> int:
 
 
 def _recalibrate(args: argparse.Namespace, settings) -> int:
-    from datetime import date
     from pathlib import Path
 
-    from cds_service.learning.monitor import MonitorOptions
     from cds_service.learning.recalibrate import recalibrate
     from cds_service.learning.run import LearnError
     from cds_service.security.smart_backend import BackendAuthError
@@ -524,23 +522,10 @@ def _recalibrate(args: argparse.Namespace, settings) -> int:
     overlay = args.site_overlay or settings.site_overlay
     if not overlay:
         raise ConfigError("--recalibrate needs the site overlay with the deployed model (--site-overlay)")
-    try:
-        since = date.fromisoformat(args.since) if args.since else None
-    except ValueError:
-        raise ConfigError(f"--since {args.since!r} is not a date (YYYY-MM-DD)") from None
+    options = _monitor_options(args, settings, overlay, settings.instance_path)
     try:
         result = recalibrate(
-            MonitorOptions(
-                card_id=args.card,
-                cards_dir=Path(args.cards_dir) if args.cards_dir else settings.cards_dir,
-                fhir_base=args.fhir_base,
-                site_overlay=Path(overlay),
-                instance_dir=settings.instance_path,
-                group=args.group,
-                since=since,
-                max_wait_s=args.max_wait,
-                prefer_bulk=not args.no_bulk,
-            ),
+            options,
             Path(args.out),
             _fhir_auth(args, args.fhir_base),
         )
@@ -585,10 +570,8 @@ def _add_monitor_parser(commands) -> None:
 
 
 def _monitor(args: argparse.Namespace) -> int:
-    from datetime import date
-    from pathlib import Path
 
-    from cds_service.learning.monitor import MonitorOptions, monitor
+    from cds_service.learning.monitor import monitor
     from cds_service.learning.run import LearnError
     from cds_service.security.smart_backend import BackendAuthError
 
@@ -598,24 +581,10 @@ def _monitor(args: argparse.Namespace) -> int:
     overlay = args.site_overlay or (settings.site_overlays[args.site] if args.site else settings.site_overlay)
     if not overlay:
         raise ConfigError("monitor needs the site overlay with the deployed model (--site-overlay or site_overlay)")
-    try:
-        since = date.fromisoformat(args.since) if args.since else None
-    except ValueError:
-        raise ConfigError(f"--since {args.since!r} is not a date (YYYY-MM-DD)") from None
+    options = _monitor_options(args, settings, overlay, check_instance_folder(settings.instance_path), args.site)
     try:
         result = monitor(
-            MonitorOptions(
-                card_id=args.card,
-                cards_dir=Path(args.cards_dir) if args.cards_dir else settings.cards_dir,
-                fhir_base=args.fhir_base,
-                site_overlay=Path(overlay),
-                instance_dir=check_instance_folder(settings.instance_path),
-                group=args.group,
-                since=since,
-                max_wait_s=args.max_wait,
-                prefer_bulk=not args.no_bulk,
-                site_name=args.site,
-            ),
+            options,
             _fhir_auth(args, args.fhir_base),
         )
     except (LearnError, BackendAuthError) as exc:
@@ -624,6 +593,31 @@ def _monitor(args: argparse.Namespace) -> int:
     print(f"{result.status}: {result.reason}")
     print(f"report: {result.report_json}; verdict for the service: {result.status_file}")
     return MONITOR_EXIT[result.status]
+
+
+def _monitor_options(args: argparse.Namespace, settings, overlay, instance_dir, site_name: str | None = None):
+    """The deployed model's monitoring options from `monitor` or `learn --recalibrate`."""
+    from datetime import date
+    from pathlib import Path
+
+    from cds_service.learning.monitor import MonitorOptions
+
+    try:
+        since = date.fromisoformat(args.since) if args.since else None
+    except ValueError:
+        raise ConfigError(f"--since {args.since!r} is not a date (YYYY-MM-DD)") from None
+    return MonitorOptions(
+        card_id=args.card,
+        cards_dir=Path(args.cards_dir) if args.cards_dir else settings.cards_dir,
+        fhir_base=args.fhir_base,
+        site_overlay=Path(overlay),
+        instance_dir=instance_dir,
+        group=args.group,
+        since=since,
+        max_wait_s=args.max_wait,
+        prefer_bulk=not args.no_bulk,
+        site_name=site_name,
+    )
 
 
 def _approve(args: argparse.Namespace) -> int:
