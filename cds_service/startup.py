@@ -10,6 +10,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cds_service.clinical.fhir_collect import READ_TYPES
 from cds_service.clinical.fhir_elements import declared_elements
 from cds_service.clinical.render import issued_suggestions, offered_reasons
 from cds_service.config import ConfigError, Settings, check_instance_folder
@@ -270,8 +271,9 @@ def build_runtime(settings: Settings) -> Runtime:
     for warning in check_learned_models(cards, settings.allow_unvalidated_site_models):
         log.warning(warning)
     sites = load_sites(settings, trust)
-    # Hook requests and FHIR answers keep only the elements the record reads (fhir/decode.py).
-    decoding = Decoding(declared_elements())
+    # Hook requests and FHIR answers keep only the elements the record reads, of the resource
+    # types it reads (fhir/decode.py).
+    decoding = Decoding(declared_elements(), READ_TYPES)
     store = open_store(settings)
     store.audit_writer.start()  # replays what an earlier run left in the spool
     if settings.as_of_date:

@@ -25,10 +25,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from types import GenericAlias
-from typing import Any
+from typing import Any, Union
 
 import msgspec
+import msgspec.structs
 from msgspec import UNSET
+
+from cds_service.fhir.resource_types import RESOURCE_TYPES
 
 # The fields of the hook request itself (CDS Hooks 2.0 HTTP request), all checked by
 # http/hook_request.py after decoding (so its 400s keep their field and reason).
@@ -41,6 +44,7 @@ class _Element:
     """The read side of a JSON object, for a decoded Struct (UNSET = not sent)."""
 
     __struct_fields__: tuple[str, ...]  # set by msgspec on the Struct these methods are copied to
+    _leading: tuple[str, ...] = ()  # ("resourceType",) on a resource: its tag, not a field
 
     def get(self, name: str, default: object = None) -> object:
         value = getattr(self, name, UNSET)
@@ -56,7 +60,9 @@ class _Element:
         return isinstance(name, str) and getattr(self, name, UNSET) is not UNSET
 
     def __iter__(self) -> Iterator[str]:
-        return (name for name in self.__struct_fields__ if getattr(self, name) is not UNSET)
+        # astuple reads every field in C: cheaper than one getattr per declared field.
+        values = msgspec.structs.astuple(self)  # type: ignore[arg-type]  # self is a Struct
+        return iter([*self._leading, *(n for n, v in zip(self.__struct_fields__, values) if v is not UNSET)])
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
@@ -65,43 +71,70 @@ class _Element:
         return list(self)
 
     def items(self) -> list[tuple[str, object]]:
-        return [(name, getattr(self, name)) for name in self]
+        return [(name, self[name]) for name in self]
 
     def values(self) -> list[object]:
-        return [getattr(self, name) for name in self]
+        return [self[name] for name in self]
 
 
 _ELEMENT_METHODS = ("get", "__getitem__", "__contains__", "__iter__", "__len__", "keys", "items", "values")
 
 
-def _struct(name: str, fields: Iterable[tuple[str, Any]]) -> type:
-    """A Struct of optional fields (UNSET when not sent) that reads like a JSON object."""
+def _struct(name: str, fields: Iterable[tuple[str, Any]], tag: str | None = None) -> type:
+    """A Struct of optional fields (UNSET when not sent) that reads like a JSON object; with
+    `tag`, a resource of that type (its resourceType is the Struct's tag, read like an element).
+
+    gc=False: the decoded values hold no reference cycles (JSON cannot), so the collector need
+    not track the Structs; a large prefetch otherwise makes it walk them several times a call."""
+    namespace: dict[str, Any] = {
+        "json_object": True,
+        "_leading": (),
+        **{m: getattr(_Element, m) for m in _ELEMENT_METHODS},
+    }
+    if tag is not None:
+        namespace.update(resourceType=tag, _leading=("resourceType",))
     cls = msgspec.defstruct(
         name,
         [(field, kind, UNSET) for field, kind in fields],
-        namespace={"json_object": True, **{method: getattr(_Element, method) for method in _ELEMENT_METHODS}},
+        namespace=namespace,
         omit_defaults=True,
+        gc=False,
+        tag_field="resourceType" if tag is not None else None,
+        tag=tag if tag is not None else None,
     )
     Mapping.register(cls)
     return cls
 
 
 class Decoding:
-    """The decoders of one service: built once at startup from the elements it reads."""
+    """The decoders of one service: built once at startup from the elements it reads.
 
-    def __init__(self, elements: Iterable[str]) -> None:
-        names = sorted({"resourceType", "id", *elements} - {"entry", *BUNDLE_ELEMENTS})
-        self.elements = frozenset(names) | {"entry", *BUNDLE_ELEMENTS}
+    A resource decodes into the Struct of its type (msgspec's tagged union on resourceType):
+    a type the record reads (`read_types`; all when not given) keeps the declared elements,
+    any other type keeps none, so its whole body is skipped in C. A resourceType that is not a
+    FHIR resource type (fhir/resource_types.py) fails the typed decode, and the body is then
+    parsed generically, as any body of an unexpected shape is."""
+
+    def __init__(self, elements: Iterable[str], read_types: Iterable[str] | None = None) -> None:
+        names = sorted({"id", *elements} - {"resourceType", "entry", *BUNDLE_ELEMENTS})
+        self.elements = frozenset(names) | {"resourceType", "entry", *BUNDLE_ELEMENTS}
+        read = RESOURCE_TYPES if read_types is None else frozenset(read_types)
         own: list[tuple[str, Any]] = [(n, Any) for n in names]
+        bundle = [("id", Any), *((n, Any) for n in BUNDLE_ELEMENTS)]
         # An entry's resource: the elements read, and its own `entry` (a nested Bundle, or
-        # List.entry) kept as sent. Bundle.entry: objects with a resource (or none).
-        self.Resource = _struct("Resource", [*own, ("entry", Any)])
+        # List.entry) kept as sent.
+        resources = [
+            _struct(kind, [*own, ("entry", Any)] if kind in read else [], tag=kind)
+            for kind in sorted(RESOURCE_TYPES - {"Bundle"})
+        ]
+        inner_bundle = _struct("Bundle", [*bundle, ("entry", Any)], tag="Bundle")
+        self.Resource: Any = Union[(*resources, inner_bundle)]
         self.Entry = _struct("Entry", [("fullUrl", Any), ("resource", self.Resource)])
-        # What a prefetch key or a FHIR answer holds: a resource, or a Bundle of entries
-        # with what paging reads of it.
-        bundle = [(n, Any) for n in BUNDLE_ELEMENTS]
-        # (The types are built at run time: GenericAlias(list, X) is list[X].)
-        self.Top = _struct("Resource", [*own, *bundle, ("entry", GenericAlias(list, self.Entry))])
+        # What a prefetch key or a FHIR answer holds: a resource, or a Bundle of entries with
+        # what paging reads of it. (GenericAlias(list, X) is list[X], built at run time.)
+        top_bundle = _struct("Bundle", [*bundle, ("entry", GenericAlias(list, self.Entry))], tag="Bundle")
+        self.Top: Any = Union[(*resources, top_bundle)]
+        self.classes: tuple[type, ...] = (*resources, inner_bundle, top_bundle, self.Entry)
         body = _struct(
             "HookRequestBody",
             [*((n, Any) for n in HOOK_REQUEST_FIELDS), ("prefetch", GenericAlias(dict, (str, self.Top | None)) | None)],
@@ -126,7 +159,7 @@ class Decoding:
         if not _is_utf8(data):
             return None
         try:
-            answer: Mapping[str, Any] = self._answer.decode(data)  # a Top Struct (a registered Mapping)
+            answer: Mapping[str, Any] = self._answer.decode(data)  # a resource Struct (a registered Mapping)
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
             return None
         return answer
