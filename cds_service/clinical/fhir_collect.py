@@ -8,7 +8,7 @@ id and fullUrl.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, TypeGuard
+from typing import Any, TypeGuard, cast
 
 __all__ = ["READ_TYPES", "collect", "medication_index"]
 
@@ -75,7 +75,7 @@ def collect(sources: Iterable[object]) -> list[tuple[Mapping[str, Any], str | No
                 if key in seen:
                     continue
                 seen.add(key)
-            out.append((resource, full_url if type(full_url) is str else None))
+            out.append((cast(Mapping[str, Any], resource), full_url if type(full_url) is str else None))
     return out
 
 

@@ -115,24 +115,40 @@ class Decoding:
     FHIR resource type (fhir/resource_types.py) fails the typed decode, and the body is then
     parsed generically, as any body of an unexpected shape is."""
 
-    def __init__(self, elements: Iterable[str], read_types: Iterable[str] | None = None) -> None:
+    def __init__(
+        self,
+        elements: Iterable[str],
+        read_types: Iterable[str] | None = None,
+        observation_codes: Iterable[str] | None = None,
+    ) -> None:
         names = sorted({"id", *elements} - {"resourceType", "entry", *BUNDLE_ELEMENTS})
         self.elements = frozenset(names) | {"resourceType", "entry", *BUNDLE_ELEMENTS}
         read = RESOURCE_TYPES if read_types is None else frozenset(read_types)
         own: list[tuple[str, Any]] = [(n, Any) for n in names]
         bundle = [("id", Any), *((n, Any) for n in BUNDLE_ELEMENTS)]
+        # Observations named by code only: their code and components stay raw JSON text until
+        # the Bundle they came in has been sifted (`_sift`).
+        self._named = frozenset(observation_codes) if observation_codes is not None else None
+        lazy = frozenset(_SIFTED) if self._named is not None else frozenset()
+
+        def fields(kind: str) -> list[tuple[str, Any]]:
+            if kind not in read:
+                return []
+            if kind == "Observation":
+                return [*((n, msgspec.Raw if n in lazy else k) for n, k in own), ("entry", Any)]
+            return [*own, ("entry", Any)]
+
         # An entry's resource: the elements read, and its own `entry` (a nested Bundle, or
         # List.entry) kept as sent.
-        resources = [
-            _struct(kind, [*own, ("entry", Any)] if kind in read else [], tag=kind)
-            for kind in sorted(RESOURCE_TYPES - {"Bundle"})
-        ]
+        resources = [_struct(kind, fields(kind), tag=kind) for kind in sorted(RESOURCE_TYPES - {"Bundle"})]
+        self._observation = next(cls for cls in resources if cls.__name__ == "Observation")
         inner_bundle = _struct("Bundle", [*bundle, ("entry", Any)], tag="Bundle")
         self.Resource: Any = Union[(*resources, inner_bundle)]
         self.Entry = _struct("Entry", [("fullUrl", Any), ("resource", self.Resource)])
         # What a prefetch key or a FHIR answer holds: a resource, or a Bundle of entries with
         # what paging reads of it. (GenericAlias(list, X) is list[X], built at run time.)
         top_bundle = _struct("Bundle", [*bundle, ("entry", GenericAlias(list, self.Entry))], tag="Bundle")
+        self._top_bundle = top_bundle
         self.Top: Any = Union[(*resources, top_bundle)]
         self.classes: tuple[type, ...] = (*resources, inner_bundle, top_bundle, self.Entry)
         body = _struct(
@@ -151,7 +167,11 @@ class Decoding:
             decoded = self._hook_request.decode(data)
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
             return None
-        return {name: getattr(decoded, name) for name in decoded}
+        body = {name: getattr(decoded, name) for name in decoded}
+        if self._named is not None and isinstance(body.get("prefetch"), dict):
+            for value in body["prefetch"].values():
+                self._sift(value)
+        return body
 
     def answer(self, data: bytes) -> Mapping[str, Any] | None:
         """A FHIR server's answer (a resource or a Bundle) decoded; None when it is not of
@@ -162,7 +182,86 @@ class Decoding:
             answer: Mapping[str, Any] = self._answer.decode(data)  # a resource Struct (a registered Mapping)
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
             return None
+        if self._named is not None:
+            self._sift(answer)
         return answer
+
+    def _sift(self, value: object) -> None:
+        """Drop from a Bundle the Observations that name none of the codes the record reads
+        Observations by (what a narrowed prefetch search would not have returned: the record
+        would match nothing in them), and decode the raw code and components of those kept.
+
+        The test reads only the `code` of each coding of the code and of the components, and
+        keeps the Observation whenever it cannot tell (text of another shape): no Observation
+        the record could match is dropped."""
+        named = self._named
+        observation = self._observation
+        assert named is not None
+        if type(value) is observation:
+            _decode_sifted(value)
+            return
+        if type(value) is not self._top_bundle:
+            return
+        entries = value.entry  # type: ignore[attr-defined]
+        if type(entries) is not list:
+            return
+        kept = []
+        for entry in entries:
+            resource = entry.resource
+            if type(resource) is observation:
+                if not _names_one(resource, named):
+                    continue
+                _decode_sifted(resource)
+            kept.append(entry)
+        if len(kept) != len(entries):
+            value.entry = kept  # type: ignore[attr-defined]
+
+
+class _Coding(msgspec.Struct):
+    code: Any = None
+
+
+class _Codeable(msgspec.Struct):
+    coding: list[_Coding] = []
+
+
+class _Component(msgspec.Struct):
+    code: _Codeable | None = None
+
+
+_CODEABLE = msgspec.json.Decoder(_Codeable)
+_COMPONENTS = msgspec.json.Decoder(list[_Component])
+
+
+def _names_one(observation: Any, named: frozenset[str]) -> bool:
+    """Whether the Observation's code or a component's code has a coding whose code is one of
+    `named`; True when its code or components are not of the shape that test reads."""
+    code, components = observation.code, observation.component
+    try:
+        if type(code) is msgspec.Raw:
+            for coding in _CODEABLE.decode(code).coding:
+                if type(coding.code) is str and coding.code in named:
+                    return True
+        if type(components) is msgspec.Raw:
+            for component in _COMPONENTS.decode(components):
+                if component.code is not None:
+                    for coding in component.code.coding:
+                        if type(coding.code) is str and coding.code in named:
+                            return True
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return True  # not the shape read here: kept, the record judges it
+    return False
+
+
+# The Observation elements a sift reads as raw JSON text, decoded once it keeps the resource.
+_SIFTED = ("code", "component")
+
+
+def _decode_sifted(resource: object) -> None:
+    for name in _SIFTED:
+        raw = getattr(resource, name, UNSET)
+        if type(raw) is msgspec.Raw:
+            setattr(resource, name, msgspec.json.decode(raw))
 
 
 def _is_utf8(data: bytes) -> bool:
