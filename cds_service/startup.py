@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import logging
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cds_service.clinical.fhir_collect import READ_TYPES
 from cds_service.clinical.fhir_elements import declared_elements
+from cds_service.clinical.record_build import OBSERVATION_KINDS
 from cds_service.clinical.render import issued_suggestions, offered_reasons
 from cds_service.config import ConfigError, Settings, check_instance_folder
 from cds_service.content.cards import CardContent, content_versions, load_cards
@@ -258,6 +261,21 @@ def load_sites(settings: Settings, trust: TrustConfig) -> dict[str, SiteContent]
     return sites
 
 
+def observation_codes(concepts: ConceptIndex, sites: Mapping[str, SiteContent]) -> list[str] | None:
+    """The codes by which the record reads Observations, at any site (the decoder drops the
+    Observations that name none of them); None, and nothing is dropped, when some Observation
+    concept is found otherwise: by a text phrase, or in an ICD-10 system, whose codes are
+    matched after normalising their spelling."""
+    codes: list[str] = []
+    for index in (concepts, *(site.concepts for site in sites.values())):
+        for kind in OBSERVATION_KINDS:
+            found = index.search_codes(kind)
+            if found is None or any(index.is_icd10(system) for system, _code in found):
+                return None
+            codes.extend(code for _system, code in found)
+    return codes
+
+
 def build_runtime(settings: Settings) -> Runtime:
     check_instance_folder(settings.instance_path)
     trust = trust_from_settings(settings)
@@ -270,8 +288,9 @@ def build_runtime(settings: Settings) -> Runtime:
     for warning in check_learned_models(cards, settings.allow_unvalidated_site_models):
         log.warning(warning)
     sites = load_sites(settings, trust)
-    # Hook requests and FHIR answers keep only the elements the record reads (fhir/decode.py).
-    decoding = Decoding(declared_elements())
+    # Hook requests and FHIR answers keep only the elements the record reads, of the resource
+    # types it reads, and only the Observations whose codes it reads (fhir/decode.py).
+    decoding = Decoding(declared_elements(), READ_TYPES, observation_codes(concepts, sites))
     store = open_store(settings)
     store.audit_writer.start()  # replays what an earlier run left in the spool
     if settings.as_of_date:

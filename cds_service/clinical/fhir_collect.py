@@ -8,7 +8,7 @@ id and fullUrl.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, TypeGuard
+from typing import Any, TypeGuard, cast
 
 __all__ = ["READ_TYPES", "collect", "medication_index"]
 
@@ -49,23 +49,33 @@ def collect(sources: Iterable[object]) -> list[tuple[Mapping[str, Any], str | No
         else:
             entries = ({"resource": source},)
         # One flat loop: this runs for every resource of the call (hundreds in a real chart).
+        # A decoded entry or resource (fhir/decode.py) is read by attribute: its elements are
+        # attributes (UNSET, not an object, when not sent), its resourceType its class's tag.
         for entry in entries:
-            if not _is_object(entry):
+            if type(entry) is dict:
+                resource = entry.get("resource")
+                full_url = entry.get("fullUrl")
+            elif getattr(type(entry), "json_object", False) is True:
+                resource = getattr(entry, "resource", None)
+                full_url = getattr(entry, "fullUrl", None)
+            else:
                 continue
-            resource = entry.get("resource")
-            if not _is_object(resource):
+            if type(resource) is dict:
+                kind = resource.get("resourceType")
+                rid = resource.get("id")
+            elif getattr(type(resource), "json_object", False) is True:
+                kind = getattr(resource, "resourceType", None)
+                rid = getattr(resource, "id", None)
+            else:
                 continue
-            kind = resource.get("resourceType")
             if type(kind) is not str or kind not in read_types:
                 continue
-            rid = resource.get("id")
             if type(rid) is str:
                 key = (kind, rid)
                 if key in seen:
                     continue
                 seen.add(key)
-            full_url = entry.get("fullUrl")
-            out.append((resource, full_url if type(full_url) is str else None))
+            out.append((cast(Mapping[str, Any], resource), full_url if type(full_url) is str else None))
     return out
 
 

@@ -339,6 +339,10 @@ class ConceptIndex:
                 return (system.uri, *system.aliases)
         return (canonical,)
 
+    def is_icd10(self, system: str) -> bool:
+        """Whether codes of this system are matched after normalising their spelling (ICD-10)."""
+        return system in self._icd_uris
+
     def _key_code(self, system: str, code: str) -> str:
         if system in self._icd_uris:
             return normalise_icd10(code)

@@ -740,3 +740,15 @@ def test_the_card_schema_closes_cards_and_refuses_nulls_and_long_summaries():
     assert schema_errors("ServiceCard", dict(card, overrideReasons=[{"code": "a", "system": "b"}]))
     assert schema_errors("ServiceCard", dict(card, links=[]))
     assert schema_errors("ServiceCard", dict(card, uuid="card-1"))
+
+
+def test_the_discovery_example_is_what_this_service_publishes(client):
+    """The contract's example of discovery shows the prefetch templates the service really
+    publishes (narrowed by code at start-up), not an older broad form."""
+    example = load_contract()["paths"][DISCOVERY]["get"]["responses"]["200"]["content"]["application/json"]
+    shown = example["examples"]["thisService"]["value"]["services"][0]
+    published = {s["id"]: s for s in client.get(DISCOVERY).get_json()["services"]}[shown["id"]]
+    assert shown["prefetch"] == published["prefetch"]
+    assert {k: shown[k] for k in ("hook", "title", "version", "hookVersion")} == {
+        k: published[k] for k in ("hook", "title", "version", "hookVersion")
+    }

@@ -15,9 +15,11 @@ import pytest
 from support.paths import DATA_DIR, REPO_ROOT, SCENARIOS_DIR, SYNTHEA_DIR
 
 from cds_service.clinical import fhir_elements
+from cds_service.clinical.fhir_collect import READ_TYPES
 from cds_service.clinical.fhir_elements import declared_elements
 from cds_service.clinical.record_build import build_record
 from cds_service.fhir.decode import Decoding
+from cds_service.startup import observation_codes
 from cds_service.terminology.concepts_file import load_concepts
 
 TODAY = date(2026, 6, 1)
@@ -35,6 +37,18 @@ def concepts():
 @pytest.fixture(scope="module")
 def decoding():
     return Decoding(declared_elements())
+
+
+@pytest.fixture(scope="module")
+def sifting(concepts):
+    """The service's decoder: the resource types the record reads, and only the Observations
+    that name one of the codes it reads them by (as startup builds it)."""
+    return Decoding(declared_elements(), READ_TYPES, observation_codes(concepts, {}))
+
+
+@pytest.fixture(params=["every Observation", "Observations sifted"])
+def either(request, decoding, sifting):
+    return decoding if request.param == "every Observation" else sifting
 
 
 def _by_type(bundle: dict) -> dict[str, dict]:
@@ -113,15 +127,15 @@ def _every_reader_chart() -> dict:
 
 
 @pytest.mark.parametrize("path", CHARTS, ids=lambda p: p.stem[:24])
-def test_a_decoded_chart_gives_the_record_of_the_whole_json(path, decoding, concepts):
-    whole, decoded = _records(_by_type(json.loads(path.read_text())), decoding, concepts)
+def test_a_decoded_chart_gives_the_record_of_the_whole_json(path, either, concepts):
+    whole, decoded = _records(_by_type(json.loads(path.read_text())), either, concepts)
     assert decoded == whole
     if path.name != "draft_orders.json":  # draft orders only: nothing for the record
         assert whole.conditions or whole.observations or whole.procedures or whole.medications
 
 
-def test_every_reader_gives_the_same_record_decoded(decoding, concepts):
-    whole, decoded = _records(_by_type(_every_reader_chart()), decoding, concepts)
+def test_every_reader_gives_the_same_record_decoded(either, concepts):
+    whole, decoded = _records(_by_type(_every_reader_chart()), either, concepts)
     assert decoded == whole
     assert whole.medications and whole.unreadable
 
@@ -130,7 +144,7 @@ def test_every_element_the_record_asks_a_decoded_resource_for_is_declared(decodi
     """Run the readers on decoded resources and note each element they ask for: one that
     is not declared would read as absent (the decoder dropped it), silently."""
     asked: set[str] = set()
-    classes = (decoding.Top, decoding.Resource)
+    classes = [cls for cls in decoding.classes if cls is not decoding.Entry]  # resources only
     saved = {(cls, name): getattr(cls, name) for cls in classes for name in ("get", "__getitem__", "__contains__")}
 
     def noting(original):
@@ -190,16 +204,19 @@ def test_every_element_name_spelled_by_the_record_build_is_declared(decoding):
     assert not unknown, f"declare these in fhir_elements.ALSO_READ (or NESTED if a sub-element): {sorted(unknown)}"
 
 
-def test_an_element_of_the_wrong_shape_makes_that_input_unreadable_not_the_call(decoding, concepts):
+def test_an_element_of_the_wrong_shape_makes_that_input_unreadable_not_the_call(either, concepts):
     chart = json.loads((DATA_DIR / "record" / "hfs_before_mvd.json").read_text())
     broken = copy.deepcopy(chart)
     for entry in broken["entry"]:
         if entry["resource"]["resourceType"] == "Condition":
             entry["resource"]["verificationStatus"] = "confirmed"  # a string, not a CodeableConcept
             entry["resource"]["onsetDateTime"] = 2019
-    whole, decoded = _records(_by_type(broken), decoding, concepts)
+        if entry["resource"]["resourceType"] == "Observation":
+            entry["resource"]["effectiveDateTime"] = "yesterday"
+    whole, decoded = _records(_by_type(broken), either, concepts)
     assert decoded == whole
     assert any(u.resource_type == "Condition" for u in decoded.unreadable)
+    assert any(u.resource_type == "Observation" for u in decoded.unreadable)
 
 
 def test_only_the_declared_elements_are_kept(decoding):
@@ -237,3 +254,92 @@ def test_only_the_declared_elements_are_kept(decoding):
 def test_what_is_not_of_the_expected_shape_is_left_to_the_generic_parser(decoding, body):
     """None: the route parses it whole and answers exactly as without the decoder."""
     assert decoding.hook_request(body) is None
+
+
+# -- sifting Observations by code ------------------------------------------------------------
+def _observation(rid: str, code: object = None, component: object = None) -> dict:
+    resource: dict = {"resourceType": "Observation", "id": rid, "status": "final", "valueInteger": 3}
+    if code is not None:
+        resource["code"] = code
+    if component is not None:
+        resource["component"] = component
+    return resource
+
+
+def _read_code(concepts) -> tuple[str, str]:
+    system, code = concepts.search_codes("observation")[0]
+    return system, code
+
+
+def test_the_sift_keeps_what_names_a_read_code_and_drops_the_rest(sifting, concepts):
+    system, code = _read_code(concepts)
+    named = {"coding": [{"system": "http://other.example", "code": "x"}, {"system": system, "code": code}]}
+    in_component = [{"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]}}, {"code": named}]
+    resources = [
+        _observation("named", named),
+        _observation("component", {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]}, in_component),
+        _observation("other", {"coding": [{"system": system, "code": code + "0"}], "text": code}),
+        _observation("uncoded"),
+        {"resourceType": "Condition", "id": "c1", "code": {"text": "anything"}},
+    ]
+    bundle = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in resources]}
+    decoded = sifting.answer(orjson.dumps(bundle))
+    kept = [e["resource"] for e in decoded["entry"]]
+    assert [r["id"] for r in kept] == ["named", "component", "c1"]
+    assert kept[0]["code"] == named and kept[1]["component"] == in_component  # decoded, as sent
+    # The hook request path sifts its prefetched searchsets the same way.
+    body = _request({"observations": bundle})
+    assert [e["resource"]["id"] for e in sifting.hook_request(body)["prefetch"]["observations"]["entry"]] == [
+        "named",
+        "component",
+        "c1",
+    ]
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "a string",
+        {"coding": "not a list"},
+        {"coding": ["not an object"]},
+    ],
+    ids=["string", "coding-string", "coding-item-string"],
+)
+def test_an_observation_whose_code_the_sift_cannot_read_is_kept_for_the_record_to_judge(sifting, code):
+    bundle = {"resourceType": "Bundle", "entry": [{"resource": _observation("odd", code)}]}
+    decoded = sifting.answer(orjson.dumps(bundle))
+    assert [e["resource"]["code"] for e in decoded["entry"]] == [code]
+
+
+def test_a_coding_whose_code_is_not_a_string_names_nothing(sifting):
+    """The record matches string codes only: such an Observation is dropped like any other
+    that names no code the record reads."""
+    bundle = {"resourceType": "Bundle", "entry": [{"resource": _observation("odd", {"coding": [{"code": [1]}]})}]}
+    assert sifting.answer(orjson.dumps(bundle))["entry"] == []
+
+
+def test_a_code_spelled_with_json_escapes_is_still_found(sifting, concepts):
+    system, code = _read_code(concepts)
+    escaped = "".join(f"\\u{ord(ch):04x}" for ch in code)
+    text = '{"resourceType": "Bundle", "entry": [{"resource": {"resourceType": "Observation", "id": "e", '
+    text += f'"code": {{"coding": [{{"system": "{system}", "code": "{escaped}"}}]}}}}}}]}}'
+    decoded = sifting.answer(text.encode())
+    assert decoded["entry"][0]["resource"]["code"]["coding"][0]["code"] == code
+
+
+def test_a_single_observation_answer_is_decoded_whole(sifting):
+    decoded = sifting.answer(orjson.dumps(_observation("one", {"coding": [{"code": "not read"}]})))
+    assert decoded["code"] == {"coding": [{"code": "not read"}]}
+
+
+def test_no_observation_is_dropped_when_a_concept_is_found_by_text(concepts):
+    assert observation_codes(concepts, {}) is not None  # the shipped concepts: by code only
+
+    class ByText:
+        def search_codes(self, kind):
+            return None
+
+    class Site:
+        concepts = ByText()
+
+    assert observation_codes(concepts, {"site-a": Site()}) is None
