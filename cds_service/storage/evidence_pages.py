@@ -6,7 +6,7 @@ pages. When a page expires its data is deleted at once (data set to NULL) and on
 tombstone (hash, expiry) stays for TOMBSTONE_DAYS so that an expired link says "expired"
 (410) rather than "unknown" (404); then the row goes too.
 
-Table `evidence_pages` (declared on the store's MetaData; created by the Alembic revision
+Table `evidence_pages` (declared in tables.py; created by the Alembic revision
 0003, which the Store applies when it opens):
     token_sha256  CHAR-like VARCHAR(64) primary key   hex SHA-256 of the token
     card_id       VARCHAR(200) not null               which card file (for the report)
@@ -41,7 +41,8 @@ from sqlalchemy.exc import DBAPIError
 
 from cds_service.content.chart_specs import ChartSpec, load_chart_specs
 from cds_service.storage.audit import PageRow
-from cds_service.storage.store import Store, StoreUnavailable, evidence_pages
+from cds_service.storage.store import Store, StoreUnavailable
+from cds_service.storage.tables import LEN_CARD_ID, evidence_pages
 from cds_service.storage.write_gate import write_gate
 
 if TYPE_CHECKING:
@@ -53,7 +54,6 @@ TOKEN_BYTES = 32  # 256 bits; the brief asks for at least 128
 DEFAULT_TTL_S = 24 * 3600.0
 TOMBSTONE_DAYS = 7
 PURGE_INTERVAL_S = 300.0
-_LEN_CARD_ID = 200
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ class EvidencePages:
         ttl = self.ttl_s if ttl_s is None else float(ttl_s)
         return token, PageRow(
             token_sha256=token_hash(token),
-            card_id=str(data.get("card_id", ""))[:_LEN_CARD_ID],
+            card_id=str(data.get("card_id", ""))[:LEN_CARD_ID],
             data=json.dumps(data, ensure_ascii=False, separators=(",", ":")),
             created_at=created,
             expires_at=created + timedelta(seconds=ttl),

@@ -19,13 +19,7 @@ On SQLite the commit is on disk when it returns (`synchronous = FULL` in WAL mod
 `db_sqlite_synchronous`). Other audit rows (refused calls) are written off the request path
 (`submit_call`; see audit_spool.py).
 
-Tables:
-- `service_calls`: one row per hook call (the audit trail). The patient appears only as a
-  keyed hash (see audit.py); the client only as its JWT issuer.
-- `returned_cards`: the cards a call returned (uuid, which card file, summary).
-- `feedback`: what the clinician did with a card; linked to `returned_cards` by card uuid.
-- `used_jti`: JWT ids already seen per issuer, for replay protection.
-- `evidence_pages`: the evidence page behind each card's link (see evidence_pages.py).
+The tables are declared in tables.py.
 """
 
 from __future__ import annotations
@@ -60,32 +54,35 @@ from cds_service.storage.audit import CallRecord, ReturnedCard
 from cds_service.storage.audit_spool import AuditSpool, AuditWriter
 from cds_service.storage.feedback import FeedbackEntry, OverrideReason
 from cds_service.storage.group_commit import GroupCommit
+from cds_service.storage.tables import (
+    JTI_BYTES,
+    JTI_ISSUER_BYTES,
+    LEN_CARD_ID,
+    LEN_CARD_UUID,
+    LEN_CODE,
+    LEN_DISPLAY,
+    LEN_HASH,
+    LEN_HOOK,
+    LEN_HOOK_INSTANCE,
+    LEN_INSTANCE,
+    LEN_ISSUER,
+    LEN_RECORD_ID,
+    LEN_SERVICE_ID,
+    LEN_SITE,
+    LEN_SUMMARY,
+    LEN_SYSTEM,
+    evidence_pages,
+    feedback,
+    returned_cards,
+    service_calls,
+    used_jti,
+)
 from cds_service.storage.write_gate import write_gate
 
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
 JTI_PRUNE_INTERVAL_S = 300.0
-
-# Bounds for values stored in VARCHAR columns (client-controlled text is cut, not refused:
-# the audit trail must never turn a call into an error).
-_LEN_SERVICE_ID = 200
-_LEN_HOOK = 100
-_LEN_HOOK_INSTANCE = 200
-_LEN_HASH = 128
-_LEN_ISSUER = 1024
-_LEN_CARD_UUID = 64
-_LEN_CARD_ID = 200
-_LEN_SUMMARY = 1000
-_LEN_CODE = 256
-_LEN_SYSTEM = 1024
-_LEN_DISPLAY = 1024
-_LEN_INSTANCE = 200
-_LEN_RECORD_ID = 64
-_LEN_SITE = 200
-# used_jti key parts, in UTF-8 bytes (PostgreSQL btree rows must stay well under 2.7 kB).
-_JTI_ISSUER_BYTES = 1000
-_JTI_BYTES = 255
 
 
 class StoreError(RuntimeError):
@@ -129,122 +126,6 @@ class StoreOptions:
 
 def default_instance_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-class UtcDateTime(sa.types.TypeDecorator):
-    """A timezone-aware datetime, stored in UTC on every backend (SQLite has no zone)."""
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value, dialect):
-        if value is None:
-            return None
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise ValueError("naive datetimes are not stored; give a time zone")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value, dialect):
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
-
-
-_Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-
-metadata = sa.MetaData(
-    naming_convention={
-        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-        "ck": "ck_%(table_name)s_%(constraint_name)s",
-        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-        "pk": "pk_%(table_name)s",
-    }
-)
-
-service_calls = sa.Table(
-    "service_calls",
-    metadata,
-    sa.Column("id", _Id, primary_key=True, autoincrement=True),
-    sa.Column("called_at", UtcDateTime(), nullable=False, index=True),
-    sa.Column("service_id", sa.String(_LEN_SERVICE_ID), nullable=False),
-    sa.Column("hook", sa.String(_LEN_HOOK), nullable=False),
-    sa.Column("hook_instance", sa.String(_LEN_HOOK_INSTANCE), nullable=False),
-    sa.Column("patient_hash", sa.String(_LEN_HASH), nullable=True),
-    sa.Column("outcome_status", sa.Integer(), nullable=False),
-    sa.Column("duration_ms", sa.Float(), nullable=False),
-    sa.Column("content_version", sa.Text(), nullable=False),
-    sa.Column("client_iss", sa.String(_LEN_ISSUER), nullable=True),
-    # Added in 0.2.0 (migration 0002): which instance answered; the row's unique id.
-    sa.Column("instance_id", sa.String(_LEN_INSTANCE), nullable=True),
-    sa.Column("record_id", sa.String(_LEN_RECORD_ID), nullable=True, unique=True, index=True),
-    # Added by migration 0004 (issue 19): what the call used, as JSON (audit.CallRecord.usage).
-    sa.Column("usage", sa.Text(), nullable=True),
-    # Added by migration 0006 (issue 20): the site whose overlay the call used; NULL: shared content.
-    sa.Column("site", sa.String(_LEN_SITE), nullable=True),
-)
-
-returned_cards = sa.Table(
-    "returned_cards",
-    metadata,
-    sa.Column("id", _Id, primary_key=True, autoincrement=True),
-    sa.Column(
-        "call_id",
-        _Id,
-        sa.ForeignKey("service_calls.id", ondelete="CASCADE"),
-        nullable=False,
-        index=True,
-    ),
-    sa.Column("card_uuid", sa.String(_LEN_CARD_UUID), nullable=False, index=True),
-    sa.Column("card_id", sa.String(_LEN_CARD_ID), nullable=False, index=True),
-    sa.Column("summary", sa.Text(), nullable=False),
-    sa.Column("situation", sa.String(_LEN_CARD_ID), nullable=True),  # migration 0005
-    sa.Column("evidence_opened_at", UtcDateTime(), nullable=True),  # first open of its evidence page (0005)
-)
-
-feedback = sa.Table(
-    "feedback",
-    metadata,
-    sa.Column("id", _Id, primary_key=True, autoincrement=True),
-    sa.Column("service_id", sa.String(_LEN_SERVICE_ID), nullable=False),
-    sa.Column("card_uuid", sa.String(_LEN_CARD_UUID), nullable=False, index=True),
-    sa.Column("outcome", sa.String(16), nullable=False),
-    sa.Column("accepted_suggestions", sa.Text(), nullable=False),  # JSON array of ids
-    sa.Column("override_reason_code", sa.String(_LEN_CODE), nullable=True),
-    sa.Column("override_reason_system", sa.String(_LEN_SYSTEM), nullable=True),
-    sa.Column("override_reason_display", sa.String(_LEN_DISPLAY), nullable=True),
-    sa.Column("user_comment", sa.Text(), nullable=True),
-    sa.Column("outcome_timestamp", UtcDateTime(), nullable=False),
-    sa.Column("received_at", UtcDateTime(), nullable=False),
-    sa.Column("site", sa.String(_LEN_SITE), nullable=True),  # the sender's site (migration 0006)
-    sa.CheckConstraint("outcome IN ('accepted', 'overridden')", name="outcome"),
-)
-
-used_jti = sa.Table(
-    "used_jti",
-    metadata,
-    sa.Column("id", _Id, primary_key=True, autoincrement=True),
-    sa.Column("issuer", sa.String(_LEN_ISSUER), nullable=False),
-    sa.Column("jti", sa.String(_JTI_BYTES + 16), nullable=False),
-    sa.Column("expires_at", UtcDateTime(), nullable=False, index=True),
-    sa.UniqueConstraint("issuer", "jti"),
-)
-
-# Declared here, beside the audit tables, because a call's pages are written in the same
-# transaction as its audit row (`_insert_calls`); storage/evidence_pages.py reads them.
-_LEN_PAGE_HASH = 64
-evidence_pages = sa.Table(
-    "evidence_pages",
-    metadata,
-    sa.Column("token_sha256", sa.String(_LEN_PAGE_HASH), primary_key=True),
-    sa.Column("card_id", sa.String(_LEN_CARD_ID), nullable=False),
-    sa.Column("data", sa.Text(), nullable=True),
-    sa.Column("created_at", UtcDateTime(), nullable=False),
-    sa.Column("expires_at", UtcDateTime(), nullable=False, index=True),
-)
 
 
 # --------------------------------------------------------------------------- values
@@ -606,7 +487,7 @@ class Store:
         self.options = options = options or StoreOptions()
         url = _database_url(database_url)
         self.backend = url.get_backend_name()
-        self.instance_id = (options.instance_id or default_instance_id())[:_LEN_INSTANCE]
+        self.instance_id = (options.instance_id or default_instance_id())[:LEN_INSTANCE]
         self.engine: Engine = (
             _sqlite_engine(url, options) if self.backend == "sqlite" else _postgresql_engine(url, options)
         )
@@ -850,17 +731,17 @@ class Store:
             reason = entry.override_reason
             rows.append(
                 {
-                    "service_id": _clean(service_id, _LEN_SERVICE_ID),
-                    "card_uuid": _clean(entry.card_uuid.lower(), _LEN_CARD_UUID),
+                    "service_id": _clean(service_id, LEN_SERVICE_ID),
+                    "card_uuid": _clean(entry.card_uuid.lower(), LEN_CARD_UUID),
                     "outcome": entry.outcome,
                     "accepted_suggestions": json.dumps(list(entry.accepted_suggestions)),
-                    "override_reason_code": _clean(reason.code, _LEN_CODE) if reason else None,
-                    "override_reason_system": _clean(reason.system, _LEN_SYSTEM) if reason else None,
-                    "override_reason_display": _clean(reason.display, _LEN_DISPLAY) if reason else None,
+                    "override_reason_code": _clean(reason.code, LEN_CODE) if reason else None,
+                    "override_reason_system": _clean(reason.system, LEN_SYSTEM) if reason else None,
+                    "override_reason_display": _clean(reason.display, LEN_DISPLAY) if reason else None,
                     "user_comment": _clean(entry.user_comment),
                     "outcome_timestamp": entry.outcome_timestamp,
                     "received_at": received_at,
-                    "site": _clean(site, _LEN_SITE),
+                    "site": _clean(site, LEN_SITE),
                 }
             )
         if rows:
@@ -985,18 +866,18 @@ class Store:
             [
                 {
                     "called_at": call.called_at,
-                    "service_id": _clean(call.service_id, _LEN_SERVICE_ID),
-                    "hook": _clean(call.hook, _LEN_HOOK),
-                    "hook_instance": _clean(call.hook_instance, _LEN_HOOK_INSTANCE),
-                    "patient_hash": _clean(call.patient_hash, _LEN_HASH),
+                    "service_id": _clean(call.service_id, LEN_SERVICE_ID),
+                    "hook": _clean(call.hook, LEN_HOOK),
+                    "hook_instance": _clean(call.hook_instance, LEN_HOOK_INSTANCE),
+                    "patient_hash": _clean(call.patient_hash, LEN_HASH),
                     "outcome_status": int(call.outcome_status),
                     "duration_ms": float(call.duration_ms),
                     "content_version": _clean(call.content_version or ""),
-                    "client_iss": _clean(call.client_iss, _LEN_ISSUER),
-                    "instance_id": _clean(call.instance_id, _LEN_INSTANCE),
-                    "record_id": _clean(call.record_id, _LEN_RECORD_ID),
+                    "client_iss": _clean(call.client_iss, LEN_ISSUER),
+                    "instance_id": _clean(call.instance_id, LEN_INSTANCE),
+                    "record_id": _clean(call.record_id, LEN_RECORD_ID),
                     "usage": call.usage,
-                    "site": _clean(call.site, _LEN_SITE),
+                    "site": _clean(call.site, LEN_SITE),
                 }
                 for call in calls
             ],
@@ -1005,10 +886,10 @@ class Store:
         cards = [
             {
                 "call_id": call_id,
-                "card_uuid": _clean(card.card_uuid.lower(), _LEN_CARD_UUID),
-                "card_id": _clean(card.card_id, _LEN_CARD_ID),
-                "summary": _clean(card.summary, _LEN_SUMMARY),
-                "situation": _clean(card.situation, _LEN_CARD_ID),
+                "card_uuid": _clean(card.card_uuid.lower(), LEN_CARD_UUID),
+                "card_id": _clean(card.card_id, LEN_CARD_ID),
+                "summary": _clean(card.summary, LEN_SUMMARY),
+                "situation": _clean(card.situation, LEN_CARD_ID),
             }
             for call_id, call in zip(ids, calls, strict=True)
             for card in (ReturnedCard(*c) for c in call.cards)
@@ -1064,8 +945,8 @@ class Store:
             with contextlib.suppress(StoreUnavailable):
                 self.prune_expired_jti(now)
         row = {
-            "issuer": _jti_key_part(issuer, _JTI_ISSUER_BYTES),
-            "jti": _jti_key_part(jti, _JTI_BYTES),
+            "issuer": _jti_key_part(issuer, JTI_ISSUER_BYTES),
+            "jti": _jti_key_part(jti, JTI_BYTES),
             "expires_at": expires_at,
         }
         try:

@@ -182,18 +182,18 @@ def test_the_baseline_revision_is_the_0_1_0_schema_exactly(tmp_path, store_url):
             legacy_gen.close()
 
 
-def test_the_current_schema_is_what_the_store_module_declares(store_url):
+def test_the_current_schema_is_what_the_tables_module_declares(store_url):
     """Migrations and the table definitions the queries use must not drift apart."""
-    from cds_service.storage import store as store_module
+    from cds_service.storage import tables
 
     Store(store_url).close()
     migrated = _schema(store_url)
     engine = sa.create_engine(store_url)
     try:
         with engine.begin() as conn:
-            for table in reversed(store_module.metadata.sorted_tables):
+            for table in reversed(tables.metadata.sorted_tables):
                 conn.execute(sa.schema.DropTable(table))
-            store_module.metadata.create_all(conn)
+            tables.metadata.create_all(conn)
     finally:
         engine.dispose()
     assert _schema(store_url) == migrated
