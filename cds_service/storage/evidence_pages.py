@@ -41,7 +41,8 @@ from sqlalchemy.exc import DBAPIError
 
 from cds_service.content.chart_specs import ChartSpec, load_chart_specs
 from cds_service.storage.audit import PageRow
-from cds_service.storage.store import Store, StoreUnavailable
+from cds_service.storage.engine import StoreUnavailable
+from cds_service.storage.store import Store
 from cds_service.storage.tables import LEN_CARD_ID, evidence_pages
 from cds_service.storage.write_gate import write_gate
 

@@ -119,7 +119,7 @@ def test_hook_calls_are_refused_with_503_when_the_store_is_down_and_the_spool_is
         client.post("/cds-services/hfs-outcomes-patient-view", json=hfs_after_mvd_patient_view("p")).status_code == 200
     )
     runtime.store.audit_writer.spool.folder.joinpath("audit-spool.jsonl").write_text('{"x": 1}\n' * 3)
-    runtime.store._mark_down()
+    runtime.store.db.mark_down()
     refused = client.post("/cds-services/hfs-outcomes-patient-view", json=hfs_after_mvd_patient_view("p"))
     assert refused.status_code == 503 and "Retry-After" in refused.headers
     assert "audit" in refused.get_json()["issue"][0]["details"]["text"]

@@ -13,8 +13,9 @@ import sqlalchemy as sa
 
 from cds_service.storage.audit import build_call_record
 from cds_service.storage.audit_spool import AuditSpool
+from cds_service.storage.engine import StoreUnavailable
 from cds_service.storage.evidence_pages import EvidencePages
-from cds_service.storage.store import Store, StoreOptions, StoreUnavailable
+from cds_service.storage.store import Store, StoreOptions
 from cds_service.storage.write_gate import write_gate
 
 PAGE = {"card_id": "rfa-recurrence", "title": "Recurrence after RFA"}
@@ -135,7 +136,7 @@ def test_a_row_neither_the_store_nor_the_spool_can_take_is_not_kept(tmp_path, mo
         monkeypatch.setattr(AuditSpool, "append", full)
         assert not store.keep_call(record)
         assert "cannot be kept" in caplog.text and "OSError" in caplog.text
-        store._mark_down()  # the store known down: refused at once, without queueing
+        store.db.mark_down()  # the store known down: refused at once, without queueing
         started = time.monotonic()
         assert not store.keep_call(record)
         assert time.monotonic() - started < 0.5

@@ -15,8 +15,9 @@ import sqlalchemy as sa
 from cds_service.cli import main
 from cds_service.storage import migrate
 from cds_service.storage.audit import CallRecord, ReturnedCard
+from cds_service.storage.engine import StoreError
 from cds_service.storage.feedback import FeedbackEntry, OverrideReason
-from cds_service.storage.store import Store, StoreError, StoreOptions
+from cds_service.storage.store import Store, StoreOptions
 
 CARD = "4e0a3a1e-3283-4575-ab82-028d55fe2719"
 

@@ -13,7 +13,8 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy.engine import make_url
 
-from cds_service.storage.store import Store, StoreOptions, StoreUnavailable
+from cds_service.storage.engine import StoreUnavailable
+from cds_service.storage.store import Store, StoreOptions
 
 TIMEOUT_S = 0.5
 

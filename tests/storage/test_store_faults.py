@@ -259,7 +259,7 @@ def test_postgresql_connections_carry_the_statement_timeout_and_keepalives(postg
         # A statement that runs longer than the timeout is stopped: 503, not a hang.
         started = time.monotonic()
         with pytest.raises(Exception) as caught:
-            store._run("sleep", lambda conn: conn.exec_driver_sql("SELECT pg_sleep(5)"), fail_fast=False)
+            store.db.run("sleep", lambda conn: conn.exec_driver_sql("SELECT pg_sleep(5)"), fail_fast=False)
         assert getattr(caught.value, "status", None) == 503
         assert time.monotonic() - started < 2.0
 
