@@ -188,9 +188,9 @@ class Runtime:
         return self.store.audit_queue_depth()
 
     def close(self) -> None:
-        """Stop what this runtime started: the FHIR pool and session, the audit commit
-        thread and the audit writer (what they hold is written first, bounded in time), and
-        the store's connections. For a process that builds more than one app (tests)."""
+        """Stop what this runtime started: the FHIR pool and session, the audit writer's
+        thread (what it holds is written first, bounded in time), and the store's
+        connections. For a process that builds more than one app (tests)."""
         self.fhir.close()
         self.store.close()
 

@@ -5,16 +5,18 @@ guarded engine (engine.py: SQLite or PostgreSQL, StoreUnavailable, 503 with Retr
 when the database refuses or does not answer). The schema is migrated with Alembic when a
 Store opens (storage/migrate.py), or checked only when the setting `db_migrations = "manual"`.
 
-A hook call that returns cards is answered only once its audit row and its cards'
-evidence pages are committed (or spooled): `keep_call`, a group commit (group_commit.py).
-Other audit rows (refused calls) are written off the request path (`submit_call`; see
-audit_spool.py).
+Audit rows and evidence pages are written by one batching writer (audit_writer.py): a
+hook call that returns cards is answered only once its audit row and its cards' evidence
+pages are committed (or spooled): `keep_call`, a group commit. Other audit rows (refused
+calls) are written off the request path (`submit_call`), a page on its own with
+`keep_pages`; all of them in transactions of `keep_calls`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -22,21 +24,22 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from cds_service.storage import migrate
-from cds_service.storage.audit import CallRecord, ReturnedCard
-from cds_service.storage.audit_spool import AuditSpool, AuditWriter
+from cds_service.storage.audit import CallRecord, PageRow, ReturnedCard
+from cds_service.storage.audit_spool import AuditSpool
+from cds_service.storage.audit_writer import AuditWriter
 from cds_service.storage.engine import GuardedEngine, StoreError, StoreUnavailable
 from cds_service.storage.feedback import FeedbackEntry, OverrideReason
-from cds_service.storage.group_commit import GroupCommit
 from cds_service.storage.tables import (
     JTI_BYTES,
     JTI_ISSUER_BYTES,
@@ -64,6 +67,8 @@ from cds_service.storage.tables import (
 log = logging.getLogger(__name__)
 
 JTI_PRUNE_INTERVAL_S = 300.0
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -191,7 +196,7 @@ def _jti_key_part(value: str, max_bytes: int) -> str:
     return "sha256:" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def feedback_links(cards) -> sa.ColumnElement[bool]:
+def feedback_links(cards: sa.FromClause) -> sa.ColumnElement[bool]:
     """Feedback is about a card returned by a call (`cards`: a selectable with the card's
     `card_uuid` and its call's `site`) when it names the card and came from the card's own
     site: feedback a client of another site (or of the shared content) sent about the uuid
@@ -199,7 +204,7 @@ def feedback_links(cards) -> sa.ColumnElement[bool]:
     return sa.and_(cards.c.card_uuid == feedback.c.card_uuid, feedback.c.site.is_not_distinct_from(cards.c.site))
 
 
-def _insert_rows(conn, table: sa.Table, rows: list[dict]) -> None:
+def _insert_rows(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
     """One INSERT for all `rows`. A single row goes as a plain INSERT, whose compiled form
     SQLAlchemy caches (a multi-row VALUES is compiled again for every call: 0.6 ms of a
     hook call's CPU when each call committed its own card and page)."""
@@ -207,6 +212,11 @@ def _insert_rows(conn, table: sa.Table, rows: list[dict]) -> None:
         conn.execute(table.insert(), rows[0])
     elif rows:
         conn.execute(table.insert().values(rows))
+
+
+def _rows(conn: Connection, query: sa.Select[Any]) -> list[Any]:
+    """The rows of a report query, as untyped tuples (their columns are known here)."""
+    return list(conn.execute(query))
 
 
 # --------------------------------------------------------------------------- store
@@ -225,18 +235,12 @@ class Store:
         self.db.open(self._open_schema)
 
         spool = AuditSpool(options.spool_dir, options.audit_spool_max_bytes) if options.spool_dir else None
-        self.group_commit = GroupCommit(
+        self.audit_writer = AuditWriter(
             self.keep_calls,
             spool,
             wait_s=options.audit_commit_wait_s,
             retry_s=options.retry_after_s,
-            store_down=self.db.is_down,
-        )
-        self.audit_writer = AuditWriter(
-            self.record_calls,
-            spool,
             queue_size=options.audit_queue_size,
-            retry_s=options.retry_after_s,
             store_down=self.db.is_down,
         )
 
@@ -270,7 +274,7 @@ class Store:
     def __enter__(self) -> Store:
         return self
 
-    def __exit__(self, *_exc) -> None:
+    def __exit__(self, *_exc: object) -> None:
         self.close()
 
     def is_down(self) -> bool:
@@ -282,7 +286,7 @@ class Store:
         raises, never waits longer."""
         return self.db.ping(timeout_s)
 
-    def read(self, what: str, operation):
+    def read(self, what: str, operation: Callable[[Connection], T]) -> T:
         """`operation(conn)` reading the store, bounded in time: StoreUnavailable (503 with
         Retry-After) when the database refuses or does not answer within the deadline."""
         return self.db.run(what, operation, write=False)
@@ -291,7 +295,7 @@ class Store:
         """Commit one audit row (and the evidence pages it carries) before the call is
         answered, batched with the rows of concurrent calls; spooled locally when the store
         cannot take it in time. False only when neither could keep it: answer 503 then."""
-        return self.group_commit.keep(self._identified(call))
+        return self.audit_writer.keep(self._identified(call))
 
     def submit_call(self, call: CallRecord) -> bool:
         """Queue one audit row for the background writer; never waits for the database.
@@ -388,16 +392,17 @@ class Store:
     def record_call(self, call: CallRecord) -> int:
         """Write one hook call and the cards it returned, atomically; returns the call id.
 
-        Synchronous (tests, tools). Hook calls use `submit_call`, off the request path."""
+        Synchronous (tests, tools). Hook calls use `keep_call` and `submit_call`."""
         return self.db.run("record_call", lambda conn: self._insert_call(conn, call), fail_fast=False)
 
     def record_calls(self, calls: list[CallRecord]) -> int:
-        """Write audit rows (the background writer, the spool replay); returns rows written.
+        """Write audit rows at once (tools, tests, and the audit writer's keep_calls when a
+        row is already stored); returns rows written.
 
         Idempotent: a row whose `record_id` is already stored is skipped, so a spooled row
         replayed twice is kept once. StoreUnavailable when the store cannot be written."""
 
-        def write_all(conn) -> int:
+        def write_all(conn: Connection) -> int:
             self._insert_calls(conn, calls)
             return len(calls)
 
@@ -408,40 +413,59 @@ class Store:
         written = 0
         for call in calls:
             try:
-                self.db.run("record_calls", lambda conn, call=call: self._insert_call(conn, call), fail_fast=False)
+                self.db.run("record_calls", functools.partial(self._insert_call, call=call), fail_fast=False)
                 written += 1
             except IntegrityError:
                 continue  # already stored (same record_id)
         return written
 
-    def keep_calls(self, calls: list[CallRecord]) -> None:
-        """Commit the rows of calls waiting for their answer (group_commit.py), within
+    def keep_calls(self, calls: list[CallRecord], pages: list[PageRow] | None = None) -> None:
+        """Commit one batch of the audit writer (audit_writer.py): audit rows with their
+        cards and evidence pages, and `pages` written on their own, in one transaction within
         `audit_commit_wait_s`: StoreUnavailable when it cannot (the rows are then spooled).
+
+        Idempotent: when a row's `record_id` is already stored (a spooled row committed
+        late, or replayed twice) the rows are written one by one and that one skipped.
 
         A commit that runs out of that short bound does not mark the store down (other
         operations keep their own bounds); a store that refuses does. On SQLite the wait for
         another process's write lock is cut to the same bound for this transaction."""
         within_s = self.options.audit_commit_wait_s
         try:
-            self.db.run("keep_calls", lambda conn: self._insert_calls(conn, calls), fail_fast=False, within_s=within_s)
+            self.db.run(
+                "keep_calls", lambda conn: self._insert_calls(conn, calls, pages), fail_fast=False, within_s=within_s
+            )
         except IntegrityError:
             self.record_calls(calls)  # one of them already stored (a replayed spool): row by row
+            if pages:
+                self.db.run("keep_pages", lambda conn: self._insert_calls(conn, [], pages), fail_fast=False)
+
+    def keep_pages(self, pages: list[PageRow]) -> bool:
+        """Commit evidence pages written on their own (EvidencePages.save), through the
+        audit writer's batches; False when the store cannot take them now."""
+        return self.audit_writer.keep_pages(pages)
 
     @staticmethod
-    def _insert_call(conn, call: CallRecord) -> int:
+    def _insert_call(conn: Connection, call: CallRecord) -> int:
         return Store._insert_calls(conn, [call])[0]
 
     @staticmethod
-    def _insert_calls(conn, calls: list[CallRecord]) -> list[int]:
-        """The rows of `calls` and of the cards they returned, in two statements whatever the
-        number of calls (executemany with RETURNING, in the calls' order).
+    def _insert_calls(conn: Connection, calls: list[CallRecord], pages: list[PageRow] | None = None) -> list[int]:
+        """The rows of `calls`, of the cards they returned and of their evidence pages (and
+        `pages`), in three statements whatever the number of calls (executemany with
+        RETURNING, in the calls' order). The one insert of audit rows and evidence pages.
 
         One statement per row kept the transaction, and on SQLite the database's only write
         lock, open for as long as it took the writer thread to get the GIL back after each
         statement: with request threads busy that was up to 0.8 s per batch, and the
         evidence-page writer (and a jti claim) waiting behind it ran into the busy timeout."""
-        if not calls:
-            return []
+        ids = Store._insert_call_rows(conn, calls) if calls else []
+        rows = [page._asdict() for call in calls for page in call.pages] + [page._asdict() for page in pages or ()]
+        _insert_rows(conn, evidence_pages, rows)
+        return ids
+
+    @staticmethod
+    def _insert_call_rows(conn: Connection, calls: list[CallRecord]) -> list[int]:
         result = conn.execute(
             service_calls.insert().returning(service_calls.c.id, sort_by_parameter_order=True),
             [
@@ -476,7 +500,6 @@ class Store:
             for card in (ReturnedCard(*c) for c in call.cards)
         ]
         _insert_rows(conn, returned_cards, cards)
-        _insert_rows(conn, evidence_pages, [page._asdict() for call in calls for page in call.pages])
         return ids
 
     def prune_audit(self, older_than: datetime) -> int:
@@ -485,7 +508,7 @@ class Store:
         Feedback rows are kept (they are the clinicians' answers, not the audit trail).
         Returns how many calls went."""
 
-        def prune(conn) -> int:
+        def prune(conn: Connection) -> int:
             old_calls = sa.select(service_calls.c.id).where(service_calls.c.called_at < older_than)
             conn.execute(returned_cards.delete().where(returned_cards.c.call_id.in_(old_calls)))
             result = conn.execute(service_calls.delete().where(service_calls.c.called_at < older_than))
@@ -509,7 +532,7 @@ class Store:
             .limit(1)
         )
         row = self.db.run("issued_card", lambda conn: conn.execute(query).first(), write=False)
-        return IssuedCard(*row) if row else None
+        return IssuedCard(*row.tuple()) if row else None
 
     # -- JWT replay protection
 
@@ -555,7 +578,7 @@ class Store:
         deployment). Feedback counts for a card only when it came from the card's own site.
         """
         calls_joined = returned_cards.join(service_calls, service_calls.c.id == returned_cards.c.call_id)
-        card_of_uuid = (
+        card_of_uuid_q = (
             sa.select(
                 returned_cards.c.card_uuid,
                 service_calls.c.site,
@@ -565,8 +588,8 @@ class Store:
             .group_by(returned_cards.c.card_uuid, service_calls.c.site)
         )
         if site is not None:
-            card_of_uuid = card_of_uuid.where(service_calls.c.site == site)
-        card_of_uuid = card_of_uuid.subquery("card_of_uuid")
+            card_of_uuid_q = card_of_uuid_q.where(service_calls.c.site == site)
+        card_of_uuid = card_of_uuid_q.subquery("card_of_uuid")
         linked = feedback.join(card_of_uuid, feedback_links(card_of_uuid))
         shown_q = (
             sa.select(returned_cards.c.card_id, sa.func.count().label("n"))
@@ -617,17 +640,17 @@ class Store:
             status_q = status_q.where(service_calls.c.called_at >= since)
 
         with self.db.bounded("usage_report", deadline_s=10 * self.options.deadline_s), self.engine.connect() as conn:
-            shown = {card_id: n for card_id, n in conn.execute(shown_q)}
+            shown: dict[str, int] = {card_id: n for card_id, n in _rows(conn, shown_q)}
             outcomes: dict[str, dict[str, int]] = {}
-            for card_id, outcome, n in conn.execute(outcomes_q):
+            for card_id, outcome, n in _rows(conn, outcomes_q):
                 outcomes.setdefault(card_id, {})[outcome] = n
             reasons: dict[str, list[OverrideReasonCount]] = {}
-            for card_id, code, system, display, n in conn.execute(reasons_q):
+            for card_id, code, system, display, n in _rows(conn, reasons_q):
                 reasons.setdefault(card_id, []).append(
                     OverrideReasonCount(code=code, system=system, display=display, count=n)
                 )
             unlinked = conn.execute(unlinked_q).scalar_one()
-            calls_by_status = {int(status): n for status, n in conn.execute(status_q)}
+            calls_by_status: dict[int, int] = {int(status): n for status, n in _rows(conn, status_q)}
 
         cards = []
         for card_id in sorted(set(shown) | set(outcomes)):

@@ -54,4 +54,4 @@ def test_claims_queued_behind_a_foreign_lock_all_fail_within_the_statement_timeo
 
 @pytest.fixture(autouse=True)
 def _quiet_store_warnings(caplog):
-    caplog.set_level("ERROR", logger="cds_service.storage.store")
+    caplog.set_level("ERROR", logger="cds_service.storage.engine")

@@ -184,7 +184,7 @@ def test_every_call_answered_while_the_database_was_refused_is_audited_after_it_
     store.close()  # the process stops while the database is still away
 
     proxy.restore()
-    with caplog.at_level(logging.INFO, logger="cds_service.storage.audit_spool"):
+    with caplog.at_level(logging.INFO, logger="cds_service.storage.audit_writer"):
         restarted = unsigned_app(folder, proxy, instance_id="node-a")
         runtime = restarted.extensions["cds_service"]
         # the replay runs on the writer's thread: wait for the spool to empty and the rows
