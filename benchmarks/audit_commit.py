@@ -80,7 +80,7 @@ def main() -> int:
             url = args.database_url or f"sqlite:///{tmp}/{mode}.sqlite3"
             options = StoreOptions(spool_dir=Path(tmp) / f"spool-{mode}", sqlite_synchronous=mode)
             with Store(url, options) as store:
-                pages = EvidencePages(store.engine)
+                pages = EvidencePages(store)
                 for n in range(20):  # warm up: connections, statement cache, the commit thread
                     store.keep_call(record(pages, n))
                 waits = []
@@ -89,7 +89,7 @@ def main() -> int:
                     started = time.perf_counter()
                     assert store.keep_call(r)
                     waits.append((time.perf_counter() - started) * 1000)
-                commits_before = store.group_commit.commits
+                commits_before = store.audit_writer.commits
                 together = []
                 lock = threading.Lock()
                 base = 100_000
@@ -109,7 +109,7 @@ def main() -> int:
                 for t in threads:
                     t.join()
                 elapsed = time.perf_counter() - started
-                commits = store.group_commit.commits - commits_before
+                commits = store.audit_writer.commits - commits_before
                 print(
                     f"{store.backend} synchronous={mode}: one at a time p50 {pct(waits, 0.5):.2f} ms "
                     f"p10 {pct(waits, 0.1):.2f} ms mean {statistics.fmean(waits):.2f} ms; "

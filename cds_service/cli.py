@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cds_service.config import ConfigError, check_instance_folder, load_settings
-from cds_service.storage.store import StoreError
+from cds_service.storage.engine import StoreError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080

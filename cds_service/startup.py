@@ -27,9 +27,10 @@ from cds_service.hook_call import HookParts
 from cds_service.security.client_auth import StoreReplayGuard
 from cds_service.security.trust import TrustConfig, trust_from_settings
 from cds_service.storage.audit import AuditNotes, audit_key, patient_hash
+from cds_service.storage.engine import StoreUnavailable
 from cds_service.storage.evidence_pages import EvidenceSetup, build_evidence_setup
 from cds_service.storage.model_status import ModelStatus
-from cds_service.storage.store import Store, StoreOptions, StoreUnavailable
+from cds_service.storage.store import Store, StoreOptions
 from cds_service.terminology.concept_index import ConceptIndex
 from cds_service.terminology.concepts_file import load_concepts
 
@@ -190,9 +191,9 @@ class Runtime:
         return self.store.audit_queue_depth()
 
     def close(self) -> None:
-        """Stop what this runtime started: the FHIR pool and session, the audit commit
-        thread and the audit writer (what they hold is written first, bounded in time), and
-        the store's connections. For a process that builds more than one app (tests)."""
+        """Stop what this runtime started: the FHIR pool and session, the audit writer's
+        thread (what it holds is written first, bounded in time), and the store's
+        connections. For a process that builds more than one app (tests)."""
         self.fhir.close()
         self.store.close()
 

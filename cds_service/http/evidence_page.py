@@ -23,8 +23,8 @@ from markupsafe import Markup
 
 from cds_service import metrics, pages
 from cds_service.clinical.charts import NARROW_WIDTH, PALETTE, chart_table, render_chart
+from cds_service.storage.engine import StoreError
 from cds_service.storage.evidence_pages import EvidenceSetup, build_evidence_setup
-from cds_service.storage.store import StoreError
 
 log = logging.getLogger(__name__)
 

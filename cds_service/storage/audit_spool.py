@@ -1,29 +1,23 @@
-"""Audit rows off the request path: a bounded in-memory queue, and a local spool file.
+"""The local audit spool: where audit rows (and their evidence pages) wait when the store
+cannot take them.
 
-A hook call hands its audit row to `AuditWriter.submit`, which never waits for the
-database: the row goes on a bounded queue that a background thread writes to the store.
-When the queue is full, or the store cannot be written, rows go to the spool instead: an
-append-only JSON-lines file in the instance folder (`audit-spool/`), fsync'd before
-`submit` returns, bounded in size (setting `audit_spool_max_bytes`), and shared by the
+An append-only JSON-lines file in the instance folder (`audit-spool/`), fsync'd before
+`append` returns, bounded in size (setting `audit_spool_max_bytes`), and shared by the
 processes of one instance folder (an exclusive `flock` around each append). The spool
-survives a restart; the background thread replays it into the store whenever the store
-answers again, and every row carries a unique `record_id`, so a row replayed twice (a
-crash between the write and the spool's removal) is stored once.
-
-What can still be lost: rows in the in-memory queue when the process is killed with
-SIGKILL or the machine loses power (a normal exit, SIGTERM included, drains the queue into
-the store or the spool).
+survives a restart; the audit writer (audit_writer.py) replays it into the store, through
+its one commit, whenever the store answers again, and every row carries a unique
+`record_id`, so a row replayed twice (a crash between the write and the spool's removal)
+is stored once.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,9 +30,6 @@ log = logging.getLogger(__name__)
 SPOOL_FILE = "audit-spool.jsonl"
 _REPLAY_PREFIX = "replaying-"
 _LOCK_WAIT_S = 2.0
-_REPLAY_BATCH = 200
-BATCH_ROWS = 100  # audit rows per transaction at most
-BATCH_LINGER_S = 0.1  # how long the writer waits for more rows before it writes a batch
 
 
 class SpoolFull(Exception):
@@ -98,7 +89,7 @@ class AuditSpool:
                     os.close(fd)
             raise OSError("the audit spool file keeps moving")
 
-    # -- reading (the writer thread)
+    # -- reading (the audit writer's thread)
 
     def size_bytes(self) -> int:
         total = 0
@@ -122,7 +113,7 @@ class AuditSpool:
             for path in self._files():
                 try:
                     with open(path, "rb") as handle:
-                        depth += sum(chunk.count(b"\n") for chunk in iter(lambda h=handle: h.read(1 << 16), b""))
+                        depth += sum(chunk.count(b"\n") for chunk in iter(functools.partial(handle.read, 1 << 16), b""))
                 except FileNotFoundError:
                     moved = True
                     break
@@ -154,8 +145,9 @@ class AuditSpool:
         finally:
             os.close(fd)
 
-    def replay(self, write: Callable[[list[CallRecord]], None]) -> int:
-        """Write spooled rows with `write`; remove each file once all of it is written.
+    def replay(self, write: Callable[[list[CallRecord]], None], batch_rows: int) -> int:
+        """Write spooled rows with `write`, `batch_rows` at a time; remove each file once
+        all of it is written.
 
         Returns the rows written. Stops at the first failure of `write` (it raises).
         A file another process is replaying is skipped.
@@ -168,7 +160,7 @@ class AuditSpool:
             with self._locked(path) as fd:
                 if fd is None:
                     continue
-                for batch in _batches(path):
+                for batch in _batches(path, batch_rows):
                     write(batch)
                     written += len(batch)
                 with contextlib.suppress(FileNotFoundError):
@@ -217,7 +209,7 @@ def _write_all(fd: int, data: bytes) -> None:
         raise
 
 
-def _batches(path: Path) -> Iterator[list[CallRecord]]:
+def _batches(path: Path, batch_rows: int) -> Iterator[list[CallRecord]]:
     batch: list[CallRecord] = []
     with open(path, "rb") as handle:
         for number, line in enumerate(handle, 1):
@@ -229,7 +221,7 @@ def _batches(path: Path) -> Iterator[list[CallRecord]]:
             except (ValueError, TypeError, KeyError):
                 log.error("audit spool %s: line %d cannot be read; skipped", path.name, number)
                 continue
-            if len(batch) >= _REPLAY_BATCH:
+            if len(batch) >= batch_rows:
                 yield batch
                 batch = []
     if batch:
@@ -243,176 +235,3 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-class AuditWriter:
-    """The background thread between hook calls and the store's audit tables."""
-
-    def __init__(
-        self,
-        write: Callable[[list[CallRecord]], None],
-        spool: AuditSpool | None,
-        *,
-        queue_size: int = 1000,
-        retry_s: float = 2.0,
-        store_down: Callable[[], bool] = lambda: False,
-    ) -> None:
-        self._write = write
-        self.spool = spool
-        # None on the queue only wakes the thread (close): it is not a row.
-        self._queue: queue.Queue[CallRecord | None] = queue.Queue(maxsize=queue_size)
-        self._retry_s = retry_s
-        self._store_down = store_down
-        self._thread: threading.Thread | None = None
-        self._thread_pid = 0
-        self._start_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._idle = threading.Condition()
-        self._pending = 0  # rows submitted and not yet written or spooled
-        self._next_replay = 0.0
-        self.lost = 0  # rows that could be neither written nor spooled (logged at ERROR)
-        # Called on the writer's thread at every turn (at most every 0.5 s), never on a
-        # request's path: the evidence pages' purge of expired pages (rate-limited there).
-        self.housekeeping: Callable[[], None] | None = None
-
-    # -- request side
-
-    def submit(self, record: CallRecord) -> bool:
-        """Hand over one row without waiting for the database; False if it was lost."""
-        self.start()
-        with self._idle:
-            try:
-                self._queue.put_nowait(record)
-                self._pending += 1
-                return True
-            except queue.Full:
-                pass
-        return self._spool([record], "the audit queue is full")
-
-    def queue_depth(self) -> int:
-        return self._queue.qsize()
-
-    def spool_depth(self) -> int:
-        return self.spool.depth() if self.spool is not None else 0
-
-    def flush(self, timeout_s: float = 5.0) -> bool:
-        """Wait (at most `timeout_s`) until every submitted row is written or spooled."""
-        deadline = time.monotonic() + timeout_s
-        with self._idle:
-            while self._pending:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._idle.wait(min(remaining, 0.05))
-        return True
-
-    def close(self, timeout_s: float = 5.0) -> None:
-        """Drain the queue (store, else spool) and stop the thread."""
-        if self._thread is not None and self._thread.is_alive() and self._thread_pid == os.getpid():
-            self.flush(timeout_s)
-            self._stop.set()
-            with contextlib.suppress(queue.Full):  # full: the thread is not waiting for rows
-                self._queue.put_nowait(None)  # wake it now rather than at its next poll
-            self._thread.join(timeout_s)
-        # Closed: exit has nothing left to do here (and no longer keeps this writer alive).
-        atexit.unregister(self.close)
-        leftover = []
-        while True:
-            try:
-                record = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if record is not None:
-                leftover.append(record)
-        if leftover:
-            with self._idle:
-                self._pending -= len(leftover)
-            self._spool(leftover, "the service is stopping")
-
-    # -- background side
-
-    def start(self) -> None:
-        """Start the background thread of this process (once; again after a fork)."""
-        if self._thread_pid == os.getpid() and self._thread is not None:
-            return
-        with self._start_lock:
-            if self._thread_pid == os.getpid() and self._thread is not None:
-                return
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
-            self._thread_pid = os.getpid()
-            self._thread.start()
-            # A normal exit (SIGTERM included) writes or spools what is still queued.
-            atexit.register(self.close, 3.0)
-
-    def _run(self) -> None:
-        self._replay()
-        while not self._stop.is_set():
-            batch = self._take()
-            if batch:
-                self._deliver(batch)
-            if time.monotonic() >= self._next_replay:
-                self._replay()
-            if self.housekeeping is not None:
-                try:
-                    self.housekeeping()
-                except Exception as exc:  # the writer must outlive it
-                    log.warning("audit writer housekeeping failed: %s", type(exc).__name__)
-
-    def _take(self) -> list[CallRecord]:
-        try:
-            first = self._queue.get(timeout=min(0.5, self._retry_s))
-        except queue.Empty:
-            return []
-        if first is None:  # close() woke the thread: nothing to write
-            return []
-        # Then what arrives within a short linger: one transaction per batch rather than per
-        # call (the per-transaction cost is most of a row's, and it is paid on a thread that
-        # shares the GIL with the requests); the rows are not visible for that long.
-        batch = [first]
-        linger_until = time.monotonic() + BATCH_LINGER_S
-        while len(batch) < BATCH_ROWS and not self._stop.is_set():
-            try:
-                record = self._queue.get(timeout=max(0.0, linger_until - time.monotonic()))
-            except queue.Empty:
-                break
-            if record is not None:
-                batch.append(record)
-        return batch
-
-    def _deliver(self, batch: list[CallRecord]) -> None:
-        try:
-            if self._store_down():
-                raise ConnectionError("the store is unavailable")
-            self._write(batch)
-        except Exception as exc:
-            self._spool(batch, f"the store cannot be written ({type(exc).__name__})")
-            self._next_replay = min(self._next_replay, time.monotonic() + self._retry_s)
-        finally:
-            with self._idle:
-                self._pending -= len(batch)
-                self._idle.notify_all()
-
-    def _spool(self, records: list[CallRecord], why: str) -> bool:
-        if self.spool is not None:
-            try:
-                self.spool.append(records)
-                log.warning("audit rows spooled locally: rows=%d reason=%s", len(records), why)
-                return True
-            except (SpoolFull, OSError) as exc:
-                why = f"{why}; {exc}"
-        self.lost += len(records)
-        log.error("AUDIT ROWS LOST: rows=%d reason=%s", len(records), why)
-        return False
-
-    def _replay(self) -> None:
-        self._next_replay = time.monotonic() + self._retry_s
-        if self.spool is None or not self.spool.depth(max_age_s=0.0):
-            return
-        try:
-            written = self.spool.replay(self._write)
-        except Exception as exc:
-            log.warning("audit spool replay deferred: store unavailable (%s)", type(exc).__name__)
-            return
-        if written:
-            log.info("audit spool replayed into the store: rows=%d", written)

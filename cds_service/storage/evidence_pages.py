@@ -6,7 +6,7 @@ pages. When a page expires its data is deleted at once (data set to NULL) and on
 tombstone (hash, expiry) stays for TOMBSTONE_DAYS so that an expired link says "expired"
 (410) rather than "unknown" (404); then the row goes too.
 
-Table `evidence_pages` (declared on the store's MetaData; created by the Alembic revision
+Table `evidence_pages` (declared in tables.py; created by the Alembic revision
 0003, which the Store applies when it opens):
     token_sha256  CHAR-like VARCHAR(64) primary key   hex SHA-256 of the token
     card_id       VARCHAR(200) not null               which card file (for the report)
@@ -14,14 +14,15 @@ Table `evidence_pages` (declared on the store's MetaData; created by the Alembic
     created_at    timestamp with time zone not null
     expires_at    timestamp with time zone not null, indexed
 
-A hook call's pages are not written here: `EvidenceSetup.new_page` makes the token and the
-row, and the row goes with the call's audit row into one transaction (Store.keep_call,
-storage/group_commit.py) before the card is returned, so the link opens at once from any
-worker or instance. When the store could not take that transaction the row is spooled with
+Pages are not written here: `EvidenceSetup.new_page` makes the token and the row, and the
+row goes with the call's audit row into one transaction of the audit writer
+(Store.keep_call, storage/audit_writer.py) before the card is returned, so the link opens
+at once from any worker or instance. When the store could not take that transaction the row is spooled with
 the audit row and written when the spool is replayed; meanwhile (the spool is not empty) an
 unknown token answers 503 with Retry-After, not 404. Reads are bounded like every store
 operation (Store.read): a database that refuses or stops answering gives 503, never a 500
-or a long wait. `EvidencePages.save` writes one page at once (tests, the demo).
+or a long wait. `EvidencePages.save` keeps one page on its own (tests, the demo), through
+the same writer (Store.keep_pages).
 """
 
 from __future__ import annotations
@@ -33,15 +34,18 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
+from cds_service.content.cards import CardContent
 from cds_service.content.chart_specs import ChartSpec, load_chart_specs
 from cds_service.storage.audit import PageRow
-from cds_service.storage.store import Store, StoreUnavailable, evidence_pages
+from cds_service.storage.engine import StoreUnavailable
+from cds_service.storage.store import Store
+from cds_service.storage.tables import LEN_CARD_ID, evidence_pages
 from cds_service.storage.write_gate import write_gate
 
 if TYPE_CHECKING:
@@ -53,14 +57,13 @@ TOKEN_BYTES = 32  # 256 bits; the brief asks for at least 128
 DEFAULT_TTL_S = 24 * 3600.0
 TOMBSTONE_DAYS = 7
 PURGE_INTERVAL_S = 300.0
-_LEN_CARD_ID = 200
 
 
 @dataclass(frozen=True)
 class PageLookup:
     """What a token opens: `data` when live, else `expired` (410) or neither (404)."""
 
-    data: dict | None
+    data: dict[str, Any] | None
     expired: bool = False
     expires_at: datetime | None = None
 
@@ -74,37 +77,40 @@ def new_token() -> str:
 
 
 class EvidencePages:
-    """Evidence page data in the service's database (the Store's engine).
+    """Evidence page data in the service's database (the Store's).
 
-    With `store`, reads are bounded by the store's deadline and answer StoreUnavailable
-    (503) when the database refuses or does not answer; without it (tools), unbounded."""
+    Reads and writes are bounded by the store's deadlines and answer StoreUnavailable (503)
+    when the database refuses or does not answer."""
 
-    def __init__(self, engine: Engine, ttl_s: float = DEFAULT_TTL_S, store: Store | None = None) -> None:
+    def __init__(self, store: Store, ttl_s: float = DEFAULT_TTL_S) -> None:
         if ttl_s <= 0:
             raise ValueError("the evidence page lifetime must be positive")
-        self.engine = engine
-        self.ttl_s = float(ttl_s)
         self.store = store
+        self.engine: Engine = store.engine
+        self.ttl_s = float(ttl_s)
         self._next_purge = 0.0
 
-    def row(self, data: dict, ttl_s: float | None = None, token: str | None = None) -> tuple[str, PageRow]:
+    def row(self, data: dict[str, Any], ttl_s: float | None = None, token: str | None = None) -> tuple[str, PageRow]:
         """A new page's token and the row that keeps it (written by whoever takes the row)."""
         token = token or new_token()
         created = _utcnow()
         ttl = self.ttl_s if ttl_s is None else float(ttl_s)
         return token, PageRow(
             token_sha256=token_hash(token),
-            card_id=str(data.get("card_id", ""))[:_LEN_CARD_ID],
+            card_id=str(data.get("card_id", ""))[:LEN_CARD_ID],
             data=json.dumps(data, ensure_ascii=False, separators=(",", ":")),
             created_at=created,
             expires_at=created + timedelta(seconds=ttl),
         )
 
-    def save(self, data: dict, ttl_s: float | None = None, token: str | None = None) -> str:
-        """Keep `data` (JSON-ready) for ttl_s seconds, written now; returns the page's token."""
+    def save(self, data: dict[str, Any], ttl_s: float | None = None, token: str | None = None) -> str:
+        """Keep `data` (JSON-ready) for ttl_s seconds, committed before it returns; returns
+        the page's token. StoreUnavailable when the store cannot take it now."""
         token, row = self.row(data, ttl_s, token)
-        with write_gate(self.engine, _GATE_WAIT_S), self.engine.begin() as conn:
-            conn.execute(evidence_pages.insert().values([row._asdict()]))
+        if not self.store.keep_pages([row]):
+            raise StoreUnavailable(
+                "the evidence page cannot be written now; retry later", retry_after_s=self.store.options.retry_after_s
+            )
         self.maybe_purge(row.created_at)
         return token
 
@@ -116,14 +122,11 @@ class EvidencePages:
         query = sa.select(evidence_pages.c.data, evidence_pages.c.expires_at).where(
             evidence_pages.c.token_sha256 == token_hash(token)
         )
-        if self.store is not None:
-            row = self.store.read("evidence_page", lambda conn: conn.execute(query).first())
-        else:
-            with self.engine.connect() as conn:
-                row = conn.execute(query).first()
+        row = self.store.read("evidence_page", lambda conn: conn.execute(query).first())
         if row is None:
             return PageLookup(None)
-        data, expires_at = row
+        data: str | None = row[0]
+        expires_at: datetime = row[1]
         if expires_at <= now or data is None:
             return PageLookup(None, expired=True, expires_at=expires_at)
         return PageLookup(json.loads(data), expires_at=expires_at)
@@ -152,7 +155,7 @@ class EvidencePages:
                 log.warning("evidence page purge failed: %s", type(exc).__name__)
 
 
-_GATE_WAIT_S = 10.0  # wait for this process's other writers (purge, tools)
+_GATE_WAIT_S = 10.0  # the purge waits this long for this process's other writers
 
 
 def _utcnow() -> datetime:
@@ -166,12 +169,12 @@ class EvidenceSetup:
     pages: EvidencePages
     chart_specs: dict[str, tuple[ChartSpec, ...]]
 
-    def new_page(self, data: dict) -> tuple[str, PageRow]:
+    def new_page(self, data: dict[str, Any]) -> tuple[str, PageRow]:
         """A card's page: its token for the link, and the row to write with the call's audit
         row (Store.keep_call) before the card is returned."""
         return self.pages.row(data)
 
-    def save(self, data: dict) -> str:
+    def save(self, data: dict[str, Any]) -> str:
         """Keep a page's data now and return its token (tools and tests)."""
         return self.pages.save(data)
 
@@ -188,13 +191,14 @@ class EvidenceSetup:
         return found
 
     def _spool_waiting(self) -> bool:
-        store = self.pages.store
-        return store is not None and store.audit_spool_depth() > 0
+        return self.pages.store.audit_spool_depth() > 0
 
 
-def build_evidence_setup(settings: Settings, store: Store, cards) -> EvidenceSetup:
+def build_evidence_setup(
+    settings: Settings, store: Store, cards: list[CardContent] | tuple[CardContent, ...]
+) -> EvidenceSetup:
     """The evidence pages of one process: the page store and the chart specs."""
-    pages = EvidencePages(store.engine, ttl_s=settings.evidence_page_ttl_h * 3600.0, store=store)
+    pages = EvidencePages(store, ttl_s=settings.evidence_page_ttl_h * 3600.0)
     # Expired pages are purged on the audit writer's thread, at most every
     # PURGE_INTERVAL_S: never on a request's path.
     store.audit_writer.housekeeping = pages.maybe_purge

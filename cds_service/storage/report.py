@@ -10,15 +10,8 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from cds_service.formatting import percent_number
-from cds_service.storage.store import (
-    Report,
-    Store,
-    StoreOptions,
-    feedback,
-    feedback_links,
-    returned_cards,
-    service_calls,
-)
+from cds_service.storage.store import Report, Store, StoreOptions, feedback_links
+from cds_service.storage.tables import feedback, returned_cards, service_calls
 from cds_service.storage.usage import UsageAlarm, UsageRow, clinician_usage
 
 _COLUMNS = ("card", "shown", "feedback", "accepted", "overridden", "accept %", "override %")

@@ -1,103 +1,74 @@
-"""The service's persistent state (SQLAlchemy Core): feedback, the audit trail, used JWT ids.
+"""The service's persistent state: feedback, the audit trail, used JWT ids, evidence pages.
 
-SQLite by default (a file in the instance folder, WAL journal, busy timeout, so several
-gunicorn workers can share it); PostgreSQL when the URL says `postgresql://...` (driven by
-psycopg 3). The schema is migrated with Alembic when a Store opens (storage/migrate.py),
-or checked only when the setting `db_migrations = "manual"`.
+`Store` is the operations on the tables (tables.py), each one bounded in time through the
+guarded engine (engine.py: SQLite or PostgreSQL, StoreUnavailable, 503 with Retry-After,
+when the database refuses or does not answer). The schema is migrated with Alembic when a
+Store opens (storage/migrate.py), or checked only when the setting `db_migrations = "manual"`.
 
-Every database operation is bounded in time (StoreOptions): the connection (connect
-timeout, TCP keepalives), the pool wait, the statement (PostgreSQL `statement_timeout`;
-SQLite busy timeout), and, on top, a client-side deadline: a watchdog thread closes the
-socket of (PostgreSQL) or interrupts (SQLite) an operation that has not finished in time,
-because a database that stops answering (a partition: sockets open, no replies) never
-sends the server-side timeout. A store that failed answers StoreUnavailable (503 with
-Retry-After) at once for `retry_after_s`, instead of making every request wait again.
-
-A hook call that returns cards is answered only once its audit row and its cards'
-evidence pages are committed (or spooled): `keep_call`, a group commit (group_commit.py).
-On SQLite the commit is on disk when it returns (`synchronous = FULL` in WAL mode; setting
-`db_sqlite_synchronous`). Other audit rows (refused calls) are written off the request path
-(`submit_call`; see audit_spool.py).
-
-Tables:
-- `service_calls`: one row per hook call (the audit trail). The patient appears only as a
-  keyed hash (see audit.py); the client only as its JWT issuer.
-- `returned_cards`: the cards a call returned (uuid, which card file, summary).
-- `feedback`: what the clinician did with a card; linked to `returned_cards` by card uuid.
-- `used_jti`: JWT ids already seen per issuer, for replay protection.
-- `evidence_pages`: the evidence page behind each card's link (see evidence_pages.py).
+Audit rows and evidence pages are written by one batching writer (audit_writer.py): a
+hook call that returns cards is answered only once its audit row and its cards' evidence
+pages are committed (or spooled): `keep_call`, a group commit. Other audit rows (refused
+calls) are written off the request path (`submit_call`), a page on its own with
+`keep_pages`; all of them in transactions of `keep_calls`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
-import math
 import os
 import socket
-import threading
 import time
 import uuid
-import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy import event
-from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemyError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
 
-from cds_service.errors import ApiError
 from cds_service.storage import migrate
-from cds_service.storage.audit import CallRecord, ReturnedCard
-from cds_service.storage.audit_spool import AuditSpool, AuditWriter
+from cds_service.storage.audit import CallRecord, PageRow, ReturnedCard
+from cds_service.storage.audit_spool import AuditSpool
+from cds_service.storage.audit_writer import AuditWriter
+from cds_service.storage.engine import GuardedEngine, StoreError, StoreUnavailable
 from cds_service.storage.feedback import FeedbackEntry, OverrideReason
-from cds_service.storage.group_commit import GroupCommit
-from cds_service.storage.write_gate import write_gate
+from cds_service.storage.tables import (
+    JTI_BYTES,
+    JTI_ISSUER_BYTES,
+    LEN_CARD_ID,
+    LEN_CARD_UUID,
+    LEN_CODE,
+    LEN_DISPLAY,
+    LEN_HASH,
+    LEN_HOOK,
+    LEN_HOOK_INSTANCE,
+    LEN_INSTANCE,
+    LEN_ISSUER,
+    LEN_RECORD_ID,
+    LEN_SERVICE_ID,
+    LEN_SITE,
+    LEN_SUMMARY,
+    LEN_SYSTEM,
+    evidence_pages,
+    feedback,
+    returned_cards,
+    service_calls,
+    used_jti,
+)
 
 log = logging.getLogger(__name__)
 
-SQLITE_BUSY_TIMEOUT_MS = 5000
 JTI_PRUNE_INTERVAL_S = 300.0
 
-# Bounds for values stored in VARCHAR columns (client-controlled text is cut, not refused:
-# the audit trail must never turn a call into an error).
-_LEN_SERVICE_ID = 200
-_LEN_HOOK = 100
-_LEN_HOOK_INSTANCE = 200
-_LEN_HASH = 128
-_LEN_ISSUER = 1024
-_LEN_CARD_UUID = 64
-_LEN_CARD_ID = 200
-_LEN_SUMMARY = 1000
-_LEN_CODE = 256
-_LEN_SYSTEM = 1024
-_LEN_DISPLAY = 1024
-_LEN_INSTANCE = 200
-_LEN_RECORD_ID = 64
-_LEN_SITE = 200
-# used_jti key parts, in UTF-8 bytes (PostgreSQL btree rows must stay well under 2.7 kB).
-_JTI_ISSUER_BYTES = 1000
-_JTI_BYTES = 255
-
-
-class StoreError(RuntimeError):
-    """The database cannot be opened or used; raised at start-up."""
-
-
-class StoreUnavailable(ApiError, StoreError):
-    """The database did not answer in time or refused: 503 with Retry-After, never a 500."""
-
-    def __init__(self, detail: str = "the service's database is unavailable; retry later", retry_after_s=2.0):
-        ApiError.__init__(self, 503, "store_unavailable", detail)
-        self.headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))}
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -129,122 +100,6 @@ class StoreOptions:
 
 def default_instance_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-class UtcDateTime(sa.types.TypeDecorator):
-    """A timezone-aware datetime, stored in UTC on every backend (SQLite has no zone)."""
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value, dialect):
-        if value is None:
-            return None
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise ValueError("naive datetimes are not stored; give a time zone")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value, dialect):
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
-
-
-_Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-
-metadata = sa.MetaData(
-    naming_convention={
-        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-        "ck": "ck_%(table_name)s_%(constraint_name)s",
-        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-        "pk": "pk_%(table_name)s",
-    }
-)
-
-service_calls = sa.Table(
-    "service_calls",
-    metadata,
-    sa.Column("id", _Id, primary_key=True, autoincrement=True),
-    sa.Column("called_at", UtcDateTime(), nullable=False, index=True),
-    sa.Column("service_id", sa.String(_LEN_SERVICE_ID), nullable=False),
-    sa.Column("hook", sa.String(_LEN_HOOK), nullable=False),
-    sa.Column("hook_instance", sa.String(_LEN_HOOK_INSTANCE), nullable=False),
-    sa.Column("patient_hash", sa.String(_LEN_HASH), nullable=True),
-    sa.Column("outcome_status", sa.Integer(), nullable=False),
-    sa.Column("duration_ms", sa.Float(), nullable=False),
-    sa.Column("content_version", sa.Text(), nullable=False),
-    sa.Column("client_iss", sa.String(_LEN_ISSUER), nullable=True),
-    # Added in 0.2.0 (migration 0002): which instance answered; the row's unique id.
-    sa.Column("instance_id", sa.String(_LEN_INSTANCE), nullable=True),
-    sa.Column("record_id", sa.String(_LEN_RECORD_ID), nullable=True, unique=True, index=True),
-    # Added by migration 0004 (issue 19): what the call used, as JSON (audit.CallRecord.usage).
-    sa.Column("usage", sa.Text(), nullable=True),
-    # Added by migration 0006 (issue 20): the site whose overlay the call used; NULL: shared content.
-    sa.Column("site", sa.String(_LEN_SITE), nullable=True),
-)
-
-returned_cards = sa.Table(
-    "returned_cards",
-    metadata,
-    sa.Column("id", _Id, primary_key=True, autoincrement=True),
-    sa.Column(
-        "call_id",
-        _Id,
-        sa.ForeignKey("service_calls.id", ondelete="CASCADE"),
-        nullable=False,
-        index=True,
-    ),
-    sa.Column("card_uuid", sa.String(_LEN_CARD_UUID), nullable=False, index=True),
-    sa.Column("card_id", sa.String(_LEN_CARD_ID), nullable=False, index=True),
-    sa.Column("summary", sa.Text(), nullable=False),
-    sa.Column("situation", sa.String(_LEN_CARD_ID), nullable=True),  # migration 0005
-    sa.Column("evidence_opened_at", UtcDateTime(), nullable=True),  # first open of its evidence page (0005)
-)
-
-feedback = sa.Table(
-    "feedback",
-    metadata,
-    sa.Column("id", _Id, primary_key=True, autoincrement=True),
-    sa.Column("service_id", sa.String(_LEN_SERVICE_ID), nullable=False),
-    sa.Column("card_uuid", sa.String(_LEN_CARD_UUID), nullable=False, index=True),
-    sa.Column("outcome", sa.String(16), nullable=False),
-    sa.Column("accepted_suggestions", sa.Text(), nullable=False),  # JSON array of ids
-    sa.Column("override_reason_code", sa.String(_LEN_CODE), nullable=True),
-    sa.Column("override_reason_system", sa.String(_LEN_SYSTEM), nullable=True),
-    sa.Column("override_reason_display", sa.String(_LEN_DISPLAY), nullable=True),
-    sa.Column("user_comment", sa.Text(), nullable=True),
-    sa.Column("outcome_timestamp", UtcDateTime(), nullable=False),
-    sa.Column("received_at", UtcDateTime(), nullable=False),
-    sa.Column("site", sa.String(_LEN_SITE), nullable=True),  # the sender's site (migration 0006)
-    sa.CheckConstraint("outcome IN ('accepted', 'overridden')", name="outcome"),
-)
-
-used_jti = sa.Table(
-    "used_jti",
-    metadata,
-    sa.Column("id", _Id, primary_key=True, autoincrement=True),
-    sa.Column("issuer", sa.String(_LEN_ISSUER), nullable=False),
-    sa.Column("jti", sa.String(_JTI_BYTES + 16), nullable=False),
-    sa.Column("expires_at", UtcDateTime(), nullable=False, index=True),
-    sa.UniqueConstraint("issuer", "jti"),
-)
-
-# Declared here, beside the audit tables, because a call's pages are written in the same
-# transaction as its audit row (`_insert_calls`); storage/evidence_pages.py reads them.
-_LEN_PAGE_HASH = 64
-evidence_pages = sa.Table(
-    "evidence_pages",
-    metadata,
-    sa.Column("token_sha256", sa.String(_LEN_PAGE_HASH), primary_key=True),
-    sa.Column("card_id", sa.String(_LEN_CARD_ID), nullable=False),
-    sa.Column("data", sa.Text(), nullable=True),
-    sa.Column("created_at", UtcDateTime(), nullable=False),
-    sa.Column("expires_at", UtcDateTime(), nullable=False, index=True),
-)
 
 
 # --------------------------------------------------------------------------- values
@@ -317,9 +172,6 @@ class Report:
     since: datetime | None = None
 
 
-# --------------------------------------------------------------------------- engine
-
-
 def _clean(value: str | None, limit: int | None = None) -> str | None:
     """Text the database will take: no NUL, no unpaired surrogate, at most `limit` chars."""
     if value is None:
@@ -344,241 +196,7 @@ def _jti_key_part(value: str, max_bytes: int) -> str:
     return "sha256:" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _database_url(database_url: str) -> URL:
-    try:
-        url = make_url(database_url)
-    except (ArgumentError, ValueError):
-        raise StoreError("the database URL cannot be read") from None
-    backend = url.get_backend_name()
-    if backend in ("postgres", "postgresql"):
-        if url.drivername in ("postgres", "postgresql"):
-            url = url.set(drivername="postgresql+psycopg")
-        return url
-    if backend == "sqlite":
-        return url
-    raise StoreError(f"unsupported database backend {backend!r}: use sqlite or postgresql")
-
-
-def _sqlite_engine(url: URL, options: StoreOptions) -> Engine:
-    database = url.database or ""
-    in_memory = database in ("", ":memory:") or database.startswith("file::memory:")
-    busy_ms = int(options.statement_timeout_s * 1000)
-    if in_memory:
-        engine = sa.create_engine(
-            url,
-            poolclass=StaticPool,
-            connect_args={"check_same_thread": False},
-        )
-    else:
-        folder = Path(database).expanduser().parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"the SQLite database folder {folder} cannot be created ({exc.strerror})") from None
-        engine = sa.create_engine(
-            url,
-            pool_size=options.pool_size,
-            max_overflow=options.max_overflow,
-            pool_timeout=options.pool_timeout_s,
-            connect_args={"timeout": busy_ms / 1000, "check_same_thread": False},
-        )
-
-    @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_connection, _record):
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
-        if not in_memory:
-            cursor.execute("PRAGMA journal_mode = WAL")
-            # FULL: WAL commits are fsync'd before they return, so a call answered after
-            # its audit row was committed cannot lose that row to a crash or power cut.
-            synchronous = "NORMAL" if options.sqlite_synchronous == "normal" else "FULL"
-            cursor.execute(f"PRAGMA synchronous = {synchronous}")
-        cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.close()
-
-    return engine
-
-
-def _postgresql_engine(url: URL, options: StoreOptions) -> Engine:
-    connect_args: dict = {}
-    query = dict(url.query)
-    if "connect_timeout" not in query:
-        # libpq counts whole seconds; psycopg treats less than 2 as 2.
-        connect_args["connect_timeout"] = max(2, math.ceil(options.connect_timeout_s))
-    if "application_name" not in query:
-        connect_args["application_name"] = "cds-service"
-    # TCP keepalives: a peer that vanished is noticed on an idle pooled connection.
-    for key, value in (
-        ("keepalives", 1),
-        ("keepalives_idle", options.keepalives_idle_s),
-        ("keepalives_interval", options.keepalives_interval_s),
-        ("keepalives_count", options.keepalives_count),
-        ("tcp_user_timeout", int(options.deadline_s * 1000)),
-    ):
-        if key not in query:
-            connect_args[key] = value
-    # Server-side bounds on every statement and lock wait, added to any options in the URL
-    # (the tests confine a store to a schema with `options=-csearch_path=...`).
-    timeout_ms = int(options.statement_timeout_s * 1000)
-    server_options = f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}"
-    given = query.get("options")
-    if isinstance(given, tuple):
-        given = " ".join(given)
-    if given:
-        server_options = f"{given} {server_options}"
-    url = url.difference_update_query(["options"])
-    connect_args["options"] = server_options
-    return sa.create_engine(
-        url,
-        pool_pre_ping=False,  # a ping could hang on a silent server; the watchdog bounds it
-        pool_size=options.pool_size,
-        max_overflow=options.max_overflow,
-        pool_timeout=options.pool_timeout_s,
-        pool_recycle=1800,
-        connect_args=connect_args,
-    )
-
-
-def _dispose_in_child(engine_ref: weakref.ref) -> None:
-    engine = engine_ref()
-    if engine is not None:
-        # The parent's pooled connections must not be shared with a forked worker.
-        engine.dispose(close=False)
-
-
-def _abort_connection(dbapi_connection) -> None:
-    """Make an operation blocked on this DBAPI connection fail now (from another thread)."""
-    if hasattr(dbapi_connection, "interrupt"):  # sqlite3
-        dbapi_connection.interrupt()
-        return
-    try:
-        fd = os.dup(dbapi_connection.fileno())
-    except (OSError, AttributeError, ValueError, Exception):
-        return
-    sock = socket.socket(fileno=fd)
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    finally:
-        sock.close()
-
-
-def _failure_kind(exc: BaseException) -> str:
-    """A short, log-safe name for why the database failed (never the driver's message)."""
-    orig = getattr(exc, "orig", None) or exc
-    text = str(orig).lower()
-    if isinstance(exc, PoolTimeout):
-        return "no free database connection in time"
-    if "does not exist" in text and "database" in text:
-        return "database does not exist"
-    if "connection refused" in text:
-        return "connection refused"
-    if "password authentication failed" in text or "authentication" in text:
-        return "authentication failed"
-    if "role" in text and "does not exist" in text:
-        return "no such database user"
-    if "database is locked" in text:
-        return "the database is locked by another process"
-    if "disk is full" in text:
-        return "the disk is full"
-    if "file is not a database" in text:
-        return "the SQLite file is not a database (corrupt?)"
-    if "could not translate host name" in text or "name or service not known" in text:
-        return "host name not found"
-    if "timeout" in text or "timed out" in text or "canceling statement" in text:
-        return "timed out"
-    if "unable to open database file" in text:
-        return "the database file cannot be opened"
-    if "readonly" in text or "read-only" in text:
-        return "the database is read-only"
-    return type(orig).__name__
-
-
-def _open_failure(backend: str, url, exc: BaseException) -> str:
-    """The start-up line for a database that cannot be opened (never the password)."""
-    kind = _failure_kind(exc)
-    if kind in ("authentication failed", "no such database user") and url.username:
-        return f"database user {url.username!r} was refused by the server ({kind})"
-    return f"cannot open the {backend} database ({kind})"
-
-
-def _is_lock_wait(exc: BaseException) -> bool:
-    """SQLite's busy timeout ran out: another process held the write lock."""
-    return "database is locked" in str(getattr(exc, "orig", None) or exc).lower()
-
-
-def _is_final(exc: BaseException) -> bool:
-    """A failure that retrying at start-up cannot cure (unlike a race between workers)."""
-    return _failure_kind(exc) in (
-        "connection refused",
-        "database does not exist",
-        "authentication failed",
-        "host name not found",
-        "the database file cannot be opened",
-        "timed out",
-        "no such database user",
-        "the SQLite file is not a database (corrupt?)",
-    )
-
-
-class _Probe:
-    __slots__ = ("done", "ok", "pid")
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.ok = False
-        self.pid = os.getpid()
-
-
-class _Op:
-    __slots__ = ("aborted", "dbapi", "deadline")
-
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
-        self.dbapi = None
-        self.aborted = False
-
-
-class _Watchdog:
-    """One thread per process that aborts database operations past their deadline."""
-
-    def __init__(self) -> None:
-        self._ops: dict[int, _Op] = {}
-        self._lock = threading.Lock()
-        self._pid = 0
-        self._wake = threading.Event()
-
-    def add(self, op: _Op) -> None:
-        if self._pid != os.getpid():
-            with self._lock:
-                if self._pid != os.getpid():
-                    self._ops = {}
-                    self._pid = os.getpid()
-                    threading.Thread(target=self._run, name="db-watchdog", daemon=True).start()
-        with self._lock:
-            self._ops[id(op)] = op
-
-    def remove(self, op: _Op) -> None:
-        with self._lock:
-            self._ops.pop(id(op), None)
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(0.05)
-            now = time.monotonic()
-            with self._lock:
-                late = [op for op in self._ops.values() if op.deadline <= now and not op.aborted]
-            for op in late:
-                if op.dbapi is not None:
-                    op.aborted = True
-                    _abort_connection(op.dbapi)
-
-
-_watchdog = _Watchdog()
-
-
-def feedback_links(cards) -> sa.ColumnElement[bool]:
+def feedback_links(cards: sa.FromClause) -> sa.ColumnElement[bool]:
     """Feedback is about a card returned by a call (`cards`: a selectable with the card's
     `card_uuid` and its call's `site`) when it names the card and came from the card's own
     site: feedback a client of another site (or of the shared content) sent about the uuid
@@ -586,7 +204,7 @@ def feedback_links(cards) -> sa.ColumnElement[bool]:
     return sa.and_(cards.c.card_uuid == feedback.c.card_uuid, feedback.c.site.is_not_distinct_from(cards.c.site))
 
 
-def _insert_rows(conn, table: sa.Table, rows: list[dict]) -> None:
+def _insert_rows(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
     """One INSERT for all `rows`. A single row goes as a plain INSERT, whose compiled form
     SQLAlchemy caches (a multi-row VALUES is compiled again for every call: 0.6 ms of a
     hook call's CPU when each call committed its own card and page)."""
@@ -594,6 +212,11 @@ def _insert_rows(conn, table: sa.Table, rows: list[dict]) -> None:
         conn.execute(table.insert(), rows[0])
     elif rows:
         conn.execute(table.insert().values(rows))
+
+
+def _rows(conn: Connection, query: sa.Select[Any]) -> list[Any]:
+    """The rows of a report query, as untyped tuples (their columns are known here)."""
+    return list(conn.execute(query))
 
 
 # --------------------------------------------------------------------------- store
@@ -604,209 +227,75 @@ class Store:
 
     def __init__(self, database_url: str, options: StoreOptions | None = None) -> None:
         self.options = options = options or StoreOptions()
-        url = _database_url(database_url)
-        self.backend = url.get_backend_name()
-        self.instance_id = (options.instance_id or default_instance_id())[:_LEN_INSTANCE]
-        self.engine: Engine = (
-            _sqlite_engine(url, options) if self.backend == "sqlite" else _postgresql_engine(url, options)
-        )
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=lambda ref=weakref.ref(self.engine): _dispose_in_child(ref))
-        self._local = threading.local()
-        self._down_until = 0.0
-        self._ping_lock = threading.Lock()
-        self._ping_probe: _Probe | None = None
-        event.listen(self.engine, "checkout", self._on_checkout)
+        self.db = GuardedEngine(database_url, options)
+        self.engine: Engine = self.db.engine
+        self.backend = self.db.backend
+        self.instance_id = (options.instance_id or default_instance_id())[:LEN_INSTANCE]
         self._next_prune = 0.0
-        self._open_schema()
+        self.db.open(self._open_schema)
+
         spool = AuditSpool(options.spool_dir, options.audit_spool_max_bytes) if options.spool_dir else None
-        self.group_commit = GroupCommit(
+        self.audit_writer = AuditWriter(
             self.keep_calls,
             spool,
             wait_s=options.audit_commit_wait_s,
             retry_s=options.retry_after_s,
-            store_down=self.is_down,
-        )
-        self.audit_writer = AuditWriter(
-            self.record_calls,
-            spool,
             queue_size=options.audit_queue_size,
-            retry_s=options.retry_after_s,
-            store_down=self.is_down,
+            store_down=self.db.is_down,
         )
 
     # -- lifecycle
 
-    def _open_schema(self) -> None:
+    def _open_schema(self, engine: Engine) -> None:
         """Migrate to the current schema (or, with manual migrations, check it is current)."""
-        attempts = 6
-        for attempt in range(attempts):
-            try:
-                if self.options.migrations == "none":
-                    with self.engine.connect() as conn:
-                        conn.execute(sa.text("SELECT 1"))
-                elif self.options.migrations == "manual":
-                    current, head = migrate.pending(self.engine)
-                    if current != head:
-                        raise StoreError(
-                            f"the {self.backend} database schema is at revision {current or 'none (empty)'} "
-                            f"and this version needs {head}; db_migrations is 'manual': "
-                            "run `cds-service db upgrade` first"
-                        )
-                else:
-                    before, after = migrate.upgrade(self.engine)
-                    if before != after:
-                        log.info("store schema migrated: %s -> %s", before or "empty", after)
-                return
-            except (DBAPIError, PoolTimeout) as exc:
-                if attempt == attempts - 1 or not isinstance(exc, DBAPIError) or _is_final(exc):
-                    raise StoreError(_open_failure(self.backend, self.engine.url, exc)) from None
-                time.sleep(0.05 * (attempt + 1))
+        if self.options.migrations == "none":
+            with engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        elif self.options.migrations == "manual":
+            current, head = migrate.pending(engine)
+            if current != head:
+                raise StoreError(
+                    f"the {self.backend} database schema is at revision {current or 'none (empty)'} "
+                    f"and this version needs {head}; db_migrations is 'manual': "
+                    "run `cds-service db upgrade` first"
+                )
+        else:
+            before, after = migrate.upgrade(engine)
+            if before != after:
+                log.info("store schema migrated: %s -> %s", before or "empty", after)
 
     def upgrade_schema(self) -> tuple[str | None, str]:
         return migrate.upgrade(self.engine)
 
     def close(self) -> None:
         self.audit_writer.close()
-        self.engine.dispose()
+        self.db.dispose()
 
     def __enter__(self) -> Store:
         return self
 
-    def __exit__(self, *_exc) -> None:
+    def __exit__(self, *_exc: object) -> None:
         self.close()
-
-    # -- time bounds and failures
-
-    def _on_checkout(self, dbapi_connection, _record, _proxy) -> None:
-        op = getattr(self._local, "op", None)
-        if op is not None:
-            op.dbapi = dbapi_connection
-
-    @contextlib.contextmanager
-    def _bounded(self, what: str, deadline_s: float | None = None, *, within_s: float | None = None, mark_down=True):
-        """Run one database operation within the deadline; StoreUnavailable otherwise.
-
-        `within_s`: the whole operation, pool wait included, is aborted after this long
-        (by default: the pool timeout plus the deadline). `mark_down`: a failure makes the
-        requests that need the store answer 503 at once for `retry_after_s`; not for an
-        operation whose own short bound ran out (a slow commit is not a store that is down)."""
-        bound = (
-            within_s if within_s is not None else (deadline_s or self.options.deadline_s) + self.options.pool_timeout_s
-        )
-        op = _Op(time.monotonic() + bound)
-        self._local.op = op
-        _watchdog.add(op)
-        try:
-            yield
-        except IntegrityError:
-            raise
-        except (DBAPIError, PoolTimeout, OSError) as exc:
-            kind = "timed out" if op.aborted or _is_lock_wait(exc) else _failure_kind(exc)
-            if mark_down or kind != "timed out":
-                self._mark_down()
-            log.warning("store unavailable: operation=%s reason=%s", what, kind)
-            # Imported here, not at the top: the CLI imports this module before `serve` sets
-            # PROMETHEUS_MULTIPROC_DIR, and prometheus-client fixes its mode when first imported.
-            from cds_service import metrics
-
-            metrics.store_error(what)
-            raise StoreUnavailable(retry_after_s=self.options.retry_after_s) from None
-        else:
-            self._down_until = 0.0
-        finally:
-            _watchdog.remove(op)
-            self._local.op = None
-
-    def _mark_down(self) -> None:
-        self._down_until = time.monotonic() + self.options.retry_after_s
 
     def is_down(self) -> bool:
         """True for `retry_after_s` after a failure: requests get a 503 without waiting."""
-        return time.monotonic() < self._down_until
-
-    def _fail_fast(self) -> None:
-        if self.is_down():
-            raise StoreUnavailable(retry_after_s=max(1.0, self._down_until - time.monotonic()))
-
-    def _busy_until(self, conn, budget_end: float) -> None:
-        """SQLite: wait for another process's lock only until `budget_end` (no I/O)."""
-        if self.backend == "sqlite":
-            left_ms = max(1, int((budget_end - time.monotonic()) * 1000))
-            conn.exec_driver_sql(f"PRAGMA busy_timeout = {left_ms}")
-
-    def _run(self, what: str, operation, *, write: bool = True, fail_fast: bool = True, within_s: float | None = None):
-        """`operation(conn)` in one bounded transaction (StoreUnavailable when it cannot).
-
-        Tried once more when the pooled connection was dead (the server restarted), never
-        after the deadline. `fail_fast`: answer at once while the store is known down.
-        `within_s`: a shorter bound for the whole operation, whose running out does not
-        mark the store down (see _bounded)."""
-        if fail_fast:
-            self._fail_fast()
-        for attempt in (1, 2):
-            stale = False
-            try:
-                with self._bounded(what, within_s=within_s, mark_down=within_s is None):
-                    # SQLite: the wait for this process's write turn and SQLite's own busy
-                    # wait share one budget (each had all of it: 4 s for 2): statement_timeout_s,
-                    # or `within_s` for an operation that sets its own short busy wait.
-                    budget_end = time.monotonic() + (self.options.statement_timeout_s if within_s is None else within_s)
-                    try:
-                        if not write:
-                            with self.engine.connect() as conn:
-                                self._busy_until(conn, budget_end)
-                                return operation(conn)
-                        with (
-                            write_gate(self.engine, budget_end - time.monotonic()),
-                            self.engine.begin() as conn,
-                        ):
-                            if within_s is None:
-                                self._busy_until(conn, budget_end)
-                            return operation(conn)
-                    except DBAPIError as exc:
-                        op = self._local.op
-                        stale = bool(exc.connection_invalidated) and not (op and op.aborted) and attempt == 1
-                        raise
-            except StoreUnavailable:
-                if not stale:
-                    raise
-                self._down_until = 0.0
-        raise AssertionError("unreachable")  # pragma: no cover
+        return self.db.is_down()
 
     def ping(self, timeout_s: float = 1.0) -> bool:
-        """True if the database answers `SELECT 1` within `timeout_s` (for /readyz).
+        """True if the database answers `SELECT 1` within `timeout_s` (for /readyz); never
+        raises, never waits longer."""
+        return self.db.ping(timeout_s)
 
-        Never raises and never waits longer than `timeout_s`: the probe runs on its own
-        thread (one at a time; a probe still running is waited for, not duplicated), itself
-        bounded by the connect timeout and the statement deadline."""
-        with self._ping_lock:
-            probe = self._ping_probe
-            if probe is not None and probe.pid != os.getpid():
-                probe = None  # started before a fork: its thread is not in this process
-            if probe is None or probe.done.is_set():
-                probe = _Probe()
-                self._ping_probe = probe
-                threading.Thread(target=self._probe, args=(probe,), name="db-ping", daemon=True).start()
-        return probe.done.wait(timeout_s) and probe.ok
-
-    def _probe(self, probe: _Probe) -> None:
-        try:
-            with self._bounded("ping", deadline_s=self.options.deadline_s), self.engine.connect() as conn:
-                conn.execute(sa.text("SELECT 1"))
-            probe.ok = True
-        except (StoreUnavailable, SQLAlchemyError, OSError):
-            probe.ok = False
-        finally:
-            probe.done.set()
-
-    # -- audit writer (for /metrics and shutdown)
+    def read(self, what: str, operation: Callable[[Connection], T]) -> T:
+        """`operation(conn)` reading the store, bounded in time: StoreUnavailable (503 with
+        Retry-After) when the database refuses or does not answer within the deadline."""
+        return self.db.run(what, operation, write=False)
 
     def keep_call(self, call: CallRecord) -> bool:
         """Commit one audit row (and the evidence pages it carries) before the call is
         answered, batched with the rows of concurrent calls; spooled locally when the store
         cannot take it in time. False only when neither could keep it: answer 503 then."""
-        return self.group_commit.keep(self._identified(call))
+        return self.audit_writer.keep(self._identified(call))
 
     def submit_call(self, call: CallRecord) -> bool:
         """Queue one audit row for the background writer; never waits for the database.
@@ -834,11 +323,6 @@ class Store:
         """Audit rows queued in this process, not yet written."""
         return self.audit_writer.queue_depth()
 
-    def read(self, what: str, operation):
-        """`operation(conn)` reading the store, bounded in time: StoreUnavailable (503 with
-        Retry-After) when the database refuses or does not answer within the deadline."""
-        return self._run(what, operation, write=False)
-
     # -- feedback
 
     def record_feedback(self, service_id: str, entries: Iterable[FeedbackEntry], site: str | None = None) -> int:
@@ -850,21 +334,21 @@ class Store:
             reason = entry.override_reason
             rows.append(
                 {
-                    "service_id": _clean(service_id, _LEN_SERVICE_ID),
-                    "card_uuid": _clean(entry.card_uuid.lower(), _LEN_CARD_UUID),
+                    "service_id": _clean(service_id, LEN_SERVICE_ID),
+                    "card_uuid": _clean(entry.card_uuid.lower(), LEN_CARD_UUID),
                     "outcome": entry.outcome,
                     "accepted_suggestions": json.dumps(list(entry.accepted_suggestions)),
-                    "override_reason_code": _clean(reason.code, _LEN_CODE) if reason else None,
-                    "override_reason_system": _clean(reason.system, _LEN_SYSTEM) if reason else None,
-                    "override_reason_display": _clean(reason.display, _LEN_DISPLAY) if reason else None,
+                    "override_reason_code": _clean(reason.code, LEN_CODE) if reason else None,
+                    "override_reason_system": _clean(reason.system, LEN_SYSTEM) if reason else None,
+                    "override_reason_display": _clean(reason.display, LEN_DISPLAY) if reason else None,
                     "user_comment": _clean(entry.user_comment),
                     "outcome_timestamp": entry.outcome_timestamp,
                     "received_at": received_at,
-                    "site": _clean(site, _LEN_SITE),
+                    "site": _clean(site, LEN_SITE),
                 }
             )
         if rows:
-            self._run("record_feedback", lambda conn: conn.execute(feedback.insert(), rows))
+            self.db.run("record_feedback", lambda conn: conn.execute(feedback.insert(), rows))
         return len(rows)
 
     def mark_evidence_opened(self, card_uuid: str) -> None:
@@ -875,12 +359,12 @@ class Store:
             .where(returned_cards.c.evidence_opened_at.is_(None))
             .values(evidence_opened_at=_utcnow())
         )
-        self._run("mark_evidence_opened", lambda conn: conn.execute(statement))
+        self.db.run("mark_evidence_opened", lambda conn: conn.execute(statement))
 
     def feedback_for(self, card_uuid: str) -> list[StoredFeedback]:
         """Feedback received about one card, oldest first."""
         query = sa.select(feedback).where(feedback.c.card_uuid == card_uuid.lower()).order_by(feedback.c.id)
-        rows = self._run("feedback_for", lambda conn: conn.execute(query).mappings().all(), write=False)
+        rows = self.db.run("feedback_for", lambda conn: conn.execute(query).mappings().all(), write=False)
         return [
             StoredFeedback(
                 id=row["id"],
@@ -908,95 +392,97 @@ class Store:
     def record_call(self, call: CallRecord) -> int:
         """Write one hook call and the cards it returned, atomically; returns the call id.
 
-        Synchronous (tests, tools). Hook calls use `submit_call`, off the request path."""
-        return self._run("record_call", lambda conn: self._insert_call(conn, call), fail_fast=False)
+        Synchronous (tests, tools). Hook calls use `keep_call` and `submit_call`."""
+        return self.db.run("record_call", lambda conn: self._insert_call(conn, call), fail_fast=False)
 
     def record_calls(self, calls: list[CallRecord]) -> int:
-        """Write audit rows (the background writer, the spool replay); returns rows written.
+        """Write audit rows at once (tools, tests, and the audit writer's keep_calls when a
+        row is already stored); returns rows written.
 
         Idempotent: a row whose `record_id` is already stored is skipped, so a spooled row
         replayed twice is kept once. StoreUnavailable when the store cannot be written."""
 
-        def write_all(conn) -> int:
+        def write_all(conn: Connection) -> int:
             self._insert_calls(conn, calls)
             return len(calls)
 
         try:
-            return self._run("record_calls", write_all, fail_fast=False)
+            return self.db.run("record_calls", write_all, fail_fast=False)
         except IntegrityError:
             pass
         written = 0
         for call in calls:
             try:
-                self._run("record_calls", lambda conn, call=call: self._insert_call(conn, call), fail_fast=False)
+                self.db.run("record_calls", functools.partial(self._insert_call, call=call), fail_fast=False)
                 written += 1
             except IntegrityError:
                 continue  # already stored (same record_id)
         return written
 
-    def keep_calls(self, calls: list[CallRecord]) -> None:
-        """Commit the rows of calls waiting for their answer (group_commit.py), within
+    def keep_calls(self, calls: list[CallRecord], pages: list[PageRow] | None = None) -> None:
+        """Commit one batch of the audit writer (audit_writer.py): audit rows with their
+        cards and evidence pages, and `pages` written on their own, in one transaction within
         `audit_commit_wait_s`: StoreUnavailable when it cannot (the rows are then spooled).
+
+        Idempotent: when a row's `record_id` is already stored (a spooled row committed
+        late, or replayed twice) the rows are written one by one and that one skipped.
 
         A commit that runs out of that short bound does not mark the store down (other
         operations keep their own bounds); a store that refuses does. On SQLite the wait for
         another process's write lock is cut to the same bound for this transaction."""
         within_s = self.options.audit_commit_wait_s
-        sqlite = self.backend == "sqlite"
-
-        short = f"PRAGMA busy_timeout = {max(1, int(within_s * 1000))}"
-        usual = f"PRAGMA busy_timeout = {int(self.options.statement_timeout_s * 1000)}"
-
-        def write(conn) -> None:
-            # On the sqlite3 connection itself: through SQLAlchemy the two PRAGMAs cost
-            # 0.3 ms, a third of the commit's CPU.
-            raw = conn.connection.driver_connection if sqlite else None
-            if raw is not None:
-                raw.execute(short)
-            try:
-                self._insert_calls(conn, calls)
-            finally:
-                if raw is not None:
-                    with contextlib.suppress(Exception):
-                        raw.execute(usual)
-
         try:
-            self._run("keep_calls", write, fail_fast=False, within_s=within_s)
+            self.db.run(
+                "keep_calls", lambda conn: self._insert_calls(conn, calls, pages), fail_fast=False, within_s=within_s
+            )
         except IntegrityError:
             self.record_calls(calls)  # one of them already stored (a replayed spool): row by row
+            if pages:
+                self.db.run("keep_pages", lambda conn: self._insert_calls(conn, [], pages), fail_fast=False)
+
+    def keep_pages(self, pages: list[PageRow]) -> bool:
+        """Commit evidence pages written on their own (EvidencePages.save), through the
+        audit writer's batches; False when the store cannot take them now."""
+        return self.audit_writer.keep_pages(pages)
 
     @staticmethod
-    def _insert_call(conn, call: CallRecord) -> int:
+    def _insert_call(conn: Connection, call: CallRecord) -> int:
         return Store._insert_calls(conn, [call])[0]
 
     @staticmethod
-    def _insert_calls(conn, calls: list[CallRecord]) -> list[int]:
-        """The rows of `calls` and of the cards they returned, in two statements whatever the
-        number of calls (executemany with RETURNING, in the calls' order).
+    def _insert_calls(conn: Connection, calls: list[CallRecord], pages: list[PageRow] | None = None) -> list[int]:
+        """The rows of `calls`, of the cards they returned and of their evidence pages (and
+        `pages`), in three statements whatever the number of calls (executemany with
+        RETURNING, in the calls' order). The one insert of audit rows and evidence pages.
 
         One statement per row kept the transaction, and on SQLite the database's only write
         lock, open for as long as it took the writer thread to get the GIL back after each
         statement: with request threads busy that was up to 0.8 s per batch, and the
         evidence-page writer (and a jti claim) waiting behind it ran into the busy timeout."""
-        if not calls:
-            return []
+        ids = Store._insert_call_rows(conn, calls) if calls else []
+        rows = [page._asdict() for call in calls for page in call.pages] + [page._asdict() for page in pages or ()]
+        _insert_rows(conn, evidence_pages, rows)
+        return ids
+
+    @staticmethod
+    def _insert_call_rows(conn: Connection, calls: list[CallRecord]) -> list[int]:
         result = conn.execute(
             service_calls.insert().returning(service_calls.c.id, sort_by_parameter_order=True),
             [
                 {
                     "called_at": call.called_at,
-                    "service_id": _clean(call.service_id, _LEN_SERVICE_ID),
-                    "hook": _clean(call.hook, _LEN_HOOK),
-                    "hook_instance": _clean(call.hook_instance, _LEN_HOOK_INSTANCE),
-                    "patient_hash": _clean(call.patient_hash, _LEN_HASH),
+                    "service_id": _clean(call.service_id, LEN_SERVICE_ID),
+                    "hook": _clean(call.hook, LEN_HOOK),
+                    "hook_instance": _clean(call.hook_instance, LEN_HOOK_INSTANCE),
+                    "patient_hash": _clean(call.patient_hash, LEN_HASH),
                     "outcome_status": int(call.outcome_status),
                     "duration_ms": float(call.duration_ms),
                     "content_version": _clean(call.content_version or ""),
-                    "client_iss": _clean(call.client_iss, _LEN_ISSUER),
-                    "instance_id": _clean(call.instance_id, _LEN_INSTANCE),
-                    "record_id": _clean(call.record_id, _LEN_RECORD_ID),
+                    "client_iss": _clean(call.client_iss, LEN_ISSUER),
+                    "instance_id": _clean(call.instance_id, LEN_INSTANCE),
+                    "record_id": _clean(call.record_id, LEN_RECORD_ID),
                     "usage": call.usage,
-                    "site": _clean(call.site, _LEN_SITE),
+                    "site": _clean(call.site, LEN_SITE),
                 }
                 for call in calls
             ],
@@ -1005,16 +491,15 @@ class Store:
         cards = [
             {
                 "call_id": call_id,
-                "card_uuid": _clean(card.card_uuid.lower(), _LEN_CARD_UUID),
-                "card_id": _clean(card.card_id, _LEN_CARD_ID),
-                "summary": _clean(card.summary, _LEN_SUMMARY),
-                "situation": _clean(card.situation, _LEN_CARD_ID),
+                "card_uuid": _clean(card.card_uuid.lower(), LEN_CARD_UUID),
+                "card_id": _clean(card.card_id, LEN_CARD_ID),
+                "summary": _clean(card.summary, LEN_SUMMARY),
+                "situation": _clean(card.situation, LEN_CARD_ID),
             }
             for call_id, call in zip(ids, calls, strict=True)
             for card in (ReturnedCard(*c) for c in call.cards)
         ]
         _insert_rows(conn, returned_cards, cards)
-        _insert_rows(conn, evidence_pages, [page._asdict() for call in calls for page in call.pages])
         return ids
 
     def prune_audit(self, older_than: datetime) -> int:
@@ -1023,13 +508,13 @@ class Store:
         Feedback rows are kept (they are the clinicians' answers, not the audit trail).
         Returns how many calls went."""
 
-        def prune(conn) -> int:
+        def prune(conn: Connection) -> int:
             old_calls = sa.select(service_calls.c.id).where(service_calls.c.called_at < older_than)
             conn.execute(returned_cards.delete().where(returned_cards.c.call_id.in_(old_calls)))
             result = conn.execute(service_calls.delete().where(service_calls.c.called_at < older_than))
             return result.rowcount or 0
 
-        return self._run("prune_audit", prune, fail_fast=False)
+        return self.db.run("prune_audit", prune, fail_fast=False)
 
     def issued_card(self, card_uuid: str) -> IssuedCard | None:
         """The call that returned this card uuid, or None if this service never did."""
@@ -1046,8 +531,8 @@ class Store:
             .order_by(returned_cards.c.id)
             .limit(1)
         )
-        row = self._run("issued_card", lambda conn: conn.execute(query).first(), write=False)
-        return IssuedCard(*row) if row else None
+        row = self.db.run("issued_card", lambda conn: conn.execute(query).first(), write=False)
+        return IssuedCard(*row.tuple()) if row else None
 
     # -- JWT replay protection
 
@@ -1064,12 +549,12 @@ class Store:
             with contextlib.suppress(StoreUnavailable):
                 self.prune_expired_jti(now)
         row = {
-            "issuer": _jti_key_part(issuer, _JTI_ISSUER_BYTES),
-            "jti": _jti_key_part(jti, _JTI_BYTES),
+            "issuer": _jti_key_part(issuer, JTI_ISSUER_BYTES),
+            "jti": _jti_key_part(jti, JTI_BYTES),
             "expires_at": expires_at,
         }
         try:
-            self._run("claim_jti", lambda conn: conn.execute(used_jti.insert(), row))
+            self.db.run("claim_jti", lambda conn: conn.execute(used_jti.insert(), row))
         except IntegrityError:
             return False
         return True
@@ -1077,7 +562,9 @@ class Store:
     def prune_expired_jti(self, now: datetime | None = None) -> int:
         """Forget JWT ids whose tokens have expired; returns how many rows went."""
         now = now or _utcnow()
-        result = self._run("prune_jti", lambda conn: conn.execute(used_jti.delete().where(used_jti.c.expires_at < now)))
+        result = self.db.run(
+            "prune_jti", lambda conn: conn.execute(used_jti.delete().where(used_jti.c.expires_at < now))
+        )
         return result.rowcount or 0
 
     # -- usage report
@@ -1091,7 +578,7 @@ class Store:
         deployment). Feedback counts for a card only when it came from the card's own site.
         """
         calls_joined = returned_cards.join(service_calls, service_calls.c.id == returned_cards.c.call_id)
-        card_of_uuid = (
+        card_of_uuid_q = (
             sa.select(
                 returned_cards.c.card_uuid,
                 service_calls.c.site,
@@ -1101,8 +588,8 @@ class Store:
             .group_by(returned_cards.c.card_uuid, service_calls.c.site)
         )
         if site is not None:
-            card_of_uuid = card_of_uuid.where(service_calls.c.site == site)
-        card_of_uuid = card_of_uuid.subquery("card_of_uuid")
+            card_of_uuid_q = card_of_uuid_q.where(service_calls.c.site == site)
+        card_of_uuid = card_of_uuid_q.subquery("card_of_uuid")
         linked = feedback.join(card_of_uuid, feedback_links(card_of_uuid))
         shown_q = (
             sa.select(returned_cards.c.card_id, sa.func.count().label("n"))
@@ -1152,18 +639,18 @@ class Store:
             unlinked_q = unlinked_q.where(feedback.c.received_at >= since)
             status_q = status_q.where(service_calls.c.called_at >= since)
 
-        with self._bounded("usage_report", deadline_s=10 * self.options.deadline_s), self.engine.connect() as conn:
-            shown = {card_id: n for card_id, n in conn.execute(shown_q)}
+        with self.db.bounded("usage_report", deadline_s=10 * self.options.deadline_s), self.engine.connect() as conn:
+            shown: dict[str, int] = {card_id: n for card_id, n in _rows(conn, shown_q)}
             outcomes: dict[str, dict[str, int]] = {}
-            for card_id, outcome, n in conn.execute(outcomes_q):
+            for card_id, outcome, n in _rows(conn, outcomes_q):
                 outcomes.setdefault(card_id, {})[outcome] = n
             reasons: dict[str, list[OverrideReasonCount]] = {}
-            for card_id, code, system, display, n in conn.execute(reasons_q):
+            for card_id, code, system, display, n in _rows(conn, reasons_q):
                 reasons.setdefault(card_id, []).append(
                     OverrideReasonCount(code=code, system=system, display=display, count=n)
                 )
             unlinked = conn.execute(unlinked_q).scalar_one()
-            calls_by_status = {int(status): n for status, n in conn.execute(status_q)}
+            calls_by_status: dict[int, int] = {int(status): n for status, n in _rows(conn, status_q)}
 
         cards = []
         for card_id in sorted(set(shown) | set(outcomes)):

@@ -23,7 +23,8 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from cds_service.storage.store import Store, feedback, returned_cards, service_calls
+from cds_service.storage.store import Store
+from cds_service.storage.tables import feedback, returned_cards, service_calls
 
 ALARM_P = 0.001
 ALARM_RATIO = 1.5

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from support.chart import Chart
 
-from cds_service.storage.store import service_calls
+from cds_service.storage.tables import service_calls
 
 from ..fhir.test_prefetch import base, serve_everything
 

@@ -111,14 +111,13 @@ def test_audit_keeps_one_row_per_call_with_the_cards_it_returned(runtime):
 
 
 def test_a_store_failure_while_auditing_is_logged_by_type_and_does_not_fail_the_call(runtime, monkeypatch, caplog):
-    # The row goes to the store's commit thread; a failed write is logged by type
+    # The row goes to the store's audit writer; a failed write is logged by type
     # (never the exception's text, which could name hosts or users) and the row is kept
     # in the local spool or counted as lost, never raised into the call.
-    def broken(records):
+    def broken(records, pages):
         raise RuntimeError("database at 10.0.0.5 refused user cds")
 
     monkeypatch.setattr(runtime.store.audit_writer, "_write", broken)
-    monkeypatch.setattr(runtime.store.group_commit, "_write", broken)
     with caplog.at_level(logging.WARNING, logger="cds_service.storage"):
         assert runtime.audit(_notes())  # spooled: the call may be answered
         runtime.store.flush_audit(5.0)

@@ -11,7 +11,8 @@ import pytest
 from support.scenario_requests import hfs_after_mvd_patient_view
 
 from cds_service.storage.audit import CallRecord, ReturnedCard
-from cds_service.storage.audit_spool import AuditSpool, AuditWriter, SpoolFull
+from cds_service.storage.audit_spool import AuditSpool, SpoolFull
+from cds_service.storage.audit_writer import BATCH_ROWS, AuditWriter
 from cds_service.storage.store import Store
 
 
@@ -42,7 +43,7 @@ def test_spooled_rows_survive_a_restart_and_are_replayed_into_the_store_once(tmp
     assert reopened.depth(max_age_s=0) == 5
     with Store(store_url) as store:
         store.record_calls(rows[:2])  # written once already before a crash
-        assert reopened.replay(store.record_calls) == 5
+        assert reopened.replay(store.record_calls, BATCH_ROWS) == 5
         assert reopened.depth(max_age_s=0) == 0
         assert stored_instances(store) == [f"call-{n}" for n in range(5)]
         with store.engine.connect() as conn:
@@ -57,11 +58,11 @@ def test_a_replay_that_fails_keeps_the_rows_for_the_next_attempt(tmp_path):
         raise ConnectionError("down")
 
     with pytest.raises(ConnectionError):
-        spool.replay(refuse)
+        spool.replay(refuse, BATCH_ROWS)
     assert spool.depth(max_age_s=0) == 2
     spool.append([record(3)])
     written = []
-    assert spool.replay(written.extend) == 3
+    assert spool.replay(written.extend, BATCH_ROWS) == 3
     assert sorted(r.hook_instance for r in written) == ["call-1", "call-2", "call-3"]
 
 
@@ -78,7 +79,7 @@ def test_a_full_queue_spills_to_the_spool_without_blocking_the_caller(tmp_path):
     writing = threading.Event()
     written: list[CallRecord] = []
 
-    def slow_write(batch):
+    def slow_write(batch, _pages):
         writing.set()
         release.wait(10)
         written.extend(batch)
@@ -100,7 +101,7 @@ def test_a_full_queue_spills_to_the_spool_without_blocking_the_caller(tmp_path):
 
 
 def test_rows_neither_writable_nor_spoolable_are_counted_and_logged_as_lost(tmp_path, caplog):
-    def refuse(_batch):
+    def refuse(_batch, _pages):
         raise ConnectionError("down")
 
     writer = AuditWriter(refuse, AuditSpool(tmp_path / "spool", 10), queue_size=10, retry_s=0.2)
@@ -119,7 +120,7 @@ def test_hook_calls_are_refused_with_503_when_the_store_is_down_and_the_spool_is
         client.post("/cds-services/hfs-outcomes-patient-view", json=hfs_after_mvd_patient_view("p")).status_code == 200
     )
     runtime.store.audit_writer.spool.folder.joinpath("audit-spool.jsonl").write_text('{"x": 1}\n' * 3)
-    runtime.store._mark_down()
+    runtime.store.db.mark_down()
     refused = client.post("/cds-services/hfs-outcomes-patient-view", json=hfs_after_mvd_patient_view("p"))
     assert refused.status_code == 503 and "Retry-After" in refused.headers
     assert "audit" in refused.get_json()["issue"][0]["details"]["text"]
@@ -189,7 +190,7 @@ def test_a_row_the_disk_takes_only_part_of_is_cut_off_and_the_next_rows_stay_rea
     assert spool.size_bytes() == size
     spool.append([record(3)])
     replayed = []
-    spool.replay(replayed.extend)
+    spool.replay(replayed.extend, BATCH_ROWS)
     assert [r.hook_instance for r in replayed] == [record(1).hook_instance, record(3).hook_instance]
 
 
@@ -206,7 +207,7 @@ def test_a_row_spooled_before_sites_were_stored_replays_as_the_shared_contents(t
     lines = [json.dumps(old), json.dumps(new.to_json())]
     (folder / "audit-spool.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     with Store(store_url) as store:
-        assert AuditSpool(folder, 1 << 20).replay(store.record_calls) == 2
+        assert AuditSpool(folder, 1 << 20).replay(store.record_calls, BATCH_ROWS) == 2
         with store.engine.connect() as conn:
             sites = conn.exec_driver_sql("SELECT hook_instance, site FROM service_calls ORDER BY hook_instance").all()
         assert [tuple(row) for row in sites] == [("call-0", None), ("call-1", "hospital-a")]

@@ -21,7 +21,7 @@ PAGE = {"card_id": "rfa-recurrence", "title": "Recurrence after RFA", "charts": 
 
 def test_a_saved_page_opens_with_its_token_and_the_table_keeps_only_the_token_hash(store_url):
     with Store(store_url) as store:
-        pages = EvidencePages(store.engine)
+        pages = EvidencePages(store)
         token = pages.save(PAGE)
         assert pages.get(token).data == PAGE
         with store.engine.connect() as conn:
@@ -33,7 +33,7 @@ def test_a_saved_page_opens_with_its_token_and_the_table_keeps_only_the_token_ha
 
 def test_tokens_are_url_safe_and_carry_at_least_128_bits(store_url):
     with Store(store_url) as store:
-        pages = EvidencePages(store.engine)
+        pages = EvidencePages(store)
         tokens = {pages.save(PAGE) for _ in range(20)}
     assert len(tokens) == 20
     for token in tokens:
@@ -43,7 +43,7 @@ def test_tokens_are_url_safe_and_carry_at_least_128_bits(store_url):
 
 def test_an_unknown_token_opens_nothing_and_is_not_called_expired(store_url):
     with Store(store_url) as store:
-        pages = EvidencePages(store.engine)
+        pages = EvidencePages(store)
         pages.save(PAGE)
         found = pages.get("a" * 43)
         assert found.data is None and not found.expired
@@ -51,7 +51,7 @@ def test_an_unknown_token_opens_nothing_and_is_not_called_expired(store_url):
 
 def test_an_expired_page_is_reported_expired_and_its_data_is_deleted_by_the_purge(store_url):
     with Store(store_url) as store:
-        pages = EvidencePages(store.engine, ttl_s=60)
+        pages = EvidencePages(store, ttl_s=60)
         token = pages.save(PAGE)
         later = datetime.now(UTC) + timedelta(seconds=61)
         assert pages.get(token, now=later).expired
@@ -64,7 +64,7 @@ def test_an_expired_page_is_reported_expired_and_its_data_is_deleted_by_the_purg
 
 def test_old_tombstones_go_too(store_url):
     with Store(store_url) as store:
-        pages = EvidencePages(store.engine, ttl_s=60)
+        pages = EvidencePages(store, ttl_s=60)
         token = pages.save(PAGE)
         much_later = datetime.now(UTC) + timedelta(days=TOMBSTONE_DAYS, seconds=120)
         pages.purge_expired(now=much_later)
@@ -76,7 +76,7 @@ def test_old_tombstones_go_too(store_url):
 
 def test_a_live_page_survives_the_purge_of_expired_ones(store_url):
     with Store(store_url) as store:
-        pages = EvidencePages(store.engine, ttl_s=3600)
+        pages = EvidencePages(store, ttl_s=3600)
         short = pages.save(PAGE, ttl_s=1)
         long = pages.save(PAGE)
         pages.purge_expired(now=datetime.now(UTC) + timedelta(seconds=5))
@@ -86,12 +86,12 @@ def test_a_live_page_survives_the_purge_of_expired_ones(store_url):
 
 def test_two_stores_on_one_database_create_the_table_once(store_url):
     with Store(store_url) as first, Store(store_url) as second:
-        EvidencePages(first.engine)
-        EvidencePages(second.engine)
-        token = EvidencePages(first.engine).save(PAGE)
-        assert EvidencePages(second.engine).get(token).data == PAGE
+        EvidencePages(first)
+        EvidencePages(second)
+        token = EvidencePages(first).save(PAGE)
+        assert EvidencePages(second).get(token).data == PAGE
 
 
 def test_a_non_positive_lifetime_is_refused(tmp_path):
     with Store(f"sqlite:///{tmp_path / 'x.sqlite3'}") as store, pytest.raises(ValueError):
-        EvidencePages(store.engine, ttl_s=0)
+        EvidencePages(store, ttl_s=0)

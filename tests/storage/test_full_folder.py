@@ -128,7 +128,7 @@ def test_a_read_only_store_and_spool_answer_503_and_every_200_is_audited(tmp_pat
     monkeypatch.undo()
     sa.event.remove(store.engine, "connect", read_only)
     store.engine.dispose()
-    store._down_until = 0.0  # repaired: no need to wait for the retry period
+    store.db.mark_up()  # repaired: no need to wait for the retry period
     hook_instance, response = call(client, "after")
     assert response.status_code == 200
     answered.add(hook_instance)

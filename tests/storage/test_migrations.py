@@ -15,8 +15,9 @@ import sqlalchemy as sa
 from cds_service.cli import main
 from cds_service.storage import migrate
 from cds_service.storage.audit import CallRecord, ReturnedCard
+from cds_service.storage.engine import StoreError
 from cds_service.storage.feedback import FeedbackEntry, OverrideReason
-from cds_service.storage.store import Store, StoreError, StoreOptions
+from cds_service.storage.store import Store, StoreOptions
 
 CARD = "4e0a3a1e-3283-4575-ab82-028d55fe2719"
 
@@ -182,18 +183,18 @@ def test_the_baseline_revision_is_the_0_1_0_schema_exactly(tmp_path, store_url):
             legacy_gen.close()
 
 
-def test_the_current_schema_is_what_the_store_module_declares(store_url):
+def test_the_current_schema_is_what_the_tables_module_declares(store_url):
     """Migrations and the table definitions the queries use must not drift apart."""
-    from cds_service.storage import store as store_module
+    from cds_service.storage import tables
 
     Store(store_url).close()
     migrated = _schema(store_url)
     engine = sa.create_engine(store_url)
     try:
         with engine.begin() as conn:
-            for table in reversed(store_module.metadata.sorted_tables):
+            for table in reversed(tables.metadata.sorted_tables):
                 conn.execute(sa.schema.DropTable(table))
-            store_module.metadata.create_all(conn)
+            tables.metadata.create_all(conn)
     finally:
         engine.dispose()
     assert _schema(store_url) == migrated

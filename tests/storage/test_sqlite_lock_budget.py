@@ -13,7 +13,8 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy.engine import make_url
 
-from cds_service.storage.store import Store, StoreOptions, StoreUnavailable
+from cds_service.storage.engine import StoreUnavailable
+from cds_service.storage.store import Store, StoreOptions
 
 TIMEOUT_S = 0.5
 
@@ -53,4 +54,4 @@ def test_claims_queued_behind_a_foreign_lock_all_fail_within_the_statement_timeo
 
 @pytest.fixture(autouse=True)
 def _quiet_store_warnings(caplog):
-    caplog.set_level("ERROR", logger="cds_service.storage.store")
+    caplog.set_level("ERROR", logger="cds_service.storage.engine")

@@ -12,7 +12,8 @@ import sqlalchemy as sa
 
 from cds_service.http.feedback import parse_feedback
 from cds_service.storage.audit import CallRecord, ReturnedCard
-from cds_service.storage.store import Store, StoreError
+from cds_service.storage.engine import StoreError
+from cds_service.storage.store import Store
 
 CARD_A = "4e0a3a1e-3283-4575-ab82-028d55fe2719"
 CARD_B = "9368d37b-283f-44a0-93ea-547cebab93ed"

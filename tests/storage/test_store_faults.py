@@ -184,7 +184,7 @@ def test_every_call_answered_while_the_database_was_refused_is_audited_after_it_
     store.close()  # the process stops while the database is still away
 
     proxy.restore()
-    with caplog.at_level(logging.INFO, logger="cds_service.storage.audit_spool"):
+    with caplog.at_level(logging.INFO, logger="cds_service.storage.audit_writer"):
         restarted = unsigned_app(folder, proxy, instance_id="node-a")
         runtime = restarted.extensions["cds_service"]
         # the replay runs on the writer's thread: wait for the spool to empty and the rows
@@ -259,7 +259,7 @@ def test_postgresql_connections_carry_the_statement_timeout_and_keepalives(postg
         # A statement that runs longer than the timeout is stopped: 503, not a hang.
         started = time.monotonic()
         with pytest.raises(Exception) as caught:
-            store._run("sleep", lambda conn: conn.exec_driver_sql("SELECT pg_sleep(5)"), fail_fast=False)
+            store.db.run("sleep", lambda conn: conn.exec_driver_sql("SELECT pg_sleep(5)"), fail_fast=False)
         assert getattr(caught.value, "status", None) == 503
         assert time.monotonic() - started < 2.0
 
