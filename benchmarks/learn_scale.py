@@ -6,12 +6,14 @@ Starts a private sekmet FHIR server (SMART Backend Services), loads a seeded syn
 population (tests/support/synthetic_cohort.py): 15 % RFA, 10 % AMR (MVD), 15 % BTX-A
 patients and 60 % bystanders in no cohort. Then, for each card, runs `cds-service learn`
 as a separate process (Bulk Data system-level $export with an RS384 client assertion) and
-reports its wall time and peak resident memory (the child's ru_maxrss), and the counts.
+reports its wall time, peak resident memory (the child's ru_maxrss), the staging file's
+peak size (the child's TMPDIR is a private folder, polled while it runs) and the counts.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -19,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -108,6 +111,16 @@ def load(base: str, token: str, patients: int, seed: int) -> dict:
     return {"patients": counts, "resources": resources, "load_s": time.perf_counter() - started}
 
 
+def _watch_staging(folder: Path, done: threading.Event, peak: list[int]) -> None:
+    """The largest size seen of the staging file(s) under the child's TMPDIR."""
+    while not done.wait(0.05):
+        size = 0
+        for path in folder.glob("cds-learn-*/*"):
+            with contextlib.suppress(OSError):  # deleted meanwhile
+                size += path.stat().st_size
+        peak[0] = max(peak[0], size)
+
+
 def learn(card: str, base: str, key: Path, out: Path, bootstrap: int) -> dict:
     command = [
         str(Path(sys.executable).parent / "cds-service"),
@@ -128,17 +141,27 @@ def learn(card: str, base: str, key: Path, out: Path, bootstrap: int) -> dict:
         "--max-wait",
         "1800",
     ]
+    tmp = out.parent / f"tmp-{card}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    done, peak = threading.Event(), [0]
+    watcher = threading.Thread(target=_watch_staging, args=(tmp, done, peak), daemon=True)
+    watcher.start()
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "TMPDIR": str(tmp)}
+    )
     output = process.stdout.read().decode(errors="replace")
     _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - started
+    done.set()
+    watcher.join()
     report = json.loads((out / f"{card}.report.json").read_text())
     return {
         "card": card,
         "exit": os.waitstatus_to_exitcode(status),
         "wall_s": round(wall, 1),
         "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # Linux: kilobytes
+        "staging_peak_mb": round(peak[0] / 1e6, 1),
         "status": report["status"],
         "timings_s": {k: round(v, 1) for k, v in report["provenance"].get("timings_s", {}).items()},
         "patients_scanned": report["counts"]["patients_scanned"],

@@ -175,13 +175,26 @@ ALSO_READ: dict[str, tuple[str, ...]] = {
 }
 
 
+# The elements `learn` reads that the record does not (learning/cohort.py: the dates of
+# contact that a Cox follow-up is censored at). Declared with the record's, so a resource
+# that `learn` stages keeps them (tests/learning/test_staging.py checks that every element
+# `learn` asks a staged resource for is declared).
+LEARN_READS: dict[str, tuple[str, ...]] = {"Encounter": ("period",)}
+
+# The elements that name the patient a resource belongs to (Patient is its own id): `learn`'s
+# staging files each exported resource by them (learning/staging.py). Read from the exported
+# line only, not stored with the resource: neither the record nor `learn` reads them again.
+PATIENT_REFERENCES = ("subject", "patient")
+
+
 def declared_elements() -> frozenset[str]:
-    """Every top-level element of a resource that the record reads: what the decoder of hook
-    requests and FHIR answers keeps (fhir/decode.py); anything else is skipped unread. An
-    element read but missing here would be dropped silently: add it to ELEMENTS_READ or
-    ALSO_READ (tests/fhir/test_decode.py checks that every element asked for is declared)."""
+    """Every top-level element of a resource that the record (or `learn`) reads: what the
+    decoder of hook requests, FHIR answers and exported resources keeps (fhir/decode.py);
+    anything else is skipped unread. An element read but missing here would be dropped
+    silently: add it to ELEMENTS_READ, ALSO_READ or LEARN_READS (tests/fhir/test_decode.py
+    and tests/learning/test_staging.py check that every element asked for is declared)."""
     names = {"resourceType", "id"}
-    for table in (ELEMENTS_READ, ALSO_READ):
+    for table in (ELEMENTS_READ, ALSO_READ, LEARN_READS):
         for elements in table.values():
             names.update(e if isinstance(e, str) else e[0] for e in elements)
     names.update(element for element, _ in VALUES_READ)

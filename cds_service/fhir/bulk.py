@@ -6,7 +6,9 @@ paged FHIR searches when the server's CapabilityStatement offers no export.
 - Polling: the status URL with backoff (the server's Retry-After, clamped), inside a bounded
   total wait; past it the job is cancelled (DELETE) and `BulkError` says so.
 - Files: each ndjson file is streamed line by line; nothing holds a whole file, let alone
-  the population. The access token goes only to URLs of the FHIR server's origin, and only
+  the population. With a `Decoding`, each line is decoded once into its `Line` (the
+  declared elements only, fhir/decode.py); a line that is not a JSON object is parsed
+  generically and judged as without it (not JSON: `BulkError`; not an object: skipped). The access token goes only to URLs of the FHIR server's origin, and only
   when the manifest says the files need it.
 - Search fallback: [base]/<type>?_count=N, following `next` links under the base only,
   page by page (for a Group: the members, a chunk of patients at a time).
@@ -21,11 +23,14 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import requests
+
+from cds_service.fhir.decode import Decoding
 
 NDJSON = "application/fhir+ndjson"
 ACCEPT = "application/fhir+json"
@@ -55,7 +60,7 @@ class ExtractionInfo:
 @dataclass
 class Extraction:
     info: ExtractionInfo
-    resources: Iterator[dict]  # streamed; consume once
+    resources: Iterator[Mapping[str, Any]]  # streamed; consume once (JSON objects, or decoded `Line`s)
     counts: dict[str, int] = field(default_factory=dict)  # filled while streaming
 
     def provenance(self) -> dict:
@@ -85,6 +90,7 @@ class BulkClient:
         page_size: int = 500,
         on_unauthorized: Callable[[], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        decoding: Decoding | None = None,
     ) -> None:
         self.base = base_url.rstrip("/")
         self._authorization = authorization
@@ -97,6 +103,7 @@ class BulkClient:
         self.timeout_s = timeout_s
         self.page_size = page_size
         self._sleep = sleep
+        self._decoding = decoding
 
     # -- requests ----------------------------------------------------------------------------
     def _own(self, url: str) -> bool:
@@ -240,7 +247,8 @@ class BulkClient:
 
     def _files(
         self, outputs: list[dict], types: set[str], needs_token: bool, status_url: str, counts: dict[str, int]
-    ) -> Iterator[dict]:
+    ) -> Iterator[Mapping[str, Any]]:
+        decode = self._decoding.resource if self._decoding is not None else None
         for output in outputs:
             if output.get("type") not in types:
                 continue
@@ -253,11 +261,13 @@ class BulkClient:
                     for line in response.iter_lines():
                         if not line.strip():
                             continue
-                        try:
-                            resource = json.loads(line)
-                        except ValueError:
-                            raise BulkError("an export file holds a line that is not JSON") from None
-                        if isinstance(resource, dict) and resource.get("resourceType") in types:
+                        resource = decode(line) if decode is not None else None
+                        if resource is None:  # not a JSON object, or no decoder: judged whole
+                            try:
+                                resource = json.loads(line)
+                            except ValueError:
+                                raise BulkError("an export file holds a line that is not JSON") from None
+                        if isinstance(resource, Mapping) and resource.get("resourceType") in types:
                             counts[resource["resourceType"]] = counts.get(resource["resourceType"], 0) + 1
                             yield resource
                 except requests.RequestException:

@@ -19,6 +19,11 @@ object, a prefetch value that is a string) fails the typed decode, and the calle
 to the generic JSON parser, whose result is judged exactly as before: such input keeps its
 400 with field and reason, or is skipped where the reading rules skip it. The fallback is
 the rare path; the well-formed body is decoded once.
+
+A resource on its own (a line of a Bulk Data export, `resource`) is decoded the same way
+into a `Line`: the elements of a `Resource`, and the elements its reader files it by
+(`line_keys`: for `learn`'s staging, the patient it belongs to), which are not part of the
+`Resource` (dropped before it is stored, so what is read back decodes into a `Resource`).
 """
 
 from __future__ import annotations
@@ -120,6 +125,7 @@ class Decoding:
         elements: Iterable[str],
         read_types: Iterable[str] | None = None,
         observation_codes: Iterable[str] | None = None,
+        line_keys: Iterable[str] = (),
     ) -> None:
         names = sorted({"id", *elements} - {"resourceType", "entry", *BUNDLE_ELEMENTS})
         self.elements = frozenset(names) | {"resourceType", "entry", *BUNDLE_ELEMENTS}
@@ -157,6 +163,11 @@ class Decoding:
         )
         self._hook_request: msgspec.json.Decoder[Any] = msgspec.json.Decoder(body)
         self._answer: msgspec.json.Decoder[Any] = msgspec.json.Decoder(self.Top)
+        # One resource read on its own: the elements read, and the keys it is filed by.
+        self.line_keys = tuple(sorted(set(line_keys) - {*names, "entry"}))
+        # (Untagged: resourceType is a field, and what is stored of it decodes into a Resource.)
+        self.Line = _struct("Line", [("resourceType", Any), *own, *((k, Any) for k in self.line_keys)])
+        self._line: msgspec.json.Decoder[Any] = msgspec.json.Decoder(self.Line)
 
     def hook_request(self, data: bytes) -> dict[str, Any] | None:
         """The hook request as a JSON object whose prefetch values are decoded resources;
@@ -185,6 +196,17 @@ class Decoding:
         if self._named is not None:
             self._sift(answer)
         return answer
+
+    def resource(self, data: bytes) -> Mapping[str, Any] | None:
+        """One resource (a line of a Bulk Data export) decoded into a `Line`; None when it
+        is not a JSON object (the caller parses it generically and judges it as before)."""
+        if not _is_utf8(data):
+            return None
+        try:
+            line: Mapping[str, Any] = self._line.decode(data)  # a Line Struct (a registered Mapping)
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+            return None
+        return line
 
     def _sift(self, value: object) -> None:
         """Drop from a Bundle the Observations that name none of the codes the record reads

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cds_service.fhir.bulk import BulkClient, BulkError
-from cds_service.learning.staging import Staging
+from cds_service.learning.staging import Staging, line_decoding
 from cds_service.terminology.concept_index import ConceptIndex
 
 TYPES = ("Condition", "Procedure", "Observation", "MedicationRequest", "MedicationStatement")
@@ -214,6 +214,7 @@ def coverage(
         fhir_base,
         auth.authorization if auth is not None else None,
         on_unauthorized=getattr(auth, "invalidate", None),
+        decoding=line_decoding(),  # each exported line decoded once, into what staging keeps
         max_wait_s=max_wait_s,
     )
     staging = Staging()

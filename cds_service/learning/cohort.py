@@ -19,9 +19,10 @@ A row carries no identifier: predictor values, the event flag and (Cox) the foll
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
+from typing import Any
 
 from cds_service.clinical.dates import DAYS_PER_YEAR, day_of, instant_of, on_or_after, parse_fhir_date
 from cds_service.clinical.record import NOT_CURRENT_USE, PatientRecord, ProcedureFact
@@ -33,6 +34,8 @@ from cds_service.terminology.concept_index import ConceptIndex
 DAYS_PER_MONTH = DAYS_PER_YEAR / 12.0
 
 # Dates that show the patient was in contact with the site (for censoring at last contact).
+# Their top-level elements are declared (clinical/fhir_elements.py; LEARN_READS for those
+# the record does not read): a staged resource holds only declared elements.
 _CONTACT_DATES = {
     "Encounter": (("period", "end"), ("period", "start")),
     "Observation": (("effectiveDateTime",), ("effectivePeriod", "end"), ("effectivePeriod", "start"), ("issued",)),
@@ -72,7 +75,7 @@ class CohortCounts:
 
 
 def derive_rows(
-    patients: Iterable[list[dict]], definition: LearningDefinition, concepts: ConceptIndex, today: date
+    patients: Iterable[list[Mapping[str, Any]]], definition: LearningDefinition, concepts: ConceptIndex, today: date
 ) -> tuple[list[Row], CohortCounts]:
     counts = CohortCounts()
     rows: list[Row] = []
@@ -93,7 +96,7 @@ def derive_rows(
 
 
 def patient_row(
-    resources: list[dict], definition: LearningDefinition, concepts: ConceptIndex, today: date
+    resources: list[Mapping[str, Any]], definition: LearningDefinition, concepts: ConceptIndex, today: date
 ) -> Row | str | None:
     """The patient's row; a reason (str) when the patient has an index event but cannot be
     used; None when the patient has no index event."""
@@ -227,7 +230,7 @@ def _observed_answer(record: PatientRecord, definition: LearningDefinition, inde
 def _survival_row(
     values: dict[str, float],
     record: PatientRecord,
-    resources: list[dict],
+    resources: list[Mapping[str, Any]],
     definition: LearningDefinition,
     index: ProcedureFact,
     today: date,
@@ -256,13 +259,14 @@ def _survival_row(
     return Row(values=values, event=event, time=days / DAYS_PER_MONTH)
 
 
-def _last_contact(resources: list[dict], today: date) -> date | None:
+def _last_contact(resources: list[Mapping[str, Any]], today: date) -> date | None:
+    """The latest date of contact; the resources are JSON objects or staged `Resource`s."""
     latest: date | None = None
     for resource in resources:
         for path in _CONTACT_DATES.get(resource.get("resourceType"), ()):
             value: object = resource
             for key in path:
-                value = value.get(key) if isinstance(value, dict) else None
+                value = value.get(key) if isinstance(value, Mapping) else None
             day = parse_fhir_date(value)
             if day is not None and day <= today and (latest is None or day > latest):
                 latest = day

@@ -42,7 +42,7 @@ from cds_service.learning.definition import LearningDefinition
 from cds_service.learning.drift import drift_test
 from cds_service.learning.report import ReportFileError, read_report_file, write_report_files
 from cds_service.learning.run import LearnError, LearnOptions, prepare
-from cds_service.learning.staging import Staging
+from cds_service.learning.staging import Staging, line_decoding
 from cds_service.storage.model_status import verdict_path
 
 
@@ -124,6 +124,7 @@ def recent_cohort(options: MonitorOptions, auth=None) -> RecentCohort:
         options.fhir_base,
         auth.authorization if auth is not None else None,
         on_unauthorized=getattr(auth, "invalidate", None),
+        decoding=line_decoding(),  # each exported line decoded once, into what staging keeps
         max_wait_s=options.max_wait_s,
         poll_initial_s=options.poll_initial_s,
     )

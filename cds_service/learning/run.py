@@ -39,7 +39,7 @@ from cds_service.learning.definition import (
     definition_path,
     load_definition,
 )
-from cds_service.learning.staging import Staging
+from cds_service.learning.staging import Staging, line_decoding
 from cds_service.terminology.concepts_file import load_concepts
 
 CALIBRATION_GROUPS = 10
@@ -90,6 +90,7 @@ def learn(options: LearnOptions, auth=None) -> LearnResult:
         options.fhir_base,
         auth.authorization if auth is not None else None,
         on_unauthorized=getattr(auth, "invalidate", None),
+        decoding=line_decoding(),  # each exported line decoded once, into what staging keeps
         max_wait_s=options.max_wait_s,
         poll_initial_s=options.poll_initial_s,
     )

@@ -5,7 +5,9 @@ the one the card shows at the bedside, and the one in the patient's training row
 
 Each learning `read` is declared on the derivation kind it stands for (content/derivations.py
 `learn_reads`), next to the bedside kind: a card predictor learned by a read of another kind
-fails here.
+fails here. The training row is built twice: from the chart's JSON, and from the chart as
+`learn` stages it (each resource decoded once into the declared elements and read back as
+the bedside's Structs, tests/support/staged.py); both must be the same row.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from datetime import date, timedelta
 
 import pytest
 from support.chart import CARBAMAZEPINE, LOCAL, MVD, Chart, card, concepts
+from support.staged import staged_patient
 from support.story_charts import MVD_CPT
 
 from cds_service.config import DEFAULT_CARDS_DIR
@@ -69,6 +72,7 @@ def bedside_values(chart: Chart, card_id: str, hook: str, today: date, predictor
 def learned_values(chart: Chart, card_id: str) -> dict[str, float]:
     row = patient_row(chart.resources, definition(card_id), concepts(), LEARN_TODAY)
     assert isinstance(row, Row), f"the patient is not in the cohort: {row}"
+    assert patient_row(staged_patient(chart.resources), definition(card_id), concepts(), LEARN_TODAY) == row
     return row.values
 
 
