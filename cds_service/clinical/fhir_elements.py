@@ -163,6 +163,16 @@ VALUE_X = tuple(
 )
 ABATEMENT_X = tuple(f"abatement{t}" for t in ("DateTime", "Age", "Period", "Range", "String"))
 
+
+def has_choice(resource: Mapping[str, Any], prefix: str, names: tuple[str, ...]) -> bool:
+    """Whether a choice element (value[x], abatement[x]) is present: any element whose name
+    starts with `prefix` in a JSON object; one of `names` (every type of the choice, all
+    declared) in a decoded resource, which holds no other element to look through."""
+    if type(resource) is dict:
+        return any(type(key) is str and key.startswith(prefix) for key in resource)
+    return any(name in resource for name in names)
+
+
 # The elements the record reads without an ELEMENTS_READ check (checked where they are read).
 ALSO_READ: dict[str, tuple[str, ...]] = {
     "Patient": ("gender", "birthDate"),

@@ -50,9 +50,12 @@ from cds_service.clinical.fhir_collect import READ_TYPES as _READ_TYPES
 from cds_service.clinical.fhir_collect import collect as _collect
 from cds_service.clinical.fhir_collect import medication_index as _medication_index
 from cds_service.clinical.fhir_elements import (
+    ABATEMENT_X,
     ELEMENTS_READ,
+    VALUE_X,
     as_list,
     get_sub,
+    has_choice,
     is_codeable,
     short_text,
     status_code,
@@ -211,7 +214,7 @@ def _read_condition(
         or parse_fhir_date(get_sub(resource, "abatementPeriod", "start"))
         or parse_fhir_date(get_sub(resource, "abatementPeriod", "end"))
     )
-    abated = any(isinstance(key, str) and key.startswith("abatement") for key in resource)
+    abated = has_choice(resource, "abatement", ABATEMENT_X)
     from_abatement = clinical is None and abated
     if from_abatement:
         clinical = "inactive"  # con-4: an abated Condition is inactive, resolved or remission
@@ -363,7 +366,7 @@ def _read_observation(
         spec = concepts.concept(match.concept).value
         if spec is None:
             continue
-        if not any(isinstance(key, str) and key.startswith("value") for key in holder):
+        if not has_choice(holder, "value", VALUE_X):
             if "dataAbsentReason" not in holder:
                 record.unreadable.append(
                     UnreadableInput("Observation", match.concept, "the observation has no value", "value[x]", effective)
