@@ -10,18 +10,42 @@ import logging
 
 from cds_service.errors import ApiError
 from cds_service.http.base_url import service_root
-from cds_service.security.client_auth import ClientAuthError, ClientIdentity, audiences_for, verify_client_jwt
+from cds_service.security.client_auth import (
+    ClientAuthError,
+    ClientIdentity,
+    OverlappedClaim,
+    audiences_for,
+    verify_client_jwt,
+)
 from cds_service.startup import Runtime
 
 log = logging.getLogger(__name__)
 
 
-def authenticate(rt: Runtime, request) -> ClientIdentity:
+def authenticate(rt: Runtime, request, claim: OverlappedClaim | None = None) -> ClientIdentity:
+    """The verified client. With `claim`, its jti is claimed beside what follows: the caller
+    settles it (`settled`) before it answers."""
     base = service_root(rt.settings, request)
     try:
         return verify_client_jwt(
-            request.headers.get("Authorization"), audiences_for(base, request.path), rt.trust, rt.replay_guard
+            request.headers.get("Authorization"),
+            audiences_for(base, request.path),
+            rt.trust,
+            claim if claim is not None else rt.replay_guard,
         )
     except ClientAuthError as exc:
-        log.warning("client authentication refused: %s", exc)
-        raise ApiError(401, "unauthorized", "") from None
+        raise _refused(exc) from None
+
+
+def settled(claim: OverlappedClaim) -> None:
+    """The overlapped jti claim's verdict: a replay is the same bare 401 as any refusal; a
+    store that could not say is its 503."""
+    try:
+        claim.settle()
+    except ClientAuthError as exc:
+        raise _refused(exc) from None
+
+
+def _refused(exc: ClientAuthError) -> ApiError:
+    log.warning("client authentication refused: %s", exc)
+    return ApiError(401, "unauthorized", "")
