@@ -1,6 +1,10 @@
 """Benchmark: decoding a hook request whole (orjson) and keeping the elements read (msgspec,
 fhir/decode.py), then building the record from each, in process. A script, not a test.
 
+The decoder is built twice: keeping every resource and every Observation (`Decoding` of
+the declared elements alone), and as the service builds it at start-up (the types the
+record reads; the Observations that name a code the record reads them by).
+
     .venv/bin/python benchmarks/decode.py [--repeat 40]
 
 Prints the best and median ms of each step for the largest Synthea chart + an HFS history.
@@ -23,9 +27,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from floor import largest_bundle  # noqa: E402
 from hook_call import build_request  # noqa: E402
 
+from cds_service.clinical.fhir_collect import READ_TYPES  # noqa: E402
 from cds_service.clinical.fhir_elements import declared_elements  # noqa: E402
 from cds_service.clinical.record_build import build_record  # noqa: E402
 from cds_service.fhir.decode import Decoding  # noqa: E402
+from cds_service.startup import observation_codes  # noqa: E402
 from cds_service.terminology.concepts_file import load_concepts  # noqa: E402
 
 
@@ -47,14 +53,18 @@ def main() -> int:
     body = json.dumps(request).encode()
     concepts = load_concepts(ROOT / "cards")
     decoding = Decoding(declared_elements())
+    service = Decoding(declared_elements(), READ_TYPES, observation_codes(concepts, {}))
     today = date(2026, 6, 1)
     whole = orjson.loads(body)["prefetch"]
     decoded = decoding.hook_request(body)["prefetch"]
+    sifted = service.hook_request(body)["prefetch"]
     steps = {
         "orjson.loads (whole body)": lambda: orjson.loads(body),
         "msgspec decode (elements read)": lambda: decoding.hook_request(body),
+        "... and Observations sifted": lambda: service.hook_request(body),
         "build_record from whole JSON": lambda: build_record(whole, concepts=concepts, today=today),
         "build_record from decoded": lambda: build_record(decoded, concepts=concepts, today=today),
+        "build_record from sifted": lambda: build_record(sifted, concepts=concepts, today=today),
     }
     print(f"{count} resources, {len(body) / 1e6:.2f} MB")
     for name, step in steps.items():

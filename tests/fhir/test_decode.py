@@ -12,6 +12,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from support.elements_asked import elements_asked
 from support.paths import DATA_DIR, REPO_ROOT, SCENARIOS_DIR, SYNTHEA_DIR
 
 from cds_service.clinical import fhir_elements
@@ -143,26 +144,10 @@ def test_every_reader_gives_the_same_record_decoded(either, concepts):
 def test_every_element_the_record_asks_a_decoded_resource_for_is_declared(decoding, concepts):
     """Run the readers on decoded resources and note each element they ask for: one that
     is not declared would read as absent (the decoder dropped it), silently."""
-    asked: set[str] = set()
-    classes = [cls for cls in decoding.classes if cls is not decoding.Entry]  # resources only
-    saved = {(cls, name): getattr(cls, name) for cls in classes for name in ("get", "__getitem__", "__contains__")}
-
-    def noting(original):
-        def method(self, name, *args):
-            asked.add(name)
-            return original(self, name, *args)
-
-        return method
-
-    try:
-        for (cls, name), original in saved.items():
-            setattr(cls, name, noting(original))
+    with elements_asked(decoding) as asked:
         for path in [*CHARTS[:8]]:
             _records(_by_type(json.loads(path.read_text())), decoding, concepts)
         _records(_by_type(_every_reader_chart()), decoding, concepts)
-    finally:
-        for (cls, name), original in saved.items():
-            setattr(cls, name, original)
     assert asked, "the readers asked nothing: the test does not test"
     assert asked <= decoding.elements, sorted(asked - decoding.elements)
 

@@ -13,6 +13,7 @@ from datetime import date
 import orjson
 import pytest
 from support.chart import CARBAMAZEPINE, LOCAL, Chart
+from support.elements_asked import elements_asked
 from support.fhir import medication_request
 from support.paths import DATA_DIR, REPO_ROOT, SCENARIOS_DIR, SYNTHEA_DIR
 from support.staged import filed, line_of, staged, staged_patient
@@ -228,29 +229,13 @@ def test_the_same_row_from_staged_resources_as_from_the_whole_json(tmp_path):
 def test_every_element_learn_asks_a_staged_resource_for_is_declared(tmp_path):
     """Run `learn`'s reading (the record, the story, the last contact) on staged resources
     and note each element asked for: one not declared would read as absent, silently."""
-    classes = [cls for cls in line_decoding().classes if cls is not line_decoding().Entry]  # resources only
-    asked: set[str] = set()
-    saved = {(cls, name): getattr(cls, name) for cls in classes for name in ("get", "__getitem__", "__contains__")}
-
-    def noting(original):
-        def method(self, name, *args):
-            asked.add(name)
-            return original(self, name, *args)
-
-        return method
-
     charts = [_rfa_chart().resources, *(_chart_resources(p) for p in CHARTS[:8])]
     staged_charts = [staged_patient(c, tmp_path) for c in charts]
-    try:
-        for (cls, name), original in saved.items():
-            setattr(cls, name, noting(original))
+    with elements_asked(line_decoding()) as asked:
         for card in ("rfa-recurrence", "amr-persistence", "btxa-response"):
             definition = load_definition(definition_path(DEFAULT_CARDS_DIR, card))[0]
             for resources in staged_charts:
                 patient_row(resources, definition, CONCEPTS, TODAY)
-    finally:
-        for (cls, name), original in saved.items():
-            setattr(cls, name, original)
     assert {"period", "effectiveDateTime"} <= asked, "the last contact was not read: the test does not test"
     assert asked <= line_decoding().elements, sorted(asked - line_decoding().elements)
 
