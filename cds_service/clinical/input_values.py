@@ -167,6 +167,8 @@ def observation_display(fact: ObservationFact, p: Predictor) -> str:
         return "yes" if value else "no"
     if isinstance(value, str):
         return value
+    if value is None:  # callers show only a value that was read; said as the unreadable one is
+        return "recorded but unreadable"
     unit = p.unit or (fact.unit if fact.unit and not fact.unit.startswith("{") else None)
     shown = rounded(float(value), 2)
     shown = f"{shown}{unit}" if unit and unit.startswith("/") else (f"{shown} {unit}" if unit else shown)
