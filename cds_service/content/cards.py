@@ -378,6 +378,13 @@ class Predictor(Table):
         return tuple(self.concept) if isinstance(self.concept, list) else (self.concept,)
 
     @property
+    def single_concept(self) -> str:
+        """The concept of a kind that reads one (the loader refuses a list or none for it)."""
+        if not isinstance(self.concept, str):
+            raise ValueError(f"predictor {self.id}: derive = {self.derive!r} reads one concept, not {self.concept!r}")
+        return self.concept
+
+    @property
     def needs_procedure(self) -> bool:
         return self.kind.needs_procedure or self.after_procedure or self.annotate_procedure
 
