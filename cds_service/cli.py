@@ -14,9 +14,21 @@ import logging
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from cds_service.config import ConfigError, check_instance_folder, load_settings
 from cds_service.storage.engine import StoreError
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from cds_service.config import Settings
+    from cds_service.learning.monitor import MonitorOptions
+    from cds_service.security.smart_backend import BackendTokenSource, StaticBearer
+    from cds_service.storage.store import Store
+
+# What argparse's add_subparsers() returns (typeshed names it with a leading underscore).
+_Commands = argparse._SubParsersAction
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -93,13 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     cover.add_argument("--max-wait", type=float, default=3600.0, help="bound on the export wait, seconds")
     cover.add_argument("--no-bulk", action="store_true", help="use paged searches even if $export is offered")
     _add_fhir_auth_arguments(cover)
-    selftest = commands.add_parser(
+    selftest_parser = commands.add_parser(
         "selftest", help="play the EHR against a running service and print a conformance report"
     )
-    selftest.add_argument("--against", required=True, help="the service's base URL (or its proxy's)")
-    selftest.add_argument("--trust", help="TOML: iss and jwks_file (a private JWK Set) to sign the calls with")
-    selftest.add_argument("--ca-file", help="CA bundle for an https service with a private certificate")
-    selftest.add_argument(
+    selftest_parser.add_argument("--against", required=True, help="the service's base URL (or its proxy's)")
+    selftest_parser.add_argument("--trust", help="TOML: iss and jwks_file (a private JWK Set) to sign the calls with")
+    selftest_parser.add_argument("--ca-file", help="CA bundle for an https service with a private certificate")
+    selftest_parser.add_argument(
         "--fhir-host", default="127.0.0.1", help="address of the FHIR server selftest starts (default 127.0.0.1)"
     )
 
@@ -143,8 +155,8 @@ def _store_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TOML settings file (else CDS_CONFIG)")
 
 
-def _overrides(args: argparse.Namespace) -> dict:
-    overrides: dict = {"config": args.config}
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = {"config": args.config}
     if args.instance:
         overrides["instance_path"] = args.instance
     if getattr(args, "allow_unsigned", False):
@@ -189,28 +201,30 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"cds-service: {problem}", file=sys.stderr)
         return 1
 
-    class AccessLogger(Logger):
-        def atoms(self, resp, req, environ, request_time):
-            atoms = super().atoms(resp, req, environ, request_time)
+    # gunicorn ships no type information: its classes are Any to mypy (so subclassing one
+    # needs an ignore of [misc] below), and its objects are passed through as object.
+    class AccessLogger(Logger):  # type: ignore[misc]  # gunicorn's Logger is untyped
+        def atoms(self, resp: object, req: object, environ: dict[str, Any], request_time: timedelta) -> dict[str, Any]:
+            atoms: dict[str, Any] = super().atoms(resp, req, environ, request_time)
             atoms["U"] = redact_path(atoms.get("U", ""))  # no evidence page token in the log
             return atoms
 
-    def worker_exit(_arbiter, worker) -> None:
+    def worker_exit(_arbiter: object, worker: object) -> None:
         # Write (or spool) the audit rows still queued in this worker before it goes.
         app = getattr(worker, "wsgi", None)
         runtime = getattr(app, "extensions", {}).get("cds_service") if app is not None else None
         if runtime is not None:
             runtime.store.close()
 
-    def _worker_ready(worker) -> None:
+    def _worker_ready(worker: Any) -> None:  # gunicorn's Worker (untyped): its log and pid
         freeze_startup_objects()
         return_large_buffers()
         worker.log.info("worker ready (pid: %s)", worker.pid)
 
-    class DrainingArbiter(Arbiter):
+    class DrainingArbiter(Arbiter):  # type: ignore[misc]  # gunicorn's Arbiter is untyped
         """SIGTERM: readiness off (marker), keep serving `drain_delay_s`, then stop gracefully."""
 
-        def handle_term(self):
+        def handle_term(self) -> None:
             try:
                 lifecycle.mark_draining(instance, os.getpid())
                 self.log.info("SIGTERM: /readyz now answers 503; draining in %.1f s", settings.drain_delay_s)
@@ -227,14 +241,14 @@ def _serve(args: argparse.Namespace) -> int:
                 time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
             raise StopIteration
 
-        def halt(self, reason=None, exit_status=0):
+        def halt(self, reason: str | None = None, exit_status: int = 0) -> None:
             try:
                 super().halt(reason, exit_status)
             finally:
                 with contextlib.suppress(OSError):  # a read-only folder: nothing was written
                     lifecycle.clear_markers(instance)
 
-    class Server(BaseApplication):
+    class Server(BaseApplication):  # type: ignore[misc]  # gunicorn's BaseApplication is untyped
         def load_config(self) -> None:
             self.cfg.set("bind", f"{args.host}:{args.port}")
             self.cfg.set("workers", args.workers)
@@ -255,10 +269,10 @@ def _serve(args: argparse.Namespace) -> int:
             self.cfg.set("worker_exit", worker_exit)
             self.cfg.set("child_exit", lambda server, worker: metrics.mark_process_dead(worker.pid))
 
-        def load(self):
+        def load(self) -> Flask:
             return create_app(settings)
 
-        def run(self):
+        def run(self) -> None:
             try:
                 DrainingArbiter(self).run()
             except RuntimeError as exc:
@@ -269,7 +283,7 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reason_texts(settings) -> dict[tuple[str, str], str]:
+def _reason_texts(settings: Settings) -> dict[tuple[str, str], str]:
     """(system, code) -> text of every override reason the card files offer."""
     from cds_service.content.cards import load_cards
 
@@ -312,7 +326,7 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_store(args: argparse.Namespace, **changes):
+def _open_store(args: argparse.Namespace, **changes: Any) -> tuple[Settings, Store]:
     from cds_service.startup import store_options
     from cds_service.storage.store import Store
 
@@ -375,7 +389,7 @@ def _demo(args: argparse.Namespace) -> int:
 LEARN_EXIT = {"passed": 0, "refused": 3, "failed": 4}
 
 
-def _add_learn_parser(commands) -> None:
+def _add_learn_parser(commands: _Commands[argparse.ArgumentParser]) -> None:
     learn = commands.add_parser(
         "learn",
         help="learn a card's model from the site's FHIR server (Bulk Data) and write its report and overlay entry",
@@ -408,7 +422,7 @@ def _add_learn_parser(commands) -> None:
     _add_fhir_auth_arguments(learn)
 
 
-def _add_fhir_auth_arguments(parser) -> None:
+def _add_fhir_auth_arguments(parser: argparse.ArgumentParser) -> None:
     auth = parser.add_argument_group("authentication (SMART Backend Services, or a bearer token)")
     auth.add_argument("--client-id", help="SMART Backend Services client id")
     auth.add_argument("--private-key", help="PEM file of the client's private key (RSA for RS384, P-384 for ES384)")
@@ -421,7 +435,7 @@ def _add_fhir_auth_arguments(parser) -> None:
     )
 
 
-def _fhir_auth(args: argparse.Namespace, fhir_base: str):
+def _fhir_auth(args: argparse.Namespace, fhir_base: str) -> BackendTokenSource | StaticBearer | None:
     """SMART Backend Services (client id + private key), a bearer token from the
     environment, or None, as `learn` and `coverage` take them."""
     import os
@@ -512,7 +526,7 @@ def _coverage(args: argparse.Namespace) -> int:
     return 0
 
 
-def _recalibrate(args: argparse.Namespace, settings) -> int:
+def _recalibrate(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
     from cds_service.learning.recalibrate import recalibrate
@@ -543,7 +557,7 @@ def _recalibrate(args: argparse.Namespace, settings) -> int:
 MONITOR_EXIT = {"ok": 0, "insufficient": 0, "retired": 5}
 
 
-def _add_monitor_parser(commands) -> None:
+def _add_monitor_parser(commands: _Commands[argparse.ArgumentParser]) -> None:
     monitor = commands.add_parser(
         "monitor",
         help="check the deployed site model of a card against the outcomes observed since its deployment",
@@ -595,7 +609,9 @@ def _monitor(args: argparse.Namespace) -> int:
     return MONITOR_EXIT[result.status]
 
 
-def _monitor_options(args: argparse.Namespace, settings, overlay, instance_dir, site_name: str | None = None):
+def _monitor_options(
+    args: argparse.Namespace, settings: Settings, overlay: str | Path, instance_dir: Path, site_name: str | None = None
+) -> MonitorOptions:
     """The deployed model's monitoring options from `monitor` or `learn --recalibrate`."""
     from datetime import date
     from pathlib import Path
@@ -628,7 +644,8 @@ def _approve(args: argparse.Namespace) -> int:
     except ReportFileError as exc:
         print(f"cds-service approve: {exc.reason}", file=sys.stderr)
         return 2
-    print(f"approved by {report.approval.approved_by}: {args.report}")
+    approval = report.approval  # approve() always sets it, to args.by
+    print(f"approved by {approval.approved_by if approval is not None else args.by}: {args.report}")
     return 0
 
 

@@ -13,6 +13,7 @@ import importlib.resources
 import os
 import tempfile
 import tomllib
+from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -85,7 +86,7 @@ class Settings(BaseModel):
     audit_hash_key: str = ""
     # CORS for browser-based CDS clients.
     cors_origins: tuple[str, ...] = ()
-    extra: dict = Field(default_factory=dict)
+    extra: dict[str, Any] = Field(default_factory=dict)
 
     # Evidence pages (GET /evidence/<token>): hours a page stays open, then its data is deleted.
     evidence_page_ttl_h: Annotated[float, Field(gt=0)] = 24.0
@@ -247,7 +248,7 @@ def _explain(error: ValidationError, source: dict[str, Any]) -> ConfigError:
     return ConfigError("; ".join(problems))
 
 
-def load_settings(overrides: dict | None = None, environ: dict | None = None) -> Settings:
+def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Defaults < TOML file named by CDS_CONFIG < environment < explicit overrides."""
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}

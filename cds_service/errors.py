@@ -10,6 +10,8 @@ cannot leak a token, a patient identifier or a stack trace.
 
 from __future__ import annotations
 
+from typing import Any
+
 # The code system of the service's own error codes (`invalid_request`, `prefetch_unavailable`...).
 ERROR_CODE_SYSTEM = "urn:hfs-cds-service:error"
 
@@ -50,15 +52,15 @@ class ApiError(Exception):
         self.diagnostics = diagnostics  # our own words for a developer (e.g. the prefetch key)
         self.expression = tuple(expression)  # FHIRPath of what was missing or wrong
 
-    def body(self) -> dict:
+    def body(self) -> dict[str, Any]:
         return operation_outcome(self.status, self.error, self.detail, self.diagnostics, self.expression)
 
 
 def operation_outcome(
     status: int, error: str, detail: str, diagnostics: str | None = None, expression: tuple[str, ...] = ()
-) -> dict:
+) -> dict[str, Any]:
     """A FHIR R4 OperationOutcome with one issue saying why the answer is `status`."""
-    issue: dict = {
+    issue: dict[str, Any] = {
         "severity": "fatal" if status == 500 else "error",
         "code": _ISSUE_TYPE.get(status, "processing" if status < 500 else "exception"),
         "details": {"coding": [{"system": ERROR_CODE_SYSTEM, "code": error}], "text": detail or error},
@@ -75,11 +77,13 @@ def error_code(body: object) -> str | None:
     if not isinstance(body, dict):
         return None
     if "error" in body:
-        return body["error"]
+        code = body["error"]
+        return code if isinstance(code, str) else None
     for issue in body.get("issue") or ():
         for coding in (issue.get("details") or {}).get("coding") or ():
             if coding.get("system") == ERROR_CODE_SYSTEM:
-                return coding.get("code")
+                code = coding.get("code")
+                return code if isinstance(code, str) else None
     return None
 
 

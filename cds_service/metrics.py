@@ -13,6 +13,8 @@ a URL, a token or a clinical value.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess as _multiprocess
@@ -71,7 +73,7 @@ SITE_MODEL_DRIFT = Gauge(
 SPOOL_DEPTH = Gauge("cds_audit_spool_depth", "Audit rows waiting in the local spool", multiprocess_mode="max")
 
 
-def observe_usage(service: str, usage: dict) -> None:
+def observe_usage(service: str, usage: Mapping[str, Any]) -> None:
     """Count one hook call's usage record (hook_call.CallUsage.as_dict)."""
     CALL_TOKEN.labels(service=service, token=usage["token"]).inc()
     for how in ("prefetched", "fetched", "refused"):
@@ -91,7 +93,7 @@ def exposition() -> tuple[bytes, str]:
     """The text exposition of every metric (all workers' in multiprocess mode)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
-        _multiprocess.MultiProcessCollector(registry)
+        _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST
 
@@ -99,4 +101,4 @@ def exposition() -> tuple[bytes, str]:
 def mark_process_dead(pid: int) -> None:
     """gunicorn child_exit: drop a dead worker's live gauges."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        _multiprocess.mark_process_dead(pid)
+        _multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated

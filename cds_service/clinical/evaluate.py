@@ -34,7 +34,7 @@ import re
 import string
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from typing import Any, TypedDict
 
 from cds_service.clinical.dates import months_between
 from cds_service.clinical.input_values import (
@@ -178,7 +178,8 @@ def evaluate(
             continue
         values = _SituationValues(card, card.trigger_predictor(situation, "is_procedure"), record, hook, read)
         value = values.get
-        if not all(holds(w, value(w.predictor), False, record.today) for w in situation.requires):
+        tested = ((w, value(w.predictor) if w.predictor is not None else None) for w in situation.requires)
+        if not all(holds(w, item, False, record.today) for w, item in tested):
             continue
         order_id = card.trigger_predictor(situation, "is_order")
         inputs = tuple(value(pid) for pid in card.situation_predictors(situation))
@@ -212,9 +213,12 @@ def _story_notes(card: CardContent, situation: Situation, record: PatientRecord)
 
 
 def holds(when: When, item: InputValue | None, has_estimate: bool, today: date) -> bool:
-    """Whether a predicate of the card language holds for a predictor's value (or the estimate)."""
+    """Whether a predicate of the card language holds for a predictor's value (or the estimate).
+    `item` None (a predicate of no predictor read here) holds nothing."""
     if when.estimate is not None:
         return has_estimate == when.estimate
+    if item is None:
+        return False
     if when.present is not None:
         return (item.status in (USED, UNREADABLE)) == when.present
     if when.newer_unreadable is not None:
@@ -226,11 +230,13 @@ def holds(when: When, item: InputValue | None, has_estimate: bool, today: date) 
     if when.within_months is not None:
         return item.date is None or months_between(item.date, today) <= when.within_months
     if when.below is not None or when.at_least is not None:
-        if not is_number(item.value):
+        value = item.value
+        if not is_number(value):
             return False
+        # a threshold named by a figure was replaced by the figure's number when the card loaded
         if when.below is not None:
-            return item.value < when.below
-        return item.value >= when.at_least
+            return isinstance(when.below, (int, float)) and value < when.below
+        return isinstance(when.at_least, (int, float)) and value >= when.at_least
     if isinstance(when.equals, bool) or isinstance(item.value, bool):
         return isinstance(when.equals, bool) and isinstance(item.value, bool) and item.value == when.equals
     return item.value == when.equals
@@ -303,6 +309,17 @@ def _outside_range(card: CardContent, site: SiteModel, inputs: dict[str, InputVa
     return tuple(out)
 
 
+class _EstimateCommon(TypedDict):
+    """The fields of an Estimate that do not depend on the kind of model."""
+
+    model_label: str
+    model_version: str
+    outcome: str
+    coded_inputs: tuple[tuple[str, float, str], ...]
+    assumptions: tuple[str, ...]
+    learned: LearnedFrom | None
+
+
 def _site_estimate(
     card: CardContent, site: SiteModel, inputs: dict[str, InputValue]
 ) -> tuple[Estimate | None, str | None]:
@@ -332,17 +349,19 @@ def _site_estimate(
                 missing.append(p.label)
     if missing:
         return None, f"it needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not available"
-    common = dict(
-        model_label=site.label,
-        model_version=site.version,
-        outcome=card.model.outcome,
-        coded_inputs=tuple(coded),
-        assumptions=tuple(assumed),
-        learned=site.learned,
-    )
+    common: _EstimateCommon = {
+        "model_label": site.label,
+        "model_version": site.version,
+        "outcome": card.model.outcome,
+        "coded_inputs": tuple(coded),
+        "assumptions": tuple(assumed),
+        "learned": site.learned,
+    }
     try:
         if site.kind == "cox":
             model = cox_model(site)
+            if model.reference is None:  # what model.relative_hazard would raise
+                raise ModelIncomplete("a relative hazard needs a reference covariate vector")
             difference = model.linear_predictor(x) - model.linear_predictor(model.reference)
             if not (math.isfinite(difference) and abs(difference) < 700):  # exp() would overflow
                 return None, "the inputs lie outside what the site model can compute"
@@ -354,7 +373,7 @@ def _site_estimate(
                 time_unit=card.model.time_unit,
                 **common,
             ), None
-        model = logistic_model(site)
+        logistic = logistic_model(site)
         if site.intercept is None:
             return None, "the site model gives no intercept, so no probability can be computed"
         alternatives = []
@@ -362,9 +381,9 @@ def _site_estimate(
             i = [c[0] for c in coded].index(label)
             flipped = list(x)
             flipped[i] = 1.0
-            alternatives.append((label, model.probability(flipped)))
+            alternatives.append((label, logistic.probability(flipped)))
         return Estimate(
-            kind="logistic", probability=model.probability(x), alternatives=tuple(alternatives), **common
+            kind="logistic", probability=logistic.probability(x), alternatives=tuple(alternatives), **common
         ), None
     except (ModelIncomplete, ValueError, OverflowError) as exc:
         return None, f"the site model could not be applied ({exc})"

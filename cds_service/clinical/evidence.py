@@ -28,6 +28,7 @@ from cds_service.clinical.evaluate import (
     model_values,
     not_used_future,
 )
+from cds_service.clinical.input_values import is_number
 from cds_service.clinical.render import chosen, lead_text, page_sections, strength_line
 from cds_service.content.cards import Predictor, When
 from cds_service.content.chart_specs import ChartSpec, MarkerSpec, PointSpec, parse_ci
@@ -218,7 +219,7 @@ def _marker(result: CardResult, spec: MarkerSpec, chart: dict[str, Any], axis: s
         chart["notes"].append(spec.unless_text)
         return None
     item = result.input(spec.predictor)
-    if item.status != USED or not _is_number(item.value):
+    if item.status != USED or not is_number(item.value):
         chart["notes"].append(f"{spec.label}: {item.label.lower()} {STATUS_WORDS.get(item.status, item.status)}.")
         return None
     dated = f" ({item.date_label} {item.date.isoformat()})" if item.date and axis == "y" else ""
@@ -304,7 +305,3 @@ def _fill(text: str, values: dict[str, str]) -> str:
 
 def _has(result: CardResult, predictor: str) -> bool:
     return any(item.predictor == predictor for item in result.inputs)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
-from typing import Any, cast
+from typing import Any, TypeGuard, cast
 
 from cds_service.clinical.dates import day_of
 from cds_service.clinical.record import (
@@ -42,7 +42,7 @@ class InputValue:
     predictor: str
     label: str
     status: str  # used | missing | unreadable | intraoperative
-    value: Any = None  # bool (yes/no), float (canonical unit), str (coded answer)
+    value: bool | int | float | str | None = None  # bool (yes/no), float (canonical unit), str (coded answer)
     display: str = ""  # the value as shown: "45 min", "yes", "Grade III (= 3)"
     date: date | None = None
     date_label: str = "recorded"  # what the date is: "onset", "performed", "recorded", ...
@@ -167,6 +167,8 @@ def observation_display(fact: ObservationFact, p: Predictor) -> str:
         return "yes" if value else "no"
     if isinstance(value, str):
         return value
+    if value is None:  # callers show only a value that was read; said as the unreadable one is
+        return "recorded but unreadable"
     unit = p.unit or (fact.unit if fact.unit and not fact.unit.startswith("{") else None)
     shown = rounded(float(value), 2)
     shown = f"{shown}{unit}" if unit and unit.startswith("/") else (f"{shown} {unit}" if unit else shown)
@@ -183,7 +185,8 @@ def _same_number(text: str, value: float) -> bool:
         return False
 
 
-def is_number(value: object) -> bool:
+def is_number(value: object) -> TypeGuard[int | float]:
+    """A number (int or float), not a yes/no (bool is an int in Python)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 

@@ -41,6 +41,7 @@ from cds_service.clinical.input_values import (  # noqa: F401 (statuses, InputVa
 )
 from cds_service.clinical.record import (
     FUTURE,
+    MedicationFact,
     OrderFact,
     PatientRecord,
 )
@@ -62,8 +63,8 @@ def derive(p: Predictor, reading: Reading) -> InputValue:
 
 def _condition(p: Predictor, r: Reading) -> InputValue:
     record = r.record
-    facts = record.conditions.get(p.concept, ())
-    active = record.active_conditions(p.concept)
+    facts = record.conditions.get(p.single_concept, ())
+    active = record.active_conditions(p.single_concept)
     if active:
         fact = earliest(active)
         return InputValue(
@@ -92,13 +93,16 @@ def _condition(p: Predictor, r: Reading) -> InputValue:
 
 
 def _condition_after(p: Predictor, r: Reading) -> InputValue:
-    found = r.record.conditions_after(p.concept, r.procedure)
-    if not found:
+    procedure = r.procedure
+    # an undated procedure has no Conditions after it (record.conditions_after)
+    performed = procedure.performed if procedure is not None else None
+    found = r.record.conditions_after(p.single_concept, procedure)
+    if not found or performed is None:
         return unreadable(p, r.record) or missing(p)
     fact = min(found, key=condition_order)
     dates = condition_dates(fact)
     dates["note"] = ", ".join(
-        x for x in (dates["note"], f"after the procedure of {day_of(r.procedure.performed).isoformat()}") if x
+        x for x in (dates["note"], f"after the procedure of {day_of(performed).isoformat()}") if x
     )
     return InputValue(
         p.id, p.label, USED, value=True, display=f"yes ({condition_status(fact)})", **dates, **text_match(fact.match)
@@ -111,14 +115,19 @@ def _condition_since(p: Predictor, r: Reading) -> InputValue:
     date after it: delayed resolution; the display gives the date), "unclear" (no date that
     places it, or active since before it with no end date: the note says which), or "none"."""
     record, procedure = r.record, r.procedure
-    if not record.conditions.get(p.concept):
+    if not record.conditions.get(p.single_concept):
         return unreadable(p, record) or missing(p)
-    course = story_of(record).course(p.concept, procedure)
-    if course.answer == "none":
+    course = story_of(record).course(p.single_concept, procedure)
+    fact = course.fact
+    if course.answer == "none" or fact is None:  # every other answer names its Condition
         return InputValue(p.id, p.label, USED, value="none", display=p.note("none"))
     if course.answer == "resolved":
-        pday = day_of(procedure.performed)
+        # a resolved course is of a dated procedure, with the date it ended (story.resolved_after)
+        performed = procedure.performed if procedure is not None else None
         on = course.resolved_on
+        if performed is None or on is None:
+            return unreadable(p, record) or missing(p)
+        pday = day_of(performed)
         how = "abatement date" if course.resolved_how == "abatement" else "recorded date of a resolved entry"
         return InputValue(
             p.id,
@@ -128,8 +137,8 @@ def _condition_since(p: Predictor, r: Reading) -> InputValue:
             display=f"{p.note('resolved')} {on.isoformat()} ({duration_text(pday, on)} {p.note('resolved_after')})",
             date=on,
             date_label="resolved",
-            note=", ".join(x for x in (condition_dates(course.fact)["note"], f"from its {how}") if x),
-            **text_match(course.fact.match),
+            note=", ".join(x for x in (condition_dates(fact)["note"], f"from its {how}") if x),
+            **text_match(fact.match),
         )
     answer, note = {
         "after": ("after", "after"),
@@ -137,7 +146,6 @@ def _condition_since(p: Predictor, r: Reading) -> InputValue:
         "unplaced": ("unclear", "unplaced"),
         "ongoing": ("unclear", "ongoing"),
     }[course.answer]
-    fact = course.fact
     return InputValue(
         p.id,
         p.label,
@@ -152,7 +160,7 @@ def _condition_since(p: Predictor, r: Reading) -> InputValue:
 def _procedure_count(p: Predictor, r: Reading) -> InputValue:
     # Operations of the story: the records of one day are one operation (EVIDENCE.md "The
     # patient's story"); those done for another condition do not count.
-    episodes = story_of(r.record).operations(p.concept, p.for_condition)
+    episodes = story_of(r.record).operations(p.single_concept, p.for_condition)
     if not episodes:
         return unreadable(p, r.record) or missing(p)
     days = ", ".join(e.day.isoformat() if e.day else "date not recorded" for e in episodes)
@@ -160,7 +168,7 @@ def _procedure_count(p: Predictor, r: Reading) -> InputValue:
 
 
 def _medication(p: Predictor, r: Reading) -> InputValue:
-    facts = r.record.current_medications(p.concept)
+    facts = r.record.current_medications(p.single_concept)
     if not facts:
         return unreadable(p, r.record) or missing(p)
     fact = max(facts, key=lambda m: m.date or date.min)
@@ -182,13 +190,13 @@ def _medication(p: Predictor, r: Reading) -> InputValue:
 
 def _observation(p: Predictor, r: Reading) -> InputValue:
     record, procedure = r.record, r.procedure
-    reading = record.reading(p.concept, p.lookback_days, procedure if p.after_procedure else None)
+    reading = record.reading(p.single_concept, p.lookback_days, procedure if p.after_procedure else None)
     fact = reading.fact
     if fact is None:
         # Only what concerns this reading: values in its window (or after its procedure) that
         # could not be read, values that cannot be placed, values dated after the call, and
         # unreadable ones without a date (they may be in the window); else it is missing.
-        undated = [u for u in record.unreadable_for(p.concept) if u.kind != FUTURE and u.when is None]
+        undated = [u for u in record.unreadable_for(p.single_concept) if u.kind != FUTURE and u.when is None]
         for u in (*reading.newer_unreadable, *undated):
             return unreadable_input(p, u, record)
         if reading.unplaced:  # on the procedure's own day, before or after it: not used
@@ -253,10 +261,10 @@ def _age(p: Predictor, r: Reading) -> InputValue:
 
 def _disease_duration(p: Predictor, r: Reading) -> InputValue:
     record = r.record
-    onset = record.earliest_onset(p.concept)
+    onset = record.earliest_onset(p.single_concept)
     years = record.years_since(onset)
     if years is None:
-        if record.conditions.get(p.concept):
+        if record.conditions.get(p.single_concept):
             return missing(p, p.note("no_onset"))
         return missing(p)
     return InputValue(
@@ -275,26 +283,26 @@ def _operation_time(p: Predictor, r: Reading) -> InputValue:
     # Read by the story (the same function `learn` uses): an Observation of the procedure's
     # day wins over its period; a period longer than 12 hours is a stay, not used (said so).
     record, procedure = r.record, r.procedure
-    found = operation_time(record, procedure, p.concept)
-    if found.source == "observation":
-        fact = found.observation
+    found = operation_time(record, procedure, p.single_concept)
+    fact = found.observation
+    if found.source == "observation" and fact is not None:
         return InputValue(
             p.id,
             p.label,
             USED,
             value=found.minutes,
             display=observation_display(fact, p),
-            date=day_of(fact.effective),
+            date=day_of(fact.effective) if fact.effective is not None else None,
             note=p.note("from_observation"),
         )
-    if found.source == "period":
+    if found.source == "period" and found.minutes is not None and procedure is not None:
         return InputValue(
             p.id,
             p.label,
             USED,
             value=found.minutes,
             display=f"{rounded(found.minutes, 1)} min",
-            date=day_of(procedure.start),
+            date=day_of(procedure.start) if procedure.start is not None else None,
             date_label="performed",
             note=p.note("from_period"),
         )
@@ -331,7 +339,7 @@ def _intraoperative(p: Predictor, r: Reading) -> InputValue:
 
 def _procedure(p: Predictor, r: Reading) -> InputValue:
     # The latest operation of the story (the records of one day merged into one).
-    episode = story_of(r.record).latest(p.concept, p.for_condition)
+    episode = story_of(r.record).latest(p.single_concept, p.for_condition)
     if episode is None:
         return unreadable(p, r.record) or missing(p)
     fact = episode.fact
@@ -344,9 +352,8 @@ def _later_procedure(p: Predictor, r: Reading) -> InputValue:
     if not later:
         return missing(p)
     fact = later[-1].fact
-    return InputValue(
-        p.id, p.label, USED, value=True, display="yes", date=day_of(fact.performed), date_label="performed", fact=fact
-    )
+    day = day_of(fact.performed) if fact.performed is not None else None  # always dated: placed after
+    return InputValue(p.id, p.label, USED, value=True, display="yes", date=day, date_label="performed", fact=fact)
 
 
 def _treated_after(p: Predictor, r: Reading) -> InputValue:
@@ -358,7 +365,10 @@ def _treated_after(p: Predictor, r: Reading) -> InputValue:
         return missing(p)
     last = later[-1]
     labels = r.record.labels
-    names = "; ".join(f"{_lower_first(labels.get(e.concept, e.concept))} on {e.day.isoformat()}" for e in later)
+    names = "; ".join(
+        f"{_lower_first(labels.get(e.concept, e.concept))} on {e.day.isoformat() if e.day else 'date not recorded'}"
+        for e in later
+    )
     answer = "treated"
     if p.for_condition and story.course(p.for_condition, last.fact).answer == "after":
         answer = "spasm_after"
@@ -389,23 +399,23 @@ def _order(p: Predictor, r: Reading) -> InputValue:
                 continue
             if p.indication is None:
                 return InputValue(p.id, p.label, USED, value=True, display="yes", fact=order)
-            note, counts = _order_indication(p, order, r.record)
+            note, counts = _order_indication(p, p.indication, order, r.record)
             if counts:
                 return InputValue(p.id, p.label, USED, value=True, display="yes", note=note, fact=order)
             refused = refused or note
     return missing(p, refused)
 
 
-def _order_indication(p: Predictor, order: OrderFact, record: PatientRecord) -> tuple[str, bool]:
+def _order_indication(p: Predictor, indication: str, order: OrderFact, record: PatientRecord) -> tuple[str, bool]:
     """Whether an order is for the predictor's indication (EVIDENCE.md "The patient's story",
     Site): its stated reason names it; or it states no reason of a known condition and the
     patient has the indication active. A stated reason of another known condition (a benign
     lesion, an osteoporotic fracture) does not count, whatever else the patient has."""
-    if p.indication in order.reason_concepts:
+    if indication in order.reason_concepts:
         return p.note("for_indication"), True
     if order.reason_concepts:
         return p.note("other_reason"), False
-    if record.has_active_condition(p.indication):
+    if record.has_active_condition(indication):
         return p.note("patient_has_indication"), True
     return p.note("no_indication"), False
 
@@ -414,7 +424,7 @@ def _condition_site(p: Predictor, r: Reading) -> InputValue:
     """Where the concept's active Conditions are sited: at the predictor's site (by code or
     text), site not recorded, or elsewhere; a site that could not be read is unreadable."""
     record = r.record
-    active = record.active_conditions(p.concept)
+    active = record.active_conditions(p.single_concept)
     if not active:
         item = _condition(p, r)
         return replace(item, value="inactive") if item.status == USED else item
@@ -451,7 +461,10 @@ def _daily_morphine(p: Predictor, r: Reading) -> InputValue:
     observed = _observation(p.model_copy(update={"concept": observed_concept}), r)
     # a prescription authored after the time of the call is not yet current use (never used)
     current = [m for m in record.current_medications(drug) if m.date is None or m.date <= record.today]
-    readable = [m for m in current if m.dose is not None and m.dose.mg_per_day is not None]
+    # (prescription, mg per day, the dosage as read) of those whose daily dose could be read
+    readable = [
+        (m, m.dose.mg_per_day, m.dose.said) for m in current if m.dose is not None and m.dose.mg_per_day is not None
+    ]
     unread = [m for m in current if m.dose is None or m.dose.mg_per_day is None]
     named = sorted(
         {
@@ -464,11 +477,11 @@ def _daily_morphine(p: Predictor, r: Reading) -> InputValue:
     also = f"{', '.join(named)} also prescribed, {p.note('others')}" if named else ""
     problems = "; ".join(f"{p.note('not_read')}: {m.dose.problem if m.dose else p.note('no_dosage')}" for m in unread)
     if readable:
-        newest = max((m.date for m in readable if m.date is not None), default=None)
+        newest = max((m.date for m, _, _ in readable if m.date is not None), default=None)
         if observed.status == USED and observed.date is not None and (newest is None or observed.date > newest):
             return _with_note(observed, problems, also)
-        total = sum(m.dose.mg_per_day for m in readable)
-        said = "; ".join(f"{_drug_name(m)}: {m.dose.said}" for m in readable)
+        total = sum(mg for _, mg, _ in readable)
+        said = "; ".join(f"{_drug_name(m)}: {dosage}" for m, _, dosage in readable)
         older = p.note("older_observation") if observed.status == USED else ""
         return InputValue(
             p.id,
@@ -498,7 +511,7 @@ def _with_note(item: InputValue, *notes: str) -> InputValue:
     return replace(item, note=joined)
 
 
-def _drug_name(m) -> str:
+def _drug_name(m: MedicationFact) -> str:
     return m.match.display if m.match.display else "prescription"
 
 

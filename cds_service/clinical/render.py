@@ -333,7 +333,7 @@ def _estimate_lines(e: Estimate) -> str:
             lines.append(f"- Estimated {e.outcome} by {number(horizon)} {e.time_unit}: **{percent(p)}**")
         if not e.event_probabilities:
             lines.append("- No absolute risk: the site model gives no baseline survival.")
-    else:
+    elif e.probability is not None:  # a logistic estimate always has one (evaluate._site_estimate)
         lines.append(f"- Estimated probability of {e.outcome}: **{percent(e.probability)}**")
         for label, p in e.alternatives:
             lines.append(f"- If {label.lower()} were present: {percent(p)}")

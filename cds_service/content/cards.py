@@ -293,7 +293,7 @@ class Predictor(Table):
     label: Text
     derive: Text = Field(
         description="the derivation kind (content/derivations.py)",
-        json_schema_extra=lambda schema: schema.update(enum=sorted(KINDS)),
+        json_schema_extra={"enum": [*sorted(KINDS)]},
     )
     how: Text = Field(description="what is looked for, in words (shown when it is missing)")
     concept: Text | list[Text] | None = None
@@ -376,6 +376,13 @@ class Predictor(Table):
         if self.concept is None:
             return ()
         return tuple(self.concept) if isinstance(self.concept, list) else (self.concept,)
+
+    @property
+    def single_concept(self) -> str:
+        """The concept of a kind that reads one (the loader refuses a list or none for it)."""
+        if not isinstance(self.concept, str):
+            raise ValueError(f"predictor {self.id}: derive = {self.derive!r} reads one concept, not {self.concept!r}")
+        return self.concept
 
     @property
     def needs_procedure(self) -> bool:
@@ -759,9 +766,10 @@ def _check_card(card: CardContent) -> None:
     if clash:
         raise ValueError(f"names used both as figure and predictor/dynamic value: {sorted(clash)}")
     for key, section in card.sections.items():
-        for sv in section.options:
-            if not sv.omit:
+        for sv in section.options:  # an omitted variant has neither (SectionVariant)
+            if sv.heading is not None:
                 check_template(sv.heading, names, f"[sections.{key}] heading")
+            if sv.body is not None:
                 check_template(sv.body, names, f"[sections.{key}] body")
     for key, text in card.texts.items():
         # the texts that fill the estimate's placeholders cannot use those placeholders
@@ -773,8 +781,9 @@ def _check_card(card: CardContent) -> None:
                 check_template(tv.text, set(card.figures), "[caveats]")
     for s in card.situations:
         for tv in s.summary_options:
-            check_template(tv.text, names, f"situation {s.id} summary")
-            check_summary_length(tv.text, card.figures, f"situation {s.id}")
+            if tv.text is not None:  # always: a summary is never omitted (_check_situation)
+                check_template(tv.text, names, f"situation {s.id} summary")
+                check_summary_length(tv.text, card.figures, f"situation {s.id}")
         check_template(s.lead, names, f"situation {s.id} lead")
     if (
         card.model.site_kind is not None
@@ -790,11 +799,14 @@ def _check_situation(
     where = f"situation {s.id}"
     if not s.requires:
         raise ValueError(f"{where}: a situation needs a trigger (requires = [...])")
+    tested: list[tuple[When, str]] = []  # each predicate of requires, with the predictor it tests
     for i, w in enumerate(s.requires):
         check_when(w, set(predictors), f"{where} requires #{i + 1}", use_model=False)
-    kinds = [predictors[w.predictor].kind for w in s.requires]
+        if w.predictor is not None:  # always: check_when refuses the estimate in requires
+            tested.append((w, w.predictor))
+    kinds = [predictors[pid].kind for _, pid in tested]
     for flag, what in (("is_procedure", "procedure"), ("is_order", "order")):
-        found = [w for w, k in zip(s.requires, kinds) if getattr(k, flag)]
+        found = [w for (w, _), k in zip(tested, kinds) if getattr(k, flag)]
         if len(found) > 1:
             raise ValueError(f"{where}: requires tests more than one {what}")
         if found and not found[0].positive:
@@ -811,19 +823,19 @@ def _check_situation(
     for pid in s.predictors:
         if pid not in predictors:
             raise ValueError(f"{where}: predictor {pid!r} is not defined in this card")
-    for pid in [*reads, *(w.predictor for w in s.requires)]:
+    for pid in [*reads, *(pid for _, pid in tested)]:
         if predictors[pid].needs_procedure and not has_procedure:
             raise ValueError(f"{where}: predictor {pid} is read relative to a procedure, but the situation has none")
     for key in [*s.sections, *s.on_card]:
         if key not in card.sections:
             raise ValueError(f"{where}: section {key!r} is not defined under [sections]")
+        for sv in card.sections[key].options:
+            check_when(sv.when, set(reads), f"{where}: section {key}", use_model=s.use_model)
     if s.strength is not None:
         for v in s.strength.options:
             check_when(v.when, context, f"{where} strength variant (a context predictor)", use_model=False)
             if v.text is not None:
                 check_template(v.text, set(card.figures), f"{where} strength")
-        for sv in card.sections[key].options:
-            check_when(sv.when, set(reads), f"{where}: section {key}", use_model=s.use_model)
     if s.use_model and card.model.site_kind is None:
         raise ValueError(f"{where}: use_model = true, but the card's model is evidence-only")
     if s.use_model:

@@ -28,10 +28,10 @@ class DemoCall:
     patient_name: str
     hook: str
     what: str
-    chart: tuple[dict, ...]  # the patient's resources (Patient first)
-    drafts: tuple[dict, ...]  # draft orders
+    chart: tuple[dict[str, Any], ...]  # the patient's resources (Patient first)
+    drafts: tuple[dict[str, Any], ...]  # draft orders
 
-    def request(self, user: str = "Practitioner/demo-clinician") -> dict:
+    def request(self, user: str = "Practitioner/demo-clinician") -> dict[str, Any]:
         """The CDS Hooks request an EHR would send, with the prefetch filled in."""
         context: dict[str, Any] = {"userId": user, "patientId": self.patient_id}
         if self.hook in ORDER_HOOKS:
@@ -49,8 +49,8 @@ class DemoCall:
             "prefetch": self.prefetch(),
         }
 
-    def prefetch(self) -> dict:
-        def searchset(*types: str) -> dict:
+    def prefetch(self) -> dict[str, Any]:
+        def searchset(*types: str) -> dict[str, Any]:
             return {
                 "resourceType": "Bundle",
                 "type": "searchset",
@@ -70,7 +70,7 @@ class DemoCall:
 def load_calls(today: date) -> list[DemoCall]:
     folder = resources.files("cds_service.demo") / "patients"
     manifest = tomllib.loads((folder / "calls.toml").read_text(encoding="utf-8"))
-    bundles: dict[str, dict] = {}
+    bundles: dict[str, dict[str, Any]] = {}
     calls = []
     for entry in manifest["calls"]:
         pid = entry["patient"]

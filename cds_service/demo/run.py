@@ -28,16 +28,17 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import jwt
 import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from flask import Flask
 from werkzeug.serving import make_server
 
 from cds_service import hook_call
-from cds_service.clinical.evaluate import evaluate
+from cds_service.clinical.evaluate import CardResult, evaluate
 from cds_service.clinical.evidence import page_data
 from cds_service.clinical.record_build import build_record
 from cds_service.clinical.render import render
@@ -98,7 +99,7 @@ def run_demo(
 ) -> int:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the cards, not a request log
     temporary = instance is None
-    folder = Path(tempfile.mkdtemp(prefix="cds-demo-")) if temporary else Path(instance)
+    folder = Path(tempfile.mkdtemp(prefix="cds-demo-")) if instance is None else Path(instance)
     try:
         client, trust_file = make_trust(folder)
         # The environment is ignored: the demo brings everything it needs.
@@ -156,7 +157,7 @@ def _wait_for_interrupt() -> None:
         pass
 
 
-def _show_call(app, base_url: str, client: DemoClient, call: DemoCall, out: TextIO) -> int:
+def _show_call(app: Flask, base_url: str, client: DemoClient, call: DemoCall, out: TextIO) -> int:
     service = SERVICE_FOR_HOOK[call.hook]
     url = f"{base_url}/cds-services/{service}"
     response = requests.post(
@@ -182,7 +183,7 @@ def _show_call(app, base_url: str, client: DemoClient, call: DemoCall, out: Text
     return len(cards)
 
 
-def _evidence_urls(app, base_url: str, call: DemoCall, cards: list[dict]) -> list[str]:
+def _evidence_urls(app: Flask, base_url: str, call: DemoCall, cards: list[dict[str, Any]]) -> list[str]:
     """Each card's evidence page: its own link when it has one, else a page made here."""
     urls = [
         next((link["url"] for link in c.get("links", []) if "/evidence/" in link.get("url", "")), "") for c in cards
@@ -201,21 +202,21 @@ def _evidence_urls(app, base_url: str, call: DemoCall, cards: list[dict]) -> lis
         today=hook_call.today(),
     )
     results = [r for r in (evaluate(card, record, call.hook) for card in rt.cards_for(call.hook)) if r is not None]
-    by_summary = {}
+    by_summary: dict[str, CardResult] = {}
     for result in results:
         summary = render(result)["summary"]
         by_summary.setdefault(summary, result)
     for i, card in enumerate(cards):
         if urls[i]:
             continue
-        result = by_summary.get(card["summary"]) or (results[i] if i < len(results) else None)
-        if result is not None:
-            token = setup.pages.save(page_data(result, setup.chart_specs, summary=card["summary"]))
+        found = by_summary.get(card["summary"]) or (results[i] if i < len(results) else None)
+        if found is not None:
+            token = setup.pages.save(page_data(found, setup.chart_specs, summary=card["summary"]))
             urls[i] = f"{base_url}/evidence/{token}"
     return urls
 
 
-def format_card(card: dict, page_url: str) -> str:
+def format_card(card: dict[str, Any], page_url: str) -> str:
     """One card as plain terminal text: indicator, summary, lead, sections, links."""
     lines = [f"\n  [{card.get('indicator', 'info').upper()}] {card.get('summary', '')}"]
     detail = card.get("detail", "")

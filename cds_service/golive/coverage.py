@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Protocol
 
 from cds_service.fhir.bulk import BulkClient, BulkError
 from cds_service.learning.staging import Staging, line_decoding
@@ -41,6 +43,14 @@ _STOP = frozenset({"of", "the", "and", "or", "a", "an", "for", "with", "to", "in
 MAX_DISPLAYS = 3
 
 
+class TokenSource(Protocol):
+    """The FHIR server's access (security/smart_backend.py BackendTokenSource or StaticBearer)."""
+
+    def authorization(self) -> str: ...
+
+    def invalidate(self) -> None: ...
+
+
 class CoverageError(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -55,7 +65,7 @@ class Proposal:
     how: set[str] = field(default_factory=set)  # "co-occurrence", "text"
     records: int = 0
     patients: int = 0
-    displays: Counter = field(default_factory=Counter)
+    displays: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass
@@ -89,31 +99,37 @@ class Proposer:
         }
 
 
-def coded_elements(resource: dict):
+def coded_elements(resource: Mapping[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     """(kind, CodeableConcept) of a resource the cards read; nothing for other resources."""
-    element, kind = _ELEMENT.get(resource.get("resourceType"), (None, None))
-    value = resource.get(element) if element else None
+    resource_type = resource.get("resourceType")
+    read = _ELEMENT.get(resource_type) if isinstance(resource_type, str) else None
+    if read is None:
+        return
+    element, kind = read
+    value = resource.get(element)
     if isinstance(value, dict):
         yield kind, value
 
 
 def review_patient(
-    resources: list[dict], concepts: ConceptIndex, proposer: Proposer
-) -> tuple[set[str], dict[tuple[str, str, str], tuple[set[str], Counter]]]:
+    resources: list[Mapping[str, Any]], concepts: ConceptIndex, proposer: Proposer
+) -> tuple[set[str], dict[tuple[str, str, str], tuple[set[str], Counter[str]]]]:
     """The cohort concepts of one patient and the proposals on their records:
     (concept, system, code) -> (how, displays with their record counts)."""
     cohort: set[str] = set()
-    found: dict[tuple[str, str, str], tuple[set[str], Counter]] = {}
+    found: dict[tuple[str, str, str], tuple[set[str], Counter[str]]] = {}
     for resource in resources:
         for kind, codeable in coded_elements(resource):
             recognised = {m.concept for m in concepts.match_codeable(codeable, {kind}) if not m.by_text}
-            text = codeable.get("text") if isinstance(codeable.get("text"), str) else ""
+            raw_text = codeable.get("text")
+            text = raw_text if isinstance(raw_text, str) else ""
             codings = [c for c in codeable.get("coding") or () if isinstance(c, dict)]
             for coding in codings:
                 system, code = coding.get("system"), coding.get("code")
                 if not isinstance(system, str) or not isinstance(code, str) or concepts.lookup(system, code):
                     continue
-                display = coding.get("display") if isinstance(coding.get("display"), str) else ""
+                raw_display = coding.get("display")
+                display = raw_display if isinstance(raw_display, str) else ""
                 guesses = {cid: {"co-occurrence"} for cid in recognised}
                 for cid in proposer.by_text(f"{display} {text}", kind):
                     guesses.setdefault(cid, set()).add("text")
@@ -130,12 +146,12 @@ def review_patient(
     return cohort, found
 
 
-def survey(patients, concepts: ConceptIndex) -> CoverageResult:
+def survey(patients: Iterable[list[Mapping[str, Any]]], concepts: ConceptIndex) -> CoverageResult:
     """Aggregate the proposals over the cohort's patients (the stream gives one patient's
     resources at a time)."""
     proposer = Proposer(concepts)
     read = 0
-    cohort_counts: Counter = Counter()
+    cohort_counts: Counter[str] = Counter()
     proposals: dict[tuple[str, str, str], Proposal] = {}
     for resources in patients:
         read += 1
@@ -204,7 +220,7 @@ def coverage(
     fhir_base: str,
     concepts: ConceptIndex,
     out_dir: Path,
-    auth=None,
+    auth: TokenSource | None = None,
     *,
     group: str | None = None,
     prefer_bulk: bool = True,
@@ -213,7 +229,7 @@ def coverage(
     client = BulkClient(
         fhir_base,
         auth.authorization if auth is not None else None,
-        on_unauthorized=getattr(auth, "invalidate", None),
+        on_unauthorized=auth.invalidate if auth is not None else None,
         decoding=line_decoding(),  # each exported line decoded once, into what staging keeps
         max_wait_s=max_wait_s,
     )

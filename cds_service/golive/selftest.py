@@ -63,9 +63,16 @@ class Signer:
     kid: str
     alg: str
 
-    def token(self, aud: str, **claims) -> str:
+    def token(self, aud: str, **claims: int | None) -> str:
         now = int(time.time())
-        body = {"iss": self.iss, "aud": aud, "iat": now, "exp": now + 300, "jti": str(uuid.uuid4()), **claims}
+        body: dict[str, str | int | None] = {
+            "iss": self.iss,
+            "aud": aud,
+            "iat": now,
+            "exp": now + 300,
+            "jti": str(uuid.uuid4()),
+            **claims,
+        }
         body = {k: v for k, v in body.items() if v is not None}
         return jwt.encode(body, self.key, algorithm=self.alg, headers={"kid": self.kid, "typ": "JWT"})
 
@@ -93,7 +100,7 @@ class DemoFhirServer:
     with one resource per page (so paging is exercised), Bearer FHIR_TOKEN required."""
 
     def __init__(self, calls: list[DemoCall], host: str = "127.0.0.1", port: int = 0) -> None:
-        self.resources: dict[str, list[dict]] = {}
+        self.resources: dict[str, list[dict[str, Any]]] = {}
         for call in calls:
             self.resources.setdefault(call.patient_id, list(call.chart))
         self.seen: list[str] = []
@@ -101,7 +108,7 @@ class DemoFhirServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:  # quiet
+            def log_message(self, format: str, *args: Any) -> None:  # quiet
                 pass
 
             def do_GET(self) -> None:
@@ -114,7 +121,7 @@ class DemoFhirServer:
                     return
                 self._send(*server.answer(self.path))
 
-            def _send(self, status: int, body: dict) -> None:
+            def _send(self, status: int, body: dict[str, Any]) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/fhir+json")
@@ -128,7 +135,7 @@ class DemoFhirServer:
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self._thread.start()
 
-    def answer(self, path: str) -> tuple[int, dict]:
+    def answer(self, path: str) -> tuple[int, dict[str, Any]]:
         parts = urlsplit(path)
         segments = parts.path.removeprefix("/fhir/").split("/")
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
@@ -144,7 +151,7 @@ class DemoFhirServer:
         matches = [r for r in self.resources.get(patient, []) if r["resourceType"] == kind]
         return 200, self.page(kind, patient, matches, int(query.get("_page", "0")))
 
-    def page(self, kind: str, patient: str, matches: list[dict], index: int) -> dict:
+    def page(self, kind: str, patient: str, matches: list[dict[str, Any]], index: int) -> dict[str, Any]:
         bundle: dict[str, Any] = {
             "resourceType": "Bundle",
             "type": "searchset",
@@ -177,13 +184,13 @@ class SelfTest:
         self.session.trust_env = False
 
     # -- HTTP
-    def headers(self, path: str, **claims) -> dict:
+    def headers(self, path: str, **claims: int | None) -> dict[str, str]:
         if self.signer is None:
             return {}
         return {"Authorization": "Bearer " + self.signer.token(self.base_url + path, **claims)}
 
     def send(
-        self, method: str, path: str, *, headers: dict | None = None, **kw
+        self, method: str, path: str, *, headers: dict[str, str] | None = None, **kw: Any
     ) -> tuple[requests.Response | None, str]:
         try:
             response = self.session.request(
@@ -222,7 +229,7 @@ class SelfTest:
             fhir.close()
         return self.checks
 
-    def discovery(self) -> list[dict]:
+    def discovery(self) -> list[dict[str, Any]]:
         response, exchange = self.send("GET", "/cds-services", headers=self.headers("/cds-services"))
         if response is None or response.status_code != 200:
             self.record("discovery", False, exchange)
@@ -232,7 +239,7 @@ class SelfTest:
         except (ValueError, KeyError, TypeError):
             self.record("discovery", False, exchange, "not a discovery response")
             return []
-        shaped = (
+        shaped = bool(
             isinstance(services, list)
             and services
             and all(
@@ -245,7 +252,9 @@ class SelfTest:
         self.record("discovery: version and hookVersion (CDS Hooks 3.0.0-ballot)", versioned, exchange)
         return services if shaped else []
 
-    def _call(self, service_id: str, body: dict, **claims) -> tuple[requests.Response | None, str]:
+    def _call(
+        self, service_id: str, body: dict[str, Any], **claims: int | None
+    ) -> tuple[requests.Response | None, str]:
         path = f"/cds-services/{service_id}"
         return self.send("POST", path, json=body, headers=self.headers(path, **claims))
 
@@ -338,7 +347,7 @@ class SelfTest:
         body.pop("prefetch")
         response, exchange = self._call(service_id, body)
         names_key = False
-        if _outcome(response, 412):
+        if response is not None and _outcome(response, 412):
             issue = response.json()["issue"][0]
             names_key = bool(issue.get("diagnostics")) and any(
                 e.startswith("prefetch.") for e in issue.get("expression", [])
@@ -346,7 +355,7 @@ class SelfTest:
         self.record("412 without prefetch or fhirServer names the prefetch key", names_key, exchange)
 
 
-def _authorization(token: str, patient_id: str) -> dict:
+def _authorization(token: str, patient_id: str) -> dict[str, Any]:
     return {
         "access_token": token,
         "token_type": "Bearer",
@@ -373,7 +382,7 @@ def _bare_401(response: requests.Response | None) -> bool:
     if response is None or response.status_code != 401:
         return False
     try:
-        return response.json() == {"error": "unauthorized"}
+        return bool(response.json() == {"error": "unauthorized"})
     except ValueError:
         return False
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 from cds_service.errors import ApiError
 
@@ -31,6 +32,12 @@ class Stamp:
 _local = threading.local()
 
 
+class ServerRequest(Protocol):
+    """What admission needs of the worker's request object (gunicorn's http.Request)."""
+
+    must_close: bool
+
+
 def stamp(accepted: float, shed: bool = False) -> None:
     _local.stamp = Stamp(accepted, shed)
 
@@ -39,7 +46,7 @@ def clear() -> None:
     _local.stamp = None
 
 
-def bind_server_request(server_request) -> None:
+def bind_server_request(server_request: ServerRequest | None) -> None:
     """The worker's own request object for this thread (None: unbind)."""
     _local.server_request = server_request
 

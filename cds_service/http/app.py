@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import traceback
+from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask, Response, jsonify
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from cds_service.config import Settings, load_settings
@@ -27,12 +29,13 @@ _HTTP_ERROR_CODES = {
 }
 
 
-def create_app(settings: Settings | None = None, **overrides) -> Flask:
+def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     """Build the service. `settings` wins; else defaults < CDS_CONFIG file < env < overrides."""
     settings = settings or load_settings(overrides)
     app = Flask(__name__, instance_path=str(settings.instance_path.resolve()), static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.json.sort_keys = False
+    if isinstance(app.json, DefaultJSONProvider):  # Flask's own provider: keep the keys' order
+        app.json.sort_keys = False
     app.extensions["cds_service"] = build_runtime(settings)
     install_cors(app, settings.cors_origins)
     app.register_blueprint(blueprint)
@@ -46,7 +49,7 @@ def create_app(settings: Settings | None = None, **overrides) -> Flask:
 
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
-    def api_error(error: ApiError):
+    def api_error(error: ApiError) -> tuple[Response, int, dict[str, str]]:
         if error.status == 401:
             # A refused client learns nothing that would help it; the log has the reason.
             return jsonify({"error": "unauthorized"}), 401, {"WWW-Authenticate": "Bearer"}
@@ -59,7 +62,7 @@ def register_error_handlers(app: Flask) -> None:
         return jsonify(error.body()), error.status, headers
 
     @app.errorhandler(HTTPException)
-    def http_error(error: HTTPException):
+    def http_error(error: HTTPException) -> tuple[Response, int, list[tuple[str, str]]]:
         status = error.code or 500
         code = _HTTP_ERROR_CODES.get(status, "http_error")
         # Keep the exception's own headers (a 405 must say Allow), not its HTML content type.
@@ -67,7 +70,7 @@ def register_error_handlers(app: Flask) -> None:
         return jsonify(operation_outcome(status, code, error.description or code)), status, headers
 
     @app.errorhandler(Exception)
-    def unexpected(error: Exception):
+    def unexpected(error: Exception) -> tuple[Response, int]:
         # Never a stack trace to the client. The log keeps the exception type and the code
         # path, not the message, which could quote patient data.
         frames = "".join(traceback.format_tb(error.__traceback__))

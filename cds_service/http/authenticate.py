@@ -7,6 +7,7 @@ client (it learns nothing that would help it) and the reason goes to the log.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from cds_service.errors import ApiError
 from cds_service.http.base_url import service_root
@@ -19,19 +20,25 @@ from cds_service.security.client_auth import (
 )
 from cds_service.startup import Runtime
 
+if TYPE_CHECKING:
+    from flask import Request
+
 log = logging.getLogger(__name__)
 
 
-def authenticate(rt: Runtime, request, claim: OverlappedClaim | None = None) -> ClientIdentity:
+def authenticate(rt: Runtime, request: Request, claim: OverlappedClaim | None = None) -> ClientIdentity:
     """The verified client. With `claim`, its jti is claimed beside what follows: the caller
     settles it (`settled`) before it answers."""
     base = service_root(rt.settings, request)
+    replay = rt.replay_guard
+    if replay is None:  # never: Runtime.__post_init__ builds one
+        raise ApiError(503, "service_unavailable", "not ready to check client tokens", headers={"Retry-After": "1"})
     try:
         return verify_client_jwt(
             request.headers.get("Authorization"),
             audiences_for(base, request.path),
             rt.trust,
-            claim if claim is not None else rt.replay_guard,
+            claim if claim is not None else replay,
         )
     except ClientAuthError as exc:
         raise _refused(exc) from None

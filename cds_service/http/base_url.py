@@ -9,9 +9,15 @@ can make the service hand out links to another site (`Host: evil.example`).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from cds_service.errors import ApiError
+
+if TYPE_CHECKING:
+    from flask import Request
+
+    from cds_service.config import Settings
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
@@ -43,7 +49,7 @@ def is_trusted(host: str, trusted: tuple[str, ...]) -> bool:
     return False
 
 
-def service_root(settings, request) -> str:
+def service_root(settings: Settings, request: Request) -> str:
     """`public_base_url`, else the request's root URL if its Host is trusted, else 400."""
     if settings.public_base_url:
         return settings.public_base_url

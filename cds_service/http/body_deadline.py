@@ -15,12 +15,13 @@ import itertools
 import socket
 import threading
 import time
+from collections.abc import Iterator
 
 
 class Watch:
     __slots__ = ("deadline", "done", "expired", "sock")
 
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
+    def __init__(self, sock: socket.socket | None, deadline: float) -> None:
         self.sock = sock
         self.deadline = deadline
         self.done = False
@@ -62,19 +63,20 @@ class _Watchdog:
                     continue
                 _, _, watch = heapq.heappop(self._heap)
                 watch.expired = True
-                with contextlib.suppress(OSError):
-                    watch.sock.shutdown(socket.SHUT_RD)
+                if watch.sock is not None:  # always: only a socket is watched (watch())
+                    with contextlib.suppress(OSError):
+                        watch.sock.shutdown(socket.SHUT_RD)
 
 
 _watchdog = _Watchdog()
 
 
 @contextlib.contextmanager
-def body_deadline(sock: socket.socket | None, timeout_s: float):
+def body_deadline(sock: socket.socket | None, timeout_s: float) -> Iterator[Watch]:
     """Within the block, reading from `sock` ends (end-of-file) `timeout_s` from now; the
     yielded Watch says whether it did (`expired`). No socket: nothing is watched."""
     if sock is None:
-        yield Watch(None, float("inf"))  # type: ignore[arg-type]
+        yield Watch(None, float("inf"))
         return
     watch = _watchdog.watch(sock, timeout_s)
     try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app
 from markupsafe import Markup
@@ -66,7 +67,7 @@ def evidence_page(token: str) -> Response:
     return _answer(not_found_page(), 404)
 
 
-def _count_open(data: dict) -> None:
+def _count_open(data: dict[str, Any]) -> None:
     """The page was opened: counted for its card (the report's evidence-page open rate and a
     metric). Best effort: a store that cannot take it never keeps the page from the reader."""
     card_id = data.get("card_id")
@@ -93,7 +94,7 @@ def _answer(html: str, status: int) -> Response:
 
 
 # ---------------------------------------------------------------------------- HTML
-def render_page(data: dict) -> str:
+def render_page(data: dict[str, Any]) -> str:
     """The evidence page (templates/evidence_page.html.j2): charts drawn twice, for a wide
     screen and re-laid out for a phone (CSS shows one), card Markdown rendered."""
     charts = []
@@ -128,7 +129,7 @@ def render_page(data: dict) -> str:
     )
 
 
-def _input_row(item: dict) -> dict:
+def _input_row(item: dict[str, Any]) -> dict[str, Any]:
     """One row of the inputs table: the value with its unit in one cell (no column that is
     empty on most rows), the date with what it is, how it was read."""
     date = f"{item['date_label']} {item['date']}" if item.get("date") else ""

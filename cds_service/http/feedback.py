@@ -68,7 +68,7 @@ def _text(value: Any, where: str, max_length: int, *, multiline: bool = False) -
     return value
 
 
-def _object(value: Any, where: str, allowed: frozenset[str]) -> dict:
+def _object(value: Any, where: str, allowed: frozenset[str]) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _invalid(f"{where} must be an object")
     unknown = sorted(k for k in value if k not in allowed)

@@ -27,9 +27,12 @@ from __future__ import annotations
 
 import collections
 import os
+import socket
 import threading
 import time
 from concurrent import futures
+from types import FrameType
+from typing import Any
 
 from gunicorn.workers.gthread import ThreadWorker
 
@@ -40,8 +43,10 @@ ACCEPT_PAUSE_S = 0.2
 DEFAULT_MAX_WAIT_S = 0.5  # when the app's settings cannot be read
 
 
-class AdmissionWorker(ThreadWorker):
-    def __init__(self, *args, **kwargs) -> None:
+# gunicorn ships no type information: its ThreadWorker is Any to mypy, and the connections
+# (gthread.TConn) and results it hands through this class are opaque here (`object`).
+class AdmissionWorker(ThreadWorker):  # type: ignore[misc]  # subclassing gunicorn's untyped worker
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # gunicorn's Worker(age, ppid, sockets, app, ...)
         super().__init__(*args, **kwargs)
         self._queued = 0  # requests handed to the thread pool and not finished
         self._lock = threading.Lock()
@@ -49,7 +54,7 @@ class AdmissionWorker(ThreadWorker):
         self._busy_since: float | None = None
         self._started: dict[int, float] = {}  # request thread id -> when its request started
         # (accepted, future) of requests queued for a thread, oldest first (main thread only)
-        self._waiting: collections.deque = collections.deque()
+        self._waiting: collections.deque[tuple[float, futures.Future[object], object]] = collections.deque()
         self._max_wait_s: float | None = None
 
     def init_process(self) -> None:
@@ -59,7 +64,7 @@ class AdmissionWorker(ThreadWorker):
     # -- who accepts ----------------------------------------------------------------
 
     def _busy(self) -> bool:
-        return self._queued >= self.cfg.threads
+        return bool(self._queued >= self.cfg.threads)
 
     def _pause_left(self) -> float:
         if self._busy_since is None:
@@ -83,7 +88,7 @@ class AdmissionWorker(ThreadWorker):
             self._busy_since = None
         super().set_accept_enabled(enabled)
 
-    def accept(self, listener) -> None:
+    def accept(self, listener: socket.socket) -> None:
         was_busy = self._busy()
         super().accept(listener)
         if was_busy:
@@ -99,7 +104,7 @@ class AdmissionWorker(ThreadWorker):
             self._busy_since = time.monotonic()
             super().set_accept_enabled(False)
 
-    def wait_for_and_dispatch_events(self, timeout):
+    def wait_for_and_dispatch_events(self, timeout: float) -> object:
         pause = self._pause_left()
         if pause > 0:
             timeout = min(timeout, pause)
@@ -127,7 +132,7 @@ class AdmissionWorker(ThreadWorker):
         starts = list(self._started.values())
         return len(starts) >= self.cfg.threads and max(starts) <= now - self.max_wait_s
 
-    def enqueue_req(self, conn) -> None:
+    def enqueue_req(self, conn: object) -> None:
         accepted = time.monotonic()
         with self._lock:
             shed = self._queued >= 2 * self.cfg.threads or (
@@ -137,13 +142,15 @@ class AdmissionWorker(ThreadWorker):
                 self._queued += 1
         self._submit(conn, accepted, shed)
 
-    def _submit(self, conn, accepted: float, shed: bool) -> None:
+    def _submit(self, conn: object, accepted: float, shed: bool) -> None:
         pool = self._shed_pool if shed else self.tpool
-        fs = pool.submit(self._handle_stamped, conn, accepted, shed)
+        if pool is None:  # never: init_process makes the shedding pool before any request
+            pool = self.tpool
+        fs: futures.Future[object] = pool.submit(self._handle_stamped, conn, accepted, shed)
         if not shed:
             self._waiting.append((accepted, fs, conn))
 
-        def done(fut) -> None:
+        def done(fut: futures.Future[object]) -> None:
             if not fut.cancelled():  # a cancelled one was moved to the shedding lane
                 self.method_queue.defer(self.finish_request, conn, fut)
 
@@ -160,14 +167,14 @@ class AdmissionWorker(ThreadWorker):
                     self._queued -= 1
                 self._submit(conn, accepted, True)
 
-    def handle_request(self, req, conn):
+    def handle_request(self, req: admission.ServerRequest, conn: object) -> object:
         admission.bind_server_request(req)
         try:
             return super().handle_request(req, conn)
         finally:
             admission.bind_server_request(None)
 
-    def _handle_stamped(self, conn, accepted: float, shed: bool):
+    def _handle_stamped(self, conn: object, accepted: float, shed: bool) -> object:
         admission.stamp(accepted, shed)
         me = threading.get_ident()
         if not shed:
@@ -181,7 +188,7 @@ class AdmissionWorker(ThreadWorker):
                 with self._lock:
                     self._queued -= 1
 
-    def handle_quit(self, sig, frame) -> None:
+    def handle_quit(self, sig: int, frame: FrameType | None) -> None:
         if self._shed_pool is not None:
             self._shed_pool.shutdown(wait=False)
         super().handle_quit(sig, frame)

@@ -63,7 +63,7 @@ def parse_hook_request(body: Any, service: ServiceDefinition) -> HookRequest:
     )
 
 
-def _parse_fhir_server(body: dict) -> str | None:
+def _parse_fhir_server(body: dict[str, Any]) -> str | None:
     fhir_server = body.get("fhirServer")
     if fhir_server is None:
         return None
@@ -86,7 +86,7 @@ def _parse_fhir_server(body: dict) -> str | None:
     return fhir_server.rstrip("/")
 
 
-def _parse_fhir_authorization(body: dict, fhir_server: str | None) -> str | None:
+def _parse_fhir_authorization(body: dict[str, Any], fhir_server: str | None) -> str | None:
     auth = body.get("fhirAuthorization")
     if auth is None:
         return None
@@ -108,7 +108,7 @@ def _parse_fhir_authorization(body: dict, fhir_server: str | None) -> str | None
     return token
 
 
-def _parse_context(context: Any, hook: str) -> dict:
+def _parse_context(context: Any, hook: str) -> dict[str, Any]:
     if not isinstance(context, dict):
         raise bad_request("'context' is required and must be a JSON object")
     for spec in HOOK_CONTEXTS[hook]:
@@ -129,9 +129,10 @@ def _check_context_field(spec: ContextField, value: Any, hook: str) -> None:
         if not isinstance(value, str) or not FHIR_ID.fullmatch(value):
             raise bad_request(f"{where} must be a FHIR id (letters, digits, '-' and '.', at most 64)")
     elif spec.kind == "reference":
-        if not isinstance(value, str) or _reference_parts(value) is None:
+        parts = _reference_parts(value) if isinstance(value, str) else None
+        if parts is None:
             raise bad_request(f"{where} must be a reference of the form ResourceType/id")
-        if _reference_parts(value)[0] not in spec.resource_types:
+        if parts[0] not in spec.resource_types:
             allowed = ", ".join(spec.resource_types)
             raise bad_request(f"{where} must name one of {allowed} for the {hook} hook")
     elif spec.kind == "references":
@@ -151,7 +152,7 @@ def _check_context_field(spec: ContextField, value: Any, hook: str) -> None:
                 raise bad_request(f"{where}.entry[{index}] must hold a FHIR resource")
 
 
-def _check_selections_in_draft_orders(selections: list[str], draft_orders: dict) -> None:
+def _check_selections_in_draft_orders(selections: list[str], draft_orders: dict[str, Any]) -> None:
     present = {
         f"{entry['resource']['resourceType']}/{entry['resource'].get('id')}" for entry in draft_orders.get("entry", [])
     }

@@ -14,11 +14,15 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
+from flask.typing import ResponseReturnValue
 
 from cds_service import metrics
 from cds_service.errors import operation_outcome
 from cds_service.http import lifecycle
+from cds_service.http.routes import runtime as _runtime
+from cds_service.startup import Runtime
+from cds_service.storage.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -34,17 +38,13 @@ _PROBE_ISSUER = "urn:cds-service:readyz"
 _NO_STORE = {"Cache-Control": "no-store"}
 
 
-def _runtime():
-    return current_app.extensions["cds_service"]
-
-
 @blueprint.get("/healthz", provide_automatic_options=False)
-def healthz() -> Response:
+def healthz() -> tuple[Response, int, dict[str, str]]:
     return jsonify({"status": "alive"}), 200, _NO_STORE
 
 
 @blueprint.get("/readyz", provide_automatic_options=False)
-def readyz() -> Response:
+def readyz() -> tuple[Response, int, dict[str, str]]:
     rt = _runtime()
     checks: dict[str, str] = {}
     checks["content"] = "ok" if rt.services and rt.cards else "not loaded"
@@ -59,7 +59,7 @@ def readyz() -> Response:
     return jsonify(body), 200 if ready else 503, headers
 
 
-def _store_state(rt) -> str:
+def _store_state(rt: Runtime) -> str:
     """ "ok", "unreachable" or "not writable", within readiness_store_timeout_s in all."""
     deadline = time.monotonic() + rt.settings.readiness_store_timeout_s
     if not _store_answers(rt):
@@ -77,7 +77,7 @@ def _store_state(rt) -> str:
     return "ok" if ok else "not writable"
 
 
-def _claim_probe_jti(store) -> bool:
+def _claim_probe_jti(store: Store) -> bool:
     # A real jti row, expiring at once: pruned with the other expired jtis.
     try:
         return store.claim_jti(_PROBE_ISSUER, uuid.uuid4().hex, datetime.now(UTC))
@@ -86,7 +86,7 @@ def _claim_probe_jti(store) -> bool:
         return False
 
 
-def _store_answers(rt) -> bool:
+def _store_answers(rt: Runtime) -> bool:
     timeout = rt.settings.readiness_store_timeout_s
     started = time.monotonic()
     try:
@@ -103,7 +103,7 @@ def _store_answers(rt) -> bool:
 
 
 @blueprint.get("/metrics", provide_automatic_options=False)
-def scrape() -> Response:
+def scrape() -> ResponseReturnValue:
     rt = _runtime()
     token = rt.settings.metrics_token
     if not token:
@@ -116,7 +116,7 @@ def scrape() -> Response:
     return Response(body, status=200, content_type=content_type, headers=_NO_STORE)
 
 
-def _update_spool_depth(rt) -> None:
+def _update_spool_depth(rt: Runtime) -> None:
     """The audit spool's depth (rows waiting for the store), across the instance's workers."""
     try:
         metrics.SPOOL_DEPTH.set(rt.audit_spool_depth())

@@ -37,7 +37,10 @@ blueprint = Blueprint("cds_hooks", __name__)
 
 
 def runtime() -> Runtime:
-    return current_app.extensions["cds_service"]
+    rt = current_app.extensions["cds_service"]  # Flask's extensions are a dict of Any
+    if not isinstance(rt, Runtime):
+        raise TypeError("the app was not built by create_app: no Runtime in its extensions")
+    return rt
 
 
 @blueprint.get("/cds-services")

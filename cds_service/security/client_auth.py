@@ -202,7 +202,7 @@ def audiences_for(base_url: str, path: str) -> tuple[str, ...]:
     return tuple(audiences)
 
 
-def unauthorized_response() -> tuple[dict, int, dict]:
+def unauthorized_response() -> tuple[dict[str, Any], int, dict[str, str]]:
     """What the route returns for a ClientAuthError: nothing that helps an attacker."""
     return dict(UNAUTHORIZED_BODY), 401, {"WWW-Authenticate": "Bearer"}
 
@@ -283,7 +283,7 @@ def _bearer_token(authorization_header: str) -> str:
     return match.group(1)
 
 
-def _unverified_header(token: str) -> dict:
+def _unverified_header(token: str) -> dict[str, Any]:
     header = _json_object(_segment(token, 0), "malformed token header")
     alg = header.get("alg")
     if not isinstance(alg, str) or alg not in SUPPORTED_ALGORITHMS:
@@ -298,7 +298,7 @@ def _unverified_header(token: str) -> dict:
     return header
 
 
-def _unverified_payload(token: str) -> dict:
+def _unverified_payload(token: str) -> dict[str, Any]:
     """Read only to find the issuer (and so the keys); every claim is checked after the
     signature has been verified."""
     return _json_object(_segment(token, 1), "malformed claims")
@@ -315,7 +315,7 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(name)
 
 
-def _json_object(raw: bytes, reason: str) -> dict:
+def _json_object(raw: bytes, reason: str) -> dict[str, Any]:
     try:
         value = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -326,7 +326,7 @@ def _json_object(raw: bytes, reason: str) -> dict:
 
 
 def _check_claims(
-    claims: dict,
+    claims: dict[str, Any],
     iss: str,
     audiences: tuple[str, ...],
     tenants: frozenset[str] | None,
@@ -364,7 +364,9 @@ def _check_claims(
     return datetime.fromtimestamp(min(exp + leeway, _MAX_EPOCH), tz=UTC)
 
 
-def _check_lifetime(claims: dict, iss: str, max_lifetime: float, nbf_before_iat: float, leeway: float) -> None:
+def _check_lifetime(
+    claims: dict[str, Any], iss: str, max_lifetime: float, nbf_before_iat: float, leeway: float
+) -> None:
     """A client JWT is short-lived: at most `max_lifetime` from iat to exp, and not valid
     (nbf) much before it was issued (an Epic token's nbf is 5 minutes before its iat)."""
     iat, exp = float(claims["iat"]), float(claims["exp"])
@@ -382,7 +384,7 @@ def _audience_matches(aud: Any, audiences: tuple[str, ...]) -> bool:
     return any(isinstance(v, str) and v.rstrip("/") in expected for v in values)
 
 
-def _epoch(claims: dict, name: str, iss: str) -> float:
+def _epoch(claims: dict[str, Any], name: str, iss: str) -> float:
     value = claims[name]
     if (
         isinstance(value, bool)

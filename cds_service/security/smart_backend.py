@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict, Unpack
 from urllib.parse import urlsplit
 
 import jwt
@@ -33,6 +34,15 @@ class BackendAuthError(Exception):
         self.reason = reason
 
 
+class ClientOptions(TypedDict, total=False):
+    """BackendClient's optional fields, as from_key_file passes them on."""
+
+    algorithm: str
+    kid: str | None
+    scope: str
+    token_url: str | None
+
+
 @dataclass(frozen=True)
 class BackendClient:
     client_id: str
@@ -43,12 +53,12 @@ class BackendClient:
     token_url: str | None = None  # discovered from the FHIR base when None
 
     @classmethod
-    def from_key_file(cls, client_id: str, key_path: Path, **kwargs) -> BackendClient:
+    def from_key_file(cls, client_id: str, key_path: Path, **options: Unpack[ClientOptions]) -> BackendClient:
         try:
             pem = Path(key_path).read_bytes()
         except OSError as exc:
             raise BackendAuthError(f"the private key file cannot be read ({exc.strerror})") from None
-        return cls(client_id=client_id, private_key_pem=pem, **kwargs)
+        return cls(client_id=client_id, private_key_pem=pem, **options)
 
 
 class BackendTokenSource:
@@ -149,6 +159,7 @@ def unreachable(url: str, exc: requests.RequestException, what: str = "the FHIR 
     """One line: which server could not be reached (host and port) and why, in our words (no
     library text, which may carry a URL's query or a header)."""
     parts = urlsplit(url)
+    port: int | str  # "?" when the URL's port is not a number
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:

@@ -335,7 +335,7 @@ class TrustDocument(BaseModel):
     issuers: list[Any] = Field(default_factory=list)
 
 
-def _non_empty_strings(name: str):
+def _non_empty_strings(name: str) -> Callable[[Any], Any]:
     def check(value: Any) -> Any:
         if value is not None and (not isinstance(value, list) or not all(isinstance(x, str) and x for x in value)):
             raise ValueError(f"'{name}' must be a list of non-empty strings")
@@ -344,7 +344,7 @@ def _non_empty_strings(name: str):
     return check
 
 
-def _positive_seconds(name: str):
+def _positive_seconds(name: str) -> Callable[[Any], Any]:
     def check(value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise ValueError(f"'{name}' must be a positive number of seconds")
@@ -479,7 +479,9 @@ def parse_trust(
     return issuers
 
 
-def _parse_issuer(raw: Any, where: str, base_dir: Path, session, clock) -> Issuer:
+def _parse_issuer(
+    raw: Any, where: str, base_dir: Path, session: requests.Session, clock: Callable[[], float]
+) -> Issuer:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: must be a table")
     if isinstance(raw.get("iss"), str) and raw["iss"].strip():
@@ -566,7 +568,9 @@ def sandbox_issuer(session: requests.Session | None = None, clock: Callable[[], 
     )
 
 
-def load_trust_file(path: Path, **kwargs) -> dict[str, Issuer]:
+def load_trust_file(
+    path: Path, *, session: requests.Session | None = None, clock: Callable[[], float] = time.monotonic
+) -> dict[str, Issuer]:
     try:
         document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
@@ -575,7 +579,7 @@ def load_trust_file(path: Path, **kwargs) -> dict[str, Issuer]:
         raise ConfigError(f"trust file {path}: not valid TOML ({exc})") from exc
     except UnicodeDecodeError:
         raise ConfigError(f"trust file {path}: not UTF-8 text") from None
-    return parse_trust(document, base_dir=Path(path).parent, source=f"trust file {path}", **kwargs)
+    return parse_trust(document, base_dir=Path(path).parent, source=f"trust file {path}", session=session, clock=clock)
 
 
 # Said at start-up when no CDS client can be trusted: how to call the service instead of a 401.

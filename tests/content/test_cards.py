@@ -253,6 +253,9 @@ def _broken(card_id: str, change) -> dict:
         (lambda d: d["situations"][1].pop("no_estimate"), "no_estimate"),
         (lambda d: d.update(colour="blue"), "unknown keys"),
         (lambda d: d["situations"][0].update(predictors=["months_since_rfa"]), "relative to a procedure"),
+        # each section's variants are checked against what its situation reads (not only the last
+        # section's, and not only in a situation with its own strength line)
+        (lambda d: d["situations"][0]["sections"].append("facial_weakness"), "section facial_weakness"),
     ],
 )
 def test_broken_card_content_is_refused_with_the_place_named(change, message):
