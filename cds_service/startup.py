@@ -6,11 +6,8 @@ create_app() builds one Runtime and keeps it in `app.extensions["cds_service"]`.
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import tomllib
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +24,7 @@ from cds_service.errors import ApiError
 from cds_service.fhir.client import FhirAccess
 from cds_service.fhir.decode import Decoding
 from cds_service.hook_call import HookParts
-from cds_service.security.client_auth import OverlappedClaim, StoreReplayGuard
+from cds_service.security.client_auth import StoreReplayGuard
 from cds_service.security.trust import TrustConfig, trust_from_settings
 from cds_service.storage.audit import AuditNotes, audit_key, patient_hash
 from cds_service.storage.engine import StoreUnavailable
@@ -76,8 +73,6 @@ class Runtime:
         return self._content_version
 
     def __post_init__(self) -> None:
-        self._claims: tuple[int, ThreadPoolExecutor] | None = None  # (pid, executor): made on first use
-        self._claims_lock = threading.Lock()
         if self.replay_guard is None:
             self.replay_guard = StoreReplayGuard(self.store, memory_fallback=self.settings.jti_memory_fallback)
         self._content_version = content_versions(list(self.cards))
@@ -195,32 +190,11 @@ class Runtime:
         """Audit rows queued in this process for the background writer (for /metrics)."""
         return self.store.audit_queue_depth()
 
-    def overlapped_claim(self) -> OverlappedClaim:
-        """A hook call's jti claim, made beside the call's evaluation (security/client_auth.py)
-        by this process's claim threads (one per request thread: a claim never queues behind
-        another call's), settled within the store's statement bound and a second."""
-        pid = os.getpid()
-        with self._claims_lock:
-            if self._claims is None or self._claims[0] != pid:  # none yet, or made before a fork
-                executor = ThreadPoolExecutor(self.settings.http_threads, thread_name_prefix="jti-claim")
-                self._claims = (pid, executor)
-        assert self.replay_guard is not None
-        return OverlappedClaim(
-            self.replay_guard,
-            self._claims[1],
-            self.settings.db_statement_timeout_s + 1.0,
-            self.settings.db_retry_after_s,
-        )
-
     def close(self) -> None:
         """Stop what this runtime started: the FHIR pool and session, the audit writer's
-        thread (what it holds is written first, bounded in time), the jti claim threads and
-        the store's connections. For a process that builds more than one app (tests)."""
+        thread (what it holds is written first, bounded in time), and the store's
+        connections. For a process that builds more than one app (tests)."""
         self.fhir.close()
-        with self._claims_lock:
-            if self._claims is not None and self._claims[0] == os.getpid():
-                self._claims[1].shutdown(wait=True)
-            self._claims = None
         self.store.close()
 
 

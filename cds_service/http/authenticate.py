@@ -11,13 +11,7 @@ from typing import TYPE_CHECKING
 
 from cds_service.errors import ApiError
 from cds_service.http.base_url import service_root
-from cds_service.security.client_auth import (
-    ClientAuthError,
-    ClientIdentity,
-    OverlappedClaim,
-    audiences_for,
-    verify_client_jwt,
-)
+from cds_service.security.client_auth import ClientAuthError, ClientIdentity, audiences_for, verify_client_jwt
 from cds_service.startup import Runtime
 
 if TYPE_CHECKING:
@@ -26,33 +20,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def authenticate(rt: Runtime, request: Request, claim: OverlappedClaim | None = None) -> ClientIdentity:
-    """The verified client. With `claim`, its jti is claimed beside what follows: the caller
-    settles it (`settled`) before it answers."""
+def authenticate(rt: Runtime, request: Request) -> ClientIdentity:
     base = service_root(rt.settings, request)
     replay = rt.replay_guard
     if replay is None:  # never: Runtime.__post_init__ builds one
         raise ApiError(503, "service_unavailable", "not ready to check client tokens", headers={"Retry-After": "1"})
     try:
         return verify_client_jwt(
-            request.headers.get("Authorization"),
-            audiences_for(base, request.path),
-            rt.trust,
-            claim if claim is not None else replay,
+            request.headers.get("Authorization"), audiences_for(base, request.path), rt.trust, replay
         )
     except ClientAuthError as exc:
-        raise _refused(exc) from None
-
-
-def settled(claim: OverlappedClaim) -> None:
-    """The overlapped jti claim's verdict: a replay is the same bare 401 as any refusal; a
-    store that could not say is its 503."""
-    try:
-        claim.settle()
-    except ClientAuthError as exc:
-        raise _refused(exc) from None
-
-
-def _refused(exc: ClientAuthError) -> ApiError:
-    log.warning("client authentication refused: %s", exc)
-    return ApiError(401, "unauthorized", "")
+        log.warning("client authentication refused: %s", exc)
+        raise ApiError(401, "unauthorized", "") from None

@@ -18,7 +18,7 @@ from cds_service import hook_call, metrics
 from cds_service.errors import ApiError
 from cds_service.fhir.decode import Decoding
 from cds_service.http import admission
-from cds_service.http.authenticate import authenticate, settled
+from cds_service.http.authenticate import authenticate
 from cds_service.http.base_url import service_root
 from cds_service.http.body_deadline import body_deadline
 from cds_service.http.feedback import (
@@ -63,18 +63,12 @@ def call_service(service_id: str) -> Response:
     except admission.Overloaded:
         metrics.ADMISSION_REFUSED.labels(reason="saturated").inc()
         raise
-    # The token's jti is claimed beside the call's work (a committed write, made while the
-    # record is read) and settled before anything is answered: a replay still gets its 401.
-    claim = rt.overlapped_claim()
-    try:
-        identity = authenticate(rt, request, claim)
-        notes.client_iss = identity.iss
-        notes.site = rt.site_of(identity)  # its own hospital's overlay, never another's
-        hook_request = parse_hook_request(read_json_body(rt.decoding), service)
-        base_url = service_root(rt.settings, request)
-        cards = hook_call.answer(rt.hook_parts, service, hook_request, notes, base_url)
-    finally:
-        settled(claim)  # its 401 or 503 goes before any other answer
+    identity = authenticate(rt, request)
+    notes.client_iss = identity.iss
+    notes.site = rt.site_of(identity)  # its own hospital's overlay, never another's
+    hook_request = parse_hook_request(read_json_body(rt.decoding), service)
+    base_url = service_root(rt.settings, request)
+    cards = hook_call.answer(rt.hook_parts, service, hook_request, notes, base_url)
     return jsonify({"cards": cards})
 
 

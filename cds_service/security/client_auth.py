@@ -27,8 +27,6 @@ import re
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Executor, Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -142,49 +140,6 @@ class StoreReplayGuard:
             "(jti_memory_fallback is on: replays through other workers or instances are NOT detected) !!!"
         )
         return self._memory.claim_jti(issuer, jti, expires_at)
-
-
-class OverlappedClaim:
-    """One hook call's jti claim, made on another thread while the call is evaluated.
-
-    The claim is a committed write (on SQLite, an fsync): made in line it adds its whole
-    latency to a signed call. Here `claim_jti` hands the claim to `executor` and lets the
-    verification go on; `settle` waits for it (at most `wait_s`) before anything is
-    answered: a jti already claimed is a ClientAuthError as before, a store that cannot say
-    is its 503, and a claim still unsettled after `wait_s` is a 503 too. No card is returned
-    for a jti whose claim has not committed."""
-
-    def __init__(self, guard: ReplayGuard, executor: Executor, wait_s: float, retry_after_s: float) -> None:
-        self._guard = guard
-        self._executor = executor
-        self._wait_s = wait_s
-        self._retry_after_s = retry_after_s
-        self._pending: tuple[str, Future[bool]] | None = None
-
-    def claim_jti(self, issuer: str, jti: str, expires_at: datetime) -> bool:
-        try:
-            self._pending = (issuer, self._executor.submit(self._guard.claim_jti, issuer, jti, expires_at))
-        except RuntimeError:  # the executor is shut down (the worker is stopping): claim in line
-            return self._guard.claim_jti(issuer, jti, expires_at)
-        return True
-
-    def settle(self) -> None:
-        """Raise what the claim decided (ClientAuthError, ApiError 503); nothing if it held."""
-        if self._pending is None:
-            return
-        issuer, future = self._pending
-        self._pending = None
-        try:
-            claimed = future.result(timeout=self._wait_s)
-        except FutureTimeout:
-            raise ApiError(
-                503,
-                "store_unavailable",
-                "the service could not record the token's use in time; retry later",
-                headers={"Retry-After": str(max(1, math.ceil(self._retry_after_s)))},
-            ) from None
-        if not claimed:
-            raise ClientAuthError("replayed jti", issuer)
 
 
 def audiences_for(base_url: str, path: str) -> tuple[str, ...]:
