@@ -30,8 +30,8 @@ from support import error_body
 from support.fhir import hook_request, searchset
 from werkzeug import Request, Response
 
-BUDGET_S = 0.5
-SLACK_S = 0.5
+BUDGET_S = 1.0  # short enough for a fault test, long enough for a loaded 2-core CI machine
+SLACK_S = 0.75
 TOKEN = "fhir-at-7Hq2-vZ9k-secret"
 PATIENT_ID = "hfs-pt-40417"
 ORDER_SIGN = "/cds-services/hfs-outcomes-order-sign"
@@ -253,7 +253,7 @@ FAILURES = [
     Fault("an OperationOutcome with status 200", operation_outcome, "OperationOutcome"),
 ]
 HAD_ANYWAY = [
-    Fault("answers slowly but within the budget", stall(0.1), None),  # 0.4 s of the 0.5 s budget left for the rest
+    Fault("answers slowly but within the budget", stall(0.2), None),  # 0.8 s of the budget left for the rest
     Fault(
         "pages forever to the same page",
         next_to_itself,
