@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -532,7 +532,7 @@ class Store:
             .limit(1)
         )
         row = self.db.run("issued_card", lambda conn: conn.execute(query).first(), write=False)
-        return IssuedCard(*row.tuple()) if row else None
+        return IssuedCard(*cast("tuple[Any, ...]", row)) if row else None  # a Row is a tuple
 
     # -- JWT replay protection
 
