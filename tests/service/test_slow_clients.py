@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import requests
 from support.fhir import hook_request
@@ -53,7 +55,10 @@ def test_slow_body_clients_hold_threads_only_until_their_deadline(tmp_path):
         service.stop()
 
 
-def test_threads_held_by_slow_fhir_calls_give_a_503_at_once(tmp_path):
+@contextmanager
+def both_threads_held_by_a_hanging_fhir_server(tmp_path) -> Iterator[ServedService]:
+    """A one-worker, two-thread service whose two threads are each held by a hook call
+    waiting on a FHIR server that never answers (released when the block ends)."""
     service = ServedService(tmp_path / "svc", ClientSigner(), workers=1, threads=2, env=ENV).start()
     try:
         with HangingFhirServer() as fhir:
@@ -62,34 +67,28 @@ def test_threads_held_by_slow_fhir_calls_give_a_503_at_once(tmp_path):
             for holder in holders:
                 holder.start()
             assert fhir.asked.wait(5)
-            time.sleep(0.6)  # both threads held longer than admission_max_wait_s (0.5 s)
-            shed, shed_s = timed(lambda: call(service, hfs_after_mvd_patient_view("held-1")))
-            # Held for less than the admission wait: queued, then moved to the shedding
-            # lane when the wait is over, still before any thread is free.
-            print(f"503 after {shed_s:.3f} s with every thread held by a slow FHIR call")
-            assert shed.status_code == 503, shed.text
-            assert shed.headers["Retry-After"] == "1"
-            assert shed_s < 0.45
+            yield service
         for holder in holders:
             holder.join(timeout=10)
     finally:
         service.stop()
+
+
+def test_threads_held_by_slow_fhir_calls_give_a_503_at_once(tmp_path):
+    with both_threads_held_by_a_hanging_fhir_server(tmp_path) as service:
+        time.sleep(0.6)  # both threads held longer than admission_max_wait_s (0.5 s)
+        shed, shed_s = timed(lambda: call(service, hfs_after_mvd_patient_view("held-1")))
+        # Held for less than the admission wait: queued, then moved to the shedding
+        # lane when the wait is over, still before any thread is free.
+        print(f"503 after {shed_s:.3f} s with every thread held by a slow FHIR call")
+        assert shed.status_code == 503, shed.text
+        assert shed.headers["Retry-After"] == "1"
+        assert shed_s < 0.45
 
 
 def test_a_call_queued_behind_fresh_slow_calls_gets_its_503_when_its_wait_is_over(tmp_path):
-    service = ServedService(tmp_path / "svc", ClientSigner(), workers=1, threads=2, env=ENV).start()
-    try:
-        with HangingFhirServer() as fhir:
-            body = hook_request("patient-view", fhir_server=fhir.base_url, token="fhir-token")
-            holders = [threading.Thread(target=call, args=(service, body)) for _ in range(2)]
-            for holder in holders:
-                holder.start()
-            assert fhir.asked.wait(5)
-            shed, shed_s = timed(lambda: call(service, hfs_after_mvd_patient_view("held-2")))
-            print(f"503 after {shed_s:.3f} s queued behind fresh slow FHIR calls")
-            assert shed.status_code == 503, shed.text
-            assert shed_s < 0.5 + 0.2 + 0.3  # admission_max_wait_s + accept pause + slack
-        for holder in holders:
-            holder.join(timeout=10)
-    finally:
-        service.stop()
+    with both_threads_held_by_a_hanging_fhir_server(tmp_path) as service:
+        shed, shed_s = timed(lambda: call(service, hfs_after_mvd_patient_view("held-2")))
+        print(f"503 after {shed_s:.3f} s queued behind fresh slow FHIR calls")
+        assert shed.status_code == 503, shed.text
+        assert shed_s < 0.5 + 0.2 + 0.3  # admission_max_wait_s + accept pause + slack
