@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from support.paths import REPO_ROOT
 
+from cds_service.clinical.fhir_collect import READ_TYPES
 from cds_service.clinical.record import (
     ConditionFact,
     MedicationFact,
@@ -31,18 +32,7 @@ CONCEPTS = load_concepts(REPO / "cards")
 TODAY = date(2025, 1, 15)
 BUNDLES = {p.name: json.loads(p.read_text(encoding="utf-8")) for p in sorted(DATA.glob("*.json"))}
 VALID_RESOURCES = [e["resource"] for b in BUNDLES.values() for e in b["entry"]]
-TYPES = [
-    "Patient",
-    "Condition",
-    "Procedure",
-    "Observation",
-    "MedicationRequest",
-    "MedicationStatement",
-    "Medication",
-    "ServiceRequest",
-    "Bundle",
-    "Claim",
-]
+TYPES = [*sorted(READ_TYPES), "Bundle", "Claim"]  # the types the record reads, and two it does not
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=30)
 json_values = st.recursive(
