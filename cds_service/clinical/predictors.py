@@ -41,6 +41,7 @@ from cds_service.clinical.input_values import (  # noqa: F401 (statuses, InputVa
 )
 from cds_service.clinical.record import (
     FUTURE,
+    ConditionFact,
     MedicationFact,
     OrderFact,
     PatientRecord,
@@ -61,33 +62,29 @@ def derive(p: Predictor, reading: Reading) -> InputValue:
     return replace(item, future=days, future_what=what) if days else item
 
 
+def _used_condition(p: Predictor, fact: ConditionFact, value: bool | str, display: str) -> InputValue:
+    """The predictor's value read from a Condition: its dates and how it was matched shown."""
+    return InputValue(
+        p.id, p.label, USED, value=value, display=display, **condition_dates(fact), **text_match(fact.match)
+    )
+
+
 def _condition(p: Predictor, r: Reading) -> InputValue:
     record = r.record
     facts = record.conditions.get(p.single_concept, ())
     active = record.active_conditions(p.single_concept)
     if active:
         fact = earliest(active)
-        return InputValue(
-            p.id,
-            p.label,
-            USED,
-            value=True,
-            display=f"yes ({condition_status(fact)})",
-            **condition_dates(fact),
-            **text_match(fact.match),
-        )
+        return _used_condition(p, fact, True, f"yes ({condition_status(fact)})")
     if facts:
         fact = min(facts, key=condition_order)  # not the order the resources came in
-        return InputValue(
-            p.id,
-            p.label,
-            USED,
-            value=False,
+        return _used_condition(
+            p,
+            fact,
+            False,
             # not active: a status that says so, or none and an abatement (record.py reads that
             # as inactive; a record built otherwise must not show "None")
-            display=f"recorded as {fact.clinical_status}" if fact.clinical_status else "recorded as abated",
-            **condition_dates(fact),
-            **text_match(fact.match),
+            f"recorded as {fact.clinical_status}" if fact.clinical_status else "recorded as abated",
         )
     return unreadable(p, record) or missing(p)
 
@@ -146,15 +143,7 @@ def _condition_since(p: Predictor, r: Reading) -> InputValue:
         "unplaced": ("unclear", "unplaced"),
         "ongoing": ("unclear", "ongoing"),
     }[course.answer]
-    return InputValue(
-        p.id,
-        p.label,
-        USED,
-        value=answer,
-        display=f"{p.note(note)} ({condition_status(fact)})",
-        **condition_dates(fact),
-        **text_match(fact.match),
-    )
+    return _used_condition(p, fact, answer, f"{p.note(note)} ({condition_status(fact)})")
 
 
 def _procedure_count(p: Predictor, r: Reading) -> InputValue:
@@ -441,15 +430,7 @@ def _condition_site(p: Predictor, r: Reading) -> InputValue:
         answer, fact = "elsewhere", earliest(active)
     words = p.note(answer)
     where = f" ({fact.site_text})" if answer != "site_not_recorded" and fact.site_text else ""
-    return InputValue(
-        p.id,
-        p.label,
-        USED,
-        value=answer,
-        display=f"{words}{where}, {condition_status(fact)}",
-        **condition_dates(fact),
-        **text_match(fact.match),
-    )
+    return _used_condition(p, fact, answer, f"{words}{where}, {condition_status(fact)}")
 
 
 def _daily_morphine(p: Predictor, r: Reading) -> InputValue:
