@@ -252,11 +252,12 @@ def concurrency(folder: Path, body: bytes, seconds: float, rounds: int) -> dict:
     return summary
 
 
-def fhir_fallback(folder: Path, calls: int) -> dict:
+def start_sekmet(work: Path) -> tuple[subprocess.Popen, str, str]:
+    """The real FHIR server (sekmet) on a free port, its data in `work`: (process, base URL,
+    bearer token) once /metadata answers (at most 60 s)."""
     sekmet = shutil.which("sekmet") or str(BIN / "sekmet")
     port, token = free_port(), uuid.uuid4().hex
     base = f"http://127.0.0.1:{port}/fhir"
-    work = folder / "sekmet"
     work.mkdir(exist_ok=True)
     settings = {
         "base_url": base,
@@ -270,22 +271,26 @@ def fhir_fallback(folder: Path, calls: int) -> dict:
         "log_inbound": False,
     }
     (work / "settings.yaml").write_text(yaml.safe_dump(settings))
-    with open(work / "sekmet.log", "wb") as log:
+    with open(work / "sekmet.log", "wb") as log:  # the server keeps its own descriptor
         process = subprocess.Popen(
             [sekmet, "serve", "-c", str(work / "settings.yaml")], cwd=work, stdout=log, stderr=log
         )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(base + "/metadata", timeout=2).status_code == 200:
+                return process, base, token
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    process.terminate()
+    raise SystemExit("sekmet did not start")
+
+
+def fhir_fallback(folder: Path, calls: int) -> dict:
+    process, base, token = start_sekmet(folder / "sekmet")
     service = None
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(base + "/metadata", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("sekmet did not start")
-            time.sleep(0.2)
         bundle = json.loads((ROOT / "tests" / "data" / "fhir" / "hfs_patient_transaction.json").read_text())
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
         created = requests.post(base, json=bundle, headers=headers, timeout=30).json()

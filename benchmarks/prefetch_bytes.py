@@ -11,57 +11,22 @@ benchmarks add. Prints bytes and entries per prefetch key, broad and narrowed.
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import sys
 import tempfile
-import time
-import uuid
 from pathlib import Path
 
 import requests
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from floor import free_port, synthea_dir  # noqa: E402
+from floor import start_sekmet, synthea_dir  # noqa: E402
 
 from cds_service.content.services import load_services, narrow_prefetch  # noqa: E402
 from cds_service.fhir.prefetch import render_template  # noqa: E402
 from cds_service.terminology.concepts_file import load_concepts  # noqa: E402
 
 HFS = ROOT / "tests" / "data" / "fhir" / "hfs_patient_transaction.json"
-
-
-def start_sekmet(work: Path) -> tuple[subprocess.Popen, str, str]:
-    sekmet = shutil.which("sekmet") or str(BIN / "sekmet")
-    port, token = free_port(), uuid.uuid4().hex
-    base = f"http://127.0.0.1:{port}/fhir"
-    settings = {
-        "base_url": base,
-        "host": "127.0.0.1",
-        "port": port,
-        "data_dir": str(work / "data"),
-        "own_private_key_path": str(work / "keys" / "sekmet_private.pem"),
-        "server_auth": {"types": ["bearer"], "tokens": [token]},
-        "simulator": {"enabled": False},
-        "validation": {"inbound": "strict"},
-        "log_inbound": False,
-    }
-    (work / "settings.yaml").write_text(yaml.safe_dump(settings))
-    log = open(work / "sekmet.log", "wb")  # noqa: SIM115 (closed with the process)
-    process = subprocess.Popen([sekmet, "serve", "-c", str(work / "settings.yaml")], cwd=work, stdout=log, stderr=log)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(base + "/metadata", timeout=2).status_code == 200:
-                return process, base, token
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    process.terminate()
-    raise SystemExit("sekmet did not start")
 
 
 def all_pages(session: requests.Session, url: str) -> tuple[int, int]:
