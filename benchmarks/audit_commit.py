@@ -140,22 +140,7 @@ def hook_calls(tmp: str, calls: int) -> None:
     old_rt = old.extensions["cds_service"]
 
     def hand_over(notes):  # the path before: queued for the background writer, not waited for
-        from cds_service.storage.audit import build_call_record
-
-        old_rt.store.submit_call(
-            build_call_record(
-                service_id=notes.service_id,
-                hook=notes.hook,
-                hook_instance=notes.hook_instance or "",
-                outcome_status=notes.status or 0,
-                duration_ms=notes.duration_ms,
-                patient_hash=notes.patient_hash,
-                content_version=old_rt.content_version,
-                client_iss=notes.client_iss,
-                cards=notes.cards,
-                pages=notes.pages,
-            )
-        )
+        old_rt.store.submit_call(notes.record(old_rt.content_version))  # the row the new path commits
         return True
 
     old_rt.audit = hand_over
