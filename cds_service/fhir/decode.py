@@ -2,9 +2,11 @@
 
 A hook call's body is mostly the prefetch: hundreds of FHIR resources of which the record
 reads a few elements each. `Decoding` decodes the JSON bytes with msgspec straight into
-Structs that declare only those elements (`clinical.fhir_elements.DECLARED_ELEMENTS`, handed
-in by startup: this layer does not import the clinical one); every other element is skipped
-by msgspec's C parser and never becomes a Python object. A declared element is typed `Any`,
+Structs that declare only those elements (`clinical.fhir_elements.declared_elements()`, handed
+in by startup: this layer does not import the clinical one), one Struct per resource type;
+every other element is skipped by msgspec's C parser and never becomes a Python object.
+Observations that name none of the codes the record reads them by are dropped from their
+Bundle (`Decoding._sift`). A declared element is typed `Any`,
 so an element of the wrong shape never fails the decode: it is decoded as sent, and the
 record's own datatype checks make that input unreadable and say so.
 
