@@ -11,15 +11,8 @@ data: the concepts the service maps are in cards/concepts.toml.
 
 from __future__ import annotations
 
-ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
-ICD10PCS = "http://www.cms.gov/Medicare/Coding/ICD10"
-CPT = "http://www.ama-assn.org/go/cpt"
-SNOMED = "http://snomed.info/sct"
-LOINC = "http://loinc.org"
-RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
-UCUM = "http://unitsofmeasure.org"
-CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
-VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+from support.fhir import CLINICAL, CPT, ICD10CM, ICD10PCS, LOINC, RXNORM, SNOMED, UCUM, VERIFICATION
+
 GTS = "http://terminology.hl7.org/CodeSystem/v3-GTSAbbreviation"
 EPIC_DOSE_TYPE = "http://epic.com/CodeSystem/dose-rate-type"  # as Epic's FHIR API labels doseAndRate
 
