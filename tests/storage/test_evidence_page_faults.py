@@ -8,30 +8,20 @@ from __future__ import annotations
 import time
 
 import pytest
-from sqlalchemy.engine import make_url
+from support.db_fixture import FAST_STORE
 from support.scenario_requests import hfs_after_mvd_patient_view
-from support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.postgres
 
 SERVICE = "/cds-services/hfs-outcomes-patient-view"
 BASE = "http://localhost"
-FAST = {
-    "db_statement_timeout_s": 0.5,
-    "db_connect_timeout_s": 2,
-    "db_pool_timeout_s": 0.5,
-    "db_retry_after_s": 1.0,
-    "public_base_url": BASE,
-}
+FAST = {**FAST_STORE, "public_base_url": BASE}
 BOUND_S = 4.0  # connect timeout (2 s, libpq's least) + the statement deadline + slack
 
 
 @pytest.fixture
-def proxy(postgres_url):
-    proxy = TcpProxy(make_url(postgres_url).port or 5432)
-    proxy.database_url = proxy.url_for(make_url(postgres_url))
-    yield proxy
-    proxy.close()
+def proxy(postgres_proxy):
+    return postgres_proxy
 
 
 def link_path(response) -> str:

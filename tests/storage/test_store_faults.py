@@ -17,10 +17,9 @@ import uuid
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
+from support.db_fixture import FAST_STORE
 from support.scenario_requests import hfs_after_mvd_patient_view
 from support.served import ClientSigner
-from support.tcp_proxy import TcpProxy
 
 from cds_service.errors import error_code
 from cds_service.http.app import create_app
@@ -29,12 +28,7 @@ pytestmark = pytest.mark.postgres
 
 SERVICE = "/cds-services/hfs-outcomes-patient-view"
 BASE = "http://localhost"
-FAST = {
-    "db_statement_timeout_s": 0.5,
-    "db_connect_timeout_s": 2,
-    "db_pool_timeout_s": 0.5,
-    "db_retry_after_s": 1.0,
-}
+FAST = FAST_STORE
 # Longest a request may take while the database is away: connect timeout (2 s, libpq's
 # minimum) + the statement deadline + slack for a loaded machine; far below the 35 s the
 # issue saw.
@@ -42,13 +36,8 @@ BOUND_S = 4.0
 
 
 @pytest.fixture
-def proxy(postgres_url):
-    url = make_url(postgres_url)
-    proxy = TcpProxy(url.port or 5432)
-    proxy.database_url = proxy.url_for(url)
-    proxy.direct_url = postgres_url
-    yield proxy
-    proxy.close()
+def proxy(postgres_proxy):
+    return postgres_proxy
 
 
 def signed_app(tmp_path, proxy, signer, **settings):

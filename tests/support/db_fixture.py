@@ -5,6 +5,9 @@
 - `database_url`: one empty database for integration tests. SQLite unless the environment
   says `CDS_TEST_DATABASE=postgresql`.
 - `postgres_url`: an empty PostgreSQL schema, for tests that need PostgreSQL itself.
+- `postgres_proxy`: a TcpProxy in front of that PostgreSQL (support/tcp_proxy.py), for
+  fault tests: `database_url` through the proxy, `direct_url` around it. `FAST_STORE` are
+  the short store bounds those tests run with.
 
 PostgreSQL is the server on 127.0.0.1:5432, database `test` (override the base URL with
 `CDS_TEST_POSTGRES_URL`). A schema is made private to a test by the connection's
@@ -22,6 +25,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
+
+from support.tcp_proxy import TcpProxy
 
 POSTGRES_BASE_URL = os.environ.get("CDS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -85,6 +90,26 @@ def store_url(request, tmp_path) -> Iterator[str]:
 def postgres_url() -> Iterator[str]:
     """An empty PostgreSQL schema (skips when the server is not running)."""
     yield from fresh_postgres_schema()
+
+
+# Store bounds short enough for a fault test (the connect timeout: libpq's minimum, 2 s).
+FAST_STORE = {
+    "db_statement_timeout_s": 0.5,
+    "db_connect_timeout_s": 2,
+    "db_pool_timeout_s": 0.5,
+    "db_retry_after_s": 1.0,
+}
+
+
+@pytest.fixture
+def postgres_proxy(postgres_url) -> Iterator[TcpProxy]:
+    """A proxy in front of the test's PostgreSQL schema, whose faults the test sets."""
+    url = make_url(postgres_url)
+    proxy = TcpProxy(url.port or 5432)
+    proxy.database_url = proxy.url_for(url)
+    proxy.direct_url = postgres_url
+    yield proxy
+    proxy.close()
 
 
 @pytest.fixture
